@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/kvledger: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch==2.13.0 is the CPU build pip takes from this machine's disk (no CUDA download).
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: venv demo test lint
+venv: $(BIN)/kvledger
+
+demo: venv
+	$(BIN)/kvledger demo --out kvledger-out/demo
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
