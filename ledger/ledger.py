@@ -152,11 +152,17 @@ class Ledger:
         if self.sync:
             self._raise_if_failed()
             return
+        self._raise_if_failed()
         mark = _FlushMark()
         self._queue.append(mark)
         self._wake.set()
-        if not mark.done.wait(timeout_s):
-            raise WriterError(f"flush timed out after {timeout_s}s ({len(self._queue)} queued)")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # Wait in slices: a writer that died after our check never sets the mark.
+        while not mark.done.wait(0.05):
+            self._raise_if_failed()
+            if deadline is not None and time.monotonic() > deadline:
+                raise WriterError(
+                    f"flush timed out after {timeout_s}s ({len(self._queue)} queued)")
         if mark.error is not None:
             raise WriterError(f"ledger writer failed: {mark.error}") from mark.error
         self._raise_if_failed()
@@ -258,13 +264,22 @@ class Ledger:
                 rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
                 prev = h
             if rows:
-                append(rows)
+                try:
+                    append(rows)
+                except BaseException as exc:
+                    for m in marks:  # popped already: _fail_marks would not see them
+                        m.error = exc
+                        m.done.set()
+                    raise
                 self._seq, self._hash = seq, prev
                 self.committed += len(rows)
                 self.groups += 1
                 if self._subscribers:
                     self._publish(rows)
             if bad is not None:
+                for m in marks:
+                    m.error = bad
+                    m.done.set()
                 raise bad
             for m in marks:
                 m.done.set()

@@ -120,8 +120,12 @@ class EventStore:
         try:
             insp = sa.inspect(self.engine)
             have = set(insp.get_table_names())
-        except sa.exc.DatabaseError as exc:
-            raise BadLedgerError(f"not a ledger database: {self.url}: {exc.orig}") from None
+        except sa.exc.DBAPIError as exc:
+            first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            shown = self.engine.url.render_as_string(hide_password=True)
+            if self.dialect == "sqlite":
+                raise BadLedgerError(f"not a ledger database: {shown}: {first}") from None
+            raise BadLedgerError(f"cannot open ledger {shown}: {first}") from None
         if "events" not in have or "ledger_meta" not in have:
             if not create:
                 raise BadLedgerError(f"not a kvledger ledger (no events table): {self.url}")
