@@ -28,7 +28,8 @@ T = TypeVar("T", bound=Hashable)
 REPLAYS_MAX_DEFAULT = 400
 # Events that carry replay inputs (trace.py reads them); everything else is the runtime's output.
 INPUT_KINDS = frozenset({
-    "request.arrived", "request.cancelled_by_client", "xfer.posted", "xfer.polled",
+    "request.arrived", "request.cancelled_by_client", "cancel.requested", "xfer.posted",
+    "xfer.polled", "buffer.poisoned",
     "xfer.released", "fault.injected", "peer.lost", "transfer.advertised",
 })
 # Never removed on their own: the stream anchors and a kept request's anchor.

@@ -99,7 +99,7 @@ class Recorder:
 @dataclass(order=True)
 class _Input:
     t_ns: int
-    order: float
+    order: tuple  # (recorded seq on its stream, seeded tie-break across streams)
     what: str = field(compare=False)  # arrive | cancel
     stream: str = field(compare=False)
     payload: Any = field(compare=False)
@@ -156,15 +156,17 @@ class Replay:
                 spec = RequestSpec(r.request_id, r.arrive_ns, **r.shape)
             except (AssertionError, TypeError) as exc:
                 raise TraceError(f"request {r.request_id!r}: bad shape {r.shape}: {exc}") from None
-            for stream, t in r.arrivals:
+            for stream, t, seq in r.arrivals:
                 if stream in self.workers:
-                    out.append(_Input(t, self.rng.random(), "arrive", stream,
+                    out.append(_Input(t, (seq, self.rng.random()), "arrive", stream,
                                       replace(spec, arrive_ns=t)))
-            for stream, t in r.cancels:
+            for stream, t, seq in r.cancels:
                 if stream in self.workers:
-                    # After the same-time arrival, if any: a cancel never overtakes its request.
-                    out.append(_Input(t, 1.0 + self.rng.random(), "cancel", stream,
+                    out.append(_Input(t, (seq, self.rng.random()), "cancel", stream,
                                       r.request_id))
+        for stream, (t, force) in self.trace.shutdowns.items():
+            if stream in self.workers:
+                out.append(_Input(t, (1 << 62, 0.0), "shutdown", stream, force))
         heapq.heapify(out)
         return out
 
@@ -211,8 +213,10 @@ class Replay:
                 continue
             if inp.what == "arrive":
                 w.submit(inp.payload, now)
-            else:
+            elif inp.what == "cancel":
                 w.cancel(inp.payload, now, "client")
+            else:
+                w.shutdown(now, force=inp.payload)
 
     def _dead(self, stream: str, now: int) -> bool:
         t = self.faults.killed_at.get(stream)

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from kvledger.runtime.transport import PeerLostError, TransportError, XferStatus
 
 from .trace import FaultObservation, Trace

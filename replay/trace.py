@@ -63,9 +63,10 @@ class RequestInput:
     request_id: str
     arrive_ns: int  # earliest arrival over the streams
     shape: dict[str, Any]
-    arrivals: tuple[tuple[str, int], ...]  # (stream, t)
-    cancels: tuple[tuple[str, int], ...]  # client cancels (stream, t)
-    timeouts: tuple[tuple[str, int], ...]  # observed request.timed_out (stream, t)
+    # (stream, t, seq): seq keeps the recorded order of same-time inputs on one stream
+    arrivals: tuple[tuple[str, int, int], ...]
+    cancels: tuple[tuple[str, int, int], ...]  # client cancels
+    timeouts: tuple[tuple[str, int, int], ...]  # observed request.timed_out (not an input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class Trace:
     faults: tuple[FaultObservation, ...]
     health: tuple[HealthTransition, ...]
     control_delay_ns: int  # median observed control-message delay (estimate)
+    shutdowns: dict[str, tuple[int, bool]] = field(default_factory=dict)  # stream -> (t, force)
     sha: str = field(default="")
 
     @property
@@ -278,7 +280,20 @@ def build_trace(events: Sequence[Event], source: str) -> Trace:
         "".join(f"{e.stream}\x1f{e.hash}\n" for e in events).encode(), digest_size=16
     ).hexdigest()
     return Trace(source, tuple(events), streams, requests, xfers, faults, health,
-                 _control_delay(events, t), sha)
+                 _control_delay(events, t), _shutdowns(events, t), sha)
+
+
+def _shutdowns(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, tuple[int, bool]]:
+    """A worker shutdown shows as its first cancel.requested(source=shutdown); it was forced if a
+    slot was poisoned at shutdown (in-flight handles released)."""
+    out: dict[str, tuple[int, bool]] = {}
+    forced: set[str] = set()
+    for e in events:
+        if e.kind == "cancel.requested" and e.get("source") == "shutdown":
+            out.setdefault(e.stream, (t(e), False))
+        elif e.kind == "buffer.poisoned" and "shutdown" in (e.get("reason") or ""):
+            forced.add(e.stream)
+    return {s: (ts, s in forced) for s, ts in out.items()}
 
 
 def _streams(events: Sequence[Event], source: str) -> dict[str, StreamInfo]:
@@ -340,9 +355,9 @@ def _axis(streams: dict[str, StreamInfo]) -> Callable[[Event], int]:
 
 def _requests(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, RequestInput]:
     shapes: dict[str, dict[str, Any]] = {}
-    arrivals: dict[str, list[tuple[str, int]]] = {}
-    cancels: dict[str, list[tuple[str, int]]] = {}
-    timeouts: dict[str, list[tuple[str, int]]] = {}
+    arrivals: dict[str, list[tuple[str, int, int]]] = {}
+    cancels: dict[str, list[tuple[str, int, int]]] = {}
+    timeouts: dict[str, list[tuple[str, int, int]]] = {}
     for e in events:
         rid = e.request_id
         if e.kind == "request.arrived":
@@ -350,17 +365,21 @@ def _requests(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, R
             if rid in shapes and shapes[rid] != shape:
                 raise TraceError(f"request {rid!r} arrived with two different shapes")
             shapes[rid] = shape
-            arrivals.setdefault(rid, []).append((e.stream, t(e)))
-        elif e.kind == "request.cancelled_by_client":
-            cancels.setdefault(rid, []).append((e.stream, t(e)))
+            arrivals.setdefault(rid, []).append((e.stream, t(e), e.seq))
+        elif e.kind == "request.cancelled_by_client" or (
+                e.kind == "cancel.requested" and e.get("source") == "client"):
+            # The runtime records a client cancel as cancel.requested(source=client); a client
+            # library may record request.cancelled_by_client. Either is one cancel input.
+            if all(c[:2] != (e.stream, t(e)) for c in cancels.get(rid, [])):
+                cancels.setdefault(rid, []).append((e.stream, t(e), e.seq))
         elif e.kind == "request.timed_out":
-            timeouts.setdefault(rid, []).append((e.stream, t(e)))
+            timeouts.setdefault(rid, []).append((e.stream, t(e), e.seq))
     orphans = (set(cancels) | set(timeouts)) - set(shapes)
     if orphans:
         raise TraceError(f"request {sorted(orphans)[0]!r} is cancelled or timed out but never "
                          f"arrived (events out of order or a truncated trace)")
     out = [
-        RequestInput(rid, min(a for _, a in arrivals[rid]), shape, tuple(arrivals[rid]),
+        RequestInput(rid, min(a[1] for a in arrivals[rid]), shape, tuple(arrivals[rid]),
                      tuple(cancels.get(rid, ())), tuple(timeouts.get(rid, ())))
         for rid, shape in shapes.items()
     ]
@@ -383,8 +402,9 @@ def _xfers(events: Sequence[Event], t: Callable[[Event], int]) -> tuple[XferObse
         elif e.kind in ("xfer.polled", "xfer.released"):
             rec = posted.get((e.stream, e.get("handle")))
             if rec is None:
-                raise TraceError(f"stream {e.stream!r} seq {e.seq}: {e.kind} of handle "
-                                 f"{e.get('handle')} that was never posted")
+                # The gen side records the ctx's handle states it learns from the completion
+                # message: an observation of the peer's WRITE, not one of its own.
+                continue
             if e.kind == "xfer.released":
                 rec["released_ns"] = rec["released_ns"] or t(e)
             elif e.get("state") in TERMINAL_STATES and rec["terminal_ns"] is None:
