@@ -91,8 +91,20 @@ class TimingModel:
             if x.state == "DONE":
                 done.append(dur)
         done.sort()
-        default = done[len(done) // 2] if done else XFER_NS_DEFAULT
-        return cls(by_key, max(1, default), trace.control_delay_ns)
+        default = max(1, done[len(done) // 2] if done else XFER_NS_DEFAULT)
+        # A WRITE released before it was seen terminal still landed, later: when a recorded
+        # delay fault held it, that long after it was posted; otherwise after the median time.
+        delays = {}
+        for f in trace.faults:
+            if f.fault == "delay" and f.params.get("msg_type") in (None, "write"):
+                key = (f.stream, f.params.get("request_id"))
+                delays.setdefault(key, []).append(int(float(f.params.get("delay_ms", 0)) * 1e6))
+        for x in trace.xfers:
+            key = (x.stream, x.request_id, x.ordinal)
+            held = delays.get((x.stream, x.request_id))
+            if key not in by_key and held:
+                by_key[key] = (held.pop(0) + default, "DONE", None)
+        return cls(by_key, default, trace.control_delay_ns)
 
 
 @dataclass
