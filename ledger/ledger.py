@@ -24,6 +24,7 @@ written.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -104,10 +105,19 @@ class Ledger:
         self._error: BaseException | None = None
         self._closed = False
         self._wake = threading.Event()
+        # Encoded-but-not-yet-durable head, owned by the encoder (the writer thread).
+        self._enc_seq, self._enc_hash = self._seq, self._hash
+        # Encoder -> committer hand-off: two groups in flight at most, so encoding the next
+        # group overlaps the commit (fsync, network) of this one without unbounded buffering.
+        self._handoff: queue.Queue = queue.Queue(maxsize=2)
         self._writer: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
         if not sync:
             self._writer = threading.Thread(target=self._run, name=f"ledger-writer-{stream}",
                                             daemon=True)
+            self._committer = threading.Thread(target=self._commit_loop,
+                                               name=f"ledger-commit-{stream}", daemon=True)
+            self._committer.start()
             self._writer.start()
         self.emit("ledger.opened", None, schema_version=SCHEMA_VERSION, role=role,
                   wall_ns=time.time_ns(), config=config)
@@ -176,6 +186,8 @@ class Ledger:
         self._wake.set()
         if self._writer is not None:
             self._writer.join(timeout=10)
+        if self._committer is not None:
+            self._committer.join(timeout=10)
         self.store.close()
 
     def __enter__(self) -> Ledger:
@@ -214,19 +226,57 @@ class Ledger:
                         self.stream, waited / 1e6, self.backpressure_waits)
 
     def _run(self) -> None:
+        """Writer thread: drain the emit queue into encoded groups for the committer."""
         period = self.group_ms / 1000.0
+        try:
+            while self._error is None:
+                self._wake.wait(period)
+                self._wake.clear()
+                self._encode_queued(self._handoff.put)
+                if self._closed and not self._queue:
+                    break
+        except SchemaError:
+            pass  # handed over with its group: the committer commits the rows before it, fails
+        except BaseException as exc:  # noqa: BLE001 - reported through flush()
+            self._fail(exc)
+        finally:
+            self._handoff.put(None)
+
+    def _commit_loop(self) -> None:
+        """Committer thread: commit each group, then acknowledge the flushes behind it."""
         while True:
-            self._wake.wait(period)
-            self._wake.clear()
+            item = self._handoff.get()
+            if item is None:
+                return
+            rows, marks, bad = item
+            if self._error is not None:
+                self._fail_marks_list(marks, self._error)
+                continue
             try:
-                self._drain()
+                self._commit(rows, marks, bad)
             except BaseException as exc:  # noqa: BLE001 - reported through flush()
-                log.exception("ledger %s: writer failed", self.stream)
-                self._error = exc
-                self._fail_marks(exc)
-                return
-            if self._closed and not self._queue:
-                return
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            log.error("ledger %s: writer failed: %s", self.stream, exc)
+            self._error = exc
+        self._fail_marks(exc)
+        while True:  # flushes already handed to the committer
+            try:
+                item = self._handoff.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._handoff.put(None)  # keep the committer's stop signal
+                break
+            self._fail_marks_list(item[1], exc)
+
+    @staticmethod
+    def _fail_marks_list(marks: list[_FlushMark], exc: BaseException) -> None:
+        for m in marks:
+            m.error = exc
+            m.done.set()
 
     def _fail_marks(self, exc: BaseException) -> None:
         while self._queue:
@@ -236,17 +286,28 @@ class Ledger:
                 item.done.set()
 
     def _drain(self) -> None:
-        """Commit everything queued now, in groups of at most group_max."""
+        """Sync mode: encode and commit everything queued now, in this thread."""
+        def commit_now(item: tuple) -> None:
+            rows, marks, bad = item
+            try:
+                self._commit(rows, marks, bad)
+            except BaseException as exc:
+                self._error = exc
+                raise
+
+        self._encode_queued(commit_now)
+
+    def _encode_queued(self, put: Callable[[tuple], None]) -> None:
+        """Turn everything queued now into groups of at most group_max: (rows, marks, bad)."""
         q = self._queue
         popleft = q.popleft
         stream = self.stream
         group_max = self.group_max
-        append = self.store.append
         while q:
             rows: list[tuple] = []
             marks: list[_FlushMark] = []
             bad: SchemaError | None = None
-            seq, prev = self._seq, self._hash
+            seq, prev = self._enc_seq, self._enc_hash
             while q and len(rows) < group_max:
                 item = popleft()
                 if type(item) is _FlushMark:
@@ -263,26 +324,28 @@ class Ledger:
                 h = _chain_hash(prev, stream, seq, ts_ns, kind, request_id, aj)
                 rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
                 prev = h
-            if rows:
-                try:
-                    append(rows)
-                except BaseException as exc:
-                    for m in marks:  # popped already: _fail_marks would not see them
-                        m.error = exc
-                        m.done.set()
-                    raise
-                self._seq, self._hash = seq, prev
-                self.committed += len(rows)
-                self.groups += 1
-                if self._subscribers:
-                    self._publish(rows)
+            self._enc_seq, self._enc_hash = seq, prev
+            put((rows, marks, bad))
             if bad is not None:
-                for m in marks:
-                    m.error = bad
-                    m.done.set()
                 raise bad
-            for m in marks:
-                m.done.set()
+
+    def _commit(self, rows: list[tuple], marks: list[_FlushMark], bad: Exception | None) -> None:
+        if rows:
+            try:
+                self.store.append(rows)
+            except BaseException as exc:
+                self._fail_marks_list(marks, exc)
+                raise
+            self._seq, self._hash = rows[-1][1], rows[-1][7]
+            self.committed += len(rows)
+            self.groups += 1
+            if self._subscribers:
+                self._publish(rows)
+        if bad is not None:
+            self._fail_marks_list(marks, bad)
+            raise bad
+        for m in marks:
+            m.done.set()
 
     def _publish(self, rows: list[tuple]) -> None:
         from .mapper import decode_attrs

@@ -356,12 +356,17 @@ def interleave(
 
 def random_stream(seed: int, *, name: str | None = None, role: str | None = None,
                   n_requests: int = 6, faults: bool = False, close: bool | None = None,
-                  config: dict | None = None) -> Stream:
+                  config: dict | None = None, roomy: bool = False) -> Stream:
     """A random, lifecycle-plausible stream; with ``faults`` some steps are dropped/duplicated
-    and some polls are slow, so that detectors have something to find."""
+    and some polls are slow, so that detectors have something to find. Without faults a request
+    can still be stuck when poisoned slots exhaust a pool; ``roomy=True`` sizes the pools so that
+    every request finishes (a clean ledger)."""
     rng = random.Random(seed)
     role = role or rng.choice(["ctx", "gen"])
     name = name or f"{role}0"
+    if roomy:
+        config = {"send_slots": n_requests, "recv_slots": n_requests,
+                  "num_blocks": 4 * n_requests}
     stream = Stream(name, role, config=config, step_ns=rng.choice([1_000, 100_000, 5 * MS]))
     table = CTX_SCRIPTS if role == "ctx" else GEN_SCRIPTS
     names = sorted(table)
@@ -372,6 +377,8 @@ def random_stream(seed: int, *, name: str | None = None, role: str | None = None
                    pause=rng.choice([0.0, 0.05]))
     else:
         interleave(scripts, stream, rng=rng)
+    if faults and rng.random() < 0.2:
+        stream.emit("kv.checksum_failed", f"{name}-r0", block=1, expected=0xAB, actual=0xCD)
     if rng.random() < 0.3:
         stream.emit("health.changed", None, healthy=rng.random() < 0.5, reason="random")
     if close if close is not None else rng.random() < 0.5:
