@@ -58,22 +58,35 @@ class Pair:
 
     def __init__(self, ctx_cfg: WorkerConfig, gen_cfg: WorkerConfig, ctx_t: Transport,
                  gen_t: Transport, out_dir: str, clock: Clock | None = None,
-                 sync_ledger: bool = False) -> None:
+                 sync_ledger: bool = False, record: bool = False) -> None:
         os.makedirs(out_dir, exist_ok=True)
         self.clock = clock or VirtualClock()
         self.ledgers: dict[str, Ledger] = {}
         self.urls: dict[str, str] = {}
         self.workers: dict[str, Worker] = {}
+        self.events: list[tuple[str, str, str | None, dict]] = []  # (stream, kind, rid, attrs)
         for cfg, t in ((ctx_cfg, ctx_t), (gen_cfg, gen_t)):
             url = f"sqlite:///{os.path.join(out_dir, cfg.stream + '.db')}"
             led = Ledger(url, cfg.stream, role=cfg.role, config=cfg.to_dict(), clock=self.clock,
                          sync=sync_ledger)
             self.ledgers[cfg.stream] = led
             self.urls[cfg.stream] = url
-            self.workers[cfg.role] = Worker(cfg, t, led.emit)
+            emit = self._tap(cfg.stream, led.emit) if record else led.emit
+            self.workers[cfg.role] = Worker(cfg, t, emit)
         self.ctx, self.gen = self.workers["ctx"], self.workers["gen"]
         self.ctx.connect(gen_cfg.stream, gen_t.local_metadata())
         self.gen.connect(ctx_cfg.stream, ctx_t.local_metadata())
+
+    def _tap(self, stream: str, emit: Callable[..., None]) -> Callable[..., None]:
+        def tapped(kind: str, request_id: str | None = None, **attrs: Any) -> None:
+            self.events.append((stream, kind, request_id, attrs))
+            emit(kind, request_id, **attrs)
+        return tapped
+
+    def kinds(self, stream: str, request_id: str | None = None) -> list[str]:
+        """The kinds recorded on ``stream`` (for one request), in order."""
+        return [k for s, k, r, _ in self.events
+                if s == stream and (request_id is None or r == request_id)]
 
     def now(self) -> int:
         return self.clock.now_ns()

@@ -53,7 +53,8 @@ class LoopbackTransport:
     name: str
 
     def __init__(self, name: str, hub: LoopbackHub, *, latency_ticks: int = 0,
-                 latency_ticks_max: int | None = None, seed: int = 0) -> None:
+                 latency_ticks_max: int | None = None, seed: int = 0,
+                 read_at_post: bool = False) -> None:
         assert name not in hub.agents, f"agent {name} exists"
         self.name = name
         self.hub = hub
@@ -61,6 +62,9 @@ class LoopbackTransport:
         self.latency_ticks = latency_ticks
         self.latency_ticks_max = latency_ticks_max
         self.rng = random.Random(seed)
+        # False: the source is read when the WRITE completes (a late reader of a reused slot);
+        # True: read at post, written late (a late writer into a reused target).
+        self.read_at_post = read_at_post
         self.regions: dict[str, torch.Tensor] = {}
         self.peers: set[str] = set()
         self.inbox: list[tuple[str, bytes]] = []
@@ -108,6 +112,8 @@ class LoopbackTransport:
         if d["agent"] != peer or d["nbytes"] != nbytes:
             raise TransportError(f"descriptor mismatch: {d} vs {peer}/{nbytes}")
         src = self.regions[local_region][local_offset:local_offset + nbytes]
+        if self.read_at_post:
+            src = src.clone()
         if self.latency_ticks_max is not None:
             latency = self.rng.randint(0, self.latency_ticks_max)
         else:

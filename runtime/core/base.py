@@ -364,10 +364,24 @@ class CoreBase:
               self.now_ns - self.last_progress_ns > self.cfg.progress_deadline_ms * 1_000_000):
             reason = f"no progress for {(self.now_ns - self.last_progress_ns) // 1_000_000} ms"
         healthy = not reason
+        if self.pool.usable == 0 and self.reqs:
+            self._fail_unservable()
         if healthy != self.healthy:
             self.healthy = healthy
             self.health_reason = reason or "ok"
             self.emit("health.changed", None, healthy=healthy, reason=self.health_reason)
+
+    def _fail_unservable(self) -> None:
+        """No slot will ever come back: fail the requests waiting for one, loudly, now."""
+        for req in list(self.reqs.values()):
+            if req.state == "queued" or req.state == "wait_slot":
+                req.cancel_source = req.cancel_source or "shutdown"
+                if req.rid in self.slot_wait:
+                    self.slot_wait.remove(req.rid)
+                self._abort_unposted(req, "failed")
+
+    def _abort_unposted(self, req: Req, outcome: str) -> None:
+        raise NotImplementedError
 
     # -- state for drivers and tests ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:

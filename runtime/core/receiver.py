@@ -138,13 +138,9 @@ class GenCore(CoreBase):
         outcome = self._cancel_outcome(source)
         if req.state == "queued":
             req.cancel_source = source
-            if req.rid in self.slot_wait:
-                self.slot_wait.remove(req.rid)
-            self._do(io.SendControl(Abandon(req.rid)))
-            self._step(req, "cancel")
             if self.policy.receiver_queued_cancel_drops_promise:
                 req.promise_dropped = True  # sig #5: erased from the queue unfulfilled
-            self._end(req, outcome, close_now=True)
+            self._abort_unposted(req, outcome)
             return "cancelled_before_advertise"
         if req.state == "unpacking":
             req.pending_cancel = source
@@ -170,6 +166,13 @@ class GenCore(CoreBase):
             self._quarantine(req, "timed out in flight")
         self._terminate(req, source)
         return "backend_unhealthy" if unhealthy else "cancel_requested_in_flight"
+
+    def _abort_unposted(self, req: Req, outcome: str) -> None:
+        if req.rid in self.slot_wait:
+            self.slot_wait.remove(req.rid)
+        self._do(io.SendControl(Abandon(req.rid)))
+        self._step(req, "cancel")
+        self._end(req, outcome, close_now=True)
 
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:

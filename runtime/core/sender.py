@@ -196,14 +196,7 @@ class CtxCore(CoreBase):
         outcome = self._cancel_outcome(source)
         if req.state in ("queued", "wait_slot"):
             req.cancel_source = source
-            if req.state == "wait_slot":
-                if req.rid in self.slot_wait:
-                    self.slot_wait.remove(req.rid)
-                # gen advertised a slot: tell it nothing is coming so it frees the slot (L5).
-                self._do(io.SendControl(ReadySignal(req.rid, "not_ready")))
-                self.emit("transfer.ready_signal", req.rid, signal="not_ready")
-            self._step(req, "cancel")
-            self._end(req, outcome, close_now=True)
+            self._abort_unposted(req, outcome)
             return "cancelled_before_advertise"
         if req.state == "packing":
             req.pending_cancel = source  # retried once the post is known
@@ -231,6 +224,16 @@ class CtxCore(CoreBase):
             self._quarantine(req, "timed out in flight")
         self._terminate(req, source)  # deferred: the transfer is in flight
         return "backend_unhealthy" if unhealthy else "cancel_requested_in_flight"
+
+    def _abort_unposted(self, req: Req, outcome: str) -> None:
+        if req.rid in self.slot_wait:
+            self.slot_wait.remove(req.rid)
+        if req.state == "wait_slot":
+            # gen advertised a slot: tell it nothing is coming so it frees the slot (L5).
+            self._do(io.SendControl(ReadySignal(req.rid, "not_ready")))
+            self.emit("transfer.ready_signal", req.rid, signal="not_ready")
+        self._step(req, "cancel")
+        self._end(req, outcome, close_now=True)
 
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:
