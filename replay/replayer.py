@@ -241,15 +241,17 @@ class Replay:
             cands.append(nf)
         cands.extend(t for t in fault_times if t > now)
         busy = False
+        grid = self.trace.step_grid_ns
         for stream, w in self.workers.items():
             if self._dead(stream, now):
                 continue
-            cands.extend(self._worker_wakes(w))
+            # A live loop notices a deadline at its first step after it: on the capture's grid.
+            cands.extend(_align(t, grid) for t in self._worker_wakes(w))
             busy = busy or not w.idle()
         if work:
-            cands.append(now + self.opts.settle_ns)
+            cands.append(_align(now + self.opts.settle_ns, grid))
         if busy:
-            cands.append(now + self.opts.heartbeat_ns)
+            cands.append(_align(now + self.opts.heartbeat_ns, grid))
         later = [t for t in cands if t > now]
         return min(later) if later else None
 
@@ -304,6 +306,10 @@ class Replay:
         tmp.write_text(json.dumps(verdict.to_dict(), indent=2, sort_keys=True, default=str))
         os.replace(tmp, vpath)
         return written + [str(vpath)]
+
+
+def _align(t_ns: int, grid_ns: int) -> int:
+    return -(-t_ns // grid_ns) * grid_ns
 
 
 def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> ReplayResult:

@@ -169,9 +169,14 @@ def _drive(pair: Pair, scenario: Scenario, tick_ns: int) -> None:
             a = actions[k]
             k += 1
             for side in a.sides:
+                if getattr(workers[side].transport.inner, "dead", False):
+                    continue  # a killed worker takes no more requests
                 if a.what == "arrive":
                     workers[side].submit(RequestSpec(a.request_id, now, **a.shape), now)
                 else:
                     workers[side].cancel(a.request_id, now, "client")
-        pair.step()
+        for w in workers.values():
+            # A killed worker is a dead process: it is not stepped any more.
+            if not getattr(w.transport.inner, "dead", False):
+                w.step(now)
         pair.advance(tick_ns)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -119,6 +120,7 @@ class Trace:
     health: tuple[HealthTransition, ...]
     control_delay_ns: int  # median observed control-message delay (estimate)
     shutdowns: dict[str, tuple[int, bool]] = field(default_factory=dict)  # stream -> (t, force)
+    step_grid_ns: int = 1  # the capture loop's step period, when its times show one
     sha: str = field(default="")
 
     @property
@@ -280,7 +282,22 @@ def build_trace(events: Sequence[Event], source: str) -> Trace:
         "".join(f"{e.stream}\x1f{e.hash}\n" for e in events).encode(), digest_size=16
     ).hexdigest()
     return Trace(source, tuple(events), streams, requests, xfers, faults, health,
-                 _control_delay(events, t), _shutdowns(events, t), sha)
+                 _control_delay(events, t), _shutdowns(events, t), _step_grid(events, t), sha)
+
+
+STEP_GRID_NS_MIN = 1_000
+
+
+def _step_grid(events: Sequence[Event], t: Callable[[Event], int]) -> int:
+    """The period of the capture's step loop, if every event time is a multiple of one (a virtual
+    clock advanced by a fixed tick): a worker notices a deadline at the first step after it, so
+    replay aligns its deadline wake-ups to this grid. Live traces show none (1)."""
+    g = 0
+    for e in events:
+        g = math.gcd(g, t(e))
+        if 0 < g < STEP_GRID_NS_MIN:
+            return 1
+    return g if g >= STEP_GRID_NS_MIN else 1
 
 
 def _shutdowns(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, tuple[int, bool]]:
