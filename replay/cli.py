@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("mutants", help="list the named historical-bug policies",
                        description="The runtime policies that re-introduce historical bugs.")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--capture", metavar="DIR",
+                   help="run each mutant's triggering scenario (in-process runtime) and leave "
+                   "its trace in DIR/<mutant>/")
+    m.add_argument("--only", nargs="+", metavar="MUTANT", help="with --capture: these only")
     m.set_defaults(func=cmd_mutants)
 
     z = sub.add_parser("minimize", help="shrink a reproducing trace (ddmin)",
@@ -57,6 +61,8 @@ def _policy(name: str):
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
+    if args.capture:
+        return _capture(args)
     rows = [{"name": m.name, "signature": m.signature, "breaks": m.breaks,
              "flags": {k: v for k, v in m.policy.flags().items() if v}}
             for m in MUTANTS.values()]
@@ -67,6 +73,35 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     sig_width = max(len(r["signature"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['signature']:<{sig_width}}  {r['breaks']}")
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from kvledger.ledger.detectors import detect
+
+    from .scenarios import SCENARIOS, capture
+    from .trace import load_trace
+
+    names = args.only or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise CliError(f"no scenario for {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    rows = []
+    for name in names:
+        out = Path(args.capture) / name
+        if out.exists() and any(out.iterdir()):
+            raise CliError(f"{out} exists and is not empty; choose another DIR")
+        capture(SCENARIOS[name], str(out))
+        trace = load_trace(out)
+        found = sorted({f.detector for f in detect(trace.events)})
+        rows.append({"mutant": name, "trace": str(out), "requests": len(trace.requests),
+                     "events": len(trace.events), "finding": found})
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['trace']}: {r['requests']} requests, {r['events']} events, "
+                  f"finding under {r['mutant']}: {', '.join(r['finding']) or 'none'}")
     return 0
 
 

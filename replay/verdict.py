@@ -139,6 +139,7 @@ def wedge_report(events: Sequence[Event]) -> list[dict[str, Any]]:
         log.warning("kvledger.ledger.projections unavailable: no wedge report")
         return []
     snap = Projection.rebuild(events).snapshot()
+    waiting = _waiting_for_slot(events)
     out: list[dict[str, Any]] = []
     for stream, reqs in sorted(snap.get("requests", {}).items()):
         for rid, st in sorted(reqs.items()):
@@ -146,10 +147,24 @@ def wedge_report(events: Sequence[Event]) -> list[dict[str, Any]]:
             if not pending:
                 continue
             owners = {k: v for k, v in sorted(st.get("owners", {}).items()) if v is not None}
+            waits = _waits_for(st)
+            if (stream, rid) in waiting and not st.get("held_slots"):
+                waits = f"a free {waiting[(stream, rid)]} slot (buffer.exhausted)"
             out.append({"stream": stream, "request_id": rid, "pending": pending,
-                        "owners": owners, "waits_for": _waits_for(st),
+                        "owners": owners, "waits_for": waits,
                         "oldest_obligation_ns": st.get("oldest_obligation_ns"),
                         "transfer": st.get("transfer")})
+    return out
+
+
+def _waiting_for_slot(events: Sequence[Event]) -> dict[tuple[str, str], str]:
+    """(stream, request) -> pool, for requests whose last slot event is buffer.exhausted."""
+    out: dict[tuple[str, str], str] = {}
+    for e in events:
+        if e.kind == "buffer.exhausted":
+            out[(e.stream, e.request_id)] = e.get("pool")
+        elif e.kind in ("buffer.acquired", "request.finished"):
+            out.pop((e.stream, e.request_id), None)
     return out
 
 
@@ -234,11 +249,11 @@ def render(v: Verdict, trace_path: str, policy: str, seed: int) -> str:
         lines.append(f"  {det}: {len(rids) or 1} request(s) [{shown}] first at {where}: "
                      f"{first.detail}")
     if v.wedge:
-        lines.append(f"  pending at end ({len(v.wedge)}):")
+        lines.append(f"  wedge: pending at the end of the replay ({len(v.wedge)}):")
         for w in v.wedge[:10]:
             owners = ", ".join(f"{k}={o}" for k, o in w["owners"].items())
             lines.append(f"    {w['stream']} {w['request_id']}: {'; '.join(w['pending'])} "
-                         f"(owners {owners or 'none'}) waits for {w['waits_for']}")
+                         f"(owner {owners or 'nobody'}) waits for {w['waits_for']}")
         if len(v.wedge) > 10:
             lines.append(f"    ... {len(v.wedge) - 10} more")
     if v.divergences:
