@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from kvledger.runtime.transport import PeerLostError, TransportError, XferStatus
 
+from .messages import ControlTiming
 from .trace import FaultObservation, Trace
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TimingModel:
 
     by_key: dict[tuple[str, str, int], tuple[int, str, str | None]]
     default_ns: int
-    control_ns: int
+    control: ControlTiming
 
     @classmethod
     def from_trace(cls, trace: Trace) -> TimingModel:
@@ -104,7 +105,18 @@ class TimingModel:
             held = delays.get((x.stream, x.request_id))
             if key not in by_key and held:
                 by_key[key] = (held.pop(0) + default, "DONE", None)
-        return cls(by_key, default, trace.control_delay_ns)
+        # A private copy: replay consumes the recorded delays, the trace stays as it was.
+        src = trace.control
+        control = ControlTiming({k: list(v) for k, v in src.delays.items()},
+                                dict(src.median_by_type), src.median_ns)
+        return cls(by_key, default, control)
+
+    def control_delay(self, sender: str, mtype: str | None, rid: str | None) -> int:
+        """The recorded delay of this sender's next message of this type for this request."""
+        recorded = self.control.lookup((sender, mtype or "", rid or ""))
+        if recorded:
+            return recorded.pop(0)
+        return self.control.fallback(mtype)
 
 
 @dataclass
@@ -336,7 +348,7 @@ class ShimTransport:
         if f.faults.take_drop(self.name, mtype, rid):
             f.stats["dropped"] += 1
             return
-        f.deliver(self.name, peer, msg, f.timing.control_ns + f.jitter())
+        f.deliver(self.name, peer, msg, f.timing.control_delay(self.name, mtype, rid) + f.jitter())
 
     def poll_control(self) -> list[tuple[str, bytes]]:
         # A lost peer shows on the next operation towards it (check, post, send), not here:

@@ -32,6 +32,8 @@ from kvledger.ledger.events import SCHEMA_VERSION, Event, SchemaError
 from kvledger.ledger.mapper import GENESIS_HASH, encode_attrs, row_hash, to_event, to_row
 from kvledger.ledger.store import EventStore
 
+from .messages import ControlTiming, client_cancels
+
 log = logging.getLogger(__name__)
 
 ROLES_REQUIRED = ("ctx", "gen")
@@ -118,7 +120,7 @@ class Trace:
     xfers: tuple[XferObservation, ...]
     faults: tuple[FaultObservation, ...]
     health: tuple[HealthTransition, ...]
-    control_delay_ns: int  # median observed control-message delay (estimate)
+    control: ControlTiming  # recorded control-message delays (replay.messages)
     shutdowns: dict[str, tuple[int, bool]] = field(default_factory=dict)  # stream -> (t, force)
     step_grid_ns: int = 1  # the capture loop's step period, when its times show one
     sha: str = field(default="")
@@ -275,14 +277,21 @@ def build_trace(events: Sequence[Event], source: str) -> Trace:
     """Validate the structure of an event list and extract the replay inputs."""
     streams = _streams(events, source)
     t = _axis(streams)
-    requests = _requests(events, t)
-    xfers = _xfers(events, t)
     faults, health = _faults_and_health(events, t)
+    stalls: dict[str, list[tuple[int, int]]] = {}
+    for f in faults:
+        if f.fault == "stall":
+            end = f.t_ns + int(float(f.params.get("delay_ms", 0.0)) * 1e6)
+            stalls.setdefault(f.stream, []).append((f.t_ns, end))
+    derived, control = client_cancels(events, t, {s.stream: s.role for s in streams.values()},
+                                      stalls)
+    requests = _requests(events, t, derived)
+    xfers = _xfers(events, t)
     sha = hashlib.blake2b(
         "".join(f"{e.stream}\x1f{e.hash}\n" for e in events).encode(), digest_size=16
     ).hexdigest()
     return Trace(source, tuple(events), streams, requests, xfers, faults, health,
-                 _control_delay(events, t), _shutdowns(events, t), _step_grid(events, t), sha)
+                 control, _shutdowns(events, t), _step_grid(events, t), sha)
 
 
 STEP_GRID_NS_MIN = 1_000
@@ -370,7 +379,8 @@ def _axis(streams: dict[str, StreamInfo]) -> Callable[[Event], int]:
     return lambda e: e.ts_ns + shift[e.stream]
 
 
-def _requests(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, RequestInput]:
+def _requests(events: Sequence[Event], t: Callable[[Event], int],
+              derived: set[tuple[str, int]]) -> dict[str, RequestInput]:
     shapes: dict[str, dict[str, Any]] = {}
     arrivals: dict[str, list[tuple[str, int, int]]] = {}
     cancels: dict[str, list[tuple[str, int, int]]] = {}
@@ -384,7 +394,8 @@ def _requests(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, R
             shapes[rid] = shape
             arrivals.setdefault(rid, []).append((e.stream, t(e), e.seq))
         elif e.kind == "request.cancelled_by_client" or (
-                e.kind == "cancel.requested" and e.get("source") == "client"):
+                e.kind == "cancel.requested" and e.get("source") == "client"
+                and (e.stream, e.seq) not in derived):
             # The runtime records a client cancel as cancel.requested(source=client); a client
             # library may record request.cancelled_by_client. Either is one cancel input.
             if all(c[:2] != (e.stream, t(e)) for c in cancels.get(rid, [])):
@@ -448,28 +459,6 @@ def _faults_and_health(
     faults.sort(key=lambda f: (f.t_ns, f.stream))
     health.sort(key=lambda h: (h.t_ns, h.stream))
     return tuple(faults), tuple(health)
-
-
-CONTROL_DELAY_NS_DEFAULT = 50_000
-
-
-def _control_delay(events: Sequence[Event], t: Callable[[Event], int]) -> int:
-    """Estimate a control message's one-way delay: gen's ``transfer.advertised`` to the ctx's
-    first ``xfer.posted`` for that request (schema v1 has no "received" event). Both are replay
-    inputs, so the minimizer keeps them together."""
-    roles = {e.stream: e.get("role") for e in events if e.kind == "ledger.opened"}
-    advertised: dict[str, int] = {}
-    posted: dict[str, int] = {}
-    for e in events:
-        if e.kind == "transfer.advertised":
-            advertised.setdefault(e.request_id, t(e))
-        elif e.kind == "xfer.posted" and roles.get(e.stream) == "ctx":
-            posted.setdefault(e.request_id, t(e))
-    delays = sorted(posted[r] - a for r, a in advertised.items()
-                    if r in posted and posted[r] >= a)
-    if not delays:
-        return CONTROL_DELAY_NS_DEFAULT
-    return max(1_000, delays[len(delays) // 2])
 
 
 # ---------------------------------------------------------------------------------------------

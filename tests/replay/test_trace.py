@@ -28,8 +28,11 @@ def test_extracts_inputs(tmp_path: Path, synthetic) -> None:
     assert x[("r0", 0)].state == "DONE"
     assert x[("r0", 0)].terminal_ns - x[("r0", 0)].posted_ns == 4_000
     assert x[("r0", 0)].released_ns is not None
-    # The control delay estimate: gen's advertise -> ctx's first event of that request.
-    assert trace.control_delay_ns == 2_000
+    # Control-message delays read off both streams: advertise (gen -> ctx reaction) and the
+    # ready signal (ctx sent -> gen received), per request.
+    assert trace.control.lookup(("gen", "Advertise", "r0")) == [700]
+    assert trace.control.lookup(("ctx", "ReadySignal", "r2")) == [1_300]
+    assert trace.control.fallback("Completion") == 1_300  # none seen: the median of all
 
 
 def test_faults_and_health(tmp_path: Path, synthetic) -> None:
