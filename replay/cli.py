@@ -122,17 +122,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         live = replay_live(trace, policy, opts)
         report["live"] = live.to_dict()
-        report["live_agrees"] = live.verdict.signature() == result.verdict.signature()
+        report["live_agrees"] = live.signature == result.verdict.signature()
     if args.json:
         print_json(report)
     else:
         print(render(result.verdict, args.trace, policy.name, args.seed))
         if args.live:
-            agree = "agrees" if report["live_agrees"] else "DIFFERS"
-            print(f"live replay {agree}: {report['live']['signature']}")
+            lv = report["live"]
+            agree = "agrees with" if report["live_agrees"] else "DIFFERS from"
+            late = lv["lateness_p99_ns"]
+            print(f"live replay (real processes, NIXL) {agree} virtual: "
+                  f"{', '.join(lv['signature']) or 'clean'}; {lv['inputs']} inputs injected, "
+                  f"lateness p50 {_ms(lv['lateness_p50_ns'])} p99 {_ms(late)}; "
+                  f"ledgers in {lv['out_dir']}")
     if result.verdict.finding or (args.live and report["live"]["finding"]):
         raise Finding
     return 0
+
+
+def _ms(ns: int | None) -> str:
+    return "n/a" if ns is None else f"{ns / 1e6:.3f} ms"
 
 
 def cmd_minimize(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 TICKS_MAX_DEFAULT = 2_000_000
 SETTLE_NS = 10_000  # after a step that did work, step again this much later (a live loop would)
-HEARTBEAT_NS = 10_000_000  # catch-all step period while a worker is busy
+HEARTBEAT_NS = 100_000_000  # catch-all step period while a worker is busy
 DATA_DETECTORS = ("kv_corruption",)
 
 
@@ -124,19 +124,10 @@ class Replay:
         self.steps = 0
 
     # -- setup ------------------------------------------------------------------------------
-    def _config(self, stream: str) -> WorkerConfig:
-        info = self.trace.streams[stream]
-        raw = dict(info.config)
-        raw.update(role=info.role, name=stream, policy=self.policy.name)
-        try:
-            return WorkerConfig.from_dict(raw)
-        except (TypeError, ValueError) as exc:
-            raise TraceError(f"stream {stream!r}: unusable runtime config: {exc}") from None
-
     def _build_workers(self) -> None:
         for stream in sorted(self.trace.streams):
             info = self.trace.streams[stream]
-            cfg = self._config(stream)
+            cfg = config_for(self.trace, stream, self.policy)
             rec = Recorder(stream, self.clock)
             rec.emit("ledger.opened", None, schema_version=SCHEMA_VERSION, role=info.role,
                      wall_ns=info.offset_ns, config=cfg.to_dict())
@@ -306,6 +297,17 @@ class Replay:
         tmp.write_text(json.dumps(verdict.to_dict(), indent=2, sort_keys=True, default=str))
         os.replace(tmp, vpath)
         return written + [str(vpath)]
+
+
+def config_for(trace: Trace, stream: str, policy: Policy) -> WorkerConfig:
+    """The stream's recorded runtime configuration, under ``policy``."""
+    info = trace.streams[stream]
+    raw = dict(info.config)
+    raw.update(role=info.role, name=stream, policy=policy.name)
+    try:
+        return WorkerConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(f"stream {stream!r}: unusable runtime config: {exc}") from None
 
 
 def _align(t_ns: int, grid_ns: int) -> int:
