@@ -25,8 +25,8 @@ from kvledger.runtime.workload import RequestSpec
 
 log = logging.getLogger(__name__)
 
-TICK_NS = 10_000  # the in-process loop's step period (virtual)
-SETTLE_NS = 20_000_000  # run on this long after the last scripted action
+TICK_NS = 20_000  # the in-process loop's step period (virtual)
+SETTLE_NS = 100_000_000  # run on this long after the last scripted action
 US = 1_000
 MS = 1_000_000
 
@@ -64,72 +64,75 @@ def _delay(rid: str, ms: float) -> Fault:
     return Fault("delay", request_id=rid, msg_type="write", delay_ms=ms)
 
 
+# Windows are tens of milliseconds so that a live replay (real processes on a loaded machine,
+# inputs a few ms late) still lands each input inside its window.
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(
         "sender_cancel_drops_promise",
-        "r1's WRITE is held in flight 3 ms; the client cancels r1 after the ready signal. The "
+        "r1's WRITE is held in flight 60 ms; the client cancels r1 after the ready signal. The "
         "mutant erases the ctx request without fulfilling its promise (broken_promise).",
-        (_arrive(0, "r1"), _cancel(500, "r1")),
-        {"ctx": (_delay("r1", 3),)}),
+        (_arrive(0, "r1"), _cancel(20_000, "r1")),
+        {"ctx": (_delay("r1", 60),)}),
     Scenario(
         "gen_poll_blocks",
         "r1's WRITE is in flight 80 ms; gen's status poll (at_least=1) waits on it instead of "
         "skipping it, for longer than POLL_BLOCK_NS_MAX (blocked_poll). (No arrival during the "
         "block: the core re-feeds held inputs with their old time and asserts.)",
         (_arrive(0, "r1"),),
-        {"ctx": (_delay("r1", 80),)}, settle_ns=100 * MS),
+        {"ctx": (_delay("r1", 80),)}),
     Scenario(
         "receiver_queued_cancel_drops_promise",
-        "r1 holds the only receive slot (WRITE in flight 3 ms); r2 queues for it; the client "
+        "r1 holds the only receive slot (WRITE in flight 60 ms); r2 queues for it; the client "
         "cancels r2. The mutant erases the queued gen request without fulfilling (broken_promise).",
-        (_arrive(0, "r1"), _arrive(200, "r2"), _cancel(500, "r2")),
-        {"ctx": (_delay("r1", 3),)}),
+        (_arrive(0, "r1"), _arrive(10_000, "r2"), _cancel(30_000, "r2")),
+        {"ctx": (_delay("r1", 60),)}),
     Scenario(
         "not_ready_leaks_recv_slot",
-        "ctx cancels r1 before gen's request info reaches it; the late advertise is answered "
-        "not_ready. The mutant keeps gen's receive slot; with one slot, r2 waits forever "
-        "(slot_leak).",
-        (_arrive(0, "r1"), _cancel(0, "r1", ("ctx",)), _arrive(1_000, "r2")),
+        "ctx takes r1 and its client cancels it there before gen has even seen r1; gen's late "
+        "request info is answered not_ready. The mutant keeps gen's receive slot; with one slot, "
+        "r2 waits forever (slot_leak).",
+        (_arrive(0, "r1", sides=("ctx",)), _cancel(10_000, "r1", ("ctx",)),
+         _arrive(30_000, "r1", sides=("gen",)), _arrive(60_000, "r2")),
         {}, {"recv_slots": 1}),
     Scenario(
         "release_is_quiescence",
-        "r1's WRITE is held 3 ms; the client cancels it. The mutant takes the release as "
+        "r1's WRITE is held 60 ms; the client cancels it. The mutant takes the release as "
         "quiescence and frees both slots: r2 gets gen's only receive slot (and a fresh ctx slot) "
-        "and lands there, but gen is stalled 5 ms, so r2 is not unpacked before r1's late WRITE "
+        "and lands there, but gen is stalled 100 ms, so r2 is not unpacked before r1's late WRITE "
         "lands on the same slot (free_before_quiescence, kv_corruption).",
-        (_arrive(0, "r1"), _cancel(500, "r1"), _arrive(600, "r2")),
-        {"ctx": (_delay("r1", 3),),
-         "gen": (Fault("stall", at_ns=550 * US, delay_ms=5.0),)},
+        (_arrive(0, "r1"), _cancel(20_000, "r1"), _arrive(30_000, "r2")),
+        {"ctx": (_delay("r1", 60),),
+         "gen": (Fault("stall", at_ns=25 * MS, delay_ms=100.0),)},
         {"send_slots": 2, "recv_slots": 1}),
     Scenario(
         "timeout_frees_without_proof",
-        "r1 has a 1 ms timeout and its WRITE is in flight 3 ms. The mutant frees its slot and "
+        "r1 has a 20 ms timeout and its WRITE is in flight 60 ms. The mutant frees its slot and "
         "blocks at the timeout, without proof of quiescence (free_before_quiescence).",
-        (_arrive(0, "r1", timeout_ms=1), _arrive(5_000, "r2")),
-        {"ctx": (_delay("r1", 3),)}),
+        (_arrive(0, "r1", timeout_ms=20), _arrive(100_000, "r2")),
+        {"ctx": (_delay("r1", 60),)}),
     Scenario(
         "deferred_termination_dropped",
         "Block reuse on: r0 caches a prefix; r1 reuses it and is cancelled while its WRITE is in "
-        "flight, so its termination is deferred. The mutant never retries it: r1's blocks stay "
-        "referenced (lost_cleanup_obligation, block_pin_leak).",
+        "flight (60 ms), so its termination is deferred. The mutant never retries it: r1's blocks "
+        "stay referenced (lost_cleanup_obligation, block_pin_leak).",
         (_arrive(0, "r0", 64, prefix_id=7, prefix_tokens=48),
-         _arrive(1_000, "r1", 64, prefix_id=7, prefix_tokens=48), _cancel(1_500, "r1")),
-        {"ctx": (_delay("r1", 3),)}, {"block_reuse": True}),
+         _arrive(20_000, "r1", 64, prefix_id=7, prefix_tokens=48), _cancel(40_000, "r1")),
+        {"ctx": (_delay("r1", 60),)}, {"block_reuse": True}),
     Scenario(
         "gen_init_not_idempotent",
-        "gen receives r1's init twice (a retried request info). The mutant allocates and "
-        "receives twice for one request id.",
-        (_arrive(0, "r1"), _arrive(100, "r1", sides=("gen",)), _arrive(2_000, "r2")),
-        {"ctx": (_delay("r1", 1),)}, {"recv_slots": 2}),
+        "gen receives r1's init twice (a retried request info) while r1's WRITE is in flight. "
+        "The mutant allocates and receives twice for one request id.",
+        (_arrive(0, "r1"), _arrive(10_000, "r1", sides=("gen",)), _arrive(50_000, "r2")),
+        {"ctx": (_delay("r1", 30),)}, {"recv_slots": 2}),
 )}
 
 # A scenario for the health acceptance test: the gen worker is killed mid-transfer.
 KILL = Scenario(
     "peer_killed",
-    "r1's WRITE is in flight when the gen worker is killed at 1 ms; ctx sees the peer lost on its "
-    "next operation, quarantines the transfer and turns unhealthy.",
-    (_arrive(0, "r1"), _arrive(2_000, "r2")),
-    {"ctx": (_delay("r1", 3), Fault("kill", at_ns=1 * MS))})
+    "r1's WRITE is in flight when the gen worker is killed at 10 ms; ctx sees the peer lost on "
+    "its next operation, quarantines the transfer and turns unhealthy.",
+    (_arrive(0, "r1"), _arrive(20_000, "r2")),
+    {"ctx": (_delay("r1", 30), Fault("kill", at_ns=10 * MS))})
 
 
 def capture(scenario: Scenario, out_dir: str, policy: str | None = None,
