@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 GROUP_MS_DEFAULT = 10
 GROUP_MAX_DEFAULT = 1024
-QUEUE_MAX_DEFAULT = 1 << 20
+# ~400 bytes per queued event: 64k events is ~26 MB, the whole memory cost of a slow store.
+QUEUE_MAX_DEFAULT = 1 << 16
 BACKPRESSURE_MS_DEFAULT = 50
 
 Subscriber = Callable[[Event], None]
