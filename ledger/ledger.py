@@ -181,15 +181,19 @@ class Ledger:
     def close(self) -> None:
         if self._closed:
             return
-        self.emit("ledger.closed", None, events=self._seq + len(self._queue) + 1)
-        self.flush()
-        self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            self._writer.join(timeout=10)
-        if self._committer is not None:
-            self._committer.join(timeout=10)
-        self.store.close()
+        try:
+            self.flush()  # so that the count below is exact
+            self.emit("ledger.closed", None, events=self._seq + 1)
+            self.flush()
+        finally:
+            # Stop the threads and release the store even when the writer failed.
+            self._closed = True
+            self._wake.set()
+            if self._writer is not None:
+                self._writer.join(timeout=10)
+            if self._committer is not None:
+                self._committer.join(timeout=10)
+            self.store.close()
 
     def __enter__(self) -> Ledger:
         return self

@@ -58,3 +58,15 @@ def test_failing_store_surfaces_on_flush_and_then_on_emit(tmp_path: Path) -> Non
             led.emit("buffer.acquired", f"r{i}", pool="send", slot=i)
     assert len(led._queue) <= 65
     store.close()
+
+
+def test_close_after_a_writer_failure_raises_and_releases(tmp_path: Path) -> None:
+    url = str(tmp_path / "w.sqlite")
+    store = GatedStore(url)
+    store.fail = OSError("disk on fire")
+    store.gate.set()
+    led = Ledger(url, "ctx0", store=store)
+    with pytest.raises(WriterError, match="disk on fire"):
+        led.close()
+    assert led._writer is not None and not led._writer.is_alive()
+    assert led._committer is not None and not led._committer.is_alive()
