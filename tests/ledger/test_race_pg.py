@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from kvledger.ledger.sources import open_source
 from kvledger.ledger.store import EventStore
 from kvledger.ledger.verify import verify_source
-from store_contract import pg_database, pg_schema_url  # noqa: F401 - fixture
+
+from tests.ledger.store_contract import pg_database, pg_schema_url  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
