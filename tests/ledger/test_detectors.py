@@ -17,12 +17,13 @@ from kvledger.ledger.detectors import (
 from tests.ledger.sequences import (
     CTX_SCRIPTS,
     GEN_SCRIPTS,
-    Pools,
     S,
     Stream,
     ctx_cancel_in_flight,
     ctx_ok,
     gen_ok,
+    mutate,
+    prefix,
     random_stream,
 )
 
@@ -31,41 +32,6 @@ ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS}
 
 def fired(events, name: str, **kw) -> list[Finding]:
     return detect(events, only=[name], **kw)
-
-
-def mutate(script, rid: str, *, drop: set[str] = frozenset(), dup: set[str] = frozenset(),
-           role: str = "ctx", close: bool = True, config: dict | None = None) -> Stream:
-    """Run a hardened script with some step kinds dropped or emitted twice."""
-    s = Stream("w0", role, config=config)
-    pools = Pools(s.config)
-    step = next(script)
-    while True:
-        kind, attrs = step
-        filled = pools.fill(kind, dict(attrs))
-        n = 0 if kind in drop else 2 if kind in dup else 1
-        for _ in range(n):
-            s.emit(kind, rid, **filled)
-        try:
-            step = script.send(filled)
-        except StopIteration:
-            break
-    if close:
-        s.close()
-    return s
-
-
-def prefix(script, rid: str, upto: str, role: str = "ctx") -> Stream:
-    """Run a hardened script up to and including the first ``upto`` step."""
-    s = Stream("w0", role)
-    pools = Pools(s.config)
-    step = next(script)
-    while True:
-        kind, attrs = step
-        filled = pools.fill(kind, dict(attrs))
-        s.emit(kind, rid, **filled)
-        if kind == upto:
-            return s
-        step = script.send(filled)
 
 
 # --- registry and API ---------------------------------------------------------------------------
