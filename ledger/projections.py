@@ -86,14 +86,16 @@ class RequestState:
         self.cancel_result: str | None = None
         self.quarantined = False
         self.finished: str | None = None  # request.finished outcome
-        self.block_refs: dict[int, int] = {}  # block -> references held by this request
+        # Containers are created on first use (most events of a fold create none; allocation
+        # and GC pressure dominate the fold's cost otherwise). None = empty.
+        self.block_refs: dict[int, int] | None = None  # block -> references held
         self.blocks_ns: int | None = None
-        self.pins: dict[int, int] = {}  # block -> pins held by this request
+        self.pins: dict[int, int] | None = None  # block -> pins held by this request
         self.pins_ns: int | None = None
-        self.slots: dict[tuple[str, int], int] = {}  # (pool, slot) -> acquired at ts_ns
-        self.handles: dict[int, list] = {}  # handle -> [last state, posted at ts_ns]
+        self.slots: dict[tuple[str, int], int] | None = None  # (pool, slot) -> acquired at
+        self.handles: dict[int, list] | None = None  # handle -> [last state, posted at ts_ns]
         self.promise_ns: int | None = None  # transfer started, promise not yet fulfilled
-        self.fulfilled: dict[str, str] = {}  # side -> outcome
+        self.fulfilled: dict[str, str] | None = None  # side -> outcome
 
     @property
     def needs_termination(self) -> bool:
@@ -102,8 +104,8 @@ class RequestState:
     def oldest_obligation_ns(self) -> int | None:
         cands = [t for t in (self.termination_ns if self.needs_termination else None,
                              self.blocks_ns, self.pins_ns, self.promise_ns) if t is not None]
-        cands.extend(self.slots.values())
-        cands.extend(h[1] for h in self.handles.values())
+        cands.extend((self.slots or {}).values())
+        cands.extend(h[1] for h in (self.handles or {}).values())
         return min(cands) if cands else None
 
     def holds_nothing(self) -> bool:
@@ -132,11 +134,11 @@ class RequestState:
             "cancel_result": self.cancel_result,
             "quarantined": self.quarantined,
             "finished": self.finished,
-            "promises_fulfilled": dict(sorted(self.fulfilled.items())),
-            "held_slots": sorted([p, s] for p, s in self.slots),
-            "held_blocks": sorted(self.block_refs),
-            "pinned_blocks": sorted(self.pins),
-            "held_handles": {str(h): v[0] for h, v in sorted(self.handles.items())},
+            "promises_fulfilled": dict(sorted((self.fulfilled or {}).items())),
+            "held_slots": sorted([p, s] for p, s in self.slots or ()),
+            "held_blocks": sorted(self.block_refs or ()),
+            "pinned_blocks": sorted(self.pins or ()),
+            "held_handles": {str(h): v[0] for h, v in sorted((self.handles or {}).items())},
             "oldest_obligation_ns": self.oldest_obligation_ns(),
             "first_ns": self.first_ns,
         }
@@ -279,8 +281,8 @@ class Projection:
         refs: dict[str, set[int]] = {s: set() for s in self.workers}
         pins: dict[str, set[int]] = {s: set() for s in self.workers}
         for (stream, _), st in self.requests.items():
-            refs[stream].update(st.block_refs)
-            pins[stream].update(st.pins)
+            refs[stream].update(st.block_refs or ())
+            pins[stream].update(st.pins or ())
         workers = {s: w.snapshot(refs[s], pins[s]) for s, w in sorted(self.workers.items())}
         return {"workers": workers, "requests": reqs}
 
@@ -309,9 +311,12 @@ class Projection:
     # Worker-level block references and pins are not counted here: they are the union over the
     # worker's open requests (a request holding blocks is never dropped), computed by snapshot().
     def _blocks_ref(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.block_refs:
+        refs = st.block_refs
+        if refs is None:
+            refs = st.block_refs = {}
+        _add(refs, ev.attrs["blocks"], 1)
+        if st.blocks_ns is None and refs:
             st.blocks_ns = ev.ts_ns
-        _add(st.block_refs, ev.attrs["blocks"], 1)
 
     _h_blocks_allocated = _blocks_ref
     _h_blocks_reused = _blocks_ref
@@ -319,6 +324,8 @@ class Projection:
     def _h_blocks_freed(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         # Only references this request holds are given back: a double free changes nothing.
         refs = st.block_refs
+        if not refs:
+            return
         blocks = [b for b in ev.attrs["blocks"] if b in refs]
         _add(refs, blocks, -1)
         # Candidates for the prefix cache; snapshot() subtracts blocks still referenced.
@@ -327,12 +334,17 @@ class Projection:
             st.blocks_ns = None
 
     def _h_blocks_pinned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.pins:
+        pins = st.pins
+        if pins is None:
+            pins = st.pins = {}
+        _add(pins, ev.attrs["blocks"], 1)
+        if st.pins_ns is None and pins:
             st.pins_ns = ev.ts_ns
-        _add(st.pins, ev.attrs["blocks"], 1)
 
     def _h_blocks_unpinned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         pins = st.pins
+        if not pins:
+            return
         _add(pins, [b for b in ev.attrs["blocks"] if b in pins], -1)
         if not pins:
             st.pins_ns = None
@@ -340,13 +352,15 @@ class Projection:
     def _h_buffer_acquired(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         a = ev.attrs
         pool = w.pool(a["pool"])
+        if st.slots is None:
+            st.slots = {}
         st.slots[(a["pool"], a["slot"])] = ev.ts_ns
         pool.held[a["slot"]] = st.request_id
         pool.waiting.discard(st.request_id)
 
     def _slot_gone(self, ev: Event, w: WorkerState, st: RequestState) -> SlotPool | None:
         a = ev.attrs
-        if st.slots.pop((a["pool"], a["slot"]), None) is None:
+        if not st.slots or st.slots.pop((a["pool"], a["slot"]), None) is None:
             return None  # not held by this request (a double release): nothing changes
         pool = w.pool(a["pool"])
         if pool.held.get(a["slot"]) == st.request_id:
@@ -378,11 +392,13 @@ class Projection:
         st.ready_signal = ev.attrs["signal"]
 
     def _h_xfer_posted(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        if st.handles is None:
+            st.handles = {}
         st.handles[ev.attrs["handle"]] = ["posted", ev.ts_ns]
         st.transfer = "in_flight"
 
     def _h_xfer_polled(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        h = st.handles.get(ev.attrs["handle"])
+        h = st.handles.get(ev.attrs["handle"]) if st.handles else None
         state = ev.attrs["state"]
         if h is not None:
             h[0] = state
@@ -391,13 +407,16 @@ class Projection:
             st.owners[_S] = "transceiver"
 
     def _h_xfer_released(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        st.handles.pop(ev.attrs["handle"], None)
+        if st.handles:
+            st.handles.pop(ev.attrs["handle"], None)
 
     def _h_transfer_completed(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         st.transfer = ev.attrs["outcome"]
         w.in_flight.discard(st.request_id)
 
     def _h_future_fulfilled(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        if st.fulfilled is None:
+            st.fulfilled = {}
         st.fulfilled[ev.attrs["side"]] = ev.attrs["outcome"]
         st.promise_ns = None
 
