@@ -79,7 +79,7 @@ def test_random_hardened_interleavings_are_clean(seed, n):
 def test_broken_promise_fires_when_cancel_drops_the_promise():
     s = mutate(ctx_cancel_in_flight(), "r1", drop={"future.fulfilled"})
     (f,) = fired(s.events, "broken_promise")
-    assert f.seq == 5 and "resources.freed" in f.reason  # transfer.started
+    assert f.seq == 5 and "never fulfilled" in f.reason  # the transfer.started
 
 
 def test_broken_promise_fires_on_double_fulfil():
@@ -93,6 +93,19 @@ def test_broken_promise_waits_until_the_request_is_settled():
     assert fired(s.events, "broken_promise") == []  # in flight, stream open: not judged yet
     s.close()
     assert [f.seq for f in fired(s.events, "broken_promise")] == [5]
+
+
+def test_leaks_are_not_judged_while_quarantined():
+    # A runtime may finish the request logically at the timeout while its transfer is still
+    # quarantined (the future and the slot stay tracked until the transport answers).
+    s = prefix(CTX_SCRIPTS["ctx_timeout_quarantine"](), "r1", "quarantine.entered")
+    s.emit("request.finished", "r1", outcome="timed_out")
+    names = ["broken_promise", "slot_leak", "orphaned_handle", "block_pin_leak"]
+    assert detect(s.events, only=names) == []
+    s.emit("quarantine.left", "r1", state="ERR")  # ...and then nothing was given back
+    assert sorted(f.detector for f in detect(s.events, only=names)) == sorted(
+        ["broken_promise", "slot_leak", "orphaned_handle", "block_pin_leak",
+         "block_pin_leak"])
 
 
 # --- blocked_poll -------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ SELECT
     max(seq) FILTER (WHERE kind = 'transfer.completed') AS last_completed_seq,
     min(seq) FILTER (WHERE kind = 'transfer.completed') AS first_completed_seq,
     arg_min(ts_ns, seq) FILTER (WHERE kind = 'transfer.completed') AS first_completed_ts,
-    arg_min(outcome, seq) FILTER (WHERE kind = 'transfer.completed') AS first_completed_outcome
+    arg_min(outcome, seq) FILTER (WHERE kind = 'transfer.completed') AS first_completed_outcome,
+    bool_or(kind IN ('request.finished', 'resources.freed')) AS ended,
+    coalesce(max(seq) FILTER (WHERE kind = 'quarantine.entered'), 0)
+        > coalesce(max(seq) FILTER (WHERE kind = 'quarantine.left'), 0) AS in_quarantine
 FROM detector_ev
 WHERE request_id IS NOT NULL
 GROUP BY stream, request_id;
@@ -79,6 +82,8 @@ COMMENT ON COLUMN detector_requests.last_completed_seq IS 'seq of the last trans
 COMMENT ON COLUMN detector_requests.first_completed_seq IS 'seq of the first transfer.completed';
 COMMENT ON COLUMN detector_requests.first_completed_ts IS 'ts_ns of the first transfer.completed';
 COMMENT ON COLUMN detector_requests.first_completed_outcome IS 'outcome of the first transfer.completed';
+COMMENT ON COLUMN detector_requests.ended IS 'the request has a request.finished or resources.freed';
+COMMENT ON COLUMN detector_requests.in_quarantine IS 'its last quarantine.entered is not followed by a quarantine.left';
 
 -- Blocks by mention: one row per block listed by a blocks.* event of a request.
 CREATE OR REPLACE VIEW detector_block_mentions AS

@@ -1,4 +1,4 @@
--- detector_block_pin_leak: Blocks pinned more than unpinned, or referenced more than freed, once the request has termination.done or finished, or the stream closed; one finding each for pins and references.
+-- detector_block_pin_leak: Blocks pinned more than unpinned, or referenced more than freed, once the request is settled or has termination.done; one finding each for pins and references.
 -- Spec: the 'block_pin_leak' paragraph of ledger/detectors.py (same findings as the Python detector).
 -- requires: detector_block_mentions, detector_requests, detector_streams, detector_params
 -- column detector: the detector's name (always 'block_pin_leak')
@@ -35,8 +35,8 @@ SELECT 'block_pin_leak' AS detector, l.stream, l.request_id, l.seq,
 FROM leaks l
 JOIN detector_requests r USING (stream, request_id)
 JOIN detector_streams s USING (stream)
-WHERE s.closed_seq IS NOT NULL OR r.termination_done OR r.finished;
-COMMENT ON VIEW detector_block_pin_leak IS 'Blocks pinned more than unpinned, or referenced more than freed, once the request has termination.done or finished, or the stream closed; one finding each for pins and references.';
+WHERE (s.closed_seq IS NOT NULL OR (r.ended AND NOT r.in_quarantine)) OR r.termination_done;
+COMMENT ON VIEW detector_block_pin_leak IS 'Blocks pinned more than unpinned, or referenced more than freed, once the request is settled or has termination.done; one finding each for pins and references.';
 COMMENT ON COLUMN detector_block_pin_leak.detector IS 'the detector''s name (always ''block_pin_leak'')';
 COMMENT ON COLUMN detector_block_pin_leak.stream IS 'the worker (stream) the finding is on';
 COMMENT ON COLUMN detector_block_pin_leak.request_id IS 'the request the finding is about; NULL for a worker-level finding';

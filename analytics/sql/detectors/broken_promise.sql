@@ -1,4 +1,4 @@
--- detector_broken_promise: A transfer promise never fulfilled by the time the request settled, or fulfilled twice for one side.
+-- detector_broken_promise: A settled request whose transfer started and whose promise was never fulfilled, or a promise fulfilled twice for one side.
 -- Spec: the 'broken_promise' paragraph of ledger/detectors.py (same findings as the Python detector).
 -- requires: detector_ev, detector_requests, detector_streams, detector_params
 -- column detector: the detector's name (always 'broken_promise')
@@ -9,13 +9,11 @@
 
 CREATE OR REPLACE VIEW detector_broken_promise AS
 SELECT 'broken_promise' AS detector, r.stream, r.request_id, r.first_started_seq AS seq,
-       'transfer started at seq ' || r.first_started_seq || ' never fulfilled its promise before seq '
-       || coalesce(r.first_end_seq, s.closed_seq) AS reason
+       'transfer started at seq ' || r.first_started_seq
+       || '; the request settled and its promise was never fulfilled' AS reason
 FROM detector_requests r JOIN detector_streams s USING (stream)
-WHERE r.first_started_seq IS NOT NULL
-  AND coalesce(r.first_end_seq, s.closed_seq) IS NOT NULL
-  AND (r.first_fulfilled_seq IS NULL
-       OR r.first_fulfilled_seq >= coalesce(r.first_end_seq, s.closed_seq))
+WHERE r.first_started_seq IS NOT NULL AND r.first_fulfilled_seq IS NULL
+  AND (s.closed_seq IS NOT NULL OR (r.ended AND NOT r.in_quarantine))
 UNION ALL
 SELECT 'broken_promise', stream, request_id, seq,
        side || ' promise fulfilled again (' || outcome || ') at seq ' || seq
@@ -23,7 +21,7 @@ FROM (SELECT stream, request_id, seq, side, outcome,
              row_number() OVER (PARTITION BY stream, request_id, side ORDER BY seq) AS n
       FROM detector_ev WHERE kind = 'future.fulfilled')
 WHERE n > 1;
-COMMENT ON VIEW detector_broken_promise IS 'A transfer promise never fulfilled by the time the request settled, or fulfilled twice for one side.';
+COMMENT ON VIEW detector_broken_promise IS 'A settled request whose transfer started and whose promise was never fulfilled, or a promise fulfilled twice for one side.';
 COMMENT ON COLUMN detector_broken_promise.detector IS 'the detector''s name (always ''broken_promise'')';
 COMMENT ON COLUMN detector_broken_promise.stream IS 'the worker (stream) the finding is on';
 COMMENT ON COLUMN detector_broken_promise.request_id IS 'the request the finding is about; NULL for a worker-level finding';

@@ -1,4 +1,4 @@
--- detector_orphaned_handle: An xfer.posted handle never released by the request, once the request finished or the stream closed.
+-- detector_orphaned_handle: An xfer.posted handle never released by the request, once the request is settled.
 -- Spec: the 'orphaned_handle' paragraph of ledger/detectors.py (same findings as the Python detector).
 -- requires: detector_ev, detector_requests, detector_streams, detector_params
 -- column detector: the detector's name (always 'orphaned_handle')
@@ -19,8 +19,8 @@ JOIN detector_requests r USING (stream, request_id)
 JOIN detector_streams s USING (stream)
 WHERE x.kind = 'xfer.posted'
   AND (x.last_released_seq IS NULL OR x.last_released_seq < x.seq)
-  AND (r.finished OR s.closed_seq IS NOT NULL);
-COMMENT ON VIEW detector_orphaned_handle IS 'An xfer.posted handle never released by the request, once the request finished or the stream closed.';
+  AND (s.closed_seq IS NOT NULL OR (r.ended AND NOT r.in_quarantine));
+COMMENT ON VIEW detector_orphaned_handle IS 'An xfer.posted handle never released by the request, once the request is settled.';
 COMMENT ON COLUMN detector_orphaned_handle.detector IS 'the detector''s name (always ''orphaned_handle'')';
 COMMENT ON COLUMN detector_orphaned_handle.stream IS 'the worker (stream) the finding is on';
 COMMENT ON COLUMN detector_orphaned_handle.request_id IS 'the request the finding is about; NULL for a worker-level finding';
