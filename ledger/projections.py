@@ -62,40 +62,34 @@ _NOOP = (None, ())
 class RequestState:
     """One open request on one stream (worker)."""
 
-    __slots__ = (
-        "stream", "request_id", "role", "owners", "first_ns",
-        "termination_requested", "termination_deferred", "termination_done", "termination_ns",
-        "resources_freed", "transfer", "ready_signal", "cancel_result", "quarantined", "finished",
-        "block_refs", "blocks_ns", "pins", "pins_ns", "slots", "handles", "promise_ns",
-        "fulfilled",
-    )
+    # No __slots__: the scalar defaults live on the class, so creating a request sets four
+    # attributes instead of twenty-odd (creation dominated the fold's cost).
+    role: str | None = None
+    termination_requested = False
+    termination_deferred = False
+    termination_done = False
+    termination_ns: int | None = None  # when the open termination obligation began
+    resources_freed = False
+    transfer: str | None = None  # started/advertised/in_flight/<completed outcome>
+    ready_signal: str | None = None
+    cancel_result: str | None = None
+    quarantined = False
+    finished: str | None = None  # request.finished outcome
+    # Containers are created on first use. None = empty.
+    block_refs: dict[int, int] | None = None  # block -> references held by this request
+    blocks_ns: int | None = None
+    pins: dict[int, int] | None = None  # block -> pins held by this request
+    pins_ns: int | None = None
+    slots: dict[tuple[str, int], int] | None = None  # (pool, slot) -> acquired at ts_ns
+    handles: dict[int, list] | None = None  # handle -> [last state, posted at ts_ns]
+    promise_ns: int | None = None  # transfer started, promise not yet fulfilled
+    fulfilled: dict[str, str] | None = None  # side -> outcome
 
     def __init__(self, stream: str, request_id: str, ts_ns: int) -> None:
         self.stream = stream
         self.request_id = request_id
-        self.role: str | None = None
         self.owners: list[str | None] = [None, None, None, None]
         self.first_ns = ts_ns
-        self.termination_requested = False
-        self.termination_deferred = False
-        self.termination_done = False
-        self.termination_ns: int | None = None  # when the open termination obligation began
-        self.resources_freed = False
-        self.transfer: str | None = None  # started/advertised/in_flight/<completed outcome>
-        self.ready_signal: str | None = None
-        self.cancel_result: str | None = None
-        self.quarantined = False
-        self.finished: str | None = None  # request.finished outcome
-        # Containers are created on first use (most events of a fold create none; allocation
-        # and GC pressure dominate the fold's cost otherwise). None = empty.
-        self.block_refs: dict[int, int] | None = None  # block -> references held
-        self.blocks_ns: int | None = None
-        self.pins: dict[int, int] | None = None  # block -> pins held by this request
-        self.pins_ns: int | None = None
-        self.slots: dict[tuple[str, int], int] | None = None  # (pool, slot) -> acquired at
-        self.handles: dict[int, list] | None = None  # handle -> [last state, posted at ts_ns]
-        self.promise_ns: int | None = None  # transfer started, promise not yet fulfilled
-        self.fulfilled: dict[str, str] | None = None  # side -> outcome
 
     @property
     def needs_termination(self) -> bool:
@@ -167,7 +161,7 @@ class WorkerState:
     """One worker (stream): pools, in-flight transfers, health."""
 
     __slots__ = ("stream", "role", "config", "pools", "num_blocks", "cached", "in_flight",
-                 "quarantined", "healthy", "health_reason", "closed", "last_seq")
+                 "quarantined", "healthy", "health_reason", "closed", "last_seq", "requests")
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
@@ -182,6 +176,7 @@ class WorkerState:
         self.health_reason = ""
         self.closed = False
         self.last_seq = 0
+        self.requests: dict[str, RequestState] = {}  # open requests of this worker
 
     def pool(self, name: str) -> SlotPool:
         p = self.pools.get(name)
@@ -208,21 +203,10 @@ class WorkerState:
         }
 
 
-def _add(d: dict, keys: Iterable[int], n: int) -> None:
-    """Add n to d[k] for each k; drop keys that reach 0 or below (no negative references)."""
-    for k in keys:
-        v = d.get(k, 0) + n
-        if v > 0:
-            d[k] = v
-        else:
-            d.pop(k, None)
-
-
 class Projection:
     """The fold: ``apply`` one event at a time, or ``rebuild`` from a sequence of events."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str], RequestState] = {}
         self.workers: dict[str, WorkerState] = {}
         # kind -> bound handler, by naming convention: "xfer.polled" -> _h_xfer_polled.
         self._handlers = {k: getattr(self, "_h_" + k.replace(".", "_")) for k in EVENT_KINDS
@@ -256,10 +240,10 @@ class Projection:
             if h is not None:
                 h(ev, w, None)
             return
-        key = (stream, rid)
-        st = self.requests.get(key)
+        reqs = w.requests
+        st = reqs.get(rid)
         if st is None:
-            st = self.requests[key] = RequestState(stream, rid, ev.ts_ns)
+            st = reqs[rid] = RequestState(stream, rid, ev.ts_ns)
         h, ops = self._dispatch.get(ev.kind, _NOOP)
         if ops:
             owners = st.owners
@@ -268,10 +252,16 @@ class Projection:
         if h is not None:
             h(ev, w, st)
         if st.finished is not None and st.holds_nothing():
-            del self.requests[key]
+            del reqs[rid]
+
+    @property
+    def requests(self) -> dict[tuple[str, str], RequestState]:
+        """Every open request, keyed (stream, request_id) (a fresh dict; for inspection)."""
+        return {(s, r): st for s, w in self.workers.items() for r, st in w.requests.items()}
 
     def request(self, stream: str, request_id: str) -> RequestState | None:
-        return self.requests.get((stream, request_id))
+        w = self.workers.get(stream)
+        return None if w is None else w.requests.get(request_id)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain dicts, JSON-ready: {"workers": {stream: ...}, "requests": {stream: {rid: ...}}}."""
@@ -314,7 +304,9 @@ class Projection:
         refs = st.block_refs
         if refs is None:
             refs = st.block_refs = {}
-        _add(refs, ev.attrs["blocks"], 1)
+        get = refs.get
+        for b in ev.attrs["blocks"]:
+            refs[b] = get(b, 0) + 1
         if st.blocks_ns is None and refs:
             st.blocks_ns = ev.ts_ns
 
@@ -326,10 +318,18 @@ class Projection:
         refs = st.block_refs
         if not refs:
             return
-        blocks = [b for b in ev.attrs["blocks"] if b in refs]
-        _add(refs, blocks, -1)
+        gone = []
+        for b in ev.attrs["blocks"]:
+            n = refs.get(b)
+            if n is None:
+                continue
+            if n > 1:
+                refs[b] = n - 1
+            else:
+                del refs[b]
+                gone.append(b)
         # Candidates for the prefix cache; snapshot() subtracts blocks still referenced.
-        w.cached.update(blocks)
+        w.cached.update(gone)
         if not refs:
             st.blocks_ns = None
 
@@ -337,7 +337,9 @@ class Projection:
         pins = st.pins
         if pins is None:
             pins = st.pins = {}
-        _add(pins, ev.attrs["blocks"], 1)
+        get = pins.get
+        for b in ev.attrs["blocks"]:
+            pins[b] = get(b, 0) + 1
         if st.pins_ns is None and pins:
             st.pins_ns = ev.ts_ns
 
@@ -345,7 +347,14 @@ class Projection:
         pins = st.pins
         if not pins:
             return
-        _add(pins, [b for b in ev.attrs["blocks"] if b in pins], -1)
+        for b in ev.attrs["blocks"]:
+            n = pins.get(b)
+            if n is None:
+                continue
+            if n > 1:
+                pins[b] = n - 1
+            else:
+                del pins[b]
         if not pins:
             st.pins_ns = None
 
@@ -424,7 +433,7 @@ class Projection:
         st.cancel_result = ev.attrs["result"]
 
     def _h_termination_requested(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.needs_termination:
+        if not st.termination_requested or st.termination_done:  # no open obligation yet
             st.termination_ns = ev.ts_ns
         st.termination_requested = True
         st.termination_done = False
