@@ -397,6 +397,7 @@ def _add_polls(evs: list[Ev], spec: SynthSpec) -> list[Ev]:
                 "elapsed_ns": 15_000 + (k * 7919) % 40_000}))
             t += POLL_PERIOD_NS
             k += 1
+    polls.sort(key=lambda e: e[0])
     return list(heapq.merge(evs, polls, key=lambda e: e[0]))
 
 
