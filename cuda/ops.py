@@ -5,6 +5,16 @@ per-block checksums. This module is the torch reference (CPU, and any device tor
 Pool layout (block-major, so one block is one contiguous run of bytes):
     pool[num_blocks, layers, 2 (K/V), kv_heads, block_tokens, head_dim]
 A slot is a flat uint8 tensor of at least ``len(block_ids) * block_nbytes(pool)`` bytes.
+
+Dispatch: each function runs the Triton kernel of ``kvledger.cuda.kernels`` when its tensors are on
+a CUDA device and the kernel is available (Triton importable, layout addressable as 32-bit words),
+else the torch code below. Both give bit-identical results (tests/cuda/test_kernels_gpu.py).
+GPU pack/unpack are asynchronous on the current stream: record a ``quiescence.DeviceFence`` behind
+them before the slot or blocks are handed to the transport or reused. ``block_checksums`` returns
+host integers, so it synchronizes.
+
+A slot smaller than the listed blocks raises ``SlotTooSmallError`` (a ValueError) before any byte
+moves; an unknown block id raises IndexError.
 """
 
 from __future__ import annotations
@@ -18,6 +28,24 @@ import torch
 _CHECKSUM_MOD = 2_147_483_629
 
 
+class SlotTooSmallError(ValueError):
+    """The slot cannot hold the listed blocks."""
+
+
+def _check_slot(slot: torch.Tensor, n: int) -> None:
+    if slot.dtype != torch.uint8 or slot.dim() != 1:
+        raise ValueError(f"slot must be a flat uint8 tensor, got {slot.dtype} {tuple(slot.shape)}")
+    if slot.numel() < n:
+        raise SlotTooSmallError(f"slot too small: {slot.numel()} bytes < {n} needed")
+
+
+def _kernels():
+    """The GPU kernel module, imported lazily (Triton import costs ~1 s; CPU runs never pay it)."""
+    from kvledger.cuda import kernels
+
+    return kernels
+
+
 def block_nbytes(pool: torch.Tensor) -> int:
     return pool[0].numel() * pool.element_size()
 
@@ -29,7 +57,17 @@ def _ids(block_ids: Sequence[int], device: torch.device) -> torch.Tensor:
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor) -> int:
     """Copy ``pool[block_ids]`` into the front of ``slot`` (uint8). Returns bytes written."""
     n = len(block_ids) * block_nbytes(pool)
-    assert slot.dtype == torch.uint8 and slot.numel() >= n, "slot too small"
+    _check_slot(slot, n)
+    if pool.is_cuda and _kernels().supports(pool, slot):
+        _kernels().pack(pool, block_ids, slot, n)
+        return n
+    return pack_torch(pool, block_ids, slot)
+
+
+def pack_torch(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor) -> int:
+    """The torch reference of ``pack`` (any device; ``index_select``)."""
+    n = len(block_ids) * block_nbytes(pool)
+    _check_slot(slot, n)
     out = slot[:n].view(pool.dtype).view(len(block_ids), *pool.shape[1:])
     torch.index_select(pool, 0, _ids(block_ids, pool.device), out=out)
     return n
@@ -38,7 +76,17 @@ def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor) -> in
 def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int]) -> int:
     """Copy the front of ``slot`` into ``pool[block_ids]``. Returns bytes read."""
     n = len(block_ids) * block_nbytes(pool)
-    assert slot.dtype == torch.uint8 and slot.numel() >= n, "slot too small"
+    _check_slot(slot, n)
+    if pool.is_cuda and _kernels().supports(pool, slot):
+        _kernels().unpack(slot, pool, block_ids, n)
+        return n
+    return unpack_torch(slot, pool, block_ids)
+
+
+def unpack_torch(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int]) -> int:
+    """The torch reference of ``unpack`` (any device; ``index_copy_``)."""
+    n = len(block_ids) * block_nbytes(pool)
+    _check_slot(slot, n)
     src = slot[:n].view(pool.dtype).view(len(block_ids), *pool.shape[1:])
     pool.index_copy_(0, _ids(block_ids, pool.device), src)
     return n
@@ -46,6 +94,15 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int]) -> 
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """One integer checksum per block (see _CHECKSUM_MOD); identical on every device."""
+    if not block_ids:
+        return []
+    if pool.is_cuda and _kernels().supports_checksum(pool):
+        return _kernels().block_checksums(pool, block_ids, _CHECKSUM_MOD)
+    return block_checksums_torch(pool, block_ids)
+
+
+def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
+    """The torch reference checksum (any device); ``block_checksums`` dispatches here off-GPU."""
     if not block_ids:
         return []
     blocks = pool.index_select(0, _ids(block_ids, pool.device))

@@ -148,6 +148,11 @@ _SPECS = [
     # --- integrity -----------------------------------------------------------------------------
     _k("kv.checksum_failed", "gen-side checksum mismatch on a received block", True,
        block="int", expected="int", actual="int"),
+    # --- device (GPU data path) ------------------------------------------------------------
+    _k("device.fence_completed", "the device work (pack/unpack) touching a slot or blocks "
+       "finished: its CUDA event completed (trivially at once on CPU); with the transport's "
+       "terminal xfer.polled, the second fact of quiescence", True,
+       op="str", slot="int?", blocks="ints?", device="str?"),
     # --- health / peers / faults ---------------------------------------------------------------
     _k("health.changed", "serving ability changed", False, healthy="bool", reason="str"),
     _k("quarantine.entered", "a transfer with unknown quiescence was quarantined", True,

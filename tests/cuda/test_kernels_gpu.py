@@ -1,0 +1,131 @@
+"""The Triton kernels against the torch reference on the same input, and CUDA-event quiescence.
+Needs a CUDA device: skipped with a reason elsewhere (CI has none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kvledger.cuda import ops
+from kvledger.cuda.quiescence import DeviceFence, Quiescence
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="no CUDA device: the GPU kernels run only on a GPU host"),
+]
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    pytest.importorskip("triton", reason="Triton not installed: the GPU path needs it")
+    from kvledger.cuda import kernels as k
+
+    assert k.available()
+    return k
+
+
+def _pool(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random bit patterns on the GPU (NaN payloads included): any bits must be moved intact."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nbytes = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
+    raw = torch.randint(-(2**31), 2**31 - 1, (nbytes // 4,), dtype=torch.int32, device="cuda",
+                        generator=g)
+    return raw.view(dtype).view(shape)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.contiguous().view(torch.uint8).cpu(), b.contiguous().view(torch.uint8)
+                       .cpu())
+
+
+# (blocks, layers, kv, heads, tokens, head_dim): tiny, odd-sized (a partial last chunk),
+# and realistic 4 MiB bf16 blocks (several chunks per block).
+SHAPES = [(12, 3, 2, 2, 4, 8), (9, 5, 2, 3, 7, 12), (6, 32, 2, 8, 32, 128)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pack_unpack_checksum_bit_identical_to_cpu_reference(kernels, dtype, shape) -> None:
+    pool = _pool(shape, dtype, seed=hash((str(dtype), shape)) % 1000)
+    assert kernels.supports(pool)
+    n = shape[0]
+    ids = [(i * 5 + 3) % n for i in range(n)][: max(1, n - 2)]  # odd order, not all blocks
+    ids = list(dict.fromkeys(ids))
+    bn = ops.block_nbytes(pool)
+    pool_cpu = pool.cpu()
+
+    # pack: GPU kernel vs torch on the CPU, with poisoned slots (every byte must be written)
+    slot = torch.full((len(ids) * bn + 64,), 0xEE, dtype=torch.uint8, device="cuda")
+    slot_ref = torch.full((len(ids) * bn + 64,), 0xEE, dtype=torch.uint8)
+    assert ops.pack(pool, ids, slot) == ops.pack_torch(pool_cpu, ids, slot_ref)
+    assert _same(slot, slot_ref)
+
+    # unpack into a poisoned pool, reversed destination order; other blocks untouched
+    dst_ids = list(reversed(range(n)))[: len(ids)]
+    dst = _pool(shape, dtype, seed=7)
+    dst_ref = dst.cpu()
+    ops.unpack(slot, dst, dst_ids)
+    ops.unpack_torch(slot_ref, dst_ref, dst_ids)
+    assert _same(dst, dst_ref)
+
+    # the torch path on the GPU agrees too (same function on any device)
+    dst_t = _pool(shape, dtype, seed=7)
+    ops.unpack_torch(slot, dst_t, dst_ids)
+    assert _same(dst_t, dst_ref)
+
+    # checksums: kernel == reference (CPU), for every block
+    all_ids = list(range(n))
+    assert ops.block_checksums(pool, all_ids) == ops.block_checksums_torch(pool_cpu, all_ids)
+    assert ops.block_checksums(dst, dst_ids) == ops.block_checksums(pool, ids)
+
+
+def test_checksum_kernel_sees_one_flipped_bit(kernels) -> None:
+    pool = _pool((4, 32, 2, 8, 32, 128), torch.bfloat16, seed=11)
+    base = ops.block_checksums(pool, [0, 1, 2, 3])
+    words = pool.view(4, -1).view(torch.int32)
+    words[2, 777_777] ^= 1 << 9
+    after = ops.block_checksums(pool, [0, 1, 2, 3])
+    assert after[2] != base[2] and after[:2] == base[:2] and after[3] == base[3]
+    assert after == ops.block_checksums_torch(pool.cpu(), [0, 1, 2, 3])
+
+
+def test_gpu_slot_too_small_and_bad_id(kernels) -> None:
+    pool = _pool((4, 2, 2, 2, 4, 8), torch.float16, seed=1)
+    bn = ops.block_nbytes(pool)
+    with pytest.raises(ops.SlotTooSmallError):
+        ops.pack(pool, [0, 1], torch.empty(2 * bn - 1, dtype=torch.uint8, device="cuda"))
+    with pytest.raises(IndexError):
+        ops.unpack(torch.empty(bn, dtype=torch.uint8, device="cuda"), pool, [4])
+
+
+def test_fence_not_complete_while_stream_busy_then_complete(kernels) -> None:
+    pool = _pool((8, 32, 2, 8, 32, 128), torch.bfloat16, seed=3)
+    slot = torch.empty(8 * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    q = Quiescence("r1", "pack", slot=0, transport_ops=1, emit=None)
+    torch.cuda._sleep(2_000_000_000)  # holds the stream ~1 s: the pack behind it cannot be done
+    ops.pack(pool, list(range(8)), slot)
+    fence = q.record_fence(slot)
+    q.transport_terminal("DONE")  # transport terminal alone does not make the slot reusable
+    assert not fence.is_complete()
+    assert not q.reusable()
+    q.drain()
+    assert fence.is_complete() and q.reusable()
+    check = torch.empty_like(slot).cpu()
+    ops.pack_torch(pool.cpu(), list(range(8)), check)
+    assert _same(slot, check)
+
+
+def test_fence_on_side_stream(kernels) -> None:
+    pool = _pool((4, 2, 2, 2, 4, 8), torch.float32, seed=5)
+    slot = torch.empty(4 * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(2_000_000_000)
+        ops.pack(pool, [3, 2, 1, 0], slot)
+        fence = DeviceFence(slot.device)
+        fence.record()  # the current stream here: the side stream
+    assert not fence.is_complete()
+    fence.wait()
+    assert fence.is_complete()

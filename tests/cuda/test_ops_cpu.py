@@ -1,0 +1,125 @@
+"""The torch reference data path on the CPU (what CI runs): pack/unpack round trips, checksums,
+and bad input. The GPU kernels are compared against this path in test_kernels_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kvledger.cuda import ops
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# layers, K/V, kv_heads, block_tokens, head_dim: small but every axis > 1.
+SHAPE = (3, 2, 2, 4, 8)
+
+
+def _pool(dtype: torch.dtype, blocks: int = 10, seed: int = 0) -> torch.Tensor:
+    # Random bit patterns, not random floats: NaN payloads and denormals must survive too.
+    g = torch.Generator().manual_seed(seed)
+    numel = blocks * torch.Size(SHAPE).numel()
+    nbytes = numel * torch.tensor([], dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=g)
+    return raw.view(dtype).view(blocks, *SHAPE)
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ids", [[7, 2, 9, 0, 5], [3], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], [4, 1]])
+def test_pack_writes_blocks_in_listed_order(dtype: torch.dtype, ids: list[int]) -> None:
+    pool = _pool(dtype)
+    bn = ops.block_nbytes(pool)
+    slot = torch.full((len(ids) * bn + 13,), 0xAB, dtype=torch.uint8)
+    assert ops.pack(pool, ids, slot) == len(ids) * bn
+    got = _bytes(slot)
+    for i, b in enumerate(ids):
+        assert got[i * bn:(i + 1) * bn] == _bytes(pool[b])
+    assert got[len(ids) * bn:] == b"\xab" * 13  # nothing written past the packed blocks
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_round_trip_into_other_blocks_in_odd_order(dtype: torch.dtype) -> None:
+    src = _pool(dtype, seed=1)
+    dst = _pool(dtype, seed=2)
+    before = dst.clone()
+    src_ids, dst_ids = [8, 1, 6, 3], [0, 9, 2, 5]
+    slot = torch.empty(len(src_ids) * ops.block_nbytes(src), dtype=torch.uint8)
+    ops.pack(src, src_ids, slot)
+    assert ops.unpack(slot, dst, dst_ids) == slot.numel()
+    for s, d in zip(src_ids, dst_ids, strict=True):
+        assert _bytes(dst[d]) == _bytes(src[s])
+    for other in set(range(10)) - set(dst_ids):
+        assert _bytes(dst[other]) == _bytes(before[other])  # untouched
+    assert ops.block_checksums(dst, dst_ids) == ops.block_checksums(src, src_ids)
+
+
+def test_empty_block_list_moves_nothing() -> None:
+    pool = _pool(torch.float16)
+    slot = torch.zeros(4, dtype=torch.uint8)
+    assert ops.pack(pool, [], slot) == 0
+    assert ops.unpack(slot, pool, []) == 0
+    assert ops.block_checksums(pool, []) == []
+    assert _bytes(slot) == b"\0" * 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_flipped_bit_changes_only_that_blocks_checksum(dtype: torch.dtype) -> None:
+    pool = _pool(dtype, seed=3)
+    ids = list(range(10))
+    base = ops.block_checksums(pool, ids)
+    words = pool.view(10, -1).view(torch.uint8).view(10, -1).view(torch.int32)
+    nwords = words.shape[1]
+    for block, word, bit in [(4, 0, 0), (4, nwords - 1, 31), (7, nwords // 2, 13), (0, 5, 30)]:
+        flipped = pool.clone()
+        w = flipped.view(torch.uint8).view(10, -1).view(torch.int32)
+        w[block, word] ^= torch.tensor(1 << bit if bit < 31 else -(1 << 31), dtype=torch.int32)
+        sums = ops.block_checksums(flipped, ids)
+        assert sums[block] != base[block], (block, word, bit)
+        assert [s for i, s in enumerate(sums) if i != block] == \
+            [s for i, s in enumerate(base) if i != block]
+    del words
+
+
+def test_checksum_sees_word_order_and_ignores_block_position() -> None:
+    pool = _pool(torch.float32, seed=4)
+    w = pool.view(10, -1)
+    w[2, 0], w[2, 1] = 1.0, 2.0
+    pool[5] = pool[2]
+    assert ops.block_checksums(pool, [2])[0] == ops.block_checksums(pool, [5])[0]
+    w[5, 0], w[5, 1] = 2.0, 1.0  # the same words, two of them swapped
+    assert ops.block_checksums(pool, [2])[0] != ops.block_checksums(pool, [5])[0]
+
+
+def test_checksum_is_in_range_and_matches_formula_on_small_block() -> None:
+    pool = torch.tensor([[-1, 2**31 - 1, -(2**31), 7]], dtype=torch.int32)
+    p = ops._CHECKSUM_MOD
+    want = sum((w % p) * (i + 1) for i, w in enumerate([-1, 2**31 - 1, -(2**31), 7])) % p
+    assert ops.block_checksums(pool, [0]) == [want]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slot_too_small_is_refused_before_any_byte_moves(dtype: torch.dtype) -> None:
+    pool = _pool(dtype)
+    before = pool.clone()
+    need = 3 * ops.block_nbytes(pool)
+    slot = torch.full((need - 1,), 0x5A, dtype=torch.uint8)
+    with pytest.raises(ops.SlotTooSmallError, match="slot too small"):
+        ops.pack(pool, [1, 2, 3], slot)
+    assert _bytes(slot) == b"\x5a" * (need - 1)
+    with pytest.raises(ValueError, match="slot too small"):
+        ops.unpack(slot, pool, [1, 2, 3])
+    assert torch.equal(pool.view(torch.uint8), before.view(torch.uint8))
+
+
+def test_bad_slot_and_bad_block_id_are_clear_errors() -> None:
+    pool = _pool(torch.float16)
+    bn = ops.block_nbytes(pool)
+    with pytest.raises(ValueError, match="flat uint8"):
+        ops.pack(pool, [0], torch.empty(bn, dtype=torch.float16))
+    with pytest.raises(ValueError, match="flat uint8"):
+        ops.pack(pool, [0], torch.empty((2, bn), dtype=torch.uint8))
+    with pytest.raises(IndexError):
+        ops.pack(pool, [10], torch.empty(bn, dtype=torch.uint8))
+    with pytest.raises(IndexError):
+        ops.block_checksums(pool, [-11])
