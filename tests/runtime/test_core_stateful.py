@@ -314,5 +314,6 @@ def test_every_mutant_breaks_an_invariant(mutant):
     machine = type(f"CorePair_{mutant}", (CorePair,), {"policy": mutant})
     with pytest.raises(AssertionError):
         run_state_machine_as_test(machine, settings=settings(
-            max_examples=300, stateful_step_count=40, deadline=None, phases=[Phase.generate],
+            max_examples=500, stateful_step_count=40, deadline=None, phases=[Phase.generate],
+            derandomize=True,
             suppress_health_check=list(HealthCheck), database=None))
