@@ -268,7 +268,8 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                 _signal(pid, signal.SIGCONT)
             ledger.close()
             transport.close()
-            conn.send(("bye", final, worker.idle(), _rss_bytes()))
+            conn.send(("bye", final, worker.idle(), _rss_bytes(),
+                       dict(getattr(nixl, "stats", {}))))
             return
         else:
             log.error("%s: unknown command %r", cfg.stream, cmd)
@@ -305,6 +306,7 @@ class WorkerProcess:
     finished: dict[str, str]  # request id -> outcome of request.finished
     final: tuple[dict[str, Any], bool, int] | None = None
     stopped: bool = False
+    transport_stats: dict[str, int] | None = None
 
     def send(self, *msg: Any) -> None:
         self.conn.send(msg)
@@ -370,8 +372,9 @@ class WorkerProcess:
         if self.proc.is_alive():
             try:
                 self.send("shutdown", drain_s)
-                _, st, idle, rss = self.wait_reply("bye", 3 * drain_s + 30)
+                _, st, idle, rss, stats = self.wait_reply("bye", 3 * drain_s + 30)
                 self.final = (st, idle, rss)
+                self.transport_stats = stats
             except (PeerError, OSError):
                 log.error("worker %s did not shut down cleanly; killing it", self.stream)
         self.proc.join(10)
