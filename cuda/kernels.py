@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - depends on the install
 # Words per program for pack/unpack: 64 KiB per program keeps thousands of programs in flight for a
 # 4 MiB block while each thread issues several 16-byte loads before its first store.
 _COPY_WORDS = 16384
+_COPY_WARPS = 8
 # Words per inner tile of the checksum; a tile's sum of products stays below 2**62 (see below).
 _SUM_TILE = 1024
 # Largest block (in 32-bit words) for which r * (i + 1) < 2**31 * 2**21 and a 1024-word tile sum
@@ -76,6 +77,11 @@ def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
 
 
 def _ids_tensor(block_ids: Sequence[int], num_blocks: int, device: torch.device) -> torch.Tensor:
+    if isinstance(block_ids, torch.Tensor) and block_ids.device == device \
+            and block_ids.dtype == torch.int64:
+        # Already on the device (the caller keeps the ids there to skip a host-to-device copy
+        # per call); the range check would need a sync, so it is the caller's duty here.
+        return block_ids.reshape(-1)
     ids = torch.as_tensor(list(block_ids), dtype=torch.int64)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
@@ -132,7 +138,7 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, wpb: int,
         return
     grid = (triton.cdiv(wpb, _COPY_WORDS), n)
     _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                              num_warps=8)
+                              num_warps=_COPY_WARPS)
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:

@@ -1,0 +1,166 @@
+"""Pack / unpack / checksum throughput on one GPU, against a plain device-to-device copy_ of the
+same bytes in the same run (issue 6: target >= 0.8 of copy bandwidth for pack and unpack).
+
+Blocks are realistic: 32 layers x 2 (K/V) x 8 KV heads x 32 tokens x 128 head dim, bf16 = 4 MiB.
+For 16, 64 and 256 blocks (64 MiB .. 1 GiB) it times, with CUDA events (triton's do_bench,
+median, L2 flushed between runs):
+  copy      dst[:n].copy_(src[:n])                  the ceiling: one read + one write per byte
+  pack      kvledger.cuda.ops.pack    (Triton)      gather listed blocks -> slot
+  unpack    kvledger.cuda.ops.unpack  (Triton)      scatter slot -> listed blocks
+  ref_pack  torch.index_select (ops.pack_torch)     the torch reference, for comparison
+  ref_unpk  torch.index_copy_  (ops.unpack_torch)
+  checksum  ops.block_checksums (Triton; includes its host sync)
+Bandwidth counts bytes read + bytes written. Block ids are a random odd order over a pool twice
+the size of the request, so a gather/scatter is never one contiguous run. Each result is also
+checked bit for bit against the reference before it is timed.
+
+    python bench/bench_datapath.py [--json OUT.json] [--blocks 16 64 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time kernel configs (words per program x warps) at the largest size")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure", file=sys.stderr)
+        return 2
+    import triton.testing
+    from kvledger.cuda import kernels, ops
+
+    if not kernels.available():
+        print("Triton kernels unavailable", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    shape = (args.layers, 2, args.heads, args.tokens, args.head_dim)
+    max_n = max(args.blocks)
+    pool_blocks = 2 * max_n
+    g = torch.Generator(device=dev).manual_seed(0)
+    pool = torch.randint(-(2**31), 2**31 - 1, (pool_blocks * torch.Size(shape).numel() // 2,),
+                         dtype=torch.int32, device=dev, generator=g).view(torch.bfloat16)
+    pool = pool.view(pool_blocks, *shape)
+    bn = ops.block_nbytes(pool)
+    slot = torch.empty(max_n * bn, dtype=torch.uint8, device=dev)
+    copy_src = torch.empty(max_n * bn, dtype=torch.uint8, device=dev).random_(0, 256)
+    copy_dst = torch.empty_like(copy_src)
+    rng = random.Random(1)
+    card = torch.cuda.get_device_name(dev)
+    rows = []
+    for n in args.blocks:
+        ids = rng.sample(range(pool_blocks), n)
+        dst_ids = rng.sample(range(pool_blocks), n)
+        nbytes = n * bn
+        # correctness on this exact input before timing
+        ops.pack(pool, ids, slot)
+        ref = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        ops.pack_torch(pool, ids, ref)
+        assert torch.equal(slot[:nbytes], ref), "pack differs from reference"
+        work = pool.clone()
+        ops.unpack(slot, work, dst_ids)
+        work_ref = pool.clone()
+        ops.unpack_torch(slot, work_ref, dst_ids)
+        assert torch.equal(work.view(torch.uint8), work_ref.view(torch.uint8)), "unpack differs"
+        del work_ref
+        assert ops.block_checksums(pool, ids[:4]) == ops.block_checksums_torch(pool, ids[:4])
+
+        s, d = copy_src[:nbytes], copy_dst[:nbytes]
+        fns = {
+            "copy": lambda s=s, d=d: d.copy_(s),
+            "pack": lambda ids=ids: ops.pack(pool, ids, slot),
+            "unpack": lambda ids=dst_ids, w=work: ops.unpack(slot, w, ids),
+            "ref_pack": lambda ids=ids: ops.pack_torch(pool, ids, slot),
+            "ref_unpack": lambda ids=dst_ids, w=work: ops.unpack_torch(slot, w, ids),
+            "checksum": lambda ids=ids: ops.block_checksums(pool, ids),
+            # ids already on the device: the kernel alone, without the per-call id upload
+            "pack_devids": lambda t=torch.tensor(ids, device=dev): ops.pack(pool, t, slot),
+            "unpack_devids": lambda t=torch.tensor(dst_ids, device=dev), w=work:
+                ops.unpack(slot, w, t),
+        }
+        # Interleave two rounds so that drift between the ops shows up as spread, not as a ratio.
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(2):
+            for k, fn in fns.items():
+                times[k].append(triton.testing.do_bench(fn, warmup=25, rep=200,
+                                                        return_mode="median"))
+        row = {"blocks": n, "bytes": nbytes, "block_bytes": bn, "card": card}
+        for k, ts in times.items():
+            ms = statistics.median(ts)
+            moved = nbytes if k == "checksum" else 2 * nbytes  # checksum reads only
+            row[f"{k}_ms"] = ms
+            row[f"{k}_spread_ms"] = max(ts) - min(ts)
+            row[f"{k}_GBps"] = moved / (ms * 1e-3) / 1e9
+        for k in ("pack", "unpack", "ref_pack", "ref_unpack", "pack_devids", "unpack_devids"):
+            row[f"{k}_vs_copy"] = row[f"{k}_GBps"] / row["copy_GBps"]
+        rows.append(row)
+        del work
+    print(f"card: {card}; block {bn / 2**20:.0f} MiB; bandwidth = bytes read + written (GB/s)")
+    head = (f"{'blocks':>6} {'MiB':>6} {'copy':>7} {'pack':>7} {'unpack':>7} {'p/copy':>7} "
+            f"{'u/copy':>7} {'idxsel':>7} {'idxcpy':>7} {'is/copy':>7} {'ic/copy':>7} {'cksum':>7}")
+    print(head)
+    for r in rows:
+        print(f"{r['blocks']:>6} {r['bytes'] / 2**20:>6.0f} {r['copy_GBps']:>7.0f} "
+              f"{r['pack_GBps']:>7.0f} {r['unpack_GBps']:>7.0f} {r['pack_vs_copy']:>7.3f} "
+              f"{r['unpack_vs_copy']:>7.3f} {r['ref_pack_GBps']:>7.0f} "
+              f"{r['ref_unpack_GBps']:>7.0f} {r['ref_pack_vs_copy']:>7.3f} "
+              f"{r['ref_unpack_vs_copy']:>7.3f} {r['checksum_GBps']:>7.0f}")
+    for r in rows:
+        print(f"  {r['blocks']} blocks, ids on device: pack {r['pack_devids_vs_copy']:.3f}, "
+              f"unpack {r['unpack_devids_vs_copy']:.3f} of copy")
+    sweep = _sweep(pool, slot, copy_src, copy_dst, rng, max_n) if args.sweep else []
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "sweep": sweep}, f, indent=1)
+    ok = all(r["pack_vs_copy"] >= 0.8 and r["unpack_vs_copy"] >= 0.8 for r in rows)
+    print("target >= 0.8 of copy for pack and unpack:", "met" if ok else "NOT met")
+    return 0
+
+
+def _sweep(pool, slot, copy_src, copy_dst, rng, n) -> list[dict]:
+    """Pack/unpack at several (words per program, warps) configs, n blocks, vs copy_."""
+    import triton.testing
+    from kvledger.cuda import kernels, ops
+
+    bn = ops.block_nbytes(pool)
+    nbytes = n * bn
+    ids = torch.tensor(rng.sample(range(pool.shape[0]), n), device=pool.device)
+    work = pool.clone()
+    saved = kernels._COPY_WORDS, kernels._COPY_WARPS
+    out = []
+    try:
+        copy_ms = triton.testing.do_bench(lambda: copy_dst[:nbytes].copy_(copy_src[:nbytes]),
+                                          return_mode="median")
+        for words in (4096, 8192, 16384, 32768):
+            for warps in (4, 8, 16):
+                kernels._COPY_WORDS, kernels._COPY_WARPS = words, warps
+                p = triton.testing.do_bench(lambda: ops.pack(pool, ids, slot),
+                                            return_mode="median")
+                u = triton.testing.do_bench(lambda: ops.unpack(slot, work, ids),
+                                            return_mode="median")
+                out.append({"words": words, "warps": warps, "pack_vs_copy": copy_ms / p,
+                            "unpack_vs_copy": copy_ms / u})
+                print(f"  sweep words={words:>5} warps={warps:>2}: pack {copy_ms / p:.3f} "
+                      f"unpack {copy_ms / u:.3f} of copy")
+    finally:
+        kernels._COPY_WORDS, kernels._COPY_WARPS = saved
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
