@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -37,11 +38,18 @@ BLOCK_SHAPE = (32, 2, 8, 32, 128)  # layers, K/V, kv heads, tokens, head dim (bf
 DEADLINE_S = 60.0
 
 
-def _agent(name: str):
+def _agent(name: str, prog_thread: bool = True):
     from nixl_cu13._api import nixl_agent, nixl_agent_config
 
     logging.getLogger("nixl").setLevel(logging.WARNING)
-    return nixl_agent(name, nixl_agent_config(backends=["UCX"]))
+    return nixl_agent(name, nixl_agent_config(enable_prog_thread=prog_thread, backends=["UCX"]))
+
+
+def _descs(agent, base: int, nbytes: int, dev: int, parts: int, mem: str):
+    """``parts`` equal descriptors covering [base, base + nbytes) (one WRITE, several DMAs)."""
+    step = nbytes // parts
+    return agent.get_xfer_descs([(base + i * step, step if i < parts - 1 else nbytes - i * step,
+                                  dev) for i in range(parts)], mem)
 
 
 def _name(peer) -> str:
@@ -65,7 +73,7 @@ def _wait_notif(agent, peer: str, tag: bytes) -> None:
             raise TimeoutError(f"no notification {tag!r} from {peer}")
 
 
-def _gen(conn, dev_index: int, max_bytes: int, pool_blocks: int) -> None:
+def _gen(conn, dev_index: int, max_bytes: int, pool_blocks: int, prog_thread: bool) -> None:
     """The target process: GPU ``dev_index`` (-1: DRAM, the CPU smoke mode), agent "gen"."""
     from kvledger.cuda import ops
     from kvledger.cuda.quiescence import DeviceFence
@@ -75,13 +83,18 @@ def _gen(conn, dev_index: int, max_bytes: int, pool_blocks: int) -> None:
         dev = torch.device("cuda", dev_index)
     else:
         dev = torch.device("cpu")
-    agent = _agent("gen")
+    agent = _agent("gen", prog_thread)
     slot = torch.full((max_bytes,), 0xEE, dtype=torch.uint8, device=dev)
     pool = torch.zeros((pool_blocks, *BLOCK_SHAPE), dtype=torch.bfloat16, device=dev)
+    ops.unpack(slot, pool, [0])  # compile/load the kernels before anything is timed
+    ops.block_checksums(pool, [0])
     agent.register_memory(slot)
     conn.send((agent.get_agent_metadata(), slot.data_ptr(), max(dev_index, 0)))
     peer = _name(agent.add_remote_agent(conn.recv()))
     while True:
+        if not prog_thread:  # no progress thread: this process must drive its agent itself
+            while not conn.poll(0):
+                agent.update_notifs()
         cmd = conn.recv()
         if cmd[0] == "quit":
             break
@@ -129,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--descs", type=int, default=1, help="descriptors per WRITE")
+    ap.add_argument("--no-prog-thread", action="store_true",
+                    help="NIXL agents without a progress thread (the poller drives progress)")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="DRAM instead of VRAM (checks the protocol on a CPU machine; no target)")
     args = ap.parse_args(argv)
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs two CUDA devices", file=sys.stderr)
         return 2
     from kvledger.cuda import ops
-    from kvledger.cuda.quiescence import Quiescence
+    from kvledger.cuda.quiescence import DeviceFence, Quiescence
 
     sizes = [m << 20 for m in args.sizes_mib]
     max_bytes = max(max(sizes), 16 * 4 << 20)
@@ -158,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_gen, args=(child_conn, gen_index, max_bytes, 64), daemon=True)
+    proc = ctx.Process(target=_gen, daemon=True,
+                       args=(child_conn, gen_index, max_bytes, 64, not args.no_prog_thread))
     proc.start()
-    result: dict = {"card": card, "mem": mem, "sizes": []}
+    result: dict = {"card": card, "mem": mem, "descs": args.descs,
+                    "prog_thread": not args.no_prog_thread,
+                    "ucx_env": {k: v for k, v in os.environ.items() if k.startswith("UCX_")},
+                    "sizes": []}
     try:
-        agent = _agent("ctx")
+        agent = _agent("ctx", not args.no_prog_thread)
         agent.register_memory(src)
         gen_md, gen_addr, gen_dev = _recv(conn, proc)
         peer = _name(agent.add_remote_agent(gen_md))
@@ -170,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- phase 1: bandwidth ------------------------------------------------------------
         for n in sizes:
-            local = agent.get_xfer_descs(src[:n])
-            remote = agent.get_xfer_descs([(gen_addr, n, gen_dev)], mem)
+            local = _descs(agent, src.data_ptr(), n, max(d0.index or 0, 0), args.descs, mem)
+            remote = _descs(agent, gen_addr, n, gen_dev, args.descs, mem)
             handle = agent.initialize_xfer("WRITE", local, remote, peer, b"")
             for _ in range(3):  # warm-up: connection set-up, IPC handle mapping
                 _write(agent, handle)
@@ -181,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                 peer_t += _time_host(lambda n=n: peer_dst[:n].copy_(src[:n]), sync, args.reps)
                 nixl_t += _time_host(lambda h=handle: _write(agent, h), sync, args.reps)
             agent.release_xfer_handle(handle)
-            # correctness: a fresh pattern, written with a notification, checksummed by gen
+            # correctness: a fresh pattern, written with a notification, checksummed by gen.
+            # The pattern is written by a kernel: the WRITE may read src only once that kernel is
+            # done (a DeviceFence), or stale bytes travel (seen: the first run had no fence here).
             src[:n].random_(0, 256)
+            DeviceFence.after(src).wait()
             tag = f"CHK{n}".encode()
             handle = agent.initialize_xfer("WRITE", local, remote, peer, tag)
             _write(agent, handle)
@@ -207,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                              device=d0).view(torch.bfloat16).view(64, *BLOCK_SHAPE)
         src_ids = [41, 3, 60, 17, 8, 33, 1, 52, 27, 12, 45, 6, 38, 21, 58, 30]
         dst_ids = [5, 62, 19, 0, 47, 26, 11, 54, 36, 2, 59, 14, 43, 23, 9, 31]
+        ops.pack(pool, src_ids, src)  # warm-up: compile/load before timing
+        sync()
         q = Quiescence("demo", "pack", slot=0)
         t0 = time.perf_counter()
         nbytes = ops.pack(pool, src_ids, src)
