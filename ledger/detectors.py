@@ -1,37 +1,447 @@
 """Invariant detectors over a ledger: each defined once here, with the same meaning in SQL
 (``analytics/sql/detectors/*.sql``); a test runs both on the same ledgers.
 
+Terms. Every check is per stream (worker), over that stream's events in ``seq`` order; "the
+request" is (stream, request_id). "Closed": the stream has a ``ledger.closed``. "Finished": the
+request has a ``request.finished``. "The end": the stream's largest ``ts_ns`` (or ``now_ns``
+where said). "Later"/"earlier" compare ``seq``. Blocks are counted by mentions: a block listed in
+two ``blocks.pinned`` events holds two pins. Each finding names the stream, the request (None for
+worker-level ones), the ``seq`` given in brackets below, and a one-line reason.
+
 Spec (what each detector means; the implementation below must follow it word for word):
 
-broken_promise        a request whose ``transfer.started`` on a stream is never matched by one
-                      ``future.fulfilled`` on that stream by the time the request is finished
-                      (``request.finished``/``resources.freed``) or the stream closed; or a second
-                      ``future.fulfilled`` for the same request and side.
+broken_promise        a request whose first ``transfer.started`` [its seq] is not matched by a
+                      ``future.fulfilled`` earlier than the request's first ``request.finished``
+                      or ``resources.freed`` (or, with neither, the ``ledger.closed``; with none of
+                      these it is not judged yet); or a second (third, ...) ``future.fulfilled``
+                      of one request and ``side`` [the extra one's seq].
 blocked_poll          a ``poll.context``/``poll.generation`` whose ``elapsed_ns`` exceeds
-                      ``POLL_BLOCK_NS_MAX`` (polls never block; only drain may wait).
-slot_leak             a ``buffer.acquired`` (stream, pool, slot) with no later ``buffer.released``
-                      or ``buffer.poisoned`` of that slot by that request, once the request finished
-                      or the stream has closed.
-block_pin_leak        blocks pinned (``blocks.pinned``) and not unpinned, or referenced
-                      (``blocks.allocated``/``blocks.reused``) and not freed, once the request has
-                      ``termination.done``/``request.finished`` or the stream has closed.
-free_before_quiescence  a ``buffer.released``, ``blocks.unpinned`` or ``blocks.freed`` of a resource
-                      named by an ``xfer.posted`` of the request whose handle has no terminal
-                      ``xfer.polled`` (DONE/ERR) earlier on that stream; on the receiving side, a
-                      ``buffer.released`` of an advertised slot before a terminal ``xfer.polled``
-                      or a ``transfer.ready_signal`` of ``not_ready``.
-double_free           a second release of one acquisition (``buffer.released``), ``blocks.freed`` of
-                      blocks the request no longer references, or a second ``resources.freed`` /
-                      ``termination.done`` for one request on one stream.
-lost_cleanup_obligation  a ``termination.requested`` or ``termination.deferred`` with no later
-                      ``termination.done`` although the request's transfer became terminal
-                      (``transfer.completed``) and the stream went on (closed, or later events
-                      past ``OBLIGATION_GRACE_NS``): the rc13 bug.
-orphaned_handle       an ``xfer.posted`` handle never ``xfer.released`` once the request finished or
-                      the stream closed.
-kv_corruption         any ``kv.checksum_failed``.
-wedge                 the worker is alive (stream not closed) and has pending obligations (transfers
-                      started and not completed, deferred terminations, held or exhausted slots)
-                      but no progress event for longer than ``WEDGE_DEADLINE_NS`` before the end of
-                      the ledger (or ``now_ns``).
+                      ``POLL_BLOCK_NS_MAX`` (polls never block; only drain may wait) [the poll].
+slot_leak             a ``buffer.acquired`` (pool, slot) [its seq] with no later
+                      ``buffer.released`` or ``buffer.poisoned`` of that pool and slot by that
+                      request, once the request finished or the stream closed.
+block_pin_leak        once the request has ``termination.done`` or is finished, or the stream
+                      closed: blocks pinned more often (``blocks.pinned``) than unpinned
+                      [the last ``blocks.pinned`` naming such a block], and, separately, blocks
+                      referenced more often (``blocks.allocated``/``blocks.reused``) than freed
+                      [the last allocation/reuse naming such a block].
+free_before_quiescence  a ``buffer.released``, ``blocks.unpinned`` or ``blocks.freed`` [its seq] of
+                      a resource named by an earlier ``xfer.posted`` of the request (its ``slot``,
+                      or a block of its ``blocks``) whose handle has no earlier terminal
+                      ``xfer.polled`` (DONE/ERR) of the request; on the receiving side, a
+                      ``buffer.released`` of a ``recv`` slot after the request's latest
+                      ``transfer.advertised`` of that slot with no proof of quiescence in between:
+                      a terminal ``xfer.polled``, a ``transfer.completed`` with outcome ``ok``
+                      (every byte arrived, the peer's completion notification) or a
+                      ``transfer.ready_signal`` of ``not_ready`` (no data will come).
+double_free           a ``buffer.released`` [its seq] whose previous event of the request for that
+                      pool and slot (among acquired/released/poisoned) is not a
+                      ``buffer.acquired``; a ``blocks.freed`` [its seq] that takes some block's
+                      count of references (earlier allocations and reuses minus frees up to and
+                      including this one) below zero; a second (third, ...) ``resources.freed`` or
+                      ``termination.done`` of one request [the extra one's seq].
+lost_cleanup_obligation  the request's first ``termination.requested``/``termination.deferred``
+                      [its seq] with no later ``termination.done`` although the obligation became
+                      dischargeable — the request has a ``transfer.completed`` and every handle it
+                      posted ended (a terminal ``xfer.polled`` or an ``xfer.released``) — and the
+                      stream went on: it closed, or the end is more than ``OBLIGATION_GRACE_NS``
+                      past the latest of the termination event, the first ``transfer.completed``
+                      and each handle's first ending event. The rc13 bug.
+orphaned_handle       an ``xfer.posted`` handle [its seq] with no later ``xfer.released`` of that
+                      handle by the request, once the request finished or the stream closed.
+kv_corruption         any ``kv.checksum_failed`` [its seq].
+wedge                 the stream is not closed and has pending obligations — a
+                      ``transfer.started`` with no later ``transfer.completed``, a
+                      ``termination.deferred`` with no later ``termination.done``, a
+                      ``buffer.acquired`` not yet released or poisoned (as in slot_leak), a
+                      ``buffer.exhausted`` with no later ``buffer.acquired`` of that pool and no
+                      later ``request.finished`` — but no event of ``PROGRESS_KINDS`` for longer
+                      than ``wedge_deadline_ns`` (default ``WEDGE_DEADLINE_NS``) before ``now_ns``
+                      (default: the end); the stream's first event counts as progress if none.
+                      One finding per stream [the oldest pending obligation's request and seq].
+
+Limits and the progress kinds are the module constants below; the SQL views read the same values
+from the one-row view ``detector_params`` (see ``analytics/detectors_sql.py``).
 """
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .events import Event
+
+# --- limits ------------------------------------------------------------------------------------
+#: A status poll may not take longer than this: TensorRT-LLM's C1 fix caps every wait_for slice
+#: at 50 ms so that MPI/UCX progress can run (reference/trtllm.md §2.1); longer means it blocked.
+POLL_BLOCK_NS_MAX = 50_000_000
+#: Pending obligations without progress for this long on a live worker is a wedge. Matches the
+#: runtime's default ``progress_deadline_ms`` (TensorRT-LLM's global progress deadline).
+WEDGE_DEADLINE_NS = 30_000_000_000
+#: A deferred termination is retried on the executor iteration after its transfer turns terminal
+#: (milliseconds). 5 s is far past any iteration and far below the wedge deadline.
+OBLIGATION_GRACE_NS = 5_000_000_000
+
+TERMINAL_STATES = ("DONE", "ERR")
+POLL_KINDS = ("poll.context", "poll.generation")
+#: Events that show an obligation moving: a wedge is pending obligations with none of these.
+PROGRESS_KINDS = frozenset({
+    "xfer.posted", "xfer.polled", "xfer.released", "transfer.advertised", "transfer.ready_signal",
+    "transfer.completed", "future.fulfilled", "buffer.acquired", "buffer.released",
+    "buffer.poisoned", "blocks.unpinned", "blocks.freed", "termination.done", "resources.freed",
+    "request.finished",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One violation: which detector, where (stream, request, event seq) and why, in one line."""
+
+    detector: str
+    stream: str
+    request_id: str | None
+    seq: int
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str, str | None, int]:
+        return (self.detector, self.stream, self.request_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    now_ns: int | None = None
+    wedge_deadline_ns: int = WEDGE_DEADLINE_NS
+    poll_block_ns_max: int = POLL_BLOCK_NS_MAX
+    obligation_grace_ns: int = OBLIGATION_GRACE_NS
+
+
+class _Req:
+    """One request's events on one stream, in seq order, with a by-kind index."""
+
+    __slots__ = ("rid", "events", "by_kind")
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.events: list[Event] = []
+        self.by_kind: dict[str, list[Event]] = defaultdict(list)
+
+    def of(self, *kinds: str) -> list[Event]:
+        if len(kinds) == 1:
+            return self.by_kind.get(kinds[0], [])
+        return sorted((e for k in kinds for e in self.by_kind.get(k, ())), key=lambda e: e.seq)
+
+    def has(self, kind: str) -> bool:
+        return bool(self.by_kind.get(kind))
+
+
+class _Stream:
+    """One stream (worker): its events in seq order, per-request index, end and close."""
+
+    def __init__(self, name: str, events: list[Event]) -> None:
+        self.name = name
+        self.events = events
+        self.closed: Event | None = next((e for e in events if e.kind == "ledger.closed"), None)
+        self.first_ts = min(e.ts_ns for e in events)
+        self.end_ts = max(e.ts_ns for e in events)
+        self.requests: dict[str, _Req] = {}
+        for e in events:
+            if e.request_id is not None:
+                r = self.requests.get(e.request_id)
+                if r is None:
+                    r = self.requests[e.request_id] = _Req(e.request_id)
+                r.events.append(e)
+                r.by_kind[e.kind].append(e)
+
+    def settled(self, r: _Req) -> bool:
+        """Leak checks apply once the request finished or the stream closed."""
+        return self.closed is not None or r.has("request.finished")
+
+
+Detector = Callable[[_Stream, Params], Iterator[Finding]]
+
+
+def _first_after(events: list[Event], seq: int, pred: Callable[[Event], bool]) -> Event | None:
+    return next((e for e in events if e.seq > seq and pred(e)), None)
+
+
+# --- the detectors (the SPEC above, one function each) ------------------------------------------
+def broken_promise(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        started = r.of("transfer.started")
+        fulfilled = r.of("future.fulfilled")
+        if started:
+            ends = r.of("request.finished", "resources.freed")
+            settle = ends[0] if ends else s.closed
+            if settle is not None and not any(f.seq < settle.seq for f in fulfilled):
+                yield Finding("broken_promise", s.name, r.rid, started[0].seq,
+                              f"transfer started at seq {started[0].seq} never fulfilled its "
+                              f"promise before {settle.kind} at seq {settle.seq}")
+        sides: Counter[str] = Counter()
+        for f in fulfilled:
+            side = f.attrs["side"]
+            sides[side] += 1
+            if sides[side] > 1:
+                yield Finding("broken_promise", s.name, r.rid, f.seq,
+                              f"{side} promise fulfilled again ({f.attrs['outcome']}) at seq "
+                              f"{f.seq}")
+
+
+def blocked_poll(s: _Stream, p: Params) -> Iterator[Finding]:
+    for e in s.events:
+        if e.kind in POLL_KINDS and e.attrs["elapsed_ns"] > p.poll_block_ns_max:
+            yield Finding("blocked_poll", s.name, None, e.seq,
+                          f"{e.kind}(at_least={e.attrs['at_least']}) took "
+                          f"{e.attrs['elapsed_ns'] / 1e6:.1f} ms > "
+                          f"{p.poll_block_ns_max / 1e6:.0f} ms")
+
+
+def _slot(e: Event) -> tuple[str, int]:
+    return (e.attrs["pool"], e.attrs["slot"])
+
+
+def slot_leak(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        if not s.settled(r):
+            continue
+        gone = r.of("buffer.released", "buffer.poisoned")
+        for a in r.of("buffer.acquired"):
+            if _first_after(gone, a.seq, lambda g, k=_slot(a): _slot(g) == k) is None:
+                pool, slot = _slot(a)
+                yield Finding("slot_leak", s.name, r.rid, a.seq,
+                              f"{pool} slot {slot} acquired at seq {a.seq} never released or "
+                              "poisoned")
+
+
+def _net_mentions(plus: list[Event], minus: list[Event]) -> Counter[int]:
+    n: Counter[int] = Counter()
+    for e in plus:
+        n.update(e.attrs["blocks"])
+    for e in minus:
+        n.subtract(e.attrs["blocks"])
+    return n
+
+
+def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        if not (s.closed is not None or r.has("termination.done") or r.has("request.finished")):
+            continue
+        for what, plus, minus in (
+            ("pinned", r.of("blocks.pinned"), r.of("blocks.unpinned")),
+            ("referenced", r.of("blocks.allocated", "blocks.reused"), r.of("blocks.freed")),
+        ):
+            net = _net_mentions(plus, minus)
+            leaked = sorted(b for b, n in net.items() if n > 0)
+            if not leaked:
+                continue
+            last = max(e.seq for e in plus if set(e.attrs["blocks"]) & set(leaked))
+            yield Finding("block_pin_leak", s.name, r.rid, last,
+                          f"blocks {leaked} still {what} by the request at the end (last "
+                          f"{what} at seq {last})")
+
+
+def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        posted = r.of("xfer.posted")
+        terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES]
+        advertised = r.of("transfer.advertised")
+        proofs = [e for e in r.events
+                  if (e.kind == "xfer.polled" and e.attrs["state"] in TERMINAL_STATES)
+                  or (e.kind == "transfer.completed" and e.attrs["outcome"] == "ok")
+                  or (e.kind == "transfer.ready_signal" and e.attrs["signal"] == "not_ready")]
+        for e in r.of("buffer.released", "blocks.unpinned", "blocks.freed"):
+            reason = None
+            for x in posted:
+                if x.seq > e.seq:
+                    break
+                if e.kind == "buffer.released":
+                    names = x.attrs.get("slot") == e.attrs["slot"]
+                else:
+                    names = bool(set(x.attrs.get("blocks") or ()) & set(e.attrs["blocks"]))
+                h = x.attrs["handle"]
+                if names and not any(t.attrs["handle"] == h and t.seq < e.seq for t in terminal):
+                    reason = (f"{e.kind} at seq {e.seq} while handle {h} (posted at seq "
+                              f"{x.seq}) had no terminal state")
+                    break
+            if reason is None and e.kind == "buffer.released" and e.attrs["pool"] == "recv":
+                ads = [a for a in advertised if a.attrs["slot"] == e.attrs["slot"]
+                       and a.seq < e.seq]
+                if ads and not any(ads[-1].seq < q.seq < e.seq for q in proofs):
+                    reason = (f"recv slot {e.attrs['slot']} released at seq {e.seq}, advertised "
+                              f"at seq {ads[-1].seq}, without a terminal state or not_ready")
+            if reason is not None:
+                yield Finding("free_before_quiescence", s.name, r.rid, e.seq, reason)
+
+
+def double_free(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        last: dict[tuple[str, int], str] = {}
+        for e in r.of("buffer.acquired", "buffer.released", "buffer.poisoned"):
+            k = _slot(e)
+            if e.kind == "buffer.released" and last.get(k) != "buffer.acquired":
+                yield Finding("double_free", s.name, r.rid, e.seq,
+                              f"{k[0]} slot {k[1]} released at seq {e.seq} without a matching "
+                              "acquisition")
+            last[k] = e.kind
+        refs: Counter[int] = Counter()
+        for e in r.of("blocks.allocated", "blocks.reused", "blocks.freed"):
+            if e.kind == "blocks.freed":
+                refs.subtract(e.attrs["blocks"])
+                bad = sorted({b for b in e.attrs["blocks"] if refs[b] < 0})
+                if bad:
+                    yield Finding("double_free", s.name, r.rid, e.seq,
+                                  f"blocks {bad} freed at seq {e.seq} but not referenced by "
+                                  "the request")
+            else:
+                refs.update(e.attrs["blocks"])
+        for kind in ("resources.freed", "termination.done"):
+            for e in r.of(kind)[1:]:
+                yield Finding("double_free", s.name, r.rid, e.seq,
+                              f"second {kind} at seq {e.seq} (first at seq {r.of(kind)[0].seq})")
+
+
+def lost_cleanup_obligation(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        asks = r.of("termination.requested", "termination.deferred")
+        completed = r.of("transfer.completed")
+        if not asks or not completed:
+            continue
+        t = asks[0]
+        if any(d.seq > t.seq for d in r.of("termination.done")):
+            continue
+        # Dischargeable once the termination was asked for, the transfer completed and every
+        # posted handle ended (a terminal state observed, or the handle released).
+        ready_ts = max(t.ts_ns, completed[0].ts_ns)
+        ends = r.of("xfer.polled", "xfer.released")
+        dischargeable = True
+        for x in r.of("xfer.posted"):
+            h = x.attrs["handle"]
+            end = next((e for e in ends if e.attrs["handle"] == h and (
+                e.kind == "xfer.released" or e.attrs["state"] in TERMINAL_STATES)), None)
+            if end is None:
+                dischargeable = False
+                break
+            ready_ts = max(ready_ts, end.ts_ns)
+        if not dischargeable:
+            continue
+        if s.closed is not None or s.end_ts - ready_ts > p.obligation_grace_ns:
+            yield Finding("lost_cleanup_obligation", s.name, r.rid, t.seq,
+                          f"{t.kind} at seq {t.seq} never done although the transfer is "
+                          f"terminal ({completed[0].attrs['outcome']}) and the worker went on")
+
+
+def orphaned_handle(s: _Stream, p: Params) -> Iterator[Finding]:
+    for r in s.requests.values():
+        if not s.settled(r):
+            continue
+        released = r.of("xfer.released")
+        for x in r.of("xfer.posted"):
+            h = x.attrs["handle"]
+            if not any(e.attrs["handle"] == h and e.seq > x.seq for e in released):
+                yield Finding("orphaned_handle", s.name, r.rid, x.seq,
+                              f"handle {h} posted at seq {x.seq} never released")
+
+
+def kv_corruption(s: _Stream, p: Params) -> Iterator[Finding]:
+    for e in s.events:
+        if e.kind == "kv.checksum_failed":
+            a = e.attrs
+            yield Finding("kv_corruption", s.name, e.request_id, e.seq,
+                          f"block {a['block']} checksum {a['actual']:#x} != expected "
+                          f"{a['expected']:#x}")
+
+
+def _pending(s: _Stream) -> list[tuple[int, str, str]]:
+    """Open obligations at the end of the stream: (seq, request_id, what)."""
+    out = []
+    for r in s.requests.values():
+        completed = r.of("transfer.completed")
+        for t in r.of("transfer.started"):
+            if not any(c.seq > t.seq for c in completed):
+                out.append((t.seq, r.rid, "transfer in flight"))
+        done = r.of("termination.done")
+        for d in r.of("termination.deferred"):
+            if not any(x.seq > d.seq for x in done):
+                out.append((d.seq, r.rid, "deferred termination"))
+        gone = r.of("buffer.released", "buffer.poisoned")
+        for a in r.of("buffer.acquired"):
+            if _first_after(gone, a.seq, lambda g, k=_slot(a): _slot(g) == k) is None:
+                out.append((a.seq, r.rid, f"held {a.attrs['pool']} slot {a.attrs['slot']}"))
+        acquired = r.of("buffer.acquired")
+        finished = r.of("request.finished")
+        for x in r.of("buffer.exhausted"):
+            if not any(a.seq > x.seq and a.attrs["pool"] == x.attrs["pool"] for a in acquired) \
+                    and not any(f.seq > x.seq for f in finished):
+                out.append((x.seq, r.rid, f"waiting for a {x.attrs['pool']} slot"))
+    return sorted(out)
+
+
+def wedge(s: _Stream, p: Params) -> Iterator[Finding]:
+    if s.closed is not None:
+        return
+    pending = _pending(s)
+    if not pending:
+        return
+    progress = [e.ts_ns for e in s.events if e.kind in PROGRESS_KINDS]
+    last = max(progress) if progress else s.first_ts
+    end = p.now_ns if p.now_ns is not None else s.end_ts
+    idle = end - last
+    if idle > p.wedge_deadline_ns:
+        seq, rid, what = pending[0]
+        yield Finding("wedge", s.name, rid, seq,
+                      f"{len(pending)} pending obligations (oldest: {what} at seq {seq}), no "
+                      f"progress for {idle / 1e9:.1f} s > {p.wedge_deadline_ns / 1e9:.1f} s")
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSpec:
+    name: str
+    fn: Detector
+    doc: str
+
+
+def _doc(name: str) -> str:
+    """The detector's paragraph of the SPEC in this module's docstring."""
+    lines = __doc__.split("\n")
+    out: list[str] = []
+    for line in lines:
+        if out and line[:1] not in (" ", ""):
+            break
+        if out or line.startswith(name + " "):
+            out.append(line.strip())
+    return " ".join(x for x in out if x)[len(name):].strip()
+
+
+DETECTORS: MappingProxyType = MappingProxyType({
+    f.__name__: DetectorSpec(f.__name__, f, _doc(f.__name__))
+    for f in (broken_promise, blocked_poll, slot_leak, block_pin_leak, free_before_quiescence,
+              double_free, lost_cleanup_obligation, orphaned_handle, kv_corruption, wedge)
+})
+
+
+def detect(
+    events: Iterable[Event], *, now_ns: int | None = None,
+    wedge_deadline_ns: int = WEDGE_DEADLINE_NS, only: Iterable[str] | None = None,
+    poll_block_ns_max: int = POLL_BLOCK_NS_MAX, obligation_grace_ns: int = OBLIGATION_GRACE_NS,
+) -> list[Finding]:
+    """Run the detectors over a ledger's events (any number of streams, any order); findings
+    sorted by (stream, seq, detector). ``only`` restricts to some detector names."""
+    names = list(DETECTORS) if only is None else list(only)
+    unknown = [n for n in names if n not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(DETECTORS)}")
+    params = Params(now_ns, wedge_deadline_ns, poll_block_ns_max, obligation_grace_ns)
+    by_stream: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_stream[e.stream].append(e)
+    findings: list[Finding] = []
+    for name, evs in sorted(by_stream.items()):
+        evs.sort(key=lambda e: e.seq)
+        s = _Stream(name, evs)
+        for n in names:
+            findings.extend(DETECTORS[n].fn(s, params))
+    findings.sort(key=lambda f: (f.stream, f.seq, f.detector, f.request_id or ""))
+    return findings

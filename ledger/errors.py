@@ -21,11 +21,16 @@ class CorruptLedgerError(BadLedgerError):
     """Corruption in the middle of a stream: gap, broken chain, altered row. Never repaired."""
 
 
+class AppendConflictError(LedgerError):
+    """An append hit existing ``(stream, seq)`` rows: a second writer on the same stream."""
+
+
 class WriterError(LedgerError):
     """The background writer failed; the events after the last flush are not durable."""
 
 
 __all__ = [
+    "AppendConflictError",
     "BadLedgerError",
     "CorruptLedgerError",
     "LedgerError",

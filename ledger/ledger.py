@@ -5,14 +5,26 @@ no validation, no lock. A background writer drains the deque in groups (at most 
 ``group_ms`` or ``group_max`` events), assigns ``seq``, validates, encodes, chains and commits
 each group in one transaction. ``flush()`` returns once everything emitted before it is durable.
 
-The queue has a fixed bound. When the writer falls behind, ``emit`` waits for it at most
-``backpressure_ms_max`` per episode and records a ``ledger.backpressure`` event, so the runtime
-thread is never stalled without limit and nothing is dropped silently.
+The queue has a fixed bound (``queue_max``). When the writer falls behind, the emit that finds the
+queue over the bound waits for the writer at most ``backpressure_ms`` and records a
+``ledger.backpressure`` event (queued, waited_ns). So nothing is dropped, the runtime thread never
+waits longer than that per emit, and memory stays bounded: while storage is stuck the queue can only
+grow by two items per ``backpressure_ms`` (the event and its record). We chose bounded backpressure
+over spilling to Arrow IPC because the writer keeps up with the runtime's event rate (see
+bench/bench_ledger.py) and a spill file is a second, unverified copy of the tail to merge back.
+A failed writer is reported by ``flush()``; once the queue is over its bound, ``emit`` raises it too
+(queuing forever behind a dead writer would be unbounded).
+
+On open, the stream is verified (``ledger.verify``): a torn tail (an incomplete last commit group,
+possible only in copies made outside a transaction) is cut off, logged and recorded as a
+``ledger.tail_truncated`` event; any other finding raises CorruptLedgerError and nothing is
+written.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -20,17 +32,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .clock import Clock, MonotonicClock
-from .errors import WriterError
-from .events import SCHEMA_VERSION, Event
-from .mapper import to_row
+from .errors import CorruptLedgerError, WriterError
+from .events import SCHEMA_VERSION, Event, SchemaError
+from .mapper import chain_hash as _chain_hash
+from .mapper import check_event, encode_attrs
 from .store import EventStore
+from .verify import verify_stream
 
 log = logging.getLogger(__name__)
 
 GROUP_MS_DEFAULT = 10
 GROUP_MAX_DEFAULT = 1024
 QUEUE_MAX_DEFAULT = 1 << 20
-BACKPRESSURE_MS_MAX = 50
+BACKPRESSURE_MS_DEFAULT = 50
 
 Subscriber = Callable[[Event], None]
 
@@ -62,10 +76,19 @@ class Ledger:
         queue_max: int = QUEUE_MAX_DEFAULT,
         synchronous: str = "FULL",
         store: EventStore | None = None,
+        backpressure_ms: float = BACKPRESSURE_MS_DEFAULT,
+        verify_on_open: bool = True,
     ) -> None:
-        assert group_ms > 0 and group_max > 0 and queue_max >= group_max
+        if not (group_ms > 0 and group_max > 0 and queue_max >= group_max):
+            raise ValueError("need group_ms > 0, group_max > 0 and queue_max >= group_max")
         self.stream = stream
         self.store = store if store is not None else EventStore(url, synchronous=synchronous)
+        try:
+            truncated = self._check_stream() if verify_on_open else None
+        except BaseException:
+            self.store.close()
+            raise
+        self.backpressure_ms = backpressure_ms
         self.clock = clock if clock is not None else MonotonicClock()
         self.sync = sync
         self.group_ms = group_ms
@@ -75,17 +98,49 @@ class Ledger:
         self._queue: deque = deque()
         self._subscribers: list[Subscriber] = []
         self._seq, self._hash = self.store.head(stream)
-        self._emitted_total = 0  # maintained by the writer, not by emit
+        self.committed = 0  # rows committed by this handle (writer-side counters)
+        self.groups = 0
+        self.backpressure_waits = 0
+        self.backpressure_ns = 0
         self._error: BaseException | None = None
         self._closed = False
         self._wake = threading.Event()
+        # Encoded-but-not-yet-durable head, owned by the encoder (the writer thread).
+        self._enc_seq, self._enc_hash = self._seq, self._hash
+        # Encoder -> committer hand-off: two groups in flight at most, so encoding the next
+        # group overlaps the commit (fsync, network) of this one without unbounded buffering.
+        self._handoff: queue.Queue = queue.Queue(maxsize=2)
         self._writer: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
         if not sync:
             self._writer = threading.Thread(target=self._run, name=f"ledger-writer-{stream}",
                                             daemon=True)
+            self._committer = threading.Thread(target=self._commit_loop,
+                                               name=f"ledger-commit-{stream}", daemon=True)
+            self._committer.start()
             self._writer.start()
         self.emit("ledger.opened", None, schema_version=SCHEMA_VERSION, role=role,
                   wall_ns=time.time_ns(), config=config)
+        if truncated is not None:
+            first_seq, n = truncated
+            self.emit("ledger.tail_truncated", None, events=n, first_seq=first_seq)
+
+    def _check_stream(self) -> tuple[int, int] | None:
+        """Verify this stream before appending; cut off a torn tail, refuse anything else."""
+        rep = verify_stream(self.stream, self.store.stream_tuples(self.stream))
+        if rep.corrupt:
+            first = next(f for f in rep.findings if f.kind != "torn_tail")
+            raise CorruptLedgerError(
+                f"{self.store.url}: {first.line()} ({rep.findings_total} findings); "
+                "refusing to append (run kvledger verify)"
+            )
+        if rep.torn is None:
+            return None
+        first_seq, n = rep.torn
+        cut = self.store.truncate_tail(self.stream, first_seq)
+        log.warning("ledger %s: torn tail: cut %d rows from seq %d (incomplete last group)",
+                    self.stream, cut, first_seq)
+        return first_seq, cut
 
     # -- hot path -------------------------------------------------------------------------------
     def emit(self, kind: str, request_id: str | None = None, **attrs: Any) -> None:
@@ -107,11 +162,17 @@ class Ledger:
         if self.sync:
             self._raise_if_failed()
             return
+        self._raise_if_failed()
         mark = _FlushMark()
         self._queue.append(mark)
         self._wake.set()
-        if not mark.done.wait(timeout_s):
-            raise WriterError(f"flush timed out after {timeout_s}s ({len(self._queue)} queued)")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # Wait in slices: a writer that died after our check never sets the mark.
+        while not mark.done.wait(0.05):
+            self._raise_if_failed()
+            if deadline is not None and time.monotonic() > deadline:
+                raise WriterError(
+                    f"flush timed out after {timeout_s}s ({len(self._queue)} queued)")
         if mark.error is not None:
             raise WriterError(f"ledger writer failed: {mark.error}") from mark.error
         self._raise_if_failed()
@@ -125,6 +186,8 @@ class Ledger:
         self._wake.set()
         if self._writer is not None:
             self._writer.join(timeout=10)
+        if self._committer is not None:
+            self._committer.join(timeout=10)
         self.store.close()
 
     def __enter__(self) -> Ledger:
@@ -144,31 +207,76 @@ class Ledger:
             raise WriterError(f"ledger writer failed: {self._error}") from self._error
 
     def _backpressure(self) -> None:
+        self._raise_if_failed()
         t0 = time.monotonic_ns()
-        deadline = t0 + BACKPRESSURE_MS_MAX * 1_000_000
+        deadline = t0 + int(self.backpressure_ms * 1_000_000)
         self._wake.set()
         while len(self._queue) > self.queue_max // 2 and time.monotonic_ns() < deadline:
-            time.sleep(0.0005)
+            if self._error is not None:
+                break
+            time.sleep(0.0002)
         waited = time.monotonic_ns() - t0
+        self.backpressure_waits += 1
+        self.backpressure_ns += waited
         # Recorded as an event like any other: the writer stores it in order.
         self._queue.append((self._now(), "ledger.backpressure", None,
                             {"queued": len(self._queue), "waited_ns": waited}))
-        log.warning("ledger %s: writer behind, emit waited %.1f ms", self.stream, waited / 1e6)
+        if self.backpressure_waits & (self.backpressure_waits - 1) == 0:  # 1, 2, 4, 8... times
+            log.warning("ledger %s: writer behind, emit waited %.1f ms (%d times so far)",
+                        self.stream, waited / 1e6, self.backpressure_waits)
 
     def _run(self) -> None:
+        """Writer thread: drain the emit queue into encoded groups for the committer."""
         period = self.group_ms / 1000.0
+        try:
+            while self._error is None:
+                self._wake.wait(period)
+                self._wake.clear()
+                self._encode_queued(self._handoff.put)
+                if self._closed and not self._queue:
+                    break
+        except SchemaError:
+            pass  # handed over with its group: the committer commits the rows before it, fails
+        except BaseException as exc:  # noqa: BLE001 - reported through flush()
+            self._fail(exc)
+        finally:
+            self._handoff.put(None)
+
+    def _commit_loop(self) -> None:
+        """Committer thread: commit each group, then acknowledge the flushes behind it."""
         while True:
-            self._wake.wait(period)
-            self._wake.clear()
+            item = self._handoff.get()
+            if item is None:
+                return
+            rows, marks, bad = item
+            if self._error is not None:
+                self._fail_marks_list(marks, self._error)
+                continue
             try:
-                self._drain()
+                self._commit(rows, marks, bad)
             except BaseException as exc:  # noqa: BLE001 - reported through flush()
-                log.exception("ledger %s: writer failed", self.stream)
-                self._error = exc
-                self._fail_marks(exc)
-                return
-            if self._closed and not self._queue:
-                return
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            log.error("ledger %s: writer failed: %s", self.stream, exc)
+            self._error = exc
+        self._fail_marks(exc)
+        while True:  # flushes already handed to the committer
+            try:
+                item = self._handoff.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._handoff.put(None)  # keep the committer's stop signal
+                break
+            self._fail_marks_list(item[1], exc)
+
+    @staticmethod
+    def _fail_marks_list(marks: list[_FlushMark], exc: BaseException) -> None:
+        for m in marks:
+            m.error = exc
+            m.done.set()
 
     def _fail_marks(self, exc: BaseException) -> None:
         while self._queue:
@@ -178,34 +286,72 @@ class Ledger:
                 item.done.set()
 
     def _drain(self) -> None:
-        """Commit everything queued now, in groups of at most group_max."""
+        """Sync mode: encode and commit everything queued now, in this thread."""
+        def commit_now(item: tuple) -> None:
+            rows, marks, bad = item
+            try:
+                self._commit(rows, marks, bad)
+            except BaseException as exc:
+                self._error = exc
+                raise
+
+        self._encode_queued(commit_now)
+
+    def _encode_queued(self, put: Callable[[tuple], None]) -> None:
+        """Turn everything queued now into groups of at most group_max: (rows, marks, bad)."""
         q = self._queue
+        popleft = q.popleft
+        stream = self.stream
+        group_max = self.group_max
         while q:
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple] = []
             marks: list[_FlushMark] = []
-            seq, prev = self._seq, self._hash
-            while q and len(rows) < self.group_max:
-                item = q.popleft()
-                if isinstance(item, _FlushMark):
+            bad: SchemaError | None = None
+            seq, prev = self._enc_seq, self._enc_hash
+            while q and len(rows) < group_max:
+                item = popleft()
+                if type(item) is _FlushMark:
                     marks.append(item)
                     break  # commit what we have, then acknowledge
                 ts_ns, kind, request_id, attrs = item
+                try:
+                    check_event(kind, request_id, attrs)
+                except SchemaError as exc:
+                    bad = exc  # commit the good rows before it, then fail loudly
+                    break
                 seq += 1
-                row = to_row(self.stream, seq, ts_ns, kind, request_id, attrs, prev)
-                prev = row["hash"]
-                rows.append(row)
-            if rows:
+                aj = encode_attrs(attrs)
+                h = _chain_hash(prev, stream, seq, ts_ns, kind, request_id, aj)
+                rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
+                prev = h
+            self._enc_seq, self._enc_hash = seq, prev
+            put((rows, marks, bad))
+            if bad is not None:
+                raise bad
+
+    def _commit(self, rows: list[tuple], marks: list[_FlushMark], bad: Exception | None) -> None:
+        if rows:
+            try:
                 self.store.append(rows)
-                self._seq, self._hash = seq, prev
-                if self._subscribers:
-                    self._publish(rows)
-            for m in marks:
-                m.done.set()
+            except BaseException as exc:
+                self._fail_marks_list(marks, exc)
+                raise
+            self._seq, self._hash = rows[-1][1], rows[-1][7]
+            self.committed += len(rows)
+            self.groups += 1
+            if self._subscribers:
+                self._publish(rows)
+        if bad is not None:
+            self._fail_marks_list(marks, bad)
+            raise bad
+        for m in marks:
+            m.done.set()
 
-    def _publish(self, rows: list[dict[str, Any]]) -> None:
-        from .mapper import to_event
+    def _publish(self, rows: list[tuple]) -> None:
+        from .mapper import decode_attrs
 
-        for r in rows:
-            ev = to_event(r)
+        for stream, seq, ts_ns, kind, request_id, aj, prev, h in rows:
+            ev = Event(stream=stream, seq=seq, ts_ns=ts_ns, kind=kind, request_id=request_id,
+                       attrs=decode_attrs(aj), prev_hash=prev, hash=h)
             for fn in self._subscribers:
                 fn(ev)

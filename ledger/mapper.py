@@ -8,21 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
-from .events import Event, validate
+from .events import EVENT_KINDS, Event, validate
 
 GENESIS_HASH = "0" * 32
 
+# One C encoder built once: json.dumps(..., sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False) builds a new JSONEncoder per call, 2-3x the cost of the encoding itself.
+_c_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+if _c_encoder is not None:
+    _encode = _c_encoder(None, None, json.encoder.encode_basestring,  # type: ignore[attr-defined]
+                         None, ":", ",", True, False, True)
+
+    def _canonical(obj: dict[str, Any]) -> str:
+        return "".join(_encode(obj, 0))
+else:  # pragma: no cover - CPython always has the C encoder
+    def _canonical(obj: dict[str, Any]) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def encode_attrs(attrs: dict[str, Any]) -> str:
-    """Canonical JSON: sorted keys, no spaces, None-valued attributes dropped."""
-    return json.dumps(
-        {k: v for k, v in attrs.items() if v is not None},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    """Canonical JSON: sorted keys, no spaces, non-ASCII kept, None-valued attributes dropped."""
+    if not attrs:
+        return "{}"
+    if None in attrs.values():
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+    return _canonical(attrs)
 
 
 def decode_attrs(text: str) -> dict[str, Any]:
@@ -34,12 +47,75 @@ def chain_hash(
     request_id: str | None, attrs_json: str,
 ) -> str:
     """The hash of one event: covers every stored field and the previous event's hash."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(
+    return _blake2b(
         f"{prev_hash}\x1f{stream}\x1f{seq}\x1f{ts_ns}\x1f{kind}\x1f"
-        f"{'' if request_id is None else request_id}\x1f{attrs_json}".encode()
-    )
-    return h.hexdigest()
+        f"{'' if request_id is None else request_id}\x1f{attrs_json}".encode(),
+        digest_size=16,
+    ).hexdigest()
+
+
+_blake2b = hashlib.blake2b
+
+# -- fast validation (writer) ------------------------------------------------------------------
+# events.validate is the definition; these per-kind checkers accept exactly what it accepts for the
+# common shapes and defer to it for anything unusual (and for the error message).
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "bool": (bool,), "float": (int, float), "json": (dict,),
+}
+
+
+def _make_checker(kind: str) -> Callable[[str | None, dict[str, Any]], bool]:
+    spec = EVENT_KINDS[kind]
+    allowed = frozenset(spec.attrs)
+    required = frozenset(spec.required())
+    scalar = {n: _SCALAR_TYPES[t.rstrip("?")] for n, t in spec.attrs.items()
+              if t.rstrip("?") in _SCALAR_TYPES}
+    lists = {n: (int if t.rstrip("?") == "ints" else str) for n, t in spec.attrs.items()
+             if t.rstrip("?") in ("ints", "strs")}
+    scoped = spec.request_scoped
+
+    def check(request_id: str | None, attrs: dict[str, Any]) -> bool:
+        if (request_id is None) == scoped:
+            return False
+        keys = attrs.keys()
+        if not (required <= keys and keys <= allowed):
+            return False
+        for name, value in attrs.items():
+            if value is None:
+                if name in required:
+                    return False
+                continue
+            types = scalar.get(name)
+            if types is not None:
+                if type(value) not in types:
+                    return False
+            else:
+                elem = lists[name]
+                if type(value) not in (list, tuple) or (value and set(map(type, value)) != {elem}):
+                    return False
+        return True
+
+    return check
+
+
+_CHECKERS = {k: _make_checker(k) for k in EVENT_KINDS}
+
+
+def check_event(kind: str, request_id: str | None, attrs: dict[str, Any]) -> None:
+    """Raise SchemaError unless the event is valid (fast path for the writer)."""
+    checker = _CHECKERS.get(kind)
+    if checker is None or not checker(request_id, attrs):
+        validate(kind, request_id, attrs)  # raises with the precise reason (or accepts)
+
+
+def encode_row(
+    stream: str, seq: int, ts_ns: int, kind: str, request_id: str | None,
+    attrs: dict[str, Any], prev_hash: str,
+) -> tuple[str, int, int, str, str | None, str, str, str]:
+    """Encode one validated event as a store row tuple (see ``store.RowTuple``)."""
+    attrs_json = encode_attrs(attrs)
+    return (stream, seq, ts_ns, kind, request_id, attrs_json, prev_hash,
+            chain_hash(prev_hash, stream, seq, ts_ns, kind, request_id, attrs_json))
 
 
 def to_row(

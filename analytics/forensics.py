@@ -1,0 +1,154 @@
+"""Canned forensic queries over the catalog and the incident summary built from them.
+
+The summary answers the on-call question: what is stuck, who owns it, since when. Verdicts:
+``WEDGED`` (a live worker made no progress past the wedge deadline while obligations are
+open), ``STUCK`` (open obligations older than the stuck threshold), ``LEAKS`` (obligations
+nothing can discharge any more), ``FINDINGS`` (a detector view returned rows) or ``CLEAN``.
+Poisoned slots are reported but are not a finding: poisoning is the one rule working.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+STUCK_MS_DEFAULT = 5_000
+WEDGE_MS_DEFAULT = 10_000
+ROWS_MAX = 20
+
+# Canned queries: (name, kind, sql). kind is "summary" (group-by, target <= 1 s on 10M events)
+# or "window" (window functions or per-unit pairing, target <= 5 s). The bench times each.
+CANNED: tuple[tuple[str, str, str], ...] = (
+    ("events_by_kind", "summary",
+     "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY n DESC"),
+    ("streams", "summary", "SELECT * FROM events_streams ORDER BY stream"),
+    ("requests_by_outcome", "summary",
+     "SELECT stream, coalesce(outcome, 'open') AS outcome, count(*) AS n, "
+     "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p50_dur_ns, "
+     "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p99_dur_ns "
+     "FROM requests GROUP BY ALL ORDER BY stream, outcome"),
+    ("transfer_latency", "summary",
+     "SELECT role, coalesce(outcome, 'open') AS outcome, count(*) AS n, "
+     "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p50_dur_ns, "
+     "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p99_dur_ns "
+     "FROM transfers GROUP BY ALL ORDER BY role, outcome"),
+    ("cancel_outcomes", "window",
+     "SELECT source, result, cleanup, count(*) AS n FROM cancels GROUP BY ALL "
+     "ORDER BY n DESC"),
+    ("open_obligations", "window",
+     "SELECT stream, obligation, count(*) AS n, max(age_ns) AS oldest_age_ns "
+     "FROM obligations WHERE dur_ns = -1 GROUP BY ALL ORDER BY stream, obligation"),
+    ("progress", "window", "SELECT * FROM forensics_progress ORDER BY stream"),
+    ("stuck", "window",
+     "SELECT * FROM forensics_stuck ORDER BY category, age_ns DESC"),
+    ("poisoned", "summary", "SELECT * FROM forensics_poisoned ORDER BY stream, ts_ns"),
+    ("pool_peaks", "window",
+     "SELECT stream, pool, max(held) AS held_max, max(poisoned) AS poisoned_max, "
+     "min(free) AS free_min, any_value(size) AS size FROM pool_timeline GROUP BY ALL "
+     "ORDER BY stream, pool"),
+    ("in_flight_peak", "window",
+     "SELECT stream, max(in_flight) AS in_flight_max FROM transfers_in_flight GROUP BY ALL"),
+    ("ownership_open", "window",
+     "SELECT stream, resource_type, count(*) AS held FROM ownership WHERE dur_ns = -1 "
+     "GROUP BY ALL ORDER BY stream, resource_type"),
+)
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None,
+         ) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def detector_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    got = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                      "AND view_name GLOB 'detector_*' ORDER BY view_name").fetchall()
+    return [r[0] for r in got]
+
+
+def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
+              wedge_ms: int = WEDGE_MS_DEFAULT) -> dict[str, Any]:
+    """Run the canned queries and fold them into one incident summary (JSON-ready)."""
+    assert stuck_ms >= 0 and wedge_ms >= 0
+    workers = rows(con, "SELECT * FROM forensics_progress ORDER BY stream")
+    open_rows = rows(con, "SELECT * FROM forensics_stuck ORDER BY age_ns DESC")
+    stuck = [r for r in open_rows
+             if r["category"] == "stuck" and r["age_ns"] >= stuck_ms * 1_000_000]
+    leaks = [r for r in open_rows if r["category"] == "leak"]
+    poisoned = rows(con, "SELECT * FROM forensics_poisoned ORDER BY stream, ts_ns")
+    detectors = {}
+    for view in detector_views(con):
+        found = rows(con, f"SELECT * FROM {view}")
+        detectors[view] = {"count": len(found), "rows": found[:ROWS_MAX]}
+    wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
+              and w["idle_ns"] >= wedge_ms * 1_000_000]
+    for w in workers:
+        w["wedged"] = w["stream"] in wedged
+    fired = sorted(k for k, v in detectors.items() if v["count"])
+    if wedged:
+        verdict = "WEDGED"
+    elif stuck:
+        verdict = "STUCK"
+    elif leaks:
+        verdict = "LEAKS"
+    elif fired:
+        verdict = "FINDINGS"
+    else:
+        verdict = "CLEAN"
+    return {
+        "verdict": verdict,
+        "findings": bool(wedged or stuck or leaks or fired),
+        "thresholds": {"stuck_ms": stuck_ms, "wedge_ms": wedge_ms},
+        "workers": workers,
+        "stuck": stuck[:ROWS_MAX],
+        "stuck_total": len(stuck),
+        "leaks": leaks[:ROWS_MAX],
+        "leaks_total": len(leaks),
+        "poisoned": poisoned[:ROWS_MAX],
+        "poisoned_total": len(poisoned),
+        "detectors": detectors,
+        "detectors_fired": fired,
+        "requests": rows(con, "SELECT role, coalesce(outcome, 'open') AS outcome, "
+                              "count(*) AS n FROM requests GROUP BY ALL ORDER BY ALL"),
+        "cancels": rows(con, "SELECT result, cleanup, count(*) AS n FROM cancels "
+                             "GROUP BY ALL ORDER BY ALL"),
+    }
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:,.1f} ms"
+
+
+def render_text(s: dict[str, Any]) -> str:
+    """The short human summary printed by ``kvledger forensics``."""
+    out = [f"verdict: {s['verdict']}"]
+    out.append("workers:")
+    for w in s["workers"]:
+        state = "closed" if w["closed"] else ("WEDGED" if w["wedged"] else "alive")
+        out.append(f"  {w['stream']:<10} {w['role'] or '?':<4} {state:<7} last progress "
+                   f"{w['last_progress_kind'] or '-'} {_ms(w['idle_ns'])} before its last "
+                   f"event; {w['open_obligations']} open obligations")
+    out.append(f"stuck requests: {s['stuck_total']} (older than "
+               f"{s['thresholds']['stuck_ms']} ms)")
+    for r in s["stuck"]:
+        out.append(f"  {r['stream']}/{r['request_id']}: owner {r['owner']}, waiting on "
+                   f"{r['waiting_on']}, for {_ms(r['age_ns'])}")
+    out.append(f"leaks: {s['leaks_total']}")
+    for r in s["leaks"]:
+        out.append(f"  {r['stream']}/{r['request_id']}: {r['open_obligations']} never given "
+                   f"back ({r['waiting_on']})")
+    out.append(f"poisoned slots: {s['poisoned_total']}")
+    for r in s["poisoned"]:
+        out.append(f"  {r['stream']} {r['pool']}:{r['slot']} by {r['request_id']} "
+                   f"({r['reason']})")
+    if s["detectors"]:
+        fired = ", ".join(f"{k}={s['detectors'][k]['count']}" for k in s["detectors_fired"])
+        out.append(f"detectors: {len(s['detectors'])} run; fired: {fired or 'none'}")
+    else:
+        out.append("detectors: none loaded")
+    return "\n".join(out)

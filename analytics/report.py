@@ -1,0 +1,255 @@
+"""``kvledger report``: one self-contained HTML incident page (plotly.js inlined, no network).
+
+Plots: pool occupancy and in-flight transfers over time, a swimlane per stuck or slow request,
+cancel outcomes, the transfer latency distribution; then the forensic summary tables. Series are
+bucketed in SQL (at most ``BUCKETS`` points per line) so a 10M-event ledger still gives a page
+of a few MB. Times are seconds since the earliest ``ledger.opened`` wall anchor, so workers'
+monotonic clocks line up.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from typing import Any
+
+import duckdb
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT, rows, summarize
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 1500
+LANES_MAX = 20
+LATENCY_SAMPLE = 200_000
+
+# Seconds since the earliest wall anchor, per stream (joined as o).
+_CLOCK = """
+WITH o AS (
+  SELECT stream, first_ts_ns,
+         (coalesce(wall_ns, 0) - min(coalesce(wall_ns, 0)) OVER ()) AS wall_off
+  FROM events_streams
+)
+"""
+
+# Lifecycle steps drawn in a swimlane (polls and exhaustion notices are left out).
+_LANE_KINDS = (
+    "request.arrived", "request.scheduled", "blocks.allocated", "transfer.started",
+    "buffer.acquired", "transfer.advertised", "transfer.ready_signal", "xfer.posted",
+    "xfer.polled", "xfer.released", "cancel.requested", "cancel.result",
+    "termination.requested", "termination.deferred", "quarantine.entered", "quarantine.left",
+    "buffer.released", "buffer.poisoned", "transfer.completed", "future.fulfilled",
+    "termination.done", "blocks.freed", "resources.freed", "request.finished",
+)
+
+
+def _fig_html(fig: go.Figure) -> str:
+    fig.update_layout(margin={"l": 60, "r": 20, "t": 50, "b": 40}, height=380,
+                      template="plotly_white")
+    return fig.to_html(full_html=False, include_plotlyjs=False)
+
+
+def _pool_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
+    data = rows(con, _CLOCK + f"""
+        , b AS (
+          SELECT p.stream, p.pool, p.size,
+                 (p.ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t, p.held, p.poisoned
+          FROM pool_timeline AS p JOIN o USING (stream)
+        ), r AS (SELECT min(t) AS t0, greatest(max(t) - min(t), 1e-9) AS span FROM b)
+        SELECT stream, pool, any_value(size) AS size,
+               min(t) AS t, max(held) AS held, max(poisoned) AS poisoned
+        FROM b, r
+        GROUP BY stream, pool, CAST(floor((t - r.t0) / r.span * {BUCKETS}) AS BIGINT)
+        ORDER BY stream, pool, t""")
+    fig = go.Figure()
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in data:
+        series.setdefault((r["stream"], r["pool"]), []).append(r)
+    for (stream, pool), pts in series.items():
+        size = pts[0]["size"] or max(p["held"] for p in pts) or 1
+        fig.add_trace(go.Scatter(
+            x=[p["t"] for p in pts], y=[100.0 * p["held"] / size for p in pts],
+            mode="lines", line_shape="hv", name=f"{stream} {pool} held (of {size})"))
+        if any(p["poisoned"] for p in pts):
+            fig.add_trace(go.Scatter(
+                x=[p["t"] for p in pts], y=[100.0 * p["poisoned"] / size for p in pts],
+                mode="lines", line_shape="hv", line={"dash": "dot"},
+                name=f"{stream} {pool} poisoned"))
+    fig.update_layout(title="Pool occupancy (% of pool held, max per bucket)",
+                      xaxis_title="time (s)", yaxis_title="% held", yaxis_range=[0, 105])
+    return fig
+
+
+def _in_flight_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
+    data = rows(con, _CLOCK + f"""
+        , b AS (
+          SELECT f.stream, (f.ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t, f.in_flight
+          FROM transfers_in_flight AS f JOIN o USING (stream)
+        ), r AS (SELECT min(t) AS t0, greatest(max(t) - min(t), 1e-9) AS span FROM b)
+        SELECT stream, min(t) AS t, max(in_flight) AS in_flight
+        FROM b, r
+        GROUP BY stream, CAST(floor((t - r.t0) / r.span * {BUCKETS}) AS BIGINT)
+        ORDER BY stream, t""")
+    fig = go.Figure()
+    for stream in sorted({r["stream"] for r in data}):
+        pts = [r for r in data if r["stream"] == stream]
+        fig.add_trace(go.Scatter(x=[p["t"] for p in pts], y=[p["in_flight"] for p in pts],
+                                 mode="lines", line_shape="hv", name=stream))
+    fig.update_layout(title="Transfers in flight (max per bucket)", xaxis_title="time (s)",
+                      yaxis_title="transfers")
+    return fig
+
+
+def _lanes(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> list[dict[str, Any]]:
+    """Stuck requests first (oldest first), then the slowest finished ones."""
+    stuck = rows(con, """
+        SELECT stream, request_id, 'stuck: ' || waiting_on AS why FROM forensics_stuck
+        ORDER BY category DESC, age_ns DESC LIMIT ?""", [LANES_MAX])
+    slow = rows(con, """
+        SELECT stream, request_id, 'slow: ' || coalesce(outcome, 'open') AS why FROM requests
+        WHERE dur_ns >= 0 ORDER BY dur_ns DESC LIMIT ?""", [max(0, LANES_MAX - len(stuck))])
+    seen, out = set(), []
+    for r in stuck + slow:
+        key = (r["stream"], r["request_id"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out[:LANES_MAX]
+
+
+def _swimlane_figure(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> go.Figure:
+    lanes = _lanes(con, stuck_ms)
+    fig = go.Figure()
+    if not lanes:
+        fig.update_layout(title="Swimlanes: no stuck or slow requests")
+        return fig
+    keys = [f"{r['stream']}/{r['request_id']}" for r in lanes]
+    kinds = ", ".join(f"'{k}'" for k in _LANE_KINDS)
+    data = rows(con, _CLOCK + f"""
+        , lanes AS (SELECT unnest(?) AS k)
+        , ev AS (
+          SELECT e.stream || '/' || e.request_id AS lane, e.kind, e.seq,
+                 (e.ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t
+          FROM events AS e JOIN o USING (stream)
+          WHERE e.request_id IS NOT NULL AND e.kind IN ({kinds})
+            AND e.stream || '/' || e.request_id IN (SELECT k FROM lanes)
+        ), ends AS (
+          SELECT s.stream, (s.last_ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t_end
+          FROM events_streams AS s JOIN o USING (stream)
+        )
+        SELECT lane, kind, t,
+               coalesce(lead(t) OVER (PARTITION BY lane ORDER BY seq),
+                        CASE WHEN kind IN ('request.finished', 'resources.freed')
+                             THEN t ELSE (SELECT t_end FROM ends
+                                          WHERE ends.stream = split_part(lane, '/', 1)) END)
+                 AS t_next
+        FROM ev ORDER BY lane, seq""", [keys])
+    by_kind: dict[str, dict[str, list[Any]]] = {}
+    for r in data:
+        d = by_kind.setdefault(r["kind"], {"y": [], "x": [], "base": []})
+        d["y"].append(r["lane"])
+        d["base"].append(r["t"])
+        d["x"].append(max(r["t_next"] - r["t"], 1e-6))
+    for kind, d in by_kind.items():
+        fig.add_trace(go.Bar(y=d["y"], x=d["x"], base=d["base"], orientation="h", name=kind,
+                             hovertemplate=kind + " %{base:.6f}s +%{x:.6f}s<extra>%{y}</extra>"))
+    why = {f"{r['stream']}/{r['request_id']}": r["why"] for r in lanes}
+    fig.update_layout(
+        title="Swimlanes of stuck and slow requests (each bar: time in the state entered by "
+              "that event)",
+        barmode="overlay", xaxis_title="time (s)", height=max(380, 28 * len(keys) + 120),
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(keys)),
+               "tickvals": keys, "ticktext": [f"{k} ({why[k][:40]})" for k in keys]})
+    return fig
+
+
+def _cancel_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
+    data = rows(con, "SELECT coalesce(result, 'unanswered') AS result, cleanup, count(*) AS n "
+                     "FROM cancels GROUP BY ALL ORDER BY ALL")
+    fig = go.Figure()
+    for cleanup in sorted({r["cleanup"] for r in data}):
+        pts = [r for r in data if r["cleanup"] == cleanup]
+        fig.add_trace(go.Bar(x=[p["result"] for p in pts], y=[p["n"] for p in pts],
+                             name=f"cleanup {cleanup}"))
+    fig.update_layout(title="Cancel outcomes (cancel.result, and what the cleanup came to)",
+                      barmode="stack", yaxis_title="cancels")
+    return fig
+
+
+def _latency_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
+    data = rows(con, f"""
+        SELECT role || ' ' || outcome AS series, dur_ns / 1e6 AS ms
+        FROM transfers WHERE dur_ns >= 0 USING SAMPLE {LATENCY_SAMPLE} ROWS""")
+    fig = go.Figure()
+    for series in sorted({r["series"] for r in data}):
+        fig.add_trace(go.Histogram(x=[r["ms"] for r in data if r["series"] == series],
+                                   name=series, opacity=0.7, nbinsx=80))
+    fig.update_layout(title="Transfer latency (transfer.started to transfer.completed)",
+                      barmode="overlay", xaxis_title="ms", yaxis_title="transfers",
+                      yaxis_type="log")
+    return fig
+
+
+def _table(title: str, data: list[dict[str, Any]], limit: int = 50) -> str:
+    if not data:
+        return f"<h3>{html.escape(title)}</h3><p class=none>none</p>"
+    cols = list(data[0].keys())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>"
+                                    for c in cols) + "</tr>" for r in data[:limit])
+    more = f"<p>{len(data) - limit} more rows not shown</p>" if len(data) > limit else ""
+    return f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table>{more}"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+h1{margin-bottom:4px} .verdict{font-size:28px;font-weight:700;padding:6px 12px;
+display:inline-block;border-radius:6px} .CLEAN{background:#d4f5d4} .WEDGED,.STUCK,.LEAKS,
+.FINDINGS{background:#ffd6d6} table{border-collapse:collapse;font-size:12px;margin-bottom:12px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} th{background:#f2f2f2}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px} .none{color:#777}
+"""
+
+
+def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
+               wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "") -> tuple[str, dict[str, Any]]:
+    summary = summarize(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms)
+    figs = [_pool_figure(con), _in_flight_figure(con), _swimlane_figure(con, stuck_ms),
+            _cancel_figure(con), _latency_figure(con)]
+    parts = [_fig_html(f) for f in figs]
+    det = [{"detector": k, "rows": v["count"]} for k, v in summary["detectors"].items()]
+    tables = "".join([
+        _table("Workers: last progress", summary["workers"]),
+        _table(f"Stuck requests ({summary['stuck_total']})", summary["stuck"]),
+        _table(f"Leaks ({summary['leaks_total']})", summary["leaks"]),
+        _table(f"Poisoned slots ({summary['poisoned_total']})", summary["poisoned"]),
+        _table("Detectors", det),
+        _table("Requests by outcome", summary["requests"]),
+        _table("Cancels by result", summary["cancels"]),
+    ])
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>kvledger incident report</title>
+<style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
+<body><h1>kvledger incident report</h1><p>{html.escape(title)}</p>
+<div class="verdict {summary['verdict']}">{summary['verdict']}</div>
+<div class="grid"><div>{parts[0]}</div><div>{parts[1]}</div></div>
+<div>{parts[2]}</div>
+<div class="grid"><div>{parts[3]}</div><div>{parts[4]}</div></div>
+{tables}
+</body></html>
+"""
+    return page, summary
+
+
+def write_report(con: duckdb.DuckDBPyConnection, path: str, stuck_ms: int = STUCK_MS_DEFAULT,
+                 wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "") -> dict[str, Any]:
+    page, summary = build_html(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, title=title)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, path)  # never a half-written page under the final name
+    log.info("report: %s (%d bytes)", path, len(page))
+    return {"bytes": len(page.encode()), "verdict": summary["verdict"]}

@@ -1,0 +1,108 @@
+-- INCLUDE events.events
+
+-- Helper: every event that opens or discharges a cleanup obligation, keyed by
+-- (stream, request, obligation, resource).
+CREATE VIEW _obligation_steps AS
+SELECT
+  stream, request_id, seq, ts_ns, kind,
+  CASE
+    WHEN kind IN ('termination.requested', 'termination.done') THEN 'termination'
+    WHEN kind IN ('buffer.acquired', 'buffer.released', 'buffer.poisoned') THEN 'slot'
+    WHEN kind IN ('xfer.posted', 'xfer.released') THEN 'handle'
+    WHEN kind IN ('blocks.pinned', 'blocks.unpinned') THEN 'pin'
+    WHEN kind IN ('blocks.allocated', 'blocks.reused', 'blocks.freed') THEN 'blocks'
+    ELSE 'transfer'
+  END AS obligation,
+  CASE
+    WHEN kind GLOB 'buffer.*'
+      THEN json_extract_string(attrs, '$.pool') || ':' || json_extract_string(attrs, '$.slot')
+    WHEN kind GLOB 'xfer.*' THEN 'handle:' || json_extract_string(attrs, '$.handle')
+    ELSE ''
+  END AS resource,
+  kind IN ('termination.requested', 'buffer.acquired', 'xfer.posted', 'blocks.pinned',
+           'blocks.allocated', 'blocks.reused', 'transfer.started') AS opens
+FROM events
+WHERE request_id IS NOT NULL
+  AND kind IN ('termination.requested', 'termination.done', 'buffer.acquired',
+               'buffer.released', 'buffer.poisoned', 'xfer.posted', 'xfer.released',
+               'blocks.pinned', 'blocks.unpinned', 'blocks.allocated', 'blocks.reused',
+               'blocks.freed', 'transfer.started', 'transfer.completed');
+
+-- Cleanup obligations, open and discharged: a termination requested and not done, a buffer
+-- slot acquired and not released or poisoned, a transport handle posted and not released,
+-- blocks pinned and not unpinned, blocks referenced and not freed, a transfer started and not
+-- completed. The n-th opening step of a key is discharged by its n-th closing step. Open
+-- obligations have dur_ns = -1; filter with WHERE dur_ns = -1.
+CREATE VIEW obligations (
+  -- Worker stream that owes the obligation.
+  stream,
+  -- Request that owns the resource.
+  request_id,
+  -- termination / slot / handle / pin / blocks / transfer.
+  obligation,
+  -- The resource: 'send:3' for a slot, 'handle:1042' for a handle, '' otherwise.
+  resource,
+  -- When the obligation arose (the opening event).
+  ts_ns,
+  -- Sequence number of the opening event.
+  seq,
+  -- Kind of the opening event.
+  opened_by,
+  -- Kind of the discharging event; NULL while open.
+  closed_by,
+  -- Reason of the request's last termination.deferred, if any (why cleanup had to wait).
+  deferred_reason,
+  -- Opening to discharge in ns; -1 while open.
+  dur_ns,
+  -- Age in ns: dur_ns when discharged, else time from opening to the stream's last event.
+  age_ns,
+  -- True when the stream's last event is ledger.closed.
+  stream_closed,
+  -- True when the request has request.finished on this stream.
+  request_finished
+) AS
+WITH o AS (
+  SELECT *, row_number() OVER (
+    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
+  FROM _obligation_steps
+  WHERE opens
+),
+c AS (
+  SELECT *, row_number() OVER (
+    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
+  FROM _obligation_steps
+  WHERE NOT opens
+),
+ends AS (
+  SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
+  FROM events
+  GROUP BY stream
+),
+req AS (
+  SELECT
+    stream, request_id,
+    arg_max(json_extract_string(attrs, '$.reason'), seq)
+      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
+    bool_or(kind = 'request.finished') AS finished
+  FROM events
+  WHERE kind IN ('termination.deferred', 'request.finished')
+  GROUP BY stream, request_id
+)
+SELECT
+  o.stream,
+  o.request_id,
+  o.obligation,
+  o.resource,
+  o.ts_ns,
+  o.seq,
+  o.kind,
+  c.kind,
+  req.deferred_reason,
+  coalesce(c.ts_ns - o.ts_ns, -1),
+  coalesce(c.ts_ns, e.last_ts) - o.ts_ns,
+  e.closed,
+  coalesce(req.finished, false)
+FROM o
+LEFT JOIN c USING (stream, request_id, obligation, resource, n)
+LEFT JOIN ends AS e USING (stream)
+LEFT JOIN req USING (stream, request_id);

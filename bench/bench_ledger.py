@@ -1,0 +1,412 @@
+"""Ledger benchmarks: every number next to a baseline measured in the same run.
+
+    python bench/bench_ledger.py [--quick] [--only NAME ...] [--pg URL] [--json]
+
+Sections (targets from the ledger issue):
+  emit        emit() p50/p99 vs the floor (timestamp + tuple + deque append)   p50<=0.5us p99<=2us
+  sqlite      durable append rate, WAL, synchronous=FULL, default groups        >= 300k events/s
+  postgres    append rate of one writer (COPY under the advisory lock)          >= 100k events/s
+  fold        projection fold rate (kvledger.ledger.projections, if present)    >= 2M events/s
+  parquet     Parquet export rate (ledger.parquet)
+  backpressure a store that stalls: the longest emit() and where the events went
+  rss         peak RSS of a worker emitting 10M events, 1,000 requests open  growth < 100 MB, flat
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from kvledger.ledger import Ledger
+from kvledger.ledger.store import EventStore
+
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def _pct(sorted_vals: list[int], p: float) -> float:
+    return sorted_vals[min(len(sorted_vals) - 1, int(p * len(sorted_vals)))]
+
+
+def _workload(i: int) -> tuple[str, str | None, dict[str, Any]]:
+    """A realistic rotation of kinds over 1,000 open requests."""
+    r = f"req-{i % 1000}"
+    m = i % 5
+    if m == 0:
+        return "xfer.polled", r, {"handle": i, "state": "PROC", "polls": i & 63}
+    if m == 1:
+        return "blocks.pinned", r, {"blocks": [i & 1023, (i + 1) & 1023, (i + 2) & 1023]}
+    if m == 2:
+        return "buffer.acquired", r, {"pool": "send", "slot": i & 31}
+    if m == 3:
+        return "poll.context", None, {"at_least": 1, "returned": [r], "skipped": 0,
+                                      "elapsed_ns": 1200}
+    return "transfer.ready_signal", r, {"signal": "ready"}
+
+
+# -- emit vs floor -----------------------------------------------------------------------------
+def bench_emit(n: int, tmp: Path) -> None:
+    clock = time.monotonic_ns
+    pc = time.perf_counter_ns
+    floor_q: deque = deque()
+    floor_ns: list[int] = []
+    emit_ns: list[int] = []
+    led = Ledger(str(tmp / "emit.sqlite"), "ctx0")
+    emit = led.emit
+    gc.disable()
+    try:
+        for round_ in range(4):  # interleave so both see the same machine state
+            for i in range(n // 4):
+                t0 = pc()
+                floor_q.append((clock(), "xfer.polled", "req-1", {"handle": i, "polls": 3}))
+                t1 = pc()
+                floor_ns.append(t1 - t0)
+                if len(floor_q) > 100_000:
+                    floor_q.clear()
+            for i in range(n // 4):
+                t0 = pc()
+                emit("xfer.polled", "req-1", handle=i, state="PROC", polls=round_)
+                t1 = pc()
+                emit_ns.append(t1 - t0)
+    finally:
+        gc.enable()
+    led.close()
+    floor_ns.sort()
+    emit_ns.sort()
+    fp50, fp99 = _pct(floor_ns, 0.5), _pct(floor_ns, 0.99)
+    ep50, ep99 = _pct(emit_ns, 0.5), _pct(emit_ns, 0.99)
+    RESULTS["emit"] = {
+        "n": n, "floor_p50_us": fp50 / 1e3, "floor_p99_us": fp99 / 1e3,
+        "emit_p50_us": ep50 / 1e3, "emit_p99_us": ep99 / 1e3,
+        "p50_ratio": ep50 / fp50, "p99_ratio": ep99 / fp99,
+        "note": "per call, perf_counter_ns around each call (timer cost included in both)",
+    }
+
+
+# -- durable append rates ----------------------------------------------------------------------
+def _append_rate(url: str, n: int, **kw: Any) -> dict[str, Any]:
+    items = [_workload(i) for i in range(n)]
+    led = Ledger(url, "ctx0", **kw)
+    t0 = time.perf_counter()
+    emit = led.emit
+    for kind, rid, attrs in items:
+        emit(kind, rid, **attrs)
+    t_emit = time.perf_counter() - t0
+    led.flush()
+    dt = time.perf_counter() - t0
+    out = {"events": n, "seconds": dt, "events_per_s": n / dt, "groups": led.groups,
+           "emit_phase_s": t_emit, "backpressure_waits": led.backpressure_waits}
+    led.close()
+    return out
+
+
+def _store_only_rate(url: str, n: int) -> float:
+    """Baseline: the store's append of pre-encoded rows (no validation/encoding/hash)."""
+    from kvledger.ledger.mapper import GENESIS_HASH, encode_row
+
+    rows = []
+    prev = GENESIS_HASH
+    for i in range(n):
+        kind, rid, attrs = _workload(i)
+        r = encode_row("base", i + 1, i, kind, rid, attrs, prev)
+        prev = r[-1]
+        rows.append(r)
+    store = EventStore(url)
+    t0 = time.perf_counter()
+    for k in range(0, n, 1024):
+        store.append(rows[k:k + 1024])
+    dt = time.perf_counter() - t0
+    store.close()
+    return n / dt
+
+
+def _encode_only_rate(n: int) -> float:
+    from kvledger.ledger.mapper import GENESIS_HASH, check_event, encode_row
+
+    items = [_workload(i) for i in range(n)]
+    prev = GENESIS_HASH
+    t0 = time.perf_counter()
+    for i, (kind, rid, attrs) in enumerate(items):
+        check_event(kind, rid, attrs)
+        prev = encode_row("s", i + 1, i, kind, rid, attrs, prev)[-1]
+    return n / (time.perf_counter() - t0)
+
+
+def bench_sqlite(n: int, tmp: Path) -> None:
+    res = _append_rate(str(tmp / "rate.sqlite"), n)
+    res["store_only_events_per_s"] = _store_only_rate(str(tmp / "base.sqlite"), n)
+    res["encode_only_events_per_s"] = _encode_only_rate(n)
+    res["synchronous"] = "FULL"
+    RESULTS["sqlite"] = res
+
+
+def _pg_database(admin_url: str) -> tuple[str, Any]:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"kvl_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    return admin_url.rsplit("/", 1)[0] + "/" + name, (admin, name)
+
+
+def _pg_drop(handle: Any) -> None:
+    admin, name = handle
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+def bench_postgres(n: int, admin_url: str) -> None:
+    try:
+        url, handle = _pg_database(admin_url)
+    except Exception as exc:  # noqa: BLE001 - report, don't crash the other sections
+        RESULTS["postgres"] = {"skipped": f"PostgreSQL unreachable: {str(exc).splitlines()[0]}"}
+        return
+    try:
+        res = _append_rate(url, n)
+        res["store_only_events_per_s"] = _store_only_rate(url, n)
+        RESULTS["postgres"] = res
+    finally:
+        _pg_drop(handle)
+
+
+# -- projection fold ---------------------------------------------------------------------------
+def bench_fold(n: int, tmp: Path) -> None:
+    try:
+        import kvledger.ledger.projections as projections  # noqa: F401
+    except ModuleNotFoundError:
+        RESULTS["fold"] = {"skipped": "kvledger.ledger.projections not present"}
+        return
+    from kvledger.ledger.sources import open_source
+
+    path = tmp / "fold.sqlite"
+    if not path.exists():
+        _append_rate(str(path), n)
+    with open_source(path) as src:
+        events = list(src.events())
+    fold = _find_fold(projections)
+    if fold is None:
+        RESULTS["fold"] = {"skipped": "no fold entry point found in kvledger.ledger.projections"}
+        return
+    base_t0 = time.perf_counter()
+    count = 0
+    for _ev in events:  # baseline: iterating the same events
+        count += 1
+    base = time.perf_counter() - base_t0
+    t0 = time.perf_counter()
+    fold(events)
+    dt = time.perf_counter() - t0
+    RESULTS["fold"] = {"events": len(events), "events_per_s": len(events) / dt,
+                       "iterate_only_events_per_s": len(events) / max(base, 1e-9)}
+
+
+def _find_fold(mod: Any) -> Any:
+    for name in ("rebuild", "fold_events", "fold", "replay_events"):
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+# -- Parquet export ----------------------------------------------------------------------------
+def bench_parquet(n: int, tmp: Path) -> None:
+    try:
+        from kvledger.ledger.parquet import export_parquet
+    except ImportError:
+        RESULTS["parquet"] = {"skipped": "kvledger.ledger.parquet not present"}
+        return
+    from kvledger.ledger.sources import open_source
+
+    path = tmp / "export.sqlite"
+    _append_rate(str(path), n)
+    with open_source(path) as src:
+        t0 = time.perf_counter()
+        table = src.arrow_table()
+        t_read = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        export_parquet(src, tmp / "pq")
+        dt = time.perf_counter() - t1
+    RESULTS["parquet"] = {"events": table.num_rows, "export_events_per_s": n / dt,
+                          "read_to_arrow_events_per_s": n / t_read}
+
+
+# -- backpressure ------------------------------------------------------------------------------
+def bench_backpressure(n: int, tmp: Path) -> None:
+    """A store whose commits stall 20 ms: emit must stay bounded and lose nothing."""
+
+    class SlowStore(EventStore):
+        def append(self, rows: Any) -> None:
+            time.sleep(0.02)
+            super().append(rows)
+
+    url = str(tmp / "slow.sqlite")
+    store = SlowStore(url)
+    led = Ledger(url, "ctx0", store=store, queue_max=4096, backpressure_ms=5)
+    worst = 0
+    pc = time.perf_counter_ns
+    for i in range(n):
+        kind, rid, attrs = _workload(i)
+        t0 = pc()
+        led.emit(kind, rid, **attrs)
+        worst = max(worst, pc() - t0)
+    waits = led.backpressure_waits
+    led.close()
+    kinds = EventStore(url, create=False)
+    with kinds.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT count(*) FROM events WHERE kind NOT LIKE "
+                                      "'ledger.%'").scalar()
+        bp = conn.exec_driver_sql("SELECT count(*) FROM events WHERE kind = "
+                                  "'ledger.backpressure'").scalar()
+    kinds.close()
+    RESULTS["backpressure"] = {"emitted": n, "stored": stored, "backpressure_events": bp,
+                               "waits": waits, "worst_emit_ms": worst / 1e6,
+                               "bound_ms": 5}
+
+
+# -- RSS ---------------------------------------------------------------------------------------
+RSS_CHILD = r"""
+import json, sys, time
+from kvledger.ledger import Ledger
+sys.path.insert(0, sys.argv[3])
+from bench_ledger import _workload
+
+def rss_kb(field="VmRSS"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+n = int(sys.argv[2])
+marks = sorted({n // 10, n // 2, n})
+led = Ledger(sys.argv[1], "ctx0", synchronous="FULL")
+# Pre-build the rotation so the loop measures the ledger, not the workload generator.
+rot = [_workload(i) for i in range(5000)]
+out = {"before_kb": rss_kb()}
+t0 = time.perf_counter()
+emit = led.emit
+i = 0
+for m in marks:
+    while i < m:
+        kind, rid, attrs = rot[i % 5000]
+        emit(kind, rid, **attrs)
+        i += 1
+    out[f"at_{m}_kb"] = rss_kb()
+led.close()
+out["seconds"] = time.perf_counter() - t0
+out["peak_kb"] = rss_kb("VmHWM")
+out["backpressure_waits"] = led.backpressure_waits
+print(json.dumps(out))
+"""
+
+
+def bench_rss(n: int, tmp: Path) -> None:
+    path = tmp / "rss.sqlite"
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, str(path), str(n), str(Path(__file__).parent)],
+        capture_output=True, text=True, check=True,
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    marks = sorted(k for k in out if k.startswith("at_"))
+    growth = {k: (out[k] - out["before_kb"]) / 1024 for k in marks}
+    out["growth_mb"] = growth
+    out["peak_growth_mb"] = (out["peak_kb"] - out["before_kb"]) / 1024
+    out["events"] = n
+    out["events_per_s"] = n / out["seconds"]
+    RESULTS["rss"] = out
+
+
+# -- report ------------------------------------------------------------------------------------
+def print_table() -> None:
+    def line(name: str, value: str, target: str = "") -> None:
+        print(f"{name:<44} {value:>22}   {target}")
+
+    print(f"{'measure':<44} {'value':>22}   target")
+    r = RESULTS.get("emit")
+    if r:
+        line("floor p50 / p99 (us)", f"{r['floor_p50_us']:.3f} / {r['floor_p99_us']:.3f}")
+        line("emit p50 / p99 (us)", f"{r['emit_p50_us']:.3f} / {r['emit_p99_us']:.3f}",
+             "<= 0.5 / 2")
+        line("emit/floor ratio p50 / p99", f"{r['p50_ratio']:.2f}x / {r['p99_ratio']:.2f}x")
+    for name in ("sqlite", "postgres"):
+        r = RESULTS.get(name)
+        if not r:
+            continue
+        if "skipped" in r:
+            line(f"{name} append", "skipped: " + r["skipped"][:60])
+            continue
+        target = ">= 300k/s" if name == "sqlite" else ">= 100k/s"
+        line(f"{name} durable append (events/s)", f"{r['events_per_s']:,.0f}", target)
+        line(f"{name} store-only baseline (events/s)", f"{r['store_only_events_per_s']:,.0f}")
+        line(f"{name} ratio ledger/store-only",
+             f"{r['events_per_s'] / r['store_only_events_per_s']:.2f}")
+        if "encode_only_events_per_s" in r:
+            line("validate+encode+hash only (events/s)", f"{r['encode_only_events_per_s']:,.0f}")
+    r = RESULTS.get("fold")
+    if r:
+        if "skipped" in r:
+            line("projection fold", "skipped: " + r["skipped"][:60])
+        else:
+            line("projection fold (events/s)", f"{r['events_per_s']:,.0f}", ">= 2M/s")
+    r = RESULTS.get("parquet")
+    if r:
+        if "skipped" in r:
+            line("parquet export", "skipped")
+        else:
+            line("parquet export (events/s)", f"{r['export_events_per_s']:,.0f}")
+            line("read into Arrow (events/s)", f"{r['read_to_arrow_events_per_s']:,.0f}")
+    r = RESULTS.get("backpressure")
+    if r:
+        line("stalled store: worst emit (ms)", f"{r['worst_emit_ms']:.1f}",
+             f"bound {r['bound_ms']} ms + slice")
+        line("stalled store: emitted / stored",
+             f"{r['emitted']:,} / {r['stored']:,}", "equal (nothing dropped)")
+        line("stalled store: backpressure events", f"{r['backpressure_events']:,}")
+    r = RESULTS.get("rss")
+    if r:
+        for k, v in r["growth_mb"].items():
+            line(f"RSS growth {k[3:-3]} events (MB)", f"{v:.1f}", "< 100, flat")
+        line("peak RSS growth (MB)", f"{r['peak_growth_mb']:.1f}")
+        line("rss run rate (events/s)", f"{r['events_per_s']:,.0f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a minute or so)")
+    ap.add_argument("--only", nargs="*", default=None, help="sections to run")
+    ap.add_argument("--pg", default=os.environ.get(
+        "KVLEDGER_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
+    args = ap.parse_args()
+    q = args.quick
+    sizes = {"emit": 200_000 if q else 2_000_000, "sqlite": 200_000 if q else 1_000_000,
+             "postgres": 200_000 if q else 1_000_000, "fold": 200_000 if q else 1_000_000,
+             "parquet": 200_000 if q else 1_000_000, "backpressure": 50_000 if q else 200_000,
+             "rss": 1_000_000 if q else 10_000_000}
+    only = set(args.only) if args.only else set(sizes)
+    with tempfile.TemporaryDirectory(prefix="kvl-bench-") as d:
+        tmp = Path(d)
+        for name in sizes:
+            if name not in only:
+                continue
+            print(f"[bench] {name} ({sizes[name]:,} events)...", file=sys.stderr, flush=True)
+            if name == "postgres":
+                bench_postgres(sizes[name], args.pg)
+            else:
+                globals()[f"bench_{name}"](sizes[name], tmp)
+    print_table()
+    if args.json:
+        print(json.dumps(RESULTS, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

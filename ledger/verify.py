@@ -1,0 +1,151 @@
+"""Integrity of stored streams: gaps, broken chains, altered rows, reordering, torn tails.
+
+The checks use only ``mapper.chain_hash`` (the one definition of the chain) and the group columns
+the store writes (``grp`` = first seq of the row's commit group, ``grp_n`` = its size):
+
+- ``gap``            a seq is missing (the first seq must be 1)
+- ``broken_chain``   ``prev_hash`` is not the previous row's ``hash`` (genesis for seq 1)
+- ``altered_row``    ``hash`` does not match the row's own fields
+- ``reordered``      positions do not grow with seq inside one stream
+- ``bad_group``      a row's group columns do not describe a group that contains it
+- ``unknown_kind``   a kind this build does not know (newer writer or tampering)
+- ``torn_tail``      the last group has fewer rows than ``grp_n`` (an incomplete last commit);
+                      the only finding that opening for append repairs (by cutting it off)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .events import EVENT_KINDS
+from .mapper import GENESIS_HASH, chain_hash
+
+FINDING_KINDS = ("gap", "broken_chain", "altered_row", "reordered", "bad_group", "unknown_kind",
+                 "torn_tail")
+# More findings than this per stream are counted, not listed (a wholly rewritten ledger).
+MAX_LISTED = 100
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    stream: str
+    seq: int
+    position: int | None
+    reason: str
+
+    def line(self) -> str:
+        at = f" (position {self.position})" if self.position is not None else ""
+        return f"{self.kind}: stream {self.stream} seq {self.seq}{at}: {self.reason}"
+
+
+@dataclass
+class StreamReport:
+    stream: str
+    rows: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str = GENESIS_HASH
+    findings: list[Finding] = field(default_factory=list)
+    findings_total: int = 0
+    # Set when the stream ends in a torn tail: (first seq of the torn group, rows in it).
+    torn: tuple[int, int] | None = None
+
+    def add(self, f: Finding) -> None:
+        self.findings_total += 1
+        if len(self.findings) < MAX_LISTED:
+            self.findings.append(f)
+
+    @property
+    def corrupt(self) -> bool:
+        """Findings other than a torn tail: never repaired."""
+        return any(f.kind != "torn_tail" for f in self.findings)
+
+
+@dataclass
+class Report:
+    target: str
+    streams: list[StreamReport] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in self.streams for f in s.findings]
+
+    @property
+    def ok(self) -> bool:
+        return not any(s.findings_total for s in self.streams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "streams": [
+                {"stream": s.stream, "rows": s.rows, "first_seq": s.first_seq,
+                 "last_seq": s.last_seq, "last_hash": s.last_hash,
+                 "findings": s.findings_total}
+                for s in self.streams
+            ],
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+def verify_stream(stream: str, rows: Iterable[tuple]) -> StreamReport:
+    """Check one stream. ``rows``: tuples in ``store.VERIFY_COLUMNS`` order, in seq order."""
+    rep = StreamReport(stream)
+    prev_seq = 0
+    prev_hash = GENESIS_HASH
+    prev_pos: int | None = None
+    last: tuple | None = None
+    group_rows = 0
+    for row in rows:
+        position, seq, ts_ns, kind, request_id, attrs, grp, grp_n, row_prev, row_hash = row
+        rep.rows += 1
+        if rep.first_seq is None:
+            rep.first_seq = seq
+        if seq != prev_seq + 1:
+            rep.add(Finding("gap", stream, seq, position,
+                            f"expected seq {prev_seq + 1}, found {seq}"))
+        if row_prev != prev_hash:
+            rep.add(Finding("broken_chain", stream, seq, position,
+                            "prev_hash does not match the previous row's hash"))
+        if chain_hash(row_prev, stream, seq, ts_ns, kind, request_id, attrs) != row_hash:
+            rep.add(Finding("altered_row", stream, seq, position,
+                            "hash does not match the row's fields"))
+        if prev_pos is not None and position is not None and position <= prev_pos:
+            rep.add(Finding("reordered", stream, seq, position,
+                            f"position {position} not after {prev_pos} of seq {prev_seq}"))
+        if not (grp <= seq < grp + grp_n):
+            rep.add(Finding("bad_group", stream, seq, position,
+                            f"row is outside its group {grp}+{grp_n}"))
+        if kind not in EVENT_KINDS:
+            rep.add(Finding("unknown_kind", stream, seq, position, f"unknown kind {kind!r}"))
+        group_rows = group_rows + 1 if last is not None and last[6] == grp else 1
+        prev_seq, prev_hash, prev_pos, last = seq, row_hash, position, row
+    rep.last_seq = prev_seq if rep.rows else None
+    rep.last_hash = prev_hash
+    if last is not None:
+        seq, grp, grp_n = last[1], last[6], last[7]
+        if seq < grp + grp_n - 1:
+            rep.torn = (grp, group_rows)
+            rep.add(Finding("torn_tail", stream, seq, last[0],
+                            f"last group starting at seq {grp} has {group_rows} of {grp_n} rows"))
+    return rep
+
+
+def verify_source(source: Any) -> Report:
+    """Verify every stream of a ``LedgerSource`` (see ``ledger.sources``)."""
+    report = Report(getattr(source, "target", str(source)))
+    for stream in source.streams():
+        report.streams.append(verify_stream(stream, source.verify_tuples(stream)))
+    return report
+
+
+def iter_findings(report: Report) -> Iterator[str]:
+    for f in report.findings:
+        yield f.line()
+    listed = len(report.findings)
+    total = sum(s.findings_total for s in report.streams)
+    if total > listed:
+        yield f"... and {total - listed} more findings"

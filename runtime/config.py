@@ -1,0 +1,81 @@
+"""``WorkerConfig``: one worker's settings, JSON-serialisable, recorded in ``ledger.opened``.
+
+The detectors and analytics read ``send_slots``, ``recv_slots`` and ``num_blocks`` from the
+``ledger.opened`` config dict by those names: keep them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+DTYPES = ("float16", "bfloat16", "float32")
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    role: str  # "ctx" (prefill, sender) | "gen" (decode, receiver)
+    name: str = ""  # stream / agent name; defaults to the role
+    peer: str = ""  # the other worker's name
+    # KV pool geometry: pool[num_blocks, layers, 2, kv_heads, block_tokens, head_dim].
+    num_blocks: int = 256
+    layers: int = 2
+    kv_heads: int = 2
+    block_tokens: int = 16
+    head_dim: int = 32
+    dtype: str = "float16"
+    # Transfer staging slots (TensorRT-LLM's default is one of each).
+    send_slots: int = 1
+    recv_slots: int = 1
+    max_request_blocks: int = 16  # a slot holds this many blocks
+    block_reuse: bool = True  # prefix reuse on ctx (the rc13 configuration)
+    poll_at_least: int = 1  # at_least passed to the status polls every step
+    # Health: quarantined transfers allowed before the worker says it cannot serve, and how long
+    # pending obligations may go without progress before it does.
+    quarantine_budget: int = 4
+    progress_deadline_ms: int = 30_000
+    # TRT-LLM #13495 style: an in-flight cancel releases the transport handle at once (the slot is
+    # then poisoned: quiescence can no longer be observed). Off = cancel means "stop caring".
+    release_on_cancel: bool = False
+    policy: str = "hardened"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in ("ctx", "gen"):
+            raise ValueError(f"role must be ctx or gen, not {self.role!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        for f in ("num_blocks", "layers", "kv_heads", "block_tokens", "head_dim",
+                  "send_slots", "recv_slots", "max_request_blocks", "progress_deadline_ms"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1")
+        if self.max_request_blocks > self.num_blocks:
+            raise ValueError("max_request_blocks must not exceed num_blocks")
+
+    @property
+    def stream(self) -> str:
+        return self.name or self.role
+
+    @property
+    def block_nbytes(self) -> int:
+        elems = self.layers * 2 * self.kv_heads * self.block_tokens * self.head_dim
+        return elems * DTYPE_BYTES[self.dtype]
+
+    @property
+    def slot_nbytes(self) -> int:
+        return self.max_request_blocks * self.block_nbytes
+
+    @property
+    def max_request_tokens(self) -> int:
+        return self.max_request_blocks * self.block_tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> WorkerConfig:
+        known = {f.name for f in fields(WorkerConfig)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown WorkerConfig keys: {sorted(unknown)}")
+        return WorkerConfig(**d)

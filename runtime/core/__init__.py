@@ -1,0 +1,32 @@
+"""The sans-I/O lifecycle core: deterministic state machines, inputs in, effects and events out.
+
+Nothing here does I/O, reads a clock, starts a thread or touches torch/NIXL (a lint test enforces
+it): time arrives as ``now_ns`` on inputs, events leave through an injected ``emit`` callable, and
+everything the driver must do comes back as effect dataclasses (``core.io``). The same core runs
+under the live worker loop and under the replayer.
+"""
+
+from .io import (  # noqa: F401
+    Arrive,
+    Cancel,
+    ControlIn,
+    Fill,
+    Fulfil,
+    Pack,
+    Packed,
+    PeerLost,
+    Posted,
+    PostFailed,
+    PostWrite,
+    Release,
+    Released,
+    SendControl,
+    Shutdown,
+    Tick,
+    Unpack,
+    Unpacked,
+    XferState,
+)
+from .lifecycle import LifecycleError  # noqa: F401
+from .receiver import GenCore  # noqa: F401
+from .sender import CtxCore  # noqa: F401

@@ -1,0 +1,155 @@
+"""KV block bookkeeping: block ids, a prefix-reuse cache keyed by the hash chain of full token
+blocks, reference counts, pins, and LRU eviction of unreferenced cached blocks.
+
+A block is in exactly one of: free list, referenced (ref > 0 or pin > 0), or cached-idle (in the
+LRU, ref == pin == 0, reusable by a later request with the same prefix, evictable). Only full
+token blocks are cached; a request's last partial block is private.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+
+def block_hashes(tokens: list[int], block_tokens: int) -> list[tuple[bytes, bool]]:
+    """(chain hash, is_full) per block of ``tokens``: hash_i covers all tokens up to block i."""
+    out: list[tuple[bytes, bool]] = []
+    prev = b""
+    for start in range(0, len(tokens), block_tokens):
+        chunk = tokens[start:start + block_tokens]
+        h = hashlib.blake2b(prev + b"|" + ",".join(map(str, chunk)).encode(), digest_size=16)
+        prev = h.digest()
+        out.append((prev, len(chunk) == block_tokens))
+    return out
+
+
+def seed_of(h: bytes) -> int:
+    """The fill seed of a block (63 bits of its chain hash)."""
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(slots=True)
+class Allocation:
+    reused: list[int]
+    fresh: list[int]
+    fresh_seeds: list[int]
+    evicted: list[int]
+
+    @property
+    def blocks(self) -> list[int]:
+        return self.reused + self.fresh
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_tokens: int, reuse: bool) -> None:
+        assert num_blocks > 0 and block_tokens > 0
+        self.num_blocks = num_blocks
+        self.block_tokens = block_tokens
+        self.reuse = reuse
+        self._free: deque[int] = deque(range(num_blocks))
+        self._ref = [0] * num_blocks
+        self._pin = [0] * num_blocks
+        self._hash: list[bytes | None] = [None] * num_blocks
+        self._cache: dict[bytes, int] = {}  # chain hash -> block (full blocks only)
+        self._lru: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced
+        self._held: dict[str, list[int]] = {}  # request -> blocks it references
+
+    # -- allocation ------------------------------------------------------------------------------
+    def allocate(self, request_id: str, tokens: list[int]) -> Allocation | None:
+        """Reference blocks for ``tokens`` (prefix hits reused); None if the pool cannot fit it."""
+        assert request_id not in self._held, f"{request_id} already holds blocks"
+        hashes = block_hashes(tokens, self.block_tokens)
+        hits: list[int] = []
+        if self.reuse:
+            for h, full in hashes:
+                b = self._cache.get(h) if full else None
+                if b is None:
+                    break
+                hits.append(b)
+        need = len(hashes) - len(hits)
+        if need > len(self._free) + sum(1 for b in self._lru if b not in hits):
+            return None
+        for b in hits:
+            self._lru.pop(b, None)
+            self._ref[b] += 1
+        evicted: list[int] = []
+        fresh: list[int] = []
+        seeds: list[int] = []
+        for h, full in hashes[len(hits):]:
+            if not self._free:
+                evicted.append(self._evict_one())
+            b = self._free.popleft()
+            assert self._ref[b] == 0 and self._pin[b] == 0
+            self._ref[b] = 1
+            if self.reuse and full and h not in self._cache:
+                self._cache[h] = b
+                self._hash[b] = h
+            fresh.append(b)
+            seeds.append(seed_of(h))
+        self._held[request_id] = hits + fresh
+        return Allocation(hits, fresh, seeds, evicted)
+
+    def _evict_one(self) -> int:
+        b, _ = self._lru.popitem(last=False)
+        assert self._ref[b] == 0 and self._pin[b] == 0
+        h = self._hash[b]
+        assert h is not None and self._cache.get(h) == b
+        del self._cache[h]
+        self._hash[b] = None
+        self._free.append(b)
+        return b
+
+    def held(self, request_id: str) -> list[int]:
+        return list(self._held.get(request_id, ()))
+
+    # -- pins and frees --------------------------------------------------------------------------
+    def pin(self, blocks: list[int]) -> None:
+        for b in blocks:
+            assert self._ref[b] > 0 or self._pin[b] > 0, f"pin of unreferenced block {b}"
+            self._pin[b] += 1
+
+    def unpin(self, blocks: list[int]) -> None:
+        for b in blocks:
+            assert self._pin[b] > 0, f"unpin of unpinned block {b}"
+            self._pin[b] -= 1
+            self._maybe_idle(b)
+
+    def free(self, request_id: str) -> list[int]:
+        """Drop the request's references (exactly once). Returns the blocks it referenced."""
+        blocks = self._held.pop(request_id)
+        for b in blocks:
+            assert self._ref[b] > 0, f"double free of block {b} by {request_id}"
+            self._ref[b] -= 1
+            self._maybe_idle(b)
+        return blocks
+
+    def _maybe_idle(self, b: int) -> None:
+        if self._ref[b] or self._pin[b]:
+            return
+        if self._hash[b] is not None:
+            self._lru[b] = None  # cached: reusable until evicted
+        else:
+            self._free.append(b)
+
+    # -- state -----------------------------------------------------------------------------------
+    def occupancy(self) -> dict[str, int]:
+        referenced = sum(1 for b in range(self.num_blocks) if self._ref[b] or self._pin[b])
+        pinned = sum(1 for b in range(self.num_blocks) if self._pin[b])
+        return {"free": len(self._free), "cached": len(self._lru), "referenced": referenced,
+                "pinned": pinned, "total": self.num_blocks}
+
+    def check(self) -> None:
+        """Every block in exactly one place (assertions; cheap enough for tests)."""
+        free, lru = set(self._free), set(self._lru)
+        assert len(free) == len(self._free), "block twice on the free list"
+        assert not free & lru
+        for b in range(self.num_blocks):
+            busy = self._ref[b] > 0 or self._pin[b] > 0
+            assert busy + (b in free) + (b in lru) == 1, f"block {b} in no or several places"
+        counts = [0] * self.num_blocks
+        for blocks in self._held.values():
+            for b in blocks:
+                counts[b] += 1
+        assert counts == self._ref, "ref counts disagree with holders"

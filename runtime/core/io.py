@@ -1,0 +1,170 @@
+"""Inputs (what happened) and effects (what the driver must do). Frozen value objects.
+
+Effects that produce a result are answered by the driver feeding the matching input back:
+``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Release`` -> ``Released``,
+``Unpack`` -> ``Unpacked``. The driver executes effects in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..workload import RequestSpec
+from .messages import Message
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Arrive:
+    spec: RequestSpec
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    request_id: str
+    now_ns: int
+    source: str = "client"  # one of ledger.events.CANCEL_SOURCES
+
+
+@dataclass(frozen=True, slots=True)
+class ControlIn:
+    """A control message from the peer (already decoded)."""
+
+    msg: Message
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class XferState:
+    """A transport state observed by the driver (only on change), with its poll count."""
+
+    handle: int
+    state: str  # PROC | DONE | ERR
+    polls: int
+    now_ns: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    request_id: str
+    checksums: tuple[int, ...]
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    request_id: str
+    handle: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostFailed:
+    request_id: str
+    error: str
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    request_id: str
+    handle: int
+    accepted: bool
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unpacked:
+    request_id: str
+    checksums: tuple[int, ...]
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    error: str
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Cancel everything. ``force``: in-flight handles are released and their slots poisoned."""
+
+    now_ns: int
+    force: bool = False
+
+
+# ---- effects --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """Fill fresh KV blocks deterministically: block ``blocks[i]`` from seed ``seeds[i]``."""
+
+    request_id: str
+    blocks: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """Pack ``blocks`` into send slot ``slot``; answer ``Packed`` with their checksums."""
+
+    request_id: str
+    slot: int
+    blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PostWrite:
+    """One WRITE of ``nbytes`` from the front of send slot ``slot`` into the peer's range."""
+
+    request_id: str
+    slot: int
+    nbytes: int
+    remote_desc: bytes
+    notif: Message | None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Release the transport handle (never check it again)."""
+
+    request_id: str
+    handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendControl:
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Unpack:
+    """Unpack recv slot ``slot`` into ``blocks``; answer ``Unpacked`` with their checksums."""
+
+    request_id: str
+    slot: int
+    blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fulfil:
+    """The request's future is fulfilled (exactly once): value | cancelled | error."""
+
+    request_id: str
+    side: str
+    outcome: str
+
+
+Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed | Released
+         | Unpacked | Tick | PeerLost | Shutdown)
+Effect = Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil

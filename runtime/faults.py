@@ -1,0 +1,322 @@
+"""``FaultyTransport``: a fault-injecting wrapper around any real ``Transport``.
+
+Faults (``Fault.kind``):
+- ``delay``: hold a posted WRITE and post it for real ``delay_ms`` later, even if the caller has
+  released the handle meanwhile, so the bytes land late. This is how reuse-while-in-flight turns
+  into real corruption that the gen side's checksums must catch.
+- ``fail``: the WRITE is not posted and its handle reports ERR (nothing touches memory).
+- ``drop``: a control message is not sent; for a WRITE, its notification is stripped (the data
+  lands, the completion notice never comes).
+- ``stall``: the peer stops answering for ``delay_ms`` (through the ``stall_peer`` callback, e.g.
+  SIGSTOP/SIGCONT of its process); without a callback this transport itself goes silent (no
+  progress, control held back) for that long.
+- ``kill``: the peer is killed (``kill_peer`` callback, e.g. SIGKILL of its process).
+
+A fault fires on operations that match it: from clock time ``at_ns`` on, for ``request_id`` and
+``msg_type`` (``"write"`` for WRITEs, else the control message's type as ``classify`` reads it),
+``count`` times. ``stall``/``kill`` without a request/type filter fire from ``progress()`` once the
+clock passes ``at_ns``. Every injected fault is emitted as a ``fault.injected`` event carrying the
+fault's spec and the time it fired, so ``FaultScript.from_events`` re-injects it at the recorded
+time on replay. ``FaultScript.random(seed, ...)`` makes a reproducible script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .transport import TransportError, XferStatus
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = ("delay", "fail", "drop", "stall", "kill")
+_WRITE_FAULTS = ("delay", "fail", "drop", "stall", "kill")
+_CONTROL_FAULTS = ("drop", "stall", "kill")
+
+Emit = Callable[..., None]
+Classify = Callable[[bytes], tuple[str | None, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: str
+    at_ns: int | None = None  # eligible from this clock time on (None: from the start)
+    request_id: str | None = None  # only operations of this request
+    msg_type: str | None = None  # "write" or a control message type; None: any
+    delay_ms: float = 0.0  # delay: hold time of the WRITE; stall: how long the peer is silent
+    count: int = 1  # operations it hits; 0 = unlimited
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; choose one of {FAULT_KINDS}")
+        if self.count < 0 or self.delay_ms < 0:
+            raise ValueError(f"fault {self.kind}: count and delay_ms must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(slots=True)
+class FaultScript:
+    faults: list[Fault] = field(default_factory=list)
+    seed: int | None = None
+
+    @classmethod
+    def random(cls, seed: int, *, n: int, horizon_ms: float, start_ns: int = 0,
+               kinds: Iterable[str] = ("delay", "fail", "drop"),
+               delay_ms: tuple[float, float] = (1.0, 50.0)) -> FaultScript:
+        """``n`` faults at seeded random times within ``horizon_ms`` of ``start_ns``."""
+        rng = random.Random(seed)
+        kinds = tuple(kinds)
+        faults = [Fault(kind=rng.choice(kinds),
+                        at_ns=start_ns + int(rng.uniform(0, horizon_ms) * 1e6),
+                        delay_ms=round(rng.uniform(*delay_ms), 3))
+                  for _ in range(n)]
+        faults.sort(key=lambda f: f.at_ns or 0)
+        return cls(faults, seed)
+
+    @classmethod
+    def from_events(cls, events: Iterable[Any]) -> FaultScript:
+        """Re-inject recorded ``fault.injected`` events at their recorded times, once each."""
+        faults = []
+        for ev in events:
+            if ev.kind != "fault.injected":
+                continue
+            p = dict(ev.attrs.get("params") or {})
+            faults.append(Fault(kind=ev.attrs["fault"], at_ns=p.get("fired_ns", ev.ts_ns),
+                                request_id=p.get("request_id"), msg_type=p.get("msg_type"),
+                                delay_ms=float(p.get("delay_ms", 0.0)), count=1))
+        return cls(faults)
+
+
+def default_classify(msg: bytes) -> tuple[str | None, str | None]:
+    """(message type, request id) of a JSON control message ``{"type":..., "rid":...}``."""
+    try:
+        obj = json.loads(msg)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    rid = obj.get("rid", obj.get("request_id"))
+    return obj.get("type", obj.get("t")), (str(rid) if rid is not None else None)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A delayed WRITE: posted for real at ``due_ns``."""
+
+    args: tuple[Any, ...]
+    due_ns: int
+    inner: int | None = None
+    released: bool = False
+
+
+_FAILED = object()
+
+
+class FaultyTransport:
+    """Wraps a ``Transport``; same protocol, with ``FaultScript`` faults injected."""
+
+    def __init__(self, inner: Any, script: FaultScript | Iterable[Fault] = (), *,
+                 emit: Emit | None = None, clock: Callable[[], int] = time.monotonic_ns,
+                 classify: Classify = default_classify,
+                 kill_peer: Callable[[], None] | None = None,
+                 stall_peer: Callable[[float], None] | None = None) -> None:
+        faults = list(script.faults if isinstance(script, FaultScript) else script)
+        if any(f.kind == "kill" for f in faults) and kill_peer is None:
+            raise ValueError("a kill fault needs a kill_peer callback")
+        self.inner = inner
+        self.name = inner.name
+        self._faults = faults
+        self._left = [f.count for f in faults]
+        self._emit = emit
+        self._clock = clock
+        self._classify = classify
+        self._kill_peer = kill_peer
+        self._stall_peer = stall_peer
+        self._ids = 0
+        self._handles: dict[int, Any] = {}  # our id -> inner id | _Held | _FAILED
+        self._held: list[_Held] = []
+        self._stalled_until = 0
+        self.injected: list[tuple[str, dict[str, Any]]] = []
+
+    # ------------------------------------------------------------------ scheduling
+    def _take(self, kinds: tuple[str, ...], msg_type: str | None,
+              rid: str | None) -> Fault | None:
+        now = self._clock()
+        for i, f in enumerate(self._faults):
+            if self._left[i] == -1 or f.kind not in kinds:
+                continue
+            if f.at_ns is not None and now < f.at_ns:
+                continue
+            if f.request_id is not None and f.request_id != rid:
+                continue
+            if f.msg_type is not None and f.msg_type != msg_type:
+                continue
+            if f.kind in ("stall", "kill") and f.request_id is None and f.msg_type is None:
+                continue  # purely time-driven: fired by progress()
+            self._use(i)
+            return f
+        return None
+
+    def _use(self, i: int) -> None:
+        if self._faults[i].count:
+            self._left[i] -= 1
+            if self._left[i] == 0:
+                self._left[i] = -1
+
+    def _record(self, f: Fault, target: str | None, msg_type: str | None = None,
+                rid: str | None = None) -> None:
+        params = {"fired_ns": self._clock(), "delay_ms": f.delay_ms}
+        if msg_type is not None:
+            params["msg_type"] = msg_type
+        if rid is not None:
+            params["request_id"] = rid
+        if f.at_ns is not None:
+            params["at_ns"] = f.at_ns
+        self.injected.append((f.kind, params))
+        log.info("fault injected: %s on %s %s", f.kind, target, params)
+        if self._emit is not None:
+            self._emit("fault.injected", None, fault=f.kind, target=target, params=params)
+
+    def _fire_peer_fault(self, f: Fault, target: str | None) -> None:
+        if f.kind == "kill":
+            assert self._kill_peer is not None
+            self._kill_peer()
+        elif self._stall_peer is not None:
+            self._stall_peer(f.delay_ms / 1000.0)
+        else:
+            self._stalled_until = self._clock() + int(f.delay_ms * 1e6)
+
+    def _tick(self) -> None:
+        """Fire time-driven stall/kill faults; post delayed WRITEs that are due."""
+        now = self._clock()
+        for i, f in enumerate(self._faults):
+            if (self._left[i] != -1 and f.kind in ("stall", "kill") and f.request_id is None
+                    and f.msg_type is None and (f.at_ns is None or now >= f.at_ns)):
+                self._use(i)
+                self._record(f, None)
+                self._fire_peer_fault(f, None)
+        if self._held:
+            due = [h for h in self._held if h.due_ns <= now]
+            for h in due:
+                self._held.remove(h)
+                self._post_held(h)
+
+    def _post_held(self, h: _Held) -> None:
+        try:
+            h.inner = self.inner.post_write(*h.args)
+        except TransportError as exc:
+            log.warning("delayed WRITE failed when posted: %s", exc)
+            h.inner = None
+            h.args = ()
+            return
+        if h.released:  # the caller gave up on it already; the bytes land anyway
+            self.inner.release(h.inner)
+
+    # ------------------------------------------------------------------ protocol
+    def register(self, region: str, tensor: object) -> None:
+        self.inner.register(region, tensor)
+
+    def local_metadata(self) -> bytes:
+        return self.inner.local_metadata()
+
+    def add_peer(self, peer: str, metadata: bytes) -> None:
+        self.inner.add_peer(peer, metadata)
+
+    def remove_peer(self, peer: str) -> None:
+        self.inner.remove_peer(peer)
+
+    def region_descriptor(self, region: str, offset: int, nbytes: int) -> bytes:
+        return self.inner.region_descriptor(region, offset, nbytes)
+
+    def post_write(self, local_region: str, local_offset: int, nbytes: int, peer: str,
+                   remote_desc: bytes, notif: bytes = b"") -> int:
+        self._tick()
+        _, rid = self._classify(notif) if notif else (None, None)
+        self._ids += 1
+        hid = self._ids
+        f = self._take(_WRITE_FAULTS, "write", rid)
+        if f is not None:
+            self._record(f, peer, "write", rid)
+        if f is not None and f.kind == "fail":
+            self._handles[hid] = _FAILED
+            return hid
+        if f is not None and f.kind == "drop":
+            notif = b""
+        args = (local_region, local_offset, nbytes, peer, remote_desc, notif)
+        if f is not None and f.kind == "delay":
+            h = _Held(args, self._clock() + int(f.delay_ms * 1e6))
+            self._held.append(h)
+            self._handles[hid] = h
+            return hid
+        self._handles[hid] = self.inner.post_write(*args)
+        if f is not None and f.kind in ("stall", "kill"):
+            self._fire_peer_fault(f, peer)  # right after posting: the peer goes mid-transfer
+        return hid
+
+    def check(self, handle: int) -> XferStatus:
+        self._tick()
+        h = self._handles.get(handle)
+        if h is None:
+            raise TransportError(f"handle {handle} is released or unknown")
+        if h is _FAILED:
+            return XferStatus("ERR", "injected fault: fail")
+        if isinstance(h, _Held):
+            if h.inner is None:
+                return XferStatus("PROC") if h.args else XferStatus("ERR", "delayed post failed")
+            return self.inner.check(h.inner)
+        return self.inner.check(h)
+
+    def release(self, handle: int) -> bool:
+        h = self._handles.pop(handle, None)
+        if h is None:
+            raise TransportError(f"handle {handle} is released or unknown")
+        if h is _FAILED:
+            return True
+        if isinstance(h, _Held):
+            if h.inner is None:
+                h.released = True  # still posted when due: the late bytes are the point
+                return True
+            return self.inner.release(h.inner)
+        return self.inner.release(h)
+
+    def send_control(self, peer: str, msg: bytes) -> None:
+        self._tick()
+        mtype, rid = self._classify(msg)
+        f = self._take(_CONTROL_FAULTS, mtype, rid)
+        if f is not None:
+            self._record(f, peer, mtype, rid)
+            if f.kind == "drop":
+                return
+        self.inner.send_control(peer, msg)
+        if f is not None:
+            self._fire_peer_fault(f, peer)
+
+    def poll_control(self) -> list[tuple[str, bytes]]:
+        self._tick()
+        if self._clock() < self._stalled_until:
+            return []
+        return self.inner.poll_control()
+
+    def progress(self) -> None:
+        self._tick()
+        if self._clock() < self._stalled_until:
+            return
+        self.inner.progress()
+
+    def close(self) -> None:
+        # Delayed WRITEs never posted are simply dropped: nothing of theirs is in flight.
+        self._held.clear()
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        # Extensions of the real transport (unquiesced, peer_lost, ...) pass through.
+        return getattr(self.inner, name)

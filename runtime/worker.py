@@ -1,0 +1,252 @@
+"""``Worker``: one ctx or gen worker. The thin driver around the sans-I/O core.
+
+It owns the KV pool tensor ``[num_blocks, layers, 2, kv_heads, block_tokens, head_dim]`` and one
+slot arena (uint8, ``slots * slot_nbytes``), both registered once with its ``Transport`` (regions
+``"kv"`` and ``"slots"``), and the core (``CtxCore`` / ``GenCore``) that decides everything. Events
+go to the injected ``emit`` (``Ledger.emit``).
+
+API (everything non-blocking; time is passed in, never read):
+    w = Worker(config, transport, emit)          # policy from config.policy unless given
+    w.connect(peer_name, peer_metadata)          # transport.add_peer
+    w.submit(spec, now_ns)                       # a request arrives (RequestSpec)
+    w.cancel(request_id, now_ns, source) -> str  # structured cancel result (CANCEL_RESULTS)
+    w.step(now_ns) -> int                        # one iteration; returns work done (0 = idle)
+    w.peer_lost(error, now_ns); w.shutdown(now_ns, force)
+    w.results[request_id] -> value|cancelled|error; w.idle(); w.state() -> dict
+One thread owns a Worker and its transport (NIXL agents are not thread-safe). The same Worker runs
+under a live loop (monotonic clock) and under the replayer (virtual clock, shim transport).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..cuda import ops
+from .config import WorkerConfig
+from .core import io
+from .core.base import CoreBase
+from .core.messages import Advertise, MessageError, decode, encode
+from .core.receiver import GenCore
+from .core.sender import CtxCore
+from .policy import Policy
+from .transport import PeerLostError, Transport, TransportError
+from .workload import RequestSpec
+
+log = logging.getLogger(__name__)
+
+EFFECTS_PER_STEP_MAX = 100_000  # a bound on one step's effect cascade (a loop would be a bug)
+
+
+class _Watch:
+    __slots__ = ("request_id", "polls", "state")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.polls = 0
+        self.state = "PROC"
+
+
+def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, ...]) -> None:
+    """Deterministic KV content of each block from its seed (the hash of its token chain)."""
+    shape = pool.shape[1:]
+    for b, seed in zip(blocks, seeds, strict=True):
+        g = torch.Generator().manual_seed(seed)
+        pool[b].copy_(torch.randn(shape, generator=g, dtype=torch.float32).to(pool.dtype))
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, transport: Transport, emit: Callable[..., None],
+                 *, policy: Policy | None = None, device: str = "cpu") -> None:
+        self.config = config
+        self.transport = transport
+        self.emit = emit
+        c = config
+        self.pool = torch.zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens,
+                                 c.head_dim), dtype=getattr(torch, c.dtype), device=device)
+        nslots = c.send_slots if c.role == "ctx" else c.recv_slots
+        self.arena = torch.zeros(nslots * c.slot_nbytes, dtype=torch.uint8, device=device)
+        transport.register("kv", self.pool)
+        transport.register("slots", self.arena)
+        core_cls = CtxCore if c.role == "ctx" else GenCore
+        self.core: CoreBase = core_cls(c, emit, policy)
+        self.results: dict[str, str] = {}
+        self._watch: dict[int, _Watch] = {}
+        self._cancels: list[tuple[str, str]] = []  # not_cancellable: retried next step
+        self._lost = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        return self.config.peer or ("gen" if self.config.role == "ctx" else "ctx")
+
+    def connect(self, peer: str, metadata: bytes) -> None:
+        self.transport.add_peer(peer, metadata)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def submit(self, spec: RequestSpec, now_ns: int) -> None:
+        if spec.prompt_tokens > self.config.max_request_tokens:
+            raise ValueError(f"{spec.request_id}: {spec.prompt_tokens} tokens exceed "
+                             f"max_request_tokens {self.config.max_request_tokens}")
+        self._run(self.core.feed(io.Arrive(spec, now_ns)), now_ns)
+
+    def cancel(self, request_id: str, now_ns: int, source: str = "client") -> str:
+        result, effects = self.core.cancel(request_id, now_ns, source)
+        if result == "not_cancellable":
+            self._cancels.append((request_id, source))
+        self._run(effects, now_ns)
+        return result
+
+    def peer_lost(self, error: str, now_ns: int) -> None:
+        self._run(self.core.feed(io.PeerLost(error, now_ns)), now_ns)
+
+    def shutdown(self, now_ns: int, force: bool = False) -> None:
+        self._run(self.core.feed(io.Shutdown(now_ns, force)), now_ns)
+
+    # -- the loop body -------------------------------------------------------------------------
+    def step(self, now_ns: int) -> int:
+        """One non-blocking iteration. Returns how much happened (0 = nothing)."""
+        work = 0
+        try:
+            self.transport.progress()
+            raw = self.transport.poll_control()
+        except PeerLostError as exc:
+            self._on_lost(exc, now_ns)
+            raw = []
+        for _peer, data in raw:
+            try:
+                msg = decode(data)
+            except MessageError:
+                log.exception("%s: dropping a bad control message", self.config.stream)
+                continue
+            work += 1
+            self._run(self.core.feed(io.ControlIn(msg, now_ns)), now_ns)
+        work += self._check_handles(now_ns)
+        self._run(self.core.feed(io.Tick(now_ns)), now_ns)
+        if self._cancels:
+            retry, self._cancels = self._cancels, []
+            for rid, source in retry:
+                self.cancel(rid, now_ns, source)
+        returned, effects = self.core.check_status(self.config.poll_at_least, now_ns)
+        work += len(returned)
+        self._run(effects, now_ns)
+        return work
+
+    def _check_handles(self, now_ns: int) -> int:
+        changed = 0
+        for handle, w in list(self._watch.items()):
+            if handle not in self._watch:
+                continue  # released by an effect of an earlier handle in this loop
+            error = None
+            lost: PeerLostError | None = None
+            try:
+                state = self.transport.check(handle).state
+            except PeerLostError as exc:
+                state, error, lost = "ERR", f"{type(exc).__name__}: {exc}", exc
+            except TransportError as exc:
+                state, error = "ERR", f"{type(exc).__name__}: {exc}"
+            w.polls += 1
+            if state != w.state:
+                w.state = state
+                changed += 1
+                self._run(self.core.feed(io.XferState(handle, state, w.polls, now_ns, error)),
+                          now_ns)
+            if lost is not None:
+                self._on_lost(lost, now_ns)
+        return changed
+
+    def _on_lost(self, exc: Exception, now_ns: int) -> None:
+        if not self._lost:
+            self._lost = True
+            self.peer_lost(f"{type(exc).__name__}: {exc}", now_ns)
+
+    # -- effects -------------------------------------------------------------------------------
+    def _run(self, effects: list[Any], now_ns: int) -> None:
+        queue = list(effects)
+        done = 0
+        while queue:
+            done += 1
+            assert done < EFFECTS_PER_STEP_MAX, "effect cascade does not end"
+            more = self._execute(queue.pop(0), now_ns)
+            queue[:0] = more  # results first: the core's order is kept
+
+    def _slot(self, slot: int) -> torch.Tensor:
+        n = self.config.slot_nbytes
+        return self.arena[slot * n:(slot + 1) * n]
+
+    def _execute(self, eff: Any, now_ns: int) -> list[Any]:
+        core = self.core
+        if isinstance(eff, io.Fill):
+            fill_blocks(self.pool, eff.blocks, eff.seeds)
+        elif isinstance(eff, io.Pack):
+            ops.pack(self.pool, eff.blocks, self._slot(eff.slot))
+            sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            return core.feed(io.Packed(eff.request_id, sums, now_ns))
+        elif isinstance(eff, io.PostWrite):
+            return self._post(eff, now_ns)
+        elif isinstance(eff, io.Release):
+            self._watch.pop(eff.handle, None)
+            try:
+                if not self.transport.release(eff.handle):
+                    log.warning("%s: release of handle %d not accepted", self.config.stream,
+                                eff.handle)
+            except TransportError:
+                log.exception("%s: release of handle %d failed", self.config.stream, eff.handle)
+        elif isinstance(eff, io.SendControl):
+            self._send(eff.msg, now_ns)
+        elif isinstance(eff, io.Unpack):
+            ops.unpack(self._slot(eff.slot), self.pool, eff.blocks)
+            sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            return core.feed(io.Unpacked(eff.request_id, sums, now_ns))
+        elif isinstance(eff, io.Fulfil):
+            assert eff.request_id not in self.results or self.config.policy != "hardened", \
+                f"future of {eff.request_id} fulfilled twice"
+            self.results[eff.request_id] = eff.outcome
+        else:  # pragma: no cover - a new effect type without a driver
+            raise AssertionError(f"unknown effect {eff!r}")
+        return []
+
+    def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
+        offset = eff.slot * self.config.slot_nbytes
+        notif = encode(eff.notif) if eff.notif is not None else b""
+        try:
+            handle = self.transport.post_write("slots", offset, eff.nbytes, self.peer,
+                                               eff.remote_desc, notif)
+        except TransportError as exc:
+            out = self.core.feed(io.PostFailed(eff.request_id, f"{type(exc).__name__}: {exc}",
+                                               now_ns))
+            if isinstance(exc, PeerLostError) and not self._lost:
+                self._lost = True
+                out += self.core.feed(io.PeerLost(str(exc), now_ns))
+            return out
+        self._watch[handle] = _Watch(eff.request_id)
+        return self.core.feed(io.Posted(eff.request_id, handle, now_ns))
+
+    def _send(self, msg: Any, now_ns: int) -> None:
+        if isinstance(msg, Advertise):
+            offset = msg.slot * self.config.slot_nbytes
+            desc = self.transport.region_descriptor("slots", offset, msg.nbytes)
+            msg = Advertise(msg.request_id, msg.slot, msg.nbytes, desc)
+        if self._lost:
+            return  # nobody to tell; the core already accounted for the loss
+        try:
+            self.transport.send_control(self.peer, encode(msg))
+        except PeerLostError as exc:
+            self._on_lost(exc, now_ns)
+        except TransportError:
+            log.exception("%s: control message to %s failed", self.config.stream, self.peer)
+
+    # -- state ---------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """Nothing live, nothing in flight, nothing awaiting a poll."""
+        c = self.core
+        return not c.reqs and not self._watch and not c.ready and not c.tm.pending()
+
+    def state(self) -> dict[str, Any]:
+        s = self.core.state()
+        s["watched_handles"] = len(self._watch)
+        s["results"] = len(self.results)
+        return s
