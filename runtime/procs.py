@@ -165,6 +165,13 @@ class _TapDict(dict):
         self.new.append((key, value))
 
 
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone: the fault (or the supervisor) got there first
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -194,11 +201,11 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
 
     def kill_peer() -> None:
         if peer_pid:
-            os.kill(peer_pid[0], signal.SIGKILL)
+            _signal(peer_pid[0], signal.SIGKILL)
 
     def stall_peer(seconds: float) -> None:
         if peer_pid:
-            os.kill(peer_pid[0], signal.SIGSTOP)
+            _signal(peer_pid[0], signal.SIGSTOP)
             resume_at.append((peer_pid[0], clock.now_ns() + int(seconds * 1e9)))
 
     finished: list[tuple[str, str]] = []
@@ -228,7 +235,7 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             finished = []
             work += 1
         if resume_at and resume_at[0][1] <= now:
-            os.kill(resume_at.pop(0)[0], signal.SIGCONT)
+            _signal(resume_at.pop(0)[0], signal.SIGCONT)
         idle = 0 if work else idle + 1
         if not conn.poll(0 if idle < IDLE_SPINS else IDLE_POLL_S):
             continue
@@ -258,10 +265,11 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             if worker.results.new or finished:
                 conn.send(("results", worker.results.new, finished))
             for pid, _ in resume_at:
-                os.kill(pid, signal.SIGCONT)
+                _signal(pid, signal.SIGCONT)
             ledger.close()
             transport.close()
-            conn.send(("bye", final, worker.idle(), _rss_bytes()))
+            conn.send(("bye", final, worker.idle(), _rss_bytes(),
+                       dict(getattr(nixl, "stats", {}))))
             return
         else:
             log.error("%s: unknown command %r", cfg.stream, cmd)
@@ -298,6 +306,7 @@ class WorkerProcess:
     finished: dict[str, str]  # request id -> outcome of request.finished
     final: tuple[dict[str, Any], bool, int] | None = None
     stopped: bool = False
+    transport_stats: dict[str, int] | None = None
 
     def send(self, *msg: Any) -> None:
         self.conn.send(msg)
@@ -363,8 +372,9 @@ class WorkerProcess:
         if self.proc.is_alive():
             try:
                 self.send("shutdown", drain_s)
-                _, st, idle, rss = self.wait_reply("bye", 3 * drain_s + 30)
+                _, st, idle, rss, stats = self.wait_reply("bye", 3 * drain_s + 30)
                 self.final = (st, idle, rss)
+                self.transport_stats = stats
             except (PeerError, OSError):
                 log.error("worker %s did not shut down cleanly; killing it", self.stream)
         self.proc.join(10)

@@ -3,7 +3,7 @@ those paths re-introduce (timeout frees without proof; duplicate gen init)."""
 
 from __future__ import annotations
 
-from runtime_pairkit import ctx_state, settle, spec, steps
+from tests.runtime.runtime_pairkit import ctx_state, settle, spec, steps
 
 
 def _kinds(pair, stream, rid):
