@@ -23,6 +23,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from kvledger.ledger.detectors import detect
+from kvledger.ledger.events import Event, validate
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io
 from kvledger.runtime.core.messages import Advertise, Landed
@@ -75,8 +77,19 @@ class CorePair(RuleBasedStateMachine):
 
     def _emit(self, side):
         def emit(kind, request_id=None, **attrs):
+            validate(kind, request_id, attrs)  # the vocabulary of ledger.events, exactly
             self.events.append((side, kind, request_id, attrs))
         return emit
+
+    def ledger_findings(self):
+        """The ledger's detectors over what the two cores emitted (one stream per side)."""
+        seqs = Counter()
+        evs = []
+        for side, kind, rid, attrs in self.events:
+            seqs[side] += 1
+            evs.append(Event(side, seqs[side], seqs[side], kind, rid,
+                             {k: v for k, v in attrs.items() if v is not None}))
+        return detect(evs)
 
     # -- the harness as driver ------------------------------------------------------------------
     def _run(self, side: str, effects: list) -> None:
@@ -252,6 +265,8 @@ class CorePair(RuleBasedStateMachine):
             assert core.blocks.occupancy()["referenced"] == 0
             done = [e[2] for e in self.events if e[0] == side and e[1] == "termination.done"]
             assert len(done) == len(set(done)), "a termination carried out twice"
+        findings = self.ledger_findings()
+        assert not findings, findings[:3]
 
     def _drain_once(self) -> bool:
         moved = False
