@@ -211,7 +211,7 @@ def throughput(sizes: list[int], n_for: dict[int, int], rounds: int) -> list[dic
 def rss_burst(n: int, first: int) -> dict[str, Any]:
     ctx_cfg = WorkerConfig(role="ctx", name="ctx", peer="gen", num_blocks=1024)
     gen_cfg = WorkerConfig(**{**ctx_cfg.to_dict(), "role": "gen", "name": "gen", "peer": "ctx"})
-    wl = generate(11, WorkloadParams(requests=n, cancel_fraction=0.3, interarrival_us_mean=300,
+    wl = generate(11, WorkloadParams(requests=n, cancel_fraction=0.3, interarrival_us_mean=1500,
                                      short_timeout_fraction=0.1, timeout_ms=10_000,
                                      probe=True))
     with tempfile.TemporaryDirectory(prefix="kvl-rss-") as out:

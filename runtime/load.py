@@ -188,7 +188,7 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
 
 def _send_all(workers: list[WorkerProcess], *msg: Any) -> None:
     for w in workers:
-        if w.alive() and not w.stopped:
+        if w.alive():
             try:
                 w.send(*msg)
             except (BrokenPipeError, OSError):

@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -307,32 +309,56 @@ class WorkerProcess:
     final: tuple[dict[str, Any], bool, int] | None = None
     stopped: bool = False
     transport_stats: dict[str, int] | None = None
+    backlog: list[tuple[Any, ...]] = field(default_factory=list)
+    eof: bool = False
 
     def send(self, *msg: Any) -> None:
+        if self.stopped:
+            # A stopped process reads nothing: queue here rather than fill the pipe and block
+            # the driver; delivered in order on resume (the network would have queued them).
+            self.backlog.append(msg)
+            return
         self.conn.send(msg)
 
     def alive(self) -> bool:
         return self.proc.is_alive()
 
+    def start_reader(self) -> None:
+        """Drain the pipe on a thread: the child never blocks on a full pipe while the driver
+        blocks sending it commands (that deadlock was seen with 10,000-request bursts)."""
+        self._inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"reader-{self.stream}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._inbox.put(self.conn.recv())
+        except (EOFError, OSError):
+            self._inbox.put(None)  # the child is gone
+
     def pump(self, timeout_s: float = 0.0) -> list[tuple[Any, ...]]:
-        """Read everything the child pushed; returns replies that are not results."""
+        """Apply what the child pushed (on this thread); returns replies that are not results."""
         replies = []
         try:
-            while self.conn.poll(timeout_s):
-                timeout_s = 0.0
-                msg = self.conn.recv()
-                tag = msg[0]
-                if tag == "results":
+            msg = self._inbox.get(timeout=timeout_s) if timeout_s > 0 else \
+                self._inbox.get_nowait()
+            while True:
+                if msg is None:
+                    self.eof = True
+                elif msg[0] == "results":
                     self.results.update(msg[1])
                     self.finished.update(msg[2])
-                elif tag == "cancel_result":
+                elif msg[0] == "cancel_result":
                     self.cancel_results[msg[1]] = msg[2]
-                elif tag == "rejected":
+                elif msg[0] == "rejected":
                     self.rejected[msg[1]] = msg[2]
                 else:
                     replies.append(msg)
-        except (EOFError, OSError):
-            pass  # the child is gone; liveness says so
+                msg = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
         return replies
 
     def wait_reply(self, tag: str, timeout_s: float) -> tuple[Any, ...]:
@@ -341,7 +367,7 @@ class WorkerProcess:
             for r in self.pump(0.01):
                 if r[0] == tag:
                     return r
-            if not self.alive() and not self.conn.poll(0):
+            if self.eof:
                 break
         raise PeerError(f"worker {self.stream} gave no {tag!r} within {timeout_s} s")
 
@@ -359,6 +385,9 @@ class WorkerProcess:
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
         self.stopped = False
+        backlog, self.backlog = self.backlog, []
+        for msg in backlog:
+            self.conn.send(msg)
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -380,6 +409,7 @@ class WorkerProcess:
         self.proc.join(10)
         if self.proc.is_alive():
             self.kill()
+        self._reader.join(5)
         self.conn.close()
         return self.final
 
@@ -428,6 +458,8 @@ def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
             raise PeerError(f"worker {cfg.stream} did not start within {start_timeout_s} s")
         tag, stream, pid, md = parent.recv()
         assert tag == "ready" and stream == cfg.stream
-        return WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {})
+        w = WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {})
+        w.start_reader()
+        return w
 
     return finish
