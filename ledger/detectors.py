@@ -63,7 +63,8 @@ wedge                 the stream is not closed and has pending obligations — a
                       One finding per stream [the oldest pending obligation's request and seq].
 
 Limits and the progress kinds are the module constants below; the SQL views read the same values
-from the one-row view ``detector_params`` (see ``analytics/detectors_sql.py``).
+from the one-row view ``_detector_params`` (``analytics/sql/detectors/_params.sql``, equal to these
+constants by test; ``analytics/detectors_sql.py`` replaces it for other limits).
 """
 
 from __future__ import annotations

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kvledger.analytics import catalog
 from kvledger.analytics.detectors_sql import (
-    create_detector_views,
     detect_sql,
     events_table,
     load_events,
+    modules,
+    open_detectors,
     set_params,
-    sql_files,
 )
+from kvledger.ledger import detectors as det
 from kvledger.ledger.detectors import DETECTORS, WEDGE_DEADLINE_NS, detect
 from kvledger.ledger.events import Event
 
@@ -41,10 +42,8 @@ def keys_sql(con, events: list[Event], **kw) -> set[tuple]:
 
 @pytest.fixture(scope="module")
 def con():
-    c = duckdb.connect()
-    # Views bind at creation: give them an (empty) events view first.
-    load_events(c, events_table([]))
-    create_detector_views(c)
+    # Views bind at creation: start over an empty ledger, then swap the events per test.
+    c = open_detectors(events_table([]))
     yield c
     c.close()
 
@@ -58,23 +57,29 @@ def _script_kinds(name: str) -> list[str]:
     return sorted({e.kind for e in s.events if e.request_id is not None})
 
 
-def test_files_are_ordered_by_requires_and_documented(con):
-    files = sql_files()
-    assert files[0].name == "_base.sql"
-    assert {f.stem for f in files[1:]} == set(DETECTORS)
-    for f in files[1:]:
-        head = f.read_text().splitlines()[:8]
-        assert head[0].startswith(f"-- detector_{f.stem}: ")
-        assert any(line.startswith("-- requires:") for line in head)
+def test_modules_pass_the_catalog_lint_and_are_documented(con):
+    mods = [m for m in modules() if m.package == "detectors"]
+    assert catalog.lint(mods + [m for m in modules() if m.package == "events"]) == []
+    public = {v.name for m in mods for v in m.views if not v.name.startswith("_")}
+    assert public == {f"detector_{n}" for n in DETECTORS}
     views = dict(con.execute(
-        "SELECT view_name, comment FROM duckdb_views() WHERE view_name LIKE 'detector_%'"
+        "SELECT view_name, comment FROM duckdb_views() WHERE view_name GLOB 'detector_*'"
     ).fetchall())
+    assert set(views) == public  # helpers and params are private: forensics runs detector_*
     for name in DETECTORS:
-        assert views[f"detector_{name}"], name
+        assert "ledger/detectors.py" in views[f"detector_{name}"], name
         cols = con.execute("SELECT column_name, comment FROM duckdb_columns() "
                            "WHERE table_name = ?", [f"detector_{name}"]).fetchall()
         assert [c for c, _ in cols] == ["detector", "stream", "request_id", "seq", "reason"]
         assert all(comment for _, comment in cols), name
+
+
+def test_default_params_equal_the_python_constants():
+    c = open_detectors(events_table([]))  # a fresh catalog: the module's own defaults
+    row = c.execute("SELECT * FROM _detector_params").fetchone()
+    assert row == (None, det.WEDGE_DEADLINE_NS, det.POLL_BLOCK_NS_MAX, det.OBLIGATION_GRACE_NS,
+                   sorted(det.PROGRESS_KINDS))
+    c.close()
 
 
 def test_every_single_fault_of_every_hardened_lifecycle_agrees(con):
