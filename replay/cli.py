@@ -123,13 +123,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         live = replay_live(trace, policy, opts)
         report["live"] = live.to_dict()
         report["live_agrees"] = live.signature == result.verdict.signature()
+        # confirms: live found something, and nothing the virtual replay did not
+        report["live_confirms"] = bool(live.signature) and set(live.signature) <= set(
+            result.verdict.signature())
     if args.json:
         print_json(report)
     else:
         print(render(result.verdict, args.trace, policy.name, args.seed))
         if args.live:
             lv = report["live"]
-            agree = "agrees with" if report["live_agrees"] else "DIFFERS from"
+            agree = ("agrees with" if report["live_agrees"] else "confirms (in part)"
+                     if report["live_confirms"] else "DIFFERS from")
             late = lv["lateness_p99_ns"]
             print(f"live replay (real processes, NIXL) {agree} virtual: "
                   f"{', '.join(lv['signature']) or 'clean'}; {lv['inputs']} inputs injected, "

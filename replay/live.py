@@ -9,9 +9,10 @@ recorded time, a kill a SIGKILL of the victim, after which the survivor is told 
 an orchestrator would, and as ``runtime.load`` does).
 
 Live replay is not deterministic (ledger-anchors §2, limit): it confirms a finding on the real
-process topology. Its verdict is compared with the virtual one, and the lateness of every injected
-input (its ``request.arrived`` / ``cancel.requested`` time in the worker's ledger minus its
-scheduled time; both are CLOCK_MONOTONIC) is reported.
+process topology. Findings are taken as of the end of the replayed window (``_as_of``), before
+the workers are shut down. Its verdict is compared with the virtual one, and the lateness of every
+injected input (its ``request.arrived`` / ``cancel.requested`` time in the worker's ledger minus
+its scheduled time; both are CLOCK_MONOTONIC) is reported.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kvledger.ledger.detectors import detect
+from kvledger.ledger.events import Event
 from kvledger.runtime.faults import Fault
 from kvledger.runtime.policy import Policy
 from kvledger.runtime.procs import WorkerProcess, start_pair
@@ -130,11 +132,12 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
             _pump(workers, dead)
             time.sleep(0.001)
     finally:
+        cut_ns = time.monotonic_ns()
         for w in workers.values():
             if w.stream not in dead:
                 w.shutdown(drain_s=DRAIN_S)
     live = load_trace(out_dir)
-    found = detect(live.events)
+    found = detect(_as_of(live.events, cut_ns))
     lateness = _lateness(live, sent)
     return LiveResult(sorted({f.detector for f in found}), [asdict(f) for f in found],
                       lateness, out_dir, round(time.monotonic() - t_start, 3), dead)
@@ -183,6 +186,22 @@ def _pump(workers: dict[str, WorkerProcess], dead: list[str]) -> None:
         w.pump()
         if not w.alive():
             _lost(workers, w.stream, dead)
+
+
+def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
+    """The ledger as it stood when the replayed window ended, each stream closed there.
+
+    Shutting a worker process down drains it: it cancels and frees whatever is still pending,
+    which would hide exactly the leaks replay is looking for. The trace was judged at the end of
+    its window; so is the live run (the full ledger, shutdown included, stays on disk)."""
+    kept = [e for e in events if e.ts_ns < cut_ns and e.kind != "ledger.closed"]
+    last: dict[str, Event] = {}
+    for e in kept:
+        last[e.stream] = e
+    for stream, e in sorted(last.items()):
+        kept.append(Event(stream, e.seq + 1, cut_ns, "ledger.closed", None,
+                          {"events": e.seq + 1}))
+    return kept
 
 
 def _lateness(live: Trace, sent: list[tuple[str, str, str, int]]) -> list[int]:
