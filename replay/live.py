@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LEAD_NS = 200_000_000  # inputs start this long after the workers are connected
 DRAIN_S = 5.0
+SETTLE_S = 2.0
 REQUEST_FAULTS = ("delay", "fail", "drop")
 
 
@@ -131,6 +132,7 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
         while time.monotonic_ns() < end:
             _pump(workers, dead)
             time.sleep(0.001)
+        _settle(workers, dead)
     finally:
         cut_ns = time.monotonic_ns()
         for w in workers.values():
@@ -170,6 +172,18 @@ def _run(acts: list[_Act], workers: dict[str, WorkerProcess], t0: int,
         elif a.what == "kill":
             w.kill()
             _lost(workers, a.stream, dead)
+
+
+def _settle(workers: dict[str, WorkerProcess], dead: list[str]) -> None:
+    """Past the trace's end, give the workers up to SETTLE_S to become idle: live inputs land
+    late (see the lateness), so the live run is behind the recorded one by that much."""
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        _pump(workers, dead)
+        live = [w for w in workers.values() if w.stream not in dead]
+        if all(w.state()[1] for w in live):
+            return
+        time.sleep(0.05)
 
 
 def _lost(workers: dict[str, WorkerProcess], stream: str, dead: list[str]) -> None:

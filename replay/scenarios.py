@@ -112,12 +112,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         {"ctx": (_delay("r1", 60),)}),
     Scenario(
         "deferred_termination_dropped",
-        "Block reuse on: r0 caches a prefix; r1 reuses it and is cancelled while its WRITE is in "
-        "flight (60 ms), so its termination is deferred. The mutant never retries it: r1's blocks "
-        "stay referenced (lost_cleanup_obligation, block_pin_leak).",
+        "Block reuse on: r0 caches a prefix (and is given 150 ms to finish, a first transfer "
+        "being slow on a live worker); r1 reuses it and is cancelled while its WRITE is in flight "
+        "(100 ms), so its termination is deferred. The mutant never retries it: r1's blocks stay "
+        "referenced (lost_cleanup_obligation, block_pin_leak).",
         (_arrive(0, "r0", 64, prefix_id=7, prefix_tokens=48),
-         _arrive(20_000, "r1", 64, prefix_id=7, prefix_tokens=48), _cancel(40_000, "r1")),
-        {"ctx": (_delay("r1", 60),)}, {"block_reuse": True}),
+         _arrive(150_000, "r1", 64, prefix_id=7, prefix_tokens=48), _cancel(190_000, "r1")),
+        {"ctx": (_delay("r1", 100),)}, {"block_reuse": True}),
     Scenario(
         "gen_init_not_idempotent",
         "gen receives r1's init twice (a retried request info) while r1's WRITE is in flight. "
