@@ -188,3 +188,22 @@ def test_live_replay_reproduces_the_virtual_finding(traces, tmp_path: Path) -> N
     assert len(live.lateness_ns) == n_inputs
     assert all(x >= 0 for x in live.lateness_ns)
     assert (tmp_path / "live" / "ctx.sqlite").exists()
+
+
+def test_digest_is_the_same_across_processes_and_hash_seeds() -> None:
+    """Byte-identical across interpreter runs too (set/dict order must not leak into the ledger)."""
+    import os
+    import subprocess
+    import sys
+
+    trace = Path(__file__).resolve().parents[2] / "examples" / "traces" / "release_is_quiescence"
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvledger", "replay", str(trace), "--policy",
+             "release_is_quiescence", "--seed", "4", "--json"],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 1, proc.stderr[-500:]
+        digests.add(json.loads(proc.stdout)["digest"])
+    assert len(digests) == 1
