@@ -107,7 +107,13 @@ def bench_minimize(tmp: Path) -> list[dict]:
         noise = tuple(_arrive(start_us + 5_000 * i + 75, f"n{i}") for i in range(1, 7))
         sc = Scenario(base.name, base.doc, base.actions + noise, base.faults, base.config,
                       base.settle_ns)
-        capture(sc, str(tmp / name))
+        try:
+            capture(sc, str(tmp / name))
+        except Exception as exc:  # noqa: BLE001 - a mutant may crash the runtime: report it
+            print(f"  {name}: capture with noise failed in the runtime: "
+                  f"{type(exc).__name__}: {exc}")
+            rows.append({"mutant": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         trace = load_trace(tmp / name)
         policy = policy_by_name(name)
         target = set(replay(trace, policy).verdict.signature())
