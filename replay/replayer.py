@@ -41,6 +41,7 @@ from kvledger.runtime.workload import RequestSpec
 from .shim import Fabric, FaultPlan, ShimTransport, TimingModel
 from .trace import Trace, TraceError, write_trace
 from .verdict import (
+    FindingRow,
     Verdict,
     divergences,
     health_list,
@@ -139,6 +140,8 @@ class Replay:
         self._build_workers()
         self.inputs = self._inputs()
         self.steps = 0
+        self.crash: FindingRow | None = None
+        self._current: str | None = None  # the stream being driven (names a crash)
 
     # -- setup ------------------------------------------------------------------------------
     def _build_workers(self) -> None:
@@ -193,8 +196,12 @@ class Replay:
         while True:
             self.clock.jump_to(now)
             self.fabric.run_due(now)
-            self._apply_inputs(now)
-            work = self._step_all(now)
+            try:
+                self._apply_inputs(now)
+                work = self._step_all(now)
+            except Exception as exc:  # noqa: BLE001 - the runtime crashed: that is the finding
+                self.crash = self._crashed(exc, now)
+                break
             self.steps += 1
             if self.steps >= ticks_max:
                 log.warning("replay: ticks_max %d reached at %d ns", ticks_max, now)
@@ -203,9 +210,10 @@ class Replay:
             if nxt is None or nxt > horizon:
                 break
             now = nxt
-        end = max(now, horizon)
+        end = now if self.crash is not None else max(now, horizon)
         self.clock.jump_to(end)
-        self._close_streams()
+        if self.crash is None:  # a crashed worker's stream is left as a crash leaves it
+            self._close_streams()
         events = [e for s in sorted(self.recorders) for e in self.recorders[s].events()]
         wall = time.perf_counter() - t0
         verdict = self._verdict(events, end, wall)
@@ -214,9 +222,18 @@ class Replay:
             written = self._write(events, verdict)
         return ReplayResult(verdict, events, written)
 
+    def _crashed(self, exc: Exception, now: int) -> FindingRow:
+        """A worker raised (an assertion or lifecycle error of the runtime under this policy):
+        in production that process would have died here. Recorded as a finding."""
+        where = self._current
+        log.error("replay: %s raised at %d ns: %s: %s", where, now, type(exc).__name__, exc)
+        return FindingRow("runtime_error", where, None, None, now,
+                          f"{type(exc).__name__}: {exc}".strip())
+
     def _apply_inputs(self, now: int) -> None:
         while self.inputs and self.inputs[0].t_ns <= now:
             inp = heapq.heappop(self.inputs)
+            self._current = inp.stream
             w = self.workers[inp.stream]
             if self._dead(inp.stream, now):
                 continue
@@ -238,6 +255,7 @@ class Replay:
         work = 0
         for stream in order:
             if not self._dead(stream, now):
+                self._current = stream
                 work += self.workers[stream].step(now)
         return work
 
@@ -287,6 +305,8 @@ class Replay:
     # -- output -----------------------------------------------------------------------------
     def _verdict(self, events: list[Event], end_ns: int, wall_s: float) -> Verdict:
         findings = run_detectors(events, end_ns)
+        if self.crash is not None:
+            findings.insert(0, self.crash)
         if not self.opts.data:  # no bytes moved: checksums say nothing
             findings = [f for f in findings if f.detector not in DATA_DETECTORS]
         trace_t0 = {s.stream: s.opened_ts_ns - s.offset_ns for s in self.trace.streams.values()}

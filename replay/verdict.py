@@ -244,10 +244,15 @@ def render(v: Verdict, trace_path: str, policy: str, seed: int) -> str:
     lines.append(f"  ledger digest {v.digest}  trace {v.trace_sha}")
     for det, rids in v.requests_by_detector().items():
         first = next(f for f in v.findings if f.detector == det)
-        where = f"{first.stream} seq {first.seq}" if first.seq is not None else "end of ledger"
-        shown = ", ".join(rids[:8]) + (" ..." if len(rids) > 8 else "")
-        lines.append(f"  {det}: {len(rids) or 1} request(s) [{shown}] first at {where}: "
-                     f"{first.detail}")
+        if first.seq is not None:
+            where = f"{first.stream} seq {first.seq}"
+        elif first.ts_ns is not None:
+            where = f"{first.stream} at {first.ts_ns / 1e6:.3f} ms"
+        else:
+            where = "the end of the ledger"
+        who = (f"{len(rids)} request(s) [" + ", ".join(rids[:8])
+               + (" ..." if len(rids) > 8 else "") + "]") if rids else "worker-level"
+        lines.append(f"  {det}: {who} first at {where}: {first.detail}")
     if v.wedge:
         lines.append(f"  wedge: pending at the end of the replay ({len(v.wedge)}):")
         for w in v.wedge[:10]:
