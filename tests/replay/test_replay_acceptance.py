@@ -16,7 +16,16 @@ import pytest
 from kvledger.cli import main
 from kvledger.ledger.detectors import detect
 from kvledger.replay.replayer import ReplayOptions, replay
-from kvledger.replay.scenarios import KILL, MS, SCENARIOS, US, Scenario, _arrive, capture
+from kvledger.replay.scenarios import (
+    KILL,
+    MS,
+    SCENARIOS,
+    US,
+    Scenario,
+    _arrive,
+    _cancel,
+    capture,
+)
 from kvledger.replay.trace import Trace, load_trace
 from kvledger.runtime.faults import Fault
 from kvledger.runtime.policy import HARDENED, MUTANTS, policy_by_name
@@ -172,16 +181,27 @@ def test_minimize_shrinks_to_the_culprit(tmp_path: Path, capsys) -> None:
 
 
 # -- live: the same inputs against real worker processes over real NIXL --------------------------
+# The windows are wide (the WRITE is held 1 s, the cancel comes at 300 ms) so that inputs landing
+# late on a busy CI machine still fall inside them.
+SLOW_CANCEL = Scenario(
+    "sender_cancel_drops_promise", "as its mutant's scenario, with windows wide enough for CI",
+    (_arrive(0, "r1"), _cancel(300_000, "r1")),
+    {"ctx": (Fault("delay", request_id="r1", msg_type="write", delay_ms=1_000),)},
+    settle_ns=1_500 * MS)
+
+
 @pytest.mark.nixl
-def test_live_replay_reproduces_the_virtual_finding(traces, tmp_path: Path) -> None:
+def test_live_replay_reproduces_the_virtual_finding(tmp_path: Path) -> None:
     from kvledger.replay.live import replay_live
 
-    trace = traces["sender_cancel_drops_promise"]
+    capture(SLOW_CANCEL, str(tmp_path / "trace"), tick_ns=1 * MS)
+    trace = load_trace(tmp_path / "trace")
     policy = policy_by_name("sender_cancel_drops_promise")
     opts = ReplayOptions(seed=0, out_dir=str(tmp_path))
     virtual = replay(trace, policy, opts).verdict
     live = replay_live(trace, policy, opts)
-    assert live.signature == virtual.signature() == ["broken_promise"]
+    assert virtual.signature() == ["broken_promise"]
+    assert live.signature == virtual.signature(), (live.findings, live.lateness_ns)
     assert {f["request_id"] for f in live.findings} == {"r1"}
     # every arrival and client cancel reached its worker and was timed
     n_inputs = sum(len(r.arrivals) + len(r.cancels) for r in trace.requests.values())
