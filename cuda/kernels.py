@@ -22,8 +22,11 @@ back to torch where ``available()`` is False or a tensor's layout does not fit (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -54,18 +57,19 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
-def _word_aligned(t: torch.Tensor) -> bool:
-    """Contiguous, 4-byte aligned, a whole number of 32-bit words: movable as int32 words."""
-    return t.is_contiguous() and t.data_ptr() % 4 == 0 and (t.numel() * t.element_size()) % 4 == 0
+def _block_bytes(pool: torch.Tensor) -> int:
+    # Pure Python on the shape: indexing the tensor (pool[0]) would cost a torch op per call.
+    return math.prod(pool.shape[1:]) * pool.element_size()
 
 
 def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
     """True when the kernels can run on these tensors (else ops uses the torch path).
 
     Cheap on purpose (attribute reads only): it runs on every call, and at 64 MiB a pack's whole
-    GPU time is ~40 us, so host overhead per call decides small-request throughput.
+    GPU time is ~35 us, so host overhead per call decides small-request throughput.
     """
-    if not pool.is_cuda or not available() or pool.dim() < 1 or not _word_aligned(pool[:1]):
+    if not pool.is_cuda or not available() or pool.dim() < 1 or not pool.is_contiguous() \
+            or pool.data_ptr() % 4 or _block_bytes(pool) % 4:
         return False
     if slot is not None:
         # The slot is a flat uint8 tensor; its front must be addressable as 32-bit words.
@@ -74,23 +78,75 @@ def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
     return True
 
 
-def _ids_tensor(block_ids: Sequence[int], num_blocks: int, device: torch.device) -> torch.Tensor:
+class _IdRing:
+    """Uploads block-id lists to the device without a stream sync or an allocation per call.
+
+    A copy from pageable memory would synchronize the stream (CUDA stages it), and a fresh pinned
+    tensor per call costs tens of microseconds. Instead: ``SLOTS`` fixed pinned rows and as many
+    device rows; each call takes the next row, after waiting on the event recorded behind that
+    row's previous use (its upload and its kernel), which is long done unless the stream is
+    ``SLOTS`` calls behind. Rows are handed out under a lock; two threads would have to
+    interleave ``SLOTS`` calls between one call's upload and its ``done`` to share a row.
+    """
+
+    SLOTS = 64
+    WIDTH = 4096  # ids per call; longer lists use a one-off pinned tensor
+
+    def __init__(self, device: torch.device) -> None:
+        self.host = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, pin_memory=True)
+        self.host_np = self.host.numpy()
+        self.dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+        self.events = [torch.cuda.Event() for _ in range(self.SLOTS)]
+        self.used = [False] * self.SLOTS
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def upload(self, ids: list[int]) -> tuple[torch.Tensor, int | None]:
+        """(device ids, row) on the current stream; ``done(row)`` after the kernel is queued."""
+        n = len(ids)
+        if n > self.WIDTH:
+            t = torch.tensor(ids, dtype=torch.int64, pin_memory=True)
+            return t.to(self.dev.device, non_blocking=True), None
+        with self.lock:
+            row = self.next
+            self.next = (row + 1) % self.SLOTS
+            if self.used[row]:
+                self.events[row].synchronize()  # the row's last upload and kernel are done
+            self.used[row] = False
+        self.host_np[row, :n] = ids
+        out = self.dev[row, :n]
+        out.copy_(self.host[row, :n], non_blocking=True)
+        return out, row
+
+    def done(self, row: int | None) -> None:
+        if row is not None:
+            self.events[row].record(torch.cuda.current_stream(self.dev.device))
+            self.used[row] = True
+
+
+_RINGS: dict[torch.device, _IdRing] = {}
+
+
+def _ids_tensor(block_ids: Sequence[int], num_blocks: int,
+                device: torch.device) -> tuple[torch.Tensor, _IdRing | None, int | None]:
+    """(ids on ``device``, ring, row): call ``ring.done(row)`` once the kernel is queued."""
     if isinstance(block_ids, torch.Tensor):
         if block_ids.device == device and block_ids.dtype == torch.int64:
             # Already on the device (the caller keeps ids there to skip the upload per call);
             # a range check would need a sync, so it is the caller's duty here.
-            return block_ids.reshape(-1)
+            return block_ids.reshape(-1), None, None
         block_ids = block_ids.tolist()
-    ids = list(block_ids)
+    ids = block_ids if isinstance(block_ids, list) else list(block_ids)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
     if ids and (min(ids) < 0 or max(ids) >= num_blocks):
         raise IndexError(f"block id out of range [0, {num_blocks})")
     if device.type != "cuda":  # the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors
-        return torch.tensor(ids, dtype=torch.int64)
-    # Pinned, then an async upload: a copy from pageable memory would synchronize the stream
-    # (CUDA stages it), stalling the GPU on every call. torch's pinned caching allocator records
-    # the copy's event, so the staging block is not reused before the upload has finished.
-    return torch.tensor(ids, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+        return torch.tensor(ids, dtype=torch.int64), None, None
+    ring = _RINGS.get(device)
+    if ring is None:
+        ring = _RINGS.setdefault(device, _IdRing(device))
+    t, row = ring.upload(ids)
+    return t, ring, row
 
 
 if triton is not None:
@@ -140,24 +196,31 @@ if triton is not None:
         tl.store(part_ptr + b * chunks + c + tl.arange(0, 1), acc)
 
 
-def _copy(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, wpb: int,
+def _current(t: torch.Tensor):
+    """Make ``t``'s device current: Triton launches on the current device's current stream,
+    whatever device the tensors are on (a no-op in the usual one-device-per-process case)."""
+    if t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
+def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int],
           scatter: bool) -> None:
+    wpb = _block_bytes(pool) // 4
+    ids, ring, row = _ids_tensor(block_ids, pool.shape[0], pool.device)
     n = ids.numel()
-    if n == 0:
-        return
-    grid = ((wpb + _COPY_WORDS - 1) // _COPY_WORDS, n)
-    _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                              num_warps=_COPY_WARPS)
-
-
-def _words_per_block(pool: torch.Tensor) -> int:
-    return pool[0].numel() * pool.element_size() // 4
+    if n:
+        grid = ((wpb + _COPY_WORDS - 1) // _COPY_WORDS, n)
+        _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
+                                  num_warps=_COPY_WARPS)
+    if ring is not None:
+        ring.done(row)
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:
     """Gather ``pool[block_ids]`` into ``slot[:nbytes]`` on the current stream."""
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(pool, slot, ids, _words_per_block(pool), scatter=False)
+    with _current(pool):
+        _copy(pool, slot, pool, block_ids, scatter=False)
 
 
 def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nbytes: int) -> None:
@@ -166,23 +229,30 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
     A block id listed twice gets one of its source blocks (unspecified which), as with
     ``index_copy_``; the runtime never lists a destination block twice.
     """
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(slot, pool, ids, _words_per_block(pool), scatter=True)
+    with _current(pool):
+        _copy(slot, pool, pool, block_ids, scatter=True)
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:
-    return supports(pool) and pool[0].numel() * pool.element_size() // 4 <= _MAX_CHECKSUM_WORDS
+    return supports(pool) and _block_bytes(pool) // 4 <= _MAX_CHECKSUM_WORDS
 
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
     """The reference checksum of each listed block (synchronizes: returns host integers)."""
-    wpb = _words_per_block(pool)
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
+    with _current(pool):
+        return _checksums(pool, block_ids, mod)
+
+
+def _checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
+    wpb = _block_bytes(pool) // 4
+    ids, ring, row = _ids_tensor(block_ids, pool.shape[0], pool.device)
     n = ids.numel()
     chunk = 16 * _SUM_TILE
     chunks = (wpb + chunk - 1) // chunk
     part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
     _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
                                   TILE=_SUM_TILE, num_warps=4)
+    if ring is not None:
+        ring.done(row)
     # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
     return [int(x) for x in (part.sum(dim=1) % mod).tolist()]
