@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -79,80 +79,110 @@ def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
 
 
 class _IdRing:
-    """Uploads block-id lists to the device without a stream sync or an allocation per call.
+    """Hands block-id lists to the kernels without a stream sync or an allocation per call.
 
     A copy from pageable memory would synchronize the stream (CUDA stages it), and a fresh pinned
-    tensor per call costs tens of microseconds. Instead: ``SLOTS`` fixed pinned rows and as many
-    device rows; each call takes the next row, after waiting on the event recorded behind that
-    row's previous use (its upload and its kernel), which is long done unless the stream is
-    ``SLOTS`` calls behind. Rows are handed out under a lock; two threads would have to
-    interleave ``SLOTS`` calls between one call's upload and its ``done`` to share a row.
+    tensor plus an upload cost ~45 us of host time per call, more than the whole GPU time of a
+    64 MiB pack (~35 us). Instead: ``SLOTS`` fixed rows of pinned host memory, which the kernels
+    read in place (zero-copy over UVA: each program loads one 8-byte id). Each call takes the next
+    row after waiting on the event recorded behind that row's last kernel, long done unless the
+    stream is ``SLOTS`` calls behind. If zero-copy is refused (probed once per device), rows are
+    uploaded to device memory instead (``copy_`` from pinned memory, asynchronous).
+    Rows are handed out under a lock; two threads would have to interleave ``SLOTS`` calls
+    between one call's hand-out and its ``done`` to share a row.
     """
 
     SLOTS = 64
-    WIDTH = 4096  # ids per call; longer lists use a one-off pinned tensor
+    WIDTH = 4096  # ids per launch; longer lists are launched in chunks
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.host = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, pin_memory=True)
         self.host_np = self.host.numpy()
-        self.dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+        self.host_rows = list(self.host.unbind(0))
         self.events = [torch.cuda.Event() for _ in range(self.SLOTS)]
         self.used = [False] * self.SLOTS
         self.next = 0
         self.lock = threading.Lock()
+        self.dev_rows: list[torch.Tensor] | None = None
+        if not self._zero_copy_works():
+            log.info("kvledger.cuda: kernels cannot read pinned memory in place on %s; "
+                     "uploading block ids instead", device)
+            dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+            self.dev_rows = list(dev.unbind(0))
 
-    def upload(self, ids: list[int]) -> tuple[torch.Tensor, int | None]:
-        """(device ids, row) on the current stream; ``done(row)`` after the kernel is queued."""
+    def _zero_copy_works(self) -> bool:
+        probe = torch.arange(8, dtype=torch.int32, device=self.device).view(8, 1)
+        out = torch.full((3,), -1, dtype=torch.int32, device=self.device)
+        self.host_np[0, :3] = [6, 1, 4]
+        try:
+            _copy_blocks_kernel[(1, 3)](probe, out, self.host_rows[0], 1, 0, SCATTER=False,
+                                        BLOCK=16, num_warps=1)
+            return out.tolist() == [6, 1, 4]
+        except Exception as exc:  # Triton refuses host pointers it cannot map
+            log.debug("zero-copy probe failed: %s", exc)
+            return False
+
+    def take(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        """(ids readable by a kernel on the current stream, row); ``done(row)`` after launch."""
         n = len(ids)
-        if n > self.WIDTH:
-            t = torch.tensor(ids, dtype=torch.int64, pin_memory=True)
-            return t.to(self.dev.device, non_blocking=True), None
         with self.lock:
             row = self.next
             self.next = (row + 1) % self.SLOTS
             if self.used[row]:
-                self.events[row].synchronize()  # the row's last upload and kernel are done
-            self.used[row] = False
+                self.events[row].synchronize()  # the row's last kernel has finished
+                self.used[row] = False
         self.host_np[row, :n] = ids
-        out = self.dev[row, :n]
-        out.copy_(self.host[row, :n], non_blocking=True)
+        if self.dev_rows is None:
+            return self.host_rows[row], row
+        out = self.dev_rows[row][:n]
+        out.copy_(self.host_rows[row][:n], non_blocking=True)
         return out, row
 
-    def done(self, row: int | None) -> None:
-        if row is not None:
-            self.events[row].record(torch.cuda.current_stream(self.dev.device))
-            self.used[row] = True
+    def done(self, row: int) -> None:
+        self.events[row].record()  # current stream of the current (= pool's) device
+        self.used[row] = True
 
 
 _RINGS: dict[torch.device, _IdRing] = {}
 
 
-def _ids_tensor(block_ids: Sequence[int], num_blocks: int,
-                device: torch.device) -> tuple[torch.Tensor, _IdRing | None, int | None]:
-    """(ids on ``device``, ring, row): call ``ring.done(row)`` once the kernel is queued."""
+def _id_chunks(block_ids: Sequence[int], num_blocks: int,
+               device: torch.device) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """(first, ids readable on ``device``, count) per launch; a launch after each yield."""
     if isinstance(block_ids, torch.Tensor):
         if block_ids.device == device and block_ids.dtype == torch.int64:
-            # Already on the device (the caller keeps ids there to skip the upload per call);
-            # a range check would need a sync, so it is the caller's duty here.
-            return block_ids.reshape(-1), None, None
+            # Already on the device (the caller keeps ids there); a range check would need a
+            # sync, so it is the caller's duty here.
+            flat = block_ids.reshape(-1)
+            for first in range(0, flat.numel(), _IdRing.WIDTH):
+                chunk = flat[first:first + _IdRing.WIDTH]
+                yield first, chunk, chunk.numel()
+            return
         block_ids = block_ids.tolist()
     ids = block_ids if isinstance(block_ids, list) else list(block_ids)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
     if ids and (min(ids) < 0 or max(ids) >= num_blocks):
         raise IndexError(f"block id out of range [0, {num_blocks})")
     if device.type != "cuda":  # the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors
-        return torch.tensor(ids, dtype=torch.int64), None, None
+        for first in range(0, len(ids), _IdRing.WIDTH):
+            chunk = ids[first:first + _IdRing.WIDTH]
+            yield first, torch.tensor(chunk, dtype=torch.int64), len(chunk)
+        return
     ring = _RINGS.get(device)
     if ring is None:
         ring = _RINGS.setdefault(device, _IdRing(device))
-    t, row = ring.upload(ids)
-    return t, ring, row
+    for first in range(0, len(ids), _IdRing.WIDTH):
+        chunk = ids[first:first + _IdRing.WIDTH] if len(ids) > _IdRing.WIDTH else ids
+        t, row = ring.take(chunk)
+        yield first, t, len(chunk)
+        ring.done(row)
 
 
 if triton is not None:
 
     @triton.jit
-    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block,
+    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block, first,
                             SCATTER: tl.constexpr, BLOCK: tl.constexpr):
         # Any element type in, 32-bit words moved: a pointer cast, not a value conversion (the
         # caller checked that both bases are 4-byte aligned and blocks are whole words).
@@ -163,7 +193,7 @@ if triton is not None:
         blk = tl.load(ids_ptr + b)  # int64: pool offsets exceed 2**31 words on large pools
         offs = c.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < words_per_block
-        packed = b.to(tl.int64) * words_per_block + offs
+        packed = (b.to(tl.int64) + first) * words_per_block + offs
         pooled = blk * words_per_block + offs
         if SCATTER:
             v = tl.load(src_ptr + packed, mask=mask, eviction_policy="evict_first")
@@ -173,8 +203,8 @@ if triton is not None:
             tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
 
     @triton.jit
-    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, MOD: tl.constexpr,
-                         CHUNK: tl.constexpr, TILE: tl.constexpr):
+    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
+                         MOD: tl.constexpr, CHUNK: tl.constexpr, TILE: tl.constexpr):
         # Partial sum over one CHUNK of one block, reduced mod MOD; the host adds the partials.
         pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
@@ -193,7 +223,7 @@ if triton is not None:
             r = tl.where(r >= MOD, r - MOD, r)
             prod = tl.where(mask, r * (i + 1), 0)  # < 2**52 per word, < 2**62 per tile
             acc = (acc + tl.sum(prod, axis=0) % MOD) % MOD
-        tl.store(part_ptr + b * chunks + c + tl.arange(0, 1), acc)
+        tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
 
 
 def _current(t: torch.Tensor):
@@ -207,14 +237,10 @@ def _current(t: torch.Tensor):
 def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int],
           scatter: bool) -> None:
     wpb = _block_bytes(pool) // 4
-    ids, ring, row = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    n = ids.numel()
-    if n:
-        grid = ((wpb + _COPY_WORDS - 1) // _COPY_WORDS, n)
-        _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                                  num_warps=_COPY_WARPS)
-    if ring is not None:
-        ring.done(row)
+    programs = (wpb + _COPY_WORDS - 1) // _COPY_WORDS
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device):
+        _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
+                                           BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:
@@ -245,14 +271,11 @@ def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> l
 
 def _checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
     wpb = _block_bytes(pool) // 4
-    ids, ring, row = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    n = ids.numel()
     chunk = 16 * _SUM_TILE
     chunks = (wpb + chunk - 1) // chunk
-    part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
-    _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
-                                  TILE=_SUM_TILE, num_warps=4)
-    if ring is not None:
-        ring.done(row)
+    part = torch.empty((len(block_ids), chunks), dtype=torch.int64, device=pool.device)
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device):
+        _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, MOD=mod, CHUNK=chunk,
+                                      TILE=_SUM_TILE, num_warps=4)
     # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
     return [int(x) for x in (part.sum(dim=1) % mod).tolist()]
