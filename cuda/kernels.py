@@ -83,17 +83,22 @@ class _IdRing:
 
     A copy from pageable memory would synchronize the stream (CUDA stages it), and a fresh pinned
     tensor plus an upload cost ~45 us of host time per call, more than the whole GPU time of a
-    64 MiB pack (~35 us). Instead: ``SLOTS`` fixed rows of pinned host memory, which the kernels
-    read in place (zero-copy over UVA: each program loads one 8-byte id). Each call takes the next
-    row after waiting on the event recorded behind that row's last kernel, long done unless the
-    stream is ``SLOTS`` calls behind. If zero-copy is refused (probed once per device), rows are
-    uploaded to device memory instead (``copy_`` from pinned memory, asynchronous).
+    64 MiB pack (~35 us on an H200). Instead: ``SLOTS`` fixed rows of pinned host memory. Small
+    launches read their row in place (zero-copy over UVA: each program loads one 8-byte id),
+    which saves the upload's host time where host time decides; large launches (more than
+    ``ZERO_COPY_PROGRAMS`` programs) get the row copied to a device row first (asynchronous
+    ``copy_`` from pinned memory), because thousands of programs each waiting on a host read
+    cost 20-25% of bandwidth at 256 MiB and more (H100, measured). Each call takes the next row
+    after waiting on the event recorded behind that row's last use, long done unless the stream
+    is ``SLOTS`` calls behind. If zero-copy is refused (probed once per device), every launch
+    uploads.
     Rows are handed out under a lock; two threads would have to interleave ``SLOTS`` calls
     between one call's hand-out and its ``done`` to share a row.
     """
 
     SLOTS = 64
     WIDTH = 4096  # ids per launch; longer lists are launched in chunks
+    ZERO_COPY_PROGRAMS = 2048  # about two waves of 16-warp programs on an H100
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -104,12 +109,12 @@ class _IdRing:
         self.used = [False] * self.SLOTS
         self.next = 0
         self.lock = threading.Lock()
-        self.dev_rows: list[torch.Tensor] | None = None
-        if not self._zero_copy_works():
+        dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+        self.dev_rows = list(dev.unbind(0))
+        self.zero_copy = self._zero_copy_works()
+        if not self.zero_copy:
             log.info("kvledger.cuda: kernels cannot read pinned memory in place on %s; "
                      "uploading block ids instead", device)
-            dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
-            self.dev_rows = list(dev.unbind(0))
 
     def _zero_copy_works(self) -> bool:
         probe = torch.arange(8, dtype=torch.int32, device=self.device).view(8, 1)
@@ -123,7 +128,7 @@ class _IdRing:
             log.debug("zero-copy probe failed: %s", exc)
             return False
 
-    def take(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+    def take(self, ids: list[int], programs: int) -> tuple[torch.Tensor, int]:
         """(ids readable by a kernel on the current stream, row); ``done(row)`` after launch."""
         n = len(ids)
         with self.lock:
@@ -133,7 +138,7 @@ class _IdRing:
                 self.events[row].synchronize()  # the row's last kernel has finished
                 self.used[row] = False
         self.host_np[row, :n] = ids
-        if self.dev_rows is None:
+        if self.zero_copy and programs <= self.ZERO_COPY_PROGRAMS:
             return self.host_rows[row], row
         out = self.dev_rows[row][:n]
         out.copy_(self.host_rows[row][:n], non_blocking=True)
@@ -147,8 +152,8 @@ class _IdRing:
 _RINGS: dict[torch.device, _IdRing] = {}
 
 
-def _id_chunks(block_ids: Sequence[int], num_blocks: int,
-               device: torch.device) -> Iterator[tuple[int, torch.Tensor, int]]:
+def _id_chunks(block_ids: Sequence[int], num_blocks: int, device: torch.device,
+               programs_per_block: int) -> Iterator[tuple[int, torch.Tensor, int]]:
     """(first, ids readable on ``device``, count) per launch; a launch after each yield."""
     if isinstance(block_ids, torch.Tensor):
         if block_ids.device == device and block_ids.dtype == torch.int64:
@@ -174,7 +179,7 @@ def _id_chunks(block_ids: Sequence[int], num_blocks: int,
         ring = _RINGS.setdefault(device, _IdRing(device))
     for first in range(0, len(ids), _IdRing.WIDTH):
         chunk = ids[first:first + _IdRing.WIDTH] if len(ids) > _IdRing.WIDTH else ids
-        t, row = ring.take(chunk)
+        t, row = ring.take(chunk, len(chunk) * programs_per_block)
         yield first, t, len(chunk)
         ring.done(row)
 
@@ -238,7 +243,7 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: S
           scatter: bool) -> None:
     wpb = _block_bytes(pool) // 4
     programs = (wpb + _COPY_WORDS - 1) // _COPY_WORDS
-    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device):
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, programs):
         _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
                                            BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
 
@@ -274,7 +279,7 @@ def _checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[i
     chunk = 16 * _SUM_TILE
     chunks = (wpb + chunk - 1) // chunk
     part = torch.empty((len(block_ids), chunks), dtype=torch.int64, device=pool.device)
-    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device):
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
         _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, MOD=mod, CHUNK=chunk,
                                       TILE=_SUM_TILE, num_warps=4)
     # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.

@@ -36,8 +36,9 @@ def _pool(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(a.contiguous().view(torch.uint8).cpu(), b.contiguous().view(torch.uint8)
-                       .cpu())
+    """Same bytes (flattened: a slot and the blocks packed into it have different shapes)."""
+    return torch.equal(a.contiguous().view(torch.uint8).reshape(-1).cpu(),
+                       b.contiguous().view(torch.uint8).reshape(-1).cpu())
 
 
 # (blocks, layers, kv, heads, tokens, head_dim): tiny, odd-sized (a partial last chunk),
@@ -166,12 +167,27 @@ def test_many_calls_reuse_the_id_ring_safely(kernels) -> None:
 
 
 def test_long_id_list_beyond_the_ring_width(kernels) -> None:
-    n = kernels._IdRing.WIDTH + 100
+    n = 2 * kernels._IdRing.WIDTH + 100  # three launches
     pool = _pool((n, 4), torch.float32, seed=17)
     ids = list(reversed(range(n)))
     slot = torch.empty(n * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
     ops.pack(pool, ids, slot)
     assert _same(slot, pool.flip(0))
+    back = torch.zeros_like(pool)
+    ops.unpack(slot, back, ids)
+    assert _same(back, pool)
+    assert ops.block_checksums(pool, ids) == ops.block_checksums_torch(pool.cpu(), ids)
+
+
+@pytest.mark.parametrize("blocks", [2, 40])  # in-place (zero-copy) ids, and uploaded ids
+def test_both_id_paths(kernels, blocks) -> None:
+    pool = _pool((48, 32, 2, 8, 32, 128), torch.bfloat16, seed=23)  # 4 MiB blocks
+    ids = [(5 * i + 7) % 48 for i in range(blocks)]
+    slot = torch.empty(blocks * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    ops.pack(pool, ids, slot)
+    ref = torch.empty(slot.numel(), dtype=torch.uint8)
+    ops.pack_torch(pool.cpu(), ids, ref)
+    assert _same(slot, ref)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
