@@ -21,6 +21,12 @@ DONE (Quiescence). gen waits for the notification, unpacks into other block ids 
 (Triton unpack), fences, checksums the blocks and sends them back; ctx compares.
 
     python bench/bench_gpu_transfer.py [--json OUT.json] [--sizes-mib 64 256 1024]
+
+Measured (2026-11-26, nixl-cu13 1.5.1, torch 2.11, NVLink NV18), NIXL WRITE / peer copy:
+  H100 x2: 335.5 / 319.5, 384.5 / 379.4, 394.4 / 391.6 GB/s at 64 MiB / 256 MiB / 1 GiB
+           (1.050, 1.013, 1.007), data correct; pipeline of 16 x 4 MiB blocks: pack 0.14 ms,
+           WRITE 0.22 ms, unpack 0.26 ms, checksums equal.
+  H200 x2: 1.048, 1.014, 1.007 without the progress thread; 0.630, 0.676, 0.679 with it.
 """
 
 from __future__ import annotations
