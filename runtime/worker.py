@@ -257,16 +257,19 @@ class Worker:
         return returned
 
     def drain(self, now_ns: Callable[[], int], deadline_ns: int,
-              wait: Callable[[], None] | None = None) -> bool:
-        """Step until idle or ``now_ns() > deadline_ns`` (clock injected; ``wait`` is called
-        between idle steps, e.g. a short sleep in a live loop). True if idle."""
-        while not self.idle():
+              wait: Callable[[], None] | None = None, steps_max: int = 10_000_000) -> bool:
+        """Step until idle, ``now_ns() > deadline_ns`` or ``steps_max`` steps (clock injected;
+        ``wait`` runs after a step that did nothing: a short sleep live, a clock jump under a
+        virtual clock). True if idle."""
+        for _ in range(steps_max):
+            if self.idle():
+                return True
             t = now_ns()
             if t > deadline_ns:
                 return False
             if not self.step(t) and wait is not None:
                 wait()
-        return True
+        return self.idle()
 
     # -- state ---------------------------------------------------------------------------------
     def idle(self) -> bool:

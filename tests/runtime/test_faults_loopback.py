@@ -108,7 +108,10 @@ def test_shutdown_fulfils_every_future(make_pair):
 def test_drain_waits_until_idle(make_pair):
     pair = make_pair()
     handle = _hold_in_flight(pair, spec("r1"))
-    assert not pair.ctx.drain(pair.now, pair.now() + 1_000)  # held: not idle by the deadline
+    def wait():
+        pair.advance(100)
+
+    assert not pair.ctx.drain(pair.now, pair.now() + 1_000, wait)  # held: not idle in time
     pair.ctx.transport.unhold(handle)
-    assert pair.ctx.drain(pair.now, pair.now() + 1_000)
+    assert pair.ctx.drain(pair.now, pair.now() + 1_000, wait)
     assert pair.ctx.results["r1"] == "value"
