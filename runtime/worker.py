@@ -11,6 +11,8 @@ API (everything non-blocking; time is passed in, never read):
     w.submit(spec, now_ns)                       # a request arrives (RequestSpec)
     w.cancel(request_id, now_ns, source) -> str  # structured cancel result (CANCEL_RESULTS)
     w.step(now_ns) -> int                        # one iteration; returns work done (0 = idle)
+    w.check_context_status / check_gen_status(at_least, now_ns) -> ids   # never block
+    w.drain(now_fn, deadline_ns, wait=None) -> bool                     # the only wait
     w.peer_lost(error, now_ns); w.shutdown(now_ns, force)
     w.results[request_id] -> value|cancelled|error; w.idle(); w.state() -> dict
 One thread owns a Worker and its transport (NIXL agents are not thread-safe). The same Worker runs
@@ -238,6 +240,36 @@ class Worker:
             self._on_lost(exc, now_ns)
         except TransportError:
             log.exception("%s: control message to %s failed", self.config.stream, self.peer)
+
+    # -- transceiver polls (never block) and drain (the only call that may wait) ---------------
+    def check_context_status(self, at_least: int, now_ns: int) -> list[str]:
+        """Ended ctx transfers (terminated now); skips unready ones, never waits."""
+        assert self.config.role == "ctx"
+        returned, effects = self.core.check_status(at_least, now_ns)
+        self._run(effects, now_ns)
+        return returned
+
+    def check_gen_status(self, at_least: int, now_ns: int) -> list[str]:
+        """Ended gen transfers (terminated now); skips unready ones, never waits (hardened)."""
+        assert self.config.role == "gen"
+        returned, effects = self.core.check_status(at_least, now_ns)
+        self._run(effects, now_ns)
+        return returned
+
+    def drain(self, now_ns: Callable[[], int], deadline_ns: int,
+              wait: Callable[[], None] | None = None, steps_max: int = 10_000_000) -> bool:
+        """Step until idle, ``now_ns() > deadline_ns`` or ``steps_max`` steps (clock injected;
+        ``wait`` runs after a step that did nothing: a short sleep live, a clock jump under a
+        virtual clock). True if idle."""
+        for _ in range(steps_max):
+            if self.idle():
+                return True
+            t = now_ns()
+            if t > deadline_ns:
+                return False
+            if not self.step(t) and wait is not None:
+                wait()
+        return self.idle()
 
     # -- state ---------------------------------------------------------------------------------
     def idle(self) -> bool:

@@ -103,3 +103,15 @@ def test_shutdown_fulfils_every_future(make_pair):
     for w in (pair.ctx, pair.gen):
         assert set(w.results) == {"r1", "r2"}
         assert w.idle()
+
+
+def test_drain_waits_until_idle(make_pair):
+    pair = make_pair()
+    handle = _hold_in_flight(pair, spec("r1"))
+    def wait():
+        pair.advance(100)
+
+    assert not pair.ctx.drain(pair.now, pair.now() + 1_000, wait)  # held: not idle in time
+    pair.ctx.transport.unhold(handle)
+    assert pair.ctx.drain(pair.now, pair.now() + 1_000, wait)
+    assert pair.ctx.results["r1"] == "value"
