@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - depends on the install
 # Words per program for pack/unpack: 64 KiB per program keeps thousands of programs in flight for a
 # 4 MiB block while each thread issues several 16-byte loads before its first store.
 _COPY_WORDS = 16384
+_COPY_WARPS = 16  # 16 warps: +2-3% over 8 at 1 GiB on an H200 (sweep in bench_datapath)
 # Words per inner tile of the checksum; a tile's sum of products stays below 2**62 (see below).
 _SUM_TILE = 1024
 # Largest block (in 32-bit words) for which r * (i + 1) < 2**31 * 2**21 and a 1024-word tile sum
@@ -53,34 +54,43 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
-def _words(t: torch.Tensor) -> torch.Tensor | None:
-    """A flat int32 view of a contiguous tensor's bytes, or None where none exists."""
-    if not t.is_contiguous() or (t.numel() * t.element_size()) % 4:
-        return None
-    flat = t.reshape(-1).view(torch.uint8)
-    if flat.data_ptr() % 4:
-        return None
-    return flat.view(torch.int32)
+def _word_aligned(t: torch.Tensor) -> bool:
+    """Contiguous, 4-byte aligned, a whole number of 32-bit words: movable as int32 words."""
+    return t.is_contiguous() and t.data_ptr() % 4 == 0 and (t.numel() * t.element_size()) % 4 == 0
 
 
 def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
-    """True when the kernels can run on these tensors (else ops uses the torch path)."""
-    if not available() or not pool.is_cuda or pool.dim() < 1 or _words(pool) is None:
+    """True when the kernels can run on these tensors (else ops uses the torch path).
+
+    Cheap on purpose (attribute reads only): it runs on every call, and at 64 MiB a pack's whole
+    GPU time is ~40 us, so host overhead per call decides small-request throughput.
+    """
+    if not pool.is_cuda or not available() or pool.dim() < 1 or not _word_aligned(pool[:1]):
         return False
     if slot is not None:
         # The slot is a flat uint8 tensor; its front must be addressable as 32-bit words.
-        if not slot.is_cuda or slot.device != pool.device or not slot.is_contiguous() \
-                or slot.data_ptr() % 4:
+        if slot.device != pool.device or not slot.is_contiguous() or slot.data_ptr() % 4:
             return False
     return True
 
 
 def _ids_tensor(block_ids: Sequence[int], num_blocks: int, device: torch.device) -> torch.Tensor:
-    ids = torch.as_tensor(list(block_ids), dtype=torch.int64)
+    if isinstance(block_ids, torch.Tensor):
+        if block_ids.device == device and block_ids.dtype == torch.int64:
+            # Already on the device (the caller keeps ids there to skip the upload per call);
+            # a range check would need a sync, so it is the caller's duty here.
+            return block_ids.reshape(-1)
+        block_ids = block_ids.tolist()
+    ids = list(block_ids)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
+    if ids and (min(ids) < 0 or max(ids) >= num_blocks):
         raise IndexError(f"block id out of range [0, {num_blocks})")
-    return ids.to(device, non_blocking=True)
+    if device.type != "cuda":  # the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors
+        return torch.tensor(ids, dtype=torch.int64)
+    # Pinned, then an async upload: a copy from pageable memory would synchronize the stream
+    # (CUDA stages it), stalling the GPU on every call. torch's pinned caching allocator records
+    # the copy's event, so the staging block is not reused before the upload has finished.
+    return torch.tensor(ids, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
 
 
 if triton is not None:
@@ -88,6 +98,10 @@ if triton is not None:
     @triton.jit
     def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block,
                             SCATTER: tl.constexpr, BLOCK: tl.constexpr):
+        # Any element type in, 32-bit words moved: a pointer cast, not a value conversion (the
+        # caller checked that both bases are 4-byte aligned and blocks are whole words).
+        src_ptr = src_ptr.to(tl.pointer_type(tl.int32))
+        dst_ptr = dst_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
         b = tl.program_id(1)
         blk = tl.load(ids_ptr + b)  # int64: pool offsets exceed 2**31 words on large pools
@@ -106,6 +120,7 @@ if triton is not None:
     def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, MOD: tl.constexpr,
                          CHUNK: tl.constexpr, TILE: tl.constexpr):
         # Partial sum over one CHUNK of one block, reduced mod MOD; the host adds the partials.
+        pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
         b = tl.program_id(1)
         blk = tl.load(ids_ptr + b)
@@ -130,16 +145,19 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, wpb: int,
     n = ids.numel()
     if n == 0:
         return
-    grid = (triton.cdiv(wpb, _COPY_WORDS), n)
+    grid = ((wpb + _COPY_WORDS - 1) // _COPY_WORDS, n)
     _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                              num_warps=8)
+                              num_warps=_COPY_WARPS)
+
+
+def _words_per_block(pool: torch.Tensor) -> int:
+    return pool[0].numel() * pool.element_size() // 4
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:
     """Gather ``pool[block_ids]`` into ``slot[:nbytes]`` on the current stream."""
-    wpb = pool[0].numel() * pool.element_size() // 4
     ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(_words(pool), _words(slot[:nbytes]), ids, wpb, scatter=False)
+    _copy(pool, slot, ids, _words_per_block(pool), scatter=False)
 
 
 def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nbytes: int) -> None:
@@ -148,9 +166,8 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
     A block id listed twice gets one of its source blocks (unspecified which), as with
     ``index_copy_``; the runtime never lists a destination block twice.
     """
-    wpb = pool[0].numel() * pool.element_size() // 4
     ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(_words(slot[:nbytes]), _words(pool), ids, wpb, scatter=True)
+    _copy(slot, pool, ids, _words_per_block(pool), scatter=True)
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:
@@ -159,13 +176,13 @@ def supports_checksum(pool: torch.Tensor) -> bool:
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
     """The reference checksum of each listed block (synchronizes: returns host integers)."""
-    wpb = pool[0].numel() * pool.element_size() // 4
+    wpb = _words_per_block(pool)
     ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
     n = ids.numel()
     chunk = 16 * _SUM_TILE
-    chunks = triton.cdiv(wpb, chunk)
+    chunks = (wpb + chunk - 1) // chunk
     part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
-    _checksum_kernel[(chunks, n)](_words(pool), ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
+    _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
                                   TILE=_SUM_TILE, num_warps=4)
     # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
     return [int(x) for x in (part.sum(dim=1) % mod).tolist()]

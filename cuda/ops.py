@@ -14,7 +14,8 @@ them before the slot or blocks are handed to the transport or reused. ``block_ch
 host integers, so it synchronizes.
 
 A slot smaller than the listed blocks raises ``SlotTooSmallError`` (a ValueError) before any byte
-moves; an unknown block id raises IndexError.
+moves; an unknown block id raises IndexError. ``block_ids`` may also be an int64 tensor already on
+the pool's device (saves a host-to-device copy per call; the GPU path then trusts its range).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def block_nbytes(pool: torch.Tensor) -> int:
 
 
 def _ids(block_ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    if isinstance(block_ids, torch.Tensor):
+        return block_ids.to(device=device, dtype=torch.long).reshape(-1)
     return torch.as_tensor(list(block_ids), dtype=torch.long, device=device)
 
 
@@ -94,7 +97,7 @@ def unpack_torch(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """One integer checksum per block (see _CHECKSUM_MOD); identical on every device."""
-    if not block_ids:
+    if len(block_ids) == 0:
         return []
     if pool.is_cuda and _kernels().supports_checksum(pool):
         return _kernels().block_checksums(pool, block_ids, _CHECKSUM_MOD)
@@ -103,7 +106,7 @@ def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
 
 def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """The torch reference checksum (any device); ``block_checksums`` dispatches here off-GPU."""
-    if not block_ids:
+    if len(block_ids) == 0:
         return []
     blocks = pool.index_select(0, _ids(block_ids, pool.device))
     words = blocks.contiguous().view(len(block_ids), -1).view(torch.int32).to(torch.int64)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 GROUP_MS_DEFAULT = 10
 GROUP_MAX_DEFAULT = 1024
-QUEUE_MAX_DEFAULT = 1 << 20
+# ~400 bytes per queued event: 64k events is ~26 MB, the whole memory cost of a slow store.
+QUEUE_MAX_DEFAULT = 1 << 16
 BACKPRESSURE_MS_DEFAULT = 50
 
 Subscriber = Callable[[Event], None]
@@ -180,15 +181,19 @@ class Ledger:
     def close(self) -> None:
         if self._closed:
             return
-        self.emit("ledger.closed", None, events=self._seq + len(self._queue) + 1)
-        self.flush()
-        self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            self._writer.join(timeout=10)
-        if self._committer is not None:
-            self._committer.join(timeout=10)
-        self.store.close()
+        try:
+            self.flush()  # so that the count below is exact
+            self.emit("ledger.closed", None, events=self._seq + 1)
+            self.flush()
+        finally:
+            # Stop the threads and release the store even when the writer failed.
+            self._closed = True
+            self._wake.set()
+            if self._writer is not None:
+                self._writer.join(timeout=10)
+            if self._committer is not None:
+                self._committer.join(timeout=10)
+            self.store.close()
 
     def __enter__(self) -> Ledger:
         return self

@@ -129,3 +129,19 @@ def test_fence_on_side_stream(kernels) -> None:
     assert not fence.is_complete()
     fence.wait()
     assert fence.is_complete()
+
+
+def test_ids_already_on_device(kernels) -> None:
+    pool = _pool((10, 3, 2, 2, 4, 8), torch.bfloat16, seed=9)
+    ids = [9, 0, 4, 7]
+    dev_ids = torch.tensor(ids, device="cuda")
+    bn = ops.block_nbytes(pool)
+    a = torch.empty(4 * bn, dtype=torch.uint8, device="cuda")
+    b = torch.empty(4 * bn, dtype=torch.uint8)
+    ops.pack(pool, dev_ids, a)
+    ops.pack_torch(pool.cpu(), ids, b)
+    assert _same(a, b)
+    assert ops.block_checksums(pool, dev_ids) == ops.block_checksums_torch(pool.cpu(), ids)
+    dst = torch.zeros_like(pool)
+    ops.unpack(a, dst, dev_ids)
+    assert _same(dst[dev_ids], pool[dev_ids])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from store_contract import StoreContract, pg_database, pg_schema_url  # noqa: F401 - fixture
+
+from tests.ledger.store_contract import StoreContract, pg_database, pg_schema_url  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.postgres
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from store_contract import StoreContract  # noqa: F401 - collected through the subclass
+
+from tests.ledger.store_contract import StoreContract  # noqa: F401 - collected through the subclass
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 
 from kvledger.runtime.workload import RequestSpec
-from runtime_pairkit import ctx_state, gen_state, settle, spec, steps
+
+from tests.runtime.runtime_pairkit import ctx_state, gen_state, settle, spec, steps
 
 
 def _fulfilled(pair, stream, rid):
