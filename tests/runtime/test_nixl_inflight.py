@@ -45,9 +45,10 @@ def wait_terminal(tr, h):
     return until(done, "terminal state"), seen
 
 
-def inbox_until(peer, n: int) -> list[tuple[str, bytes]]:
+def inbox_until(peer, n: int, tick=None) -> list[tuple[str, bytes]]:
     got: list[tuple[str, bytes]] = []
-    until(lambda: got.extend(peer.call("inbox")) or len(got) >= n, f"{n} messages at the peer")
+    until(lambda: got.extend(peer.call("inbox")) or len(got) >= n, f"{n} messages at the peer",
+          tick=tick)
     return got
 
 
@@ -79,7 +80,7 @@ def test_release_in_flight_is_accepted_while_the_bytes_keep_moving():
         assert tr.is_quiescent(h)
         # The released transfer kept going: every byte arrived, and so did its notification.
         assert peer.call("read", 0, BIG) == src.numpy().tobytes()
-        assert inbox_until(peer, 1) == [("tcp-init", b"big")]
+        assert inbox_until(peer, 1, tick=tr.progress) == [("tcp-init", b"big")]
         tr.deregister("src")  # now it is safe
     finally:
         tr.close()
