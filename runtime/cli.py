@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
     p.add_argument("--prompt-tokens", type=int, default=96, help="median prompt length")
     p.add_argument("--num-blocks", type=int, default=1024, help="KV blocks per worker")
     p.add_argument("--slots", type=int, default=1, help="staging slots per worker")
+    p.add_argument("--layers", type=int, default=2, help="KV geometry: layers")
+    p.add_argument("--kv-heads", type=int, default=2, help="KV geometry: heads")
+    p.add_argument("--head-dim", type=int, default=32,
+                   help="KV geometry: head dim (fp16; a 16-token block is "
+                   "layers*2*heads*16*dim*2 bytes)")
     p.add_argument("--release-on-cancel", action="store_true",
                    help="release in-flight handles on cancel (their slots are poisoned)")
     _common(p)
@@ -67,7 +72,7 @@ def _check(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     for name in ("requests", "timeout_ms", "short_timeout_ms", "num_blocks", "slots",
-                 "prompt_tokens"):
+                 "prompt_tokens", "layers", "kv_heads", "head_dim"):
         v = getattr(args, name, 1)
         if v < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, not {v}")
@@ -107,7 +112,9 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     ctx_cfg, gen_cfg = pair_configs(args.policy, num_blocks=args.num_blocks,
                                     send_slots=args.slots, recv_slots=args.slots,
                                     block_tokens=block_tokens, max_request_blocks=max_blocks,
-                                    release_on_cancel=args.release_on_cancel, seed=args.seed)
+                                    release_on_cancel=args.release_on_cancel, seed=args.seed,
+                                    layers=args.layers, kv_heads=args.kv_heads,
+                                    head_dim=args.head_dim)
     params = WorkloadParams(requests=args.requests, interarrival_us_mean=args.interarrival_us,
                             prompt_tokens_median=args.prompt_tokens,
                             prompt_tokens_max=block_tokens * max_blocks,
@@ -194,6 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out=args.out, policy=args.policy, json=args.json, requests=48, cancel_rate=0.3,
         timeout_ms=5_000, short_timeout_rate=0.1, short_timeout_ms=5, interarrival_us=300.0,
         prompt_tokens=64, num_blocks=1024, slots=1, release_on_cancel=False, seed=7,
+        layers=2, kv_heads=2, head_dim=32,
         inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=True)
     _report(execute(demo), args.json)
     return 0

@@ -7,14 +7,16 @@ What NIXL really does on these machines (env-experiments §0–§3) shapes every
   the thread that built the transport and raises ``RuntimeError`` otherwise.
 - **No progress thread; the owner polls.** The wrapper hard-codes ``pthrDelay=0``, so the default
   progress thread busy-spins a whole core per agent (two agents = both cores of this box, and
-  notification round trips of 8 ms). Measured here (``bench/bench_runtime.py --progress``): with
-  ``enable_prog_thread=False`` and the owner polling, a control round trip is ~20 µs and an idle
-  agent uses no CPU; the ``pthrDelay=10`` monkeypatch gives ~40 µs and a few % of a core when idle.
-  The worker loop polls anyway (``check``/``poll_control``/``progress`` all drive UCX), so polling
-  costs nothing extra and wins on latency. ``progress="thread"`` keeps the patched thread as an
-  option. Caveat (§2a): with ``UCX_TLS=tcp`` a passive target must also call into NIXL for data
-  to land; every worker loop calls ``progress()``, so a stalled peer stalls its incoming WRITEs,
-  which is the honest behaviour of a stalled peer.
+  notification round trips of 8 ms). Measured here between two processes (``progress_modes`` in
+  ``bench/bench_runtime.py``): owner polling (``enable_prog_thread=False``) gives a control round
+  trip of ~20 µs median and 0 CPU when idle; the ``pthrDelay=10`` monkeypatch gives ~44 µs and
+  ~1 % of a core per idle agent. The worker loop polls anyway (``check``/``poll_control``/
+  ``progress`` all drive UCX), so polling costs nothing extra and wins on latency;
+  ``progress="thread"`` keeps the patched thread as an option. Caveats: with ``UCX_TLS=tcp`` a
+  passive target must call into NIXL for data to land (§2a), and even with cma a WRITE carrying
+  a notification stayed PROC here until the target progressed (4-7 ms per WRITE against a
+  target sleeping between polls, 21 µs without the notification); every worker loop calls
+  ``progress()``, so a stalled peer stalls its incoming WRITEs: the honest behaviour of a stall.
 - **Release is not quiescence.** With UCX, ``release_xfer_handle`` on an in-flight WRITE returns
   at once while the bytes keep moving, and ``check_xfer_state`` on a released handle reads freed
   memory (returns 'DONE'). So ``release()`` of an in-flight handle returns True ("accepted") but

@@ -181,6 +181,8 @@ def _rss_bytes() -> int:
 
 IDLE_SPINS = 200  # loop iterations with nothing to do before the loop starts to sleep-poll
 IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spinning core)
+IDLE_DEEP = 4_000  # after this many idle iterations (~2 s), wait longer: an idle worker's
+IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-core box need
 
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
@@ -239,7 +241,9 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         if resume_at and resume_at[0][1] <= now:
             _signal(resume_at.pop(0)[0], signal.SIGCONT)
         idle = 0 if work else idle + 1
-        if not conn.poll(0 if idle < IDLE_SPINS else IDLE_POLL_S):
+        wait_s = (0.0 if idle < IDLE_SPINS else IDLE_POLL_S if idle < IDLE_DEEP
+                  else IDLE_DEEP_POLL_S)
+        if not conn.poll(wait_s):
             continue
         idle = 0
         msg = conn.recv()

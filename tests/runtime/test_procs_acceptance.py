@@ -82,15 +82,16 @@ def test_peer_killed_mid_transfer_fails_the_transfer_and_turns_health_unhealthy(
 
     res = run_load(wl, str(tmp_path), ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
                    env={"UCX_TLS": "tcp"}, faults=faults, drain_s=30, during=during)
-    assert seen["killed"] and res.dead == ["gen"]
-    assert res.drained, "ctx did not end every request after its peer died"
+    story = [(e.kind, e.attrs) for e in _events(tmp_path, "ctx", victim)]
+    assert seen["killed"] and res.dead == ["gen"], (seen, res.summary(), story)
+    assert res.drained, ("ctx did not end every request after its peer died", res.summary())
     st = res.state["ctx"]
-    assert st is not None and st["healthy"] is False
-    assert st["live_requests"] == [] and st["in_flight"] == []
+    assert st is not None and st["healthy"] is False, st
+    assert st["live_requests"] == [] and st["in_flight"] == [], st
     completed = _events(tmp_path, "ctx", victim, "transfer.completed")
-    assert [e.attrs["outcome"] for e in completed] == ["failed"]
+    assert [e.attrs["outcome"] for e in completed] == ["failed"], story
     polled = _events(tmp_path, "ctx", victim, "xfer.polled")
-    assert polled and polled[-1].attrs["state"] == "ERR"
+    assert polled and polled[-1].attrs["state"] == "ERR", story
     kinds = {e.kind for e in _events(tmp_path, "ctx", victim)}
     if not kinds & {"buffer.poisoned", "quarantine.entered"}:
         # Not poisoned: then the slot went back only after NIXL's terminal ERR (DESIGN's rule:
