@@ -74,6 +74,7 @@ class RequestState:
     ready_signal: str | None = None
     cancel_result: str | None = None
     quarantined = False
+    arrived = False  # request.arrived seen
     finished: str | None = None  # request.finished outcome
     # Containers are created on first use. None = empty.
     block_refs: dict[int, int] | None = None  # block -> references held by this request
@@ -105,6 +106,16 @@ class RequestState:
     def holds_nothing(self) -> bool:
         return not (self.slots or self.block_refs or self.pins or self.handles
                     or self.needs_termination)
+
+    def is_open(self) -> bool:
+        """Still worth keeping: it holds or owes something, or it arrived and has not finished.
+        An event for a request that is not open (a client cancel answered already_complete after
+        request.finished) does not resurrect it."""
+        if not self.holds_nothing() or self.promise_ns is not None:
+            return True
+        if self.transfer in ("started", "advertised", "in_flight"):
+            return True
+        return self.arrived and self.finished is None
 
     def snapshot(self) -> dict[str, Any]:
         owners = dict(zip(RESOURCES, self.owners, strict=True))
@@ -160,7 +171,7 @@ class SlotPool:
 class WorkerState:
     """One worker (stream): pools, in-flight transfers, health."""
 
-    __slots__ = ("stream", "role", "config", "pools", "num_blocks", "cached", "in_flight",
+    __slots__ = ("stream", "role", "config", "pools", "num_blocks", "in_flight",
                  "quarantined", "healthy", "health_reason", "closed", "last_seq", "requests")
 
     def __init__(self, stream: str) -> None:
@@ -169,7 +180,6 @@ class WorkerState:
         self.config: dict[str, Any] = {}
         self.pools = {"send": SlotPool(None), "recv": SlotPool(None)}
         self.num_blocks: int | None = None
-        self.cached: set[int] = set()  # unreferenced blocks still holding reusable prefix data
         self.in_flight: set[str] = set()
         self.quarantined: set[str] = set()
         self.healthy: bool | None = None  # unknown until the first health.changed
@@ -185,15 +195,16 @@ class WorkerState:
         return p
 
     def snapshot(self, referenced: set[int], pinned: set[int]) -> dict[str, Any]:
-        held = len(referenced)
-        cached = len(self.cached - referenced)
+        # Held = referenced or pinned by an open request. Unreferenced blocks count as free
+        # whether or not the prefix cache still keeps their data (eviction is free to take them).
+        held = len(referenced | pinned)
         nb = self.num_blocks
         return {
             "stream": self.stream,
             "role": self.role,
             "pools": {n: p.snapshot() for n, p in sorted(self.pools.items())},
-            "blocks": {"size": nb, "free": None if nb is None else nb - held - cached,
-                       "held": held, "pinned": len(pinned), "cached": cached, "poisoned": 0},
+            "blocks": {"size": nb, "free": None if nb is None else nb - held, "held": held,
+                       "pinned": len(pinned), "poisoned": 0},
             "in_flight": sorted(self.in_flight),
             "quarantined": sorted(self.quarantined),
             "healthy": self.healthy,
@@ -251,7 +262,7 @@ class Projection:
                 owners[i] = o
         if h is not None:
             h(ev, w, st)
-        if st.finished is not None and st.holds_nothing():
+        if (st.finished is not None or not st.arrived) and not st.is_open():
             del reqs[rid]
 
     @property
@@ -293,11 +304,10 @@ class Projection:
         w.healthy = ev.attrs["healthy"]
         w.health_reason = ev.attrs["reason"]
 
-    def _h_blocks_evicted(self, ev: Event, w: WorkerState, st: None) -> None:
-        # Evicting a referenced block is not possible; the referenced ones stay out of the count.
-        w.cached.difference_update(ev.attrs["blocks"])
-
     # -- request handlers -----------------------------------------------------------------------
+    def _h_request_arrived(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        st.arrived = True
+
     # Worker-level block references and pins are not counted here: they are the union over the
     # worker's open requests (a request holding blocks is never dropped), computed by snapshot().
     def _blocks_ref(self, ev: Event, w: WorkerState, st: RequestState) -> None:
@@ -318,7 +328,6 @@ class Projection:
         refs = st.block_refs
         if not refs:
             return
-        gone = []
         for b in ev.attrs["blocks"]:
             n = refs.get(b)
             if n is None:
@@ -327,9 +336,6 @@ class Projection:
                 refs[b] = n - 1
             else:
                 del refs[b]
-                gone.append(b)
-        # Candidates for the prefix cache; snapshot() subtracts blocks still referenced.
-        w.cached.update(gone)
         if not refs:
             st.blocks_ns = None
 

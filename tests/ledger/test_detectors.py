@@ -301,3 +301,129 @@ def test_detect_takes_many_streams_in_any_order():
     found = detect(list(reversed(a.events + b.events)))
     assert [(f.detector, f.stream) for f in found] == [("kv_corruption", "g0"),
                                                        ("orphaned_handle", "w0")]
+
+
+# --- against the live runtime (in process, loopback transport): each historical-bug mutant is
+# --- found by its detector in the ledger it writes; the hardened runtime's ledger is clean.
+def _pair(tmp_path, policy: str = "hardened", *, read_at_post: bool = False, **cfg):
+    from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
+
+    ctx_cfg, gen_cfg = pair_configs(policy, **cfg)
+    ctx_t, gen_t = loopback_pair(latency_ticks=0, read_at_post=read_at_post)
+    return Pair(ctx_cfg, gen_cfg, ctx_t, gen_t, str(tmp_path / policy), record=True)
+
+
+def _spec(rid: str, tokens: int = 40, **kw):
+    from kvledger.runtime.workload import RequestSpec
+
+    return RequestSpec(rid, 0, tokens, kw.get("prefix_id", -1), kw.get("prefix_tokens", 0),
+                       sum(map(ord, rid)), None)
+
+
+def _steps(pair, n: int = 30) -> None:
+    for _ in range(n):
+        pair.step()
+        pair.advance(10_000)
+
+
+def _in_flight(pair, rid: str, **kw) -> int:
+    pair.ctx.transport.hold_new = True  # the WRITE stays in flight until unhold()
+    pair.submit(_spec(rid, **kw))
+    assert pair.run_until(lambda: getattr(pair.ctx.core.reqs.get(rid), "state", None)
+                          == "in_flight", 10_000, 50)
+    return pair.ctx.core.reqs[rid].handle
+
+
+def _ledger_findings(pair, *, close: bool = True, later_ns: int = 0) -> set[tuple]:
+    from kvledger.ledger import EventStore
+    from kvledger.ledger.mapper import to_event
+
+    if close:
+        pair.close()
+    else:
+        for led in pair.ledgers.values():
+            led.flush()
+    events = []
+    for url in pair.urls.values():
+        store = EventStore(url, create=False)
+        events += [to_event(r) for r in store.rows()]
+        store.close()
+    now = max(e.ts_ns for e in events) + later_ns if later_ns else None
+    return {(f.detector, f.stream, f.request_id) for f in detect(events, now_ns=now)}
+
+
+@pytest.mark.parametrize("policy", ["hardened", "sender_cancel_drops_promise"])
+def test_runtime_cancel_after_ready(tmp_path, policy):
+    pair = _pair(tmp_path, policy)
+    handle = _in_flight(pair, "r1")
+    pair.ctx.cancel("r1", pair.now())
+    pair.ctx.transport.unhold(handle)
+    _steps(pair, 50)
+    found = _ledger_findings(pair)
+    assert found == ({("broken_promise", "ctx", "r1")} if policy != "hardened" else set())
+
+
+@pytest.mark.parametrize("policy", ["hardened", "receiver_queued_cancel_drops_promise"])
+def test_runtime_queued_gen_cancel(tmp_path, policy):
+    pair = _pair(tmp_path, policy)
+    handle = _in_flight(pair, "r1")  # holds the only receive slot
+    pair.submit(_spec("r2"))
+    pair.gen.cancel("r2", pair.now())
+    pair.ctx.transport.hold_new = False
+    pair.ctx.transport.unhold(handle)
+    _steps(pair, 50)
+    found = _ledger_findings(pair)
+    assert (("broken_promise", "gen", "r2") in found) == (policy != "hardened")
+    assert found <= {("broken_promise", "gen", "r2"), ("broken_promise", "ctx", "r2")}
+
+
+@pytest.mark.parametrize("policy", ["hardened", "not_ready_leaks_recv_slot"])
+def test_runtime_not_ready_with_one_recv_slot(tmp_path, policy):
+    pair = _pair(tmp_path, policy, recv_slots=1)
+    pair.submit(_spec("r1"))
+    pair.ctx.cancel("r1", pair.now())  # the late advertise gets "not_ready"
+    _steps(pair, 10)
+    pair.submit(_spec("r2"))
+    _steps(pair, 50)
+    live = _ledger_findings(pair, close=False, later_ns=2 * WEDGE_DEADLINE_NS)
+    if policy == "hardened":
+        assert live == set() and _ledger_findings(pair) == set()
+    else:  # one leaked slot wedges the pool of one: both are in the live worker's ledger
+        assert {("slot_leak", "gen", "r1"), ("wedge", "gen", "r1")} <= live
+
+
+@pytest.mark.parametrize("policy", ["hardened", "deferred_termination_dropped"])
+def test_runtime_reuse_cancel_in_flight(tmp_path, policy):
+    pair = _pair(tmp_path, policy, block_reuse=True)
+    pair.submit(_spec("r0", 64, prefix_id=7, prefix_tokens=48))
+    _steps(pair, 50)
+    handle = _in_flight(pair, "r1", tokens=64, prefix_id=7, prefix_tokens=48)
+    pair.cancel("r1")
+    pair.ctx.transport.unhold(handle)
+    _steps(pair, 50)
+    found = _ledger_findings(pair)
+    if policy == "hardened":
+        assert found == set()
+    else:  # rc13: the deferred termination is never carried out, the blocks stay pinned
+        assert found == {("lost_cleanup_obligation", "ctx", "r1"),
+                         ("block_pin_leak", "ctx", "r1")}
+
+
+@pytest.mark.parametrize("policy", ["hardened", "release_is_quiescence"])
+def test_runtime_release_in_flight(tmp_path, policy):
+    cfg = {"release_on_cancel": True, "send_slots": 2, "recv_slots": 2} \
+        if policy == "hardened" else {}
+    pair = _pair(tmp_path, policy, read_at_post=True, **cfg)
+    handle = _in_flight(pair, "r1")
+    pair.cancel("r1")
+    pair.ctx.transport.hold_new = False
+    pair.submit(_spec("r2"))
+    pair.ctx.step(pair.now())
+    pair.ctx.transport.finish(handle)  # r1's late bytes land
+    _steps(pair, 30)
+    found = _ledger_findings(pair)
+    if policy == "hardened":
+        assert found == set()
+    else:  # the slot went back before quiescence; r2's KV was overwritten
+        assert {("free_before_quiescence", "ctx", "r1"), ("free_before_quiescence", "gen", "r1"),
+                ("kv_corruption", "gen", "r2")} <= found

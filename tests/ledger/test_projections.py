@@ -156,7 +156,7 @@ def test_incremental_equals_rebuild(seed, faults, n):
         assert live.snapshot() == Projection.rebuild(s.events[:cut]).snapshot()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), faults=st.booleans())
 def test_live_equals_rebuilt_through_sqlite(tmp_path_factory, seed, faults):
@@ -183,3 +183,70 @@ def test_live_equals_rebuilt_through_sqlite(tmp_path_factory, seed, faults):
 def test_bench_fold_runs():
     r = bench_fold(20_000, requests_open=50)
     assert r["events"] == 20_000 and r["events_per_s"] > 0
+
+
+# --- against the live runtime: the projection of its ledger equals its own state ---------------
+def _occupancy_from_runtime(worker) -> dict:
+    core = worker.core
+    pool = {core.pool.pool: core.pool.occupancy()}
+    blocks = core.blocks.occupancy()
+    return {"pools": {n: {"free": o["free"], "held": o["held"], "poisoned": o["poisoned"]}
+                      for n, o in sorted(pool.items())},
+            "blocks_held": blocks["referenced"], "blocks_pinned": blocks["pinned"],
+            "open": sorted(core.reqs)}
+
+
+def _occupancy_from_projection(snap: dict, stream: str, pools: list[str]) -> dict:
+    w = snap["workers"][stream]
+    return {"pools": {n: {k: w["pools"][n][k] for k in ("free", "held", "poisoned")}
+                      for n in sorted(pools)},
+            "blocks_held": w["blocks"]["held"], "blocks_pinned": w["blocks"]["pinned"],
+            "open": sorted(r for r, st in snap["requests"].get(stream, {}).items()
+                           if st["finished"] is None)}
+
+
+@pytest.mark.parametrize("seed,cfg", [(1, {}), (2, {"release_on_cancel": True,
+                                                    "send_slots": 2, "recv_slots": 2})])
+def test_projection_matches_the_runtime_state(tmp_path, seed, cfg):
+    from kvledger.ledger import EventStore
+    from kvledger.ledger.mapper import to_event
+    from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
+    from kvledger.runtime.workload import RequestSpec
+
+    ctx_cfg, gen_cfg = pair_configs("hardened", **cfg)
+    ctx_t, gen_t = loopback_pair(latency_ticks=3, read_at_post=True)
+    pair = Pair(ctx_cfg, gen_cfg, ctx_t, gen_t, str(tmp_path / "run"))
+    rng = random.Random(seed)
+    live: list[str] = []
+    checked = 0
+    try:
+        for i in range(30):
+            rid = f"s{i}"
+            pair.submit(RequestSpec(rid, 0, rng.randint(1, 200), token_seed=rng.randrange(99)))
+            live.append(rid)
+            for _ in range(rng.randint(0, 3)):
+                pair.step()
+                pair.advance(10_000)
+            if rng.random() < 0.4:
+                victim = rng.choice(live)
+                pair.cancel(victim) if rng.random() < 0.5 else pair.gen.cancel(victim, pair.now())
+            if i % 6 == 5 or i == 29:
+                if i == 29:
+                    assert pair.run_until(pair.idle, 10_000, 20_000)
+                for led in pair.ledgers.values():
+                    led.flush()
+                events = []
+                for url in pair.urls.values():
+                    store = EventStore(url, create=False)
+                    events += [to_event(r) for r in store.rows()]
+                    store.close()
+                snap = Projection.rebuild(events).snapshot()
+                for w in (pair.ctx, pair.gen):
+                    want = _occupancy_from_runtime(w)
+                    got = _occupancy_from_projection(snap, w.config.stream, list(want["pools"]))
+                    assert got == want, (i, w.config.stream)
+                checked += 1
+        assert snap["requests"] == {}, "nothing stays open once the runtime is idle"
+    finally:
+        pair.close()
+    assert checked == 5
