@@ -1,17 +1,21 @@
 """``Ledger``: the runtime's handle on one stream of the store.
 
 Hot path: ``emit(kind, request_id, **attrs)`` appends one tuple to a deque: no I/O, no encoding,
-no validation, no lock. A background writer drains the deque in groups (at most every
-``group_ms`` or ``group_max`` events), assigns ``seq``, validates, encodes, chains and commits
-each group in one transaction. ``flush()`` returns once everything emitted before it is durable.
+no validation, no lock. A writer thread drains the deque in groups (at most every ``group_ms`` or
+``group_max`` events), assigns ``seq``, validates, encodes and chains them; a committer thread
+commits each group in one transaction. Two groups are in flight at most, so encoding the next
+group overlaps the commit (fsync, network) of the previous one. ``flush()`` returns once
+everything emitted before it is durable ("acknowledged"). ``sync=True`` does it all inside
+``emit`` (tests).
 
 The queue has a fixed bound (``queue_max``). When the writer falls behind, the emit that finds the
-queue over the bound waits for the writer at most ``backpressure_ms`` and records a
-``ledger.backpressure`` event (queued, waited_ns). So nothing is dropped, the runtime thread never
-waits longer than that per emit, and memory stays bounded: while storage is stuck the queue can only
-grow by two items per ``backpressure_ms`` (the event and its record). We chose bounded backpressure
-over spilling to Arrow IPC because the writer keeps up with the runtime's event rate (see
-bench/bench_ledger.py) and a spill file is a second, unverified copy of the tail to merge back.
+queue over the bound waits for the writer at most ``backpressure_ms`` (plus the interpreter's
+thread scheduling) and records a ``ledger.backpressure`` event (queued, waited_ns). So nothing is
+dropped, the runtime thread is never stalled without limit, and memory stays bounded: while
+storage is stuck the queue grows by two items per ``backpressure_ms`` at most. We chose bounded
+backpressure over spilling to Arrow IPC: a spill file is a second, unverified copy of the tail
+that must be merged back in order, and it would only move the bound from memory to disk; the
+bench (bench/bench_ledger.py) measures the writer's rate and the stall bound.
 A failed writer is reported by ``flush()``; once the queue is over its bound, ``emit`` raises it too
 (queuing forever behind a dead writer would be unbounded).
 
