@@ -110,6 +110,7 @@ class Ledger:
         self._error: BaseException | None = None
         self._closed = False
         self._wake = threading.Event()
+        self._progress = threading.Event()
         # Encoded-but-not-yet-durable head, owned by the encoder (the writer thread).
         self._enc_seq, self._enc_hash = self._seq, self._hash
         # Encoder -> committer hand-off: two groups in flight at most, so encoding the next
@@ -220,10 +221,17 @@ class Ledger:
         t0 = time.monotonic_ns()
         deadline = t0 + int(self.backpressure_ms * 1_000_000)
         self._wake.set()
-        while len(self._queue) > self.queue_max // 2 and time.monotonic_ns() < deadline:
-            if self._error is not None:
+        half = self.queue_max // 2
+        # Sleep until the writer takes a group (it sets _progress), not in a polling loop: a
+        # polling thread keeps taking the GIL from the very writer it waits for.
+        while len(self._queue) > half and self._error is None:
+            remaining = deadline - time.monotonic_ns()
+            if remaining <= 0:
                 break
-            time.sleep(0.0002)
+            self._progress.clear()
+            if len(self._queue) <= half:
+                break
+            self._progress.wait(remaining / 1e9)
         waited = time.monotonic_ns() - t0
         self.backpressure_waits += 1
         self.backpressure_ns += waited
@@ -270,6 +278,7 @@ class Ledger:
         if self._error is None:
             log.error("ledger %s: writer failed: %s", self.stream, exc)
             self._error = exc
+        self._progress.set()
         self._fail_marks(exc)
         while True:  # flushes already handed to the committer
             try:
@@ -334,6 +343,7 @@ class Ledger:
                 rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
                 prev = h
             self._enc_seq, self._enc_hash = seq, prev
+            self._progress.set()  # an emit waiting in _backpressure may go on
             put((rows, marks, bad))
             if bad is not None:
                 raise bad
