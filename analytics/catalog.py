@@ -197,7 +197,9 @@ def connect(memory_limit: str = MEMORY_LIMIT_DEFAULT, threads: int = THREADS_DEF
               "autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if temp_directory:
         config["temp_directory"] = temp_directory
-    return duckdb.connect(":memory:", config=config)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET enable_progress_bar = false")  # stderr is for our logs, not DuckDB's bar
+    return con
 
 
 def attach_sources(con: duckdb.DuckDBPyConnection, sources: Sources) -> None:

@@ -14,11 +14,13 @@ them before the slot or blocks are handed to the transport or reused. ``block_ch
 host integers, so it synchronizes.
 
 A slot smaller than the listed blocks raises ``SlotTooSmallError`` (a ValueError) before any byte
-moves; an unknown block id raises IndexError.
+moves; an unknown block id raises IndexError. ``block_ids`` may also be an int64 tensor already on
+the pool's device (saves a host-to-device copy per call; the GPU path then trusts its range).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,18 +41,27 @@ def _check_slot(slot: torch.Tensor, n: int) -> None:
         raise SlotTooSmallError(f"slot too small: {slot.numel()} bytes < {n} needed")
 
 
+_KERNELS = None
+
+
 def _kernels():
     """The GPU kernel module, imported lazily (Triton import costs ~1 s; CPU runs never pay it)."""
-    from kvledger.cuda import kernels
+    global _KERNELS
+    if _KERNELS is None:
+        from kvledger.cuda import kernels
 
-    return kernels
+        _KERNELS = kernels
+    return _KERNELS
 
 
 def block_nbytes(pool: torch.Tensor) -> int:
-    return pool[0].numel() * pool.element_size()
+    # From the shape, not pool[0]: no torch op on the per-call path.
+    return math.prod(pool.shape[1:]) * pool.element_size()
 
 
 def _ids(block_ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    if isinstance(block_ids, torch.Tensor):
+        return block_ids.to(device=device, dtype=torch.long).reshape(-1)
     return torch.as_tensor(list(block_ids), dtype=torch.long, device=device)
 
 
@@ -94,7 +105,7 @@ def unpack_torch(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """One integer checksum per block (see _CHECKSUM_MOD); identical on every device."""
-    if not block_ids:
+    if len(block_ids) == 0:
         return []
     if pool.is_cuda and _kernels().supports_checksum(pool):
         return _kernels().block_checksums(pool, block_ids, _CHECKSUM_MOD)
@@ -103,7 +114,7 @@ def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
 
 def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """The torch reference checksum (any device); ``block_checksums`` dispatches here off-GPU."""
-    if not block_ids:
+    if len(block_ids) == 0:
         return []
     blocks = pool.index_select(0, _ids(block_ids, pool.device))
     words = blocks.contiguous().view(len(block_ids), -1).view(torch.int32).to(torch.int64)

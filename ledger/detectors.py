@@ -3,28 +3,30 @@
 
 Terms. Every check is per stream (worker), over that stream's events in ``seq`` order; "the
 request" is (stream, request_id). "Closed": the stream has a ``ledger.closed``. "Finished": the
-request has a ``request.finished``. "The end": the stream's largest ``ts_ns`` (or ``now_ns``
-where said). "Later"/"earlier" compare ``seq``. Blocks are counted by mentions: a block listed in
-two ``blocks.pinned`` events holds two pins. Each finding names the stream, the request (None for
-worker-level ones), the ``seq`` given in brackets below, and a one-line reason.
+request has a ``request.finished``. "Settled" (when leaks are judged): the stream closed, or the
+request has a ``request.finished`` or ``resources.freed`` and is not in quarantine at the end
+(its last ``quarantine.entered``, if any, is followed by a ``quarantine.left``: a quarantined
+transfer holds its resources legitimately until the transport answers). "The end": the stream's
+largest ``ts_ns`` (or ``now_ns`` where said). "Later"/"earlier" compare ``seq``. Blocks are
+counted by mentions: a block listed in two ``blocks.pinned`` events holds two pins. Each finding
+names the stream, the request (None for worker-level ones), the ``seq`` given in brackets below,
+and a one-line reason.
 
 Spec (what each detector means; the implementation below must follow it word for word):
 
-broken_promise        a request whose first ``transfer.started`` [its seq] is not matched by a
-                      ``future.fulfilled`` earlier than the request's first ``request.finished``
-                      or ``resources.freed`` (or, with neither, the ``ledger.closed``; with none of
-                      these it is not judged yet); or a second (third, ...) ``future.fulfilled``
-                      of one request and ``side`` [the extra one's seq].
+broken_promise        a settled request with a ``transfer.started`` [the first one's seq] and no
+                      ``future.fulfilled``; or a second (third, ...) ``future.fulfilled`` of one
+                      request and ``side`` [the extra one's seq].
 blocked_poll          a ``poll.context``/``poll.generation`` whose ``elapsed_ns`` exceeds
                       ``POLL_BLOCK_NS_MAX`` (polls never block; only drain may wait) [the poll].
 slot_leak             a ``buffer.acquired`` (pool, slot) [its seq] with no later
                       ``buffer.released`` or ``buffer.poisoned`` of that pool and slot by that
-                      request, once the request finished or the stream closed.
-block_pin_leak        once the request has ``termination.done`` or is finished, or the stream
-                      closed: blocks pinned more often (``blocks.pinned``) than unpinned
-                      [the last ``blocks.pinned`` naming such a block], and, separately, blocks
-                      referenced more often (``blocks.allocated``/``blocks.reused``) than freed
-                      [the last allocation/reuse naming such a block].
+                      request, once the request is settled.
+block_pin_leak        once the request is settled or has a ``termination.done``: blocks pinned
+                      more often (``blocks.pinned``) than unpinned [the last ``blocks.pinned``
+                      naming such a block], and, separately, blocks referenced more often
+                      (``blocks.allocated``/``blocks.reused``) than freed [the last
+                      allocation/reuse naming such a block].
 free_before_quiescence  a ``buffer.released``, ``blocks.unpinned`` or ``blocks.freed`` [its seq] of
                       a resource named by an earlier ``xfer.posted`` of the request (its ``slot``,
                       or a block of its ``blocks``) whose handle has no earlier terminal
@@ -48,7 +50,7 @@ lost_cleanup_obligation  the request's first ``termination.requested``/``termina
                       past the latest of the termination event, the first ``transfer.completed``
                       and each handle's first ending event. The rc13 bug.
 orphaned_handle       an ``xfer.posted`` handle [its seq] with no later ``xfer.released`` of that
-                      handle by the request, once the request finished or the stream closed.
+                      handle by the request, once the request is settled.
 kv_corruption         any ``kv.checksum_failed`` [its seq].
 wedge                 the stream is not closed and has pending obligations — a
                       ``transfer.started`` with no later ``transfer.completed``, a
@@ -156,8 +158,13 @@ class _Stream:
                 r.by_kind[e.kind].append(e)
 
     def settled(self, r: _Req) -> bool:
-        """Leak checks apply once the request finished or the stream closed."""
-        return self.closed is not None or r.has("request.finished")
+        """Leak checks apply once the request is settled (see the spec's terms)."""
+        if self.closed is not None:
+            return True
+        if not (r.has("request.finished") or r.has("resources.freed")):
+            return False
+        entered, left = r.of("quarantine.entered"), r.of("quarantine.left")
+        return not entered or (bool(left) and left[-1].seq > entered[-1].seq)
 
 
 Detector = Callable[[_Stream, Params], Iterator[Finding]]
@@ -172,13 +179,10 @@ def broken_promise(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
         started = r.of("transfer.started")
         fulfilled = r.of("future.fulfilled")
-        if started:
-            ends = r.of("request.finished", "resources.freed")
-            settle = ends[0] if ends else s.closed
-            if settle is not None and not any(f.seq < settle.seq for f in fulfilled):
-                yield Finding("broken_promise", s.name, r.rid, started[0].seq,
-                              f"transfer started at seq {started[0].seq} never fulfilled its "
-                              f"promise before {settle.kind} at seq {settle.seq}")
+        if started and not fulfilled and s.settled(r):
+            yield Finding("broken_promise", s.name, r.rid, started[0].seq,
+                          f"transfer started at seq {started[0].seq}; the request settled "
+                          "and its promise was never fulfilled")
         sides: Counter[str] = Counter()
         for f in fulfilled:
             side = f.attrs["side"]
@@ -226,7 +230,7 @@ def _net_mentions(plus: list[Event], minus: list[Event]) -> Counter[int]:
 
 def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
-        if not (s.closed is not None or r.has("termination.done") or r.has("request.finished")):
+        if not (s.settled(r) or r.has("termination.done")):
             continue
         for what, plus, minus in (
             ("pinned", r.of("blocks.pinned"), r.of("blocks.unpinned")),

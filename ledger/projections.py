@@ -62,38 +62,34 @@ _NOOP = (None, ())
 class RequestState:
     """One open request on one stream (worker)."""
 
-    __slots__ = (
-        "stream", "request_id", "role", "owners", "first_ns",
-        "termination_requested", "termination_deferred", "termination_done", "termination_ns",
-        "resources_freed", "transfer", "ready_signal", "cancel_result", "quarantined", "finished",
-        "block_refs", "blocks_ns", "pins", "pins_ns", "slots", "handles", "promise_ns",
-        "fulfilled",
-    )
+    # No __slots__: the scalar defaults live on the class, so creating a request sets four
+    # attributes instead of twenty-odd (creation dominated the fold's cost).
+    role: str | None = None
+    termination_requested = False
+    termination_deferred = False
+    termination_done = False
+    termination_ns: int | None = None  # when the open termination obligation began
+    resources_freed = False
+    transfer: str | None = None  # started/advertised/in_flight/<completed outcome>
+    ready_signal: str | None = None
+    cancel_result: str | None = None
+    quarantined = False
+    finished: str | None = None  # request.finished outcome
+    # Containers are created on first use. None = empty.
+    block_refs: dict[int, int] | None = None  # block -> references held by this request
+    blocks_ns: int | None = None
+    pins: dict[int, int] | None = None  # block -> pins held by this request
+    pins_ns: int | None = None
+    slots: dict[tuple[str, int], int] | None = None  # (pool, slot) -> acquired at ts_ns
+    handles: dict[int, list] | None = None  # handle -> [last state, posted at ts_ns]
+    promise_ns: int | None = None  # transfer started, promise not yet fulfilled
+    fulfilled: dict[str, str] | None = None  # side -> outcome
 
     def __init__(self, stream: str, request_id: str, ts_ns: int) -> None:
         self.stream = stream
         self.request_id = request_id
-        self.role: str | None = None
         self.owners: list[str | None] = [None, None, None, None]
         self.first_ns = ts_ns
-        self.termination_requested = False
-        self.termination_deferred = False
-        self.termination_done = False
-        self.termination_ns: int | None = None  # when the open termination obligation began
-        self.resources_freed = False
-        self.transfer: str | None = None  # started/advertised/in_flight/<completed outcome>
-        self.ready_signal: str | None = None
-        self.cancel_result: str | None = None
-        self.quarantined = False
-        self.finished: str | None = None  # request.finished outcome
-        self.block_refs: dict[int, int] = {}  # block -> references held by this request
-        self.blocks_ns: int | None = None
-        self.pins: dict[int, int] = {}  # block -> pins held by this request
-        self.pins_ns: int | None = None
-        self.slots: dict[tuple[str, int], int] = {}  # (pool, slot) -> acquired at ts_ns
-        self.handles: dict[int, list] = {}  # handle -> [last state, posted at ts_ns]
-        self.promise_ns: int | None = None  # transfer started, promise not yet fulfilled
-        self.fulfilled: dict[str, str] = {}  # side -> outcome
 
     @property
     def needs_termination(self) -> bool:
@@ -102,8 +98,8 @@ class RequestState:
     def oldest_obligation_ns(self) -> int | None:
         cands = [t for t in (self.termination_ns if self.needs_termination else None,
                              self.blocks_ns, self.pins_ns, self.promise_ns) if t is not None]
-        cands.extend(self.slots.values())
-        cands.extend(h[1] for h in self.handles.values())
+        cands.extend((self.slots or {}).values())
+        cands.extend(h[1] for h in (self.handles or {}).values())
         return min(cands) if cands else None
 
     def holds_nothing(self) -> bool:
@@ -132,11 +128,11 @@ class RequestState:
             "cancel_result": self.cancel_result,
             "quarantined": self.quarantined,
             "finished": self.finished,
-            "promises_fulfilled": dict(sorted(self.fulfilled.items())),
-            "held_slots": sorted([p, s] for p, s in self.slots),
-            "held_blocks": sorted(self.block_refs),
-            "pinned_blocks": sorted(self.pins),
-            "held_handles": {str(h): v[0] for h, v in sorted(self.handles.items())},
+            "promises_fulfilled": dict(sorted((self.fulfilled or {}).items())),
+            "held_slots": sorted([p, s] for p, s in self.slots or ()),
+            "held_blocks": sorted(self.block_refs or ()),
+            "pinned_blocks": sorted(self.pins or ()),
+            "held_handles": {str(h): v[0] for h, v in sorted((self.handles or {}).items())},
             "oldest_obligation_ns": self.oldest_obligation_ns(),
             "first_ns": self.first_ns,
         }
@@ -165,7 +161,7 @@ class WorkerState:
     """One worker (stream): pools, in-flight transfers, health."""
 
     __slots__ = ("stream", "role", "config", "pools", "num_blocks", "cached", "in_flight",
-                 "quarantined", "healthy", "health_reason", "closed", "last_seq")
+                 "quarantined", "healthy", "health_reason", "closed", "last_seq", "requests")
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
@@ -180,6 +176,7 @@ class WorkerState:
         self.health_reason = ""
         self.closed = False
         self.last_seq = 0
+        self.requests: dict[str, RequestState] = {}  # open requests of this worker
 
     def pool(self, name: str) -> SlotPool:
         p = self.pools.get(name)
@@ -206,21 +203,10 @@ class WorkerState:
         }
 
 
-def _add(d: dict, keys: Iterable[int], n: int) -> None:
-    """Add n to d[k] for each k; drop keys that reach 0 or below (no negative references)."""
-    for k in keys:
-        v = d.get(k, 0) + n
-        if v > 0:
-            d[k] = v
-        else:
-            d.pop(k, None)
-
-
 class Projection:
     """The fold: ``apply`` one event at a time, or ``rebuild`` from a sequence of events."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str], RequestState] = {}
         self.workers: dict[str, WorkerState] = {}
         # kind -> bound handler, by naming convention: "xfer.polled" -> _h_xfer_polled.
         self._handlers = {k: getattr(self, "_h_" + k.replace(".", "_")) for k in EVENT_KINDS
@@ -254,10 +240,10 @@ class Projection:
             if h is not None:
                 h(ev, w, None)
             return
-        key = (stream, rid)
-        st = self.requests.get(key)
+        reqs = w.requests
+        st = reqs.get(rid)
         if st is None:
-            st = self.requests[key] = RequestState(stream, rid, ev.ts_ns)
+            st = reqs[rid] = RequestState(stream, rid, ev.ts_ns)
         h, ops = self._dispatch.get(ev.kind, _NOOP)
         if ops:
             owners = st.owners
@@ -266,10 +252,16 @@ class Projection:
         if h is not None:
             h(ev, w, st)
         if st.finished is not None and st.holds_nothing():
-            del self.requests[key]
+            del reqs[rid]
+
+    @property
+    def requests(self) -> dict[tuple[str, str], RequestState]:
+        """Every open request, keyed (stream, request_id) (a fresh dict; for inspection)."""
+        return {(s, r): st for s, w in self.workers.items() for r, st in w.requests.items()}
 
     def request(self, stream: str, request_id: str) -> RequestState | None:
-        return self.requests.get((stream, request_id))
+        w = self.workers.get(stream)
+        return None if w is None else w.requests.get(request_id)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain dicts, JSON-ready: {"workers": {stream: ...}, "requests": {stream: {rid: ...}}}."""
@@ -279,8 +271,8 @@ class Projection:
         refs: dict[str, set[int]] = {s: set() for s in self.workers}
         pins: dict[str, set[int]] = {s: set() for s in self.workers}
         for (stream, _), st in self.requests.items():
-            refs[stream].update(st.block_refs)
-            pins[stream].update(st.pins)
+            refs[stream].update(st.block_refs or ())
+            pins[stream].update(st.pins or ())
         workers = {s: w.snapshot(refs[s], pins[s]) for s, w in sorted(self.workers.items())}
         return {"workers": workers, "requests": reqs}
 
@@ -309,9 +301,14 @@ class Projection:
     # Worker-level block references and pins are not counted here: they are the union over the
     # worker's open requests (a request holding blocks is never dropped), computed by snapshot().
     def _blocks_ref(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.block_refs:
+        refs = st.block_refs
+        if refs is None:
+            refs = st.block_refs = {}
+        get = refs.get
+        for b in ev.attrs["blocks"]:
+            refs[b] = get(b, 0) + 1
+        if st.blocks_ns is None and refs:
             st.blocks_ns = ev.ts_ns
-        _add(st.block_refs, ev.attrs["blocks"], 1)
 
     _h_blocks_allocated = _blocks_ref
     _h_blocks_reused = _blocks_ref
@@ -319,34 +316,60 @@ class Projection:
     def _h_blocks_freed(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         # Only references this request holds are given back: a double free changes nothing.
         refs = st.block_refs
-        blocks = [b for b in ev.attrs["blocks"] if b in refs]
-        _add(refs, blocks, -1)
+        if not refs:
+            return
+        gone = []
+        for b in ev.attrs["blocks"]:
+            n = refs.get(b)
+            if n is None:
+                continue
+            if n > 1:
+                refs[b] = n - 1
+            else:
+                del refs[b]
+                gone.append(b)
         # Candidates for the prefix cache; snapshot() subtracts blocks still referenced.
-        w.cached.update(blocks)
+        w.cached.update(gone)
         if not refs:
             st.blocks_ns = None
 
     def _h_blocks_pinned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.pins:
+        pins = st.pins
+        if pins is None:
+            pins = st.pins = {}
+        get = pins.get
+        for b in ev.attrs["blocks"]:
+            pins[b] = get(b, 0) + 1
+        if st.pins_ns is None and pins:
             st.pins_ns = ev.ts_ns
-        _add(st.pins, ev.attrs["blocks"], 1)
 
     def _h_blocks_unpinned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         pins = st.pins
-        _add(pins, [b for b in ev.attrs["blocks"] if b in pins], -1)
+        if not pins:
+            return
+        for b in ev.attrs["blocks"]:
+            n = pins.get(b)
+            if n is None:
+                continue
+            if n > 1:
+                pins[b] = n - 1
+            else:
+                del pins[b]
         if not pins:
             st.pins_ns = None
 
     def _h_buffer_acquired(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         a = ev.attrs
         pool = w.pool(a["pool"])
+        if st.slots is None:
+            st.slots = {}
         st.slots[(a["pool"], a["slot"])] = ev.ts_ns
         pool.held[a["slot"]] = st.request_id
         pool.waiting.discard(st.request_id)
 
     def _slot_gone(self, ev: Event, w: WorkerState, st: RequestState) -> SlotPool | None:
         a = ev.attrs
-        if st.slots.pop((a["pool"], a["slot"]), None) is None:
+        if not st.slots or st.slots.pop((a["pool"], a["slot"]), None) is None:
             return None  # not held by this request (a double release): nothing changes
         pool = w.pool(a["pool"])
         if pool.held.get(a["slot"]) == st.request_id:
@@ -378,11 +401,13 @@ class Projection:
         st.ready_signal = ev.attrs["signal"]
 
     def _h_xfer_posted(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        if st.handles is None:
+            st.handles = {}
         st.handles[ev.attrs["handle"]] = ["posted", ev.ts_ns]
         st.transfer = "in_flight"
 
     def _h_xfer_polled(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        h = st.handles.get(ev.attrs["handle"])
+        h = st.handles.get(ev.attrs["handle"]) if st.handles else None
         state = ev.attrs["state"]
         if h is not None:
             h[0] = state
@@ -391,13 +416,16 @@ class Projection:
             st.owners[_S] = "transceiver"
 
     def _h_xfer_released(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        st.handles.pop(ev.attrs["handle"], None)
+        if st.handles:
+            st.handles.pop(ev.attrs["handle"], None)
 
     def _h_transfer_completed(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         st.transfer = ev.attrs["outcome"]
         w.in_flight.discard(st.request_id)
 
     def _h_future_fulfilled(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        if st.fulfilled is None:
+            st.fulfilled = {}
         st.fulfilled[ev.attrs["side"]] = ev.attrs["outcome"]
         st.promise_ns = None
 
@@ -405,7 +433,7 @@ class Projection:
         st.cancel_result = ev.attrs["result"]
 
     def _h_termination_requested(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if not st.needs_termination:
+        if not st.termination_requested or st.termination_done:  # no open obligation yet
             st.termination_ns = ev.ts_ns
         st.termination_requested = True
         st.termination_done = False

@@ -18,7 +18,7 @@ class WorkerConfig:
     name: str = ""  # stream / agent name; defaults to the role
     peer: str = ""  # the other worker's name
     # KV pool geometry: pool[num_blocks, layers, 2, kv_heads, block_tokens, head_dim].
-    num_blocks: int = 256
+    num_blocks: int = 1024
     layers: int = 2
     kv_heads: int = 2
     block_tokens: int = 16

@@ -1,5 +1,13 @@
 """Worker processes: spawn, rendezvous, command channel, shutdown, kill/stall.
 
+``spawn_worker`` starts one ctx or gen ``Worker`` in its own OS process, over a ``NixlTransport``
+(optionally wrapped in a ``FaultyTransport``), with its own ledger stream file
+``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
+hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
+runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
+state, shutdown) and carries results back (``result``, ``cancel_result`` pushes). Stall and kill
+are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a stalled worker answers nothing at all.
+
 ``spawn_peer`` starts a bare transport peer (a NIXL agent with one registered region that answers
 commands over a pipe): the counterpart for transport tests and the plain-NIXL baseline of the
 benchmark. Every child is started with the ``spawn`` method (no forked NIXL/UCX state) and gets
@@ -140,3 +148,286 @@ def spawn_peer(name: str, *, region_bytes: int = 1 << 20, env: dict[str, str] | 
     tag, got_name, pid, md, desc = parent.recv()
     assert tag == "ready" and got_name == name
     return PeerProcess(name, proc, parent, pid, md, desc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+# ------------------------------------------------------------------------------------------------
+class _TapDict(dict):
+    """``Worker.results`` that also remembers what was fulfilled since the last look (O(1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: list[tuple[str, str]] = []
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self.new.append((key, value))
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone: the fault (or the supervisor) got there first
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+IDLE_SPINS = 200  # loop iterations with nothing to do before the loop starts to sleep-poll
+IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spinning core)
+
+
+def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
+                 env: dict[str, str], faults: list[dict[str, Any]] | None) -> None:
+    os.environ.update(env)
+    from ..ledger.clock import MonotonicClock
+    from ..ledger.ledger import Ledger
+    from .config import WorkerConfig
+    from .faults import Fault, FaultyTransport
+    from .nixl_transport import NixlTransport
+    from .worker import Worker
+    from .workload import RequestSpec
+
+    cfg = WorkerConfig.from_dict(cfg_dict)
+    clock = MonotonicClock()
+    ledger = Ledger(ledger_url, cfg.stream, role=cfg.role, config=cfg.to_dict(), clock=clock)
+    nixl = NixlTransport(cfg.stream)
+    peer_pid: list[int] = []
+    resume_at: list[tuple[int, int]] = []  # (pid, monotonic ns) of peers we stopped
+
+    def kill_peer() -> None:
+        if peer_pid:
+            _signal(peer_pid[0], signal.SIGKILL)
+
+    def stall_peer(seconds: float) -> None:
+        if peer_pid:
+            _signal(peer_pid[0], signal.SIGSTOP)
+            resume_at.append((peer_pid[0], clock.now_ns() + int(seconds * 1e9)))
+
+    finished: list[tuple[str, str]] = []
+    ledger_emit = ledger.emit
+
+    def emit(kind: str, request_id: str | None = None, **attrs: Any) -> None:
+        # The one tap on the hot path: request ends go to the load driver as they happen.
+        if kind == "request.finished":
+            finished.append((request_id, attrs["outcome"]))
+        ledger_emit(kind, request_id, **attrs)
+
+    transport: Any = nixl
+    if faults:
+        transport = FaultyTransport(nixl, [Fault(**f) for f in faults], emit=emit,
+                                    clock=clock.now_ns, kill_peer=kill_peer,
+                                    stall_peer=stall_peer)
+    worker = Worker(cfg, transport, emit)
+    worker.results = _TapDict()
+    conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
+    idle = 0
+    while True:
+        now = clock.now_ns()
+        work = worker.step(now)
+        if worker.results.new or finished:
+            conn.send(("results", worker.results.new, finished))
+            worker.results.new = []
+            finished = []
+            work += 1
+        if resume_at and resume_at[0][1] <= now:
+            _signal(resume_at.pop(0)[0], signal.SIGCONT)
+        idle = 0 if work else idle + 1
+        if not conn.poll(0 if idle < IDLE_SPINS else IDLE_POLL_S):
+            continue
+        idle = 0
+        msg = conn.recv()
+        cmd = msg[0]
+        now = clock.now_ns()
+        if cmd == "submit":
+            for d in msg[1]:
+                try:
+                    worker.submit(RequestSpec(**d), now)
+                except ValueError as exc:
+                    conn.send(("rejected", d["request_id"], str(exc)))
+        elif cmd == "cancel":
+            conn.send(("cancel_result", msg[1], worker.cancel(msg[1], now, msg[2])))
+        elif cmd == "connect":
+            _, peer, md, pid = msg
+            worker.connect(peer, md)
+            peer_pid[:] = [pid]
+            conn.send(("connected", peer))
+        elif cmd == "peer_lost":
+            worker.peer_lost(msg[1], now)
+        elif cmd == "state":
+            conn.send(("state", worker.state(), worker.idle(), _rss_bytes()))
+        elif cmd == "shutdown":
+            final = _drain(worker, clock, msg[1])
+            if worker.results.new or finished:
+                conn.send(("results", worker.results.new, finished))
+            for pid, _ in resume_at:
+                _signal(pid, signal.SIGCONT)
+            ledger.close()
+            transport.close()
+            conn.send(("bye", final, worker.idle(), _rss_bytes(),
+                       dict(getattr(nixl, "stats", {}))))
+            return
+        else:
+            log.error("%s: unknown command %r", cfg.stream, cmd)
+
+
+def _drain(worker: Any, clock: Any, drain_s: float) -> dict[str, Any]:
+    """Step until idle; then cancel what is left (shutdown), then force; bounded throughout."""
+    for force in (None, False, True):
+        if force is not None:
+            worker.shutdown(clock.now_ns(), force=force)
+        deadline = clock.now_ns() + int(drain_s * 1e9)
+        while not worker.idle() and clock.now_ns() < deadline:
+            if not worker.step(clock.now_ns()):
+                time.sleep(0.0002)
+        if worker.idle():
+            break
+    return worker.state()
+
+
+@dataclass
+class WorkerProcess:
+    """Parent-side handle on a worker process; ``pump()`` collects what it pushed."""
+
+    stream: str
+    role: str
+    proc: Any
+    conn: Connection
+    pid: int
+    metadata: bytes
+    ledger_url: str
+    results: dict[str, str]
+    cancel_results: dict[str, str]
+    rejected: dict[str, str]
+    finished: dict[str, str]  # request id -> outcome of request.finished
+    final: tuple[dict[str, Any], bool, int] | None = None
+    stopped: bool = False
+    transport_stats: dict[str, int] | None = None
+
+    def send(self, *msg: Any) -> None:
+        self.conn.send(msg)
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def pump(self, timeout_s: float = 0.0) -> list[tuple[Any, ...]]:
+        """Read everything the child pushed; returns replies that are not results."""
+        replies = []
+        try:
+            while self.conn.poll(timeout_s):
+                timeout_s = 0.0
+                msg = self.conn.recv()
+                tag = msg[0]
+                if tag == "results":
+                    self.results.update(msg[1])
+                    self.finished.update(msg[2])
+                elif tag == "cancel_result":
+                    self.cancel_results[msg[1]] = msg[2]
+                elif tag == "rejected":
+                    self.rejected[msg[1]] = msg[2]
+                else:
+                    replies.append(msg)
+        except (EOFError, OSError):
+            pass  # the child is gone; liveness says so
+        return replies
+
+    def wait_reply(self, tag: str, timeout_s: float) -> tuple[Any, ...]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for r in self.pump(0.01):
+                if r[0] == tag:
+                    return r
+            if not self.alive() and not self.conn.poll(0):
+                break
+        raise PeerError(f"worker {self.stream} gave no {tag!r} within {timeout_s} s")
+
+    def state(self, timeout_s: float = 10.0) -> tuple[dict[str, Any], bool, int]:
+        """(worker.state(), idle, RSS bytes) of the child now."""
+        self.send("state")
+        _, st, idle, rss = self.wait_reply("state", timeout_s)
+        return st, idle, rss
+
+    def stall(self) -> None:
+        """SIGSTOP: the worker stops answering anything (resume with ``resume``)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self.stopped = False
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.join(10)
+
+    def shutdown(self, drain_s: float = 10.0) -> tuple[dict[str, Any], bool, int] | None:
+        """Drain, flush and close the ledger, exit; the final (state, idle, rss), None if dead."""
+        if self.stopped:
+            self.resume()
+        if self.proc.is_alive():
+            try:
+                self.send("shutdown", drain_s)
+                _, st, idle, rss, stats = self.wait_reply("bye", 3 * drain_s + 30)
+                self.final = (st, idle, rss)
+                self.transport_stats = stats
+            except (PeerError, OSError):
+                log.error("worker %s did not shut down cleanly; killing it", self.stream)
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.kill()
+        self.conn.close()
+        return self.final
+
+
+def spawn_worker(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+                 faults: list[Any] | None = None, start_timeout_s: float = 60.0) -> WorkerProcess:
+    """Start one worker process; its ledger is ``out_dir/<stream>.sqlite``."""
+    return _start_async(cfg, out_dir, env, faults)(start_timeout_s)
+
+
+def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) -> None:
+    """Rendezvous: each worker learns the other's agent metadata (and pid, for faults)."""
+    a.send("connect", b.stream, b.metadata, b.pid)
+    b.send("connect", a.stream, a.metadata, a.pid)
+    a.wait_reply("connected", timeout_s)
+    b.wait_reply("connected", timeout_s)
+
+
+def start_pair(ctx_cfg: Any, gen_cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+               faults: dict[str, list[Any]] | None = None) -> tuple[WorkerProcess, WorkerProcess]:
+    """Start ctx and gen (in parallel: agent creation dominates) and connect them."""
+    faults = faults or {}
+    # Start both children before waiting for either: their imports and agents overlap.
+    ctx = _start_async(ctx_cfg, out_dir, env, faults.get(ctx_cfg.stream))
+    gen = _start_async(gen_cfg, out_dir, env, faults.get(gen_cfg.stream))
+    wc, wg = ctx(), gen()
+    connect_pair(wc, wg)
+    return wc, wg
+
+
+def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
+                 faults: list[Any] | None) -> Any:
+    os.makedirs(out_dir, exist_ok=True)
+    url = f"sqlite:///{os.path.join(os.path.abspath(out_dir), cfg.stream + '.sqlite')}"
+    parent, child = _SPAWN.Pipe()
+    fault_dicts = [f.to_json() for f in faults] if faults else None
+    proc = _SPAWN.Process(target=_worker_main, name=f"kvledger-{cfg.stream}",
+                          args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts),
+                          daemon=True)
+    proc.start()
+    child.close()
+
+    def finish(start_timeout_s: float = 60.0) -> WorkerProcess:
+        if not parent.poll(start_timeout_s):
+            proc.kill()
+            raise PeerError(f"worker {cfg.stream} did not start within {start_timeout_s} s")
+        tag, stream, pid, md = parent.recv()
+        assert tag == "ready" and stream == cfg.stream
+        return WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {})
+
+    return finish

@@ -123,3 +123,14 @@ def test_bad_slot_and_bad_block_id_are_clear_errors() -> None:
         ops.pack(pool, [10], torch.empty(bn, dtype=torch.uint8))
     with pytest.raises(IndexError):
         ops.block_checksums(pool, [-11])
+
+
+def test_block_ids_may_be_a_tensor() -> None:
+    pool = _pool(torch.float32)
+    ids = torch.tensor([6, 1, 3])
+    bn = ops.block_nbytes(pool)
+    a, b = torch.empty(3 * bn, dtype=torch.uint8), torch.empty(3 * bn, dtype=torch.uint8)
+    ops.pack(pool, ids, a)
+    ops.pack(pool, [6, 1, 3], b)
+    assert _bytes(a) == _bytes(b)
+    assert ops.block_checksums(pool, ids) == ops.block_checksums(pool, [6, 1, 3])

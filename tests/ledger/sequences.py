@@ -421,3 +421,38 @@ def write_ledger(url: str, streams: Iterable[Stream],
         return [to_event(r) for r in store.rows()]
     finally:
         store.close()
+
+
+def mutate(script, rid: str, *, drop: set[str] = frozenset(), dup: set[str] = frozenset(),
+           role: str = "ctx", close: bool = True, config: dict | None = None) -> Stream:
+    """Run a hardened script with some step kinds dropped or emitted twice."""
+    s = Stream("w0", role, config=config)
+    pools = Pools(s.config)
+    step = next(script)
+    while True:
+        kind, attrs = step
+        filled = pools.fill(kind, dict(attrs))
+        n = 0 if kind in drop else 2 if kind in dup else 1
+        for _ in range(n):
+            s.emit(kind, rid, **filled)
+        try:
+            step = script.send(filled)
+        except StopIteration:
+            break
+    if close:
+        s.close()
+    return s
+
+
+def prefix(script, rid: str, upto: str, role: str = "ctx") -> Stream:
+    """Run a hardened script up to and including the first ``upto`` step."""
+    s = Stream("w0", role)
+    pools = Pools(s.config)
+    step = next(script)
+    while True:
+        kind, attrs = step
+        filled = pools.fill(kind, dict(attrs))
+        s.emit(kind, rid, **filled)
+        if kind == upto:
+            return s
+        step = script.send(filled)

@@ -31,8 +31,9 @@ WHERE request_id IS NOT NULL
 -- Cleanup obligations, open and discharged: a termination requested and not done, a buffer
 -- slot acquired and not released or poisoned, a transport handle posted and not released,
 -- blocks pinned and not unpinned, blocks referenced and not freed, a transfer started and not
--- completed. The n-th opening step of a key is discharged by its n-th closing step. Open
--- obligations have dur_ns = -1; filter with WHERE dur_ns = -1.
+-- completed. An opening step is discharged by the next step of the same key (stream, request,
+-- obligation, resource) when that step is a closing one; a second opening step before any
+-- closing one leaves the first open. Open obligations have dur_ns = -1 (WHERE dur_ns = -1).
 CREATE VIEW obligations (
   -- Worker stream that owes the obligation.
   stream,
@@ -62,16 +63,13 @@ CREATE VIEW obligations (
   request_finished
 ) AS
 WITH o AS (
-  SELECT *, row_number() OVER (
-    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
+  SELECT
+    *,
+    lead(opens) OVER w AS next_opens,
+    lead(kind) OVER w AS next_kind,
+    lead(ts_ns) OVER w AS next_ts
   FROM _obligation_steps
-  WHERE opens
-),
-c AS (
-  SELECT *, row_number() OVER (
-    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
-  FROM _obligation_steps
-  WHERE NOT opens
+  WINDOW w AS (PARTITION BY stream, request_id, obligation, resource ORDER BY seq)
 ),
 ends AS (
   SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
@@ -96,13 +94,13 @@ SELECT
   o.ts_ns,
   o.seq,
   o.kind,
-  c.kind,
+  CASE WHEN NOT o.next_opens THEN o.next_kind END,
   req.deferred_reason,
-  coalesce(c.ts_ns - o.ts_ns, -1),
-  coalesce(c.ts_ns, e.last_ts) - o.ts_ns,
+  CASE WHEN NOT o.next_opens THEN o.next_ts - o.ts_ns ELSE -1 END,
+  CASE WHEN NOT o.next_opens THEN o.next_ts ELSE e.last_ts END - o.ts_ns,
   e.closed,
   coalesce(req.finished, false)
 FROM o
-LEFT JOIN c USING (stream, request_id, obligation, resource, n)
 LEFT JOIN ends AS e USING (stream)
-LEFT JOIN req USING (stream, request_id);
+LEFT JOIN req USING (stream, request_id)
+WHERE o.opens;

@@ -1,0 +1,142 @@
+"""Forensics at scale: 10M realistic events, every canned query and view on 2 threads.
+
+    .venv/bin/python bench/bench_forensics.py [--events 10000000] [--dir /tmp/kvl-bench]
+
+Reports: generation time; per canned query and per catalog view the best of two runs against
+its target (summary <= 1 s, window <= 5 s); the export rate of a SQLite ledger (1M events by
+default) to Parquet; bytes per event on disk for both; and the peak RSS of the query process,
+which runs in a child process with DuckDB's memory_limit set (target < 2 GB).
+
+The Parquet input comes from ``synth.write_parquet_fast``: realistic kinds, attrs and timing,
+random placeholder hashes (not a verifiable chain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+SUMMARY_S_MAX = 1.0
+WINDOW_S_MAX = 5.0
+RSS_MB_MAX = 2048
+# Views whose full evaluation is a window/pairing query (the others are group-bys).
+WINDOW_VIEWS = {"cancels", "obligations", "ownership", "pool_timeline", "transfers_in_flight",
+                "forensics_progress", "forensics_stuck"}
+
+
+def _best(con, sql: str) -> float:  # noqa: ANN001 - duckdb connection
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        con.execute(sql).fetchall()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def query_child(folder: str, memory_limit: str, threads: int) -> None:
+    """Runs in its own process so that its peak RSS is the query process's alone."""
+    from kvledger.analytics import catalog, forensics, source
+
+    con = catalog.open_catalog(source.collect([folder]), memory_limit=memory_limit,
+                               threads=threads, strict=True)
+    results = []
+    for name, kind, sql in forensics.CANNED:
+        results.append(("query", name, kind, _best(con, sql)))
+    for view in catalog.public_views(con):
+        kind = "window" if view in WINDOW_VIEWS else "summary"
+        # max(COLUMNS(*)) makes DuckDB compute every column of every row of the view.
+        results.append(("view", view, kind, _best(con, f"SELECT max(COLUMNS(*)) FROM {view}")))
+    t0 = time.perf_counter()
+    forensics.summarize(con)
+    results.append(("summary", "forensics.summarize", "window", time.perf_counter() - t0))
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"results": results, "rss_mb": rss_mb}))
+
+
+def sqlite_export(folder: str, work: str, events: int) -> dict[str, float]:
+    """Build a SQLite ledger of ``events`` rows (store schema), then time SQLite -> Parquet."""
+    import pyarrow.parquet as pq
+    from kvledger.analytics.source import read_sqlite
+    from kvledger.ledger.store import EventStore
+
+    path = os.path.join(work, "ledger.sqlite")
+    if os.path.exists(path):
+        os.remove(path)
+    EventStore(path).close()
+    table = pq.ParquetDataset(os.path.join(folder, "stream=ctx0")).read().slice(0, events)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
+    cols = table.to_pydict()
+    rows = zip(cols["position"], ["ctx0"] * table.num_rows, cols["seq"], cols["ts_ns"],
+               cols["kind"], cols["request_id"], cols["attrs"], cols["seq"],
+               [1] * table.num_rows, cols["prev_hash"], cols["hash"], strict=True)
+    conn.executemany("INSERT INTO events (position, stream, seq, ts_ns, kind, request_id, attrs,"
+                     " grp, grp_n, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    out = os.path.join(work, "export.parquet")
+    t0 = time.perf_counter()
+    arrow = read_sqlite(path)
+    pq.write_table(arrow, out, compression="zstd", row_group_size=1_000_000)
+    dt = time.perf_counter() - t0
+    return {"events": arrow.num_rows, "seconds": dt, "events_per_s": arrow.num_rows / dt,
+            "sqlite_bytes_per_event": os.path.getsize(path) / arrow.num_rows,
+            "parquet_bytes_per_event": os.path.getsize(out) / arrow.num_rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--sqlite-events", type=int, default=1_000_000)
+    ap.add_argument("--dir", default="/tmp/kvledger-bench-forensics")
+    ap.add_argument("--memory-limit", default="1GB")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    args = ap.parse_args()
+    if args.child:
+        query_child(args.child, args.memory_limit, args.threads)
+        return 0
+    from kvledger.analytics.synth import write_parquet_fast
+
+    folder = os.path.join(args.dir, "parquet")
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
+    t0 = time.perf_counter()
+    info = write_parquet_fast(folder, events=args.events)
+    gen_s = time.perf_counter() - t0
+    print(f"generated {info['events']:,} events ({info['requests']:,} requests) in {gen_s:.1f} s;"
+          f" Parquet {info['bytes'] / info['events']:.1f} bytes/event")
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", folder, "--memory-limit", args.memory_limit,
+         "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+    data = json.loads(child.stdout.strip().splitlines()[-1])
+    failed = 0
+    print(f"{'what':<8} {'name':<22} {'kind':<8} {'seconds':>8} {'target':>7}")
+    for what, name, kind, secs in data["results"]:
+        target = SUMMARY_S_MAX if kind == "summary" else WINDOW_S_MAX
+        ok = secs <= target
+        failed += not ok
+        print(f"{what:<8} {name:<22} {kind:<8} {secs:8.3f} {target:7.1f} {'' if ok else 'SLOW'}")
+    rss_ok = data["rss_mb"] < RSS_MB_MAX
+    print(f"query process peak RSS: {data['rss_mb']:.0f} MB (memory_limit {args.memory_limit}, "
+          f"target < {RSS_MB_MAX} MB) {'' if rss_ok else 'OVER'}")
+    exp = sqlite_export(folder, args.dir, args.sqlite_events)
+    print(f"SQLite -> Parquet export: {exp['events']:,} events in {exp['seconds']:.2f} s = "
+          f"{exp['events_per_s']:,.0f} events/s; SQLite {exp['sqlite_bytes_per_event']:.0f} "
+          f"bytes/event, Parquet {exp['parquet_bytes_per_event']:.1f} bytes/event")
+    if not args.keep:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    return 1 if failed or not rss_ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
