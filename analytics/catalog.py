@@ -26,7 +26,9 @@ from the sources, not by a module.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +197,9 @@ def connect(memory_limit: str = MEMORY_LIMIT_DEFAULT, threads: int = THREADS_DEF
     """An in-memory DuckDB with its limits set explicitly (never left to the machine's size)."""
     config = {"memory_limit": memory_limit, "threads": threads,
               "autoinstall_known_extensions": False, "autoload_known_extensions": False}
-    if temp_directory:
-        config["temp_directory"] = temp_directory
+    # Spill under the system temp folder, never into the caller's working directory.
+    config["temp_directory"] = temp_directory or os.path.join(
+        tempfile.gettempdir(), f"kvledger-duckdb-{os.getpid()}")
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET enable_progress_bar = false")  # stderr is for our logs, not DuckDB's bar
     return con

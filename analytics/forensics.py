@@ -41,7 +41,7 @@ CANNED: tuple[tuple[str, str, str], ...] = (
      "ORDER BY n DESC"),
     ("open_obligations", "window",
      "SELECT stream, obligation, count(*) AS n, max(age_ns) AS oldest_age_ns "
-     "FROM obligations WHERE dur_ns = -1 GROUP BY ALL ORDER BY stream, obligation"),
+     "FROM obligations_open GROUP BY ALL ORDER BY stream, obligation"),
     ("progress", "window", "SELECT * FROM forensics_progress ORDER BY stream"),
     ("stuck", "window",
      "SELECT * FROM forensics_stuck ORDER BY category, age_ns DESC"),

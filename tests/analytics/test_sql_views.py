@@ -37,6 +37,12 @@ ctx0,r2,transfer,,10200,26,transfer.started,,,-1,9800,False,False
 ctx0,r2,slot,send:1,10300,27,buffer.acquired,,,-1,9700,False,False
 ctx0,r2,handle,handle:8,10400,28,xfer.posted,,,-1,9600,False,False
 """,
+    "SELECT * EXCLUDE (stream) FROM obligations_open ORDER BY seq": """
+r2,blocks,,10100,25,1,,9900,False,False
+r2,transfer,,10200,26,1,,9800,False,False
+r2,slot,send:1,10300,27,1,,9700,False,False
+r2,handle,handle:8,10400,28,1,,9600,False,False
+""",
     "SELECT * FROM ownership ORDER BY ts_ns, resource": """
 ctx0,block,block:0,r1,4000,blocks.allocated,blocks.freed,released,5700
 ctx0,block,block:1,r1,4000,blocks.allocated,blocks.freed,released,5700
@@ -116,3 +122,15 @@ def test_pools_never_overcommitted(clean_run):
     assert con.execute("SELECT count(*) FROM pool_timeline WHERE free < 0 OR held < 0"
                        ).fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM obligations WHERE dur_ns = -1").fetchone() == (0,)
+
+
+def test_obligations_open_agrees_with_obligations(faulty_run, wedged_run):
+    for run in (faulty_run, wedged_run):
+        con = catalog.open_catalog(source.collect([run]), strict=True)
+        window = con.execute(
+            "SELECT stream, request_id, obligation, resource, ts_ns, age_ns FROM obligations "
+            "WHERE dur_ns = -1 ORDER BY ALL").fetchall()
+        grouped = con.execute(
+            "SELECT stream, request_id, obligation, resource, ts_ns, age_ns "
+            "FROM obligations_open ORDER BY ALL").fetchall()
+        assert window == grouped and len(window) > 0

@@ -43,7 +43,7 @@ WITH p AS (
   GROUP BY stream
 ),
 o AS (
-  SELECT stream, count(*) AS n FROM obligations WHERE dur_ns = -1 GROUP BY stream
+  SELECT stream, count(*) AS n FROM obligations_open GROUP BY stream
 ),
 roles AS (
   SELECT stream, arg_max(json_extract_string(attrs, '$.role'), seq) AS role
@@ -104,8 +104,7 @@ WITH o AS (
     bool_or(request_finished) AS finished,
     bool_or(stream_closed) AS closed,
     min(resource) FILTER (WHERE obligation = 'slot') AS slot
-  FROM obligations
-  WHERE dur_ns = -1
+  FROM obligations_open
   GROUP BY stream, request_id
 )
 SELECT

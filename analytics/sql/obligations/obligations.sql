@@ -104,3 +104,72 @@ FROM o
 LEFT JOIN ends AS e USING (stream)
 LEFT JOIN req USING (stream, request_id)
 WHERE o.opens;
+
+-- Open cleanup obligations only, one row per (stream, request, obligation, resource) that has
+-- more opening than closing steps: the same answer as obligations WHERE dur_ns = -1 for
+-- alternating open/close sequences, computed with one group-by instead of a window (the
+-- forensic summary reads this on every run).
+CREATE VIEW obligations_open (
+  -- Worker stream that owes the obligation.
+  stream,
+  -- Request that owns the resource.
+  request_id,
+  -- termination / slot / handle / pin / blocks / transfer.
+  obligation,
+  -- The resource: 'send:3' for a slot, 'handle:1042' for a handle, '' otherwise.
+  resource,
+  -- When the (last) opening step happened.
+  ts_ns,
+  -- Sequence number of that opening step.
+  seq,
+  -- Opening steps minus closing steps (1 for a single open obligation).
+  open_count,
+  -- Reason of the request's last termination.deferred, if any.
+  deferred_reason,
+  -- Time from the opening step to the stream's last event, in ns.
+  age_ns,
+  -- True when the stream's last event is ledger.closed.
+  stream_closed,
+  -- True when the request has request.finished on this stream.
+  request_finished
+) AS
+WITH k AS (
+  SELECT
+    stream, request_id, obligation, resource,
+    max(ts_ns) FILTER (WHERE opens) AS ts_ns,
+    max(seq) FILTER (WHERE opens) AS seq,
+    count(*) FILTER (WHERE opens) - count(*) FILTER (WHERE NOT opens) AS open_count
+  FROM _obligation_steps
+  GROUP BY stream, request_id, obligation, resource
+  HAVING open_count > 0
+),
+ends AS (
+  SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
+  FROM events
+  GROUP BY stream
+),
+req AS (
+  SELECT
+    stream, request_id,
+    arg_max(json_extract_string(attrs, '$.reason'), seq)
+      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
+    bool_or(kind = 'request.finished') AS finished
+  FROM events
+  WHERE kind IN ('termination.deferred', 'request.finished')
+  GROUP BY stream, request_id
+)
+SELECT
+  k.stream,
+  k.request_id,
+  k.obligation,
+  k.resource,
+  k.ts_ns,
+  k.seq,
+  k.open_count,
+  req.deferred_reason,
+  e.last_ts - k.ts_ns,
+  e.closed,
+  coalesce(req.finished, false)
+FROM k
+LEFT JOIN ends AS e USING (stream)
+LEFT JOIN req USING (stream, request_id);
