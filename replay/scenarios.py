@@ -76,9 +76,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(
         "gen_poll_blocks",
         "r1's WRITE is in flight 80 ms; gen's status poll (at_least=1) waits on it instead of "
-        "skipping it, for longer than POLL_BLOCK_NS_MAX (blocked_poll). (No arrival during the "
-        "block: the core re-feeds held inputs with their old time and asserts.)",
-        (_arrive(0, "r1"),),
+        "skipping it, for longer than POLL_BLOCK_NS_MAX, and r2 arriving meanwhile is only "
+        "admitted once it returns (blocked_poll).",
+        (_arrive(0, "r1"), _arrive(10_000, "r2")),
         {"ctx": (_delay("r1", 80),)}),
     Scenario(
         "receiver_queued_cancel_drops_promise",
