@@ -227,3 +227,15 @@ def test_digest_is_the_same_across_processes_and_hash_seeds() -> None:
         assert proc.returncode == 1, proc.stderr[-500:]
         digests.add(json.loads(proc.stdout)["digest"])
     assert len(digests) == 1
+
+
+def test_parquet_export_replays_identically(traces, tmp_path: Path, capsys) -> None:
+    trace = traces["release_is_quiescence"]
+    assert main(["export", trace.source, "--parquet", str(tmp_path / "pq")]) == 0
+    capsys.readouterr()
+    exported = load_trace(tmp_path / "pq")
+    assert exported.sha == trace.sha
+    policy = policy_by_name("release_is_quiescence")
+    a = replay(trace, policy, ReplayOptions(seed=1)).verdict
+    b = replay(exported, policy, ReplayOptions(seed=1)).verdict
+    assert a.digest == b.digest and a.signature() == b.signature()
