@@ -31,6 +31,7 @@ from kvledger.runtime.policy import Policy
 from kvledger.runtime.procs import WorkerProcess, start_pair
 from kvledger.runtime.workload import RequestSpec
 
+from .messages import client_cancels
 from .replayer import ReplayOptions, config_for
 from .trace import Trace, load_trace
 
@@ -220,10 +221,14 @@ def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
 
 def _lateness(live: Trace, sent: list[tuple[str, str, str, int]]) -> list[int]:
     """Each injected input's recorded time in the worker's ledger minus its scheduled time."""
+    # A gen cancel makes ctx record a cancel of its own (Abandon): not an injected input.
+    roles = {s.stream: s.role for s in live.streams.values()}
+    derived, _ = client_cancels(live.events, live.t, roles)
     seen: dict[tuple[str, str, str], list[int]] = {}
     for e in live.events:
         if e.kind == "request.arrived" or (e.kind == "cancel.requested"
-                                           and e.get("source") == "client"):
+                                           and e.get("source") == "client"
+                                           and (e.stream, e.seq) not in derived):
             seen.setdefault((e.stream, e.kind, e.request_id), []).append(e.ts_ns)
     out: list[int] = []
     for stream, kind, rid, due in sent:
