@@ -214,9 +214,11 @@ class Replay:
         self.clock.jump_to(end)
         if self.crash is None:  # a crashed worker's stream is left as a crash leaves it
             self._close_streams()
+        sim_s = time.perf_counter() - t0  # the runtime driven through the trace
         events = [e for s in sorted(self.recorders) for e in self.recorders[s].events()]
-        wall = time.perf_counter() - t0
-        verdict = self._verdict(events, end, wall)
+        verdict = self._verdict(events, end, time.perf_counter() - t0)
+        verdict.stats["sim_s"] = round(sim_s, 6)
+        verdict.stats["verdict_s"] = round(time.perf_counter() - t0 - sim_s, 6)
         written: list[str] = []
         if self.opts.out_dir:
             written = self._write(events, verdict)
