@@ -119,6 +119,9 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
     t_start = time.monotonic()
     out_dir = str(Path(opts.out_dir) / "live") if opts.out_dir else tempfile.mkdtemp(
         prefix="kvledger-live-")
+    if any(Path(out_dir).glob("*.sqlite")):
+        # The workers would append to the old streams: never mix two runs in one ledger.
+        raise ValueError(f"{out_dir} already holds ledgers; choose another --out")
     cfgs = {s: config_for(trace, s, policy) for s in trace.streams}
     ctx_cfg = next(c for c in cfgs.values() if c.role == "ctx")
     gen_cfg = next(c for c in cfgs.values() if c.role == "gen")
