@@ -113,6 +113,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .replayer import ReplayOptions, replay
     from .verdict import render
 
+    if args.live and args.out and any((Path(args.out) / "live").glob("*.sqlite")):
+        raise CliError(f"{args.out}/live already holds ledgers; choose another --out")
     opts = ReplayOptions(seed=args.seed, data=not args.no_data, out_dir=args.out,
                          ticks_max=args.ticks_max)
     result = replay(trace, policy, opts)
