@@ -148,6 +148,8 @@ def _encode_only_rate(n: int) -> float:
 
 def bench_sqlite(n: int, tmp: Path) -> None:
     res = _append_rate(str(tmp / "rate.sqlite"), n)
+    res["no_pipeline_events_per_s"] = _append_rate(str(tmp / "rate1.sqlite"), n,
+                                                   pipeline=False)["events_per_s"]
     res["store_only_events_per_s"] = _store_only_rate(str(tmp / "base.sqlite"), n)
     res["encode_only_events_per_s"] = _encode_only_rate(n)
     res["synchronous"] = "FULL"
@@ -390,6 +392,9 @@ def print_table() -> None:
         target = ">= 300k/s" if name == "sqlite" else ">= 100k/s"
         line(f"{name} durable append (events/s)", f"{r['events_per_s']:,.0f}", target)
         line(f"{name} process CPU per event (us)", f"{r['cpu_us_per_event']:.2f}")
+        if "no_pipeline_events_per_s" in r:
+            line(f"{name} one writer thread, no pipeline (ev/s)",
+                 f"{r['no_pipeline_events_per_s']:,.0f}")
         line(f"{name} store-only baseline (events/s)", f"{r['store_only_events_per_s']:,.0f}")
         line(f"{name} ratio ledger/store-only",
              f"{r['events_per_s'] / r['store_only_events_per_s']:.2f}")

@@ -83,6 +83,7 @@ class Ledger:
         store: EventStore | None = None,
         backpressure_ms: float = BACKPRESSURE_MS_DEFAULT,
         verify_on_open: bool = True,
+        pipeline: bool = True,
     ) -> None:
         if not (group_ms > 0 and group_max > 0 and queue_max >= group_max):
             raise ValueError("need group_ms > 0, group_max > 0 and queue_max >= group_max")
@@ -118,12 +119,14 @@ class Ledger:
         self._handoff: queue.Queue = queue.Queue(maxsize=2)
         self._writer: threading.Thread | None = None
         self._committer: threading.Thread | None = None
+        self.pipeline = pipeline
         if not sync:
             self._writer = threading.Thread(target=self._run, name=f"ledger-writer-{stream}",
                                             daemon=True)
-            self._committer = threading.Thread(target=self._commit_loop,
-                                               name=f"ledger-commit-{stream}", daemon=True)
-            self._committer.start()
+            if pipeline:
+                self._committer = threading.Thread(target=self._commit_loop,
+                                                   name=f"ledger-commit-{stream}", daemon=True)
+                self._committer.start()
             self._writer.start()
         self.emit("ledger.opened", None, schema_version=SCHEMA_VERSION, role=role,
                   wall_ns=time.time_ns(), config=config)
@@ -249,7 +252,7 @@ class Ledger:
             while self._error is None:
                 self._wake.wait(period)
                 self._wake.clear()
-                self._encode_queued(self._handoff.put)
+                self._encode_queued(self._handoff.put if self.pipeline else self._commit_inline)
                 if self._closed and not self._queue:
                     break
         except SchemaError:
@@ -258,6 +261,14 @@ class Ledger:
             self._fail(exc)
         finally:
             self._handoff.put(None)
+
+    def _commit_inline(self, item: tuple) -> None:
+        """pipeline=False: the writer thread commits each group itself."""
+        try:
+            self._commit(*item)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
 
     def _commit_loop(self) -> None:
         """Committer thread: commit each group, then acknowledge the flushes behind it."""
