@@ -33,7 +33,7 @@ class GenCore(CoreBase):
         nblocks = -(-inp.spec.prompt_tokens // self.cfg.block_tokens)
         alloc = None
         if nblocks <= self.cfg.max_request_blocks and not self.peer_lost:
-            alloc = self.blocks.allocate(req.rid, list(range(inp.spec.prompt_tokens)))
+            alloc = self.blocks.allocate(req.rid, inp.spec.prompt_tokens)
         if alloc is None:
             self.emit("request.finished", req.rid, outcome="failed")
             del self.reqs[req.rid]
