@@ -183,6 +183,19 @@ class GenCore(CoreBase):
         self._step(req, "cancel")
         self._end(req, outcome, close_now=True)
 
+    def _fail_request(self, req: Req) -> None:
+        if req.state == "queued":
+            self._abort_unposted(req, "failed")
+        elif req.state == "unpacking":  # ctx's DONE is in: the slot is quiescent
+            self._step(req, "fail")
+            self._release_slot(req)
+            self._end(req, "failed")
+        else:  # advertised: ctx may still write into the slot
+            self._do(io.SendControl(Abandon(req.rid)))
+            self._step(req, "release")
+            self._poison_slot(req, "worker error while advertised")
+            self._end(req, "failed", close_now=True)
+
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:
         if not self.peer_lost:
