@@ -31,6 +31,7 @@ from ..cuda import ops
 from .config import WorkerConfig
 from .core import io
 from .core.base import CoreBase
+from .core.lifecycle import LifecycleError
 from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
@@ -172,7 +173,18 @@ class Worker:
         while queue:
             done += 1
             assert done < EFFECTS_PER_STEP_MAX, "effect cascade does not end"
-            more = self._execute(queue.pop(0), now_ns)
+            eff = queue.pop(0)
+            try:
+                more = self._execute(eff, now_ns)
+            except (AssertionError, LifecycleError):
+                raise  # our bug: crash loudly
+            except Exception as exc:  # noqa: BLE001 - a driver failure becomes a request failure
+                rid = getattr(eff, "request_id", None)
+                if rid is None:
+                    raise
+                log.exception("%s: %s failed", self.config.stream, type(eff).__name__)
+                more = self.core.feed(io.WorkerError(rid, f"{type(exc).__name__}: {exc}",
+                                                     now_ns))
             queue[:0] = more  # results first: the core's order is kept
 
     def _slot(self, slot: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .io import (  # noqa: F401
     Tick,
     Unpack,
     Unpacked,
+    WorkerError,
     XferState,
 )
 from .lifecycle import LifecycleError  # noqa: F401

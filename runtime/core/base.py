@@ -384,6 +384,19 @@ class CoreBase:
     def _abort_unposted(self, req: Req, outcome: str) -> None:
         raise NotImplementedError
 
+    def _on_workererror(self, inp: io.WorkerError) -> None:
+        """A driver failure is a state: the request fails; memory a transfer may still touch is
+        poisoned, never reused; its future is fulfilled with an error."""
+        req = self.reqs.get(inp.request_id)
+        if req is None or req.state == TERMINAL:
+            return
+        log.error("%s: %s failed in the driver: %s", self.side, req.rid, inp.error)
+        req.cancel_source = req.cancel_source or "peer_lost"  # outcome: failed
+        self._fail_request(req)
+
+    def _fail_request(self, req: Req) -> None:
+        raise NotImplementedError
+
     # -- state for drivers and tests ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {

@@ -84,6 +84,15 @@ class Unpacked:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerError:
+    """The driver failed while carrying out an effect of this request (a failure is a state)."""
+
+    request_id: str
+    error: str
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     now_ns: int
 
@@ -166,5 +175,5 @@ class Fulfil:
 
 
 Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed | Released
-         | Unpacked | Tick | PeerLost | Shutdown)
+         | Unpacked | WorkerError | Tick | PeerLost | Shutdown)
 Effect = Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil

@@ -33,7 +33,7 @@ class GenCore(CoreBase):
         nblocks = -(-inp.spec.prompt_tokens // self.cfg.block_tokens)
         alloc = None
         if nblocks <= self.cfg.max_request_blocks and not self.peer_lost:
-            alloc = self.blocks.allocate(req.rid, list(range(inp.spec.prompt_tokens)))
+            alloc = self.blocks.allocate(req.rid, inp.spec.prompt_tokens)
         if alloc is None:
             self.emit("request.finished", req.rid, outcome="failed")
             del self.reqs[req.rid]
@@ -182,6 +182,19 @@ class GenCore(CoreBase):
         self._do(io.SendControl(Abandon(req.rid)))
         self._step(req, "cancel")
         self._end(req, outcome, close_now=True)
+
+    def _fail_request(self, req: Req) -> None:
+        if req.state == "queued":
+            self._abort_unposted(req, "failed")
+        elif req.state == "unpacking":  # ctx's DONE is in: the slot is quiescent
+            self._step(req, "fail")
+            self._release_slot(req)
+            self._end(req, "failed")
+        else:  # advertised: ctx may still write into the slot
+            self._do(io.SendControl(Abandon(req.rid)))
+            self._step(req, "release")
+            self._poison_slot(req, "worker error while advertised")
+            self._end(req, "failed", close_now=True)
 
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:

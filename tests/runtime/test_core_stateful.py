@@ -200,6 +200,14 @@ class CorePair(RuleBasedStateMachine):
         assert result in ("not_found", "already_complete", "cancelled_before_advertise",
                           "cancel_requested_in_flight", "backend_unhealthy", "not_cancellable")
 
+    @rule(side=st.sampled_from(["ctx", "gen"]), rid=st.sampled_from(RIDS))
+    def driver_failure(self, side, rid):
+        # An effect of this request raised in the driver (pack/unpack/fill...).
+        if rid in self.cores[side].reqs:
+            self.packs = deque(e for e in self.packs if e.request_id != rid or side != "ctx")
+            self.unpacks = deque(e for e in self.unpacks if e.request_id != rid or side != "gen")
+            self._feed(side, io.WorkerError(rid, "injected", self.now))
+
     @rule(dt_ms=st.integers(0, 8))
     def tick(self, dt_ms):
         self.now += dt_ms * 1_000_000

@@ -115,3 +115,40 @@ def test_drain_waits_until_idle(make_pair):
     pair.ctx.transport.unhold(handle)
     assert pair.ctx.drain(pair.now, pair.now() + 1_000, wait)
     assert pair.ctx.results["r1"] == "value"
+
+
+def _raise_once(monkeypatch, name):
+    from kvledger.runtime import worker as worker_mod
+
+    real = getattr(worker_mod.ops, name)
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(f"injected {name} failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_mod.ops, name, flaky)
+
+
+def test_worker_exception_in_unpack_fails_only_that_request(make_pair, monkeypatch):
+    pair = make_pair(recv_slots=1)
+    _raise_once(monkeypatch, "unpack")
+    pair.submit(spec("r1"))
+    pair.submit(spec("r2"))
+    settle(pair)
+    assert pair.gen.results == {"r1": "error", "r2": "value"}
+    assert pair.gen.core.pool.occupancy()["free"] == 1  # DONE was in: the slot was quiescent
+
+
+def test_worker_exception_in_pack_fails_and_frees_the_peer(make_pair, monkeypatch):
+    pair = make_pair(recv_slots=1, send_slots=1)
+    _raise_once(monkeypatch, "pack")
+    pair.submit(spec("r1"))
+    pair.submit(spec("r2"))
+    settle(pair)
+    assert pair.ctx.results == {"r1": "error", "r2": "value"}
+    assert pair.gen.results == {"r1": "cancelled", "r2": "value"}  # told not_ready
+    for w in (pair.ctx, pair.gen):
+        assert w.core.pool.occupancy()["free"] == 1
