@@ -96,6 +96,7 @@ def bench_emit(n: int, tmp: Path) -> None:
 def _append_rate(url: str, n: int, **kw: Any) -> dict[str, Any]:
     items = [_workload(i) for i in range(n)]
     led = Ledger(url, "ctx0", **kw)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     emit = led.emit
     for kind, rid, attrs in items:
@@ -103,8 +104,12 @@ def _append_rate(url: str, n: int, **kw: Any) -> dict[str, Any]:
     t_emit = time.perf_counter() - t0
     led.flush()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    # CPU seconds of this process (all threads): on a shared machine wall time also counts
+    # waiting for a core; CPU time says what the ledger costs.
     out = {"events": n, "seconds": dt, "events_per_s": n / dt, "groups": led.groups,
-           "emit_phase_s": t_emit, "backpressure_waits": led.backpressure_waits}
+           "emit_phase_s": t_emit, "backpressure_waits": led.backpressure_waits,
+           "cpu_us_per_event": cpu / n * 1e6}
     led.close()
     return out
 
@@ -143,6 +148,8 @@ def _encode_only_rate(n: int) -> float:
 
 def bench_sqlite(n: int, tmp: Path) -> None:
     res = _append_rate(str(tmp / "rate.sqlite"), n)
+    res["no_pipeline_events_per_s"] = _append_rate(str(tmp / "rate1.sqlite"), n,
+                                                   pipeline=False)["events_per_s"]
     res["store_only_events_per_s"] = _store_only_rate(str(tmp / "base.sqlite"), n)
     res["encode_only_events_per_s"] = _encode_only_rate(n)
     res["synchronous"] = "FULL"
@@ -362,6 +369,9 @@ def bench_rss(n: int, tmp: Path) -> None:
 
 # -- report ------------------------------------------------------------------------------------
 def print_table() -> None:
+    load = os.getloadavg()[0]
+    print(f"# {os.cpu_count()} cores, load average {load:.1f} at the end (a busy machine "
+          "inflates wall-clock numbers; ratios are against baselines in the same run)")
     def line(name: str, value: str, target: str = "") -> None:
         print(f"{name:<44} {value:>22}   {target}")
 
@@ -381,6 +391,10 @@ def print_table() -> None:
             continue
         target = ">= 300k/s" if name == "sqlite" else ">= 100k/s"
         line(f"{name} durable append (events/s)", f"{r['events_per_s']:,.0f}", target)
+        line(f"{name} process CPU per event (us)", f"{r['cpu_us_per_event']:.2f}")
+        if "no_pipeline_events_per_s" in r:
+            line(f"{name} one writer thread, no pipeline (ev/s)",
+                 f"{r['no_pipeline_events_per_s']:,.0f}")
         line(f"{name} store-only baseline (events/s)", f"{r['store_only_events_per_s']:,.0f}")
         line(f"{name} ratio ledger/store-only",
              f"{r['events_per_s'] / r['store_only_events_per_s']:.2f}")

@@ -22,9 +22,12 @@ back to torch where ``available()`` is False or a tensor's layout does not fit (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+import math
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -54,18 +57,19 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
-def _word_aligned(t: torch.Tensor) -> bool:
-    """Contiguous, 4-byte aligned, a whole number of 32-bit words: movable as int32 words."""
-    return t.is_contiguous() and t.data_ptr() % 4 == 0 and (t.numel() * t.element_size()) % 4 == 0
+def _block_bytes(pool: torch.Tensor) -> int:
+    # Pure Python on the shape: indexing the tensor (pool[0]) would cost a torch op per call.
+    return math.prod(pool.shape[1:]) * pool.element_size()
 
 
 def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
     """True when the kernels can run on these tensors (else ops uses the torch path).
 
     Cheap on purpose (attribute reads only): it runs on every call, and at 64 MiB a pack's whole
-    GPU time is ~40 us, so host overhead per call decides small-request throughput.
+    GPU time is ~35 us, so host overhead per call decides small-request throughput.
     """
-    if not pool.is_cuda or not available() or pool.dim() < 1 or not _word_aligned(pool[:1]):
+    if not pool.is_cuda or not available() or pool.dim() < 1 or not pool.is_contiguous() \
+            or pool.data_ptr() % 4 or _block_bytes(pool) % 4:
         return False
     if slot is not None:
         # The slot is a flat uint8 tensor; its front must be addressable as 32-bit words.
@@ -74,29 +78,116 @@ def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
     return True
 
 
-def _ids_tensor(block_ids: Sequence[int], num_blocks: int, device: torch.device) -> torch.Tensor:
+class _IdRing:
+    """Hands block-id lists to the kernels without a stream sync or an allocation per call.
+
+    A copy from pageable memory would synchronize the stream (CUDA stages it), and a fresh pinned
+    tensor plus an upload cost ~45 us of host time per call, more than the whole GPU time of a
+    64 MiB pack (~35 us on an H200). Instead: ``SLOTS`` fixed rows of pinned host memory. Small
+    launches read their row in place (zero-copy over UVA: each program loads one 8-byte id),
+    which saves the upload's host time where host time decides; large launches (more than
+    ``ZERO_COPY_PROGRAMS`` programs) get the row copied to a device row first (asynchronous
+    ``copy_`` from pinned memory), because thousands of programs each waiting on a host read
+    cost 20-25% of bandwidth at 256 MiB and more (H100, measured). Each call takes the next row
+    after waiting on the event recorded behind that row's last use, long done unless the stream
+    is ``SLOTS`` calls behind. If zero-copy is refused (probed once per device), every launch
+    uploads.
+    Rows are handed out under a lock; two threads would have to interleave ``SLOTS`` calls
+    between one call's hand-out and its ``done`` to share a row.
+    """
+
+    SLOTS = 64
+    WIDTH = 4096  # ids per launch; longer lists are launched in chunks
+    ZERO_COPY_PROGRAMS = 2048  # about two waves of 16-warp programs on an H100
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, pin_memory=True)
+        self.host_np = self.host.numpy()
+        self.host_rows = list(self.host.unbind(0))
+        self.events = [torch.cuda.Event() for _ in range(self.SLOTS)]
+        self.used = [False] * self.SLOTS
+        self.next = 0
+        self.lock = threading.Lock()
+        dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+        self.dev_rows = list(dev.unbind(0))
+        self.zero_copy = self._zero_copy_works()
+        if not self.zero_copy:
+            log.info("kvledger.cuda: kernels cannot read pinned memory in place on %s; "
+                     "uploading block ids instead", device)
+
+    def _zero_copy_works(self) -> bool:
+        probe = torch.arange(8, dtype=torch.int32, device=self.device).view(8, 1)
+        out = torch.full((3,), -1, dtype=torch.int32, device=self.device)
+        self.host_np[0, :3] = [6, 1, 4]
+        try:
+            _copy_blocks_kernel[(1, 3)](probe, out, self.host_rows[0], 1, 0, SCATTER=False,
+                                        BLOCK=16, num_warps=1)
+            return out.tolist() == [6, 1, 4]
+        except Exception as exc:  # Triton refuses host pointers it cannot map
+            log.debug("zero-copy probe failed: %s", exc)
+            return False
+
+    def take(self, ids: list[int], programs: int) -> tuple[torch.Tensor, int]:
+        """(ids readable by a kernel on the current stream, row); ``done(row)`` after launch."""
+        n = len(ids)
+        with self.lock:
+            row = self.next
+            self.next = (row + 1) % self.SLOTS
+            if self.used[row]:
+                self.events[row].synchronize()  # the row's last kernel has finished
+                self.used[row] = False
+        self.host_np[row, :n] = ids
+        if self.zero_copy and programs <= self.ZERO_COPY_PROGRAMS:
+            return self.host_rows[row], row
+        out = self.dev_rows[row][:n]
+        out.copy_(self.host_rows[row][:n], non_blocking=True)
+        return out, row
+
+    def done(self, row: int) -> None:
+        self.events[row].record()  # current stream of the current (= pool's) device
+        self.used[row] = True
+
+
+_RINGS: dict[torch.device, _IdRing] = {}
+
+
+def _id_chunks(block_ids: Sequence[int], num_blocks: int, device: torch.device,
+               programs_per_block: int) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """(first, ids readable on ``device``, count) per launch; a launch after each yield."""
     if isinstance(block_ids, torch.Tensor):
         if block_ids.device == device and block_ids.dtype == torch.int64:
-            # Already on the device (the caller keeps ids there to skip the upload per call);
-            # a range check would need a sync, so it is the caller's duty here.
-            return block_ids.reshape(-1)
+            # Already on the device (the caller keeps ids there); a range check would need a
+            # sync, so it is the caller's duty here.
+            flat = block_ids.reshape(-1)
+            for first in range(0, flat.numel(), _IdRing.WIDTH):
+                chunk = flat[first:first + _IdRing.WIDTH]
+                yield first, chunk, chunk.numel()
+            return
         block_ids = block_ids.tolist()
-    ids = list(block_ids)
+    ids = block_ids if isinstance(block_ids, list) else list(block_ids)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
     if ids and (min(ids) < 0 or max(ids) >= num_blocks):
         raise IndexError(f"block id out of range [0, {num_blocks})")
     if device.type != "cuda":  # the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors
-        return torch.tensor(ids, dtype=torch.int64)
-    # Pinned, then an async upload: a copy from pageable memory would synchronize the stream
-    # (CUDA stages it), stalling the GPU on every call. torch's pinned caching allocator records
-    # the copy's event, so the staging block is not reused before the upload has finished.
-    return torch.tensor(ids, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+        for first in range(0, len(ids), _IdRing.WIDTH):
+            chunk = ids[first:first + _IdRing.WIDTH]
+            yield first, torch.tensor(chunk, dtype=torch.int64), len(chunk)
+        return
+    ring = _RINGS.get(device)
+    if ring is None:
+        ring = _RINGS.setdefault(device, _IdRing(device))
+    for first in range(0, len(ids), _IdRing.WIDTH):
+        chunk = ids[first:first + _IdRing.WIDTH] if len(ids) > _IdRing.WIDTH else ids
+        t, row = ring.take(chunk, len(chunk) * programs_per_block)
+        yield first, t, len(chunk)
+        ring.done(row)
 
 
 if triton is not None:
 
     @triton.jit
-    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block,
+    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block, first,
                             SCATTER: tl.constexpr, BLOCK: tl.constexpr):
         # Any element type in, 32-bit words moved: a pointer cast, not a value conversion (the
         # caller checked that both bases are 4-byte aligned and blocks are whole words).
@@ -107,7 +198,7 @@ if triton is not None:
         blk = tl.load(ids_ptr + b)  # int64: pool offsets exceed 2**31 words on large pools
         offs = c.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < words_per_block
-        packed = b.to(tl.int64) * words_per_block + offs
+        packed = (b.to(tl.int64) + first) * words_per_block + offs
         pooled = blk * words_per_block + offs
         if SCATTER:
             v = tl.load(src_ptr + packed, mask=mask, eviction_policy="evict_first")
@@ -117,8 +208,8 @@ if triton is not None:
             tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
 
     @triton.jit
-    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, MOD: tl.constexpr,
-                         CHUNK: tl.constexpr, TILE: tl.constexpr):
+    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
+                         MOD: tl.constexpr, CHUNK: tl.constexpr, TILE: tl.constexpr):
         # Partial sum over one CHUNK of one block, reduced mod MOD; the host adds the partials.
         pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
@@ -137,27 +228,30 @@ if triton is not None:
             r = tl.where(r >= MOD, r - MOD, r)
             prod = tl.where(mask, r * (i + 1), 0)  # < 2**52 per word, < 2**62 per tile
             acc = (acc + tl.sum(prod, axis=0) % MOD) % MOD
-        tl.store(part_ptr + b * chunks + c + tl.arange(0, 1), acc)
+        tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
 
 
-def _copy(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, wpb: int,
+def _current(t: torch.Tensor):
+    """Make ``t``'s device current: Triton launches on the current device's current stream,
+    whatever device the tensors are on (a no-op in the usual one-device-per-process case)."""
+    if t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
+def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int],
           scatter: bool) -> None:
-    n = ids.numel()
-    if n == 0:
-        return
-    grid = ((wpb + _COPY_WORDS - 1) // _COPY_WORDS, n)
-    _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                              num_warps=_COPY_WARPS)
-
-
-def _words_per_block(pool: torch.Tensor) -> int:
-    return pool[0].numel() * pool.element_size() // 4
+    wpb = _block_bytes(pool) // 4
+    programs = (wpb + _COPY_WORDS - 1) // _COPY_WORDS
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, programs):
+        _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
+                                           BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:
     """Gather ``pool[block_ids]`` into ``slot[:nbytes]`` on the current stream."""
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(pool, slot, ids, _words_per_block(pool), scatter=False)
+    with _current(pool):
+        _copy(pool, slot, pool, block_ids, scatter=False)
 
 
 def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nbytes: int) -> None:
@@ -166,23 +260,27 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
     A block id listed twice gets one of its source blocks (unspecified which), as with
     ``index_copy_``; the runtime never lists a destination block twice.
     """
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(slot, pool, ids, _words_per_block(pool), scatter=True)
+    with _current(pool):
+        _copy(slot, pool, pool, block_ids, scatter=True)
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:
-    return supports(pool) and pool[0].numel() * pool.element_size() // 4 <= _MAX_CHECKSUM_WORDS
+    return supports(pool) and _block_bytes(pool) // 4 <= _MAX_CHECKSUM_WORDS
 
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
     """The reference checksum of each listed block (synchronizes: returns host integers)."""
-    wpb = _words_per_block(pool)
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    n = ids.numel()
+    with _current(pool):
+        return _checksums(pool, block_ids, mod)
+
+
+def _checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
+    wpb = _block_bytes(pool) // 4
     chunk = 16 * _SUM_TILE
     chunks = (wpb + chunk - 1) // chunk
-    part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
-    _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
-                                  TILE=_SUM_TILE, num_warps=4)
+    part = torch.empty((len(block_ids), chunks), dtype=torch.int64, device=pool.device)
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
+        _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, MOD=mod, CHUNK=chunk,
+                                      TILE=_SUM_TILE, num_warps=4)
     # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
     return [int(x) for x in (part.sum(dim=1) % mod).tolist()]

@@ -20,6 +20,7 @@ the pool's device (saves a host-to-device copy per call; the GPU path then trust
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,15 +41,22 @@ def _check_slot(slot: torch.Tensor, n: int) -> None:
         raise SlotTooSmallError(f"slot too small: {slot.numel()} bytes < {n} needed")
 
 
+_KERNELS = None
+
+
 def _kernels():
     """The GPU kernel module, imported lazily (Triton import costs ~1 s; CPU runs never pay it)."""
-    from kvledger.cuda import kernels
+    global _KERNELS
+    if _KERNELS is None:
+        from kvledger.cuda import kernels
 
-    return kernels
+        _KERNELS = kernels
+    return _KERNELS
 
 
 def block_nbytes(pool: torch.Tensor) -> int:
-    return pool[0].numel() * pool.element_size()
+    # From the shape, not pool[0]: no torch op on the per-call path.
+    return math.prod(pool.shape[1:]) * pool.element_size()
 
 
 def _ids(block_ids: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -106,7 +106,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CliError("Perfetto export needs kvledger.analytics.perfetto, which this "
                            f"installation does not have ({exc.name})") from None
         with _open(args.ledger) as src:
-            mod.export_perfetto(src, args.perfetto)
+            # The Arrow table is the contract both sides share (sources.ARROW_SCHEMA).
+            mod.export_perfetto(src.arrow_table(), args.perfetto)
         print(f"wrote {args.perfetto}", file=sys.stderr)
         return 0
     from tqdm import tqdm

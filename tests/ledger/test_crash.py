@@ -22,7 +22,7 @@ from kvledger.ledger import Ledger
 from kvledger.ledger.sources import open_source
 from kvledger.ledger.verify import verify_source
 
-ROUNDS = 60 if os.environ.get("KVLEDGER_LONG") else 12
+ROUNDS = 60 if os.environ.get("KVLEDGER_LONG") else 15
 FLUSH_EVERY = 500
 
 CHILD = r"""

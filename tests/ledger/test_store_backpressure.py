@@ -70,3 +70,16 @@ def test_close_after_a_writer_failure_raises_and_releases(tmp_path: Path) -> Non
         led.close()
     assert led._writer is not None and not led._writer.is_alive()
     assert led._committer is not None and not led._committer.is_alive()
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_both_writer_modes_commit_everything_in_order(tmp_path: Path, pipeline: bool) -> None:
+    url = str(tmp_path / "w.sqlite")
+    with Ledger(url, "ctx0", pipeline=pipeline, group_max=50) as led:
+        for i in range(1000):
+            led.emit("buffer.acquired", f"r{i}", pool="send", slot=i)
+            if i % 333 == 0:
+                led.flush()
+    with open_source(url) as src:
+        got = [e.request_id for e in src.events(kinds=["buffer.acquired"])]
+    assert got == [f"r{i}" for i in range(1000)]
