@@ -194,6 +194,11 @@ def test_faulty_delay_lands_bytes_late_even_after_release(pair):
         [type("E", (), {"kind": k, "attrs": a, "ts_ns": 0}) for k, a in events])
     assert replayed.faults[0].kind == "delay" and replayed.faults[0].at_ns == 1_000
     assert replayed.faults[0].request_id == "r9"
+    opened = type("E", (), {"kind": "ledger.opened", "attrs": {}, "ts_ns": 400})
+    moved = FaultScript.from_events([opened] + [type("E", (), {"kind": k, "attrs": a,
+                                                              "ts_ns": 0}) for k, a in events],
+                                    origin_ns=0)
+    assert moved.faults[0].at_ns == 600  # 1_000 - 400 after the stream's start
 
 
 def test_faulty_fail_and_drop(pair):
