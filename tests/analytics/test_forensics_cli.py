@@ -110,3 +110,17 @@ def test_report_writes_self_contained_html(wedged_run, tmp_path, capsys):
     assert "WEDGED" in page and page.count("Plotly.newPlot") == 5
     assert "<script src=" not in page and "<link" not in page  # nothing fetched
     assert "Swimlanes" in page and "Transfer latency" in page
+
+
+def test_canned_queries_run(faulty_run):
+    from kvledger.analytics import catalog, forensics, source
+
+    con = catalog.open_catalog(source.collect([faulty_run]), strict=True)
+    got = {name: con.execute(sql).fetchall() for name, _kind, sql in forensics.CANNED}
+    assert all(got[name] for name in ("events_by_kind", "requests_by_outcome",
+                                      "transfer_latency", "cancel_outcomes", "poisoned"))
+    latency = {(r[0], r[1]): r[2] for r in got["transfer_latency"]}
+    via_view = dict(((r[0], r[1]), r[2]) for r in con.execute(
+        "SELECT role, coalesce(outcome, 'open'), count(*) FROM transfers GROUP BY ALL"
+    ).fetchall())
+    assert latency == via_view
