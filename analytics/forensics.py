@@ -14,10 +14,14 @@ from typing import Any
 
 import duckdb
 
+from ..ledger.detectors import WEDGE_DEADLINE_NS
+
 log = logging.getLogger(__name__)
 
 STUCK_MS_DEFAULT = 5_000
-WEDGE_MS_DEFAULT = 10_000
+# The same deadline as the wedge detector (ledger/detectors.py), so the verdict and
+# detector_wedge agree.
+WEDGE_MS_DEFAULT = WEDGE_DEADLINE_NS // 1_000_000
 ROWS_MAX = 20
 
 # Canned queries: (name, kind, sql). kind is "summary" (group-by, target <= 1 s on 10M events)

@@ -88,7 +88,7 @@ def test_forensics_wedge_exit_1(wedged_run, capsys):
     assert main(["forensics", wedged_run, "--json"]) == 1
     s = json.loads(capsys.readouterr().out)
     assert s["verdict"] == "WEDGED"
-    assert all(w["wedged"] and w["idle_ns"] >= 19_000_000_000 for w in s["workers"])
+    assert all(w["wedged"] and w["idle_ns"] >= 39_000_000_000 for w in s["workers"])
     owners = {r["owner"] for r in s["stuck"]}
     assert "transport" in owners
     assert all(r["waiting_on"] and r["age_ns"] >= 5_000_000_000 for r in s["stuck"])
