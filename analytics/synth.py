@@ -52,7 +52,7 @@ class SynthSpec:
     poisoned: int = 0
     lost_cleanups: int = 0
     wedge: bool = False
-    wedge_idle_ms: int = 30_000
+    wedge_idle_ms: int = 40_000  # past the 30 s wedge deadline of ledger/detectors.py
     mean_gap_us: int = 3_000
     config: dict[str, int] = field(default_factory=lambda: dict(CONFIG_DEFAULT))
 
@@ -163,7 +163,8 @@ def _plan_request(i: int, rng: random.Random, fate: str, cfg: dict[str, int],
         p.ev(end + 1 * US, "ctx0", "buffer.released", pool="send", slot="$send")
         _finish(p, end + 2 * US, "ctx0", "ctx", "cancelled", "cancelled", slots=["$send"],
                 blocks="$ctxb", terminated=True)
-        p.ev(end + 200 * US, "gen0", "transfer.ready_signal", signal="cancelled")
+        # The sender never posted: "not_ready" is what lets the receiver free its slot.
+        p.ev(end + 200 * US, "gen0", "transfer.ready_signal", signal="not_ready")
         p.ev(end + 210 * US, "gen0", "buffer.released", pool="recv", slot="$recv")
         _finish(p, end + 211 * US, "gen0", "gen", "cancelled", "cancelled", slots=["$recv"],
                 blocks="$genb")

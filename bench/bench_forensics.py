@@ -26,9 +26,6 @@ import time
 SUMMARY_S_MAX = 1.0
 WINDOW_S_MAX = 5.0
 RSS_MB_MAX = 2048
-# Views whose full evaluation is a window/pairing query (the others are group-bys).
-WINDOW_VIEWS = {"cancels", "obligations", "ownership", "pool_timeline", "transfers_in_flight",
-                "forensics_progress", "forensics_stuck"}
 
 
 def _best(con, sql: str) -> tuple[float, float] | str:  # noqa: ANN001 - duckdb connection
@@ -57,7 +54,7 @@ def query_child(folder: str, memory_limit: str, threads: int) -> None:
     for name, kind, sql in forensics.CANNED:
         results.append(("query", name, kind, _best(con, sql)))
     for view in catalog.public_views(con):
-        kind = "window" if view in WINDOW_VIEWS else "summary"
+        kind = "view"  # a full materialisation, every column of every row
         # max(COLUMNS(*)) makes DuckDB compute every column of every row of the view.
         results.append(("view", view, kind, _best(con, f"SELECT max(COLUMNS(*)) FROM {view}")))
     w, c = time.perf_counter(), time.process_time()
@@ -91,13 +88,28 @@ def sqlite_export(folder: str, work: str, events: int) -> dict[str, float]:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     out = os.path.join(work, "export.parquet")
-    t0 = time.perf_counter()
-    arrow = read_sqlite(path)
-    pq.write_table(arrow, out, compression="zstd", row_group_size=1_000_000)
-    dt = time.perf_counter() - t0
-    return {"events": arrow.num_rows, "seconds": dt, "events_per_s": arrow.num_rows / dt,
+    result = {}
+    for label, reader in (("ledger.sources", read_sqlite), ("sqlite3", _read_sqlite_local)):
+        t0 = time.perf_counter()
+        arrow = reader(path)
+        pq.write_table(arrow, out, compression="zstd", row_group_size=1_000_000)
+        dt = time.perf_counter() - t0
+        result[label] = arrow.num_rows / dt
+    return {"events": arrow.num_rows, "events_per_s": result,
             "sqlite_bytes_per_event": os.path.getsize(path) / arrow.num_rows,
             "parquet_bytes_per_event": os.path.getsize(out) / arrow.num_rows}
+
+
+def _read_sqlite_local(path: str):  # noqa: ANN202 - pyarrow Table
+    """The analytics fallback reader (sqlite3 -> Arrow), for comparison."""
+    from kvledger.analytics import source
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cur = conn.execute(f"SELECT {', '.join(source.COLUMNS)} FROM events ORDER BY position")
+        return source._rows_to_table(cur)
+    finally:
+        conn.close()
 
 
 def main() -> int:
@@ -105,7 +117,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--sqlite-events", type=int, default=1_000_000)
     ap.add_argument("--dir", default="/tmp/kvledger-bench-forensics")
-    ap.add_argument("--memory-limit", default="1GB")
+    ap.add_argument("--memory-limit", default="1536MB")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
@@ -138,6 +150,8 @@ def main() -> int:
     print(f"{'what':<8} {'name':<22} {'kind':<8} {'wall s':>8} {'cpu/2 s':>8} {'target':>7}")
     for what, name, kind, res in data["results"]:
         target = SUMMARY_S_MAX if kind == "summary" else WINDOW_S_MAX
+        if what == "summary":
+            target = float("inf")  # several queries in a row: informational
         if isinstance(res, str):
             failed += 1
             print(f"{what:<8} {name:<22} {kind:<8} ERROR {res}")
@@ -151,9 +165,10 @@ def main() -> int:
     print(f"query process peak RSS: {data['rss_mb']:.0f} MB (memory_limit {args.memory_limit}, "
           f"target < {RSS_MB_MAX} MB) {'' if rss_ok else 'OVER'}")
     exp = sqlite_export(folder, args.dir, args.sqlite_events)
-    print(f"SQLite -> Parquet export: {exp['events']:,} events in {exp['seconds']:.2f} s = "
-          f"{exp['events_per_s']:,.0f} events/s; SQLite {exp['sqlite_bytes_per_event']:.0f} "
-          f"bytes/event, Parquet {exp['parquet_bytes_per_event']:.1f} bytes/event")
+    rates = ", ".join(f"{k} {v:,.0f} events/s" for k, v in exp["events_per_s"].items())
+    print(f"SQLite -> Parquet export of {exp['events']:,} events: {rates}; SQLite "
+          f"{exp['sqlite_bytes_per_event']:.0f} bytes/event, Parquet "
+          f"{exp['parquet_bytes_per_event']:.1f} bytes/event")
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
     return 1 if failed or not rss_ok else 0

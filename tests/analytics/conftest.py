@@ -85,5 +85,5 @@ def faulty_run(tmp_path_factory) -> str:
 def wedged_run(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("wedged")
     synth.write_ledgers(str(out), synth.SynthSpec(requests=150, seed=13, wedge=True,
-                                                  wedge_idle_ms=20_000))
+                                                  wedge_idle_ms=40_000))
     return str(out)
