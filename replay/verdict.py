@@ -266,10 +266,17 @@ def render(v: Verdict, trace_path: str, policy: str, seed: int) -> str:
         for d in v.divergences[:5]:
             lines.append(f"    {d.request_id} on {d.stream} at #{d.index}: trace "
                          f"{d.trace_kind or '(end)'}, replay {d.replay_kind or '(end)'}")
+    key = [(h["stream"], h["healthy"], h["t_ns"]) for h in v.health]
+    same = key == [(h["stream"], h["healthy"], h["t_ns"]) for h in v.trace_health]
     for h in v.health:
         state = "healthy" if h["healthy"] else "UNHEALTHY"
         lines.append(f"  health {h['stream']} -> {state} at {h['t_ns'] / 1e6:.3f} ms "
-                     f"({h['reason']})")
+                     f"({h['reason']})" + (" as in the trace" if same else ""))
+    if (v.health or v.trace_health) and not same:
+        lines.append("  health transitions differ from the trace's: " + ", ".join(
+            f"{h['stream']} -> {'healthy' if h['healthy'] else 'UNHEALTHY'} at "
+            f"{h['t_ns'] / 1e6:.3f} ms" for h in v.trace_health) if v.trace_health
+            else "  health transitions differ from the trace's (none there)")
     s = v.stats
     if s:
         lines.append(f"  {s.get('events', 0)} events, virtual {s.get('virtual_ns', 0) / 1e6:.1f}"
