@@ -144,6 +144,7 @@ class NixlTransport:
         self._tx_seq: dict[str, int] = {}
         self._rx: dict[str, _PeerRx] = {}
         self._inbox: list[tuple[str, bytes]] = []
+        self._just_progressed = False
         self._closed = False
         self.stats = {"posted": 0, "zombies_reaped": 0, "ctrl_sent": 0, "ctrl_received": 0,
                       "ctrl_reordered": 0, "done_bytes": 0, "done_xfer_ns": 0}
@@ -391,18 +392,26 @@ class NixlTransport:
 
     def poll_control(self) -> list[tuple[str, bytes]]:
         self._own()
+        if self._just_progressed:
+            # progress() ran since the last poll and already collected what had arrived: one
+            # getNotifs per loop turn, not two (each is a UCX progress round, ~5-90 µs here).
+            self._just_progressed = False
+        else:
+            self._collect("get_new_notifs")
+        out = self._inbox
+        self._inbox = []
+        return out
+
+    def _collect(self, what: str) -> None:
         self._reap_zombies()
         try:
             notifs = self._agent.get_new_notifs()
         except self._errors as exc:
-            raise self._translate(exc, "get_new_notifs", None) from exc
-        out = self._inbox
-        self._inbox = []
+            raise self._translate(exc, what, None) from exc
         for peer_b, msgs in notifs.items():
             peer = peer_b.decode() if isinstance(peer_b, bytes) else peer_b
             for frame in msgs:
-                self._accept(peer, frame, out)
-        return out
+                self._accept(peer, frame, self._inbox)
 
     def _accept(self, peer: str, frame: bytes, out: list[tuple[str, bytes]]) -> None:
         if not frame:
@@ -442,17 +451,12 @@ class NixlTransport:
     def progress(self) -> None:
         """Drive UCX (no progress thread) and retire released handles that finished."""
         self._own()
-        self._reap_zombies()
         if self.progress_mode == "poll":
             # get_new_notifs progresses the UCX worker; keep what arrives for poll_control.
-            try:
-                notifs = self._agent.get_new_notifs()
-            except self._errors as exc:
-                raise self._translate(exc, "progress", None) from exc
-            for peer_b, msgs in notifs.items():
-                peer = peer_b.decode() if isinstance(peer_b, bytes) else peer_b
-                for frame in msgs:
-                    self._accept(peer, frame, self._inbox)
+            self._collect("progress")
+            self._just_progressed = True
+        else:
+            self._reap_zombies()
 
     def close(self, drain_s: float = 2.0) -> None:
         """Release every handle; deregister only memory no unfinished handle may touch.

@@ -5,8 +5,10 @@
 ``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
 hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
 runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
-state, shutdown) and carries results back (``result``, ``cancel_result`` pushes). Stall and kill
-are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a stalled worker answers nothing at all.
+state, shutdown) and carries results back (``results`` pushes: futures and ``request.finished``
+outcomes; ``cancel_result``); a reader thread per pipe drains it so neither side can block the
+other on a full pipe. Stall and kill are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a
+stalled worker answers nothing at all; commands for it wait in ``backlog`` until it resumes.
 
 ``spawn_peer`` starts a bare transport peer (a NIXL agent with one registered region that answers
 commands over a pipe): the counterpart for transport tests and the plain-NIXL baseline of the
