@@ -14,7 +14,7 @@ tensor, so a scatter costs exactly what a gather costs (one read and one write o
 
 Bytes are moved as 32-bit words (a reinterpreting view, never a conversion), so results are
 bit-identical to the torch reference for every dtype, NaN payloads included. The checksum is the
-reference's integer formula (``ops._CHECKSUM_MOD``) computed exactly in int64: identical values.
+reference's integer formula (``ops.CHECKSUM_ROW_WORDS``), wrapping int64 sums: identical values.
 
 Everything here expects CUDA tensors and is reached through ``kvledger.cuda.ops``, which falls
 back to torch where ``available()`` is False or a tensor's layout does not fit (see ``supports``).
@@ -44,11 +44,8 @@ except ImportError:  # pragma: no cover - depends on the install
 # 4 MiB block while each thread issues several 16-byte loads before its first store.
 _COPY_WORDS = 16384
 _COPY_WARPS = 16  # 16 warps: +2-3% over 8 at 1 GiB on an H200 (sweep in bench_datapath)
-# Words per inner tile of the checksum; a tile's sum of products stays below 2**62 (see below).
+# Words per inner tile of the checksum (sums wrap modulo 2**64 by definition: no size limit).
 _SUM_TILE = 1024
-# Largest block (in 32-bit words) for which r * (i + 1) < 2**31 * 2**21 and a 1024-word tile sum
-# stays < 2**62: no int64 overflow inside a tile. Larger blocks use the torch reference.
-_MAX_CHECKSUM_WORDS = 1 << 21
 
 
 @functools.cache
@@ -209,9 +206,14 @@ if triton is not None:
 
     @triton.jit
     def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
-                         MOD: tl.constexpr, CHUNK: tl.constexpr, TILE: tl.constexpr):
-        # Partial sum over one CHUNK of one block, reduced mod MOD; the host adds the partials.
-        pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
+                         ROW: tl.constexpr, WIDE: tl.constexpr, CHUNK: tl.constexpr,
+                         TILE: tl.constexpr):
+        # Partial checksum of one CHUNK of one block: sum of word * (2 * (i // ROW) + 1), all
+        # wrapping int64 (see ops.CHECKSUM_ROW_WORDS); the host adds the partials, also wrapping.
+        if WIDE:
+            pool_ptr = pool_ptr.to(tl.pointer_type(tl.int64))
+        else:
+            pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
         b = tl.program_id(1)
         blk = tl.load(ids_ptr + b)
@@ -221,13 +223,8 @@ if triton is not None:
             i = c.to(tl.int64) * CHUNK + t + tl.arange(0, TILE)
             mask = i < words_per_block
             w = tl.load(pool_ptr + base + i, mask=mask, other=0).to(tl.int64)
-            # Python-style w mod MOD in [0, MOD) for any int32 w (torch's % floors): w + MOD or
-            # w + 2*MOD when negative, w - MOD when w >= MOD.
-            r = tl.where(w < 0, w + MOD, w)
-            r = tl.where(r < 0, r + MOD, r)
-            r = tl.where(r >= MOD, r - MOD, r)
-            prod = tl.where(mask, r * (i + 1), 0)  # < 2**52 per word, < 2**62 per tile
-            acc = (acc + tl.sum(prod, axis=0) % MOD) % MOD
+            prod = tl.where(mask, w * (2 * (i // ROW) + 1), 0)
+            acc += tl.sum(prod, axis=0)
         tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
 
 
@@ -265,22 +262,25 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:
-    return supports(pool) and _block_bytes(pool) // 4 <= _MAX_CHECKSUM_WORDS
+    return supports(pool)
 
 
-def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
+def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """The reference checksum of each listed block (synchronizes: returns host integers)."""
     with _current(pool):
-        return _checksums(pool, block_ids, mod)
+        return _checksums(pool, block_ids)
 
 
-def _checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
-    wpb = _block_bytes(pool) // 4
+def _checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
+    from kvledger.cuda.ops import checksum_layout
+
+    word, wpb, row = checksum_layout(_block_bytes(pool))
     chunk = 16 * _SUM_TILE
     chunks = (wpb + chunk - 1) // chunk
     part = torch.empty((len(block_ids), chunks), dtype=torch.int64, device=pool.device)
     for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
-        _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, MOD=mod, CHUNK=chunk,
-                                      TILE=_SUM_TILE, num_warps=4)
-    # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
-    return [int(x) for x in (part.sum(dim=1) % mod).tolist()]
+        _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, ROW=row,
+                                      WIDE=word is torch.int64, CHUNK=chunk, TILE=_SUM_TILE,
+                                      num_warps=4)
+    # Wrapping int64 sum of the partials: the reference's exact value.
+    return [int(x) for x in part.sum(dim=1).tolist()]
