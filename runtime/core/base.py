@@ -113,8 +113,6 @@ class CoreBase:
         """Structured cancel: (result, effects); like feeding ``Cancel``, but returns the result."""
         self.now_ns = max(self.now_ns, now_ns)
         self._out = []
-        if source == "client":  # the external input (replay extracts it from here)
-            self.emit("request.cancelled_by_client", request_id)
         result = self._cancel(request_id, source)
         out, self._out = self._out, []
         return result, out
@@ -318,8 +316,6 @@ class CoreBase:
 
     # -- structured cancel -------------------------------------------------------------------------
     def _on_cancel(self, inp: io.Cancel) -> None:
-        if inp.source == "client":
-            self.emit("request.cancelled_by_client", inp.request_id)
         self._cancel(inp.request_id, inp.source)
 
     def _cancel(self, rid: str, source: str) -> str:
