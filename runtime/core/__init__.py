@@ -19,7 +19,6 @@ from .io import (  # noqa: F401
     PostFailed,
     PostWrite,
     Release,
-    Released,
     SendControl,
     Shutdown,
     Tick,
