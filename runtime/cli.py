@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
                    help="release in-flight handles on cancel (their slots are poisoned)")
     _common(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="where KV lives: cpu, or cuda (ctx on cuda:0, gen on cuda:1 when a "
+                   "second GPU exists; NIXL moves VRAM GPU to GPU)")
     p.add_argument("--inprocess", action="store_true",
                    help="both workers in this process (still real NIXL)")
     p.add_argument("--ucx-tls", default=None,
@@ -97,6 +100,22 @@ def _prepare_out(out: str, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def _on_gpus(device: str, ctx_cfg: Any, gen_cfg: Any) -> tuple[Any, Any]:
+    """Place ctx and gen on GPUs: two GPUs when there are two (the NVLink path), else one."""
+    import dataclasses
+
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise CliError(f"--device {device}: no CUDA device here (use --device cpu)")
+    if ":" in device:
+        ctx_dev = gen_dev = device
+    else:
+        ctx_dev, gen_dev = "cuda:0", ("cuda:1" if torch.cuda.device_count() > 1 else "cuda:0")
+    return (dataclasses.replace(ctx_cfg, device=ctx_dev),
+            dataclasses.replace(gen_cfg, device=gen_dev))
+
+
 def _say(msg: str) -> None:
     print(f"[kvledger] {msg}", file=sys.stderr, flush=True)
 
@@ -115,6 +134,9 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
                                     release_on_cancel=args.release_on_cancel, seed=args.seed,
                                     layers=args.layers, kv_heads=args.kv_heads,
                                     head_dim=args.head_dim)
+    device = getattr(args, "device", "cpu")
+    if device != "cpu":
+        ctx_cfg, gen_cfg = _on_gpus(device, ctx_cfg, gen_cfg)
     params = WorkloadParams(requests=args.requests, interarrival_us_mean=args.interarrival_us,
                             prompt_tokens_median=args.prompt_tokens,
                             prompt_tokens_max=block_tokens * max_blocks,

@@ -59,7 +59,8 @@ _CTRL = 0x01  # control frame: kind, incarnation (8 B), seq (8 B), payload
 _WNOTIF = 0x02  # WRITE notification frame: kind, payload
 _CTRL_HDR = struct.Struct(">BQQ")
 _DESC_HDR = b"KVD1"
-_RANGE = struct.Struct(">QQI")  # addr, len, device id
+_RANGE = struct.Struct(">QQI")  # addr, len, device id (| _VRAM for GPU memory)
+_VRAM = 0x8000_0000  # flag in a range's device field: the range is GPU memory (NIXL "VRAM")
 
 # Agents and tensors whose memory a never-quiesced handle may still touch: kept alive (and
 # registered) until the process exits rather than freed under UCX's feet (NIXL #2044).
@@ -84,6 +85,7 @@ class _Region:
     addr: int
     nbytes: int
     reg: Any  # nixlRegDList from register_memory
+    dev: int = 0  # NIXL device id, with _VRAM set for GPU memory
 
 
 @dataclass(slots=True)
@@ -190,7 +192,12 @@ class NixlTransport:
         return err
 
     def _descs(self, ranges: list[tuple[int, int, int]]) -> Any:
-        return self._agent.get_xfer_descs(ranges, "DRAM")
+        """NIXL descriptors for (addr, len, dev) ranges, all of one memory type (by _VRAM)."""
+        kinds = {bool(d & _VRAM) for _, _, d in ranges}
+        if len(kinds) != 1:
+            raise TransportError("a descriptor list mixes CPU and GPU memory")
+        mem = "VRAM" if kinds.pop() else "DRAM"
+        return self._agent.get_xfer_descs([(a, n, d & ~_VRAM) for a, n, d in ranges], mem)
 
     # ------------------------------------------------------------------ protocol
     def register(self, region: str, tensor: object) -> None:
@@ -198,13 +205,17 @@ class NixlTransport:
         if region in self._regions:
             raise TransportError(f"region {region!r} is already registered")
         t: Any = tensor
-        if t.device.type != "cpu" or not t.is_contiguous():
-            raise TransportError(f"region {region!r}: need a contiguous CPU tensor")
+        if t.device.type not in ("cpu", "cuda") or not t.is_contiguous():
+            raise TransportError(f"region {region!r}: need a contiguous CPU or CUDA tensor")
+        # nixl registers a torch tensor by its own device: DRAM for CPU, VRAM (UCX's CUDA
+        # transports: cuda_ipc between processes on one host) for CUDA.
+        dev = 0 if t.device.type == "cpu" else (t.device.index or 0) | _VRAM
         try:
             reg = self._agent.register_memory(t)
         except self._errors as exc:
             raise self._translate(exc, f"register {region}", None) from exc
-        self._regions[region] = _Region(t, t.data_ptr(), t.numel() * t.element_size(), reg)
+        self._regions[region] = _Region(t, t.data_ptr(), t.numel() * t.element_size(), reg,
+                                        dev)
 
     def deregister(self, region: str) -> None:
         """Deregister a region; refused while any live or released handle may touch it."""
@@ -264,7 +275,7 @@ class NixlTransport:
         for off, n in ranges:
             if off < 0 or n <= 0 or off + n > reg.nbytes:
                 raise TransportError(f"range {off}+{n} outside region {region!r} ({reg.nbytes} B)")
-            out.append(_RANGE.pack(reg.addr + off, n, 0))
+            out.append(_RANGE.pack(reg.addr + off, n, reg.dev))
         return b"".join(out)
 
     def post_write(self, local_region: str, local_offset: int, nbytes: int, peer: str,
@@ -288,7 +299,7 @@ class NixlTransport:
         for off, n in local_ranges:
             if off < 0 or n <= 0 or off + n > reg.nbytes:
                 raise TransportError(f"range {off}+{n} outside region {local_region!r}")
-            local.append((reg.addr + off, n, 0))
+            local.append((reg.addr + off, n, reg.dev))
             total += n
         frame = bytes((_WNOTIF,)) + notif if notif else b""
         t0 = time.monotonic_ns()

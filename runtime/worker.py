@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..cuda import ops
+from ..cuda.quiescence import DeviceFence
 from .config import WorkerConfig
 from .core import io
 from .core.base import CoreBase
@@ -63,11 +64,12 @@ def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, .
 
 class Worker:
     def __init__(self, config: WorkerConfig, transport: Transport, emit: Callable[..., None],
-                 *, policy: Policy | None = None, device: str = "cpu") -> None:
+                 *, policy: Policy | None = None, device: str | None = None) -> None:
         self.config = config
         self.transport = transport
         self.emit = emit
         c = config
+        device = device or c.device
         self.pool = torch.zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens,
                                  c.head_dim), dtype=getattr(torch, c.dtype), device=device)
         nslots = c.send_slots if c.role == "ctx" else c.recv_slots
@@ -198,6 +200,7 @@ class Worker:
         elif isinstance(eff, io.Pack):
             ops.pack(self.pool, eff.blocks, self._slot(eff.slot))
             sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            self._fenced(eff.request_id, "pack", eff.slot, eff.blocks)
             return core.feed(io.Packed(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.PostWrite):
             return self._post(eff, now_ns)
@@ -214,6 +217,7 @@ class Worker:
         elif isinstance(eff, io.Unpack):
             ops.unpack(self._slot(eff.slot), self.pool, eff.blocks)
             sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            self._fenced(eff.request_id, "unpack", eff.slot, eff.blocks)
             return core.feed(io.Unpacked(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.Fulfil):
             assert eff.request_id not in self.results or self.config.policy != "hardened", \
@@ -222,6 +226,20 @@ class Worker:
         else:  # pragma: no cover - a new effect type without a driver
             raise AssertionError(f"unknown effect {eff!r}")
         return []
+
+    def _fenced(self, request_id: str, op: str, slot: int, blocks: tuple[int, ...]) -> None:
+        """GPU only: the pack/unpack's CUDA event has completed before the slot goes to the
+        transport (pack) or back to the pool (unpack) — the device half of quiescence, recorded.
+        The checksums above already waited for the stream (they return host integers); the fence
+        makes that fact explicit and checked rather than a side effect. On the CPU the copy is
+        complete when it returns, so nothing is recorded (ledgers stay as before)."""
+        if self.pool.device.type != "cuda":
+            return
+        fence = DeviceFence.after(self.pool)
+        fence.wait()
+        assert fence.is_complete()
+        self.emit("device.fence_completed", request_id, op=op, slot=slot, blocks=list(blocks),
+                  device=str(self.pool.device))
 
     def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
         offset = eff.slot * self.config.slot_nbytes
