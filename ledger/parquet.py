@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from .errors import BadLedgerError, CorruptLedgerError, LedgerError
 from .events import SCHEMA_VERSION
-from .sources import FULL_SCHEMA, SCHEMA_VERSION_KEY, LedgerSource, ParquetSource
+from .sources import SCHEMA_VERSION_KEY, LedgerSource, ParquetSource, _full_schema
 from .store import EventStore
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def export_parquet(
         ts = part["ts_ns"].to_pylist()
         used: dict[int, int] = {}
         for start, stop, window in _segments(ts, window_ns):
-            seg = part.slice(start, stop - start).cast(FULL_SCHEMA).replace_schema_metadata(meta)
+            seg = part.slice(start, stop - start).cast(_full_schema()).replace_schema_metadata(meta)
             k = used.get(window, 0)
             used[window] = k + 1
             folder = out / f"stream={name}" / f"window={window:06d}"

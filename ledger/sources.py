@@ -21,15 +21,13 @@ unknown to this build raises ``SchemaError`` when read.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import BadLedgerError, SchemaVersionError
 from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError
@@ -40,7 +38,27 @@ log = logging.getLogger(__name__)
 
 # The columns every source exposes, in this order (DuckDB views and Parquet segments use them).
 COLUMNS = ("position", "stream", "seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash")
-ARROW_SCHEMA = pa.schema([
+
+
+class _LazyModule:
+    """pyarrow imported on first use: a worker that only appends and reads its SQLite ledger
+    (``kvledger run`` on a GPU host without pyarrow, say) never pays for it or needs it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):  # noqa: ANN204 - proxies any attribute
+        return getattr(importlib.import_module(self._name), attr)
+
+
+pa = _LazyModule("pyarrow")
+pc = _LazyModule("pyarrow.compute")
+pq = _LazyModule("pyarrow.parquet")
+
+
+@functools.cache
+def _arrow_schema():  # noqa: ANN202 - a pyarrow.Schema
+    return pa.schema([
     pa.field("position", pa.int64(), nullable=False),
     pa.field("stream", pa.string(), nullable=False),
     pa.field("seq", pa.int64(), nullable=False),
@@ -50,11 +68,22 @@ ARROW_SCHEMA = pa.schema([
     pa.field("attrs", pa.string(), nullable=False),  # canonical JSON (ledger.mapper)
     pa.field("prev_hash", pa.string(), nullable=False),
     pa.field("hash", pa.string(), nullable=False),
-])
+    ])
+
 
 # Parquet segments also carry the commit-group columns, so verify finds torn tails in them.
-FULL_SCHEMA = ARROW_SCHEMA.append(pa.field("grp", pa.int64(), nullable=False)).append(
-    pa.field("grp_n", pa.int64(), nullable=False))
+@functools.cache
+def _full_schema():  # noqa: ANN202 - a pyarrow.Schema
+    return _arrow_schema().append(pa.field("grp", pa.int64(), nullable=False)).append(
+        pa.field("grp_n", pa.int64(), nullable=False))
+
+
+def __getattr__(name: str):  # noqa: ANN202 - ARROW_SCHEMA / FULL_SCHEMA, built on first use
+    if name == "ARROW_SCHEMA":
+        return _arrow_schema()
+    if name == "FULL_SCHEMA":
+        return _full_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SCHEMA_VERSION_KEY = b"kvledger.schema_version"
@@ -137,13 +166,13 @@ class SqlSource(LedgerSource):
             yield to_event(row)
 
     def arrow_table(self) -> pa.Table:
-        table = self.store.arrow_table(ARROW_SCHEMA)
+        table = self.store.arrow_table(_arrow_schema())
         check_kinds(pc.unique(table["kind"]).to_pylist(), self.target)
         return table
 
     def full_table(self) -> pa.Table:
         """Like arrow_table() plus the commit-group columns grp, grp_n (for export)."""
-        return self.store.arrow_table(FULL_SCHEMA)
+        return self.store.arrow_table(_full_schema())
 
     def verify_tuples(self, stream: str) -> Iterator[tuple]:
         return self.store.stream_tuples(stream)
@@ -173,10 +202,10 @@ class ParquetSource(LedgerSource):
                             f"{f}: schema version {version} is newer than this kvledger "
                             f"understands ({SCHEMA_VERSION}); upgrade kvledger"
                         )
-                    parts.append(pf.read(columns=FULL_SCHEMA.names).cast(FULL_SCHEMA))
+                    parts.append(pf.read(columns=_full_schema().names).cast(_full_schema()))
                 except (OSError, pa.ArrowException, KeyError) as exc:
                     raise BadLedgerError(f"unreadable Parquet segment {f}: {exc}") from None
-            table = pa.concat_tables(parts) if parts else FULL_SCHEMA.empty_table()
+            table = pa.concat_tables(parts) if parts else _full_schema().empty_table()
             self._table = table.sort_by(
                 [("stream", "ascending"), ("seq", "ascending")]).combine_chunks()
         return self._table
@@ -244,13 +273,13 @@ class MultiSource(LedgerSource):
     def arrow_table(self) -> pa.Table:
         self._owners()  # refuses duplicated streams
         tables = [p.arrow_table() for p in self.parts]
-        table = pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
+        table = pa.concat_tables(tables) if tables else _arrow_schema().empty_table()
         return table.sort_by([("stream", "ascending"), ("seq", "ascending")]).combine_chunks()
 
     def full_table(self) -> pa.Table:
         self._owners()
         tables = [p.full_table() for p in self.parts]  # type: ignore[attr-defined]
-        table = pa.concat_tables(tables) if tables else FULL_SCHEMA.empty_table()
+        table = pa.concat_tables(tables) if tables else _full_schema().empty_table()
         return table.sort_by([("stream", "ascending"), ("seq", "ascending")]).combine_chunks()
 
     def verify_tuples(self, stream: str) -> Iterator[tuple]:
@@ -309,4 +338,4 @@ def read_manifest(path: Path) -> dict:
         raise BadLedgerError(f"unreadable manifest {path}: {exc}") from None
 
 
-__all__ = ["ARROW_SCHEMA", "COLUMNS", "LedgerSource", "open_source"]
+__all__ = ["ARROW_SCHEMA", "COLUMNS", "LedgerSource", "open_source"]  # noqa: F822 - see __getattr__
