@@ -366,7 +366,7 @@ class Projection:
 
     def _h_buffer_acquired(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         a = ev.attrs
-        pool = w.pool(a["pool"])
+        pool = w.pools.get(a["pool"]) or w.pool(a["pool"])
         if st.slots is None:
             st.slots = {}
         st.slots[(a["pool"], a["slot"])] = ev.ts_ns
@@ -377,13 +377,12 @@ class Projection:
         a = ev.attrs
         if not st.slots or st.slots.pop((a["pool"], a["slot"]), None) is None:
             return None  # not held by this request (a double release): nothing changes
-        pool = w.pool(a["pool"])
+        pool = w.pools.get(a["pool"]) or w.pool(a["pool"])
         if pool.held.get(a["slot"]) == st.request_id:
             del pool.held[a["slot"]]
         return pool
 
-    def _h_buffer_released(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        self._slot_gone(ev, w, st)
+    _h_buffer_released = _slot_gone
 
     def _h_buffer_poisoned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         self._slot_gone(ev, w, st)
@@ -466,8 +465,8 @@ class Projection:
     def _h_request_finished(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         st.finished = ev.attrs["outcome"]
         w.in_flight.discard(st.request_id)
-        w.pool("send").waiting.discard(st.request_id)
-        w.pool("recv").waiting.discard(st.request_id)
+        for pool in w.pools.values():
+            pool.waiting.discard(st.request_id)
 
 
 def rebuild(events: Iterable[Event]) -> Projection:
