@@ -20,6 +20,7 @@ resource class of a request to which owner; a class whose resource set is empty 
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -520,8 +521,15 @@ def bench_fold(n: int = 1_000_000, *, requests_open: int = 1000) -> dict[str, fl
     del events[n:]
     p = Projection()
     apply = p.apply
-    t0 = time.perf_counter()
-    for ev in events:
-        apply(ev)
-    dt = time.perf_counter() - t0
+    # The prebuilt input stands for a stream read from storage, which the fold does not keep:
+    # freeze it so the collector does not rescan a million retained events on every pass.
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        for ev in events:
+            apply(ev)
+        dt = time.perf_counter() - t0
+    finally:
+        gc.unfreeze()
     return {"events": float(n), "seconds": dt, "events_per_s": n / dt}
