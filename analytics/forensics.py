@@ -14,10 +14,14 @@ from typing import Any
 
 import duckdb
 
+from ..ledger.detectors import WEDGE_DEADLINE_NS
+
 log = logging.getLogger(__name__)
 
 STUCK_MS_DEFAULT = 5_000
-WEDGE_MS_DEFAULT = 10_000
+# The same deadline as the wedge detector (ledger/detectors.py), so the verdict and
+# detector_wedge agree.
+WEDGE_MS_DEFAULT = WEDGE_DEADLINE_NS // 1_000_000
 ROWS_MAX = 20
 
 # Canned queries: (name, kind, sql). kind is "summary" (group-by, target <= 1 s on 10M events)
@@ -31,17 +35,25 @@ CANNED: tuple[tuple[str, str, str], ...] = (
      "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p50_dur_ns, "
      "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p99_dur_ns "
      "FROM requests GROUP BY ALL ORDER BY stream, outcome"),
+    # Straight from the two events it needs (the transfers view also folds every poll).
     ("transfer_latency", "summary",
-     "SELECT role, coalesce(outcome, 'open') AS outcome, count(*) AS n, "
-     "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p50_dur_ns, "
-     "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p99_dur_ns "
-     "FROM transfers GROUP BY ALL ORDER BY role, outcome"),
+     "WITH t AS (SELECT stream, request_id, "
+     "arg_min(attrs, seq) FILTER (WHERE kind = 'transfer.started') AS started, "
+     "min(ts_ns) FILTER (WHERE kind = 'transfer.started') AS t0, "
+     "arg_max(attrs, seq) FILTER (WHERE kind = 'transfer.completed') AS completed, "
+     "max(ts_ns) FILTER (WHERE kind = 'transfer.completed') AS t1 FROM events "
+     "WHERE kind IN ('transfer.started', 'transfer.completed') GROUP BY ALL) "
+     "SELECT json_extract_string(started, '$.role') AS role, "
+     "coalesce(json_extract_string(completed, '$.outcome'), 'open') AS outcome, "
+     "count(*) AS n, CAST(quantile_cont(t1 - t0, 0.5) AS BIGINT) AS p50_dur_ns, "
+     "CAST(quantile_cont(t1 - t0, 0.99) AS BIGINT) AS p99_dur_ns "
+     "FROM t WHERE t0 IS NOT NULL GROUP BY ALL ORDER BY role, outcome"),
     ("cancel_outcomes", "window",
      "SELECT source, result, cleanup, count(*) AS n FROM cancels GROUP BY ALL "
      "ORDER BY n DESC"),
     ("open_obligations", "window",
      "SELECT stream, obligation, count(*) AS n, max(age_ns) AS oldest_age_ns "
-     "FROM obligations WHERE dur_ns = -1 GROUP BY ALL ORDER BY stream, obligation"),
+     "FROM obligations_open GROUP BY ALL ORDER BY stream, obligation"),
     ("progress", "window", "SELECT * FROM forensics_progress ORDER BY stream"),
     ("stuck", "window",
      "SELECT * FROM forensics_stuck ORDER BY category, age_ns DESC"),

@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 
 from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT, rows, summarize
@@ -106,7 +107,7 @@ def _in_flight_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
 def _lanes(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> list[dict[str, Any]]:
     """Stuck requests first (oldest first), then the slowest finished ones."""
     stuck = rows(con, """
-        SELECT stream, request_id, 'stuck: ' || waiting_on AS why FROM forensics_stuck
+        SELECT stream, request_id, category || ': ' || waiting_on AS why FROM forensics_stuck
         ORDER BY category DESC, age_ns DESC LIMIT ?""", [LANES_MAX])
     slow = rows(con, """
         SELECT stream, request_id, 'slow: ' || coalesce(outcome, 'open') AS why FROM requests
@@ -153,9 +154,25 @@ def _swimlane_figure(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> go.Figure
         d["y"].append(r["lane"])
         d["base"].append(r["t"])
         d["x"].append(max(r["t_next"] - r["t"], 1e-6))
+    palette = qualitative.Alphabet  # 26 colours: one per lifecycle step, none repeated
     for kind, d in by_kind.items():
+        color = palette[_LANE_KINDS.index(kind) % len(palette)]
         fig.add_trace(go.Bar(y=d["y"], x=d["x"], base=d["base"], orientation="h", name=kind,
+                             marker={"color": color},
                              hovertemplate=kind + " %{base:.6f}s +%{x:.6f}s<extra>%{y}</extra>"))
+    owed = rows(con, _CLOCK + """
+        SELECT f.stream || '/' || f.request_id AS lane, f.open_obligations AS items,
+               (f.since_ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t,
+               (s.last_ts_ns - o.first_ts_ns + o.wall_off) / 1e9 AS t_end
+        FROM forensics_stuck AS f JOIN o USING (stream) JOIN events_streams AS s USING (stream)
+        WHERE f.stream || '/' || f.request_id IN (SELECT unnest(?))""", [keys])
+    if owed:
+        fig.add_trace(go.Bar(
+            y=[r["lane"] for r in owed], base=[r["t"] for r in owed],
+            x=[max(r["t_end"] - r["t"], 1e-6) for r in owed], orientation="h",
+            name="still owed (open obligations)", opacity=0.35, width=0.35,
+            marker={"color": "crimson"}, customdata=[r["items"] for r in owed],
+            hovertemplate="owed: %{customdata}<extra>%{y}</extra>"))
     why = {f"{r['stream']}/{r['request_id']}": r["why"] for r in lanes}
     fig.update_layout(
         title="Swimlanes of stuck and slow requests (each bar: time in the state entered by "
@@ -174,22 +191,29 @@ def _cancel_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
         pts = [r for r in data if r["cleanup"] == cleanup]
         fig.add_trace(go.Bar(x=[p["result"] for p in pts], y=[p["n"] for p in pts],
                              name=f"cleanup {cleanup}"))
-    fig.update_layout(title="Cancel outcomes (cancel.result, and what the cleanup came to)",
+    fig.update_layout(title="Cancel outcomes and their cleanup",
                       barmode="stack", yaxis_title="cancels")
     return fig
 
 
 def _latency_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
+    """Log-spaced bins: timeouts of seconds and transfers of microseconds on one axis."""
+    import numpy as np
+
     data = rows(con, f"""
-        SELECT role || ' ' || outcome AS series, dur_ns / 1e6 AS ms
+        SELECT role || ' ' || outcome AS series, greatest(dur_ns, 1) / 1e6 AS ms
         FROM transfers WHERE dur_ns >= 0 USING SAMPLE {LATENCY_SAMPLE} ROWS""")
     fig = go.Figure()
-    for series in sorted({r["series"] for r in data}):
-        fig.add_trace(go.Histogram(x=[r["ms"] for r in data if r["series"] == series],
-                                   name=series, opacity=0.7, nbinsx=80))
-    fig.update_layout(title="Transfer latency (transfer.started to transfer.completed)",
-                      barmode="overlay", xaxis_title="ms", yaxis_title="transfers",
-                      yaxis_type="log")
+    if data:
+        values = np.array([r["ms"] for r in data])
+        edges = np.logspace(np.log10(values.min()), np.log10(values.max() * 1.0001), 61)
+        centers = np.sqrt(edges[:-1] * edges[1:])
+        for series in sorted({r["series"] for r in data}):
+            counts, _ = np.histogram([r["ms"] for r in data if r["series"] == series], edges)
+            fig.add_trace(go.Scatter(x=centers, y=counts, mode="lines", line_shape="hvh",
+                                     name=series))
+    fig.update_layout(title="Transfer latency (started to completed)", xaxis_type="log",
+                      xaxis_title="ms (log scale)", yaxis_title="transfers per bin")
     return fig
 
 

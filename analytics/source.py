@@ -6,8 +6,9 @@ unioned. DuckDB 2.x cannot load its sqlite/postgres scanners offline (env-experi
 SQL databases are read into Arrow here, and Parquet is left on disk for DuckDB to scan in place
 (which keeps a 10M-event ledger out of Python's memory).
 
-When ``kvledger.ledger.sources.open_source`` exists (the ledger package's reader) it is used for
-database ledgers; the local reader below is the fallback with the same columns.
+SQL ledgers (SQLite files, URLs) are read with ``kvledger.ledger.sources.open_source`` (the ledger
+package's reader, with its schema-version and kind checks); the local readers below are only a
+fallback for a ledger package without it. Parquet files are found here and scanned by DuckDB.
 """
 
 from __future__ import annotations
@@ -171,10 +172,15 @@ def _rows_to_table(cursor) -> pa.Table:  # noqa: ANN001 - DB-API cursor or SQLAl
 
 
 def _shared_reader(target: str) -> pa.Table | None:
-    """Use the ledger package's reader once it exists (same columns, its validation)."""
+    """The ledger package's reader (same columns, its schema-version and kind checks)."""
     try:
-        from kvledger.ledger.sources import open_source  # type: ignore[import-not-found]
-    except ImportError:
+        from kvledger.ledger.errors import LedgerError
+        from kvledger.ledger.sources import open_source
+    except ImportError:  # an older ledger package: the local readers below do the job
         return None
-    table = open_source(target).arrow_table()
+    try:
+        with open_source(target) as src:
+            table = src.arrow_table()
+    except (LedgerError, ValueError) as exc:
+        raise SourceError(str(exc).strip().splitlines()[0]) from None
     return table.select(list(COLUMNS)).cast(SCHEMA)

@@ -52,7 +52,7 @@ class SynthSpec:
     poisoned: int = 0
     lost_cleanups: int = 0
     wedge: bool = False
-    wedge_idle_ms: int = 30_000
+    wedge_idle_ms: int = 40_000  # past the 30 s wedge deadline of ledger/detectors.py
     mean_gap_us: int = 3_000
     config: dict[str, int] = field(default_factory=lambda: dict(CONFIG_DEFAULT))
 
@@ -163,7 +163,8 @@ def _plan_request(i: int, rng: random.Random, fate: str, cfg: dict[str, int],
         p.ev(end + 1 * US, "ctx0", "buffer.released", pool="send", slot="$send")
         _finish(p, end + 2 * US, "ctx0", "ctx", "cancelled", "cancelled", slots=["$send"],
                 blocks="$ctxb", terminated=True)
-        p.ev(end + 200 * US, "gen0", "transfer.ready_signal", signal="cancelled")
+        # The sender never posted: "not_ready" is what lets the receiver free its slot.
+        p.ev(end + 200 * US, "gen0", "transfer.ready_signal", signal="not_ready")
         p.ev(end + 210 * US, "gen0", "buffer.released", pool="recv", slot="$recv")
         _finish(p, end + 211 * US, "gen0", "gen", "cancelled", "cancelled", slots=["$recv"],
                 blocks="$genb")
@@ -397,6 +398,7 @@ def _add_polls(evs: list[Ev], spec: SynthSpec) -> list[Ev]:
                 "elapsed_ns": 15_000 + (k * 7919) % 40_000}))
             t += POLL_PERIOD_NS
             k += 1
+    polls.sort(key=lambda e: e[0])
     return list(heapq.merge(evs, polls, key=lambda e: e[0]))
 
 
@@ -448,3 +450,177 @@ def write_ledgers(out_dir: str, spec: SynthSpec, single_file: bool = False) -> l
             led.close()
     log.info("synth: %d events into %s", len(evs), out_dir)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast Parquet generator (benchmark input). Hashes are random placeholders (prev_hash links to
+# the previous row's hash, but nothing is a real blake2b); slots and blocks are round-robin,
+# with request spacing and bounded durations chosen so that no two holders overlap.
+# ---------------------------------------------------------------------------------------------
+
+# (stream, kind, attrs template, step after the previous event in µs: (low, high)).
+# "{h}" handle, "{s}" slot, "{b}" blocks, "{t}" tokens, "{n}" bytes; "{o}" outcome words.
+_CTX_OK = [
+    ("request.arrived", '{{"peer":"gen0","prefix_id":0,"prefix_tokens":0,"prompt_tokens":{t},'
+     '"timeout_ms":2000,"token_seed":{h}}}', (0, 0)),
+    ("request.scheduled", "{{}}", (50, 300)),
+    ("blocks.allocated", '{{"blocks":[{b}]}}', (10, 30)),
+    ("transfer.started", '{{"peer":"gen0","role":"ctx"}}', (200, 1500)),
+    ("buffer.acquired", '{{"pool":"send","slot":{s}}}', (3, 6)),
+    ("blocks.pinned", '{{"blocks":[{b}]}}', (1, 2)),
+    ("xfer.posted", '{{"blocks":[{b}],"bytes":{n},"descs":4,"handle":{h},"op":"WRITE",'
+     '"slot":{s}}}', (100, 600)),
+    ("xfer.polled", '{{"handle":{h},"polls":1,"state":"PROC"}}', (10, 30)),
+    ("xfer.polled", '{{"handle":{h},"polls":40,"state":"{x}"}}', (100, 4000)),
+    ("xfer.released", '{{"accepted":true,"handle":{h},"quiescent":true}}', (2, 4)),
+    ("blocks.unpinned", '{{"blocks":[{b}]}}', (1, 2)),
+    ("buffer.released", '{{"pool":"send","slot":{s}}}', (1, 2)),
+    ("transfer.completed", '{{"outcome":"{o}"}}', (1, 2)),
+    ("future.fulfilled", '{{"outcome":"{f}","side":"ctx"}}', (1, 2)),
+    ("blocks.freed", '{{"blocks":[{b}]}}', (1, 2)),
+    ("resources.freed", '{{"blocks":[{b}],"slots":[{s}]}}', (1, 2)),
+    ("request.finished", '{{"outcome":"{o}"}}', (1, 2)),
+]
+_CANCEL = [
+    ("request.cancelled_by_client", "{{}}", (1, 2)),
+    ("cancel.requested", '{{"source":"client"}}', (1, 2)),
+    ("cancel.result", '{{"action":"defer","result":"cancel_requested_in_flight"}}', (1, 2)),
+    ("termination.requested", '{{"reason":"client"}}', (1, 2)),
+    ("termination.deferred", '{{"reason":"xfer_in_flight"}}', (1, 2)),
+]
+
+
+def _fmt_all(template: str, cols: dict[str, list[Any]], n: int) -> list[str]:
+    keys = [k for k in cols if "{" + k + "}" in template]
+    if not keys:
+        return [template.format()] * n
+    return [template.format(**dict(zip(keys, vals, strict=True)))
+            for vals in zip(*(cols[k] for k in keys), strict=True)]
+
+
+def write_parquet_fast(out_dir: str, events: int = 10_000_000, seed: int = 0,
+                       cancel_rate: float = 0.1, gap_us: int = 400,
+                       row_group: int = 1_000_000) -> dict[str, Any]:
+    """Hive-style segments ``out_dir/stream=<s>/part-0.parquet``; returns counts and sizes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    per_req = len(_CTX_OK) + len(_CANCEL) * cancel_rate
+    n = int(events * 0.8 / (per_req + 6))  # 6 gen events per request; the rest are polls
+    cancel = rng.random(n) < cancel_rate
+    ids = np.arange(n)
+    cols = {"t": rng.integers(128, 4096, n).tolist(), "h": (1000 + ids).tolist(),
+            "s": (ids % CONFIG_DEFAULT["send_slots"]).tolist(),
+            "n": (rng.integers(4, 64, n) * 65_536).tolist(),
+            "b": [f"{4 * (i % 1000)},{4 * (i % 1000) + 1},{4 * (i % 1000) + 2},"
+                  f"{4 * (i % 1000) + 3}" for i in range(n)],
+            "x": np.where(rng.random(n) < 0.02, "ERR", "DONE").tolist()}
+    cols["o"] = np.where(cancel, "cancelled", np.where(np.array(cols["x"]) == "ERR",
+                                                       "failed", "ok")).tolist()
+    cols["f"] = [{"ok": "value", "cancelled": "cancelled"}.get(o, "error") for o in cols["o"]]
+    arrival = (np.arange(n, dtype=np.int64) * gap_us * US + T0_NS
+               + rng.integers(0, gap_us * US // 2, n))
+    kinds, attrs_parts, ts_parts, req_parts = [], [], [], []
+    t = arrival.copy()
+    at: dict[str, np.ndarray] = {}  # first time of each full-length step, per request
+    steps = list(_CTX_OK)
+    cancel_at = 8  # after the PROC poll: an in-flight cancel
+    for j, (kind, template, (lo, hi)) in enumerate(steps):
+        if j == cancel_at:
+            tc = t.copy()
+            for ck, ctemplate, (clo, chi) in _CANCEL:
+                tc = tc + rng.integers(clo * US, chi * US + 1, n)
+                sel = np.flatnonzero(cancel)
+                kinds.append(np.full(len(sel), ck, dtype=object))
+                attrs_parts.append(np.array(_fmt_all(ctemplate, cols, n), dtype=object)[sel])
+                ts_parts.append(tc[sel])
+                req_parts.append(sel)
+            t = np.where(cancel, tc, t)
+        t = t + rng.integers(lo * US, hi * US + 1, n)
+        kinds.append(np.full(n, kind, dtype=object))
+        attrs_parts.append(np.array(_fmt_all(template, cols, n), dtype=object))
+        ts_parts.append(t.copy())
+        req_parts.append(ids)
+        at.setdefault(kind, t.copy())
+    # The deferred terminations are done once the transfer is terminal.
+    sel = np.flatnonzero(cancel)
+    done_ts = at["transfer.completed"][sel] + 1
+    kinds.append(np.full(len(sel), "termination.done", dtype=object))
+    attrs_parts.append(np.full(len(sel), "{}", dtype=object))
+    ts_parts.append(done_ts)
+    req_parts.append(sel)
+    lifecycle = sum(len(x) for x in kinds) + 6 * n + 2
+    polls = max(0, events - lifecycle)
+    ctx = _assemble("ctx0", kinds, attrs_parts, ts_parts, req_parts, polls // 2, rng)
+    # The gen side: a lighter mirror (arrival to finish), enough for both streams to exist.
+    gen_kinds = ["request.arrived", "transfer.started", "buffer.acquired",
+                 "transfer.completed", "buffer.released", "request.finished"]
+    gen_attrs = ['{"peer":"ctx0","prefix_id":0,"prefix_tokens":0,"prompt_tokens":1,'
+                 '"token_seed":0}', '{"peer":"ctx0","role":"gen"}',
+                 None, None, None, None]
+    g_kinds, g_attrs, g_ts, g_req = [], [], [], []
+    base = at["transfer.started"]
+    for j, k in enumerate(gen_kinds):
+        if k in ("buffer.acquired", "buffer.released"):
+            vals = [f'{{"pool":"recv","slot":{s}}}' for s in cols["s"]]
+        elif k in ("transfer.completed", "request.finished"):
+            vals = [f'{{"outcome":"{o}"}}' for o in cols["o"]]
+        else:
+            vals = [gen_attrs[j]] * n
+        g_kinds.append(np.full(n, k, dtype=object))
+        g_attrs.append(np.array(vals, dtype=object))
+        g_ts.append(base + (j + 1) * 50 * US + (at["transfer.completed"] - base) * (j >= 3))
+        g_req.append(ids)
+    gen = _assemble("gen0", g_kinds, g_attrs, g_ts, g_req, polls - polls // 2, rng)
+    os.makedirs(out_dir, exist_ok=True)
+    sizes = {}
+    for stream, part in (("ctx0", ctx), ("gen0", gen)):
+        rid = pa.DictionaryArray.from_arrays(
+            pa.array(part["req"], mask=part["req"] < 0, type=pa.int32()),
+            pa.array([f"r{i:07d}" for i in range(n)]))
+        table = pa.table({
+            "position": pa.array(part["position"]), "seq": pa.array(part["position"]),
+            "ts_ns": pa.array(part["ts"]),
+            "kind": pa.array(part["kind"]).dictionary_encode(),
+            "request_id": rid, "attrs": pa.array(part["attrs"], type=pa.string()),
+            "prev_hash": part["prev_hash"], "hash": part["hash"]})
+        folder = os.path.join(out_dir, f"stream={stream}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "part-0.parquet")
+        pq.write_table(table, path, compression="zstd", row_group_size=row_group)
+        sizes[stream] = (table.num_rows, os.path.getsize(path))
+    total = sum(r for r, _ in sizes.values())
+    return {"events": total, "requests": n, "bytes": sum(b for _, b in sizes.values()),
+            "streams": sizes}
+
+
+def _assemble(stream: str, kinds: list, attrs: list, ts: list, req: list, polls: int,
+              rng: np.random.Generator) -> dict[str, Any]:
+    """Concatenate one stream's lifecycle events, add ``polls`` status polls, order by time."""
+    import pyarrow as pa
+
+    k = np.concatenate(kinds)
+    a = np.concatenate(attrs)
+    t = np.concatenate(ts)
+    r = np.concatenate(req).astype(np.int64)
+    t_end = int(t.max())
+    poll_kind = "poll.context" if stream == "ctx0" else "poll.generation"
+    pt = np.linspace(T0_NS + 1, t_end, polls).astype(np.int64)
+    pa_attrs = '{"at_least":1,"elapsed_ns":20000,"returned":[],"skipped":0}'
+    opened = ('{"config":{"block_tokens":32,"num_blocks":4096,"recv_slots":16,"send_slots":16},'
+              f'"role":"{stream[:3]}","schema_version":1,"wall_ns":1800000000000000000}}')
+    k = np.concatenate([np.array(["ledger.opened"], dtype=object), k,
+                        np.full(polls, poll_kind, dtype=object)])
+    a = np.concatenate([np.array([opened], dtype=object), a, np.full(polls, pa_attrs,
+                                                                     dtype=object)])
+    t = np.concatenate([np.array([T0_NS], dtype=np.int64), t, pt])
+    r = np.concatenate([np.array([-1]), r, np.full(polls, -1)])
+    order = np.argsort(t, kind="stable")
+    m = len(order)
+    hexes = rng.bytes(16 * m).hex().encode()
+    offsets = np.arange(0, 32 * (m + 1), 32, dtype=np.int32)
+    hashes = pa.StringArray.from_buffers(m, pa.py_buffer(offsets.tobytes()), pa.py_buffer(hexes))
+    prev = pa.concat_arrays([pa.array(["0" * 32]), hashes.slice(0, m - 1)])
+    return {"kind": k[order], "attrs": a[order], "ts": t[order], "req": r[order],
+            "position": np.arange(1, m + 1, dtype=np.int64), "hash": hashes, "prev_hash": prev}

@@ -14,7 +14,7 @@ tensor, so a scatter costs exactly what a gather costs (one read and one write o
 
 Bytes are moved as 32-bit words (a reinterpreting view, never a conversion), so results are
 bit-identical to the torch reference for every dtype, NaN payloads included. The checksum is the
-reference's integer formula (``ops._CHECKSUM_MOD``) computed exactly in int64: identical values.
+reference's integer formula (``ops.CHECKSUM_ROW_WORDS``), wrapping int64 sums: identical values.
 
 Everything here expects CUDA tensors and is reached through ``kvledger.cuda.ops``, which falls
 back to torch where ``available()`` is False or a tensor's layout does not fit (see ``supports``).
@@ -22,9 +22,12 @@ back to torch where ``available()`` is False or a tensor's layout does not fit (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+import math
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -40,11 +43,9 @@ except ImportError:  # pragma: no cover - depends on the install
 # Words per program for pack/unpack: 64 KiB per program keeps thousands of programs in flight for a
 # 4 MiB block while each thread issues several 16-byte loads before its first store.
 _COPY_WORDS = 16384
-# Words per inner tile of the checksum; a tile's sum of products stays below 2**62 (see below).
+_COPY_WARPS = 16  # 16 warps: +2-3% over 8 at 1 GiB on an H200 (sweep in bench_datapath)
+# Words per inner tile of the checksum (sums wrap modulo 2**64 by definition: no size limit).
 _SUM_TILE = 1024
-# Largest block (in 32-bit words) for which r * (i + 1) < 2**31 * 2**21 and a 1024-word tile sum
-# stays < 2**62: no int64 overflow inside a tile. Larger blocks use the torch reference.
-_MAX_CHECKSUM_WORDS = 1 << 21
 
 
 @functools.cache
@@ -53,47 +54,148 @@ def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
-def _words(t: torch.Tensor) -> torch.Tensor | None:
-    """A flat int32 view of a contiguous tensor's bytes, or None where none exists."""
-    if not t.is_contiguous() or (t.numel() * t.element_size()) % 4:
-        return None
-    flat = t.reshape(-1).view(torch.uint8)
-    if flat.data_ptr() % 4:
-        return None
-    return flat.view(torch.int32)
+def _block_bytes(pool: torch.Tensor) -> int:
+    # Pure Python on the shape: indexing the tensor (pool[0]) would cost a torch op per call.
+    return math.prod(pool.shape[1:]) * pool.element_size()
 
 
 def supports(pool: torch.Tensor, slot: torch.Tensor | None = None) -> bool:
-    """True when the kernels can run on these tensors (else ops uses the torch path)."""
-    if not available() or not pool.is_cuda or pool.dim() < 1 or _words(pool) is None:
+    """True when the kernels can run on these tensors (else ops uses the torch path).
+
+    Cheap on purpose (attribute reads only): it runs on every call, and at 64 MiB a pack's whole
+    GPU time is ~35 us, so host overhead per call decides small-request throughput.
+    """
+    if not pool.is_cuda or not available() or pool.dim() < 1 or not pool.is_contiguous() \
+            or pool.data_ptr() % 4 or _block_bytes(pool) % 4:
         return False
     if slot is not None:
         # The slot is a flat uint8 tensor; its front must be addressable as 32-bit words.
-        if not slot.is_cuda or slot.device != pool.device or not slot.is_contiguous() \
-                or slot.data_ptr() % 4:
+        if slot.device != pool.device or not slot.is_contiguous() or slot.data_ptr() % 4:
             return False
     return True
 
 
-def _ids_tensor(block_ids: Sequence[int], num_blocks: int, device: torch.device) -> torch.Tensor:
-    ids = torch.as_tensor(list(block_ids), dtype=torch.int64)
+class _IdRing:
+    """Hands block-id lists to the kernels without a stream sync or an allocation per call.
+
+    A copy from pageable memory would synchronize the stream (CUDA stages it), and a fresh pinned
+    tensor plus an upload cost ~45 us of host time per call, more than the whole GPU time of a
+    64 MiB pack (~35 us on an H200). Instead: ``SLOTS`` fixed rows of pinned host memory. Small
+    launches read their row in place (zero-copy over UVA: each program loads one 8-byte id),
+    which saves the upload's host time where host time decides; large launches (more than
+    ``ZERO_COPY_PROGRAMS`` programs) get the row copied to a device row first (asynchronous
+    ``copy_`` from pinned memory), because thousands of programs each waiting on a host read
+    cost 20-25% of bandwidth at 256 MiB and more (H100, measured). Each call takes the next row
+    after waiting on the event recorded behind that row's last use, long done unless the stream
+    is ``SLOTS`` calls behind. If zero-copy is refused (probed once per device), every launch
+    uploads.
+    Rows are handed out under a lock; two threads would have to interleave ``SLOTS`` calls
+    between one call's hand-out and its ``done`` to share a row.
+    """
+
+    SLOTS = 64
+    WIDTH = 4096  # ids per launch; longer lists are launched in chunks
+    ZERO_COPY_PROGRAMS = 2048  # about two waves of 16-warp programs on an H100
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, pin_memory=True)
+        self.host_np = self.host.numpy()
+        self.host_rows = list(self.host.unbind(0))
+        self.events = [torch.cuda.Event() for _ in range(self.SLOTS)]
+        self.used = [False] * self.SLOTS
+        self.next = 0
+        self.lock = threading.Lock()
+        dev = torch.empty((self.SLOTS, self.WIDTH), dtype=torch.int64, device=device)
+        self.dev_rows = list(dev.unbind(0))
+        self.zero_copy = self._zero_copy_works()
+        if not self.zero_copy:
+            log.info("kvledger.cuda: kernels cannot read pinned memory in place on %s; "
+                     "uploading block ids instead", device)
+
+    def _zero_copy_works(self) -> bool:
+        probe = torch.arange(8, dtype=torch.int32, device=self.device).view(8, 1)
+        out = torch.full((3,), -1, dtype=torch.int32, device=self.device)
+        self.host_np[0, :3] = [6, 1, 4]
+        try:
+            _copy_blocks_kernel[(1, 3)](probe, out, self.host_rows[0], 1, 0, SCATTER=False,
+                                        BLOCK=16, num_warps=1)
+            return out.tolist() == [6, 1, 4]
+        except Exception as exc:  # Triton refuses host pointers it cannot map
+            log.debug("zero-copy probe failed: %s", exc)
+            return False
+
+    def take(self, ids: list[int], programs: int) -> tuple[torch.Tensor, int]:
+        """(ids readable by a kernel on the current stream, row); ``done(row)`` after launch."""
+        n = len(ids)
+        with self.lock:
+            row = self.next
+            self.next = (row + 1) % self.SLOTS
+            if self.used[row]:
+                self.events[row].synchronize()  # the row's last kernel has finished
+                self.used[row] = False
+        self.host_np[row, :n] = ids
+        if self.zero_copy and programs <= self.ZERO_COPY_PROGRAMS:
+            return self.host_rows[row], row
+        out = self.dev_rows[row][:n]
+        out.copy_(self.host_rows[row][:n], non_blocking=True)
+        return out, row
+
+    def done(self, row: int) -> None:
+        self.events[row].record()  # current stream of the current (= pool's) device
+        self.used[row] = True
+
+
+_RINGS: dict[torch.device, _IdRing] = {}
+
+
+def _id_chunks(block_ids: Sequence[int], num_blocks: int, device: torch.device,
+               programs_per_block: int) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """(first, ids readable on ``device``, count) per launch; a launch after each yield."""
+    if isinstance(block_ids, torch.Tensor):
+        if block_ids.device == device and block_ids.dtype == torch.int64:
+            # Already on the device (the caller keeps ids there); a range check would need a
+            # sync, so it is the caller's duty here.
+            flat = block_ids.reshape(-1)
+            for first in range(0, flat.numel(), _IdRing.WIDTH):
+                chunk = flat[first:first + _IdRing.WIDTH]
+                yield first, chunk, chunk.numel()
+            return
+        block_ids = block_ids.tolist()
+    ids = block_ids if isinstance(block_ids, list) else list(block_ids)
     # Out-of-range ids would be a wild write on the GPU: check on the host, where it is cheap.
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
+    if ids and (min(ids) < 0 or max(ids) >= num_blocks):
         raise IndexError(f"block id out of range [0, {num_blocks})")
-    return ids.to(device, non_blocking=True)
+    if device.type != "cuda":  # the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors
+        for first in range(0, len(ids), _IdRing.WIDTH):
+            chunk = ids[first:first + _IdRing.WIDTH]
+            yield first, torch.tensor(chunk, dtype=torch.int64), len(chunk)
+        return
+    ring = _RINGS.get(device)
+    if ring is None:
+        ring = _RINGS.setdefault(device, _IdRing(device))
+    for first in range(0, len(ids), _IdRing.WIDTH):
+        chunk = ids[first:first + _IdRing.WIDTH] if len(ids) > _IdRing.WIDTH else ids
+        t, row = ring.take(chunk, len(chunk) * programs_per_block)
+        yield first, t, len(chunk)
+        ring.done(row)
 
 
 if triton is not None:
 
     @triton.jit
-    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block,
+    def _copy_blocks_kernel(src_ptr, dst_ptr, ids_ptr, words_per_block, first,
                             SCATTER: tl.constexpr, BLOCK: tl.constexpr):
+        # Any element type in, 32-bit words moved: a pointer cast, not a value conversion (the
+        # caller checked that both bases are 4-byte aligned and blocks are whole words).
+        src_ptr = src_ptr.to(tl.pointer_type(tl.int32))
+        dst_ptr = dst_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
         b = tl.program_id(1)
         blk = tl.load(ids_ptr + b)  # int64: pool offsets exceed 2**31 words on large pools
         offs = c.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < words_per_block
-        packed = b.to(tl.int64) * words_per_block + offs
+        packed = (b.to(tl.int64) + first) * words_per_block + offs
         pooled = blk * words_per_block + offs
         if SCATTER:
             v = tl.load(src_ptr + packed, mask=mask, eviction_policy="evict_first")
@@ -103,9 +205,15 @@ if triton is not None:
             tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
 
     @triton.jit
-    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, MOD: tl.constexpr,
-                         CHUNK: tl.constexpr, TILE: tl.constexpr):
-        # Partial sum over one CHUNK of one block, reduced mod MOD; the host adds the partials.
+    def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
+                         ROW: tl.constexpr, WIDE: tl.constexpr, CHUNK: tl.constexpr,
+                         TILE: tl.constexpr):
+        # Partial checksum of one CHUNK of one block: sum of word * (2 * (i // ROW) + 1), all
+        # wrapping int64 (see ops.CHECKSUM_ROW_WORDS); the host adds the partials, also wrapping.
+        if WIDE:
+            pool_ptr = pool_ptr.to(tl.pointer_type(tl.int64))
+        else:
+            pool_ptr = pool_ptr.to(tl.pointer_type(tl.int32))
         c = tl.program_id(0)
         b = tl.program_id(1)
         blk = tl.load(ids_ptr + b)
@@ -115,31 +223,32 @@ if triton is not None:
             i = c.to(tl.int64) * CHUNK + t + tl.arange(0, TILE)
             mask = i < words_per_block
             w = tl.load(pool_ptr + base + i, mask=mask, other=0).to(tl.int64)
-            # Python-style w mod MOD in [0, MOD) for any int32 w (torch's % floors): w + MOD or
-            # w + 2*MOD when negative, w - MOD when w >= MOD.
-            r = tl.where(w < 0, w + MOD, w)
-            r = tl.where(r < 0, r + MOD, r)
-            r = tl.where(r >= MOD, r - MOD, r)
-            prod = tl.where(mask, r * (i + 1), 0)  # < 2**52 per word, < 2**62 per tile
-            acc = (acc + tl.sum(prod, axis=0) % MOD) % MOD
-        tl.store(part_ptr + b * chunks + c + tl.arange(0, 1), acc)
+            prod = tl.where(mask, w * (2 * (i // ROW) + 1), 0)
+            acc += tl.sum(prod, axis=0)
+        tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
 
 
-def _copy(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, wpb: int,
+def _current(t: torch.Tensor):
+    """Make ``t``'s device current: Triton launches on the current device's current stream,
+    whatever device the tensors are on (a no-op in the usual one-device-per-process case)."""
+    if t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
+def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int],
           scatter: bool) -> None:
-    n = ids.numel()
-    if n == 0:
-        return
-    grid = (triton.cdiv(wpb, _COPY_WORDS), n)
-    _copy_blocks_kernel[grid](src, dst, ids, wpb, SCATTER=scatter, BLOCK=_COPY_WORDS,
-                              num_warps=8)
+    wpb = _block_bytes(pool) // 4
+    programs = (wpb + _COPY_WORDS - 1) // _COPY_WORDS
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, programs):
+        _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
+                                           BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
 
 
 def pack(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, nbytes: int) -> None:
     """Gather ``pool[block_ids]`` into ``slot[:nbytes]`` on the current stream."""
-    wpb = pool[0].numel() * pool.element_size() // 4
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(_words(pool), _words(slot[:nbytes]), ids, wpb, scatter=False)
+    with _current(pool):
+        _copy(pool, slot, pool, block_ids, scatter=False)
 
 
 def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nbytes: int) -> None:
@@ -148,24 +257,30 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
     A block id listed twice gets one of its source blocks (unspecified which), as with
     ``index_copy_``; the runtime never lists a destination block twice.
     """
-    wpb = pool[0].numel() * pool.element_size() // 4
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    _copy(_words(slot[:nbytes]), _words(pool), ids, wpb, scatter=True)
+    with _current(pool):
+        _copy(slot, pool, pool, block_ids, scatter=True)
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:
-    return supports(pool) and pool[0].numel() * pool.element_size() // 4 <= _MAX_CHECKSUM_WORDS
+    return supports(pool)
 
 
-def block_checksums(pool: torch.Tensor, block_ids: Sequence[int], mod: int) -> list[int]:
+def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """The reference checksum of each listed block (synchronizes: returns host integers)."""
-    wpb = pool[0].numel() * pool.element_size() // 4
-    ids = _ids_tensor(block_ids, pool.shape[0], pool.device)
-    n = ids.numel()
+    with _current(pool):
+        return _checksums(pool, block_ids)
+
+
+def _checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
+    from kvledger.cuda.ops import checksum_layout
+
+    word, wpb, row = checksum_layout(_block_bytes(pool))
     chunk = 16 * _SUM_TILE
-    chunks = triton.cdiv(wpb, chunk)
-    part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
-    _checksum_kernel[(chunks, n)](_words(pool), ids, part, wpb, chunks, MOD=mod, CHUNK=chunk,
-                                  TILE=_SUM_TILE, num_warps=4)
-    # Each partial < MOD and chunks <= 128: the row sum cannot overflow int64.
-    return [int(x) for x in (part.sum(dim=1) % mod).tolist()]
+    chunks = (wpb + chunk - 1) // chunk
+    part = torch.empty((len(block_ids), chunks), dtype=torch.int64, device=pool.device)
+    for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
+        _checksum_kernel[(chunks, n)](pool, ids, part, wpb, chunks, first, ROW=row,
+                                      WIDE=word is torch.int64, CHUNK=chunk, TILE=_SUM_TILE,
+                                      num_warps=4)
+    # Wrapping int64 sum of the partials: the reference's exact value.
+    return [int(x) for x in part.sum(dim=1).tolist()]

@@ -1,17 +1,21 @@
 """``Ledger``: the runtime's handle on one stream of the store.
 
 Hot path: ``emit(kind, request_id, **attrs)`` appends one tuple to a deque: no I/O, no encoding,
-no validation, no lock. A background writer drains the deque in groups (at most every
-``group_ms`` or ``group_max`` events), assigns ``seq``, validates, encodes, chains and commits
-each group in one transaction. ``flush()`` returns once everything emitted before it is durable.
+no validation, no lock. A writer thread drains the deque in groups (at most every ``group_ms`` or
+``group_max`` events), assigns ``seq``, validates, encodes and chains them; a committer thread
+commits each group in one transaction. Two groups are in flight at most, so encoding the next
+group overlaps the commit (fsync, network) of the previous one. ``flush()`` returns once
+everything emitted before it is durable ("acknowledged"). ``sync=True`` does it all inside
+``emit`` (tests).
 
 The queue has a fixed bound (``queue_max``). When the writer falls behind, the emit that finds the
-queue over the bound waits for the writer at most ``backpressure_ms`` and records a
-``ledger.backpressure`` event (queued, waited_ns). So nothing is dropped, the runtime thread never
-waits longer than that per emit, and memory stays bounded: while storage is stuck the queue can only
-grow by two items per ``backpressure_ms`` (the event and its record). We chose bounded backpressure
-over spilling to Arrow IPC because the writer keeps up with the runtime's event rate (see
-bench/bench_ledger.py) and a spill file is a second, unverified copy of the tail to merge back.
+queue over the bound waits for the writer at most ``backpressure_ms`` (plus the interpreter's
+thread scheduling) and records a ``ledger.backpressure`` event (queued, waited_ns). So nothing is
+dropped, the runtime thread is never stalled without limit, and memory stays bounded: while
+storage is stuck the queue grows by two items per ``backpressure_ms`` at most. We chose bounded
+backpressure over spilling to Arrow IPC: a spill file is a second, unverified copy of the tail
+that must be merged back in order, and it would only move the bound from memory to disk; the
+bench (bench/bench_ledger.py) measures the writer's rate and the stall bound.
 A failed writer is reported by ``flush()``; once the queue is over its bound, ``emit`` raises it too
 (queuing forever behind a dead writer would be unbounded).
 
@@ -43,7 +47,8 @@ log = logging.getLogger(__name__)
 
 GROUP_MS_DEFAULT = 10
 GROUP_MAX_DEFAULT = 1024
-QUEUE_MAX_DEFAULT = 1 << 20
+# ~400 bytes per queued event: 64k events is ~26 MB, the whole memory cost of a slow store.
+QUEUE_MAX_DEFAULT = 1 << 16
 BACKPRESSURE_MS_DEFAULT = 50
 
 Subscriber = Callable[[Event], None]
@@ -78,6 +83,7 @@ class Ledger:
         store: EventStore | None = None,
         backpressure_ms: float = BACKPRESSURE_MS_DEFAULT,
         verify_on_open: bool = True,
+        pipeline: bool = True,
     ) -> None:
         if not (group_ms > 0 and group_max > 0 and queue_max >= group_max):
             raise ValueError("need group_ms > 0, group_max > 0 and queue_max >= group_max")
@@ -105,6 +111,7 @@ class Ledger:
         self._error: BaseException | None = None
         self._closed = False
         self._wake = threading.Event()
+        self._progress = threading.Event()
         # Encoded-but-not-yet-durable head, owned by the encoder (the writer thread).
         self._enc_seq, self._enc_hash = self._seq, self._hash
         # Encoder -> committer hand-off: two groups in flight at most, so encoding the next
@@ -112,12 +119,14 @@ class Ledger:
         self._handoff: queue.Queue = queue.Queue(maxsize=2)
         self._writer: threading.Thread | None = None
         self._committer: threading.Thread | None = None
+        self.pipeline = pipeline
         if not sync:
             self._writer = threading.Thread(target=self._run, name=f"ledger-writer-{stream}",
                                             daemon=True)
-            self._committer = threading.Thread(target=self._commit_loop,
-                                               name=f"ledger-commit-{stream}", daemon=True)
-            self._committer.start()
+            if pipeline:
+                self._committer = threading.Thread(target=self._commit_loop,
+                                                   name=f"ledger-commit-{stream}", daemon=True)
+                self._committer.start()
             self._writer.start()
         self.emit("ledger.opened", None, schema_version=SCHEMA_VERSION, role=role,
                   wall_ns=time.time_ns(), config=config)
@@ -180,15 +189,19 @@ class Ledger:
     def close(self) -> None:
         if self._closed:
             return
-        self.emit("ledger.closed", None, events=self._seq + len(self._queue) + 1)
-        self.flush()
-        self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            self._writer.join(timeout=10)
-        if self._committer is not None:
-            self._committer.join(timeout=10)
-        self.store.close()
+        try:
+            self.flush()  # so that the count below is exact
+            self.emit("ledger.closed", None, events=self._seq + 1)
+            self.flush()
+        finally:
+            # Stop the threads and release the store even when the writer failed.
+            self._closed = True
+            self._wake.set()
+            if self._writer is not None:
+                self._writer.join(timeout=10)
+            if self._committer is not None:
+                self._committer.join(timeout=10)
+            self.store.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -211,10 +224,17 @@ class Ledger:
         t0 = time.monotonic_ns()
         deadline = t0 + int(self.backpressure_ms * 1_000_000)
         self._wake.set()
-        while len(self._queue) > self.queue_max // 2 and time.monotonic_ns() < deadline:
-            if self._error is not None:
+        half = self.queue_max // 2
+        # Sleep until the writer takes a group (it sets _progress), not in a polling loop: a
+        # polling thread keeps taking the GIL from the very writer it waits for.
+        while len(self._queue) > half and self._error is None:
+            remaining = deadline - time.monotonic_ns()
+            if remaining <= 0:
                 break
-            time.sleep(0.0002)
+            self._progress.clear()
+            if len(self._queue) <= half:
+                break
+            self._progress.wait(remaining / 1e9)
         waited = time.monotonic_ns() - t0
         self.backpressure_waits += 1
         self.backpressure_ns += waited
@@ -232,7 +252,7 @@ class Ledger:
             while self._error is None:
                 self._wake.wait(period)
                 self._wake.clear()
-                self._encode_queued(self._handoff.put)
+                self._encode_queued(self._handoff.put if self.pipeline else self._commit_inline)
                 if self._closed and not self._queue:
                     break
         except SchemaError:
@@ -241,6 +261,14 @@ class Ledger:
             self._fail(exc)
         finally:
             self._handoff.put(None)
+
+    def _commit_inline(self, item: tuple) -> None:
+        """pipeline=False: the writer thread commits each group itself."""
+        try:
+            self._commit(*item)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
 
     def _commit_loop(self) -> None:
         """Committer thread: commit each group, then acknowledge the flushes behind it."""
@@ -261,6 +289,7 @@ class Ledger:
         if self._error is None:
             log.error("ledger %s: writer failed: %s", self.stream, exc)
             self._error = exc
+        self._progress.set()
         self._fail_marks(exc)
         while True:  # flushes already handed to the committer
             try:
@@ -325,6 +354,7 @@ class Ledger:
                 rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
                 prev = h
             self._enc_seq, self._enc_hash = seq, prev
+            self._progress.set()  # an emit waiting in _backpressure may go on
             put((rows, marks, bad))
             if bad is not None:
                 raise bad

@@ -194,6 +194,15 @@ class EventStore:
             for p in params:
                 copy.write_row(p)
 
+    def insert_raw(self, rows: Sequence[tuple]) -> None:
+        """Insert complete rows (``_APPEND_COLUMNS`` order) in one transaction: imports only."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_APPEND_LOCK})")
+                self._copy_pg(conn, list(rows))
+            else:
+                conn.exec_driver_sql(_INSERT_SQLITE, list(rows))
+
     def truncate_tail(self, stream: str, from_seq: int) -> int:
         """Delete a stream's rows with seq >= from_seq (a torn tail only). Returns the count."""
         with self.engine.begin() as conn:

@@ -18,7 +18,7 @@ class WorkerConfig:
     name: str = ""  # stream / agent name; defaults to the role
     peer: str = ""  # the other worker's name
     # KV pool geometry: pool[num_blocks, layers, 2, kv_heads, block_tokens, head_dim].
-    num_blocks: int = 256
+    num_blocks: int = 1024
     layers: int = 2
     kv_heads: int = 2
     block_tokens: int = 16
@@ -39,6 +39,9 @@ class WorkerConfig:
     release_on_cancel: bool = False
     policy: str = "hardened"
     seed: int = 0
+    # Where KV and slots live: "cpu", or "cuda" / "cuda:N" (NIXL registers VRAM; UCX's CUDA
+    # transports move the bytes GPU to GPU; pack/unpack/checksum run as Triton kernels).
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.role not in ("ctx", "gen"):
@@ -49,6 +52,8 @@ class WorkerConfig:
                   "send_slots", "recv_slots", "max_request_blocks", "progress_deadline_ms"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
         if self.max_request_blocks > self.num_blocks:
             raise ValueError("max_request_blocks must not exceed num_blocks")
 

@@ -81,14 +81,23 @@ class FaultScript:
         return cls(faults, seed)
 
     @classmethod
-    def from_events(cls, events: Iterable[Any]) -> FaultScript:
-        """Re-inject recorded ``fault.injected`` events at their recorded times, once each."""
+    def from_events(cls, events: Iterable[Any], origin_ns: int | None = None) -> FaultScript:
+        """Re-inject recorded ``fault.injected`` events at their recorded times, once each.
+
+        ``origin_ns``: the new run's clock at its stream's start; recorded times are then moved
+        by (origin_ns - the recorded stream's first event time), e.g. onto a virtual clock."""
         faults = []
+        first_ns: int | None = None
         for ev in events:
+            if first_ns is None:
+                first_ns = ev.ts_ns
             if ev.kind != "fault.injected":
                 continue
             p = dict(ev.attrs.get("params") or {})
-            faults.append(Fault(kind=ev.attrs["fault"], at_ns=p.get("fired_ns", ev.ts_ns),
+            at = p.get("fired_ns", ev.ts_ns)
+            if origin_ns is not None:
+                at = origin_ns + (at - (first_ns if first_ns is not None else at))
+            faults.append(Fault(kind=ev.attrs["fault"], at_ns=at,
                                 request_id=p.get("request_id"), msg_type=p.get("msg_type"),
                                 delay_ms=float(p.get("delay_ms", 0.0)), count=1))
         return cls(faults)

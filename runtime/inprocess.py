@@ -129,11 +129,13 @@ class Pair:
 def run_workload(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None = None,
                  gen_cfg: WorkerConfig | None = None, transports: tuple[Transport, Transport]
                  | None = None, clock: Clock | None = None, tick_ns: int = 20_000,
-                 drain_ns_max: int = 60_000_000_000, policy: str = "hardened") -> RunResult:
+                 drain_ns_max: int = 60_000_000_000, policy: str = "hardened",
+                 latency_ticks_max: int = 400) -> RunResult:
     """Run the burst, drain it, send the probe, close the ledgers; report both sides' state."""
     if ctx_cfg is None or gen_cfg is None:
         ctx_cfg, gen_cfg = pair_configs(policy)
-    ctx_t, gen_t = transports or loopback_pair(latency_ticks_max=4, seed=workload.seed)
+    ctx_t, gen_t = transports or loopback_pair(latency_ticks_max=latency_ticks_max,
+                                               seed=workload.seed)
     pair = Pair(ctx_cfg, gen_cfg, ctx_t, gen_t, out_dir, clock)
     t0 = pair.now()
     events: list[tuple[int, int, str]] = []  # (time, order, kind) of the client's actions
@@ -177,3 +179,43 @@ def run_workload(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | No
     results = {w.config.stream: dict(w.results) for w in pair.workers.values()}
     pair.close()
     return RunResult(dict(pair.urls), state, results, probe_ok, steps, drained, cancels)
+
+
+def read_events(urls: dict[str, str]) -> list:
+    """Every event of the run's ledgers (each stream in seq order)."""
+    from ..ledger.sources import open_source
+
+    events = []
+    for url in urls.values():
+        with open_source(url) as src:
+            events.extend(src.events())
+    return events
+
+
+def compare_with_projection(state: dict[str, dict[str, Any]], snapshot: dict[str, Any]
+                            ) -> list[str]:
+    """Differences between the runtime's own final state and the projection rebuilt from the
+    ledger (pool occupancy, block references, pins, in-flight and quarantined requests)."""
+    diffs: list[str] = []
+    for stream, st in state.items():
+        w = snapshot["workers"].get(stream)
+        if w is None:
+            diffs.append(f"{stream}: not in the ledger")
+            continue
+        pool = "send" if st["role"] == "ctx" else "recv"
+        got = w["pools"][pool]
+        for key in ("free", "held", "poisoned"):
+            if got[key] != st["slots"][key]:
+                diffs.append(f"{stream} {pool} slots {key}: runtime {st['slots'][key]} "
+                             f"ledger {got[key]}")
+        pairs = (("referenced", "held"), ("pinned", "pinned"))
+        for mine, theirs in pairs:
+            if st["blocks"][mine] != w["blocks"][theirs]:
+                diffs.append(f"{stream} blocks {mine}: runtime {st['blocks'][mine]} "
+                             f"ledger {w['blocks'][theirs]}")
+        for key in ("in_flight", "quarantined"):
+            if sorted(st[key]) != sorted(w[key]):
+                diffs.append(f"{stream} {key}: runtime {st[key]} ledger {w[key]}")
+        if st["healthy"] != (w["healthy"] if w["healthy"] is not None else True):
+            diffs.append(f"{stream} healthy: runtime {st['healthy']} ledger {w['healthy']}")
+    return diffs

@@ -7,14 +7,16 @@ What NIXL really does on these machines (env-experiments §0–§3) shapes every
   the thread that built the transport and raises ``RuntimeError`` otherwise.
 - **No progress thread; the owner polls.** The wrapper hard-codes ``pthrDelay=0``, so the default
   progress thread busy-spins a whole core per agent (two agents = both cores of this box, and
-  notification round trips of 8 ms). Measured here (``bench/bench_runtime.py --progress``): with
-  ``enable_prog_thread=False`` and the owner polling, a control round trip is ~20 µs and an idle
-  agent uses no CPU; the ``pthrDelay=10`` monkeypatch gives ~40 µs and a few % of a core when idle.
-  The worker loop polls anyway (``check``/``poll_control``/``progress`` all drive UCX), so polling
-  costs nothing extra and wins on latency. ``progress="thread"`` keeps the patched thread as an
-  option. Caveat (§2a): with ``UCX_TLS=tcp`` a passive target must also call into NIXL for data
-  to land; every worker loop calls ``progress()``, so a stalled peer stalls its incoming WRITEs,
-  which is the honest behaviour of a stalled peer.
+  notification round trips of 8 ms). Measured here between two processes (``progress_modes`` in
+  ``bench/bench_runtime.py``): owner polling (``enable_prog_thread=False``) gives a control round
+  trip of ~20 µs median and 0 CPU when idle; the ``pthrDelay=10`` monkeypatch gives ~44 µs and
+  ~1 % of a core per idle agent. The worker loop polls anyway (``check``/``poll_control``/
+  ``progress`` all drive UCX), so polling costs nothing extra and wins on latency;
+  ``progress="thread"`` keeps the patched thread as an option. Caveats: with ``UCX_TLS=tcp`` a
+  passive target must call into NIXL for data to land (§2a), and even with cma a WRITE carrying
+  a notification stayed PROC here until the target progressed (4-7 ms per WRITE against a
+  target sleeping between polls, 21 µs without the notification); every worker loop calls
+  ``progress()``, so a stalled peer stalls its incoming WRITEs: the honest behaviour of a stall.
 - **Release is not quiescence.** With UCX, ``release_xfer_handle`` on an in-flight WRITE returns
   at once while the bytes keep moving, and ``check_xfer_state`` on a released handle reads freed
   memory (returns 'DONE'). So ``release()`` of an in-flight handle returns True ("accepted") but
@@ -57,7 +59,8 @@ _CTRL = 0x01  # control frame: kind, incarnation (8 B), seq (8 B), payload
 _WNOTIF = 0x02  # WRITE notification frame: kind, payload
 _CTRL_HDR = struct.Struct(">BQQ")
 _DESC_HDR = b"KVD1"
-_RANGE = struct.Struct(">QQI")  # addr, len, device id
+_RANGE = struct.Struct(">QQI")  # addr, len, device id (| _VRAM for GPU memory)
+_VRAM = 0x8000_0000  # flag in a range's device field: the range is GPU memory (NIXL "VRAM")
 
 # Agents and tensors whose memory a never-quiesced handle may still touch: kept alive (and
 # registered) until the process exits rather than freed under UCX's feet (NIXL #2044).
@@ -82,6 +85,7 @@ class _Region:
     addr: int
     nbytes: int
     reg: Any  # nixlRegDList from register_memory
+    dev: int = 0  # NIXL device id, with _VRAM set for GPU memory
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class _Op:
     state: str = "PROC"
     error: str | None = None
     polls: int = 0
+    t0_ns: int = 0  # when the post began (transfer time = t0 -> DONE observed)
 
 
 @dataclass(slots=True)
@@ -141,9 +146,10 @@ class NixlTransport:
         self._tx_seq: dict[str, int] = {}
         self._rx: dict[str, _PeerRx] = {}
         self._inbox: list[tuple[str, bytes]] = []
+        self._just_progressed = False
         self._closed = False
         self.stats = {"posted": 0, "zombies_reaped": 0, "ctrl_sent": 0, "ctrl_received": 0,
-                      "ctrl_reordered": 0}
+                      "ctrl_reordered": 0, "done_bytes": 0, "done_xfer_ns": 0}
 
     @staticmethod
     def _make_agent(api: Any, config_cls: Any, name: str, progress: str, pthr_delay_us: int,
@@ -186,7 +192,12 @@ class NixlTransport:
         return err
 
     def _descs(self, ranges: list[tuple[int, int, int]]) -> Any:
-        return self._agent.get_xfer_descs(ranges, "DRAM")
+        """NIXL descriptors for (addr, len, dev) ranges, all of one memory type (by _VRAM)."""
+        kinds = {bool(d & _VRAM) for _, _, d in ranges}
+        if len(kinds) != 1:
+            raise TransportError("a descriptor list mixes CPU and GPU memory")
+        mem = "VRAM" if kinds.pop() else "DRAM"
+        return self._agent.get_xfer_descs([(a, n, d & ~_VRAM) for a, n, d in ranges], mem)
 
     # ------------------------------------------------------------------ protocol
     def register(self, region: str, tensor: object) -> None:
@@ -194,13 +205,17 @@ class NixlTransport:
         if region in self._regions:
             raise TransportError(f"region {region!r} is already registered")
         t: Any = tensor
-        if t.device.type != "cpu" or not t.is_contiguous():
-            raise TransportError(f"region {region!r}: need a contiguous CPU tensor")
+        if t.device.type not in ("cpu", "cuda") or not t.is_contiguous():
+            raise TransportError(f"region {region!r}: need a contiguous CPU or CUDA tensor")
+        # nixl registers a torch tensor by its own device: DRAM for CPU, VRAM (UCX's CUDA
+        # transports: cuda_ipc between processes on one host) for CUDA.
+        dev = 0 if t.device.type == "cpu" else (t.device.index or 0) | _VRAM
         try:
             reg = self._agent.register_memory(t)
         except self._errors as exc:
             raise self._translate(exc, f"register {region}", None) from exc
-        self._regions[region] = _Region(t, t.data_ptr(), t.numel() * t.element_size(), reg)
+        self._regions[region] = _Region(t, t.data_ptr(), t.numel() * t.element_size(), reg,
+                                        dev)
 
     def deregister(self, region: str) -> None:
         """Deregister a region; refused while any live or released handle may touch it."""
@@ -260,7 +275,7 @@ class NixlTransport:
         for off, n in ranges:
             if off < 0 or n <= 0 or off + n > reg.nbytes:
                 raise TransportError(f"range {off}+{n} outside region {region!r} ({reg.nbytes} B)")
-            out.append(_RANGE.pack(reg.addr + off, n, 0))
+            out.append(_RANGE.pack(reg.addr + off, n, reg.dev))
         return b"".join(out)
 
     def post_write(self, local_region: str, local_offset: int, nbytes: int, peer: str,
@@ -284,9 +299,10 @@ class NixlTransport:
         for off, n in local_ranges:
             if off < 0 or n <= 0 or off + n > reg.nbytes:
                 raise TransportError(f"range {off}+{n} outside region {local_region!r}")
-            local.append((reg.addr + off, n, 0))
+            local.append((reg.addr + off, n, reg.dev))
             total += n
         frame = bytes((_WNOTIF,)) + notif if notif else b""
+        t0 = time.monotonic_ns()
         try:
             nx = self._agent.initialize_xfer("WRITE", self._descs(local), self._descs(remote),
                                              peer, frame)
@@ -300,10 +316,12 @@ class NixlTransport:
             raise self._translate(exc, f"transfer to {peer}", peer) from exc
         hid = next(self._ids)
         self._next_id = hid + 1
-        op = _Op(hid, nx, local_region, peer, total)
+        op = _Op(hid, nx, local_region, peer, total, t0_ns=t0)
         if state in ("DONE", "ERR"):
             op.state = state
             op.error = None if state == "DONE" else "transfer() returned ERR"
+            if state == "DONE":
+                self._count_done(op)
         self._ops[hid] = op
         self.stats["posted"] += 1
         return hid
@@ -321,6 +339,12 @@ class NixlTransport:
             op.state, op.error = "ERR", "check_xfer_state returned ERR"
         elif state == "DONE":
             op.state = "DONE"
+            self._count_done(op)
+
+    def _count_done(self, op: _Op) -> None:
+        # Post-to-DONE time of the bytes (the benchmark's "transfer throughput").
+        self.stats["done_bytes"] += op.nbytes
+        self.stats["done_xfer_ns"] += time.monotonic_ns() - op.t0_ns
 
     def check(self, handle: int) -> XferStatus:
         self._own()
@@ -379,18 +403,26 @@ class NixlTransport:
 
     def poll_control(self) -> list[tuple[str, bytes]]:
         self._own()
+        if self._just_progressed:
+            # progress() ran since the last poll and already collected what had arrived: one
+            # getNotifs per loop turn, not two (each is a UCX progress round, ~5-90 µs here).
+            self._just_progressed = False
+        else:
+            self._collect("get_new_notifs")
+        out = self._inbox
+        self._inbox = []
+        return out
+
+    def _collect(self, what: str) -> None:
         self._reap_zombies()
         try:
             notifs = self._agent.get_new_notifs()
         except self._errors as exc:
-            raise self._translate(exc, "get_new_notifs", None) from exc
-        out = self._inbox
-        self._inbox = []
+            raise self._translate(exc, what, None) from exc
         for peer_b, msgs in notifs.items():
             peer = peer_b.decode() if isinstance(peer_b, bytes) else peer_b
             for frame in msgs:
-                self._accept(peer, frame, out)
-        return out
+                self._accept(peer, frame, self._inbox)
 
     def _accept(self, peer: str, frame: bytes, out: list[tuple[str, bytes]]) -> None:
         if not frame:
@@ -430,17 +462,12 @@ class NixlTransport:
     def progress(self) -> None:
         """Drive UCX (no progress thread) and retire released handles that finished."""
         self._own()
-        self._reap_zombies()
         if self.progress_mode == "poll":
             # get_new_notifs progresses the UCX worker; keep what arrives for poll_control.
-            try:
-                notifs = self._agent.get_new_notifs()
-            except self._errors as exc:
-                raise self._translate(exc, "progress", None) from exc
-            for peer_b, msgs in notifs.items():
-                peer = peer_b.decode() if isinstance(peer_b, bytes) else peer_b
-                for frame in msgs:
-                    self._accept(peer, frame, self._inbox)
+            self._collect("progress")
+            self._just_progressed = True
+        else:
+            self._reap_zombies()
 
     def close(self, drain_s: float = 2.0) -> None:
         """Release every handle; deregister only memory no unfinished handle may touch.

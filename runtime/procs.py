@@ -1,5 +1,15 @@
 """Worker processes: spawn, rendezvous, command channel, shutdown, kill/stall.
 
+``spawn_worker`` starts one ctx or gen ``Worker`` in its own OS process, over a ``NixlTransport``
+(optionally wrapped in a ``FaultyTransport``), with its own ledger stream file
+``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
+hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
+runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
+state, shutdown) and carries results back (``results`` pushes: futures and ``request.finished``
+outcomes; ``cancel_result``); a reader thread per pipe drains it so neither side can block the
+other on a full pipe. Stall and kill are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a
+stalled worker answers nothing at all; commands for it wait in ``backlog`` until it resumes.
+
 ``spawn_peer`` starts a bare transport peer (a NIXL agent with one registered region that answers
 commands over a pipe): the counterpart for transport tests and the plain-NIXL baseline of the
 benchmark. Every child is started with the ``spawn`` method (no forked NIXL/UCX state) and gets
@@ -11,9 +21,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -140,3 +152,320 @@ def spawn_peer(name: str, *, region_bytes: int = 1 << 20, env: dict[str, str] | 
     tag, got_name, pid, md, desc = parent.recv()
     assert tag == "ready" and got_name == name
     return PeerProcess(name, proc, parent, pid, md, desc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+# ------------------------------------------------------------------------------------------------
+class _TapDict(dict):
+    """``Worker.results`` that also remembers what was fulfilled since the last look (O(1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: list[tuple[str, str]] = []
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self.new.append((key, value))
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone: the fault (or the supervisor) got there first
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+IDLE_SPINS = 200  # loop iterations with nothing to do before the loop starts to sleep-poll
+IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spinning core)
+IDLE_DEEP = 4_000  # after this many idle iterations (~2 s), wait longer: an idle worker's
+IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-core box need
+
+
+def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
+                 env: dict[str, str], faults: list[dict[str, Any]] | None) -> None:
+    os.environ.update(env)
+    from ..ledger.clock import MonotonicClock
+    from ..ledger.ledger import Ledger
+    from .config import WorkerConfig
+    from .faults import Fault, FaultyTransport
+    from .nixl_transport import NixlTransport
+    from .worker import Worker
+    from .workload import RequestSpec
+
+    cfg = WorkerConfig.from_dict(cfg_dict)
+    clock = MonotonicClock()
+    ledger = Ledger(ledger_url, cfg.stream, role=cfg.role, config=cfg.to_dict(), clock=clock)
+    nixl = NixlTransport(cfg.stream)
+    peer_pid: list[int] = []
+    resume_at: list[tuple[int, int]] = []  # (pid, monotonic ns) of peers we stopped
+
+    def kill_peer() -> None:
+        if peer_pid:
+            _signal(peer_pid[0], signal.SIGKILL)
+
+    def stall_peer(seconds: float) -> None:
+        if peer_pid:
+            _signal(peer_pid[0], signal.SIGSTOP)
+            resume_at.append((peer_pid[0], clock.now_ns() + int(seconds * 1e9)))
+
+    finished: list[tuple[str, str]] = []
+    ledger_emit = ledger.emit
+
+    def emit(kind: str, request_id: str | None = None, **attrs: Any) -> None:
+        # The one tap on the hot path: request ends go to the load driver as they happen.
+        if kind == "request.finished":
+            finished.append((request_id, attrs["outcome"]))
+        ledger_emit(kind, request_id, **attrs)
+
+    transport: Any = nixl
+    if faults:
+        transport = FaultyTransport(nixl, [Fault(**f) for f in faults], emit=emit,
+                                    clock=clock.now_ns, kill_peer=kill_peer,
+                                    stall_peer=stall_peer)
+    worker = Worker(cfg, transport, emit)
+    worker.results = _TapDict()
+    conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
+    idle = 0
+    while True:
+        now = clock.now_ns()
+        work = worker.step(now)
+        if worker.results.new or finished:
+            conn.send(("results", worker.results.new, finished))
+            worker.results.new = []
+            finished = []
+            work += 1
+        if resume_at and resume_at[0][1] <= now:
+            _signal(resume_at.pop(0)[0], signal.SIGCONT)
+        idle = 0 if work else idle + 1
+        wait_s = (0.0 if idle < IDLE_SPINS else IDLE_POLL_S if idle < IDLE_DEEP
+                  else IDLE_DEEP_POLL_S)
+        if not conn.poll(wait_s):
+            continue
+        idle = 0
+        msg = conn.recv()
+        cmd = msg[0]
+        now = clock.now_ns()
+        if cmd == "submit":
+            for d in msg[1]:
+                try:
+                    worker.submit(RequestSpec(**d), now)
+                except ValueError as exc:
+                    conn.send(("rejected", d["request_id"], str(exc)))
+        elif cmd == "cancel":
+            conn.send(("cancel_result", msg[1], worker.cancel(msg[1], now, msg[2])))
+        elif cmd == "connect":
+            _, peer, md, pid = msg
+            worker.connect(peer, md)
+            peer_pid[:] = [pid]
+            conn.send(("connected", peer))
+        elif cmd == "peer_lost":
+            worker.peer_lost(msg[1], now)
+        elif cmd == "state":
+            conn.send(("state", worker.state(), worker.idle(), _rss_bytes()))
+        elif cmd == "shutdown":
+            final = _drain(worker, clock, msg[1])
+            if worker.results.new or finished:
+                conn.send(("results", worker.results.new, finished))
+            for pid, _ in resume_at:
+                _signal(pid, signal.SIGCONT)
+            ledger.close()
+            transport.close()
+            conn.send(("bye", final, worker.idle(), _rss_bytes(),
+                       dict(getattr(nixl, "stats", {}))))
+            return
+        else:
+            log.error("%s: unknown command %r", cfg.stream, cmd)
+
+
+def _drain(worker: Any, clock: Any, drain_s: float) -> dict[str, Any]:
+    """Step until idle; then cancel what is left (shutdown), then force; bounded throughout."""
+    for force in (None, False, True):
+        if force is not None:
+            worker.shutdown(clock.now_ns(), force=force)
+        deadline = clock.now_ns() + int(drain_s * 1e9)
+        while not worker.idle() and clock.now_ns() < deadline:
+            if not worker.step(clock.now_ns()):
+                time.sleep(0.0002)
+        if worker.idle():
+            break
+    return worker.state()
+
+
+@dataclass
+class WorkerProcess:
+    """Parent-side handle on a worker process; ``pump()`` collects what it pushed."""
+
+    stream: str
+    role: str
+    proc: Any
+    conn: Connection
+    pid: int
+    metadata: bytes
+    ledger_url: str
+    results: dict[str, str]
+    cancel_results: dict[str, str]
+    rejected: dict[str, str]
+    finished: dict[str, str]  # request id -> outcome of request.finished
+    final: tuple[dict[str, Any], bool, int] | None = None
+    stopped: bool = False
+    transport_stats: dict[str, int] | None = None
+    backlog: list[tuple[Any, ...]] = field(default_factory=list)
+    eof: bool = False
+
+    def send(self, *msg: Any) -> None:
+        if self.stopped:
+            # A stopped process reads nothing: queue here rather than fill the pipe and block
+            # the driver; delivered in order on resume (the network would have queued them).
+            self.backlog.append(msg)
+            return
+        self.conn.send(msg)
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def start_reader(self) -> None:
+        """Drain the pipe on a thread: the child never blocks on a full pipe while the driver
+        blocks sending it commands (that deadlock was seen with 10,000-request bursts)."""
+        self._inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"reader-{self.stream}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._inbox.put(self.conn.recv())
+        except (EOFError, OSError):
+            self._inbox.put(None)  # the child is gone
+
+    def pump(self, timeout_s: float = 0.0) -> list[tuple[Any, ...]]:
+        """Apply what the child pushed (on this thread); returns replies that are not results."""
+        replies = []
+        try:
+            msg = self._inbox.get(timeout=timeout_s) if timeout_s > 0 else \
+                self._inbox.get_nowait()
+            while True:
+                if msg is None:
+                    self.eof = True
+                elif msg[0] == "results":
+                    self.results.update(msg[1])
+                    self.finished.update(msg[2])
+                elif msg[0] == "cancel_result":
+                    self.cancel_results[msg[1]] = msg[2]
+                elif msg[0] == "rejected":
+                    self.rejected[msg[1]] = msg[2]
+                else:
+                    replies.append(msg)
+                msg = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+        return replies
+
+    def wait_reply(self, tag: str, timeout_s: float) -> tuple[Any, ...]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for r in self.pump(0.01):
+                if r[0] == tag:
+                    return r
+            if self.eof:
+                break
+        raise PeerError(f"worker {self.stream} gave no {tag!r} within {timeout_s} s")
+
+    def state(self, timeout_s: float = 10.0) -> tuple[dict[str, Any], bool, int]:
+        """(worker.state(), idle, RSS bytes) of the child now."""
+        self.send("state")
+        _, st, idle, rss = self.wait_reply("state", timeout_s)
+        return st, idle, rss
+
+    def stall(self) -> None:
+        """SIGSTOP: the worker stops answering anything (resume with ``resume``)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self.stopped = False
+        backlog, self.backlog = self.backlog, []
+        for msg in backlog:
+            self.conn.send(msg)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.join(10)
+
+    def shutdown(self, drain_s: float = 10.0) -> tuple[dict[str, Any], bool, int] | None:
+        """Drain, flush and close the ledger, exit; the final (state, idle, rss), None if dead."""
+        if self.stopped:
+            self.resume()
+        if self.proc.is_alive():
+            try:
+                self.send("shutdown", drain_s)
+                _, st, idle, rss, stats = self.wait_reply("bye", 3 * drain_s + 30)
+                self.final = (st, idle, rss)
+                self.transport_stats = stats
+            except (PeerError, OSError):
+                log.error("worker %s did not shut down cleanly; killing it", self.stream)
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.kill()
+        self._reader.join(5)
+        self.conn.close()
+        return self.final
+
+
+def spawn_worker(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+                 faults: list[Any] | None = None, start_timeout_s: float = 60.0) -> WorkerProcess:
+    """Start one worker process; its ledger is ``out_dir/<stream>.sqlite``."""
+    return _start_async(cfg, out_dir, env, faults)(start_timeout_s)
+
+
+def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) -> None:
+    """Rendezvous: each worker learns the other's agent metadata (and pid, for faults)."""
+    a.send("connect", b.stream, b.metadata, b.pid)
+    b.send("connect", a.stream, a.metadata, a.pid)
+    a.wait_reply("connected", timeout_s)
+    b.wait_reply("connected", timeout_s)
+
+
+def start_pair(ctx_cfg: Any, gen_cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+               faults: dict[str, list[Any]] | None = None) -> tuple[WorkerProcess, WorkerProcess]:
+    """Start ctx and gen (in parallel: agent creation dominates) and connect them."""
+    faults = faults or {}
+    # Start both children before waiting for either: their imports and agents overlap.
+    ctx = _start_async(ctx_cfg, out_dir, env, faults.get(ctx_cfg.stream))
+    gen = _start_async(gen_cfg, out_dir, env, faults.get(gen_cfg.stream))
+    wc, wg = ctx(), gen()
+    connect_pair(wc, wg)
+    return wc, wg
+
+
+def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
+                 faults: list[Any] | None) -> Any:
+    os.makedirs(out_dir, exist_ok=True)
+    url = f"sqlite:///{os.path.join(os.path.abspath(out_dir), cfg.stream + '.sqlite')}"
+    parent, child = _SPAWN.Pipe()
+    fault_dicts = [f.to_json() for f in faults] if faults else None
+    proc = _SPAWN.Process(target=_worker_main, name=f"kvledger-{cfg.stream}",
+                          args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts),
+                          daemon=True)
+    proc.start()
+    child.close()
+
+    def finish(start_timeout_s: float = 60.0) -> WorkerProcess:
+        if not parent.poll(start_timeout_s):
+            proc.kill()
+            raise PeerError(f"worker {cfg.stream} did not start within {start_timeout_s} s")
+        tag, stream, pid, md = parent.recv()
+        assert tag == "ready" and stream == cfg.stream
+        w = WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {})
+        w.start_reader()
+        return w
+
+    return finish

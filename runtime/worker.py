@@ -11,6 +11,8 @@ API (everything non-blocking; time is passed in, never read):
     w.submit(spec, now_ns)                       # a request arrives (RequestSpec)
     w.cancel(request_id, now_ns, source) -> str  # structured cancel result (CANCEL_RESULTS)
     w.step(now_ns) -> int                        # one iteration; returns work done (0 = idle)
+    w.check_context_status / check_gen_status(at_least, now_ns) -> ids   # never block
+    w.drain(now_fn, deadline_ns, wait=None) -> bool                     # the only wait
     w.peer_lost(error, now_ns); w.shutdown(now_ns, force)
     w.results[request_id] -> value|cancelled|error; w.idle(); w.state() -> dict
 One thread owns a Worker and its transport (NIXL agents are not thread-safe). The same Worker runs
@@ -26,9 +28,11 @@ from typing import Any
 import torch
 
 from ..cuda import ops
+from ..cuda.quiescence import DeviceFence
 from .config import WorkerConfig
 from .core import io
 from .core.base import CoreBase
+from .core.lifecycle import LifecycleError
 from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
@@ -60,11 +64,12 @@ def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, .
 
 class Worker:
     def __init__(self, config: WorkerConfig, transport: Transport, emit: Callable[..., None],
-                 *, policy: Policy | None = None, device: str = "cpu") -> None:
+                 *, policy: Policy | None = None, device: str | None = None) -> None:
         self.config = config
         self.transport = transport
         self.emit = emit
         c = config
+        device = device or c.device
         self.pool = torch.zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens,
                                  c.head_dim), dtype=getattr(torch, c.dtype), device=device)
         nslots = c.send_slots if c.role == "ctx" else c.recv_slots
@@ -170,7 +175,18 @@ class Worker:
         while queue:
             done += 1
             assert done < EFFECTS_PER_STEP_MAX, "effect cascade does not end"
-            more = self._execute(queue.pop(0), now_ns)
+            eff = queue.pop(0)
+            try:
+                more = self._execute(eff, now_ns)
+            except (AssertionError, LifecycleError):
+                raise  # our bug: crash loudly
+            except Exception as exc:  # noqa: BLE001 - a driver failure becomes a request failure
+                rid = getattr(eff, "request_id", None)
+                if rid is None:
+                    raise
+                log.exception("%s: %s failed", self.config.stream, type(eff).__name__)
+                more = self.core.feed(io.WorkerError(rid, f"{type(exc).__name__}: {exc}",
+                                                     now_ns))
             queue[:0] = more  # results first: the core's order is kept
 
     def _slot(self, slot: int) -> torch.Tensor:
@@ -184,6 +200,7 @@ class Worker:
         elif isinstance(eff, io.Pack):
             ops.pack(self.pool, eff.blocks, self._slot(eff.slot))
             sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            self._fenced(eff.request_id, "pack", eff.slot, eff.blocks)
             return core.feed(io.Packed(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.PostWrite):
             return self._post(eff, now_ns)
@@ -200,6 +217,7 @@ class Worker:
         elif isinstance(eff, io.Unpack):
             ops.unpack(self._slot(eff.slot), self.pool, eff.blocks)
             sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            self._fenced(eff.request_id, "unpack", eff.slot, eff.blocks)
             return core.feed(io.Unpacked(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.Fulfil):
             assert eff.request_id not in self.results or self.config.policy != "hardened", \
@@ -208,6 +226,20 @@ class Worker:
         else:  # pragma: no cover - a new effect type without a driver
             raise AssertionError(f"unknown effect {eff!r}")
         return []
+
+    def _fenced(self, request_id: str, op: str, slot: int, blocks: tuple[int, ...]) -> None:
+        """GPU only: the pack/unpack's CUDA event has completed before the slot goes to the
+        transport (pack) or back to the pool (unpack) — the device half of quiescence, recorded.
+        The checksums above already waited for the stream (they return host integers); the fence
+        makes that fact explicit and checked rather than a side effect. On the CPU the copy is
+        complete when it returns, so nothing is recorded (ledgers stay as before)."""
+        if self.pool.device.type != "cuda":
+            return
+        fence = DeviceFence.after(self.pool)
+        fence.wait()
+        assert fence.is_complete()
+        self.emit("device.fence_completed", request_id, op=op, slot=slot, blocks=list(blocks),
+                  device=str(self.pool.device))
 
     def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
         offset = eff.slot * self.config.slot_nbytes
@@ -238,6 +270,36 @@ class Worker:
             self._on_lost(exc, now_ns)
         except TransportError:
             log.exception("%s: control message to %s failed", self.config.stream, self.peer)
+
+    # -- transceiver polls (never block) and drain (the only call that may wait) ---------------
+    def check_context_status(self, at_least: int, now_ns: int) -> list[str]:
+        """Ended ctx transfers (terminated now); skips unready ones, never waits."""
+        assert self.config.role == "ctx"
+        returned, effects = self.core.check_status(at_least, now_ns)
+        self._run(effects, now_ns)
+        return returned
+
+    def check_gen_status(self, at_least: int, now_ns: int) -> list[str]:
+        """Ended gen transfers (terminated now); skips unready ones, never waits (hardened)."""
+        assert self.config.role == "gen"
+        returned, effects = self.core.check_status(at_least, now_ns)
+        self._run(effects, now_ns)
+        return returned
+
+    def drain(self, now_ns: Callable[[], int], deadline_ns: int,
+              wait: Callable[[], None] | None = None, steps_max: int = 10_000_000) -> bool:
+        """Step until idle, ``now_ns() > deadline_ns`` or ``steps_max`` steps (clock injected;
+        ``wait`` runs after a step that did nothing: a short sleep live, a clock jump under a
+        virtual clock). True if idle."""
+        for _ in range(steps_max):
+            if self.idle():
+                return True
+            t = now_ns()
+            if t > deadline_ns:
+                return False
+            if not self.step(t) and wait is not None:
+                wait()
+        return self.idle()
 
     # -- state ---------------------------------------------------------------------------------
     def idle(self) -> bool:

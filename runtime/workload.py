@@ -18,7 +18,9 @@ import random
 from dataclasses import asdict, dataclass, field
 
 NO_PREFIX = -1
-VOCAB_SIZE = 32_000
+_TOKEN_BITS = 15
+_CHUNK = 64
+VOCAB_SIZE = 1 << _TOKEN_BITS  # 32768 token ids
 PROBE_ID = "probe"
 
 
@@ -53,17 +55,26 @@ def _rng(*key: object) -> random.Random:
     return random.Random(int.from_bytes(digest, "little"))
 
 
+def _draw(rng: random.Random, n: int) -> list[int]:
+    # One big random integer cut into 15-bit tokens: ~10x faster than n randrange calls.
+    # Drawn in fixed chunks so that the first n tokens never depend on n (prefix property).
+    out: list[int] = []
+    mask = VOCAB_SIZE - 1
+    while len(out) < n:
+        big = rng.getrandbits(_TOKEN_BITS * _CHUNK)
+        out.extend((big >> (_TOKEN_BITS * i)) & mask for i in range(_CHUNK))
+    return out[:n]
+
+
 def prefix_tokens_for(prefix_id: int, n: int) -> list[int]:
     """The first ``n`` tokens of shared prefix ``prefix_id`` (a prefix of a longer one, too)."""
-    rng = _rng("prefix", prefix_id)
-    return [rng.randrange(VOCAB_SIZE) for _ in range(n)]
+    return _draw(_rng("prefix", prefix_id), n)
 
 
 def tokens_for(spec: RequestSpec) -> list[int]:
     """The request's token ids, deterministic from its spec."""
-    own = _rng("tokens", spec.token_seed)
     head = prefix_tokens_for(spec.prefix_id, spec.prefix_tokens) if spec.prefix_tokens else []
-    return head + [own.randrange(VOCAB_SIZE) for _ in range(spec.prompt_tokens - len(head))]
+    return head + _draw(_rng("tokens", spec.token_seed), spec.prompt_tokens - len(head))
 
 
 @dataclass(frozen=True, slots=True)

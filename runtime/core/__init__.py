@@ -19,12 +19,12 @@ from .io import (  # noqa: F401
     PostFailed,
     PostWrite,
     Release,
-    Released,
     SendControl,
     Shutdown,
     Tick,
     Unpack,
     Unpacked,
+    WorkerError,
     XferState,
 )
 from .lifecycle import LifecycleError  # noqa: F401

@@ -11,7 +11,7 @@ import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...ledger.events import CANCEL_RESULTS
@@ -253,6 +253,7 @@ class CoreBase:
         if len(self.finished) > FINISHED_MAX:
             old, _ = self.finished.popitem(last=False)
             self.tm.resources_freed.discard(old)
+            self.futures.pop(old, None)
 
     def _end_transfer(self, req: Req) -> None:
         """``_end_transfer_and_maybe_terminate``: the last owner lets go; terminate exactly once."""
@@ -305,8 +306,8 @@ class CoreBase:
             self.emit(self.poll_kind, None, at_least=at_least, returned=returned,
                       skipped=len(unready), elapsed_ns=elapsed)
         out, self._out = self._out, []
-        while self._stalled:  # the executor runs again: handle what queued up meanwhile
-            out += self.feed(self._stalled.popleft())
+        while self._stalled:  # the executor runs again: it handles what queued up, now
+            out += self.feed(replace(self._stalled.popleft(), now_ns=self.now_ns))
         return returned, out
 
     @property
@@ -381,6 +382,19 @@ class CoreBase:
                 self._abort_unposted(req, "failed")
 
     def _abort_unposted(self, req: Req, outcome: str) -> None:
+        raise NotImplementedError
+
+    def _on_workererror(self, inp: io.WorkerError) -> None:
+        """A driver failure is a state: the request fails; memory a transfer may still touch is
+        poisoned, never reused; its future is fulfilled with an error."""
+        req = self.reqs.get(inp.request_id)
+        if req is None or req.state == TERMINAL:
+            return
+        log.error("%s: %s failed in the driver: %s", self.side, req.rid, inp.error)
+        req.cancel_source = req.cancel_source or "peer_lost"  # outcome: failed
+        self._fail_request(req)
+
+    def _fail_request(self, req: Req) -> None:
         raise NotImplementedError
 
     # -- state for drivers and tests ---------------------------------------------------------------

@@ -57,10 +57,15 @@ class BlockManager:
         self._held: dict[str, list[int]] = {}  # request -> blocks it references
 
     # -- allocation ------------------------------------------------------------------------------
-    def allocate(self, request_id: str, tokens: list[int]) -> Allocation | None:
-        """Reference blocks for ``tokens`` (prefix hits reused); None if the pool cannot fit it."""
+    def allocate(self, request_id: str, tokens: list[int] | int) -> Allocation | None:
+        """Reference blocks for ``tokens`` (prefix hits reused); None if the pool cannot fit it.
+        A token count instead of tokens: fresh blocks only, no hashes, no seeds (gen side)."""
         assert request_id not in self._held, f"{request_id} already holds blocks"
-        hashes = block_hashes(tokens, self.block_tokens)
+        if isinstance(tokens, int):
+            assert not self.reuse
+            hashes = [(b"", False)] * -(-tokens // self.block_tokens)
+        else:
+            hashes = block_hashes(tokens, self.block_tokens)
         hits: list[int] = []
         if self.reuse:
             for h, full in hashes:
@@ -69,7 +74,8 @@ class BlockManager:
                     break
                 hits.append(b)
         need = len(hashes) - len(hits)
-        if need > len(self._free) + sum(1 for b in self._lru if b not in hits):
+        evictable = len(self._lru) - sum(1 for b in hits if b in self._lru)
+        if need > len(self._free) + evictable:
             return None
         for b in hits:
             self._lru.pop(b, None)
@@ -87,7 +93,7 @@ class BlockManager:
                 self._cache[h] = b
                 self._hash[b] = h
             fresh.append(b)
-            seeds.append(seed_of(h))
+            seeds.append(seed_of(h) if h else 0)
         self._held[request_id] = hits + fresh
         return Allocation(hits, fresh, seeds, evicted)
 

@@ -1,8 +1,9 @@
 """Inputs (what happened) and effects (what the driver must do). Frozen value objects.
 
 Effects that produce a result are answered by the driver feeding the matching input back:
-``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Release`` -> ``Released``,
-``Unpack`` -> ``Unpacked``. The driver executes effects in order.
+``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Unpack`` -> ``Unpacked``;
+``Release`` is fire-and-forget (its "accepted" proves nothing, so nothing waits on it).
+The driver executes effects in order.
 """
 
 from __future__ import annotations
@@ -69,17 +70,18 @@ class PostFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class Released:
+class Unpacked:
     request_id: str
-    handle: int
-    accepted: bool
+    checksums: tuple[int, ...]
     now_ns: int
 
 
 @dataclass(frozen=True, slots=True)
-class Unpacked:
+class WorkerError:
+    """The driver failed while carrying out an effect of this request (a failure is a state)."""
+
     request_id: str
-    checksums: tuple[int, ...]
+    error: str
     now_ns: int
 
 
@@ -165,6 +167,6 @@ class Fulfil:
     outcome: str
 
 
-Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed | Released
-         | Unpacked | Tick | PeerLost | Shutdown)
+Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed
+         | Unpacked | WorkerError | Tick | PeerLost | Shutdown)
 Effect = Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil

@@ -38,7 +38,8 @@ SENDER = _t({
     "queued": {"advertise": "wait_slot", **_NOT_POSTED_END},
     "wait_slot": {"slot": "packing", **_NOT_POSTED_END},
     # The ready signal went out and the pack is under way: a cancel now must wait for the post.
-    "packing": {"packed": "packing", "posted": "in_flight", "post_failed": "ended"},
+    "packing": {"packed": "packing", "posted": "in_flight", "post_failed": "ended",
+                "fail": "ended"},
     "in_flight": {"done": "ended", "err": "ended", "cancel": "cancelling",
                   "release": "ended", "peer_lost": "ended"},
     "cancelling": {"done": "ended", "err": "ended", "cancel": "cancelling",
@@ -54,7 +55,7 @@ RECEIVER = _t({
     "ready": {"done": "ready", "landed": "ready", "complete": "unpacking", "err": "ended",
               "not_ready": "ended", "sig_cancelled": "ended", "cancel": "cancelling",
               "release": "ended", "peer_lost": "ended"},
-    "unpacking": {"unpacked": "ended"},
+    "unpacking": {"unpacked": "ended", "fail": "ended"},
     "cancelling": {"ready": "cancelling", "landed": "cancelling", "done": "ended",
                    "err": "ended", "not_ready": "ended", "sig_cancelled": "ended",
                    "cancel": "cancelling", "peer_lost": "ended", "release": "ended"},

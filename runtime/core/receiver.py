@@ -33,7 +33,7 @@ class GenCore(CoreBase):
         nblocks = -(-inp.spec.prompt_tokens // self.cfg.block_tokens)
         alloc = None
         if nblocks <= self.cfg.max_request_blocks and not self.peer_lost:
-            alloc = self.blocks.allocate(req.rid, list(range(inp.spec.prompt_tokens)))
+            alloc = self.blocks.allocate(req.rid, inp.spec.prompt_tokens)
         if alloc is None:
             self.emit("request.finished", req.rid, outcome="failed")
             del self.reqs[req.rid]
@@ -78,6 +78,7 @@ class GenCore(CoreBase):
         self.emit("transfer.ready_signal", req.rid, signal=signal)
         if signal == "ready":
             self._step(req, "ready")
+            self._maybe_complete(req)
             return
         self._step(req, "not_ready" if signal == "not_ready" else "sig_cancelled")
         if signal == "not_ready":
@@ -113,7 +114,9 @@ class GenCore(CoreBase):
         self._maybe_complete(req)
 
     def _maybe_complete(self, req: Req) -> None:
-        if req.state != "ready" or not req.landed or req.completion is None:
+        # ctx's DONE is NIXL's completion of the WRITE at the target: enough to unpack. The
+        # WRITE's own notification (Landed) is informational; a dropped one must not wedge us.
+        if req.state != "ready" or req.completion is None:
             return
         self._step(req, "complete")
         self._do(io.Unpack(req.rid, req.slot, tuple(req.blocks)))
@@ -162,6 +165,12 @@ class GenCore(CoreBase):
             self._end(req, outcome, close_now=True)
             return "cancel_requested_in_flight"
         self._step(req, "cancel")
+        if req.handle_terminal:  # ctx's terminal report is already here: nothing in flight
+            self._step(req, "done" if req.completion and req.completion.state == "DONE"
+                       else "err")
+            self._release_slot(req)
+            self._end(req, outcome, close_now=True)
+            return "already_complete"
         if source == "timeout":
             self._quarantine(req, "timed out in flight")
         self._terminate(req, source)
@@ -173,6 +182,19 @@ class GenCore(CoreBase):
         self._do(io.SendControl(Abandon(req.rid)))
         self._step(req, "cancel")
         self._end(req, outcome, close_now=True)
+
+    def _fail_request(self, req: Req) -> None:
+        if req.state == "queued":
+            self._abort_unposted(req, "failed")
+        elif req.state == "unpacking":  # ctx's DONE is in: the slot is quiescent
+            self._step(req, "fail")
+            self._release_slot(req)
+            self._end(req, "failed")
+        else:  # advertised: ctx may still write into the slot
+            self._do(io.SendControl(Abandon(req.rid)))
+            self._step(req, "release")
+            self._poison_slot(req, "worker error while advertised")
+            self._end(req, "failed", close_now=True)
 
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:

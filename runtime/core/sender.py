@@ -235,6 +235,17 @@ class CtxCore(CoreBase):
         self._step(req, "cancel")
         self._end(req, outcome, close_now=True)
 
+    def _fail_request(self, req: Req) -> None:
+        if req.state in ("queued", "wait_slot"):
+            self._abort_unposted(req, "failed")
+        elif req.state == "packing":  # nothing posted: the slot is untouched by the transport
+            self._step(req, "fail")
+            self._release_slot(req)
+            self._do(io.SendControl(ReadySignal(req.rid, "not_ready")))
+            self._end(req, "failed", close_now=True)
+        else:
+            self._release_in_flight(req, "worker error in flight", "failed")
+
     # -- peer loss and shutdown --------------------------------------------------------------------
     def _on_peerlost(self, inp: io.PeerLost) -> None:
         if not self.peer_lost:

@@ -36,8 +36,9 @@ def _pool(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(a.contiguous().view(torch.uint8).cpu(), b.contiguous().view(torch.uint8)
-                       .cpu())
+    """Same bytes (flattened: a slot and the blocks packed into it have different shapes)."""
+    return torch.equal(a.contiguous().view(torch.uint8).reshape(-1).cpu(),
+                       b.contiguous().view(torch.uint8).reshape(-1).cpu())
 
 
 # (blocks, layers, kv, heads, tokens, head_dim): tiny, odd-sized (a partial last chunk),
@@ -129,3 +130,75 @@ def test_fence_on_side_stream(kernels) -> None:
     assert not fence.is_complete()
     fence.wait()
     assert fence.is_complete()
+
+
+def test_ids_already_on_device(kernels) -> None:
+    pool = _pool((10, 3, 2, 2, 4, 8), torch.bfloat16, seed=9)
+    ids = [9, 0, 4, 7]
+    dev_ids = torch.tensor(ids, device="cuda")
+    bn = ops.block_nbytes(pool)
+    a = torch.empty(4 * bn, dtype=torch.uint8, device="cuda")
+    b = torch.empty(4 * bn, dtype=torch.uint8)
+    ops.pack(pool, dev_ids, a)
+    ops.pack_torch(pool.cpu(), ids, b)
+    assert _same(a, b)
+    assert ops.block_checksums(pool, dev_ids) == ops.block_checksums_torch(pool.cpu(), ids)
+    dst = torch.zeros_like(pool)
+    ops.unpack(a, dst, dev_ids)
+    assert _same(dst[dev_ids], pool[dev_ids])
+
+
+def test_many_calls_reuse_the_id_ring_safely(kernels) -> None:
+    # More calls than the ring has rows, queued behind a busy stream: a row reused too early
+    # would send another call's ids.
+    pool = _pool((64, 2, 2, 2, 4, 8), torch.float16, seed=13)
+    bn = ops.block_nbytes(pool)
+    rounds = 3 * kernels._IdRing.SLOTS
+    slots = torch.empty((rounds, 3 * bn), dtype=torch.uint8, device="cuda")
+    lists = [[(7 * i) % 64, (7 * i + 5) % 64, (11 * i + 1) % 64] for i in range(rounds)]
+    torch.cuda._sleep(200_000_000)
+    for i, ids in enumerate(lists):
+        ops.pack(pool, ids, slots[i])
+    pool_cpu = pool.cpu()
+    for i, ids in enumerate(lists):
+        ref = torch.empty(3 * bn, dtype=torch.uint8)
+        ops.pack_torch(pool_cpu, ids, ref)
+        assert _same(slots[i], ref), i
+
+
+def test_long_id_list_beyond_the_ring_width(kernels) -> None:
+    n = 2 * kernels._IdRing.WIDTH + 100  # three launches
+    pool = _pool((n, 4), torch.float32, seed=17)
+    ids = list(reversed(range(n)))
+    slot = torch.empty(n * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    ops.pack(pool, ids, slot)
+    assert _same(slot, pool.flip(0))
+    back = torch.zeros_like(pool)
+    ops.unpack(slot, back, ids)
+    assert _same(back, pool)
+    assert ops.block_checksums(pool, ids) == ops.block_checksums_torch(pool.cpu(), ids)
+
+
+@pytest.mark.parametrize("blocks", [2, 40])  # in-place (zero-copy) ids, and uploaded ids
+def test_both_id_paths(kernels, blocks) -> None:
+    pool = _pool((48, 32, 2, 8, 32, 128), torch.bfloat16, seed=23)  # 4 MiB blocks
+    ids = [(5 * i + 7) % 48 for i in range(blocks)]
+    slot = torch.empty(blocks * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    ops.pack(pool, ids, slot)
+    ref = torch.empty(slot.numel(), dtype=torch.uint8)
+    ops.pack_torch(pool.cpu(), ids, ref)
+    assert _same(slot, ref)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_a_device_that_is_not_current(kernels) -> None:
+    pool = _pool((8, 2, 2, 2, 4, 8), torch.bfloat16, seed=19).to("cuda:1")
+    slot = torch.empty(3 * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda:1")
+    assert torch.cuda.current_device() == 0
+    ops.pack(pool, [5, 0, 6], slot)
+    ref = torch.empty_like(slot, device="cpu")
+    ops.pack_torch(pool.cpu(), [5, 0, 6], ref)
+    assert _same(slot, ref)
+    dst = torch.zeros_like(pool)
+    ops.unpack(slot, dst, [1, 2, 3])
+    assert ops.block_checksums(dst, [1, 2, 3]) == ops.block_checksums_torch(pool.cpu(), [5, 0, 6])

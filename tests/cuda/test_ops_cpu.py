@@ -92,10 +92,22 @@ def test_checksum_sees_word_order_and_ignores_block_position() -> None:
 
 
 def test_checksum_is_in_range_and_matches_formula_on_small_block() -> None:
-    pool = torch.tensor([[-1, 2**31 - 1, -(2**31), 7]], dtype=torch.int32)
-    p = ops._CHECKSUM_MOD
-    want = sum((w % p) * (i + 1) for i, w in enumerate([-1, 2**31 - 1, -(2**31), 7])) % p
+    # 8 int64 words -> rows of gcd(8, 32) = 8 words: one row, weight 1; wrapping signed sum.
+    vals = [-1, 2**63 - 1, -(2**63), 7, 2**62, 2**62, 3, -5]
+    pool = torch.tensor([vals], dtype=torch.int64)
+    want = (sum(vals) + 2**63) % 2**64 - 2**63
     assert ops.block_checksums(pool, [0]) == [want]
+    # 4 int32 words (16 bytes = 2 int64 words) and a 12-byte block (int32 words, 3 rows of 1).
+    small = torch.tensor([[1, 2, 3]], dtype=torch.int32)
+    assert ops.block_checksums(small, [0]) == [1 * 1 + 3 * 2 + 5 * 3]
+
+
+def test_checksum_sees_rows_moving() -> None:
+    pool = torch.zeros(2, 64, dtype=torch.int64)  # 64 words = 2 rows of 32
+    pool[0, 0] = 5
+    pool[1, 32] = 5  # the same word in the second row
+    a, b = ops.block_checksums(pool, [0, 1])
+    assert (a, b) == (5, 15)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -123,3 +135,14 @@ def test_bad_slot_and_bad_block_id_are_clear_errors() -> None:
         ops.pack(pool, [10], torch.empty(bn, dtype=torch.uint8))
     with pytest.raises(IndexError):
         ops.block_checksums(pool, [-11])
+
+
+def test_block_ids_may_be_a_tensor() -> None:
+    pool = _pool(torch.float32)
+    ids = torch.tensor([6, 1, 3])
+    bn = ops.block_nbytes(pool)
+    a, b = torch.empty(3 * bn, dtype=torch.uint8), torch.empty(3 * bn, dtype=torch.uint8)
+    ops.pack(pool, ids, a)
+    ops.pack(pool, [6, 1, 3], b)
+    assert _bytes(a) == _bytes(b)
+    assert ops.block_checksums(pool, ids) == ops.block_checksums(pool, [6, 1, 3])

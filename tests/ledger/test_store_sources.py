@@ -10,7 +10,7 @@ from kvledger.ledger.sources import ARROW_SCHEMA, MultiSource, SqlSource, open_s
 
 
 def _worker(path: Path, stream: str, n: int) -> None:
-    with Ledger(str(path), stream, sync=True) as led:
+    with Ledger(str(path), stream) as led:
         for i in range(n):
             led.emit("request.arrived", f"{stream}-r{i}", prompt_tokens=8, prefix_id=0,
                      prefix_tokens=0, token_seed=i)

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
-
-# The helper module beside this file (tests/ has no packages).
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture

@@ -49,19 +49,27 @@ def test_1_mutant_drops_sender_promise(make_pair):
 def test_2_gen_poll_never_blocks(make_pair):
     pair = make_pair()
     _in_flight(pair, "r1")
-    returned, _ = pair.gen.core.check_status(1, pair.now())
-    assert returned == [] and not pair.gen.core.blocked
+    assert pair.gen.check_gen_status(1, pair.now()) == []
+    assert not pair.gen.core.blocked
     pair.gen.submit(spec("r2"), pair.now())  # the executor still takes new work
     assert "r2" in pair.gen.core.reqs
+    poll = [a for s, k, r, a in pair.events if k == "poll.generation"]
+    assert all(a["elapsed_ns"] == 0 for a in poll)
 
 
 def test_2_mutant_gen_poll_blocks(make_pair):
     pair = make_pair("gen_poll_blocks")
     _in_flight(pair, "r1")
-    returned, _ = pair.gen.core.check_status(1, pair.now())
-    assert returned == [] and pair.gen.core.blocked
+    assert pair.gen.check_gen_status(1, pair.now()) == []
+    assert pair.gen.core.blocked
     pair.gen.submit(spec("r2"), pair.now())
     assert "r2" not in pair.gen.core.reqs  # stuck in the poll: the arrival is not handled
+    pair.advance(100_000_000)
+    pair.ctx.transport.unhold()
+    steps(pair, 20)  # r1 ends: the poll returns, having blocked for 100 ms
+    poll = [a for s, k, r, a in pair.events if k == "poll.generation"]
+    assert poll[0]["elapsed_ns"] >= 100_000_000
+    assert "r2" in pair.gen.core.reqs  # handled once the executor got out of the poll
 
 
 # -- 3. cancel of a queued gen request fulfils the receiver's future --

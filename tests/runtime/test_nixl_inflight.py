@@ -45,65 +45,61 @@ def wait_terminal(tr, h):
     return until(done, "terminal state"), seen
 
 
-def inbox_until(peer, n: int) -> list[tuple[str, bytes]]:
+def inbox_until(peer, n: int, tick=None) -> list[tuple[str, bytes]]:
     got: list[tuple[str, bytes]] = []
-    until(lambda: got.extend(peer.call("inbox")) or len(got) >= n, f"{n} messages at the peer")
+    until(lambda: got.extend(peer.call("inbox")) or len(got) >= n, f"{n} messages at the peer",
+          tick=tick)
     return got
 
 
-def test_release_in_flight_is_accepted_while_the_bytes_keep_moving():
+@pytest.fixture(scope="module")
+def tcp_pair():
     # With cma a DRAM transfer() is synchronous; tcp gives a real PROC window (env-exp. §2a).
     peer = spawn_peer("tcp-tgt", region_bytes=BIG, env={"UCX_TLS": "tcp"})
     tr = NixlTransport("tcp-init", ucx_tls="tcp")
-    try:
-        src = pattern(BIG, 3)
-        tr.register("src", src)
-        tr.add_peer("tcp-tgt", peer.metadata)
-        peer.call("add_peer", "tcp-init", tr.local_metadata())
-        # Warm the connection so the big post below is not mostly connection set-up.
-        h0 = tr.post_write("src", 0, 4096, "tcp-tgt", peer.call("descriptor", 0, 4096))
-        st, _ = wait_terminal(tr, h0)
-        assert st.state == "DONE"
-        tr.release(h0)
-
-        h = tr.post_write("src", 0, BIG, "tcp-tgt", peer.descriptor, notif=b"big")
-        assert tr.check(h).state == "PROC"  # returned at once, with the WRITE in flight
-        assert tr.release(h) is True  # "accepted" ...
-        assert tr.is_quiescent(h) is False  # ... which is not quiescence
-        assert tr.unquiesced() == [h]
-        with pytest.raises(TransportError, match="released"):
-            tr.check(h)  # NIXL would read freed memory here: the transport refuses
-        with pytest.raises(TransportError, match="2044"):
-            tr.deregister("src")  # the released WRITE may still read this memory
-        until(lambda: not tr.unquiesced(), "the released WRITE to finish", tick=tr.progress)
-        assert tr.is_quiescent(h)
-        # The released transfer kept going: every byte arrived, and so did its notification.
-        assert peer.call("read", 0, BIG) == src.numpy().tobytes()
-        assert inbox_until(peer, 1) == [("tcp-init", b"big")]
-        tr.deregister("src")  # now it is safe
-    finally:
-        tr.close()
-        peer.stop()
+    src = pattern(BIG, 3)
+    tr.register("src", src)
+    tr.add_peer("tcp-tgt", peer.metadata)
+    peer.call("add_peer", "tcp-init", tr.local_metadata())
+    # Warm the connection so the big posts below are not mostly connection set-up.
+    h0 = tr.post_write("src", 0, 4096, "tcp-tgt", peer.call("descriptor", 0, 4096))
+    st, _ = wait_terminal(tr, h0)
+    assert st.state == "DONE"
+    tr.release(h0)
+    yield tr, src, peer
+    tr.close()
+    peer.stop()
 
 
-def test_polls_of_an_in_flight_write_return_proc_without_blocking():
-    peer = spawn_peer("tcp-tgt2", region_bytes=BIG, env={"UCX_TLS": "tcp"})
-    tr = NixlTransport("tcp-init2", ucx_tls="tcp")
-    try:
-        src = pattern(BIG, 4)
-        tr.register("src", src)
-        tr.add_peer("tcp-tgt2", peer.metadata)
-        peer.call("add_peer", "tcp-init2", tr.local_metadata())
-        h = tr.post_write("src", 0, BIG, "tcp-tgt2", peer.descriptor)
-        st, seen = wait_terminal(tr, h)
-        assert st.state == "DONE"
-        assert seen.count("PROC") >= 1 and seen[-1] == "DONE"
-        assert tr.polls(h) == len(seen)
-        tr.release(h)
-        assert peer.call("read", BIG - MiB, MiB) == src[BIG - MiB:].numpy().tobytes()
-    finally:
-        tr.close()
-        peer.stop()
+def test_polls_of_an_in_flight_write_return_proc_without_blocking(tcp_pair):
+    tr, src, peer = tcp_pair
+    h = tr.post_write("src", 0, BIG, "tcp-tgt", peer.descriptor)
+    st, seen = wait_terminal(tr, h)
+    assert st.state == "DONE"
+    assert seen.count("PROC") >= 1 and seen[-1] == "DONE"
+    assert tr.polls(h) == len(seen)
+    tr.release(h)
+    assert peer.call("read", BIG - MiB, MiB) == src[BIG - MiB:].numpy().tobytes()
+
+
+def test_release_in_flight_is_accepted_while_the_bytes_keep_moving(tcp_pair):
+    tr, src, peer = tcp_pair
+    peer.call("fill", 0, BIG, 0)
+    h = tr.post_write("src", 0, BIG, "tcp-tgt", peer.descriptor, notif=b"big")
+    assert tr.check(h).state == "PROC"  # returned at once, with the WRITE in flight
+    assert tr.release(h) is True  # "accepted" ...
+    assert tr.is_quiescent(h) is False  # ... which is not quiescence
+    assert tr.unquiesced() == [h]
+    with pytest.raises(TransportError, match="released"):
+        tr.check(h)  # NIXL would read freed memory here: the transport refuses
+    with pytest.raises(TransportError, match="2044"):
+        tr.deregister("src")  # the released WRITE may still read this memory
+    until(lambda: not tr.unquiesced(), "the released WRITE to finish", tick=tr.progress)
+    assert tr.is_quiescent(h)
+    # The released transfer kept going: every byte arrived, and so did its notification.
+    assert peer.call("read", 0, BIG) == src.numpy().tobytes()
+    assert inbox_until(peer, 1, tick=tr.progress) == [("tcp-init", b"big")]
+    tr.deregister("src")  # now it is safe
 
 
 def test_peer_killed_mid_loop_gives_peer_lost_then_restart_works():

@@ -51,14 +51,16 @@ def pair():
     peer.stop()
 
 
-def inbox_until(peer, n: int) -> list[tuple[str, bytes]]:
+def inbox_until(peer, n: int, tick=None) -> list[tuple[str, bytes]]:
+    """Wait for n messages at the peer; ``tick`` keeps the sender's transport progressing (with
+    no progress thread, a notification leaves only while its owner calls into NIXL)."""
     got: list[tuple[str, bytes]] = []
 
     def more():
         got.extend(peer.call("inbox"))
         return len(got) >= n
 
-    until(more, f"{n} control messages at the peer")
+    until(more, f"{n} control messages at the peer", tick=tick)
     return got
 
 
@@ -81,7 +83,7 @@ def test_write_lands_with_correct_data_and_notification(pair):
     st, _ = wait_terminal(tr, h)
     assert st.state == "DONE" and st.error is None
     assert peer.call("read", 2 * MiB, MiB) == src[:MiB].numpy().tobytes()
-    assert inbox_until(peer, 1) == [("init", b"req-1 done")]
+    assert inbox_until(peer, 1, tick=tr.progress) == [("init", b"req-1 done")]
     assert tr.release(h) is True
     with pytest.raises(TransportError, match="released"):
         tr.check(h)  # never asks NIXL about a released handle
@@ -94,7 +96,7 @@ def test_control_messages_both_ways_in_order(pair):
     sent = [b"to-tgt-%d" % i for i in range(40)]
     for m in sent:
         tr.send_control("tgt", m)
-    assert [m for _, m in inbox_until(peer, 40)] == sent
+    assert [m for _, m in inbox_until(peer, 40, tick=tr.progress)] == sent
     back = [b"to-init-%d" % i for i in range(20)]
     for m in back:
         peer.call("send", "init", m)
@@ -183,7 +185,7 @@ def test_faulty_delay_lands_bytes_late_even_after_release(pair):
     ft.progress()  # ... and now it is posted for real: the bytes land late
     until(lambda: peer.call("read", 4 * MiB, MiB) == src[:MiB].numpy().tobytes(),
           "late bytes", tick=ft.progress)
-    assert inbox_until(peer, 1) == [("init", b'{"type": "done", "rid": "r9"}')]
+    assert inbox_until(peer, 1, tick=ft.progress) == [("init", b'{"type": "done", "rid": "r9"}')]
     assert [k for k, _ in events] == ["fault.injected"]
     assert events[0][1]["fault"] == "delay"
     assert events[0][1]["params"]["request_id"] == "r9"
@@ -192,6 +194,11 @@ def test_faulty_delay_lands_bytes_late_even_after_release(pair):
         [type("E", (), {"kind": k, "attrs": a, "ts_ns": 0}) for k, a in events])
     assert replayed.faults[0].kind == "delay" and replayed.faults[0].at_ns == 1_000
     assert replayed.faults[0].request_id == "r9"
+    opened = type("E", (), {"kind": "ledger.opened", "attrs": {}, "ts_ns": 400})
+    moved = FaultScript.from_events([opened] + [type("E", (), {"kind": k, "attrs": a,
+                                                              "ts_ns": 0}) for k, a in events],
+                                    origin_ns=0)
+    assert moved.faults[0].at_ns == 600  # 1_000 - 400 after the stream's start
 
 
 def test_faulty_fail_and_drop(pair):
@@ -208,7 +215,7 @@ def test_faulty_fail_and_drop(pair):
     assert ft.release(h) is True
     ft.send_control("tgt", b'{"type": "ready", "rid": "r2"}')  # dropped
     ft.send_control("tgt", b'{"type": "ready", "rid": "r3"}')  # the fault hit once only
-    assert inbox_until(peer, 1) == [("init", b'{"type": "ready", "rid": "r3"}')]
+    assert inbox_until(peer, 1, tick=tr.progress) == [("init", b'{"type": "ready", "rid": "r3"}')]
     assert peer.call("read", 0, 4096) == bytes(4096)  # the failed WRITE never moved a byte
     assert emitted == ["fail", "drop"]
 

@@ -30,12 +30,10 @@ WITH p AS (
     max(ts_ns) AS last_ts,
     max(ts_ns) FILTER (WHERE progress) AS last_progress,
     arg_max(kind, seq) FILTER (WHERE progress) AS progress_kind,
-    arg_max(kind, seq) AS last_kind,
-    arg_max(json_extract_string(attrs, '$.role'), seq)
-      FILTER (WHERE kind = 'ledger.opened') AS role
+    arg_max(kind, seq) AS last_kind
   FROM (
     SELECT
-      stream, seq, ts_ns, kind, attrs,
+      stream, seq, ts_ns, kind,
       kind NOT IN ('poll.context', 'poll.generation', 'buffer.exhausted', 'health.changed',
                    'ledger.opened', 'ledger.closed', 'ledger.spilled', 'ledger.backpressure',
                    'ledger.tail_truncated', 'fault.injected')
@@ -45,11 +43,17 @@ WITH p AS (
   GROUP BY stream
 ),
 o AS (
-  SELECT stream, count(*) AS n FROM obligations WHERE dur_ns = -1 GROUP BY stream
+  SELECT stream, count(*) AS n FROM obligations_open GROUP BY stream
+),
+roles AS (
+  SELECT stream, arg_max(json_extract_string(attrs, '$.role'), seq) AS role
+  FROM events
+  WHERE kind = 'ledger.opened'
+  GROUP BY stream
 )
 SELECT
   p.stream,
-  p.role,
+  roles.role,
   p.last_ts,
   p.last_progress,
   p.progress_kind,
@@ -57,7 +61,8 @@ SELECT
   p.last_kind = 'ledger.closed',
   coalesce(o.n, 0)
 FROM p
-LEFT JOIN o USING (stream);
+LEFT JOIN o USING (stream)
+LEFT JOIN roles USING (stream);
 
 -- Requests with open obligations, one row per (stream, request): who owns the next step and
 -- what it is waiting on. category is 'leak' when nothing can discharge them any more (the
@@ -99,8 +104,7 @@ WITH o AS (
     bool_or(request_finished) AS finished,
     bool_or(stream_closed) AS closed,
     min(resource) FILTER (WHERE obligation = 'slot') AS slot
-  FROM obligations
-  WHERE dur_ns = -1
+  FROM obligations_open
   GROUP BY stream, request_id
 )
 SELECT
@@ -115,7 +119,7 @@ SELECT
   END,
   CASE
     WHEN o.has_handle THEN 'terminal state of handle ' || coalesce(CAST(t.handle AS VARCHAR), '?')
-      || ' (last ' || coalesce(t.xfer_state, 'never polled') || ')'
+      || ' (' || coalesce('last ' || t.xfer_state, 'never polled') || ')'
     WHEN o.has_term THEN 'termination.done (deferred: '
       || coalesce(o.deferred_reason, 'not deferred') || ')'
     WHEN o.has_transfer AND t.posted_ts_ns IS NULL AND t.role = 'ctx'

@@ -31,8 +31,9 @@ WHERE request_id IS NOT NULL
 -- Cleanup obligations, open and discharged: a termination requested and not done, a buffer
 -- slot acquired and not released or poisoned, a transport handle posted and not released,
 -- blocks pinned and not unpinned, blocks referenced and not freed, a transfer started and not
--- completed. The n-th opening step of a key is discharged by its n-th closing step. Open
--- obligations have dur_ns = -1; filter with WHERE dur_ns = -1.
+-- completed. An opening step is discharged by the next step of the same key (stream, request,
+-- obligation, resource) when that step is a closing one; a second opening step before any
+-- closing one leaves the first open. Open obligations have dur_ns = -1 (WHERE dur_ns = -1).
 CREATE VIEW obligations (
   -- Worker stream that owes the obligation.
   stream,
@@ -62,16 +63,16 @@ CREATE VIEW obligations (
   request_finished
 ) AS
 WITH o AS (
-  SELECT *, row_number() OVER (
-    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
+  SELECT
+    *,
+    lead(opens) OVER w AS next_opens,
+    lead(kind) OVER w AS next_kind,
+    lead(ts_ns) OVER w AS next_ts
   FROM _obligation_steps
-  WHERE opens
-),
-c AS (
-  SELECT *, row_number() OVER (
-    PARTITION BY stream, request_id, obligation, resource ORDER BY seq) AS n
-  FROM _obligation_steps
-  WHERE NOT opens
+  -- One 64-bit hash as the partition key instead of four strings: the sort stays small enough
+  -- for a 10M-event ledger under a 1 GB memory limit (a collision, p ~ keys^2 / 2^65, would
+  -- interleave two keys' steps).
+  WINDOW w AS (PARTITION BY hash(stream, request_id, obligation, resource) ORDER BY seq)
 ),
 ends AS (
   SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
@@ -96,13 +97,82 @@ SELECT
   o.ts_ns,
   o.seq,
   o.kind,
-  c.kind,
+  CASE WHEN NOT o.next_opens THEN o.next_kind END,
   req.deferred_reason,
-  coalesce(c.ts_ns - o.ts_ns, -1),
-  coalesce(c.ts_ns, e.last_ts) - o.ts_ns,
+  CASE WHEN NOT o.next_opens THEN o.next_ts - o.ts_ns ELSE -1 END,
+  CASE WHEN NOT o.next_opens THEN o.next_ts ELSE e.last_ts END - o.ts_ns,
   e.closed,
   coalesce(req.finished, false)
 FROM o
-LEFT JOIN c USING (stream, request_id, obligation, resource, n)
+LEFT JOIN ends AS e USING (stream)
+LEFT JOIN req USING (stream, request_id)
+WHERE o.opens;
+
+-- Open cleanup obligations only, one row per (stream, request, obligation, resource) that has
+-- more opening than closing steps: the same answer as obligations WHERE dur_ns = -1 for
+-- alternating open/close sequences, computed with one group-by instead of a window (the
+-- forensic summary reads this on every run).
+CREATE VIEW obligations_open (
+  -- Worker stream that owes the obligation.
+  stream,
+  -- Request that owns the resource.
+  request_id,
+  -- termination / slot / handle / pin / blocks / transfer.
+  obligation,
+  -- The resource: 'send:3' for a slot, 'handle:1042' for a handle, '' otherwise.
+  resource,
+  -- When the (last) opening step happened.
+  ts_ns,
+  -- Sequence number of that opening step.
+  seq,
+  -- Opening steps minus closing steps (1 for a single open obligation).
+  open_count,
+  -- Reason of the request's last termination.deferred, if any.
+  deferred_reason,
+  -- Time from the opening step to the stream's last event, in ns.
+  age_ns,
+  -- True when the stream's last event is ledger.closed.
+  stream_closed,
+  -- True when the request has request.finished on this stream.
+  request_finished
+) AS
+WITH k AS (
+  SELECT
+    stream, request_id, obligation, resource,
+    max(ts_ns) FILTER (WHERE opens) AS ts_ns,
+    max(seq) FILTER (WHERE opens) AS seq,
+    count(*) FILTER (WHERE opens) - count(*) FILTER (WHERE NOT opens) AS open_count
+  FROM _obligation_steps
+  GROUP BY stream, request_id, obligation, resource
+  HAVING open_count > 0
+),
+ends AS (
+  SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
+  FROM events
+  GROUP BY stream
+),
+req AS (
+  SELECT
+    stream, request_id,
+    arg_max(json_extract_string(attrs, '$.reason'), seq)
+      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
+    bool_or(kind = 'request.finished') AS finished
+  FROM events
+  WHERE kind IN ('termination.deferred', 'request.finished')
+  GROUP BY stream, request_id
+)
+SELECT
+  k.stream,
+  k.request_id,
+  k.obligation,
+  k.resource,
+  k.ts_ns,
+  k.seq,
+  k.open_count,
+  req.deferred_reason,
+  e.last_ts - k.ts_ns,
+  e.closed,
+  coalesce(req.finished, false)
+FROM k
 LEFT JOIN ends AS e USING (stream)
 LEFT JOIN req USING (stream, request_id);

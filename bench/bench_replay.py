@@ -1,0 +1,170 @@
+"""Replay benchmarks (issue 4): virtual-mode speed, live-mode input lateness, minimizer cost.
+
+1. Virtual speed: a 64- and a 256-request burst is captured live (two worker processes over real
+   NIXL, ``runtime.load.run_load``); each trace is replayed under a virtual clock (best of 3) and
+   the speed is the trace's wall-clock duration divided by the replay's wall time (target >= 50x).
+   Also shown against the trace's active window (first arrival to last request end), which
+   excludes the idle drain/probe/shutdown tail the virtual clock skips for free.
+2. Live lateness: the triggering trace of each mutant (or --live-traces) is replayed with --live;
+   each injected input's time in the worker's ledger minus its scheduled time, p50/p99 over all
+   inputs (target p99 <= 1 ms).
+3. Minimizer: each mutant's triggering scenario plus 6 unrelated requests is captured and
+   minimized under its mutant: replays needed and final size.
+
+Run: ``python bench/bench_replay.py [--skip-live] [--trace64 DIR --trace256 DIR]``; prints a
+table and writes bench-replay.json. Timings depend on the machine's load: compare ratios within
+one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from kvledger.ledger.detectors import detect
+from kvledger.replay.minimize import minimize
+from kvledger.replay.replayer import ReplayOptions, replay
+from kvledger.replay.scenarios import SCENARIOS, Scenario, _arrive, capture
+from kvledger.replay.trace import Trace, load_trace
+from kvledger.runtime.policy import HARDENED, policy_by_name
+
+
+def capture_burst(n: int, out: str) -> str:
+    from kvledger.runtime.load import run_load
+    from kvledger.runtime.workload import WorkloadParams, generate
+
+    res = run_load(generate(11, WorkloadParams(requests=n)), out, drain_s=30.0)
+    print(f"  captured {n}-request burst: {res.summary()['outcomes']} in {res.wall_s:.1f} s")
+    return out
+
+
+def active_window_ns(trace: Trace) -> int:
+    ends = [trace.t(e) for e in trace.events if e.kind == "request.finished"]
+    starts = [r.arrive_ns for r in trace.requests.values()]
+    return max(ends) - min(starts) if ends and starts else trace.end_ns
+
+
+def bench_speed(path: str, label: str) -> dict:
+    trace = load_trace(path)
+    best = sim = None
+    for seed in range(3):
+        t0 = time.perf_counter()
+        result = replay(trace, HARDENED, ReplayOptions(seed=seed))
+        dt = time.perf_counter() - t0
+        if best is None or dt < best:
+            best, sim = dt, result.verdict.stats["sim_s"]
+    no_data = time.perf_counter()
+    replay(trace, HARDENED, ReplayOptions(seed=0, data=False))
+    no_data = time.perf_counter() - no_data
+    active = active_window_ns(trace)
+    row = {"trace": label, "requests": len(trace.requests), "events": len(trace.events),
+           "trace_s": trace.end_ns / 1e9, "active_s": active / 1e9, "replay_s": best,
+           "speed_x": trace.end_ns / 1e9 / best, "speed_active_x": active / 1e9 / best,
+           "replay_no_data_s": no_data, "sim_s": sim, "speed_sim_x": trace.end_ns / 1e9 / sim,
+           "findings": result.verdict.signature(),
+           "divergent_request_streams": len(result.verdict.divergences)}
+    print(f"  {label}: {row['requests']} requests, {row['events']} events, trace "
+          f"{row['trace_s']:.2f} s (active {row['active_s']:.2f} s), replay {best:.3f} s -> "
+          f"{row['speed_x']:.1f}x ({row['speed_active_x']:.1f}x of the active window); "
+          f"driving the runtime alone {sim:.3f} s -> {row['speed_sim_x']:.1f}x; "
+          f"--no-data {no_data:.3f} s")
+    return row
+
+
+def bench_live(traces: dict[str, str]) -> dict:
+    from kvledger.replay.live import replay_live
+
+    lateness: list[int] = []
+    rows = []
+    for name, path in traces.items():
+        trace = load_trace(path)
+        policy = policy_by_name(name) if name in SCENARIOS else HARDENED
+        virtual = replay(trace, policy, ReplayOptions()).verdict.signature()
+        live = replay_live(trace, policy, ReplayOptions())
+        lateness += live.lateness_ns
+        rows.append({"trace": name, "virtual": virtual, "live": live.signature,
+                     "agree": virtual == live.signature, "inputs": len(live.lateness_ns)})
+        print(f"  {name}: virtual {virtual} live {live.signature} "
+              f"{'agree' if virtual == live.signature else 'DIFFER'}")
+    lateness.sort()
+
+    def pct(q: float) -> float | None:
+        return lateness[min(len(lateness) - 1, int(q * len(lateness)))] / 1e6 if lateness else None
+
+    out = {"inputs": len(lateness), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "traces": rows}
+    print(f"  lateness over {len(lateness)} inputs: p50 {out['p50_ms']} ms, "
+          f"p99 {out['p99_ms']} ms")
+    return out
+
+
+def bench_minimize(tmp: Path) -> list[dict]:
+    rows = []
+    for name, base in SCENARIOS.items():
+        # Six unrelated requests amid the scenario.
+        noise = tuple(_arrive(5_000 * i + 75, f"n{i}") for i in range(1, 7))
+        sc = Scenario(base.name, base.doc, base.actions + noise, base.faults, base.config,
+                      base.settle_ns)
+        try:
+            capture(sc, str(tmp / name))
+        except Exception as exc:  # noqa: BLE001 - a mutant may crash the runtime: report it
+            print(f"  {name}: capture with noise failed in the runtime: "
+                  f"{type(exc).__name__}: {exc}")
+            rows.append({"mutant": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        trace = load_trace(tmp / name)
+        policy = policy_by_name(name)
+        target = set(replay(trace, policy).verdict.signature())
+        assert target == {f.detector for f in detect(trace.events)} or target, name
+
+        def reproduces(t: Trace, policy=policy, target=target) -> bool:
+            return target <= set(replay(t, policy).verdict.signature())
+
+        t0 = time.perf_counter()
+        res = minimize(trace, reproduces)
+        rows.append({"mutant": name, "replays": res.replays, "before": res.size_before,
+                     "after": res.size_after, "kept": res.trace.request_ids(),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        print(f"  {name}: {res.size_before['requests']} -> {res.size_after['requests']} "
+              f"requests ({res.trace.request_ids()}), {res.size_before['events']} -> "
+              f"{res.size_after['events']} events, {res.replays} replays, "
+              f"{rows[-1]['seconds']} s")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace64", help="reuse a captured 64-request burst trace")
+    ap.add_argument("--trace256", help="reuse a captured 256-request burst trace")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument("--skip-minimize", action="store_true")
+    ap.add_argument("--out", default="bench-replay.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    report: dict = {}
+    if not args.skip_speed:
+        print("1. virtual-mode replay speed")
+        t64 = args.trace64 or capture_burst(64, str(tmp / "b64"))
+        t256 = args.trace256 or capture_burst(256, str(tmp / "b256"))
+        report["speed"] = [bench_speed(t64, "burst-64"), bench_speed(t256, "burst-256")]
+    if not args.skip_live:
+        print("2. live-mode lateness of injected inputs")
+        traces = {}
+        for name in SCENARIOS:
+            capture(SCENARIOS[name], str(tmp / "live" / name))
+            traces[name] = str(tmp / "live" / name)
+        report["live"] = bench_live(traces)
+    if not args.skip_minimize:
+        print("3. minimizer")
+        report["minimize"] = bench_minimize(tmp / "min")
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""``kvledger replay``, ``kvledger mutants`` and ``kvledger minimize``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kvledger.cli import CliError, Finding, print_json
+from kvledger.runtime.policy import MUTANTS, policy_by_name
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="re-run a captured trace against the runtime; verdict",
+                       description="Replay a trace (ledger file, folder or Parquet export) "
+                       "under a virtual clock with the real runtime. Exit 1 on a finding.")
+    p.add_argument("trace", metavar="TRACE")
+    _policy_arg(p, "hardened")
+    p.add_argument("--seed", type=int, default=0, help="orders same-time events (default 0)")
+    p.add_argument("--out", metavar="DIR", help="write the replay ledger and verdict.json here")
+    p.add_argument("--no-data", action="store_true",
+                   help="do not copy KV bytes between the workers (faster; no checksums)")
+    p.add_argument("--live", action="store_true",
+                   help="also replay in real time against real worker processes and compare")
+    p.add_argument("--ticks-max", type=int, default=None, help="bound on scheduler steps")
+    p.add_argument("--json", action="store_true", help="machine-readable verdict on stdout")
+    p.set_defaults(func=cmd_replay)
+
+    m = sub.add_parser("mutants", help="list the named historical-bug policies",
+                       description="The runtime policies that re-introduce historical bugs.")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--capture", metavar="DIR",
+                   help="run each mutant's triggering scenario (in-process runtime) and leave "
+                   "its trace in DIR/<mutant>/")
+    m.add_argument("--only", nargs="+", metavar="MUTANT", help="with --capture: these only")
+    m.set_defaults(func=cmd_mutants)
+
+    z = sub.add_parser("minimize", help="shrink a reproducing trace (ddmin)",
+                       description="Delta-debug a trace that reproduces a finding under a "
+                       "policy down to a small trace that still does, and write it.")
+    z.add_argument("trace", metavar="TRACE")
+    _policy_arg(z, None)
+    z.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="OUT.sqlite (one file) or a folder (one ledger per stream)")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--replays-max", type=int, default=400)
+    z.add_argument("--json", action="store_true")
+    z.set_defaults(func=cmd_minimize)
+
+
+def _policy_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--policy", default=default, required=default is None, metavar="P",
+                   help="hardened or a mutant name (see `kvledger mutants`)")
+
+
+def _policy(name: str):
+    try:
+        return policy_by_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    if args.capture:
+        return _capture(args)
+    rows = [{"name": m.name, "signature": m.signature, "breaks": m.breaks,
+             "flags": {k: v for k, v in m.policy.flags().items() if v}}
+            for m in MUTANTS.values()]
+    if args.json:
+        print_json(rows)
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    sig_width = max(len(r["signature"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['signature']:<{sig_width}}  {r['breaks']}")
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from kvledger.ledger.detectors import detect
+
+    from .scenarios import SCENARIOS, capture
+    from .trace import load_trace
+
+    names = args.only or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise CliError(f"no scenario for {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    rows = []
+    for name in names:
+        out = Path(args.capture) / name
+        if out.exists() and any(out.iterdir()):
+            raise CliError(f"{out} exists and is not empty; choose another DIR")
+        capture(SCENARIOS[name], str(out))
+        trace = load_trace(out)
+        found = sorted({f.detector for f in detect(trace.events)})
+        rows.append({"mutant": name, "trace": str(out), "requests": len(trace.requests),
+                     "events": len(trace.events), "finding": found})
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['trace']}: {r['requests']} requests, {r['events']} events, "
+                  f"finding under {r['mutant']}: {', '.join(r['finding']) or 'none'}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .trace import load_trace
+
+    policy = _policy(args.policy)
+    trace = load_trace(args.trace)  # validation first: nothing is written for a bad trace
+    from .replayer import ReplayOptions, replay
+    from .verdict import render
+
+    if args.live and args.out and any((Path(args.out) / "live").glob("*.sqlite")):
+        raise CliError(f"{args.out}/live already holds ledgers; choose another --out")
+    opts = ReplayOptions(seed=args.seed, data=not args.no_data, out_dir=args.out,
+                         ticks_max=args.ticks_max)
+    result = replay(trace, policy, opts)
+    report = result.verdict.to_dict()
+    if args.live:
+        from .live import replay_live
+
+        live = replay_live(trace, policy, opts)
+        report["live"] = live.to_dict()
+        report["live_agrees"] = live.signature == result.verdict.signature()
+        # confirms: live found something, and nothing the virtual replay did not
+        report["live_confirms"] = bool(live.signature) and set(live.signature) <= set(
+            result.verdict.signature())
+    if args.json:
+        print_json(report)
+    else:
+        print(render(result.verdict, args.trace, policy.name, args.seed))
+        if args.live:
+            lv = report["live"]
+            agree = ("agrees with" if report["live_agrees"] else "confirms (in part)"
+                     if report["live_confirms"] else "DIFFERS from")
+            late = lv["lateness_p99_ns"]
+            print(f"live replay (real processes, NIXL) {agree} virtual: "
+                  f"{', '.join(lv['signature']) or 'clean'}; {lv['inputs']} inputs injected, "
+                  f"lateness p50 {_ms(lv['lateness_p50_ns'])} p99 {_ms(late)}; "
+                  f"ledgers in {lv['out_dir']}")
+    if result.verdict.finding or (args.live and report["live"]["finding"]):
+        raise Finding
+    return 0
+
+
+def _ms(ns: int | None) -> str:
+    return "n/a" if ns is None else f"{ns / 1e6:.3f} ms"
+
+
+def cmd_minimize(args: argparse.Namespace) -> int:
+    from .trace import load_trace, write_trace
+
+    policy = _policy(args.policy)
+    trace = load_trace(args.trace)  # validation first: nothing is written for a bad trace
+    from .minimize import minimize
+    from .replayer import ReplayOptions, replay
+
+    opts = ReplayOptions(seed=args.seed, data=True)
+    target = replay(trace, policy, opts).verdict.signature()
+    if not target:
+        raise CliError(f"the trace does not reproduce a finding under {policy.name}; "
+                       f"nothing to minimize")
+
+    def reproduces(candidate) -> bool:
+        got = replay(candidate, policy, opts).verdict.signature()
+        return set(target) <= set(got)
+
+    result = minimize(trace, reproduces, args.replays_max)
+    out = Path(args.out)
+    written = write_trace(result.trace.events, out)
+    summary = {"policy": policy.name, "finding": list(target), "replays": result.replays,
+               "before": result.size_before, "after": result.size_after,
+               "budget_exhausted": result.budget_exhausted, "written": written,
+               "requests": result.trace.request_ids()}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"minimized {args.trace} under {policy.name}: "
+              f"{result.size_before['requests']} -> {result.size_after['requests']} requests, "
+              f"{result.size_before['events']} -> {result.size_after['events']} events "
+              f"in {result.replays} replays; finding {', '.join(target)}")
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+

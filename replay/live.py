@@ -1,0 +1,256 @@
+"""``kvledger replay --live``: the trace's inputs in real time against real worker processes.
+
+The same inputs as the virtual replay (arrivals, client cancels, per stream, at their recorded times
+from a common start), driven into a ctx and a gen worker process over real NIXL (``runtime.procs``,
+as ``kvledger run`` starts them). Recorded faults are injected again: WRITE and control faults that
+name a request (delay / fail / drop) by ``FaultyTransport`` inside the worker, and time-driven ones
+by the supervisor at their recorded times: a stall is a SIGSTOP of the stalled worker for the
+recorded time, a kill a SIGKILL of the victim, after which the survivor is told its peer is lost (as
+an orchestrator would, and as ``runtime.load`` does).
+
+Live replay is not deterministic (ledger-anchors §2, limit): it confirms a finding on the real
+process topology. Findings are taken as of the end of the replayed window (``_as_of``), before
+the workers are shut down. Its verdict is compared with the virtual one, and the lateness of every
+injected input (its ``request.arrived`` / ``cancel.requested`` time in the worker's ledger minus
+its scheduled time; both are CLOCK_MONOTONIC) is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kvledger.ledger.detectors import detect
+from kvledger.ledger.events import Event
+from kvledger.runtime.faults import Fault
+from kvledger.runtime.policy import Policy
+from kvledger.runtime.procs import WorkerProcess, start_pair
+from kvledger.runtime.workload import RequestSpec
+
+from .messages import client_cancels
+from .replayer import ReplayOptions, config_for
+from .trace import Trace, load_trace
+
+log = logging.getLogger(__name__)
+
+LEAD_NS = 200_000_000  # inputs start this long after the workers are connected
+DRAIN_S = 5.0
+SETTLE_S = 2.0
+REQUEST_FAULTS = ("delay", "fail", "drop")
+
+
+@dataclass
+class LiveResult:
+    signature: list[str]
+    findings: list[dict[str, Any]]
+    lateness_ns: list[int]
+    out_dir: str
+    wall_s: float
+    dead: list[str] = field(default_factory=list)
+
+    @property
+    def finding(self) -> bool:
+        return bool(self.signature)
+
+    def lateness_pct(self, q: float) -> int | None:
+        if not self.lateness_ns:
+            return None
+        xs = sorted(self.lateness_ns)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "finding": self.finding,
+                "findings": self.findings, "out_dir": self.out_dir, "wall_s": self.wall_s,
+                "dead": self.dead, "inputs": len(self.lateness_ns),
+                "lateness_p50_ns": self.lateness_pct(0.5),
+                "lateness_p99_ns": self.lateness_pct(0.99)}
+
+
+@dataclass(order=True)
+class _Act:
+    t_ns: int
+    order: tuple
+    what: str = field(compare=False)  # submit | cancel | stall | resume | kill
+    stream: str = field(compare=False)
+    arg: Any = field(compare=False, default=None)
+
+
+def _faults(trace: Trace) -> dict[str, list[Fault]]:
+    """Request-level faults per stream, for the worker's own FaultyTransport."""
+    out: dict[str, list[Fault]] = {}
+    for f in trace.faults:
+        rid = f.params.get("request_id")
+        if f.kind == "fault.injected" and f.fault in REQUEST_FAULTS and rid is not None:
+            out.setdefault(f.stream, []).append(Fault(
+                f.fault, request_id=rid, msg_type=f.params.get("msg_type"),
+                delay_ms=float(f.params.get("delay_ms", 0.0)), count=1))
+    return out
+
+
+def _schedule(trace: Trace) -> list[_Act]:
+    acts: list[_Act] = []
+    for r in trace.requests.values():
+        spec = RequestSpec(r.request_id, 0, **r.shape)
+        for stream, t, seq in r.arrivals:
+            acts.append(_Act(t, (seq,), "submit", stream, replace(spec, arrive_ns=t)))
+        for stream, t, seq in r.cancels:
+            acts.append(_Act(t, (seq,), "cancel", stream, r.request_id))
+    peers = {s: (trace.streams[s].config.get("peer") or next(o for o in trace.streams if o != s))
+             for s in trace.streams}
+    for f in trace.faults:
+        if f.kind != "fault.injected" or f.params.get("request_id") is not None:
+            continue
+        if f.fault == "stall":
+            dur = int(float(f.params.get("delay_ms", 0.0)) * 1e6)
+            acts.append(_Act(f.t_ns, (0,), "stall", f.stream))
+            acts.append(_Act(f.t_ns + dur, (0,), "resume", f.stream))
+        elif f.fault == "kill":
+            acts.append(_Act(f.t_ns, (0,), "kill", f.target or peers[f.stream]))
+    acts.sort()
+    return acts
+
+
+def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult:
+    """Run the trace's inputs in real time against real worker processes; see the docstring."""
+    t_start = time.monotonic()
+    out_dir = str(Path(opts.out_dir) / "live") if opts.out_dir else tempfile.mkdtemp(
+        prefix="kvledger-live-")
+    if any(Path(out_dir).glob("*.sqlite")):
+        # The workers would append to the old streams: never mix two runs in one ledger.
+        raise ValueError(f"{out_dir} already holds ledgers; choose another --out")
+    cfgs = {s: config_for(trace, s, policy) for s in trace.streams}
+    ctx_cfg = next(c for c in cfgs.values() if c.role == "ctx")
+    gen_cfg = next(c for c in cfgs.values() if c.role == "gen")
+    ctx, gen = start_pair(ctx_cfg, gen_cfg, out_dir, faults=_faults(trace))
+    workers = {ctx.stream: ctx, gen.stream: gen}
+    t0 = time.monotonic_ns() + LEAD_NS
+    sent: list[tuple[str, str, str, int]] = []  # (stream, kind, request id, scheduled ns)
+    dead: list[str] = []
+    try:
+        _run(_schedule(trace), workers, t0, sent, dead)
+        end = t0 + trace.end_ns
+        while time.monotonic_ns() < end:
+            _pump(workers, dead)
+            time.sleep(0.001)
+        _settle(workers, dead)
+    finally:
+        cut_ns = time.monotonic_ns()
+        for w in workers.values():
+            if w.stream not in dead:
+                w.shutdown(drain_s=DRAIN_S)
+    live = load_trace(out_dir)
+    found = detect(_as_of(live.events, cut_ns))
+    lateness = _lateness(live, sent)
+    return LiveResult(sorted({f.detector for f in found}), [asdict(f) for f in found],
+                      lateness, out_dir, round(time.monotonic() - t_start, 3), dead)
+
+
+def _batches(acts: list[_Act]) -> list[list[_Act]]:
+    """Consecutive arrivals for one stream at one time travel in one message (a worker reads one
+    message per loop turn: one by one, a burst would queue behind its own steps)."""
+    out: list[list[_Act]] = []
+    for a in acts:
+        prev = out[-1][0] if out else None
+        if (prev is not None and a.what == prev.what == "submit" and a.stream == prev.stream
+                and a.t_ns == prev.t_ns):
+            out[-1].append(a)
+        else:
+            out.append([a])
+    return out
+
+
+def _run(acts: list[_Act], workers: dict[str, WorkerProcess], t0: int,
+         sent: list[tuple[str, str, str, int]], dead: list[str]) -> None:
+    for batch in _batches(acts):
+        a = batch[0]
+        due = t0 + a.t_ns
+        while True:  # sleep coarsely, then spin the last 2 ms: lateness is what we measure
+            left = due - time.monotonic_ns()
+            if left <= 0:
+                break
+            if left > 3_000_000:
+                _pump(workers, dead)
+                time.sleep((left - 2_000_000) / 1e9)
+        w = workers.get(a.stream)
+        if w is None or a.stream in dead:
+            continue
+        if a.what == "submit":
+            w.send("submit", [asdict(b.arg) for b in batch])
+            sent.extend((a.stream, "request.arrived", b.arg.request_id, due) for b in batch)
+        elif a.what == "cancel":
+            w.send("cancel", a.arg, "client")
+            sent.append((a.stream, "cancel.requested", a.arg, due))
+        elif a.what == "stall":
+            w.stall()
+        elif a.what == "resume":
+            w.resume()
+        elif a.what == "kill":
+            w.kill()
+            _lost(workers, a.stream, dead)
+
+
+def _settle(workers: dict[str, WorkerProcess], dead: list[str]) -> None:
+    """Past the trace's end, give the workers up to SETTLE_S to become idle: live inputs land
+    late (see the lateness), so the live run is behind the recorded one by that much."""
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        _pump(workers, dead)
+        live = [w for w in workers.values() if w.stream not in dead]
+        if all(w.state()[1] for w in live):
+            return
+        time.sleep(0.05)
+
+
+def _lost(workers: dict[str, WorkerProcess], stream: str, dead: list[str]) -> None:
+    if stream in dead:
+        return
+    dead.append(stream)
+    for other in workers.values():
+        if other.stream != stream and other.alive():
+            other.send("peer_lost", f"process {stream} was killed")
+
+
+def _pump(workers: dict[str, WorkerProcess], dead: list[str]) -> None:
+    for w in workers.values():
+        w.pump()
+        if not w.alive():
+            _lost(workers, w.stream, dead)
+
+
+def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
+    """The ledger as it stood when the replayed window ended, each stream closed there.
+
+    Shutting a worker process down drains it: it cancels and frees whatever is still pending,
+    which would hide exactly the leaks replay is looking for. The trace was judged at the end of
+    its window; so is the live run (the full ledger, shutdown included, stays on disk)."""
+    kept = [e for e in events if e.ts_ns < cut_ns and e.kind != "ledger.closed"]
+    last: dict[str, Event] = {}
+    for e in kept:
+        last[e.stream] = e
+    for stream, e in sorted(last.items()):
+        kept.append(Event(stream, e.seq + 1, cut_ns, "ledger.closed", None,
+                          {"events": e.seq + 1}))
+    return kept
+
+
+def _lateness(live: Trace, sent: list[tuple[str, str, str, int]]) -> list[int]:
+    """Each injected input's recorded time in the worker's ledger minus its scheduled time."""
+    # A gen cancel makes ctx record a cancel of its own (Abandon): not an injected input.
+    roles = {s.stream: s.role for s in live.streams.values()}
+    derived, _ = client_cancels(live.events, live.t, roles)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for e in live.events:
+        if e.kind == "request.arrived" or (e.kind == "cancel.requested"
+                                           and e.get("source") == "client"
+                                           and (e.stream, e.seq) not in derived):
+            seen.setdefault((e.stream, e.kind, e.request_id), []).append(e.ts_ns)
+    out: list[int] = []
+    for stream, kind, rid, due in sent:
+        times = seen.get((stream, kind, rid))
+        if times:
+            out.append(times.pop(0) - due)
+    return out

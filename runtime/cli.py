@@ -1,0 +1,232 @@
+"""``kvledger run`` (a live burst against ctx + gen worker processes; the trace-capture
+workhorse) and ``kvledger demo`` (a short burst with cancels on the embedded default: SQLite,
+NIXL over UCX loopback, CPU tensors). Both print what the ledger says and exit 1 when a detector
+fires, the probe fails or the burst does not drain."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cli import CliError, Finding, print_json
+from .policy import MUTANTS, policy_by_name
+
+LEDGER_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".db", ".db-wal", ".db-shm")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="a configurable live burst (ctx + gen processes); "
+                       "captures a trace", description=__doc__)
+    p.add_argument("--out", default="kvledger-out/run", help="output folder for the ledgers")
+    p.add_argument("--requests", type=int, default=64, help="requests in the burst")
+    p.add_argument("--cancel-rate", type=float, default=0.3,
+                   help="share of requests the client cancels at a random time")
+    p.add_argument("--timeout-ms", type=int, default=10_000,
+                   help="client timeout of ordinary requests")
+    p.add_argument("--short-timeout-rate", type=float, default=0.1,
+                   help="share of requests with a short timeout")
+    p.add_argument("--short-timeout-ms", type=int, default=5)
+    p.add_argument("--interarrival-us", type=float, default=200.0,
+                   help="mean time between arrivals")
+    p.add_argument("--prompt-tokens", type=int, default=96, help="median prompt length")
+    p.add_argument("--num-blocks", type=int, default=1024, help="KV blocks per worker")
+    p.add_argument("--slots", type=int, default=1, help="staging slots per worker")
+    p.add_argument("--layers", type=int, default=2, help="KV geometry: layers")
+    p.add_argument("--kv-heads", type=int, default=2, help="KV geometry: heads")
+    p.add_argument("--head-dim", type=int, default=32,
+                   help="KV geometry: head dim (fp16; a 16-token block is "
+                   "layers*2*heads*16*dim*2 bytes)")
+    p.add_argument("--release-on-cancel", action="store_true",
+                   help="release in-flight handles on cancel (their slots are poisoned)")
+    _common(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="where KV lives: cpu, or cuda (ctx on cuda:0, gen on cuda:1 when a "
+                   "second GPU exists; NIXL moves VRAM GPU to GPU)")
+    p.add_argument("--inprocess", action="store_true",
+                   help="both workers in this process (still real NIXL)")
+    p.add_argument("--ucx-tls", default=None,
+                   help="UCX_TLS for the workers (e.g. tcp: real in-flight windows)")
+    p.add_argument("--drain-s", type=float, default=30.0, help="bound on draining the burst")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace ledgers already in --out (default: refuse)")
+    p.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="short live burst with cancels; prints what the ledger says",
+                       description=__doc__)
+    d.add_argument("--out", default="kvledger-out/demo", help="output folder (replaced)")
+    _common(d)
+    d.set_defaults(func=cmd_demo)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default="hardened",
+                   help=f"hardened or a mutant: {', '.join(MUTANTS)}")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _check(args: argparse.Namespace) -> None:
+    try:
+        policy_by_name(args.policy)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    for name in ("requests", "timeout_ms", "short_timeout_ms", "num_blocks", "slots",
+                 "prompt_tokens", "layers", "kv_heads", "head_dim"):
+        v = getattr(args, name, 1)
+        if v < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, not {v}")
+    for name in ("cancel_rate", "short_timeout_rate"):
+        v = getattr(args, name, 0.0)
+        if not 0.0 <= v <= 1.0:
+            raise CliError(f"--{name.replace('_', '-')} must be within [0, 1], not {v}")
+    if getattr(args, "interarrival_us", 1.0) <= 0 or getattr(args, "drain_s", 1.0) <= 0:
+        raise CliError("--interarrival-us and --drain-s must be > 0")
+
+
+def _prepare_out(out: str, overwrite: bool) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--out {out} exists and is not a folder")
+    old = [p for p in path.glob("*") if p.name.endswith(LEDGER_SUFFIXES)] if path.exists() else []
+    if old and not overwrite:
+        raise CliError(f"--out {out} already holds ledgers ({old[0].name}, ...); "
+                       "choose another folder or pass --overwrite")
+    for p in old:
+        p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _on_gpus(device: str, ctx_cfg: Any, gen_cfg: Any) -> tuple[Any, Any]:
+    """Place ctx and gen on GPUs: two GPUs when there are two (the NVLink path), else one."""
+    import dataclasses
+
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise CliError(f"--device {device}: no CUDA device here (use --device cpu)")
+    if ":" in device:
+        ctx_dev = gen_dev = device
+    else:
+        ctx_dev, gen_dev = "cuda:0", ("cuda:1" if torch.cuda.device_count() > 1 else "cuda:0")
+    return (dataclasses.replace(ctx_cfg, device=ctx_dev),
+            dataclasses.replace(gen_cfg, device=gen_dev))
+
+
+def _say(msg: str) -> None:
+    print(f"[kvledger] {msg}", file=sys.stderr, flush=True)
+
+
+def execute(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the burst described by ``args``; the result with what the ledgers say."""
+    from .inprocess import pair_configs
+    from .verdict import ledger_verdict
+    from .workload import WorkloadParams, generate
+
+    block_tokens = 16
+    max_blocks = 16
+    ctx_cfg, gen_cfg = pair_configs(args.policy, num_blocks=args.num_blocks,
+                                    send_slots=args.slots, recv_slots=args.slots,
+                                    block_tokens=block_tokens, max_request_blocks=max_blocks,
+                                    release_on_cancel=args.release_on_cancel, seed=args.seed,
+                                    layers=args.layers, kv_heads=args.kv_heads,
+                                    head_dim=args.head_dim)
+    device = getattr(args, "device", "cpu")
+    if device != "cpu":
+        ctx_cfg, gen_cfg = _on_gpus(device, ctx_cfg, gen_cfg)
+    params = WorkloadParams(requests=args.requests, interarrival_us_mean=args.interarrival_us,
+                            prompt_tokens_median=args.prompt_tokens,
+                            prompt_tokens_max=block_tokens * max_blocks,
+                            block_tokens=block_tokens, cancel_fraction=args.cancel_rate,
+                            short_timeout_fraction=args.short_timeout_rate,
+                            short_timeout_ms=args.short_timeout_ms, timeout_ms=args.timeout_ms)
+    workload = generate(args.seed, params)
+    t0 = time.monotonic()
+    if args.inprocess:
+        from ..ledger.clock import MonotonicClock
+        from .inprocess import run_workload
+        from .nixl_transport import NixlTransport
+
+        _say(f"in-process run of {args.requests} requests -> {args.out}")
+        saved = os.environ.get("UCX_TLS")
+        transports = (NixlTransport(ctx_cfg.stream, ucx_tls=args.ucx_tls),
+                      NixlTransport(gen_cfg.stream, ucx_tls=args.ucx_tls))
+        assert os.environ.get("UCX_TLS") == saved
+        r = run_workload(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
+                         transports=transports, clock=MonotonicClock(),
+                         drain_ns_max=int(args.drain_s * 1e9))
+        summary = {"out": args.out, "requests": len(workload.requests), "probe_ok": r.probe_ok,
+                   "drained": r.drained, "dead": [], "ledgers": r.ledgers}
+        state: dict[str, Any] = r.state
+    else:
+        from .load import run_load
+
+        _say(f"starting ctx and gen worker processes; {args.requests} requests -> {args.out}")
+        env = {"UCX_TLS": args.ucx_tls} if args.ucx_tls else None
+        res = run_load(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg, env=env,
+                       drain_s=args.drain_s, on_progress=_say)
+        summary = res.summary()
+        state = res.state
+    summary["wall_s"] = round(time.monotonic() - t0, 3)
+    summary["policy"] = args.policy
+    summary["seed"] = args.seed
+    summary["ledger"] = ledger_verdict(args.out, state)
+    return summary
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
+    v = summary["ledger"]
+    if as_json:
+        print_json(summary)
+    else:
+        print(f"run: {summary['requests']} requests, policy {summary['policy']}, "
+              f"{summary['wall_s']:.1f} s; ledgers in {summary['out']}")
+        for s, st in v["streams"].items():
+            fin = ", ".join(f"{k} {n}" for k, n in st["finished"].items())
+            print(f"  {s}: {st['events']} events; {st['requests']} requests ({fin}); "
+                  f"{st['client_cancels']} client cancels, {st['timeouts']} timeouts; "
+                  f"{st['resources_freed']} resources.freed, {st['slots_released']} slots "
+                  f"released, {st['slots_poisoned']} poisoned; "
+                  f"{st['checksum_failures']} checksum failures")
+        probe = {True: "ok", False: "FAILED", None: "not sent"}[summary["probe_ok"]]
+        dead = ", ".join(summary["dead"]) or "none"
+        print(f"  drained: {summary['drained']}; probe: {probe}; dead workers: {dead}")
+        match = v["projection_matches_runtime"]
+        print(f"  projection rebuilt from the ledger matches the runtime: "
+              f"{'yes' if match else 'no' if match is False else 'n/a'}")
+        for m in v["mismatches"]:
+            print(f"    {m}")
+        for m in v["notes"]:
+            print(f"    note (definitions differ, not judged): {m}")
+        print(f"  detector findings: {len(v['findings'])}")
+        for f in v["findings"][:20]:
+            print(f"    {f['detector']}: {f['stream']} {f['request_id'] or '-'} "
+                  f"seq {f['seq']}: {f['reason']}")
+    if v["findings"] or summary["probe_ok"] is False or not summary["drained"]:
+        raise Finding()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _check(args)
+    _prepare_out(args.out, args.overwrite)
+    _report(execute(args), args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _check(args)
+    _prepare_out(args.out, overwrite=True)
+    demo = argparse.Namespace(
+        out=args.out, policy=args.policy, json=args.json, requests=48, cancel_rate=0.3,
+        timeout_ms=5_000, short_timeout_rate=0.1, short_timeout_ms=5, interarrival_us=300.0,
+        prompt_tokens=64, num_blocks=1024, slots=1, release_on_cancel=False, seed=7,
+        layers=2, kv_heads=2, head_dim=32,
+        inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=True)
+    _report(execute(demo), args.json)
+    return 0
+
+
+

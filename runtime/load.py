@@ -1,0 +1,204 @@
+"""The load driver: a ``Workload`` in real time against a ctx and a gen worker process.
+
+The client is modelled here, as in ``inprocess``: a request arrives at both workers at its
+``arrive_ns`` (relative to the start of the burst); a client cancel reaches both at
+``cancel_at_ns``; each worker enforces ``timeout_ms`` itself. The driver is also the supervisor:
+when a worker process dies it tells the survivor (``peer_lost``), as an orchestrator would. After
+the burst has drained, the probe request is sent; it must succeed, or the runtime is wedged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .config import WorkerConfig
+from .faults import Fault
+from .procs import WorkerProcess, start_pair
+from .workload import RequestSpec, Workload
+
+log = logging.getLogger(__name__)
+
+SUBMIT_BATCH_MAX = 64  # arrivals due at once go to a worker in one pipe message
+
+
+@dataclass
+class LoadResult:
+    out_dir: str
+    ledgers: dict[str, str]  # stream -> SQLAlchemy URL
+    results: dict[str, dict[str, str]]  # stream -> request id -> future outcome
+    finished: dict[str, dict[str, str]]  # stream -> request id -> request.finished outcome
+    cancel_results: dict[str, dict[str, str]]  # stream -> request id -> structured result
+    rejected: dict[str, dict[str, str]]  # stream -> request id -> why submit refused it
+    state: dict[str, dict[str, Any]]  # stream -> the runtime's own final state (None: died)
+    rss: dict[str, dict[str, int]]  # stream -> {"mid": bytes, "final": bytes}
+    probe_ok: bool | None
+    drained: bool
+    dead: list[str]
+    requests: int
+    wall_s: float
+    burst_s: float
+    marks: dict[str, dict[str, int]] = field(default_factory=dict)  # RSS at request counts
+
+    def outcomes(self) -> dict[str, str]:
+        """Each request's client-facing outcome: how it finished on gen (ctx if gen has none)."""
+        gen = next((s for s in self.finished if s.startswith("gen")), None)
+        ctx = next((s for s in self.finished if s.startswith("ctx")), None)
+        out: dict[str, str] = {}
+        for stream in (ctx, gen):
+            if stream is not None:
+                out.update(self.finished[stream])
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes().values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return {"out": self.out_dir, "requests": self.requests, "outcomes": counts,
+                "probe_ok": self.probe_ok, "drained": self.drained, "dead": self.dead,
+                "wall_s": round(self.wall_s, 3), "burst_s": round(self.burst_s, 3),
+                "ledgers": self.ledgers, "rss": self.rss}
+
+
+def _both_ended(workers: list[WorkerProcess], rids: list[str]) -> bool:
+    for w in workers:
+        if not w.alive():
+            continue
+        done = w.finished.keys() | w.rejected.keys()
+        if any(r not in done for r in rids):
+            return False
+    return True
+
+
+def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None = None,
+             gen_cfg: WorkerConfig | None = None, env: dict[str, str] | None = None,
+             faults: dict[str, list[Fault]] | None = None, drain_s: float = 30.0,
+             rss_marks: tuple[int, ...] = (), on_progress: Callable[[str], None] | None = None,
+             during: Callable[[float, WorkerProcess, WorkerProcess], None] | None = None,
+             ) -> LoadResult:
+    """Run ``workload`` against two worker processes; ledgers land in ``out_dir``.
+
+    ``rss_marks``: request counts after which both workers' RSS is sampled (leak checks).
+    ``during(t_s, ctx, gen)`` is called every loop turn (fault tests: kill/stall a worker).
+    """
+    if ctx_cfg is None or gen_cfg is None:
+        from .inprocess import pair_configs
+
+        ctx_cfg, gen_cfg = pair_configs()
+    say = on_progress or (lambda s: None)
+    t_start = time.monotonic()
+    ctx, gen = start_pair(ctx_cfg, gen_cfg, out_dir, env=env, faults=faults)
+    workers = [ctx, gen]
+    say(f"workers up in {time.monotonic() - t_start:.1f} s (pids {ctx.pid}, {gen.pid})")
+    actions: list[tuple[int, int, str, RequestSpec]] = []
+    for i, r in enumerate(workload.requests):
+        actions.append((r.arrive_ns, 2 * i, "a", r))
+        if r.cancel_at_ns is not None:
+            actions.append((r.cancel_at_ns, 2 * i + 1, "c", r))
+    actions.sort(key=lambda a: (a[0], a[1]))
+    dead: list[str] = []
+    marks: dict[str, dict[str, int]] = {}
+    pending_marks = sorted(rss_marks)
+    submitted = 0
+    t0 = time.monotonic_ns()
+    k = 0
+    last_say = time.monotonic()
+
+    def supervise() -> None:
+        for w in workers:
+            w.pump()
+            if not w.alive() and w.stream not in dead:
+                dead.append(w.stream)
+                say(f"worker {w.stream} died (exit {w.proc.exitcode})")
+                for other in workers:
+                    if other is not w and other.alive():
+                        other.send("peer_lost", f"process {w.stream} exited "
+                                   f"({w.proc.exitcode})")
+
+    while k < len(actions):
+        now = time.monotonic_ns() - t0
+        batch: list[dict[str, Any]] = []
+        while k < len(actions) and actions[k][0] <= now and len(batch) < SUBMIT_BATCH_MAX:
+            _, _, what, spec = actions[k]
+            if what == "a":
+                batch.append(asdict(spec))
+            else:
+                if batch:
+                    _send_all(workers, "submit", batch)
+                    submitted += len(batch)
+                    batch = []
+                _send_all(workers, "cancel", spec.request_id, "client")
+            k += 1
+        if batch:
+            _send_all(workers, "submit", batch)
+            submitted += len(batch)
+        supervise()
+        if during is not None:
+            during((time.monotonic_ns() - t0) / 1e9, ctx, gen)
+        while pending_marks and submitted >= pending_marks[0]:
+            n = pending_marks.pop(0)
+            marks[str(n)] = _sample_rss(workers, [r.request_id for r in
+                                                  workload.requests[:n]])
+        if time.monotonic() - last_say > 1.0:
+            last_say = time.monotonic()
+            say(f"{submitted}/{len(workload.requests)} submitted, "
+                f"{len(gen.results)} ended on gen, {len(ctx.results)} on ctx")
+        if k < len(actions):
+            wait_ns = actions[k][0] - (time.monotonic_ns() - t0)
+            if wait_ns > 0:
+                time.sleep(min(wait_ns / 1e9, 0.002))
+    burst_s = (time.monotonic_ns() - t0) / 1e9
+    rids = [r.request_id for r in workload.requests]
+    deadline = time.monotonic() + drain_s
+    while time.monotonic() < deadline and not _both_ended(workers, rids):
+        supervise()
+        if during is not None:
+            during((time.monotonic_ns() - t0) / 1e9, ctx, gen)
+        time.sleep(0.002)
+    drained = _both_ended(workers, rids)
+    say(f"burst ended in {burst_s:.2f} s; drained={drained}")
+    probe_ok: bool | None = None
+    if workload.probe is not None and drained and not dead:
+        probe = replace(workload.probe, arrive_ns=time.monotonic_ns() - t0)
+        _send_all(workers, "submit", [asdict(probe)])
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and not _both_ended(workers, [probe.request_id]):
+            supervise()
+            time.sleep(0.001)
+        probe_ok = all(w.results.get(probe.request_id) == "value"
+                       and w.finished.get(probe.request_id) == "ok" for w in workers)
+        say(f"probe {'succeeded' if probe_ok else 'FAILED'}")
+    state: dict[str, Any] = {}
+    rss: dict[str, dict[str, int]] = {}
+    for w in workers:
+        final = w.shutdown(drain_s=min(drain_s, 10.0))
+        state[w.stream] = final[0] if final else None
+        rss[w.stream] = {"final": final[2]} if final else {}
+    return LoadResult(out_dir, {w.stream: w.ledger_url for w in workers},
+                      {w.stream: dict(w.results) for w in workers},
+                      {w.stream: dict(w.finished) for w in workers},
+                      {w.stream: dict(w.cancel_results) for w in workers},
+                      {w.stream: dict(w.rejected) for w in workers}, state, rss, probe_ok,
+                      drained, dead, len(workload.requests), time.monotonic() - t_start,
+                      burst_s, marks)
+
+
+def _send_all(workers: list[WorkerProcess], *msg: Any) -> None:
+    for w in workers:
+        if w.alive():
+            try:
+                w.send(*msg)
+            except (BrokenPipeError, OSError):
+                pass  # died just now: supervise() notices
+
+
+def _sample_rss(workers: list[WorkerProcess], rids: list[str]) -> dict[str, int]:
+    """Wait until these requests ended (bounded), then each worker's RSS."""
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and not _both_ended(workers, rids):
+        for w in workers:
+            w.pump(0.001)
+    return {w.stream: w.state()[2] for w in workers if w.alive()}

@@ -1,0 +1,126 @@
+"""``kvledger sql`` / ``forensics`` / ``report`` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from kvledger.cli import main
+
+
+def _digest(folder: str) -> dict[str, str]:
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as fh:
+            out[name] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_sql_table_csv_json(faulty_run, capsys):
+    q = "SELECT stream, count(*) AS n FROM requests GROUP BY stream ORDER BY stream"
+    assert main(["sql", faulty_run, q]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split() == ["stream", "n"] and "(2 rows)" in text
+    assert main(["sql", faulty_run, q, "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "stream,n" and lines[1].startswith("ctx0,")
+    assert main(["sql", faulty_run, q, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["stream"] for r in data] == ["ctx0", "gen0"] and all(r["n"] > 0 for r in data)
+
+
+@pytest.mark.parametrize("query", [
+    "DROP VIEW events",
+    "CREATE TABLE x AS SELECT * FROM events",
+    "INSERT INTO events SELECT * FROM events",
+    "DELETE FROM events",
+    "UPDATE events SET kind = 'x'",
+    "COPY (SELECT 1) TO '/tmp/kvl-analytics-copy.csv'",
+    "ATTACH '/tmp/kvl-analytics-attach.db' AS x",
+    "SET threads = 64",
+    "SELECT 1; DROP VIEW events",
+])
+def test_sql_refuses_writes(faulty_run, capsys, query):
+    before = _digest(faulty_run)
+    assert main(["sql", faulty_run, query]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvledger sql: error:") and len(err.strip().splitlines()) == 1
+    assert "read-only" in err or "exactly one statement" in err
+    assert _digest(faulty_run) == before
+
+
+def test_sql_bad_query_gives_duckdb_message(faulty_run, capsys):
+    assert main(["sql", faulty_run, "SELECT no_such_column FROM events"]) == 2
+    err = capsys.readouterr().err
+    assert "Binder Error" in err and "no_such_column" in err
+    assert main(["sql", faulty_run, "SELEC 1"]) == 2
+    assert "Parser Error" in capsys.readouterr().err
+
+
+def test_sql_bad_ledger_and_memory_limit(tmp_path, faulty_run, capsys):
+    assert main(["sql", str(tmp_path / "nope.sqlite"), "SELECT 1"]) == 2
+    assert "no such ledger" in capsys.readouterr().err
+    assert main(["sql", faulty_run, "SELECT current_setting('memory_limit') AS m, "
+                 "current_setting('threads') AS t", "--csv", "--memory-limit", "300MB",
+                 "--threads", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.endswith(",1") and ("286" in row or "300" in row)
+
+
+def test_forensics_clean_exit_0(clean_run, capsys):
+    assert main(["forensics", clean_run]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("verdict: CLEAN")
+
+
+def test_forensics_leaks_exit_1(faulty_run, capsys):
+    assert main(["forensics", faulty_run, "--json"]) == 1
+    s = json.loads(capsys.readouterr().out)
+    assert s["verdict"] == "LEAKS" and s["leaks_total"] == 2 and s["poisoned_total"] == 1
+    assert {w["stream"]: w["closed"] for w in s["workers"]} == {"ctx0": True, "gen0": True}
+
+
+def test_forensics_wedge_exit_1(wedged_run, capsys):
+    assert main(["forensics", wedged_run, "--json"]) == 1
+    s = json.loads(capsys.readouterr().out)
+    assert s["verdict"] == "WEDGED"
+    assert all(w["wedged"] and w["idle_ns"] >= 39_000_000_000 for w in s["workers"])
+    owners = {r["owner"] for r in s["stuck"]}
+    assert "transport" in owners
+    assert all(r["waiting_on"] and r["age_ns"] >= 5_000_000_000 for r in s["stuck"])
+    # A higher stuck threshold than the ledger's idle time: still wedged (the workers are).
+    assert main(["forensics", wedged_run, "--stuck-ms", "999999"]) == 1
+    assert "verdict: WEDGED" in capsys.readouterr().out
+
+
+def test_forensics_subprocess_exit_code(wedged_run):
+    proc = subprocess.run([sys.executable, "-m", "kvledger", "forensics", wedged_run],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout.startswith("verdict: WEDGED")
+
+
+def test_report_writes_self_contained_html(wedged_run, tmp_path, capsys):
+    out = tmp_path / "incident.html"
+    assert main(["report", wedged_run, "-o", str(out)]) == 0
+    page = out.read_text()
+    assert "WEDGED" in page and page.count("Plotly.newPlot") == 5
+    assert "<script src=" not in page and "<link" not in page  # nothing fetched
+    assert "Swimlanes" in page and "Transfer latency" in page
+
+
+def test_canned_queries_run(faulty_run):
+    from kvledger.analytics import catalog, forensics, source
+
+    con = catalog.open_catalog(source.collect([faulty_run]), strict=True)
+    got = {name: con.execute(sql).fetchall() for name, _kind, sql in forensics.CANNED}
+    assert all(got[name] for name in ("events_by_kind", "requests_by_outcome",
+                                      "transfer_latency", "cancel_outcomes", "poisoned"))
+    latency = {(r[0], r[1]): r[2] for r in got["transfer_latency"]}
+    via_view = dict(((r[0], r[1]), r[2]) for r in con.execute(
+        "SELECT role, coalesce(outcome, 'open'), count(*) FROM transfers GROUP BY ALL"
+    ).fetchall())
+    assert latency == via_view

@@ -1,0 +1,157 @@
+"""Unit tests of the core pieces: the transition tables, structured cancel (each of the six
+results and its one action), quarantine budget and the progress deadline (health), driven with
+inputs only (no transport, no torch)."""
+
+from __future__ import annotations
+
+import pytest
+from kvledger.ledger.events import CANCEL_RESULTS
+from kvledger.runtime.config import WorkerConfig
+from kvledger.runtime.core import io
+from kvledger.runtime.core.lifecycle import TABLES, LifecycleError, advance
+from kvledger.runtime.core.messages import Advertise, decode, encode
+from kvledger.runtime.core.sender import CtxCore
+from kvledger.runtime.workload import RequestSpec
+
+MS = 1_000_000
+
+
+def test_illegal_step_is_a_lookup_miss_naming_side_state_input():
+    with pytest.raises(LifecycleError, match=r"'posted'.*side=ctx.*state=queued"):
+        advance("ctx", "queued", "posted")
+    with pytest.raises(LifecycleError, match=r"side=gen.*state=ended"):
+        advance("gen", "ended", "ready")
+
+
+def test_tables_are_closed():
+    for side, table in TABLES.items():
+        for state, moves in table.items():
+            for event, target in moves.items():
+                assert target in table, f"{side}: {state} --{event}--> unknown {target}"
+        assert "ended" in table and "queued" in table
+
+
+def test_messages_round_trip():
+    msg = Advertise("r1", 2, 4096, b"\x00\x01desc")
+    assert decode(encode(msg)) == msg
+
+
+class Drive:
+    """A ctx core with an instant driver: posts get handles, packs are answered (unless held)."""
+
+    def __init__(self, **cfg):
+        self.events = []
+        self.core = CtxCore(WorkerConfig(role="ctx", peer="gen", **cfg),
+                            lambda k, r=None, **a: self.events.append((k, r, a)))
+        self.now = 0
+        self.hold_packs = False
+        self.held = []
+        self.handles = 0
+
+    def run(self, effects):
+        for eff in effects:
+            if isinstance(eff, io.Pack):
+                if self.hold_packs:
+                    self.held.append(eff)
+                else:
+                    self.run(self.core.feed(io.Packed(eff.request_id, (1,) * len(eff.blocks),
+                                                      self.now)))
+            elif isinstance(eff, io.PostWrite):
+                self.handles += 1
+                self.run(self.core.feed(io.Posted(eff.request_id, self.handles, self.now)))
+
+    def feed(self, inp):
+        self.run(self.core.feed(inp))
+
+    def arrive(self, rid, advertise=True, timeout_ms=None):
+        s = RequestSpec(rid, self.now, 32, token_seed=len(rid) + ord(rid[-1]),
+                        timeout_ms=timeout_ms)
+        self.feed(io.Arrive(s, self.now))
+        if advertise:
+            self.feed(io.ControlIn(Advertise(rid, 0, self.core.reqs[rid].nbytes, b"d"),
+                                   self.now))
+
+    def cancel(self, rid, source="client"):
+        result, effects = self.core.cancel(rid, self.now, source)
+        self.run(effects)
+        return result
+
+    def results(self):
+        return [(r, a["result"], a["action"]) for k, r, a in self.events if k == "cancel.result"]
+
+
+def test_each_cancel_result_maps_to_exactly_one_action():
+    d = Drive(send_slots=2, quarantine_budget=0)
+    assert d.cancel("nobody") == "not_found"
+    d.arrive("q", advertise=False)
+    assert d.cancel("q") == "cancelled_before_advertise"
+    assert d.cancel("q") == "already_complete"
+    d.hold_packs = True
+    d.arrive("p")
+    assert d.cancel("p") == "not_cancellable"  # mid-pack: retried once the post is known
+    d.hold_packs = False
+    pack = d.held.pop()
+    d.run(d.core.feed(io.Packed(pack.request_id, (1, 1), d.now)))
+    assert d.core.reqs["p"].state == "cancelling"  # the retried cancel, now in flight
+    assert d.core.healthy
+    d.arrive("t", timeout_ms=1)  # times out in flight: quarantined, over a budget of 0
+    d.now += 2 * MS
+    d.feed(io.Tick(d.now))
+    assert not d.core.healthy and "quarantined" in d.core.health_reason
+    assert d.cancel("p") == "backend_unhealthy"
+    results = d.results()
+    assert {r for _, r, _ in results} == set(CANCEL_RESULTS)
+    for _, result, action in results:
+        assert action == CANCEL_RESULTS[result]
+    quarantined = [r for k, r, _ in d.events if k == "quarantine.entered"]
+    assert quarantined == ["t", "p"]
+
+
+def _done(d, rid):
+    req = d.core.reqs[rid]
+    d.feed(io.XferState(req.handle, "DONE", 3, d.now))
+    returned, effects = d.core.check_status(0, d.now)
+    d.run(effects)
+    return returned
+
+
+def test_one_timeout_does_not_cascade():
+    d = Drive(send_slots=2)  # default budget 4
+    d.arrive("t", timeout_ms=1)
+    d.arrive("ok")
+    d.now += 2 * MS
+    d.feed(io.Tick(d.now))
+    assert d.core.healthy and d.core.quarantined == {"t"}
+    assert _done(d, "ok") == ["ok"] and d.core.healthy
+    assert _done(d, "t") == ["t"]
+    assert d.core.quarantined == set()
+    kinds = [k for k, r, _ in d.events if r == "t"]
+    assert kinds.index("quarantine.entered") < kinds.index("quarantine.left")
+    assert kinds.count("termination.done") == 1
+
+
+def test_progress_deadline_turns_health_and_back():
+    d = Drive(progress_deadline_ms=10)
+    d.arrive("stuck")
+    d.now += 5 * MS
+    d.feed(io.Tick(d.now))
+    assert d.core.healthy
+    d.now += 10 * MS
+    d.feed(io.Tick(d.now))
+    assert not d.core.healthy and d.core.health_reason.startswith("no progress")
+    _done(d, "stuck")
+    d.feed(io.Tick(d.now))
+    assert d.core.healthy
+    changes = [a["healthy"] for k, _, a in d.events if k == "health.changed"]
+    assert changes == [False, True]
+
+
+def test_every_send_slot_poisoned_fails_waiters_loudly():
+    d = Drive(send_slots=1, release_on_cancel=True)
+    d.arrive("a")
+    d.arrive("b")  # waits for the only slot
+    assert d.cancel("a") == "cancel_requested_in_flight"  # released in flight: slot poisoned
+    assert not d.core.healthy and d.core.health_reason == "every send slot poisoned"
+    assert "b" not in d.core.reqs and d.core.futures["b"] == "error"
+    outcomes = {r: a["outcome"] for k, r, a in d.events if k == "transfer.completed"}
+    assert outcomes == {"a": "cancelled", "b": "failed"}
