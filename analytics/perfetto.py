@@ -93,6 +93,7 @@ def build_trace(table: pa.Table) -> tuple[dict[str, Any], dict[str, int]]:
     streams = sorted({r["stream"] for r in rows})
     pid_of = {s: i + 1 for i, s in enumerate(streams)}
     tid_of: dict[tuple[str, str], int] = {}
+    tracks_of = dict.fromkeys(streams, 0)  # request tracks per stream so far (tid = count)
     out: list[dict[str, Any]] = []
     stats = {"events": len(rows), "tracks": 0, "slices": 0, "open_slices": 0, "instants": 0}
     open_state: dict[tuple[str, str], str | None] = {}
@@ -115,7 +116,8 @@ def build_trace(table: pa.Table) -> tuple[dict[str, Any], dict[str, int]]:
             continue
         key = (stream, rid)
         if key not in tid_of:
-            tid_of[key] = len([k for k in tid_of if k[0] == stream]) + 1
+            tracks_of[stream] += 1
+            tid_of[key] = tracks_of[stream]
             out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid_of[key],
                         "args": {"name": rid}})
             stats["tracks"] += 1
@@ -166,7 +168,15 @@ def export_perfetto(source_or_table: Any, path: str) -> dict[str, int]:
     trace, stats = build_trace(_load(source_or_table))
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(trace, fh, separators=(",", ":"))
+        # One event per line: the same JSON, written without one giant string in memory.
+        fh.write('{"displayTimeUnit":"ms","otherData":')
+        json.dump(trace["otherData"], fh)
+        fh.write(',"traceEvents":[\n')
+        events = trace["traceEvents"]
+        for i, ev in enumerate(events):
+            fh.write(json.dumps(ev, separators=(",", ":")))
+            fh.write(",\n" if i + 1 < len(events) else "\n")
+        fh.write("]}\n")
     os.replace(tmp, path)
     stats["bytes"] = os.path.getsize(path)
     log.info("perfetto: %s %s", path, stats)
