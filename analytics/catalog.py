@@ -34,15 +34,12 @@ from pathlib import Path
 
 import duckdb
 
+from .limits import MEMORY_LIMIT_DEFAULT, THREADS_DEFAULT
 from .source import COLUMNS, Sources
 
 log = logging.getLogger(__name__)
 
 SQL_ROOT = Path(__file__).resolve().parent / "sql"
-# A 10M-event ledger needs ~1.3 GB for the widest view (obligations); the process stays under
-# 2 GB peak RSS with this limit (bench/bench_forensics.py measures it).
-MEMORY_LIMIT_DEFAULT = "1536MB"
-THREADS_DEFAULT = 2
 
 _CREATE = re.compile(r"^\s*CREATE\s+(VIEW|MACRO|FUNCTION)\s+(\w+)", re.I | re.M)
 _INCLUDE = re.compile(r"^--\s*INCLUDE\s+(\S+)\s*$", re.M)

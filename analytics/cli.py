@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
-    from .catalog import MEMORY_LIMIT_DEFAULT, THREADS_DEFAULT
+    from .limits import MEMORY_LIMIT_DEFAULT, THREADS_DEFAULT
 
     p.add_argument("--memory-limit", default=MEMORY_LIMIT_DEFAULT,
                    help=f"DuckDB memory_limit (default {MEMORY_LIMIT_DEFAULT})")
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
-    from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT
+    from .limits import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT
 
     p.add_argument("--stuck-ms", type=int, default=STUCK_MS_DEFAULT,
                    help="open obligations older than this are stuck")

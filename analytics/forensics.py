@@ -14,14 +14,10 @@ from typing import Any
 
 import duckdb
 
-from ..ledger.detectors import WEDGE_DEADLINE_NS
+from .limits import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT
 
 log = logging.getLogger(__name__)
 
-STUCK_MS_DEFAULT = 5_000
-# The same deadline as the wedge detector (ledger/detectors.py), so the verdict and
-# detector_wedge agree.
-WEDGE_MS_DEFAULT = WEDGE_DEADLINE_NS // 1_000_000
 ROWS_MAX = 20
 
 # Canned queries: (name, kind, sql). kind is "summary" (group-by, target <= 1 s on 10M events)
