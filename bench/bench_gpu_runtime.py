@@ -36,16 +36,18 @@ def peer_copy_gb_s(size: int, n: int) -> float:
     return size * n / (time.perf_counter() - t) / 1e9
 
 
-def runtime_gb_s(size: int, n: int) -> dict:
+def runtime_gb_s(size: int, n: int, slots: int = 1, depth: int = 2) -> dict:
     ctx_cfg, gen_cfg = configs(size)
     gen_dev = "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
-    ctx_cfg = dataclasses.replace(ctx_cfg, device="cuda:0")
-    gen_cfg = dataclasses.replace(gen_cfg, device=gen_dev)
+    # depth outstanding requests need depth requests' blocks on gen (ctx reuses one prefix).
+    blocks = max(ctx_cfg.num_blocks, (depth + 1) * ctx_cfg.max_request_blocks)
+    ctx_cfg = dataclasses.replace(ctx_cfg, device="cuda:0", send_slots=slots, num_blocks=blocks)
+    gen_cfg = dataclasses.replace(gen_cfg, device=gen_dev, recv_slots=slots, num_blocks=blocks)
     specs = list(same_prefix_burst(n + 1).requests)
     with tempfile.TemporaryDirectory(prefix="kvl-gpu-bench-") as out:
         ctx, gen = start_pair(ctx_cfg, gen_cfg, out)
         try:
-            closed_loop(ctx, gen, specs, depth=2)
+            closed_loop(ctx, gen, specs, depth=depth)
         finally:
             ctx.shutdown()
             gen.shutdown()
@@ -62,6 +64,8 @@ def runtime_gb_s(size: int, n: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--slots", type=int, default=1, help="staging slots per worker")
+    ap.add_argument("--depth", type=int, default=2, help="requests outstanding")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -69,14 +73,16 @@ def main() -> int:
         return 2
     size = 64 * MiB
     say(f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}")
-    rt = runtime_gb_s(size, args.requests)
+    rt = runtime_gb_s(size, args.requests, args.slots, args.depth)
     peer = peer_copy_gb_s(size, args.requests)
     row = {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
+           "slots": args.slots, "depth": args.depth,
            "size_mib": size // MiB, "requests": args.requests,
            "runtime_gb_s": round(rt["gb_s"], 2), "peer_copy_gb_s": round(peer, 2),
            "ratio": round(rt["gb_s"] / peer, 3), "checksum_failures": rt["checksum_failures"]}
     print(json.dumps(row, indent=2) if args.json else
-          f"64 MiB requests: runtime {row['runtime_gb_s']} GB/s vs peer copy "
+          f"64 MiB requests, {args.slots} slot(s), depth {args.depth}: "
+          f"runtime {row['runtime_gb_s']} GB/s vs peer copy "
           f"{row['peer_copy_gb_s']} GB/s -> ratio {row['ratio']}")
     return 0
 
