@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from kvledger.runtime.faults import default_classify
 from kvledger.runtime.transport import PeerLostError, TransportError, XferStatus
 
 from .messages import ControlTiming
@@ -43,17 +44,6 @@ log = logging.getLogger(__name__)
 XFER_NS_DEFAULT = 20_000
 KILL_DETECT_NS_DEFAULT = 1_000_000  # a kill with no recorded peer.lost: noticed 1 ms later
 
-
-def _classify(msg: bytes) -> tuple[str | None, str | None]:
-    """(message type, request id) of a runtime control message (JSON ``{"t":..}``)."""
-    try:
-        obj = json.loads(msg)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(obj, dict):
-        return None, None
-    rid = obj.get("request_id", obj.get("rid"))
-    return obj.get("t", obj.get("type")), (str(rid) if rid is not None else None)
 
 
 @dataclass(slots=True)
@@ -305,7 +295,7 @@ class ShimTransport:
                    remote_desc: bytes, notif: bytes = b"") -> int:
         self._raise_if_lost("post_write")
         assert local_region in self.regions, f"region {local_region} not registered"
-        _, rid = _classify(notif) if notif else (None, None)
+        _, rid = default_classify(notif) if notif else (None, None)
         rid = rid or "?"
         k = self._ordinal.get(rid, 0)
         self._ordinal[rid] = k + 1
@@ -344,7 +334,7 @@ class ShimTransport:
     def send_control(self, peer: str, msg: bytes) -> None:
         self._raise_if_lost("send_control")
         f = self.fabric
-        mtype, rid = _classify(msg)
+        mtype, rid = default_classify(msg)
         if f.faults.take_drop(self.name, mtype, rid):
             f.stats["dropped"] += 1
             return

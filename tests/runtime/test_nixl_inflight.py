@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-import torch
 from kvledger.runtime.faults import Fault, FaultyTransport
 from kvledger.runtime.nixl_transport import NixlTransport
 from kvledger.runtime.procs import spawn_peer
 from kvledger.runtime.transport import PeerLostError, TransportError
 
+from tests.runtime.nixlkit import pattern, until, wait_terminal
+
 pytestmark = pytest.mark.nixl
 
 MiB = 1 << 20
 BIG = 256 * MiB  # large enough that a quiet machine still sees the PROC window over tcp
-HANG_GUARD_S = 30.0  # only guards against a hang; nothing here asserts speed
 
 
-def until(pred, what: str, tick=None):
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (got := pred()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {HANG_GUARD_S} s")
-        if tick is not None:
-            tick()
-        time.sleep(0.0002)
-    return got
 
-
-def pattern(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 256, (n,), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
-
-
-def wait_terminal(tr, h):
-    seen = []
-
-    def done():
-        st = tr.check(h)
-        seen.append(st.state)
-        return st if st.state != "PROC" else None
-
-    return until(done, "terminal state"), seen
 
 
 def inbox_until(peer, n: int, tick=None) -> list[tuple[str, bytes]]:

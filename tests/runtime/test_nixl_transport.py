@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -13,30 +12,11 @@ from kvledger.runtime.nixl_transport import NixlTransport
 from kvledger.runtime.procs import spawn_peer
 from kvledger.runtime.transport import TransportError
 
+from tests.runtime.nixlkit import pattern, until, wait_terminal
+
 pytestmark = pytest.mark.nixl
 
 MiB = 1 << 20
-HANG_GUARD_S = 30.0  # only guards against a hang; nothing here asserts speed
-
-
-def until(pred, what: str, tick=None):
-    """Poll pred() (calling tick() between tries) until true; fail loudly instead of hanging."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {HANG_GUARD_S} s")
-        if tick is not None:
-            tick()
-        time.sleep(0.0002)
-
-
-def pattern(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
-
 
 @pytest.fixture(scope="module")
 def pair():
@@ -62,17 +42,6 @@ def inbox_until(peer, n: int, tick=None) -> list[tuple[str, bytes]]:
 
     until(more, f"{n} control messages at the peer", tick=tick)
     return got
-
-
-def wait_terminal(tr, h):
-    seen = []
-
-    def done():
-        st = tr.check(h)
-        seen.append(st.state)
-        return st if st.state != "PROC" else None
-
-    return until(done, "terminal state"), seen
 
 
 def test_write_lands_with_correct_data_and_notification(pair):
