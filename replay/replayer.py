@@ -12,6 +12,12 @@ the progress deadline of a worker with pending obligations, or shortly after a s
 (a cascade still settling). A coarse heartbeat covers anything else time-driven while a worker is
 busy. ``ticks_max`` bounds the number of steps.
 
+At each such instant only the workers with something due step (``Replay._due``): an input for it,
+a completion or delivery that reached it, a fault boundary, its own timeout/progress deadline, a
+settle after its own work, its heartbeat, or work it holds (ready entries, retried cancels, a
+blocked poll). A step of any other worker would find nothing and only re-poll unchanged handles;
+skipping it is most of the replay's speed (each step rescans every live request in the core).
+
 The replay ledger is recorded in memory (the runtime's ``emit`` appends a tuple, as ``Ledger.emit``
 does) and encoded, validated and chained once at the end, then written as a real ledger file. The
 ``ledger.opened`` wall anchor is the trace's, not the machine's, so nothing in it varies by run.
@@ -140,6 +146,10 @@ class Replay:
         self._build_workers()
         self.inputs = self._inputs()
         self.steps = 0
+        self.worker_steps = 0
+        self._last_step: dict[str, int] = dict.fromkeys(self.workers, 0)
+        self._settle_at: dict[str, int] = {}  # stream -> when to step again after its work
+        self._applied: set[str] = set()  # streams that took an input at this instant
         self.crash: FindingRow | None = None
         self._current: str | None = None  # the stream being driven (names a crash)
 
@@ -192,13 +202,16 @@ class Replay:
         ticks_max = self.opts.ticks_max or TICKS_MAX_DEFAULT
         horizon = self.horizon_ns()
         fault_times = self.faults.times()
+        self._fault_set = set(fault_times)
         now = 0
         while True:
             self.clock.jump_to(now)
+            self.fabric.touched.clear()
+            self._applied.clear()
             self.fabric.run_due(now)
             try:
                 self._apply_inputs(now)
-                work = self._step_all(now)
+                work = self._step_all(now, self._due(now))
             except Exception as exc:  # noqa: BLE001 - the runtime crashed: that is the finding
                 self.crash = self._crashed(exc, now)
                 break
@@ -236,6 +249,7 @@ class Replay:
         while self.inputs and self.inputs[0].t_ns <= now:
             inp = heapq.heappop(self.inputs)
             self._current = inp.stream
+            self._applied.add(inp.stream)
             w = self.workers[inp.stream]
             if self._dead(inp.stream, now):
                 continue
@@ -250,15 +264,41 @@ class Replay:
         t = self.faults.killed_at.get(stream)
         return t is not None and now >= t
 
-    def _step_all(self, now: int) -> int:
+    def _due(self, now: int) -> set[str]:
+        """The streams that have something to do at ``now`` (module docstring)."""
+        if now == 0 or now in self._fault_set:
+            return set(self.workers)  # start, or a stall/loss/kill boundary: everyone looks
+        due = self.fabric.touched | self._applied
+        grid = self.trace.step_grid_ns
+        for stream, w in self.workers.items():
+            if stream in due:
+                continue
+            core = w.core
+            if (self._settle_at.get(stream, now + 1) <= now or w._cancels or core.ready
+                    or core.blocked or core._stalled
+                    or any(_align(t, grid) <= now for t in self._worker_wakes(w))
+                    or (not w.idle() and _align(self._last_step[stream] + self.opts.heartbeat_ns,
+                                                grid) <= now)):
+                due.add(stream)
+        return due
+
+    def _step_all(self, now: int, due: set[str]) -> int:
         order = sorted(self.workers)
         if self.rng.random() < 0.5:
             order.reverse()
         work = 0
         for stream in order:
-            if not self._dead(stream, now):
+            if stream in due and not self._dead(stream, now):
                 self._current = stream
-                work += self.workers[stream].step(now)
+                did = self.workers[stream].step(now)
+                self.worker_steps += 1
+                self._last_step[stream] = now
+                if did:
+                    self._settle_at[stream] = _align(now + self.opts.settle_ns,
+                                                     self.trace.step_grid_ns)
+                else:
+                    self._settle_at.pop(stream, None)
+                work += did
         return work
 
     def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
@@ -269,18 +309,15 @@ class Replay:
         if nf is not None:
             cands.append(nf)
         cands.extend(t for t in fault_times if t > now)
-        busy = False
         grid = self.trace.step_grid_ns
         for stream, w in self.workers.items():
             if self._dead(stream, now):
                 continue
             # A live loop notices a deadline at its first step after it: on the capture's grid.
             cands.extend(_align(t, grid) for t in self._worker_wakes(w))
-            busy = busy or not w.idle()
-        if work:
-            cands.append(_align(now + self.opts.settle_ns, grid))
-        if busy:
-            cands.append(_align(now + self.opts.heartbeat_ns, grid))
+            if not w.idle():
+                cands.append(_align(self._last_step[stream] + self.opts.heartbeat_ns, grid))
+        cands.extend(self._settle_at.values())
         later = [t for t in cands if t > now]
         return min(later) if later else None
 
@@ -314,7 +351,8 @@ class Replay:
         trace_t0 = {s.stream: s.opened_ts_ns - s.offset_ns for s in self.trace.streams.values()}
         cmd = f"kvledger replay {self.trace.source} --policy {self.policy.name} " \
               f"--seed {self.opts.seed}" + ("" if self.opts.data else " --no-data")
-        stats = {"events": len(events), "steps": self.steps, "virtual_ns": end_ns,
+        stats = {"events": len(events), "steps": self.steps, "worker_steps": self.worker_steps,
+                 "virtual_ns": end_ns,
                  "wall_s": round(wall_s, 6), "fabric": dict(self.fabric.stats),
                  "trace_events": len(self.trace.events), "requests": len(self.trace.requests),
                  "data": self.opts.data}
