@@ -25,6 +25,7 @@ does) and encoded, validated and chained once at the end, then written as a real
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import os
@@ -147,8 +148,7 @@ class Replay:
         self.inputs = self._inputs()
         self.steps = 0
         self.worker_steps = 0
-        self._last_step: dict[str, int] = dict.fromkeys(self.workers, 0)
-        self._settle_at: dict[str, int] = {}  # stream -> when to step again after its work
+        self._wakes: dict[str, list[int]] = {}  # stream -> times it is due on its own account
         self._applied: set[str] = set()  # streams that took an input at this instant
         self.crash: FindingRow | None = None
         self._current: str | None = None  # the stream being driven (names a crash)
@@ -269,16 +269,12 @@ class Replay:
         if now == 0 or now in self._fault_set:
             return set(self.workers)  # start, or a stall/loss/kill boundary: everyone looks
         due = self.fabric.touched | self._applied
-        grid = self.trace.step_grid_ns
         for stream, w in self.workers.items():
             if stream in due:
                 continue
             core = w.core
-            if (self._settle_at.get(stream, now + 1) <= now or w._cancels or core.ready
-                    or core.blocked or core._stalled
-                    or any(_align(t, grid) <= now for t in self._worker_wakes(w))
-                    or (not w.idle() and _align(self._last_step[stream] + self.opts.heartbeat_ns,
-                                                grid) <= now)):
+            if (w._cancels or core.ready or core.blocked or core._stalled
+                    or any(t <= now for t in self._wakes.get(stream, ()))):
                 due.add(stream)
         return due
 
@@ -290,36 +286,43 @@ class Replay:
         for stream in order:
             if stream in due and not self._dead(stream, now):
                 self._current = stream
-                did = self.workers[stream].step(now)
+                w = self.workers[stream]
+                did = w.step(now)
                 self.worker_steps += 1
-                self._last_step[stream] = now
-                if did:
-                    self._settle_at[stream] = _align(now + self.opts.settle_ns,
-                                                     self.trace.step_grid_ns)
-                else:
-                    self._settle_at.pop(stream, None)
+                self._wakes[stream] = self._own_times(w, now, did)
                 work += did
         return work
 
-    def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
-        cands: list[int] = []
-        if self.inputs:
-            cands.append(self.inputs[0].t_ns)
-        nf = self.fabric.next_ns()
-        if nf is not None:
-            cands.append(nf)
-        cands.extend(t for t in fault_times if t > now)
+    def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
+        """When the worker just stepped at ``now`` must step again on its own account: its
+        deadlines (a live loop notices one at its first step after it: on the capture's grid),
+        a settle step after work, a heartbeat while busy. Valid until it steps again: nothing
+        but its own steps changes its core, and an input or a delivery makes it due anyway."""
         grid = self.trace.step_grid_ns
-        for stream, w in self.workers.items():
+        out = [_align(t, grid) for t in self._worker_wakes(w)]
+        if did:
+            out.append(_align(now + self.opts.settle_ns, grid))
+        if not w.idle():
+            out.append(_align(now + self.opts.heartbeat_ns, grid))
+        return out
+
+    def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
+        best: int | None = None
+        if self.inputs:
+            best = self.inputs[0].t_ns
+        nf = self.fabric.next_ns()
+        if nf is not None and nf > now and (best is None or nf < best):
+            best = nf
+        i = bisect.bisect_right(fault_times, now)
+        if i < len(fault_times) and (best is None or fault_times[i] < best):
+            best = fault_times[i]
+        for stream, times in self._wakes.items():
             if self._dead(stream, now):
                 continue
-            # A live loop notices a deadline at its first step after it: on the capture's grid.
-            cands.extend(_align(t, grid) for t in self._worker_wakes(w))
-            if not w.idle():
-                cands.append(_align(self._last_step[stream] + self.opts.heartbeat_ns, grid))
-        cands.extend(self._settle_at.values())
-        later = [t for t in cands if t > now]
-        return min(later) if later else None
+            for t in times:
+                if t > now and (best is None or t < best):
+                    best = t
+        return best
 
     @staticmethod
     def _worker_wakes(w: Worker) -> list[int]:
@@ -331,7 +334,7 @@ class Replay:
         if deadlines:
             out.append(deadlines[0][0])
         last = getattr(core, "last_progress_ns", None)
-        if last is not None and core.pending_obligations():
+        if last is not None and (core.reqs or core.pending_obligations()):
             out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
         return out
 
