@@ -96,13 +96,16 @@ class Recorder:
 
     def events(self) -> list[Event]:
         out: list[Event] = []
+        append = out.append
+        stream = self.stream
         prev = GENESIS_HASH
         for seq, (ts, kind, rid, attrs) in enumerate(self.items, 1):
             check_event(kind, rid, attrs)  # the writer's validation (SchemaError if bad)
-            row = encode_row(self.stream, seq, ts, kind, rid, attrs, prev)
-            out.append(Event(self.stream, seq, ts, kind, rid,
-                             {k: v for k, v in attrs.items() if v is not None}, prev, row[7]))
-            prev = row[7]
+            h = encode_row(stream, seq, ts, kind, rid, attrs, prev)[7]
+            if None in attrs.values():  # stored without its None-valued attributes
+                attrs = {k: v for k, v in attrs.items() if v is not None}
+            append(Event(stream, seq, ts, kind, rid, attrs, prev, h))
+            prev = h
         return out
 
 
