@@ -74,6 +74,7 @@ class ReplayOptions:
     jitter_ns: int = 1_000
     settle_ns: int = SETTLE_NS
     heartbeat_ns: int = HEARTBEAT_NS
+    step_idle: bool = False  # step every worker at every instant (the slower reference schedule)
 
 
 @dataclass
@@ -269,7 +270,7 @@ class Replay:
 
     def _due(self, now: int) -> set[str]:
         """The streams that have something to do at ``now`` (module docstring)."""
-        if now == 0 or now in self._fault_set:
+        if now == 0 or now in self._fault_set or self.opts.step_idle:
             return set(self.workers)  # start, or a stall/loss/kill boundary: everyone looks
         due = self.fabric.touched | self._applied
         for stream, w in self.workers.items():
