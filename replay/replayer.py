@@ -31,7 +31,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,8 @@ class Replay:
             for stream, t, seq in r.arrivals:
                 if stream in self.workers:
                     out.append(_Input(t, (seq, self.rng.random()), "arrive", stream,
-                                      replace(spec, arrive_ns=t)))
+                                      spec if t == spec.arrive_ns
+                                      else RequestSpec(r.request_id, t, **r.shape)))
             for stream, t, seq in r.cancels:
                 if stream in self.workers:
                     out.append(_Input(t, (seq, self.rng.random()), "cancel", stream,
