@@ -63,6 +63,13 @@ class GenCore(CoreBase):
         if req is None or req.state == TERMINAL:
             log.debug("gen: %r for a finished or unknown request ignored", msg)
             return
+        if req.state == "queued" and self.policy.gen_init_not_idempotent:
+            # Only the mutant gets here: a duplicate init replaced an advertised record with a
+            # fresh, not yet advertised one, and ctx's messages for the first (orphaned) receive
+            # arrive. The bug is the duplicate allocation; the messages go nowhere.
+            self.leaked.append((req.rid, f"{type(msg).__name__} for the orphaned first init"))
+            log.debug("gen: %r for an orphaned duplicate init dropped", msg)
+            return
         if isinstance(msg, ReadySignal):
             self._on_signal(req, msg.signal)
         elif isinstance(msg, Completion):
