@@ -3,12 +3,16 @@ failed before its fix."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from kvledger.ledger.detectors import detect
 from kvledger.replay.scenarios import SCENARIOS, Scenario, _arrive, capture
 from kvledger.replay.trace import load_trace
+from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
+
+from tests.runtime.runtime_pairkit import settle, spec, steps
 
 
 def _with_noise(name: str) -> Scenario:
@@ -30,3 +34,68 @@ def test_duplicate_gen_init_amid_traffic_is_a_leak_not_a_lifecycle_crash(tmp_pat
         assert found == set()
     else:  # the bug is re-introduced (the first receive's slot is orphaned), not a crash
         assert found, "the mutant must still be detectable"
+
+
+# -- a request that does not fit the KV pool: futures fulfilled (error) at once on both sides --
+def _pair(tmp_path: Path, *, ctx_blocks: int, gen_blocks: int, recv_slots: int) -> Pair:
+    ctx_cfg, gen_cfg = pair_configs(num_blocks=64, max_request_blocks=4, recv_slots=recv_slots)
+    ctx_cfg = replace(ctx_cfg, num_blocks=ctx_blocks)
+    gen_cfg = replace(gen_cfg, num_blocks=gen_blocks)
+    ctx_t, gen_t = loopback_pair()
+    return Pair(ctx_cfg, gen_cfg, ctx_t, gen_t, str(tmp_path), record=True)
+
+
+def _fulfilled(pair: Pair, stream: str, rid: str) -> list[str]:
+    return [a["outcome"] for s, k, r, a in pair.events
+            if s == stream and k == "future.fulfilled" and r == rid]
+
+
+@pytest.mark.parametrize("gen_at", ["queued", "advertised", "late"])
+def test_ctx_no_room_fails_both_futures_at_once(tmp_path: Path, gen_at: str) -> None:
+    # ctx has room for r1 only (4 blocks, pinned while its WRITE is held); r2 needs 4 more.
+    pair = _pair(tmp_path, ctx_blocks=4, gen_blocks=64,
+                 recv_slots=1 if gen_at == "queued" else 2)
+    try:
+        pair.ctx.transport.hold_new = True
+        pair.submit(spec("r1", 64, timeout_ms=60_000))
+        steps(pair, 5)
+        r2 = spec("r2", 64, timeout_ms=60_000)
+        pair.ctx.submit(r2, pair.now())
+        if gen_at != "late":
+            pair.gen.submit(r2, pair.now())
+        steps(pair, 5)
+        if gen_at == "late":  # gen learns of r2 after ctx refused it; its advert is answered
+            pair.gen.submit(r2, pair.now())
+            steps(pair, 5)
+        # Before: ctx finished r2 "failed" with no future; gen waited for its 60 s timeout.
+        assert pair.ctx.results.get("r2") == "error"
+        assert _fulfilled(pair, "ctx", "r2") == ["error"]
+        assert pair.gen.results.get("r2") == "error", pair.gen.state()
+        assert _fulfilled(pair, "gen", "r2") == ["error"]
+        assert "r1" in pair.ctx.core.reqs  # r1 is still in flight: r2 failed at once
+        pair.ctx.transport.unhold()
+        settle(pair)
+        assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
+        for w in (pair.ctx, pair.gen):  # every slot back in its pool, none poisoned
+            slots = w.state()["slots"]
+            assert slots["free"] == slots["total"] and slots["poisoned"] == 0
+    finally:
+        pair.close()
+
+
+def test_gen_no_room_fails_its_future_and_stops_ctx(tmp_path: Path) -> None:
+    pair = _pair(tmp_path, ctx_blocks=64, gen_blocks=4, recv_slots=2)
+    try:
+        pair.ctx.transport.hold_new = True
+        pair.submit(spec("r1", 64, timeout_ms=60_000))
+        steps(pair, 5)
+        pair.submit(spec("r2", 64, timeout_ms=60_000))
+        steps(pair, 5)
+        assert pair.gen.results.get("r2") == "error"
+        assert _fulfilled(pair, "gen", "r2") == ["error"]
+        assert pair.ctx.results.get("r2") == "cancelled"  # told by gen, not by its timeout
+        pair.ctx.transport.unhold()
+        settle(pair)
+        assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
+    finally:
+        pair.close()
