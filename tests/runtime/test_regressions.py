@@ -10,7 +10,9 @@ import pytest
 from kvledger.ledger.detectors import detect
 from kvledger.replay.scenarios import SCENARIOS, Scenario, _arrive, capture
 from kvledger.replay.trace import load_trace
-from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
+from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs, run_workload
+from kvledger.runtime.policy import policy_by_name
+from kvledger.runtime.workload import WorkloadParams, generate
 
 from tests.runtime.runtime_pairkit import settle, spec, steps
 
@@ -99,3 +101,39 @@ def test_gen_no_room_fails_its_future_and_stops_ctx(tmp_path: Path) -> None:
         assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
     finally:
         pair.close()
+
+
+# -- gen_poll_blocks: the inputs a blocked poll held back are handled when it returns --
+def test_blocked_poll_handles_held_inputs_at_the_time_it_returns(tmp_path: Path) -> None:
+    pair = _pair(tmp_path, ctx_blocks=64, gen_blocks=64, recv_slots=2)
+    gen = pair.gen.core
+    gen.policy = policy_by_name("gen_poll_blocks")
+    try:
+        pair.ctx.transport.hold_new = True
+        pair.submit(spec("r1"))
+        steps(pair, 5)
+        assert pair.gen.check_gen_status(1, pair.now()) == [] and gen.blocked
+        pair.submit(spec("r2"))  # gen holds it: its executor is stuck in the poll
+        assert "r2" not in gen.reqs
+        pair.advance(50_000_000)
+        pair.ctx.transport.hold_new = False
+        pair.ctx.transport.unhold()
+        # Before: the held Arrive was fed with its own (earlier) time once the poll returned:
+        # AssertionError "time went backwards" out of Worker.step / run_workload.
+        steps(pair, 20)
+        assert not gen.blocked
+        scheduled = [r for s, k, r, _ in pair.events if s == "gen" and k == "request.scheduled"]
+        assert scheduled == ["r1", "r2"]
+        settle(pair)
+        assert pair.gen.results == {"r1": "value", "r2": "value"}
+    finally:
+        pair.close()
+
+
+def test_run_workload_under_gen_poll_blocks_drains(tmp_path: Path) -> None:
+    w = generate(3, WorkloadParams(requests=24, cancel_fraction=0.3))
+    r = run_workload(w, str(tmp_path), policy="gen_poll_blocks")
+    assert r.drained and r.probe_ok
+    every = {s.request_id for s in w.requests} | {w.probe.request_id}
+    for stream, results in r.results.items():
+        assert set(results) == every, f"{stream}: some future never fulfilled"
