@@ -86,6 +86,10 @@ class CtxCore(CoreBase):
             return
         self.emit("request.arrived", rid, peer=self.cfg.peer or None,
                   **inp.spec.arrived_attrs())
+        # Every future is fulfilled, a refused one too (with an error, at once).
+        self.futures[rid] = "error"
+        self.emit("future.fulfilled", rid, side=self.side, outcome="error")
+        self._do(io.Fulfil(rid, self.side, "error"))
         self.emit("request.finished", rid, outcome="failed")
         self.finished[rid] = "failed"
 

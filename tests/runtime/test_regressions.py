@@ -137,3 +137,17 @@ def test_run_workload_under_gen_poll_blocks_drains(tmp_path: Path) -> None:
     every = {s.request_id for s in w.requests} | {w.probe.request_id}
     for stream, results in r.results.items():
         assert set(results) == every, f"{stream}: some future never fulfilled"
+
+
+def test_arrivals_after_peer_loss_fail_their_futures_at_once(tmp_path: Path) -> None:
+    pair = _pair(tmp_path, ctx_blocks=64, gen_blocks=64, recv_slots=1)
+    try:
+        pair.ctx.peer_lost("killed", pair.now())
+        pair.gen.peer_lost("killed", pair.now())
+        pair.submit(spec("late"))
+        # Before: ctx finished "late" as failed without a future (gen had the same bug).
+        for stream, w in (("ctx", pair.ctx), ("gen", pair.gen)):
+            assert w.results.get("late") == "error", stream
+            assert _fulfilled(pair, stream, "late") == ["error"], stream
+    finally:
+        pair.close()
