@@ -165,6 +165,15 @@ class CoreBase:
         self.emit("future.fulfilled", req.rid, side=self.side, outcome=outcome)
         self._do(io.Fulfil(req.rid, self.side, outcome))
 
+    def _reject(self, req: Req, why: str) -> None:
+        """The request can't be served here (no KV room): fulfil its future with an error at
+        once and finish it; nothing was started, so there is nothing to terminate."""
+        log.warning("%s: %s rejected: %s", self.side, req.rid, why)
+        self._fulfil(req, "error")
+        self.emit("request.finished", req.rid, outcome="failed")
+        del self.reqs[req.rid]
+        self.finished[req.rid] = "failed"
+
     def _end(self, req: Req, outcome: str, *, close_now: bool = False,
              nbytes: int | None = None) -> None:
         """The transfer reached its final outcome on this side: fulfil, then await the poll."""

@@ -35,9 +35,9 @@ class GenCore(CoreBase):
         if nblocks <= self.cfg.max_request_blocks and not self.peer_lost:
             alloc = self.blocks.allocate(req.rid, inp.spec.prompt_tokens)
         if alloc is None:
-            self.emit("request.finished", req.rid, outcome="failed")
-            del self.reqs[req.rid]
-            self.finished[req.rid] = "failed"
+            self._reject(req, "does not fit the KV pool" if not self.peer_lost else "peer lost")
+            if not self.peer_lost:
+                self._do(io.SendControl(Abandon(req.rid)))  # ctx stops at once, not by timeout
             return
         req.blocks = alloc.blocks
         req.nbytes = nblocks * self.cfg.block_nbytes
@@ -62,6 +62,18 @@ class GenCore(CoreBase):
         req = self.reqs.get(getattr(msg, "request_id", ""))
         if req is None or req.state == TERMINAL:
             log.debug("gen: %r for a finished or unknown request ignored", msg)
+            return
+        if req.state == "queued" and self.policy.gen_init_not_idempotent:
+            # Only the mutant gets here: a duplicate init replaced an advertised record with a
+            # fresh, not yet advertised one, and ctx's messages for the first (orphaned) receive
+            # arrive. The bug is the duplicate allocation; the messages go nowhere.
+            self.leaked.append((req.rid, f"{type(msg).__name__} for the orphaned first init"))
+            log.debug("gen: %r for an orphaned duplicate init dropped", msg)
+            return
+        if isinstance(msg, Completion) and req.state == "queued":
+            # ctx refused the request before we advertised (no KV room there): fail it now.
+            assert msg.state != "DONE", f"gen: DONE for {req.rid} before it was advertised"
+            self._abort_unposted(req, "failed")
             return
         if isinstance(msg, ReadySignal):
             self._on_signal(req, msg.signal)

@@ -10,14 +10,20 @@ termination is due, whatever happens to the slot.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from ..workload import tokens_for
 from . import io
-from .base import CoreBase, Req
+from .base import FINISHED_MAX, CoreBase, Req
 from .lifecycle import TERMINAL
 from .messages import Abandon, Advertise, Completion, Landed, ReadySignal
 
 log = logging.getLogger(__name__)
+
+
+def _refusal(rid: str) -> Completion:
+    """ctx's terminal report for a request it refused: nothing was or will be written."""
+    return Completion(rid, -1, "ERR", 0, error="ctx: request does not fit the KV pool")
 
 
 class CtxCore(CoreBase):
@@ -29,6 +35,7 @@ class CtxCore(CoreBase):
         super().__init__(*args, **kwargs)
         self.adverts: dict[str, Advertise] = {}  # request info that came before the arrival
         self.abandoned: set[str] = set()
+        self.refused: OrderedDict[str, None] = OrderedDict()  # rejected: no room in the KV pool
 
     # -- arrival -----------------------------------------------------------------------------------
     def _on_arrive(self, inp: io.Arrive) -> None:
@@ -44,10 +51,14 @@ class CtxCore(CoreBase):
             if alloc is not None:
                 self.emit("blocks.allocated", req.rid, blocks=alloc.blocks)
                 self.emit("blocks.freed", req.rid, blocks=self.blocks.free(req.rid))
-            log.warning("ctx: %s does not fit (%d tokens)", req.rid, len(tokens))
-            self.emit("request.finished", req.rid, outcome="failed")
-            del self.reqs[req.rid]
-            self.finished[req.rid] = "failed"
+            self._reject(req, f"does not fit the KV pool ({len(tokens)} tokens)")
+            # Tell gen now (an ERR completion of a transfer never posted), so it fails the
+            # request and frees its receive slot at once instead of waiting for its timeout.
+            self.adverts.pop(req.rid, None)
+            self.refused[req.rid] = None
+            if len(self.refused) > FINISHED_MAX:
+                self.refused.popitem(last=False)
+            self._do(io.SendControl(_refusal(req.rid)))
             return
         if alloc.evicted:
             self.emit("blocks.evicted", None, blocks=alloc.evicted)
@@ -75,6 +86,10 @@ class CtxCore(CoreBase):
             return
         self.emit("request.arrived", rid, peer=self.cfg.peer or None,
                   **inp.spec.arrived_attrs())
+        # Every future is fulfilled, a refused one too (with an error, at once).
+        self.futures[rid] = "error"
+        self.emit("future.fulfilled", rid, side=self.side, outcome="error")
+        self._do(io.Fulfil(rid, self.side, "error"))
         self.emit("request.finished", rid, outcome="failed")
         self.finished[rid] = "failed"
 
@@ -84,7 +99,9 @@ class CtxCore(CoreBase):
         if isinstance(msg, Advertise):
             req = self.reqs.get(msg.request_id)
             if req is None:
-                if msg.request_id in self.finished or msg.request_id in self.abandoned:
+                if msg.request_id in self.refused:  # gen had not arrived when we refused
+                    self._do(io.SendControl(_refusal(msg.request_id)))
+                elif msg.request_id in self.finished or msg.request_id in self.abandoned:
                     # Nothing will be sent: gen must free its slot (the not-ready path).
                     self._do(io.SendControl(ReadySignal(msg.request_id, "not_ready")))
                 else:
