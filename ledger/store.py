@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,6 +62,9 @@ _APPEND_COLUMNS = ("position", "grp", "grp_n", "stream", "seq", "ts_ns", "kind",
                    "attrs", "prev_hash", "hash")
 _INSERT_SQLITE = (f"INSERT INTO events ({', '.join(_APPEND_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(_APPEND_COLUMNS))})")
+# ?1..?8 are a RowTuple's fields, in order; the three group constants are formatted in.
+_INSERT_SQLITE_GROUP = (f"INSERT INTO events ({', '.join(_APPEND_COLUMNS)}) "
+                        "VALUES (?2 + {delta}, {grp}, {n}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
 _COPY_PG = f"COPY events ({', '.join(_APPEND_COLUMNS)}) FROM STDIN"
 # What verify reads per row, in this order.
 VERIFY_COLUMNS = ("position", "seq", "ts_ns", "kind", "request_id", "attrs", "grp", "grp_n",
@@ -173,11 +177,19 @@ class EventStore:
                     # until COMMIT, so position order equals commit order (module docstring).
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_APPEND_LOCK})")
                 top = conn.exec_driver_sql("SELECT max(position) FROM events").scalar() or 0
-                params = [(top + i, grp, n, *r) for i, r in enumerate(rows, 1)]
-                if self.dialect == "postgresql":
-                    self._copy_pg(conn, params)
+                if self.dialect == "postgresql" or rows[-1][1] - grp != n - 1:
+                    params = [(top + i, grp, n, *r) for i, r in enumerate(rows, 1)]
+                    if self.dialect == "postgresql":
+                        self._copy_pg(conn, params)
+                    else:
+                        conn.exec_driver_sql(_INSERT_SQLITE, params)
                 else:
-                    conn.exec_driver_sql(_INSERT_SQLITE, params)
+                    # The writer's tuples go to sqlite3 as they are: position, grp and grp_n are
+                    # per-group constants in the statement (position = seq + top + 1 - grp, as
+                    # a group's seqs are consecutive), so no per-row tuple is rebuilt here.
+                    sql = _INSERT_SQLITE_GROUP.format(delta=int(top) + 1 - int(grp),
+                                                      grp=int(grp), n=int(n))
+                    conn.connection.driver_connection.executemany(sql, rows)
         except Exception as exc:
             if _is_integrity_error(exc):
                 raise AppendConflictError(
@@ -313,7 +325,7 @@ class EventStore:
 
 
 def _is_integrity_error(exc: BaseException) -> bool:
-    if isinstance(exc, sa.exc.IntegrityError):
+    if isinstance(exc, sa.exc.IntegrityError | sqlite3.IntegrityError):
         return True
     try:
         import psycopg
