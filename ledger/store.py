@@ -13,6 +13,8 @@ outside a transaction (exports, hand edits), is recognisable as a torn tail.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import sqlite3
@@ -62,9 +64,6 @@ _APPEND_COLUMNS = ("position", "grp", "grp_n", "stream", "seq", "ts_ns", "kind",
                    "attrs", "prev_hash", "hash")
 _INSERT_SQLITE = (f"INSERT INTO events ({', '.join(_APPEND_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(_APPEND_COLUMNS))})")
-# ?1..?8 are a RowTuple's fields, in order; the three group constants are formatted in.
-_INSERT_SQLITE_GROUP = (f"INSERT INTO events ({', '.join(_APPEND_COLUMNS)}) "
-                        "VALUES (?2 + {delta}, {grp}, {n}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
 _COPY_PG = f"COPY events ({', '.join(_APPEND_COLUMNS)}) FROM STDIN"
 # What verify reads per row, in this order.
 VERIFY_COLUMNS = ("position", "seq", "ts_ns", "kind", "request_id", "attrs", "grp", "grp_n",
@@ -184,12 +183,7 @@ class EventStore:
                     else:
                         conn.exec_driver_sql(_INSERT_SQLITE, params)
                 else:
-                    # The writer's tuples go to sqlite3 as they are: position, grp and grp_n are
-                    # per-group constants in the statement (position = seq + top + 1 - grp, as
-                    # a group's seqs are consecutive), so no per-row tuple is rebuilt here.
-                    sql = _INSERT_SQLITE_GROUP.format(delta=int(top) + 1 - int(grp),
-                                                      grp=int(grp), n=int(n))
-                    conn.connection.driver_connection.executemany(sql, rows)
+                    _insert_sqlite_group(conn.connection.driver_connection, rows, top, grp, n)
         except Exception as exc:
             if _is_integrity_error(exc):
                 raise AppendConflictError(
@@ -322,6 +316,36 @@ class EventStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# Multi-row INSERTs of 2**k rows (k <= 10: 8,195 parameters, under SQLite's 32,766). One
+# statement per chunk instead of executemany's one step per row: sqlite3 releases the GIL around
+# each step, so a whole chunk is inserted without the GIL (the encoder and the runtime run
+# meanwhile) and without contending for it again after every row, and the flat parameter list is
+# built in C. position = seq + delta, as a group's seqs are consecutive.
+_CHUNK_LOG2_MAX = 10
+
+
+@functools.lru_cache(maxsize=_CHUNK_LOG2_MAX + 1)
+def _values_sql(m: int) -> str:
+    rows = ",".join(
+        f"(?{5 + 8 * i}+?1,?2,?3," + ",".join(f"?{4 + 8 * i + j}" for j in range(8)) + ")"
+        for i in range(m))
+    return f"INSERT INTO events ({', '.join(_APPEND_COLUMNS)}) VALUES {rows}"
+
+
+def _insert_sqlite_group(raw: Any, rows: Sequence[RowTuple], top: int, grp: int, n: int) -> None:
+    """Insert a group of consecutive-seq rows as given (``RowTuple``s) on a sqlite3 connection.
+
+    Parameters ?1..?3 are the group's constants (delta, grp, grp_n); then 8 per row.
+    """
+    head = [top + 1 - grp, grp, n]
+    flat = itertools.chain.from_iterable
+    i = 0
+    while i < n:
+        m = 1 << min((n - i).bit_length() - 1, _CHUNK_LOG2_MAX)
+        raw.execute(_values_sql(m), [*head, *flat(rows[i:i + m])])
+        i += m
 
 
 def _is_integrity_error(exc: BaseException) -> bool:
