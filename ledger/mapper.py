@@ -57,6 +57,7 @@ def chain_hash(
 
 
 _blake2b = hashlib.blake2b
+_BLAKE16 = _blake2b(digest_size=16)  # chain_hash's hasher, empty: encode_group copies it
 
 # -- fast validation (writer) ------------------------------------------------------------------
 # events.validate is the definition. These per-kind checkers are generated straight-line code
@@ -186,7 +187,7 @@ def encode_group(
     rows: list[tuple] = []
     append = rows.append
     fast = _FAST.get
-    blake = _blake2b
+    fresh = _BLAKE16.copy  # copying a primed hasher beats the keyword constructor per event
     mid = f"\x1f{stream}\x1f"
     for ts_ns, kind, rid, attrs in items:
         f = fast(kind)
@@ -198,8 +199,10 @@ def encode_group(
                 return rows, exc
             aj = encode_attrs(attrs)
         seq += 1
-        h = blake(f"{prev_hash}{mid}{seq}\x1f{ts_ns}\x1f{kind}\x1f"
-                  f"{'' if rid is None else rid}\x1f{aj}".encode(), digest_size=16).hexdigest()
+        hasher = fresh()
+        hasher.update(f"{prev_hash}{mid}{seq}\x1f{ts_ns}\x1f{kind}\x1f"
+                      f"{'' if rid is None else rid}\x1f{aj}".encode())
+        h = hasher.hexdigest()
         append((stream, seq, ts_ns, kind, rid, aj, prev_hash, h))
         prev_hash = h
     return rows, None
