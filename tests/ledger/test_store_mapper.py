@@ -106,3 +106,27 @@ def test_fused_encoder_common_shapes() -> None:
              ("xfer.released", "r", {"handle": 1, "accepted": True, "quiescent": False})]
     for kind, rid, attrs in cases:
         assert _FAST[kind](rid, attrs) == encode_attrs(attrs)
+
+
+def test_sqlite_group_insert_sizes_round_trip(tmp_path) -> None:  # noqa: ANN001 - pytest
+    """Groups split into 2**k-row INSERTs land exactly: positions, grp/grp_n, every field."""
+    from kvledger.ledger.store import EventStore
+
+    store = EventStore(str(tmp_path / "g.sqlite"))
+    try:
+        want, prev, seq = [], GENESIS_HASH, 0
+        for size in (1, 2, 3, 1000, 1025, 2049):
+            items = [(seq + i, "xfer.polled", "r\u00fc", {"handle": seq + i, "state": "PROC",
+                                                       "polls": i}) for i in range(size)]
+            rows, bad = encode_group("s", seq, prev, items)
+            assert bad is None
+            store.append(rows)
+            want += [(*r, rows[0][1], size) for r in rows]
+            seq, prev = rows[-1][1], rows[-1][7]
+        got = [(r["stream"], r["seq"], r["ts_ns"], r["kind"], r["request_id"], r["attrs"],
+                r["prev_hash"], r["hash"], r["grp"], r["grp_n"]) for r in store.rows()]
+        assert got == want
+        assert [r["position"] for r in store.rows()] == list(range(1, len(want) + 1))
+        assert store.head("s") == (seq, prev)
+    finally:
+        store.close()
