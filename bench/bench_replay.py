@@ -57,6 +57,7 @@ def bench_speed(path: str, label: str) -> dict:
         dt = time.perf_counter() - t0
         if best is None or dt < best:
             best, sim = dt, result.verdict.stats["sim_s"]
+            steps = (result.verdict.stats["steps"], result.verdict.stats.get("worker_steps"))
     no_data = time.perf_counter()
     replay(trace, HARDENED, ReplayOptions(seed=0, data=False))
     no_data = time.perf_counter() - no_data
@@ -65,13 +66,15 @@ def bench_speed(path: str, label: str) -> dict:
            "trace_s": trace.end_ns / 1e9, "active_s": active / 1e9, "replay_s": best,
            "speed_x": trace.end_ns / 1e9 / best, "speed_active_x": active / 1e9 / best,
            "replay_no_data_s": no_data, "sim_s": sim, "speed_sim_x": trace.end_ns / 1e9 / sim,
+           "steps": steps[0], "worker_steps": steps[1], "post_sim_s": best - sim,
            "findings": result.verdict.signature(),
            "divergent_request_streams": len(result.verdict.divergences)}
     print(f"  {label}: {row['requests']} requests, {row['events']} events, trace "
           f"{row['trace_s']:.2f} s (active {row['active_s']:.2f} s), replay {best:.3f} s -> "
           f"{row['speed_x']:.1f}x ({row['speed_active_x']:.1f}x of the active window); "
           f"driving the runtime alone {sim:.3f} s -> {row['speed_sim_x']:.1f}x; "
-          f"--no-data {no_data:.3f} s")
+          f"--no-data {no_data:.3f} s; {steps[0]} instants, {steps[1]} worker steps; "
+          f"ledger encoding + verdict {best - sim:.3f} s")
     return row
 
 

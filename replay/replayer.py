@@ -12,6 +12,12 @@ the progress deadline of a worker with pending obligations, or shortly after a s
 (a cascade still settling). A coarse heartbeat covers anything else time-driven while a worker is
 busy. ``ticks_max`` bounds the number of steps.
 
+At each such instant only the workers with something due step (``Replay._due``): an input for it,
+a completion or delivery that reached it, a fault boundary, its own timeout/progress deadline, a
+settle after its own work, its heartbeat, or work it holds (ready entries, retried cancels, a
+blocked poll). A step of any other worker would find nothing and only re-poll unchanged handles;
+skipping it is most of the replay's speed (each step rescans every live request in the core).
+
 The replay ledger is recorded in memory (the runtime's ``emit`` appends a tuple, as ``Ledger.emit``
 does) and encoded, validated and chained once at the end, then written as a real ledger file. The
 ``ledger.opened`` wall anchor is the trace's, not the machine's, so nothing in it varies by run.
@@ -19,12 +25,13 @@ does) and encoded, validated and chained once at the end, then written as a real
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +74,7 @@ class ReplayOptions:
     jitter_ns: int = 1_000
     settle_ns: int = SETTLE_NS
     heartbeat_ns: int = HEARTBEAT_NS
+    step_idle: bool = False  # step every worker at every instant (the slower reference schedule)
 
 
 @dataclass
@@ -89,13 +97,16 @@ class Recorder:
 
     def events(self) -> list[Event]:
         out: list[Event] = []
+        append = out.append
+        stream = self.stream
         prev = GENESIS_HASH
         for seq, (ts, kind, rid, attrs) in enumerate(self.items, 1):
             check_event(kind, rid, attrs)  # the writer's validation (SchemaError if bad)
-            row = encode_row(self.stream, seq, ts, kind, rid, attrs, prev)
-            out.append(Event(self.stream, seq, ts, kind, rid,
-                             {k: v for k, v in attrs.items() if v is not None}, prev, row[7]))
-            prev = row[7]
+            h = encode_row(stream, seq, ts, kind, rid, attrs, prev)[7]
+            if None in attrs.values():  # stored without its None-valued attributes
+                attrs = {k: v for k, v in attrs.items() if v is not None}
+            append(Event(stream, seq, ts, kind, rid, attrs, prev, h))
+            prev = h
         return out
 
 
@@ -140,6 +151,9 @@ class Replay:
         self._build_workers()
         self.inputs = self._inputs()
         self.steps = 0
+        self.worker_steps = 0
+        self._wakes: dict[str, list[int]] = {}  # stream -> times it is due on its own account
+        self._applied: set[str] = set()  # streams that took an input at this instant
         self.crash: FindingRow | None = None
         self._current: str | None = None  # the stream being driven (names a crash)
 
@@ -171,7 +185,8 @@ class Replay:
             for stream, t, seq in r.arrivals:
                 if stream in self.workers:
                     out.append(_Input(t, (seq, self.rng.random()), "arrive", stream,
-                                      replace(spec, arrive_ns=t)))
+                                      spec if t == spec.arrive_ns
+                                      else RequestSpec(r.request_id, t, **r.shape)))
             for stream, t, seq in r.cancels:
                 if stream in self.workers:
                     out.append(_Input(t, (seq, self.rng.random()), "cancel", stream,
@@ -192,13 +207,16 @@ class Replay:
         ticks_max = self.opts.ticks_max or TICKS_MAX_DEFAULT
         horizon = self.horizon_ns()
         fault_times = self.faults.times()
+        self._fault_set = set(fault_times)
         now = 0
         while True:
             self.clock.jump_to(now)
+            self.fabric.touched.clear()
+            self._applied.clear()
             self.fabric.run_due(now)
             try:
                 self._apply_inputs(now)
-                work = self._step_all(now)
+                work = self._step_all(now, self._due(now))
             except Exception as exc:  # noqa: BLE001 - the runtime crashed: that is the finding
                 self.crash = self._crashed(exc, now)
                 break
@@ -236,6 +254,7 @@ class Replay:
         while self.inputs and self.inputs[0].t_ns <= now:
             inp = heapq.heappop(self.inputs)
             self._current = inp.stream
+            self._applied.add(inp.stream)
             w = self.workers[inp.stream]
             if self._dead(inp.stream, now):
                 continue
@@ -250,39 +269,65 @@ class Replay:
         t = self.faults.killed_at.get(stream)
         return t is not None and now >= t
 
-    def _step_all(self, now: int) -> int:
+    def _due(self, now: int) -> set[str]:
+        """The streams that have something to do at ``now`` (module docstring)."""
+        if now == 0 or now in self._fault_set or self.opts.step_idle:
+            return set(self.workers)  # start, or a stall/loss/kill boundary: everyone looks
+        due = self.fabric.touched | self._applied
+        for stream, w in self.workers.items():
+            if stream in due:
+                continue
+            core = w.core
+            if (w._cancels or core.ready or core.blocked or core._stalled
+                    or any(t <= now for t in self._wakes.get(stream, ()))):
+                due.add(stream)
+        return due
+
+    def _step_all(self, now: int, due: set[str]) -> int:
         order = sorted(self.workers)
         if self.rng.random() < 0.5:
             order.reverse()
         work = 0
         for stream in order:
-            if not self._dead(stream, now):
+            if stream in due and not self._dead(stream, now):
                 self._current = stream
-                work += self.workers[stream].step(now)
+                w = self.workers[stream]
+                did = w.step(now)
+                self.worker_steps += 1
+                self._wakes[stream] = self._own_times(w, now, did)
+                work += did
         return work
 
-    def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
-        cands: list[int] = []
-        if self.inputs:
-            cands.append(self.inputs[0].t_ns)
-        nf = self.fabric.next_ns()
-        if nf is not None:
-            cands.append(nf)
-        cands.extend(t for t in fault_times if t > now)
-        busy = False
+    def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
+        """When the worker just stepped at ``now`` must step again on its own account: its
+        deadlines (a live loop notices one at its first step after it: on the capture's grid),
+        a settle step after work, a heartbeat while busy. Valid until it steps again: nothing
+        but its own steps changes its core, and an input or a delivery makes it due anyway."""
         grid = self.trace.step_grid_ns
-        for stream, w in self.workers.items():
+        out = [_align(t, grid) for t in self._worker_wakes(w)]
+        if did:
+            out.append(_align(now + self.opts.settle_ns, grid))
+        if not w.idle():
+            out.append(_align(now + self.opts.heartbeat_ns, grid))
+        return out
+
+    def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
+        best: int | None = None
+        if self.inputs:
+            best = self.inputs[0].t_ns
+        nf = self.fabric.next_ns()
+        if nf is not None and nf > now and (best is None or nf < best):
+            best = nf
+        i = bisect.bisect_right(fault_times, now)
+        if i < len(fault_times) and (best is None or fault_times[i] < best):
+            best = fault_times[i]
+        for stream, times in self._wakes.items():
             if self._dead(stream, now):
                 continue
-            # A live loop notices a deadline at its first step after it: on the capture's grid.
-            cands.extend(_align(t, grid) for t in self._worker_wakes(w))
-            busy = busy or not w.idle()
-        if work:
-            cands.append(_align(now + self.opts.settle_ns, grid))
-        if busy:
-            cands.append(_align(now + self.opts.heartbeat_ns, grid))
-        later = [t for t in cands if t > now]
-        return min(later) if later else None
+            for t in times:
+                if t > now and (best is None or t < best):
+                    best = t
+        return best
 
     @staticmethod
     def _worker_wakes(w: Worker) -> list[int]:
@@ -294,7 +339,7 @@ class Replay:
         if deadlines:
             out.append(deadlines[0][0])
         last = getattr(core, "last_progress_ns", None)
-        if last is not None and core.pending_obligations():
+        if last is not None and (core.reqs or core.pending_obligations()):
             out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
         return out
 
@@ -314,7 +359,8 @@ class Replay:
         trace_t0 = {s.stream: s.opened_ts_ns - s.offset_ns for s in self.trace.streams.values()}
         cmd = f"kvledger replay {self.trace.source} --policy {self.policy.name} " \
               f"--seed {self.opts.seed}" + ("" if self.opts.data else " --no-data")
-        stats = {"events": len(events), "steps": self.steps, "virtual_ns": end_ns,
+        stats = {"events": len(events), "steps": self.steps, "worker_steps": self.worker_steps,
+                 "virtual_ns": end_ns,
                  "wall_s": round(wall_s, 6), "fabric": dict(self.fabric.stats),
                  "trace_events": len(self.trace.events), "requests": len(self.trace.requests),
                  "data": self.opts.data}

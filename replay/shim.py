@@ -189,6 +189,7 @@ class Fabric:
         self._order = itertools.count()
         self._link_last: dict[tuple[str, str], int] = {}
         self.stats = {"writes": 0, "copies": 0, "messages": 0, "dropped": 0, "unmatched": 0}
+        self.touched: set[str] = set()  # agents a completion or delivery reached (replayer reads)
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -210,9 +211,11 @@ class Fabric:
             n += 1
             if what == "complete":
                 self._complete(payload)
+                self.touched.add(payload.src)  # its handle changed state
             else:
                 dst, src, msg = payload
                 self.agents[dst].inbox.append((src, msg))
+                self.touched.add(dst)
         return n
 
     def deliver(self, src: str, dst: str, msg: bytes, delay_ns: int) -> None:
@@ -230,6 +233,7 @@ class Fabric:
             dst = op.dst["a"]
             if dst in self.agents:
                 self.agents[dst].inbox.append((op.src, op.notif))
+                self.touched.add(dst)
 
     def _copy(self, op: _Op) -> None:
         src = self.agents[op.src].regions[op.region]

@@ -2,7 +2,7 @@
 
 -- Helper: every event that opens or discharges a cleanup obligation, keyed by
 -- (stream, request, obligation, resource).
-CREATE VIEW _obligation_steps AS
+CREATE VIEW _obligation_steps_all AS
 SELECT
   stream, request_id, seq, ts_ns, kind,
   CASE
@@ -27,6 +27,19 @@ WHERE request_id IS NOT NULL
                'buffer.released', 'buffer.poisoned', 'xfer.posted', 'xfer.released',
                'blocks.pinned', 'blocks.unpinned', 'blocks.allocated', 'blocks.reused',
                'blocks.freed', 'transfer.started', 'transfer.completed');
+
+-- Helper: the steps above, with a request's consecutive block acquisitions merged into one
+-- obligation: a prefix hit (blocks.reused) followed by fresh blocks (blocks.allocated) is one
+-- reference set that one blocks.freed gives back, as the Python block_pin_leak detector counts.
+CREATE VIEW _obligation_steps AS
+SELECT stream, request_id, seq, ts_ns, kind, obligation, resource, opens
+FROM (
+  SELECT
+    *,
+    lag(opens) OVER (PARTITION BY stream, request_id, obligation ORDER BY seq) AS prev_opens
+  FROM _obligation_steps_all
+)
+WHERE NOT (obligation = 'blocks' AND opens AND coalesce(prev_opens, false));
 
 -- Cleanup obligations, open and discharged: a termination requested and not done, a buffer
 -- slot acquired and not released or poisoned, a transport handle posted and not released,
