@@ -38,8 +38,7 @@ from typing import Any
 from .clock import Clock, MonotonicClock
 from .errors import CorruptLedgerError, WriterError
 from .events import SCHEMA_VERSION, Event, SchemaError
-from .mapper import chain_hash as _chain_hash
-from .mapper import check_event, encode_attrs
+from .mapper import encode_group
 from .store import EventStore
 from .verify import verify_stream
 
@@ -333,27 +332,18 @@ class Ledger:
         stream = self.stream
         group_max = self.group_max
         while q:
-            rows: list[tuple] = []
+            items: list[tuple] = []
             marks: list[_FlushMark] = []
-            bad: SchemaError | None = None
-            seq, prev = self._enc_seq, self._enc_hash
-            while q and len(rows) < group_max:
+            take = items.append
+            for _ in range(min(len(q), group_max)):
                 item = popleft()
                 if type(item) is _FlushMark:
                     marks.append(item)
                     break  # commit what we have, then acknowledge
-                ts_ns, kind, request_id, attrs = item
-                try:
-                    check_event(kind, request_id, attrs)
-                except SchemaError as exc:
-                    bad = exc  # commit the good rows before it, then fail loudly
-                    break
-                seq += 1
-                aj = encode_attrs(attrs)
-                h = _chain_hash(prev, stream, seq, ts_ns, kind, request_id, aj)
-                rows.append((stream, seq, ts_ns, kind, request_id, aj, prev, h))
-                prev = h
-            self._enc_seq, self._enc_hash = seq, prev
+                take(item)
+            rows, bad = encode_group(stream, self._enc_seq, self._enc_hash, items)
+            if rows:
+                self._enc_seq, self._enc_hash = rows[-1][1], rows[-1][7]
             self._progress.set()  # an emit waiting in _backpressure may go on
             put((rows, marks, bad))
             if bad is not None:
