@@ -22,6 +22,7 @@ under a live loop (monotonic clock) and under the replayer (virtual clock, shim 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -54,12 +55,36 @@ class _Watch:
         self.state = "PROC"
 
 
+# Recently generated block contents by (seed, shape, dtype): shared prefixes repeat seeds, and a
+# seeded randn per block was 10-15% of a replay. Bounded by bytes, least recently used out.
+_FILL_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+FILL_CACHE_BYTES_MAX = 32 << 20
+_fill_cache_bytes = [0]  # bytes held by _FILL_CACHE
+
+
+def _block_content(seed: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    key = (seed, tuple(shape), dtype)
+    hit = _FILL_CACHE.get(key)
+    if hit is not None:
+        _FILL_CACHE.move_to_end(key)
+        return hit
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randn(shape, generator=g, dtype=torch.float32).to(dtype)
+    nbytes = block.numel() * block.element_size()
+    if nbytes <= FILL_CACHE_BYTES_MAX // 8:
+        _FILL_CACHE[key] = block
+        _fill_cache_bytes[0] += nbytes
+        while _fill_cache_bytes[0] > FILL_CACHE_BYTES_MAX:
+            _, old = _FILL_CACHE.popitem(last=False)
+            _fill_cache_bytes[0] -= old.numel() * old.element_size()
+    return block
+
+
 def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, ...]) -> None:
     """Deterministic KV content of each block from its seed (the hash of its token chain)."""
     shape = pool.shape[1:]
     for b, seed in zip(blocks, seeds, strict=True):
-        g = torch.Generator().manual_seed(seed)
-        pool[b].copy_(torch.randn(shape, generator=g, dtype=torch.float32).to(pool.dtype))
+        pool[b].copy_(_block_content(seed, shape, pool.dtype))
 
 
 class Worker:

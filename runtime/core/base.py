@@ -295,10 +295,8 @@ class CoreBase:
         (``at_least`` admits extra ready entries; unready ones are skipped and counted)."""
         self.now_ns = max(self.now_ns, now_ns)
         self._out = []
-        unready = [r for r in self.reqs.values()
-                   if r.state != TERMINAL and self.tm.in_transfer(r.rid)]
         if (self.side == "gen" and self.policy.gen_poll_blocks and at_least > 0
-                and len(self.ready) < at_least and unready):
+                and len(self.ready) < at_least and self._unready_count()):
             # Mutant (sig #4): future.get() on an unready entry; the executor is stuck here.
             if self._blocked_since is None:
                 self._blocked_since = self.now_ns
@@ -306,6 +304,9 @@ class CoreBase:
         elapsed = 0 if self._blocked_since is None else self.now_ns - self._blocked_since
         self._blocked_since = None
         returned = list(self.ready)
+        # Counted only when the poll is recorded: a scan of every live request per step was the
+        # largest single cost of a replay (the count is the same as before ending `returned`).
+        skipped = self._unready_count() if (returned or elapsed) else 0
         self.ready.clear()
         for rid in returned:
             req = self.reqs.get(rid)
@@ -313,11 +314,16 @@ class CoreBase:
                 self._end_transfer(req)
         if returned or elapsed:
             self.emit(self.poll_kind, None, at_least=at_least, returned=returned,
-                      skipped=len(unready), elapsed_ns=elapsed)
+                      skipped=skipped, elapsed_ns=elapsed)
         out, self._out = self._out, []
         while self._stalled:  # the executor runs again: it handles what queued up, now
             out += self.feed(replace(self._stalled.popleft(), now_ns=self.now_ns))
         return returned, out
+
+    def _unready_count(self) -> int:
+        """Transfers in flight whose future is not ready (what a poll skips)."""
+        return sum(1 for r in self.reqs.values()
+                   if r.state != TERMINAL and self.tm.in_transfer(r.rid))
 
     @property
     def blocked(self) -> bool:
@@ -360,7 +366,7 @@ class CoreBase:
         self._update_health()
 
     def pending_obligations(self) -> int:
-        return len(self.reqs) + len(self.tm.pending())
+        return len(self.reqs) + self.tm.pending_count()
 
     def _update_health(self) -> None:
         reason = ""

@@ -70,3 +70,7 @@ class TerminationManager:
 
     def pending(self) -> dict[str, TransferMeta]:
         return dict(self._meta)
+
+    def pending_count(self) -> int:
+        """len(pending()) without the copy (health is recomputed every tick)."""
+        return len(self._meta)
