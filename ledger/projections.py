@@ -215,6 +215,26 @@ class WorkerState:
         }
 
 
+
+def _count_up(counts: dict[int, int], blocks: list[int]) -> None:
+    """One more reference (or pin) on each listed block."""
+    get = counts.get
+    for b in blocks:
+        counts[b] = get(b, 0) + 1
+
+
+def _count_down(counts: dict[int, int], blocks: list[int]) -> None:
+    """One reference (or pin) fewer on each listed block it holds; others are ignored (a double
+    free changes nothing here: the double_free detector reports it)."""
+    for b in blocks:
+        n = counts.get(b)
+        if n is None:
+            continue
+        if n > 1:
+            counts[b] = n - 1
+        else:
+            del counts[b]
+
 class Projection:
     """The fold: ``apply`` one event at a time, or ``rebuild`` from a sequence of events."""
 
@@ -315,9 +335,7 @@ class Projection:
         refs = st.block_refs
         if refs is None:
             refs = st.block_refs = {}
-        get = refs.get
-        for b in ev.attrs["blocks"]:
-            refs[b] = get(b, 0) + 1
+        _count_up(refs, ev.attrs["blocks"])
         if st.blocks_ns is None and refs:
             st.blocks_ns = ev.ts_ns
 
@@ -329,14 +347,7 @@ class Projection:
         refs = st.block_refs
         if not refs:
             return
-        for b in ev.attrs["blocks"]:
-            n = refs.get(b)
-            if n is None:
-                continue
-            if n > 1:
-                refs[b] = n - 1
-            else:
-                del refs[b]
+        _count_down(refs, ev.attrs["blocks"])
         if not refs:
             st.blocks_ns = None
 
@@ -344,9 +355,7 @@ class Projection:
         pins = st.pins
         if pins is None:
             pins = st.pins = {}
-        get = pins.get
-        for b in ev.attrs["blocks"]:
-            pins[b] = get(b, 0) + 1
+        _count_up(pins, ev.attrs["blocks"])
         if st.pins_ns is None and pins:
             st.pins_ns = ev.ts_ns
 
@@ -354,14 +363,7 @@ class Projection:
         pins = st.pins
         if not pins:
             return
-        for b in ev.attrs["blocks"]:
-            n = pins.get(b)
-            if n is None:
-                continue
-            if n > 1:
-                pins[b] = n - 1
-            else:
-                del pins[b]
+        _count_down(pins, ev.attrs["blocks"])
         if not pins:
             st.pins_ns = None
 
