@@ -79,20 +79,32 @@ def detector_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in got]
 
 
+def _top(con: duckdb.DuckDBPyConnection, source: str, order_by: str,
+         params: list[Any] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(first ROWS_MAX rows in order, total row count) of ``FROM source``, in one DuckDB pass."""
+    found = rows(con, f"SELECT *, count(*) OVER () AS _total FROM {source} "
+                      f"ORDER BY {order_by} LIMIT {ROWS_MAX}", params)
+    total = found[0]["_total"] if found else 0
+    for r in found:
+        del r["_total"]
+    return found, total
+
+
 def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
               wedge_ms: int = WEDGE_MS_DEFAULT) -> dict[str, Any]:
     """Run the canned queries and fold them into one incident summary (JSON-ready)."""
     assert stuck_ms >= 0 and wedge_ms >= 0
     workers = rows(con, "SELECT * FROM forensics_progress ORDER BY stream")
-    open_rows = rows(con, "SELECT * FROM forensics_stuck ORDER BY age_ns DESC")
-    stuck = [r for r in open_rows
-             if r["category"] == "stuck" and r["age_ns"] >= stuck_ms * 1_000_000]
-    leaks = [r for r in open_rows if r["category"] == "leak"]
-    poisoned = rows(con, "SELECT * FROM forensics_poisoned ORDER BY stream, ts_ns")
+    # Counted in SQL and only the first ROWS_MAX rows fetched: a big incident has hundreds of
+    # thousands of leak or finding rows, and materialising them in Python blew the 2 GB budget.
+    stuck, stuck_total = _top(con, "forensics_stuck WHERE category = 'stuck' AND age_ns >= ?",
+                              "age_ns DESC", [stuck_ms * 1_000_000])
+    leaks, leaks_total = _top(con, "forensics_stuck WHERE category = 'leak'", "age_ns DESC")
+    poisoned, poisoned_total = _top(con, "forensics_poisoned", "stream, ts_ns")
     detectors = {}
     for view in detector_views(con):
-        found = rows(con, f"SELECT * FROM {view}")
-        detectors[view] = {"count": len(found), "rows": found[:ROWS_MAX]}
+        found, count = _top(con, view, "stream, seq")
+        detectors[view] = {"count": count, "rows": found}
     wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
               and w["idle_ns"] >= wedge_ms * 1_000_000]
     for w in workers:
@@ -113,12 +125,12 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
         "findings": bool(wedged or stuck or leaks or fired),
         "thresholds": {"stuck_ms": stuck_ms, "wedge_ms": wedge_ms},
         "workers": workers,
-        "stuck": stuck[:ROWS_MAX],
-        "stuck_total": len(stuck),
-        "leaks": leaks[:ROWS_MAX],
-        "leaks_total": len(leaks),
-        "poisoned": poisoned[:ROWS_MAX],
-        "poisoned_total": len(poisoned),
+        "stuck": stuck,
+        "stuck_total": stuck_total,
+        "leaks": leaks,
+        "leaks_total": leaks_total,
+        "poisoned": poisoned,
+        "poisoned_total": poisoned_total,
         "detectors": detectors,
         "detectors_fired": fired,
         "requests": rows(con, "SELECT role, coalesce(outcome, 'open') AS outcome, "
