@@ -41,6 +41,23 @@ FROM (
 )
 WHERE NOT (obligation = 'blocks' AND opens AND coalesce(prev_opens, false));
 
+-- Helper: each stream's last event time and whether it ended with ledger.closed.
+CREATE VIEW _obligation_stream_ends AS
+SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
+FROM events
+GROUP BY stream;
+
+-- Helper: per request, the reason of its last termination.deferred and whether it finished.
+CREATE VIEW _obligation_requests AS
+SELECT
+  stream, request_id,
+  arg_max(json_extract_string(attrs, '$.reason'), seq)
+    FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
+  bool_or(kind = 'request.finished') AS finished
+FROM events
+WHERE kind IN ('termination.deferred', 'request.finished')
+GROUP BY stream, request_id;
+
 -- Cleanup obligations, open and discharged: a termination requested and not done, a buffer
 -- slot acquired and not released or poisoned, a transport handle posted and not released,
 -- blocks pinned and not unpinned, blocks referenced and not freed, a transfer started and not
@@ -86,21 +103,6 @@ WITH o AS (
   -- for a 10M-event ledger under a 1 GB memory limit (a collision, p ~ keys^2 / 2^65, would
   -- interleave two keys' steps).
   WINDOW w AS (PARTITION BY hash(stream, request_id, obligation, resource) ORDER BY seq)
-),
-ends AS (
-  SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
-  FROM events
-  GROUP BY stream
-),
-req AS (
-  SELECT
-    stream, request_id,
-    arg_max(json_extract_string(attrs, '$.reason'), seq)
-      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
-    bool_or(kind = 'request.finished') AS finished
-  FROM events
-  WHERE kind IN ('termination.deferred', 'request.finished')
-  GROUP BY stream, request_id
 )
 SELECT
   o.stream,
@@ -117,8 +119,8 @@ SELECT
   e.closed,
   coalesce(req.finished, false)
 FROM o
-LEFT JOIN ends AS e USING (stream)
-LEFT JOIN req USING (stream, request_id)
+LEFT JOIN _obligation_stream_ends AS e USING (stream)
+LEFT JOIN _obligation_requests AS req USING (stream, request_id)
 WHERE o.opens;
 
 -- Open cleanup obligations only, one row per (stream, request, obligation, resource) that has
@@ -158,21 +160,6 @@ WITH k AS (
   FROM _obligation_steps
   GROUP BY stream, request_id, obligation, resource
   HAVING open_count > 0
-),
-ends AS (
-  SELECT stream, max(ts_ns) AS last_ts, arg_max(kind, seq) = 'ledger.closed' AS closed
-  FROM events
-  GROUP BY stream
-),
-req AS (
-  SELECT
-    stream, request_id,
-    arg_max(json_extract_string(attrs, '$.reason'), seq)
-      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
-    bool_or(kind = 'request.finished') AS finished
-  FROM events
-  WHERE kind IN ('termination.deferred', 'request.finished')
-  GROUP BY stream, request_id
 )
 SELECT
   k.stream,
@@ -187,5 +174,5 @@ SELECT
   e.closed,
   coalesce(req.finished, false)
 FROM k
-LEFT JOIN ends AS e USING (stream)
-LEFT JOIN req USING (stream, request_id);
+LEFT JOIN _obligation_stream_ends AS e USING (stream)
+LEFT JOIN _obligation_requests AS req USING (stream, request_id);
