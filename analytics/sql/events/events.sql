@@ -35,6 +35,17 @@ SELECT
   CAST(hash AS VARCHAR)
 FROM _ledger_rows;
 
+-- Helper: each stream's latest ledger.opened: its attrs and its role (one place for
+-- events_streams, requests and the forensic summary).
+CREATE VIEW _stream_opened AS
+SELECT stream, attrs, json_extract_string(attrs, '$.role') AS role
+FROM (
+  SELECT stream, arg_max(attrs, seq) AS attrs
+  FROM events
+  WHERE kind = 'ledger.opened'
+  GROUP BY stream
+);
+
 -- One row per worker stream: its role and pool sizes (from the latest ledger.opened
 -- attrs.config), its extent in time and whether its last event is ledger.closed.
 CREATE VIEW events_streams (
@@ -61,13 +72,7 @@ CREATE VIEW events_streams (
   -- True when the last event is ledger.closed (a clean shutdown; false after a crash or hang).
   closed
 ) AS
-WITH opened AS (
-  SELECT stream, arg_max(attrs, seq) AS attrs
-  FROM events
-  WHERE kind = 'ledger.opened'
-  GROUP BY stream
-),
-extent AS (
+WITH extent AS (
   SELECT
     stream,
     count(*) AS events,
@@ -90,4 +95,4 @@ SELECT
   e.last_kind,
   e.last_kind = 'ledger.closed'
 FROM extent AS e
-LEFT JOIN opened AS o USING (stream);
+LEFT JOIN _stream_opened AS o USING (stream);

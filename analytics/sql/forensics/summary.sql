@@ -44,12 +44,6 @@ WITH p AS (
 ),
 o AS (
   SELECT stream, count(*) AS n FROM obligations_open GROUP BY stream
-),
-roles AS (
-  SELECT stream, arg_max(json_extract_string(attrs, '$.role'), seq) AS role
-  FROM events
-  WHERE kind = 'ledger.opened'
-  GROUP BY stream
 )
 SELECT
   p.stream,
@@ -62,7 +56,7 @@ SELECT
   coalesce(o.n, 0)
 FROM p
 LEFT JOIN o USING (stream)
-LEFT JOIN roles USING (stream);
+LEFT JOIN _stream_opened AS roles USING (stream);
 
 -- Requests with open obligations, one row per (stream, request): who owns the next step and
 -- what it is waiting on. category is 'leak' when nothing can discharge them any more (the

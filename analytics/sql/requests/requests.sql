@@ -86,12 +86,6 @@ WITH agg AS (
   FROM events
   WHERE request_id IS NOT NULL
   GROUP BY stream, request_id
-),
-roles AS (
-  SELECT stream, arg_max(json_extract_string(attrs, '$.role'), seq) AS role
-  FROM events
-  WHERE kind = 'ledger.opened'
-  GROUP BY stream
 )
 SELECT
   a.stream,
@@ -122,4 +116,4 @@ SELECT
   coalesce(a.scheduled - a.arrived, -1),
   coalesce(a.completed - a.started, -1)
 FROM agg AS a
-LEFT JOIN roles AS r USING (stream);
+LEFT JOIN _stream_opened AS r USING (stream);
