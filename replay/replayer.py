@@ -26,6 +26,7 @@ does) and encoded, validated and chained once at the end, then written as a real
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from kvledger.ledger.clock import VirtualClock
 from kvledger.ledger.events import SCHEMA_VERSION, Event
-from kvledger.ledger.mapper import GENESIS_HASH, check_event, encode_row
+from kvledger.ledger.mapper import GENESIS_HASH, encode_group
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io
 from kvledger.runtime.policy import Policy
@@ -96,17 +97,19 @@ class Recorder:
         self.items.append((self.clock.now_ns(), kind, request_id, attrs))
 
     def events(self) -> list[Event]:
+        """Validate, encode and chain the items as the ledger writer does (``encode_group``:
+        one loop, per-kind fused check + encode); SchemaError on the first invalid one."""
+        rows, bad = encode_group(self.stream, 0, GENESIS_HASH, self.items)
+        if bad is not None:
+            raise bad
         out: list[Event] = []
         append = out.append
-        stream = self.stream
-        prev = GENESIS_HASH
-        for seq, (ts, kind, rid, attrs) in enumerate(self.items, 1):
-            check_event(kind, rid, attrs)  # the writer's validation (SchemaError if bad)
-            h = encode_row(stream, seq, ts, kind, rid, attrs, prev)[7]
+        for (stream, seq, ts, kind, rid, _aj, prev, h), item in zip(rows, self.items,
+                                                                    strict=True):
+            attrs = item[3]
             if None in attrs.values():  # stored without its None-valued attributes
                 attrs = {k: v for k, v in attrs.items() if v is not None}
             append(Event(stream, seq, ts, kind, rid, attrs, prev, h))
-            prev = h
         return out
 
 
@@ -356,7 +359,6 @@ class Replay:
             findings.insert(0, self.crash)
         if not self.opts.data:  # no bytes moved: checksums say nothing
             findings = [f for f in findings if f.detector not in DATA_DETECTORS]
-        trace_t0 = {s.stream: s.opened_ts_ns - s.offset_ns for s in self.trace.streams.values()}
         cmd = f"kvledger replay {self.trace.source} --policy {self.policy.name} " \
               f"--seed {self.opts.seed}" + ("" if self.opts.data else " --no-data")
         stats = {"events": len(events), "steps": self.steps, "worker_steps": self.worker_steps,
@@ -367,9 +369,10 @@ class Replay:
         return Verdict(
             policy=self.policy.name, seed=self.opts.seed, trace_sha=self.trace.sha,
             digest=ledger_digest(events), findings=findings, wedge=wedge_report(events),
-            divergences=divergences(self.trace.events, events, self.trace.request_ids()),
+            divergences=divergences(self.trace.events, events, self.trace.request_ids(),
+                                    self.trace.request_kinds),
             health=health_list(events),
-            trace_health=health_list(self.trace.events, trace_t0),
+            trace_health=[dict(h) for h in self.trace.health_rows],
             stats=stats, reproduce=cmd)
 
     def _write(self, events: list[Event], verdict: Verdict) -> list[str]:
@@ -406,7 +409,15 @@ def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> R
     # synchronisation to copies of a few hundred KiB (5x slower on a busy 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # No cyclic GC while the replay runs: it allocates tens of thousands of small objects, and
+    # the collections they trigger scan the caller's heap too (the loaded trace's events): 5%
+    # of a replay, and a full collection now and then that alone took longer than the replay.
+    # What the replay leaves behind is collected once it has returned.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return Replay(trace, policy, opts or ReplayOptions()).run()
     finally:
+        if gc_was_enabled:
+            gc.enable()
         torch.set_num_threads(threads)

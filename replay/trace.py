@@ -23,6 +23,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from kvledger.ledger.mapper import GENESIS_HASH, encode_attrs, row_hash, to_even
 from kvledger.ledger.store import EventStore
 
 from .messages import ControlTiming, client_cancels
+from .verdict import health_list, request_kinds
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,19 @@ class Trace:
 
     def request_ids(self) -> list[str]:
         return list(self.requests)
+
+    @cached_property
+    def request_kinds(self) -> dict[tuple[str, str], list[str]]:
+        """(request, stream) -> the request's event kinds there, in order: the trace's side of
+        every replay's divergence check, computed once (a Trace is immutable). Read-only."""
+        return request_kinds(self.events, set(self.requests))
+
+    @cached_property
+    def health_rows(self) -> list[dict[str, Any]]:
+        """The trace's health transitions on the replay's time axis (``verdict.health_list``),
+        computed once. Read-only."""
+        t0 = {s.stream: s.opened_ts_ns - s.offset_ns for s in self.streams.values()}
+        return health_list(self.events, t0)
 
     def subset(self, keep: Callable[[Event], bool]) -> Trace:
         """The trace restricted to the events ``keep`` accepts (ledger.opened always kept),

@@ -204,25 +204,49 @@ def _waits_for(st: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def request_kinds(events: Sequence[Event], wanted: set[str]) -> dict[tuple[str, str], list[str]]:
+    """(request, stream) -> the request's event kinds on that stream, in order (requests in
+    ``wanted`` only). The trace's side is computed once per trace (``Trace.request_kinds``)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for e in events:
+        rid = e.request_id
+        if rid in wanted:
+            key = (rid, e.stream)
+            kinds = out.get(key)
+            if kinds is None:
+                out[key] = [e.kind]
+            else:
+                kinds.append(e.kind)
+    return out
+
+
 def divergences(trace_events: Sequence[Event], replay_events: Sequence[Event],
-                request_ids: Sequence[str]) -> list[Divergence]:
-    """The first index per (request, stream) where the request's kind sequences differ."""
+                request_ids: Sequence[str],
+                trace_kinds: dict[tuple[str, str], list[str]] | None = None,
+                ) -> list[Divergence]:
+    """The first index per (request, stream) where the request's kind sequences differ.
+    ``trace_kinds``: ``request_kinds(trace_events, set(request_ids))``, when already known."""
     wanted = set(request_ids)
-
-    def seqs(events: Sequence[Event]) -> dict[tuple[str, str], list[Event]]:
-        out: dict[tuple[str, str], list[Event]] = {}
-        for e in events:
-            if e.request_id in wanted:
-                out.setdefault((e.request_id, e.stream), []).append(e)
-        return out
-
-    a, b = seqs(trace_events), seqs(replay_events)
+    a = trace_kinds if trace_kinds is not None else request_kinds(trace_events, wanted)
+    b: dict[tuple[str, str], list[Event]] = {}
+    for e in replay_events:
+        rid = e.request_id
+        if rid in wanted:
+            key = (rid, e.stream)
+            evs = b.get(key)
+            if evs is None:
+                b[key] = [e]
+            else:
+                evs.append(e)
     out: list[Divergence] = []
     for key in sorted(set(a) | set(b)):
-        ta, tb = a.get(key, []), b.get(key, [])
-        for i in range(max(len(ta), len(tb))):
-            ka = ta[i].kind if i < len(ta) else None
-            kb = tb[i].kind if i < len(tb) else None
+        ka_all, tb = a.get(key, []), b.get(key, [])
+        kb_all = [e.kind for e in tb]
+        if ka_all == kb_all:
+            continue
+        for i in range(max(len(ka_all), len(kb_all))):
+            ka = ka_all[i] if i < len(ka_all) else None
+            kb = kb_all[i] if i < len(kb_all) else None
             if ka != kb:
                 out.append(Divergence(key[0], key[1], i, ka, kb,
                                       tb[i].seq if i < len(tb) else None))

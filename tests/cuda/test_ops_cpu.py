@@ -146,3 +146,18 @@ def test_block_ids_may_be_a_tensor() -> None:
     ops.pack(pool, [6, 1, 3], b)
     assert _bytes(a) == _bytes(b)
     assert ops.block_checksums(pool, ids) == ops.block_checksums(pool, [6, 1, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_and_per_block_checksums_agree(dtype: torch.dtype,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small calls gather the blocks and reduce them in one batch; large ones reduce each block
+    # in place. Same values either way (negative and repeated ids included).
+    pool = _pool(dtype, seed=5)
+    small = torch.tensor([[1, 2, 3], [4, 5, -6]], dtype=torch.int32)  # int32 words, 3 rows
+    cases = [(pool, ids) for ids in ([0], [9, 2, 4], list(range(10)), [-1, 3], [7, 7])]
+    cases.append((small, [1, 0]))
+    batched = [ops.block_checksums(p, ids) for p, ids in cases]
+    monkeypatch.setattr(ops, "CHECKSUM_GATHER_BYTES_MAX", 0)
+    assert [ops.block_checksums(p, ids) for p, ids in cases] == batched
+    assert all(type(x) is int for sums in batched for x in sums)
