@@ -328,6 +328,17 @@ class ShimTransport:
             self._raise_if_lost("check")
         return XferStatus(op.state, op.error if op.state == "ERR" else None)
 
+    def unchanged(self, handle: int, state: str) -> bool:
+        """``check(handle)`` would return ``state`` and not raise (``Worker.idle_step``)."""
+        op = self._ops.get(handle)
+        if op is None or op.released or op.state != state:
+            return False
+        return state != "PROC" or self._lost() is None
+
+    def has_input(self) -> bool:
+        """``poll_control`` would return something now."""
+        return bool(self.inbox) and not self.fabric.faults.stalled(self.name, self.fabric.now())
+
     def release(self, handle: int) -> bool:
         op = self._ops.get(handle)
         if op is None or op.released:

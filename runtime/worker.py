@@ -165,6 +165,35 @@ class Worker:
         self._run(effects, now_ns)
         return work
 
+    def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool]) -> bool:
+        """Take the step at ``now_ns`` the short way when it is known to find nothing; False
+        (nothing done) otherwise, and the caller steps. For a driver that knows its transport
+        has no control message for this worker (the replayer): ``unchanged(handle, state)``
+        says the transport would report ``state`` again for that handle, without raising.
+
+        Then ``step`` would only re-poll the watched handles (each one's poll count goes up),
+        provided the core holds no work and nothing time-driven is due: no ready entry, no
+        cancel to retry, no blocked or held poll, no timeout due, and health unchanged (healthy,
+        the progress deadline not passed: every other health reason is recomputed where it
+        arises). That is all this does; the ledger is the same as with ``step``."""
+        c = self.core
+        if (self._cancels or c.ready or c._blocked_since is not None or c._stalled
+                or not c.healthy or c.last_progress_ns is None
+                or (c._deadlines and c._deadlines[0][0] <= now_ns)
+                or (c.side == "gen" and c.policy.gen_poll_blocks)):
+            return False
+        if (now_ns - c.last_progress_ns > self.config.progress_deadline_ms * 1_000_000
+                and c.pending_obligations()):
+            return False
+        watch = self._watch
+        for handle, w in watch.items():
+            if not unchanged(handle, w.state):
+                return False
+        for w in watch.values():
+            w.polls += 1
+        c.now_ns = max(c.now_ns, now_ns)
+        return True
+
     def _check_handles(self, now_ns: int) -> int:
         changed = 0
         for handle, w in list(self._watch.items()):

@@ -80,6 +80,20 @@ def test_stepping_only_due_workers_finds_what_stepping_all_finds(mutant: str, tr
         assert fast.stats["worker_steps"] <= ref.stats["worker_steps"]
 
 
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_short_steps_write_the_same_ledger(mutant: str, traces) -> None:
+    # A step known to find nothing is taken the short way (Worker.idle_step): byte for byte the
+    # ledger of running every due step in full, under the mutant and hardened, data on and off.
+    trace = traces[mutant]
+    for policy in (policy_by_name(mutant), HARDENED):
+        for data in (True, False):
+            opts = {"seed": 2, "data": data}
+            fast = replay(trace, policy, ReplayOptions(**opts)).verdict
+            full = replay(trace, policy, ReplayOptions(short_steps=False, **opts)).verdict
+            assert fast.digest == full.digest
+            assert fast.stats["worker_steps"] == full.stats["worker_steps"]
+
+
 def test_the_bugs_are_distinct(traces) -> None:
     """A mutant's trace replayed under the hardened policy diverges from the original: the trace
     recorded the bug, not merely the inputs."""
