@@ -26,8 +26,8 @@ does) and encoded, validated and chained once at the end, then written as a real
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import gc
-import heapq
 import logging
 import os
 import random
@@ -107,13 +107,47 @@ class Recorder:
             raise bad
         out: list[Event] = []
         append = out.append
+        new = _new_event
         for (stream, seq, ts, kind, rid, _aj, prev, h), item in zip(rows, self.items,
                                                                     strict=True):
             attrs = item[3]
             if None in attrs.values():  # stored without its None-valued attributes
                 attrs = {k: v for k, v in attrs.items() if v is not None}
-            append(Event(stream, seq, ts, kind, rid, attrs, prev, h))
+            append(new(stream, seq, ts, kind, rid, attrs, prev, h))
         return out
+
+
+def _event_builder() -> Any:
+    """``Event(stream, seq, ts_ns, kind, request_id, attrs, prev_hash, hash)`` at half the cost:
+    a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field; this sets
+    the slots directly (the same object: equal, hashable, frozen). ``Event`` itself when its
+    fields are not the ones expected here."""
+    names = ("stream", "seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash",
+             "position")
+    if tuple(f.name for f in dataclasses.fields(Event)) != names or \
+            getattr(Event, "__slots__", None) != names:
+        return Event
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = (getattr(Event, n).__set__ for n in names)
+    new = object.__new__
+
+    def build(stream: str, seq: int, ts_ns: int, kind: str, request_id: str | None,
+              attrs: dict[str, Any], prev_hash: str, hash_: str) -> Event:
+        e = new(Event)
+        s0(e, stream)
+        s1(e, seq)
+        s2(e, ts_ns)
+        s3(e, kind)
+        s4(e, request_id)
+        s5(e, attrs)
+        s6(e, prev_hash)
+        s7(e, hash_)
+        s8(e, None)
+        return e
+
+    return build
+
+
+_new_event = _event_builder()
 
 
 class NoDataWorker(Worker):
@@ -131,13 +165,17 @@ class NoDataWorker(Worker):
         return super()._execute(eff, now_ns)
 
 
-@dataclass(order=True)
+@dataclass
 class _Input:
     t_ns: int
     order: tuple  # (recorded seq on its stream, seeded tie-break across streams)
-    what: str = field(compare=False)  # arrive | cancel
-    stream: str = field(compare=False)
-    payload: Any = field(compare=False)
+    what: str  # arrive | cancel | shutdown
+    stream: str
+    payload: Any
+
+
+def _input_key(i: _Input) -> tuple[int, tuple]:
+    return (i.t_ns, i.order)
 
 
 class Replay:
@@ -157,11 +195,14 @@ class Replay:
         self.transports: dict[str, ShimTransport] = {}
         self._build_workers()
         self._order = sorted(self.workers)
+        self._worker_items = list(self.workers.items())
         self._order_reversed = self._order[::-1]
-        self.inputs = self._inputs()
+        self.inputs = self._inputs()  # in time order; the next one to apply: _input_next
+        self._input_next = 0
         self.steps = 0
         self.worker_steps = 0
         self._wakes: dict[str, list[int]] = {}  # stream -> times it is due on its own account
+        self._first_wake: dict[str, int] = {}  # stream -> min(_wakes[stream]), if any
         self._applied: set[str] = set()  # streams that took an input at this instant
         self.crash: FindingRow | None = None
         self._current: str | None = None  # the stream being driven (names a crash)
@@ -204,12 +245,15 @@ class Replay:
         for stream, (t, force) in self.trace.shutdowns.items():
             if stream in self.workers:
                 out.append(_Input(t, (1 << 62, 0.0), "shutdown", stream, force))
-        heapq.heapify(out)
+        # Known up front: sorted once and walked in order (a heap of dataclasses compared in
+        # Python cost more). Equal keys occur only across streams (two shutdowns at one time),
+        # whose order cannot matter: an input changes only its own worker.
+        out.sort(key=_input_key)
         return out
 
     # -- the loop ---------------------------------------------------------------------------
     def horizon_ns(self) -> int:
-        last_input = max((i.t_ns for i in self.inputs), default=0)
+        last_input = self.inputs[-1].t_ns if self.inputs else 0
         return max(self.trace.end_ns, last_input)
 
     def run(self) -> ReplayResult:
@@ -261,8 +305,10 @@ class Replay:
                           f"{type(exc).__name__}: {exc}".strip())
 
     def _apply_inputs(self, now: int) -> None:
-        while self.inputs and self.inputs[0].t_ns <= now:
-            inp = heapq.heappop(self.inputs)
+        inputs = self.inputs
+        while self._input_next < len(inputs) and inputs[self._input_next].t_ns <= now:
+            inp = inputs[self._input_next]
+            self._input_next += 1
             self._current = inp.stream
             self._applied.add(inp.stream)
             w = self.workers[inp.stream]
@@ -284,33 +330,47 @@ class Replay:
         if now == 0 or now in self._fault_set or self.opts.step_idle:
             return set(self.workers)  # start, or a stall/loss/kill boundary: everyone looks
         due = self.fabric.touched | self._applied
-        for stream, w in self.workers.items():
+        first_wake = self._first_wake
+        for stream, w in self._worker_items:
             if stream in due:
                 continue
             core = w.core
-            if (w._cancels or core.ready or core.blocked or core._stalled
-                    or any(t <= now for t in self._wakes.get(stream, ()))):
+            if w._cancels or core.ready or core._blocked_since is not None or core._stalled:
+                due.add(stream)
+                continue
+            t = first_wake.get(stream)
+            if t is not None and t <= now:
                 due.add(stream)
         return due
 
     def _step_all(self, now: int, due: set[str]) -> int:
         order = self._order if self.rng.random() >= 0.5 else self._order_reversed
         short = self.opts.short_steps and not self.opts.step_idle
+        killed = self.faults.killed_at
         work = 0
         for stream in order:
-            if stream in due and not self._dead(stream, now):
-                self._current = stream
-                w = self.workers[stream]
-                t = self.transports[stream]
-                # A step that would find nothing is taken the short way (Worker.idle_step):
-                # the same ledger, a fraction of the cost. Most steps are such steps.
-                if short and not t.has_input() and w.idle_step(now, t.unchanged):
-                    did = 0
-                else:
-                    did = w.step(now)
-                self.worker_steps += 1
-                self._wakes[stream] = self._own_times(w, now, did)
-                work += did
+            if stream not in due:
+                continue
+            t_killed = killed.get(stream)
+            if t_killed is not None and now >= t_killed:
+                continue
+            self._current = stream
+            w = self.workers[stream]
+            t = self.transports[stream]
+            # A step that would find nothing is taken the short way (Worker.idle_step): the
+            # same ledger, a fraction of the cost. Most steps are such steps.
+            if short and not t.has_input() and w.idle_step(now, t.unchanged):
+                did = 0
+            else:
+                did = w.step(now)
+            self.worker_steps += 1
+            wakes = self._own_times(w, now, did)
+            self._wakes[stream] = wakes
+            if wakes:
+                self._first_wake[stream] = min(wakes)
+            else:
+                self._first_wake.pop(stream, None)
+            work += did
         return work
 
     def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
@@ -318,26 +378,30 @@ class Replay:
         deadlines (a live loop notices one at its first step after it: on the capture's grid),
         a settle step after work, a heartbeat while busy. Valid until it steps again: nothing
         but its own steps changes its core, and an input or a delivery makes it due anyway."""
-        grid = self.trace.step_grid_ns
-        out = [_align(t, grid) for t in self._worker_wakes(w)]
+        out = self._worker_wakes(w)
         if did:
-            out.append(_align(now + self.opts.settle_ns, grid))
+            out.append(now + self.opts.settle_ns)
         if not w.idle():
-            out.append(_align(now + self.opts.heartbeat_ns, grid))
+            out.append(now + self.opts.heartbeat_ns)
+        grid = self.trace.step_grid_ns
+        if grid != 1:
+            out = [_align(t, grid) for t in out]
         return out
 
     def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
         best: int | None = None
-        if self.inputs:
-            best = self.inputs[0].t_ns
+        if self._input_next < len(self.inputs):
+            best = self.inputs[self._input_next].t_ns
         nf = self.fabric.next_ns()
         if nf is not None and nf > now and (best is None or nf < best):
             best = nf
         i = bisect.bisect_right(fault_times, now)
         if i < len(fault_times) and (best is None or fault_times[i] < best):
             best = fault_times[i]
+        killed = self.faults.killed_at
         for stream, times in self._wakes.items():
-            if self._dead(stream, now):
+            t_killed = killed.get(stream)
+            if t_killed is not None and now >= t_killed:
                 continue
             for t in times:
                 if t > now and (best is None or t < best):
@@ -380,7 +444,8 @@ class Replay:
                  "data": self.opts.data}
         return Verdict(
             policy=self.policy.name, seed=self.opts.seed, trace_sha=self.trace.sha,
-            digest=ledger_digest(events), findings=findings, wedge=wedge_report(events),
+            digest=ledger_digest(events, ordered=True), findings=findings,
+            wedge=wedge_report(events),
             divergences=divergences(self.trace.events, events, self.trace.request_ids(),
                                     self.trace.request_kinds),
             health=health_list(events),
