@@ -190,6 +190,7 @@ class Fabric:
         self._link_last: dict[tuple[str, str], int] = {}
         self.stats = {"writes": 0, "copies": 0, "messages": 0, "dropped": 0, "unmatched": 0}
         self.touched: set[str] = set()  # agents a completion or delivery reached (replayer reads)
+        self.parsed_descs: dict[bytes, dict[str, Any]] = {}  # region descriptor -> its fields
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -260,6 +261,7 @@ class ShimTransport:
         self._ops: dict[int, _Op] = {}
         self._ids = itertools.count(1)
         self._ordinal: dict[str, int] = {}
+        self._descs: dict[tuple[str, int, int], bytes] = {}
 
     # -- setup ------------------------------------------------------------------------------
     def register(self, region: str, tensor: object) -> None:
@@ -277,7 +279,13 @@ class ShimTransport:
 
     def region_descriptor(self, region: str, offset: int, nbytes: int) -> bytes:
         assert region in self.regions, f"region {region} not registered"
-        return json.dumps({"a": self.name, "r": region, "o": offset, "n": nbytes}).encode()
+        key = (region, offset, nbytes)
+        desc = self._descs.get(key)
+        if desc is None:  # a few distinct ones (one per slot and size): built once
+            desc = json.dumps({"a": self.name, "r": region, "o": offset, "n": nbytes}).encode()
+            self._descs[key] = desc
+            self.fabric.parsed_descs[desc] = json.loads(desc)
+        return desc
 
     # -- peer loss --------------------------------------------------------------------------
     def _lost(self) -> str | None:
@@ -313,8 +321,11 @@ class ShimTransport:
             notif = b""
             f.stats["dropped"] += 1
         handle = next(self._ids)
+        dst = f.parsed_descs.get(remote_desc)  # read only
+        if dst is None:
+            dst = json.loads(remote_desc)
         op = _Op(handle, self.name, local_region, local_offset, nbytes,
-                 json.loads(remote_desc), notif, f.now() + dur + f.jitter(), final, error)
+                 dst, notif, f.now() + dur + f.jitter(), final, error)
         self._ops[handle] = op
         f.schedule(op.due_ns, "complete", op)
         f.stats["writes"] += 1

@@ -12,6 +12,7 @@ The load driver (``runtime/load.py``), the in-process runner and the replayer co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -55,6 +56,9 @@ def _rng(*key: object) -> random.Random:
     return random.Random(int.from_bytes(digest, "little"))
 
 
+_SHIFTS = tuple(_TOKEN_BITS * i for i in range(_CHUNK))
+
+
 def _draw(rng: random.Random, n: int) -> list[int]:
     # One big random integer cut into 15-bit tokens: ~10x faster than n randrange calls.
     # Drawn in fixed chunks so that the first n tokens never depend on n (prefix property).
@@ -62,13 +66,19 @@ def _draw(rng: random.Random, n: int) -> list[int]:
     mask = VOCAB_SIZE - 1
     while len(out) < n:
         big = rng.getrandbits(_TOKEN_BITS * _CHUNK)
-        out.extend((big >> (_TOKEN_BITS * i)) & mask for i in range(_CHUNK))
+        out += [(big >> s) & mask for s in _SHIFTS]
     return out[:n]
 
 
+@functools.lru_cache(maxsize=1024)
+def _prefix_tokens(prefix_id: int, n: int) -> tuple[int, ...]:
+    return tuple(_draw(_rng("prefix", prefix_id), n))
+
+
 def prefix_tokens_for(prefix_id: int, n: int) -> list[int]:
-    """The first ``n`` tokens of shared prefix ``prefix_id`` (a prefix of a longer one, too)."""
-    return _draw(_rng("prefix", prefix_id), n)
+    """The first ``n`` tokens of shared prefix ``prefix_id`` (a prefix of a longer one, too).
+    Cached: a few prefixes are shared by many requests (seeding their generator is the cost)."""
+    return list(_prefix_tokens(prefix_id, n))
 
 
 def tokens_for(spec: RequestSpec) -> list[int]:
