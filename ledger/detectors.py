@@ -72,6 +72,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 
 from .events import Event
@@ -121,6 +122,9 @@ class Params:
     obligation_grace_ns: int = OBLIGATION_GRACE_NS
 
 
+_SEQ = attrgetter("seq")
+
+
 class _Req:
     """One request's events on one stream, in seq order, with a by-kind index."""
 
@@ -132,9 +136,13 @@ class _Req:
         self.by_kind: dict[str, list[Event]] = defaultdict(list)
 
     def of(self, *kinds: str) -> list[Event]:
+        """The request's events of these kinds in seq order (read only: may be the index's)."""
         if len(kinds) == 1:
             return self.by_kind.get(kinds[0], [])
-        return sorted((e for k in kinds for e in self.by_kind.get(k, ())), key=lambda e: e.seq)
+        lists = [evs for k in kinds if (evs := self.by_kind.get(k))]
+        if len(lists) <= 1:
+            return lists[0] if lists else []
+        return sorted([e for evs in lists for e in evs], key=_SEQ)
 
     def has(self, kind: str) -> bool:
         return bool(self.by_kind.get(kind))
@@ -150,13 +158,21 @@ class _Stream:
         self.first_ts = min(e.ts_ns for e in events)
         self.end_ts = max(e.ts_ns for e in events)
         self.requests: dict[str, _Req] = {}
+        requests = self.requests
         for e in events:
-            if e.request_id is not None:
-                r = self.requests.get(e.request_id)
+            rid = e.request_id
+            if rid is not None:
+                r = requests.get(rid)
                 if r is None:
-                    r = self.requests[e.request_id] = _Req(e.request_id)
+                    r = requests[rid] = _Req(rid)
                 r.events.append(e)
-                r.by_kind[e.kind].append(e)
+                by_kind = r.by_kind
+                kind = e.kind
+                same = by_kind.get(kind)
+                if same is None:
+                    by_kind[kind] = [e]
+                else:
+                    same.append(e)
 
     def settled(self, r: _Req) -> bool:
         """Leak checks apply once the request is settled (see the spec's terms)."""
@@ -220,12 +236,16 @@ def slot_leak(s: _Stream, p: Params) -> Iterator[Finding]:
                               "poisoned")
 
 
-def _net_mentions(plus: list[Event], minus: list[Event]) -> Counter[int]:
-    n: Counter[int] = Counter()
+def _net_mentions(plus: Iterable[Event], minus: Iterable[Event]) -> dict[int, int]:
+    """Block -> mentions in ``plus`` minus mentions in ``minus`` (blocks mentioned at all)."""
+    n: dict[int, int] = {}
+    get = n.get
     for e in plus:
-        n.update(e.attrs["blocks"])
+        for b in e.attrs["blocks"]:
+            n[b] = get(b, 0) + 1
     for e in minus:
-        n.subtract(e.attrs["blocks"])
+        for b in e.attrs["blocks"]:
+            n[b] = get(b, 0) - 1
     return n
 
 
@@ -233,10 +253,15 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
         if not (s.settled(r) or r.has("termination.done")):
             continue
+        by_kind = r.by_kind.get
         for what, plus, minus in (
-            ("pinned", r.of("blocks.pinned"), r.of("blocks.unpinned")),
-            ("referenced", r.of("blocks.allocated", "blocks.reused"), r.of("blocks.freed")),
+            ("pinned", by_kind("blocks.pinned", ()), by_kind("blocks.unpinned", ())),
+            # Counting needs no seq order: the two kinds' lists one after the other.
+            ("referenced", by_kind("blocks.allocated", []) + by_kind("blocks.reused", []),
+             by_kind("blocks.freed", ())),
         ):
+            if not plus:
+                continue  # nothing mentioned more often than freed: no finding
             net = _net_mentions(plus, minus)
             leaked = sorted(b for b, n in net.items() if n > 0)
             if not leaked:
@@ -290,17 +315,21 @@ def double_free(s: _Stream, p: Params) -> Iterator[Finding]:
                               f"{k[0]} slot {k[1]} released at seq {e.seq} without a matching "
                               "acquisition")
             last[k] = e.kind
-        refs: Counter[int] = Counter()
+        refs: dict[int, int] = {}
+        get = refs.get
         for e in r.of("blocks.allocated", "blocks.reused", "blocks.freed"):
             if e.kind == "blocks.freed":
-                refs.subtract(e.attrs["blocks"])
-                bad = sorted({b for b in e.attrs["blocks"] if refs[b] < 0})
+                blocks = e.attrs["blocks"]
+                for b in blocks:
+                    refs[b] = get(b, 0) - 1
+                bad = sorted({b for b in blocks if refs[b] < 0})
                 if bad:
                     yield Finding("double_free", s.name, r.rid, e.seq,
                                   f"blocks {bad} freed at seq {e.seq} but not referenced by "
                                   "the request")
             else:
-                refs.update(e.attrs["blocks"])
+                for b in e.attrs["blocks"]:
+                    refs[b] = get(b, 0) + 1
         for kind in ("resources.freed", "termination.done"):
             for e in r.of(kind)[1:]:
                 yield Finding("double_free", s.name, r.rid, e.seq,
