@@ -150,6 +150,37 @@ def _event_builder() -> Any:
 _new_event = _event_builder()
 
 
+class _Buffers:
+    """Zeroed pool and arena tensors for one replay's workers, recycled across replays: a fresh
+    multi-MiB ``torch.zeros`` per worker and replay (page faults on every page) was a large
+    part of a short replay's fixed cost; zeroing a recycled one is a few times cheaper."""
+
+    KEEP_PER_SHAPE = 4
+    _free: dict[tuple, list[torch.Tensor]] = {}
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[tuple, torch.Tensor]] = []
+
+    def zeros(self, size: tuple[int, ...], *, dtype: torch.dtype, device: Any) -> torch.Tensor:
+        key = (tuple(size), dtype, str(torch.device(device)))
+        free = self._free.get(key)
+        if free:
+            t = free.pop()
+            t.zero_()
+        else:
+            t = torch.zeros(size, dtype=dtype, device=device)
+        self.taken.append((key, t))
+        return t
+
+    def give_back(self) -> None:
+        """The replay is over and nothing reads its workers' tensors any more."""
+        for key, t in self.taken:
+            free = self._free.setdefault(key, [])
+            if len(free) < self.KEEP_PER_SHAPE:
+                free.append(t)
+        self.taken.clear()
+
+
 class NoDataWorker(Worker):
     """The runtime's ``Worker`` with the KV data path off (``--no-data``): no fill, pack or
     unpack, and every block's checksum is 0 on both sides, so the core's integrity check passes
@@ -191,6 +222,7 @@ class Replay:
         self.fabric = Fabric(TimingModel.from_trace(trace), self.faults, self.clock, self.rng,
                              data=opts.data, jitter_ns=opts.jitter_ns)
         self.recorders: dict[str, Recorder] = {}
+        self.buffers = _Buffers()
         self.workers: dict[str, Worker] = {}
         self.transports: dict[str, ShimTransport] = {}
         self._build_workers()
@@ -219,7 +251,8 @@ class Replay:
             self.transports[stream] = transport
             self.recorders[stream] = rec
             cls = Worker if self.opts.data else NoDataWorker
-            self.workers[stream] = cls(cfg, transport, rec.emit, policy=self.policy)
+            self.workers[stream] = cls(cfg, transport, rec.emit, policy=self.policy,
+                                       zeros=self.buffers.zeros)
         for stream, w in self.workers.items():
             peer = w.peer
             if peer not in self.workers:
@@ -493,7 +526,11 @@ def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> R
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return Replay(trace, policy, opts or ReplayOptions()).run()
+        r = Replay(trace, policy, opts or ReplayOptions())
+        try:
+            return r.run()
+        finally:
+            r.buffers.give_back()  # r is dropped here: its workers' tensors are free
     finally:
         if gc_was_enabled:
             gc.enable()

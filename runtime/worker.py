@@ -89,16 +89,20 @@ def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, .
 
 class Worker:
     def __init__(self, config: WorkerConfig, transport: Transport, emit: Callable[..., None],
-                 *, policy: Policy | None = None, device: str | None = None) -> None:
+                 *, policy: Policy | None = None, device: str | None = None,
+                 zeros: Callable[..., torch.Tensor] | None = None) -> None:
+        """``zeros(size, dtype=, device=)``: where the pool and arena come from (``torch.zeros``;
+        the replayer recycles zeroed buffers across replays)."""
         self.config = config
         self.transport = transport
         self.emit = emit
         c = config
         device = device or c.device
-        self.pool = torch.zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens,
-                                 c.head_dim), dtype=getattr(torch, c.dtype), device=device)
+        zeros = zeros or torch.zeros
+        self.pool = zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens, c.head_dim),
+                          dtype=getattr(torch, c.dtype), device=device)
         nslots = c.send_slots if c.role == "ctx" else c.recv_slots
-        self.arena = torch.zeros(nslots * c.slot_nbytes, dtype=torch.uint8, device=device)
+        self.arena = zeros((nslots * c.slot_nbytes,), dtype=torch.uint8, device=device)
         transport.register("kv", self.pool)
         transport.register("slots", self.arena)
         core_cls = CtxCore if c.role == "ctx" else GenCore
