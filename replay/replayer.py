@@ -447,10 +447,10 @@ class Replay:
         with obligations pending, its progress deadline."""
         core = w.core
         out: list[int] = []
-        deadlines = getattr(core, "_deadlines", None)
+        deadlines = core._deadlines
         if deadlines:
             out.append(deadlines[0][0])
-        last = getattr(core, "last_progress_ns", None)
+        last = core.last_progress_ns
         if last is not None and (core.reqs or core.pending_obligations()):
             out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
         return out

@@ -62,8 +62,8 @@ FILL_CACHE_BYTES_MAX = 32 << 20
 _fill_cache_bytes = [0]  # bytes held by _FILL_CACHE
 
 
-def _block_content(seed: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    key = (seed, tuple(shape), dtype)
+def _block_content(seed: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    key = (seed, shape, dtype)
     hit = _FILL_CACHE.get(key)
     if hit is not None:
         _FILL_CACHE.move_to_end(key)
@@ -82,9 +82,9 @@ def _block_content(seed: int, shape: torch.Size, dtype: torch.dtype) -> torch.Te
 
 def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, ...]) -> None:
     """Deterministic KV content of each block from its seed (the hash of its token chain)."""
-    shape = pool.shape[1:]
+    shape, dtype = tuple(pool.shape[1:]), pool.dtype
     for b, seed in zip(blocks, seeds, strict=True):
-        pool[b].copy_(_block_content(seed, shape, pool.dtype))
+        pool[b].copy_(_block_content(seed, shape, dtype))
 
 
 class Worker:
