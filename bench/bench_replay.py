@@ -4,7 +4,10 @@
    NIXL, ``runtime.load.run_load``); each trace is replayed under a virtual clock (best of 3) and
    the speed is the trace's wall-clock duration divided by the replay's wall time (target >= 50x).
    Also shown against the trace's active window (first arrival to last request end), which
-   excludes the idle drain/probe/shutdown tail the virtual clock skips for free.
+   excludes the idle drain/probe/shutdown tail the virtual clock skips for free; with the data
+   path off (``--no-data``, best of 3 too); and the first of the three replays alone (it pays
+   for what later replays in the same process reuse: generated block contents, recycled
+   zeroed buffers, cached prefix tokens).
 2. Live lateness: the triggering trace of each mutant (or --live-traces) is replayed with --live;
    each injected input's time in the worker's ledger minus its scheduled time, p50/p99 over all
    inputs (target p99 <= 1 ms).
@@ -51,21 +54,24 @@ def active_window_ns(trace: Trace) -> int:
 def bench_speed(path: str, label: str) -> dict:
     trace = load_trace(path)
     best = sim = None
+    cold = None
     for seed in range(3):
         t0 = time.perf_counter()
         result = replay(trace, HARDENED, ReplayOptions(seed=seed))
         dt = time.perf_counter() - t0
+        cold = dt if cold is None else cold
         if best is None or dt < best:
             best, sim = dt, result.verdict.stats["sim_s"]
             steps = (result.verdict.stats["steps"], result.verdict.stats.get("worker_steps"))
-    no_data = time.perf_counter()
-    replay(trace, HARDENED, ReplayOptions(seed=0, data=False))
-    no_data = time.perf_counter() - no_data
+    # Best of 3 as well: one run alone is at the mercy of the machine's load.
+    no_data = min(_timed(trace, ReplayOptions(seed=seed, data=False)) for seed in range(3))
     active = active_window_ns(trace)
     row = {"trace": label, "requests": len(trace.requests), "events": len(trace.events),
            "trace_s": trace.end_ns / 1e9, "active_s": active / 1e9, "replay_s": best,
            "speed_x": trace.end_ns / 1e9 / best, "speed_active_x": active / 1e9 / best,
-           "replay_no_data_s": no_data, "sim_s": sim, "speed_sim_x": trace.end_ns / 1e9 / sim,
+           "replay_first_s": cold, "replay_no_data_s": no_data,
+           "speed_no_data_x": trace.end_ns / 1e9 / no_data,
+           "sim_s": sim, "speed_sim_x": trace.end_ns / 1e9 / sim,
            "steps": steps[0], "worker_steps": steps[1], "post_sim_s": best - sim,
            "findings": result.verdict.signature(),
            "divergent_request_streams": len(result.verdict.divergences)}
@@ -73,9 +79,16 @@ def bench_speed(path: str, label: str) -> dict:
           f"{row['trace_s']:.2f} s (active {row['active_s']:.2f} s), replay {best:.3f} s -> "
           f"{row['speed_x']:.1f}x ({row['speed_active_x']:.1f}x of the active window); "
           f"driving the runtime alone {sim:.3f} s -> {row['speed_sim_x']:.1f}x; "
-          f"--no-data {no_data:.3f} s; {steps[0]} instants, {steps[1]} worker steps; "
-          f"ledger encoding + verdict {best - sim:.3f} s")
+          f"--no-data {no_data:.3f} s -> {row['speed_no_data_x']:.1f}x; first replay of the "
+          f"trace in this process {cold:.3f} s; {steps[0]} instants, {steps[1]} worker steps; "
+          f"setup + ledger encoding + verdict {best - sim:.3f} s")
     return row
+
+
+def _timed(trace: Trace, opts: ReplayOptions) -> float:
+    t0 = time.perf_counter()
+    replay(trace, HARDENED, opts)
+    return time.perf_counter() - t0
 
 
 def bench_live(traces: dict[str, str]) -> dict:

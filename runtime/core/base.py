@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[..., None]
 FINISHED_MAX = 65_536  # recently finished ids kept to answer already_complete / drop duplicates
+_HANDLERS: dict[tuple[type, type], Callable[..., None]] = {}  # (core class, input class)
 _FUTURE_OF = {"ok": "value", "cancelled": "cancelled", "timed_out": "cancelled",
               "failed": "error"}
 
@@ -104,8 +105,12 @@ class CoreBase:
             if not isinstance(inp, io.Tick):
                 self._stalled.append(inp)
             return []
-        handler = getattr(self, "_on_" + type(inp).__name__.lower())
-        handler(inp)
+        kind = type(inp)
+        handler = _HANDLERS.get((type(self), kind))
+        if handler is None:  # by naming convention: Arrive -> _on_arrive (looked up once)
+            handler = _HANDLERS[(type(self), kind)] = getattr(type(self),
+                                                              "_on_" + kind.__name__.lower())
+        handler(self, inp)
         out, self._out = self._out, []
         return out
 
@@ -322,8 +327,8 @@ class CoreBase:
 
     def _unready_count(self) -> int:
         """Transfers in flight whose future is not ready (what a poll skips)."""
-        return sum(1 for r in self.reqs.values()
-                   if r.state != TERMINAL and self.tm.in_transfer(r.rid))
+        in_transfer = self.tm._meta  # tm.in_transfer(rid), without a call per request
+        return sum(1 for r in self.reqs.values() if r.state != TERMINAL and r.rid in in_transfer)
 
     @property
     def blocked(self) -> bool:
