@@ -17,10 +17,22 @@ a completion or delivery that reached it, a fault boundary, its own timeout/prog
 settle after its own work, its heartbeat, or work it holds (ready entries, retried cancels, a
 blocked poll). A step of any other worker would find nothing and only re-poll unchanged handles;
 skipping it is most of the replay's speed (each step rescans every live request in the core).
+Of the due steps, most find nothing either (the step after an input the worker already took, a
+settle step): when nothing reached the worker, its handles are unchanged and its core holds no
+work and no deadline, ``Worker.idle_step`` does what such a step would do (count one more poll
+of each watched handle) without running it; the ledger is byte for byte the same
+(``short_steps=False`` runs every due step in full, for comparison).
 
 The replay ledger is recorded in memory (the runtime's ``emit`` appends a tuple, as ``Ledger.emit``
-does) and encoded, validated and chained once at the end, then written as a real ledger file. The
-``ledger.opened`` wall anchor is the trace's, not the machine's, so nothing in it varies by run.
+does) and encoded, validated and chained once at the end (the writer's ``encode_group``), then
+written as a real ledger file. The ``ledger.opened`` wall anchor is the trace's, not the
+machine's, so nothing in it varies by run.
+
+Cost (docs in bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
+pool and arena tensors are recycled across replays; the trace's side of the verdict is computed
+once per ``Trace``. What remains is the runtime's own work per event (most of it), the KV data
+path (fill, pack, unpack, checksums, copies: real bytes, on by default), the ledger encoding and
+the detectors over the replay ledger.
 """
 
 from __future__ import annotations
