@@ -20,6 +20,7 @@ its environment (e.g. ``UCX_TLS``) before it creates its agent.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import multiprocessing as mp
@@ -189,6 +190,8 @@ IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spi
 IDLE_DEEP = 4_000  # after this many idle iterations (~2 s), wait longer: an idle worker's
 IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-core box need
 TIMED_SPIN_NS = 1_500_000  # a timed input this close is waited for by spinning, not poll()
+BUSY_WINDOWS = 1024  # runtime-busy windows kept to split a timed input's lateness
+BUSY_MIN_NS = 20_000  # shorter steps (an idle loop turn) are not worth a window
 
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
@@ -239,8 +242,21 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     # time, so that a replay's inputs land on time however busy the driver or the pipe is.
     timed: list[tuple[int, int, tuple[Any, ...]]] = []
 
+    # Recent windows (start, end ns) in which the runtime itself ran (a step, a submit, a
+    # cancel): the part of a timed input's lateness the runtime, not the injection, caused.
+    busy: collections.deque[tuple[int, int]] = collections.deque(maxlen=BUSY_WINDOWS)
+
     def handle(msg: tuple[Any, ...], now: int) -> bool:
         """Apply one command; False once the worker has shut down."""
+        cmd = msg[0]
+        if cmd in ("submit", "cancel", "peer_lost"):
+            try:
+                return apply(msg, now)
+            finally:
+                busy.append((now, clock.now_ns()))
+        return apply(msg, now)
+
+    def apply(msg: tuple[Any, ...], now: int) -> bool:
         cmd = msg[0]
         if cmd == "submit":
             for d in msg[1]:
@@ -284,7 +300,6 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         return True
 
     idle = 0
-    step_window = (0, 0)  # (start, end) ns of the last worker.step
     while True:
         now = clock.now_ns()
         work = 0
@@ -292,16 +307,18 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             applied = []
             while timed and timed[0][0] <= now:
                 due, _, msg = heapq.heappop(timed)
-                handle(msg, now)
-                # How long the runtime's own step kept this input waiting (a blocked poll, a
-                # long pack): lateness the injector did not cause.
-                held = max(0, step_window[1] - max(due, step_window[0]))
+                at = clock.now_ns()
+                held = _overlap(busy, due, at)
+                handle(msg, at)
                 rid = msg[1][0]["request_id"] if msg[0] == "submit" else msg[1]
-                applied.append((msg[0], rid, due, now, held))
+                applied.append((msg[0], rid, due, at, held))
                 work += 1
             conn.send(("applied", applied))
+            now = clock.now_ns()  # inputs were fed at later times: the core's clock is monotonic
         work += worker.step(now)
-        step_window = (now, clock.now_ns())
+        end = clock.now_ns()
+        if end - now > BUSY_MIN_NS:
+            busy.append((now, end))
         if worker.results.new or finished:
             conn.send(("results", worker.results.new, finished))
             worker.results.new = []
@@ -321,6 +338,16 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         idle = 0
         if not handle(conn.recv(), clock.now_ns()):
             return
+
+
+def _overlap(windows: collections.deque[tuple[int, int]], start: int, end: int) -> int:
+    """Total time of the (time-ordered) windows inside [start, end]."""
+    total = 0
+    for b, e in reversed(windows):
+        if e <= start:
+            break
+        total += max(0, min(e, end) - max(b, start))
+    return total
 
 
 def _drain(worker: Any, clock: Any, drain_s: float) -> dict[str, Any]:
