@@ -139,7 +139,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             late = lv["lateness_p99_ns"]
             print(f"live replay (real processes, NIXL) {agree} virtual: "
                   f"{', '.join(lv['signature']) or 'clean'}; {lv['inputs']} inputs injected, "
-                  f"lateness p50 {_ms(lv['lateness_p50_ns'])} p99 {_ms(late)}; "
+                  f"lateness p50 {_ms(lv['lateness_p50_ns'])} p99 {_ms(late)} (injection "
+                  f"alone p99 {_ms(lv['injection_lateness_p99_ns'])}); "
                   f"ledgers in {lv['out_dir']}")
     if result.verdict.finding or (args.live and report["live"]["finding"]):
         raise Finding

@@ -2,11 +2,15 @@
 
 The same inputs as the virtual replay (arrivals, client cancels, per stream, at their recorded times
 from a common start), driven into a ctx and a gen worker process over real NIXL (``runtime.procs``,
-as ``kvledger run`` starts them). Recorded faults are injected again: WRITE and control faults that
-name a request (delay / fail / drop) by ``FaultyTransport`` inside the worker, and time-driven ones
-by the supervisor at their recorded times: a stall is a SIGSTOP of the stalled worker for the
-recorded time, a kill a SIGKILL of the victim, after which the survivor is told its peer is lost (as
-an orchestrator would, and as ``runtime.load`` does).
+as ``kvledger run`` starts them). The inputs are sent ahead of time as timed commands and each
+worker's own loop applies them at their due time (one CLOCK_MONOTONIC for every process), so pipe
+and supervisor delays do not make them late. Recorded faults are injected again: WRITE and control
+faults that name a request (delay / fail / drop) by ``FaultyTransport`` inside the worker; a stall
+of a worker's own transport (``target="self"``: the worker kept taking inputs while its transport
+was silent) by that worker's wrapper at the recorded time; a stall that stopped the peer process
+by the supervisor as a SIGSTOP/SIGCONT of that process; a kill as a SIGKILL of the victim, after
+which the survivor is told its peer is lost (as an orchestrator would, and as ``runtime.load``
+does).
 
 Live replay is not deterministic (ledger-anchors §2, limit): it confirms a finding on the real
 process topology. Findings are taken as of the end of the replayed window (``_as_of``), before
@@ -33,55 +37,70 @@ from kvledger.runtime.workload import RequestSpec
 
 from .messages import client_cancels
 from .replayer import ReplayOptions, config_for
-from .trace import Trace, load_trace
+from .trace import FaultObservation, Trace, load_trace
 
 log = logging.getLogger(__name__)
 
 LEAD_NS = 200_000_000  # inputs start this long after the workers are connected
-DRAIN_S = 5.0
+DRAIN_S = 1.0  # past the cut the verdict is taken already: the drain only closes cleanly
 SETTLE_S = 2.0
 REQUEST_FAULTS = ("delay", "fail", "drop")
+
+
+def _pct(xs: list[int], q: float) -> int | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 @dataclass
 class LiveResult:
     signature: list[str]
     findings: list[dict[str, Any]]
+    # Per injected input: its time in the worker's ledger minus its due time (everything) ...
     lateness_ns: list[int]
     out_dir: str
     wall_s: float
     dead: list[str] = field(default_factory=list)
+    # ... and what the injection itself added: the worker loop's apply time minus the due time,
+    # less the time the runtime's own step was running past the due time (a long pack). The rest
+    # of the ledger lateness is the runtime holding the input (e.g. a blocked executor queueing
+    # it: the gen_poll_blocks mutant).
+    injection_lateness_ns: list[int] = field(default_factory=list)
 
     @property
     def finding(self) -> bool:
         return bool(self.signature)
 
     def lateness_pct(self, q: float) -> int | None:
-        if not self.lateness_ns:
-            return None
-        xs = sorted(self.lateness_ns)
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
+        return _pct(self.lateness_ns, q)
 
     def to_dict(self) -> dict[str, Any]:
+        inj = self.injection_lateness_ns
         return {"signature": self.signature, "finding": self.finding,
                 "findings": self.findings, "out_dir": self.out_dir, "wall_s": self.wall_s,
                 "dead": self.dead, "inputs": len(self.lateness_ns),
                 "lateness_p50_ns": self.lateness_pct(0.5),
-                "lateness_p99_ns": self.lateness_pct(0.99)}
+                "lateness_p99_ns": self.lateness_pct(0.99),
+                "injection_lateness_p50_ns": _pct(inj, 0.5),
+                "injection_lateness_p99_ns": _pct(inj, 0.99),
+                "injection_lateness_max_ns": max(inj, default=None)}
 
 
 @dataclass(order=True)
 class _Act:
     t_ns: int
     order: tuple
-    what: str = field(compare=False)  # submit | cancel | stall | resume | kill
+    what: str = field(compare=False)  # stall | resume | kill
     stream: str = field(compare=False)
     arg: Any = field(compare=False, default=None)
 
 
 def _faults(trace: Trace) -> dict[str, list[Fault]]:
-    """Request-level faults per stream, for the worker's own FaultyTransport."""
-    out: dict[str, list[Fault]] = {}
+    """Request-level faults per stream, for the worker's own FaultyTransport. Every stream gets
+    the wrapper (an empty list, too): time-driven faults are armed later (``_self_stalls``)."""
+    out: dict[str, list[Fault]] = {s: [] for s in trace.streams}
     for f in trace.faults:
         rid = f.params.get("request_id")
         if f.kind == "fault.injected" and f.fault in REQUEST_FAULTS and rid is not None:
@@ -91,23 +110,48 @@ def _faults(trace: Trace) -> dict[str, list[Fault]]:
     return out
 
 
-def _schedule(trace: Trace) -> list[_Act]:
-    acts: list[_Act] = []
+def _is_self_stall(f: FaultObservation) -> bool:
+    return (f.kind == "fault.injected" and f.fault == "stall"
+            and f.params.get("request_id") is None and f.silenced == f.stream)
+
+
+def _self_stalls(trace: Trace, t0: int) -> dict[str, list[Fault]]:
+    """Stalls that silenced the recording worker's own transport (it kept taking inputs): armed
+    in that worker's wrapper at the recorded time on its CLOCK_MONOTONIC axis (``t0`` + t)."""
+    out: dict[str, list[Fault]] = {}
+    for f in trace.faults:
+        if _is_self_stall(f):
+            out.setdefault(f.stream, []).append(Fault(
+                "stall", at_ns=t0 + f.t_ns, delay_ms=float(f.params.get("delay_ms", 0.0)),
+                target="self"))
+    return out
+
+
+def _inputs(trace: Trace, t0: int) -> dict[str, list[tuple[int, tuple[Any, ...]]]]:
+    """Arrivals and client cancels per stream as timed commands (due ns, command), in order."""
+    out: dict[str, list[tuple[int, int, tuple[Any, ...]]]] = {s: [] for s in trace.streams}
     for r in trace.requests.values():
         spec = RequestSpec(r.request_id, 0, **r.shape)
         for stream, t, seq in r.arrivals:
-            acts.append(_Act(t, (seq,), "submit", stream, replace(spec, arrive_ns=t)))
+            out[stream].append((t0 + t, seq, ("submit", [asdict(replace(spec, arrive_ns=t))])))
         for stream, t, seq in r.cancels:
-            acts.append(_Act(t, (seq,), "cancel", stream, r.request_id))
+            out[stream].append((t0 + t, seq, ("cancel", r.request_id, "client")))
+    return {s: [(due, cmd) for due, _, cmd in sorted(items)] for s, items in out.items()}
+
+
+def _schedule(trace: Trace) -> list[_Act]:
+    """What the supervisor does itself at recorded times: stop a stalled peer process (a stall
+    that named its peer), kill a process."""
+    acts: list[_Act] = []
     peers = {s: (trace.streams[s].config.get("peer") or next(o for o in trace.streams if o != s))
              for s in trace.streams}
     for f in trace.faults:
         if f.kind != "fault.injected" or f.params.get("request_id") is not None:
             continue
-        if f.fault == "stall":
+        if f.fault == "stall" and not _is_self_stall(f):
             dur = int(float(f.params.get("delay_ms", 0.0)) * 1e6)
-            acts.append(_Act(f.t_ns, (0,), "stall", f.stream))
-            acts.append(_Act(f.t_ns + dur, (0,), "resume", f.stream))
+            acts.append(_Act(f.t_ns, (0,), "stall", f.silenced))
+            acts.append(_Act(f.t_ns + dur, (0,), "resume", f.silenced))
         elif f.fault == "kill":
             acts.append(_Act(f.t_ns, (0,), "kill", f.target or peers[f.stream]))
     acts.sort()
@@ -128,10 +172,19 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
     ctx, gen = start_pair(ctx_cfg, gen_cfg, out_dir, faults=_faults(trace))
     workers = {ctx.stream: ctx, gen.stream: gen}
     t0 = time.monotonic_ns() + LEAD_NS
-    sent: list[tuple[str, str, str, int]] = []  # (stream, kind, request id, scheduled ns)
+    # Inputs and self-stalls travel ahead of time; each worker applies them at their due time
+    # (CLOCK_MONOTONIC is one clock for every process of the host).
+    sent: list[tuple[str, str, str, int]] = []  # (stream, kind, request id, due ns)
+    for stream, stalls in _self_stalls(trace, t0).items():
+        workers[stream].send("faults", [f.to_json() for f in stalls])
+    for stream, items in _inputs(trace, t0).items():
+        workers[stream].send("at", items)
+        sent += [(stream, "request.arrived" if cmd[0] == "submit" else "cancel.requested",
+                  cmd[1][0]["request_id"] if cmd[0] == "submit" else cmd[1], due)
+                 for due, cmd in items]
     dead: list[str] = []
     try:
-        _run(_schedule(trace), workers, t0, sent, dead)
+        _run(_schedule(trace), workers, t0, dead)
         end = t0 + trace.end_ns
         while time.monotonic_ns() < end:
             _pump(workers, dead)
@@ -144,31 +197,19 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
                 w.shutdown(drain_s=DRAIN_S)
     live = load_trace(out_dir)
     found = detect(_as_of(live.events, cut_ns))
-    lateness = _lateness(live, sent)
+    injected = {(w.stream, "request.arrived" if cmd == "submit" else "cancel.requested", rid,
+                 due): max(0, applied - due - held)
+                for w in workers.values() for cmd, rid, due, applied, held in w.applied}
+    lateness, injection = _lateness(live, sent, injected)
     return LiveResult(sorted({f.detector for f in found}), [asdict(f) for f in found],
-                      lateness, out_dir, round(time.monotonic() - t_start, 3), dead)
-
-
-def _batches(acts: list[_Act]) -> list[list[_Act]]:
-    """Consecutive arrivals for one stream at one time travel in one message (a worker reads one
-    message per loop turn: one by one, a burst would queue behind its own steps)."""
-    out: list[list[_Act]] = []
-    for a in acts:
-        prev = out[-1][0] if out else None
-        if (prev is not None and a.what == prev.what == "submit" and a.stream == prev.stream
-                and a.t_ns == prev.t_ns):
-            out[-1].append(a)
-        else:
-            out.append([a])
-    return out
+                      lateness, out_dir, round(time.monotonic() - t_start, 3), dead, injection)
 
 
 def _run(acts: list[_Act], workers: dict[str, WorkerProcess], t0: int,
-         sent: list[tuple[str, str, str, int]], dead: list[str]) -> None:
-    for batch in _batches(acts):
-        a = batch[0]
+         dead: list[str]) -> None:
+    for a in acts:
         due = t0 + a.t_ns
-        while True:  # sleep coarsely, then spin the last 2 ms: lateness is what we measure
+        while True:  # sleep coarsely, then spin the last 2 ms
             left = due - time.monotonic_ns()
             if left <= 0:
                 break
@@ -178,13 +219,7 @@ def _run(acts: list[_Act], workers: dict[str, WorkerProcess], t0: int,
         w = workers.get(a.stream)
         if w is None or a.stream in dead:
             continue
-        if a.what == "submit":
-            w.send("submit", [asdict(b.arg) for b in batch])
-            sent.extend((a.stream, "request.arrived", b.arg.request_id, due) for b in batch)
-        elif a.what == "cancel":
-            w.send("cancel", a.arg, "client")
-            sent.append((a.stream, "cancel.requested", a.arg, due))
-        elif a.what == "stall":
+        if a.what == "stall":
             w.stall()
         elif a.what == "resume":
             w.resume()
@@ -237,8 +272,10 @@ def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
     return kept
 
 
-def _lateness(live: Trace, sent: list[tuple[str, str, str, int]]) -> list[int]:
-    """Each injected input's recorded time in the worker's ledger minus its scheduled time."""
+def _lateness(live: Trace, sent: list[tuple[str, str, str, int]],
+              injected: dict[tuple[str, str, str, int], int]) -> tuple[list[int], list[int]]:
+    """Each injected input's recorded time in the worker's ledger minus its due time, and its
+    injection lateness (from the worker's ``applied`` reports)."""
     # A gen cancel makes ctx record a cancel of its own (Abandon): not an injected input.
     roles = {s.stream: s.role for s in live.streams.values()}
     derived, _ = client_cancels(live.events, live.t, roles)
@@ -248,9 +285,11 @@ def _lateness(live: Trace, sent: list[tuple[str, str, str, int]]) -> list[int]:
                                            and e.get("source") == "client"
                                            and (e.stream, e.seq) not in derived):
             seen.setdefault((e.stream, e.kind, e.request_id), []).append(e.ts_ns)
-    out: list[int] = []
+    late: list[int] = []
+    injection: list[int] = []
     for stream, kind, rid, due in sent:
         times = seen.get((stream, kind, rid))
         if times:
-            out.append(times.pop(0) - due)
-    return out
+            late.append(times.pop(0) - due)
+            injection.append(injected.get((stream, kind, rid, due), late[-1]))
+    return late, injection

@@ -123,8 +123,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         "gen_init_not_idempotent",
         "gen receives r1's init twice (a retried request info) while r1's WRITE is in flight. "
         "The mutant allocates and receives twice for one request id.",
-        (_arrive(0, "r1"), _arrive(10_000, "r1", sides=("gen",)), _arrive(50_000, "r2")),
-        {"ctx": (_delay("r1", 30),)}, {"recv_slots": 2}),
+        # The retry comes 30 ms in: ctx's ready signal (a live ctx's first prefill takes a few
+        # ms) must reach gen's first record before the retry replaces it.
+        (_arrive(0, "r1"), _arrive(30_000, "r1", sides=("gen",)), _arrive(120_000, "r2")),
+        {"ctx": (_delay("r1", 60),)}, {"recv_slots": 2}),
 )}
 
 # A scenario for the health acceptance test: the gen worker is killed mid-transfer.

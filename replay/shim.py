@@ -144,7 +144,7 @@ class FaultPlan:
             self.drops[key] = self.drops.get(key, 0) + 1
         elif f.fault == "stall":
             dur = int(float(f.params.get("delay_ms", 0.0)) * 1e6)
-            self.stalls.setdefault(f.stream, []).append((f.t_ns, f.t_ns + dur))
+            self.stalls.setdefault(f.silenced, []).append((f.t_ns, f.t_ns + dur))
         elif f.fault == "kill":
             victim = f.target or peers.get(f.stream)
             if victim:

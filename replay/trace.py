@@ -104,6 +104,16 @@ class FaultObservation:
     params: dict[str, Any]
     request_id: str | None = None
 
+    @property
+    def silenced(self) -> str:
+        """The stream a stall silenced. A stall recorded with ``target="self"`` silenced the
+        recording worker's own transport (the worker kept running); one naming the peer stopped
+        the peer's process. Traces from before the target was recorded (None) are read as the
+        recorder's own stall, as they always were."""
+        if self.target in (None, "self"):
+            return self.stream
+        return self.target
+
 
 @dataclass(frozen=True, slots=True)
 class HealthTransition:
@@ -297,7 +307,7 @@ def build_trace(events: Sequence[Event], source: str) -> Trace:
     for f in faults:
         if f.fault == "stall":
             end = f.t_ns + int(float(f.params.get("delay_ms", 0.0)) * 1e6)
-            stalls.setdefault(f.stream, []).append((f.t_ns, end))
+            stalls.setdefault(f.silenced, []).append((f.t_ns, end))
     derived, control = client_cancels(events, t, {s.stream: s.role for s in streams.values()},
                                       stalls)
     requests = _requests(events, t, derived)

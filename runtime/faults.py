@@ -8,8 +8,9 @@ Faults (``Fault.kind``):
 - ``drop``: a control message is not sent; for a WRITE, its notification is stripped (the data
   lands, the completion notice never comes).
 - ``stall``: the peer stops answering for ``delay_ms`` (through the ``stall_peer`` callback, e.g.
-  SIGSTOP/SIGCONT of its process); without a callback this transport itself goes silent (no
-  progress, control held back) for that long.
+  SIGSTOP/SIGCONT of its process); without a callback, or with ``target="self"``, this transport
+  itself goes silent (no progress, control held back) for that long while its worker keeps
+  running. The recorded ``target`` says which: ``"self"``, or the peer's name.
 - ``kill``: the peer is killed (``kill_peer`` callback, e.g. SIGKILL of its process).
 
 A fault fires on operations that match it: from clock time ``at_ns`` on, for ``request_id`` and
@@ -50,12 +51,15 @@ class Fault:
     msg_type: str | None = None  # "write" or a control message type; None: any
     delay_ms: float = 0.0  # delay: hold time of the WRITE; stall: how long the peer is silent
     count: int = 1  # operations it hits; 0 = unlimited
+    target: str | None = None  # stall: "self" = this transport goes silent, not the peer
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {self.kind!r}; choose one of {FAULT_KINDS}")
         if self.count < 0 or self.delay_ms < 0:
             raise ValueError(f"fault {self.kind}: count and delay_ms must be >= 0")
+        if self.target not in (None, "self") or (self.target and self.kind != "stall"):
+            raise ValueError(f"fault {self.kind}: target may only be 'self', on a stall")
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -97,9 +101,11 @@ class FaultScript:
             at = p.get("fired_ns", ev.ts_ns)
             if origin_ns is not None:
                 at = origin_ns + (at - (first_ns if first_ns is not None else at))
+            self_stall = ev.attrs["fault"] == "stall" and ev.attrs.get("target") == "self"
             faults.append(Fault(kind=ev.attrs["fault"], at_ns=at,
                                 request_id=p.get("request_id"), msg_type=p.get("msg_type"),
-                                delay_ms=float(p.get("delay_ms", 0.0)), count=1))
+                                delay_ms=float(p.get("delay_ms", 0.0)), count=1,
+                                target="self" if self_stall else None))
         return cls(faults)
 
 
@@ -152,7 +158,16 @@ class FaultyTransport:
         self._handles: dict[int, Any] = {}  # our id -> inner id | _Held | _FAILED
         self._held: list[_Held] = []
         self._stalled_until = 0
+        self._peers: list[str] = []
         self.injected: list[tuple[str, dict[str, Any]]] = []
+
+    def add_faults(self, faults: Iterable[Fault]) -> None:
+        """Arm more faults, e.g. a live replay's, once the run's time origin is known."""
+        for f in faults:
+            if f.kind == "kill" and self._kill_peer is None:
+                raise ValueError("a kill fault needs a kill_peer callback")
+            self._faults.append(f)
+            self._left.append(f.count)
 
     # ------------------------------------------------------------------ scheduling
     def _take(self, kinds: tuple[str, ...], msg_type: str | None,
@@ -193,14 +208,24 @@ class FaultyTransport:
         if self._emit is not None:
             self._emit("fault.injected", None, fault=f.kind, target=target, params=params)
 
-    def _fire_peer_fault(self, f: Fault, target: str | None) -> None:
+    def _silences_self(self, f: Fault) -> bool:
+        return f.kind == "stall" and (f.target == "self" or self._stall_peer is None)
+
+    def _victim(self, f: Fault, peer: str | None) -> str | None:
+        """What the recorded ``target`` says was hit: ``"self"`` or the peer's name."""
+        if self._silences_self(f):
+            return "self"
+        return peer or (self._peers[0] if len(self._peers) == 1 else None)
+
+    def _fire_peer_fault(self, f: Fault) -> None:
         if f.kind == "kill":
             assert self._kill_peer is not None
             self._kill_peer()
-        elif self._stall_peer is not None:
-            self._stall_peer(f.delay_ms / 1000.0)
-        else:
+        elif self._silences_self(f):
             self._stalled_until = self._clock() + int(f.delay_ms * 1e6)
+        else:
+            assert self._stall_peer is not None
+            self._stall_peer(f.delay_ms / 1000.0)
 
     def _tick(self) -> None:
         """Fire time-driven stall/kill faults; post delayed WRITEs that are due."""
@@ -209,8 +234,8 @@ class FaultyTransport:
             if (self._left[i] != -1 and f.kind in ("stall", "kill") and f.request_id is None
                     and f.msg_type is None and (f.at_ns is None or now >= f.at_ns)):
                 self._use(i)
-                self._record(f, None)
-                self._fire_peer_fault(f, None)
+                self._record(f, self._victim(f, None))
+                self._fire_peer_fault(f)
         if self._held:
             due = [h for h in self._held if h.due_ns <= now]
             for h in due:
@@ -237,6 +262,7 @@ class FaultyTransport:
 
     def add_peer(self, peer: str, metadata: bytes) -> None:
         self.inner.add_peer(peer, metadata)
+        self._peers.append(peer)
 
     def remove_peer(self, peer: str) -> None:
         self.inner.remove_peer(peer)
@@ -252,7 +278,7 @@ class FaultyTransport:
         hid = self._ids
         f = self._take(_WRITE_FAULTS, "write", rid)
         if f is not None:
-            self._record(f, peer, "write", rid)
+            self._record(f, self._victim(f, peer), "write", rid)
         if f is not None and f.kind == "fail":
             self._handles[hid] = _FAILED
             return hid
@@ -266,7 +292,7 @@ class FaultyTransport:
             return hid
         self._handles[hid] = self.inner.post_write(*args)
         if f is not None and f.kind in ("stall", "kill"):
-            self._fire_peer_fault(f, peer)  # right after posting: the peer goes mid-transfer
+            self._fire_peer_fault(f)  # right after posting: the peer goes mid-transfer
         return hid
 
     def check(self, handle: int) -> XferStatus:
@@ -300,12 +326,12 @@ class FaultyTransport:
         mtype, rid = self._classify(msg)
         f = self._take(_CONTROL_FAULTS, mtype, rid)
         if f is not None:
-            self._record(f, peer, mtype, rid)
+            self._record(f, self._victim(f, peer), mtype, rid)
             if f.kind == "drop":
                 return
         self.inner.send_control(peer, msg)
-        if f is not None:
-            self._fire_peer_fault(f, peer)
+        if f is not None and f.kind in ("stall", "kill"):
+            self._fire_peer_fault(f)
 
     def poll_control(self) -> list[tuple[str, bytes]]:
         self._tick()

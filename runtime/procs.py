@@ -5,7 +5,9 @@
 ``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
 hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
 runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
-state, shutdown) and carries results back (``results`` pushes: futures and ``request.finished``
+state, shutdown; ``at``: any of those applied by the worker's own loop at a given CLOCK_MONOTONIC
+time, so a replay's inputs land on time; ``faults``: arm more faults in the worker's wrapper)
+and carries results back (``results`` pushes: futures and ``request.finished``
 outcomes; ``cancel_result``); a reader thread per pipe drains it so neither side can block the
 other on a full pipe. Stall and kill are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a
 stalled worker answers nothing at all; commands for it wait in ``backlog`` until it resumes.
@@ -18,6 +20,8 @@ its environment (e.g. ``UCX_TLS``) before it creates its agent.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import logging
 import multiprocessing as mp
 import os
@@ -185,6 +189,9 @@ IDLE_SPINS = 200  # loop iterations with nothing to do before the loop starts to
 IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spinning core)
 IDLE_DEEP = 4_000  # after this many idle iterations (~2 s), wait longer: an idle worker's
 IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-core box need
+TIMED_SPIN_NS = 1_500_000  # a timed input this close is waited for by spinning, not poll()
+BUSY_WINDOWS = 1024  # runtime-busy windows kept to split a timed input's lateness
+BUSY_MIN_NS = 20_000  # shorter steps (an idle loop turn) are not worth a window
 
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
@@ -224,33 +231,33 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         ledger_emit(kind, request_id, **attrs)
 
     transport: Any = nixl
-    if faults:
+    if faults is not None:
         transport = FaultyTransport(nixl, [Fault(**f) for f in faults], emit=emit,
                                     clock=clock.now_ns, kill_peer=kill_peer,
                                     stall_peer=stall_peer)
     worker = Worker(cfg, transport, emit)
     worker.results = _TapDict()
     conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
-    idle = 0
-    while True:
-        now = clock.now_ns()
-        work = worker.step(now)
-        if worker.results.new or finished:
-            conn.send(("results", worker.results.new, finished))
-            worker.results.new = []
-            finished = []
-            work += 1
-        if resume_at and resume_at[0][1] <= now:
-            _signal(resume_at.pop(0)[0], signal.SIGCONT)
-        idle = 0 if work else idle + 1
-        wait_s = (0.0 if idle < IDLE_SPINS else IDLE_POLL_S if idle < IDLE_DEEP
-                  else IDLE_DEEP_POLL_S)
-        if not conn.poll(wait_s):
-            continue
-        idle = 0
-        msg = conn.recv()
+    # Timed inputs ("at" commands): (due ns, order, message), applied by this loop at their due
+    # time, so that a replay's inputs land on time however busy the driver or the pipe is.
+    timed: list[tuple[int, int, tuple[Any, ...]]] = []
+
+    # Recent windows (start, end ns) in which the runtime itself ran (a step, a submit, a
+    # cancel): the part of a timed input's lateness the runtime, not the injection, caused.
+    busy: collections.deque[tuple[int, int]] = collections.deque(maxlen=BUSY_WINDOWS)
+
+    def handle(msg: tuple[Any, ...], now: int) -> bool:
+        """Apply one command; False once the worker has shut down."""
         cmd = msg[0]
-        now = clock.now_ns()
+        if cmd in ("submit", "cancel", "peer_lost"):
+            try:
+                return apply(msg, now)
+            finally:
+                busy.append((now, clock.now_ns()))
+        return apply(msg, now)
+
+    def apply(msg: tuple[Any, ...], now: int) -> bool:
+        cmd = msg[0]
         if cmd == "submit":
             for d in msg[1]:
                 try:
@@ -259,6 +266,15 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                     conn.send(("rejected", d["request_id"], str(exc)))
         elif cmd == "cancel":
             conn.send(("cancel_result", msg[1], worker.cancel(msg[1], now, msg[2])))
+        elif cmd == "at":
+            for due, inner in msg[1]:
+                heapq.heappush(timed, (due, len(timed), tuple(inner)))
+        elif cmd == "faults":
+            if transport is nixl:
+                log.error("%s: faults sent to a worker started without a fault wrapper",
+                          cfg.stream)
+            else:
+                transport.add_faults([Fault(**f) for f in msg[1]])
         elif cmd == "connect":
             _, peer, md, pid = msg
             worker.connect(peer, md)
@@ -278,9 +294,60 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             transport.close()
             conn.send(("bye", final, worker.idle(), _rss_bytes(),
                        dict(getattr(nixl, "stats", {}))))
-            return
+            return False
         else:
             log.error("%s: unknown command %r", cfg.stream, cmd)
+        return True
+
+    idle = 0
+    while True:
+        now = clock.now_ns()
+        work = 0
+        if timed and timed[0][0] <= now:
+            applied = []
+            while timed and timed[0][0] <= now:
+                due, _, msg = heapq.heappop(timed)
+                at = clock.now_ns()
+                held = _overlap(busy, due, at)
+                handle(msg, at)
+                rid = msg[1][0]["request_id"] if msg[0] == "submit" else msg[1]
+                applied.append((msg[0], rid, due, at, held))
+                work += 1
+            conn.send(("applied", applied))
+            now = clock.now_ns()  # inputs were fed at later times: the core's clock is monotonic
+        work += worker.step(now)
+        end = clock.now_ns()
+        if end - now > BUSY_MIN_NS:
+            busy.append((now, end))
+        if worker.results.new or finished:
+            conn.send(("results", worker.results.new, finished))
+            worker.results.new = []
+            finished = []
+            work += 1
+        if resume_at and resume_at[0][1] <= now:
+            _signal(resume_at.pop(0)[0], signal.SIGCONT)
+        idle = 0 if work else idle + 1
+        wait_s = (0.0 if idle < IDLE_SPINS else IDLE_POLL_S if idle < IDLE_DEEP
+                  else IDLE_DEEP_POLL_S)
+        if timed:
+            # poll() sleeps in whole milliseconds: spin through the last TIMED_SPIN_NS.
+            left = timed[0][0] - clock.now_ns() - TIMED_SPIN_NS
+            wait_s = min(wait_s, max(0.0, left / 1e9))
+        if not conn.poll(wait_s):
+            continue
+        idle = 0
+        if not handle(conn.recv(), clock.now_ns()):
+            return
+
+
+def _overlap(windows: collections.deque[tuple[int, int]], start: int, end: int) -> int:
+    """Total time of the (time-ordered) windows inside [start, end]."""
+    total = 0
+    for b, e in reversed(windows):
+        if e <= start:
+            break
+        total += max(0, min(e, end) - max(b, start))
+    return total
 
 
 def _drain(worker: Any, clock: Any, drain_s: float) -> dict[str, Any]:
@@ -317,6 +384,8 @@ class WorkerProcess:
     transport_stats: dict[str, int] | None = None
     backlog: list[tuple[Any, ...]] = field(default_factory=list)
     eof: bool = False
+    # Timed inputs as applied: (command, request id, due ns, applied ns, ns held by a step).
+    applied: list[tuple[str, str, int, int, int]] = field(default_factory=list)
 
     def send(self, *msg: Any) -> None:
         if self.stopped:
@@ -360,6 +429,8 @@ class WorkerProcess:
                     self.cancel_results[msg[1]] = msg[2]
                 elif msg[0] == "rejected":
                     self.rejected[msg[1]] = msg[2]
+                elif msg[0] == "applied":
+                    self.applied.extend(msg[1])
                 else:
                     replies.append(msg)
                 msg = self._inbox.get_nowait()
@@ -451,7 +522,7 @@ def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
     os.makedirs(out_dir, exist_ok=True)
     url = f"sqlite:///{os.path.join(os.path.abspath(out_dir), cfg.stream + '.sqlite')}"
     parent, child = _SPAWN.Pipe()
-    fault_dicts = [f.to_json() for f in faults] if faults else None
+    fault_dicts = [f.to_json() for f in faults] if faults is not None else None
     proc = _SPAWN.Process(target=_worker_main, name=f"kvledger-{cfg.stream}",
                           args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts),
                           daemon=True)

@@ -40,6 +40,17 @@ def test_faults_and_health(tmp_path: Path, synthetic) -> None:
     assert [f.fault for f in trace.faults] == ["stall"]
     assert trace.faults[0].params == {"duration_ms": 50}
     assert [(h.healthy, h.t_ns - trace.faults[0].t_ns) for h in trace.health] == [(False, 40_000)]
+    # ctx stopped its peer: the stall silenced gen, not the stream that recorded it.
+    assert trace.faults[0].silenced == "gen"
+
+
+def test_stall_silences_the_recorder_when_target_is_self_or_unrecorded() -> None:
+    from kvledger.replay.trace import FaultObservation
+
+    def stall(target):
+        return FaultObservation(0, "gen", "fault.injected", "stall", target, {})
+
+    assert [stall(t).silenced for t in ("self", None, "ctx")] == ["gen", "gen", "ctx"]
 
 
 def test_folder_of_ledgers_and_roundtrip(tmp_path: Path, synthetic) -> None:
