@@ -308,13 +308,18 @@ class Replay:
         fault_times = self.faults.times()
         self._fault_set = set(fault_times)
         now = 0
+        fabric, clock, inputs = self.fabric, self.clock, self.inputs
+        touched, applied = fabric.touched, self._applied
         while True:
-            self.clock.jump_to(now)
-            self.fabric.touched.clear()
-            self._applied.clear()
-            self.fabric.run_due(now)
+            clock.jump_to(now)
+            touched.clear()
+            applied.clear()
+            nf = fabric.next_ns()
+            if nf is not None and nf <= now:
+                fabric.run_due(now)
             try:
-                self._apply_inputs(now)
+                if self._input_next < len(inputs) and inputs[self._input_next].t_ns <= now:
+                    self._apply_inputs(now)
                 work = self._step_all(now, self._due(now))
             except Exception as exc:  # noqa: BLE001 - the runtime crashed: that is the finding
                 self.crash = self._crashed(exc, now)
@@ -420,10 +425,17 @@ class Replay:
 
     def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
         """When the worker just stepped at ``now`` must step again on its own account: its
-        deadlines (a live loop notices one at its first step after it: on the capture's grid),
-        a settle step after work, a heartbeat while busy. Valid until it steps again: nothing
-        but its own steps changes its core, and an input or a delivery makes it due anyway."""
-        out = self._worker_wakes(w)
+        next request timeout and, with obligations pending, its progress deadline (a live loop
+        notices one at its first step after it: on the capture's grid), a settle step after
+        work, a heartbeat while busy. Valid until it steps again: nothing but its own steps
+        changes its core, and an input or a delivery makes it due anyway."""
+        core = w.core
+        out: list[int] = []
+        if core._deadlines:
+            out.append(core._deadlines[0][0])
+        last = core.last_progress_ns
+        if last is not None and (core.reqs or core.pending_obligations()):
+            out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
         if did:
             out.append(now + self.opts.settle_ns)
         if not w.idle():
@@ -440,32 +452,22 @@ class Replay:
         nf = self.fabric.next_ns()
         if nf is not None and nf > now and (best is None or nf < best):
             best = nf
-        i = bisect.bisect_right(fault_times, now)
-        if i < len(fault_times) and (best is None or fault_times[i] < best):
-            best = fault_times[i]
+        if fault_times:
+            i = bisect.bisect_right(fault_times, now)
+            if i < len(fault_times) and (best is None or fault_times[i] < best):
+                best = fault_times[i]
         killed = self.faults.killed_at
-        for stream, times in self._wakes.items():
+        for stream, first in self._first_wake.items():
             t_killed = killed.get(stream)
             if t_killed is not None and now >= t_killed:
                 continue
-            for t in times:
-                if t > now and (best is None or t < best):
-                    best = t
+            if first <= now:  # a wake already due (a blocked core): the first one after now
+                first = min((t for t in self._wakes[stream] if t > now), default=None)
+                if first is None:
+                    continue
+            if best is None or first < best:
+                best = first
         return best
-
-    @staticmethod
-    def _worker_wakes(w: Worker) -> list[int]:
-        """Times at which the worker's core changes on its own: its next request timeout and,
-        with obligations pending, its progress deadline."""
-        core = w.core
-        out: list[int] = []
-        deadlines = core._deadlines
-        if deadlines:
-            out.append(deadlines[0][0])
-        last = core.last_progress_ns
-        if last is not None and (core.reqs or core.pending_obligations()):
-            out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
-        return out
 
     def _close_streams(self) -> None:
         """Mirror the trace: a stream the trace closed is closed in the replay too."""
