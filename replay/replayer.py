@@ -28,7 +28,7 @@ does) and encoded, validated and chained once at the end (the writer's ``encode_
 written as a real ledger file. The ``ledger.opened`` wall anchor is the trace's, not the
 machine's, so nothing in it varies by run.
 
-Cost (docs in bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
+Cost (measured by bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
 pool and arena tensors are recycled across replays; the trace's side of the verdict is computed
 once per ``Trace``. What remains is the runtime's own work per event (most of it), the KV data
 path (fill, pack, unpack, checksums, copies: real bytes, on by default), the ledger encoding and
