@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -192,11 +193,15 @@ IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-co
 TIMED_SPIN_NS = 1_500_000  # a timed input this close is waited for by spinning, not poll()
 BUSY_WINDOWS = 1024  # runtime-busy windows kept to split a timed input's lateness
 BUSY_MIN_NS = 20_000  # shorter steps (an idle loop turn) are not worth a window
+# The ledger's writer thread shares the GIL with the worker loop; with CPython's default 5 ms
+# switch interval the loop could wait that long for it before taking an input or a completion.
+WORKER_SWITCH_INTERVAL_S = 0.0002
 
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                  env: dict[str, str], faults: list[dict[str, Any]] | None) -> None:
     os.environ.update(env)
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     from ..ledger.clock import MonotonicClock
     from ..ledger.ledger import Ledger
     from .config import WorkerConfig
