@@ -38,7 +38,6 @@ the detectors over the replay ledger.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import gc
 import logging
 import os
@@ -51,7 +50,7 @@ from typing import Any
 import torch
 from kvledger.ledger.clock import VirtualClock
 from kvledger.ledger.events import SCHEMA_VERSION, Event
-from kvledger.ledger.mapper import GENESIS_HASH, encode_group
+from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io
 from kvledger.runtime.policy import Policy
@@ -112,54 +111,13 @@ class Recorder:
         self.items.append((self.clock.now_ns(), kind, request_id, attrs))
 
     def events(self) -> list[Event]:
-        """Validate, encode and chain the items as the ledger writer does (``encode_group``:
-        one loop, per-kind fused check + encode); SchemaError on the first invalid one."""
-        rows, bad = encode_group(self.stream, 0, GENESIS_HASH, self.items)
+        """Validate, encode and chain the items as the ledger writer does (``encode_events``:
+        ``encode_group``'s one loop, building the events); SchemaError on the first invalid
+        one."""
+        out, bad = encode_events(self.stream, 0, GENESIS_HASH, self.items)
         if bad is not None:
             raise bad
-        out: list[Event] = []
-        append = out.append
-        new = _new_event
-        for (stream, seq, ts, kind, rid, _aj, prev, h), item in zip(rows, self.items,
-                                                                    strict=True):
-            attrs = item[3]
-            if None in attrs.values():  # stored without its None-valued attributes
-                attrs = {k: v for k, v in attrs.items() if v is not None}
-            append(new(stream, seq, ts, kind, rid, attrs, prev, h))
         return out
-
-
-def _event_builder() -> Any:
-    """``Event(stream, seq, ts_ns, kind, request_id, attrs, prev_hash, hash)`` at half the cost:
-    a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field; this sets
-    the slots directly (the same object: equal, hashable, frozen). ``Event`` itself when its
-    fields are not the ones expected here."""
-    names = ("stream", "seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash",
-             "position")
-    if tuple(f.name for f in dataclasses.fields(Event)) != names or \
-            getattr(Event, "__slots__", None) != names:
-        return Event
-    s0, s1, s2, s3, s4, s5, s6, s7, s8 = (getattr(Event, n).__set__ for n in names)
-    new = object.__new__
-
-    def build(stream: str, seq: int, ts_ns: int, kind: str, request_id: str | None,
-              attrs: dict[str, Any], prev_hash: str, hash_: str) -> Event:
-        e = new(Event)
-        s0(e, stream)
-        s1(e, seq)
-        s2(e, ts_ns)
-        s3(e, kind)
-        s4(e, request_id)
-        s5(e, attrs)
-        s6(e, prev_hash)
-        s7(e, hash_)
-        s8(e, None)
-        return e
-
-    return build
-
-
-_new_event = _event_builder()
 
 
 class _Buffers:
