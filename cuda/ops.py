@@ -190,6 +190,9 @@ class HostKV:
         self.slot_nbytes = slot_nbytes
         # uint8 first: numpy has no bfloat16, and bytes are all the data path moves.
         self.blocks = pool.reshape(-1).view(torch.uint8).numpy().reshape(self.num_blocks, bn)
+        # Blocks [0, written) may have been written through this object (fill, unpack); the
+        # rest are as they were (a recycled zeroed pool need only be re-zeroed up to here).
+        self.written = 0
         self.arena = arena.numpy()
         word, words, row = checksum_layout(bn)
         self._words = self.blocks.view(np.int64 if word is torch.int64 else np.int32)
@@ -230,6 +233,9 @@ class HostKV:
         src = self._slot(slot, n)
         if ids:
             self.blocks[ids] = src.reshape(len(ids), self.block_nbytes)
+            top = max(ids) + 1
+            if top > self.written:
+                self.written = top
         return n
 
     def checksums(self, block_ids: Sequence[int]) -> list[int]:
@@ -246,3 +252,5 @@ class HostKV:
     def fill(self, block: int, content: np.ndarray) -> None:
         """Block ``block`` := ``content`` (its bytes, uint8)."""
         self.blocks[block] = content
+        if block >= self.written:
+            self.written = block + 1

@@ -123,10 +123,11 @@ class Recorder:
 class _Buffers:
     """Zeroed pool and arena tensors for one replay's workers, recycled across replays: a fresh
     multi-MiB ``torch.zeros`` per worker and replay (page faults on every page) was a large
-    part of a short replay's fixed cost; zeroing a recycled one is a few times cheaper."""
+    part of a short replay's fixed cost; zeroing a recycled one is a few times cheaper, and
+    zeroing only the part a replay may have written cheaper still (``give_back``)."""
 
     KEEP_PER_SHAPE = 4
-    _free: dict[tuple, list[torch.Tensor]] = {}
+    _free: dict[tuple, list[torch.Tensor]] = {}  # all zeros
 
     def __init__(self) -> None:
         self.taken: list[tuple[tuple, torch.Tensor]] = []
@@ -134,21 +135,39 @@ class _Buffers:
     def zeros(self, size: tuple[int, ...], *, dtype: torch.dtype, device: Any) -> torch.Tensor:
         key = (tuple(size), dtype, str(torch.device(device)))
         free = self._free.get(key)
-        if free:
-            t = free.pop()
-            t.zero_()
-        else:
-            t = torch.zeros(size, dtype=dtype, device=device)
+        t = free.pop() if free else torch.zeros(size, dtype=dtype, device=device)
         self.taken.append((key, t))
         return t
 
-    def give_back(self) -> None:
-        """The replay is over and nothing reads its workers' tensors any more."""
+    def give_back(self, written: dict[int, int] | None = None) -> None:
+        """The replay is over and nothing reads its workers' tensors any more: each is zeroed
+        again and kept. ``written``: ``id(tensor)`` -> how many leading bytes of it the replay
+        may have written (the rest is still zero); a tensor not listed is zeroed whole."""
+        written = written or {}
         for key, t in self.taken:
             free = self._free.setdefault(key, [])
-            if len(free) < self.KEEP_PER_SHAPE:
-                free.append(t)
+            if len(free) >= self.KEEP_PER_SHAPE:
+                continue
+            n = written.get(id(t))
+            if n is None:
+                t.zero_()
+            elif n:
+                t.view(-1).view(torch.uint8)[:n].zero_()
+            free.append(t)
         self.taken.clear()
+
+    @staticmethod
+    def written(workers: Any) -> dict[int, int]:
+        """The leading bytes of each worker's pool its data path may have written: the CPU
+        path's high-water block (``HostKV.written``); none with the data path off."""
+        out: dict[int, int] = {}
+        for w in workers:
+            host = getattr(w, "_host", None)
+            if isinstance(w, NoDataWorker):
+                out[id(w.pool)] = 0  # no fill, pack or unpack: the pool was never written
+            elif host is not None:
+                out[id(w.pool)] = host.written * host.block_nbytes
+        return out
 
 
 class NoDataWorker(Worker):
@@ -502,7 +521,8 @@ def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> R
         try:
             return r.run()
         finally:
-            r.buffers.give_back()  # r is dropped here: its workers' tensors are free
+            # r is dropped here: its workers' tensors are free
+            r.buffers.give_back(_Buffers.written(r.workers.values()))
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -182,6 +182,7 @@ def test_host_path_matches_the_torch_reference_bit_for_bit(dtype: torch.dtype) -
         want = torch.full((5 * bn + 7,), 0xCD, dtype=torch.uint8)
         ops.pack_torch(ref, ids, want)
         assert _bytes(arena[slot * (5 * bn + 7):(slot + 1) * (5 * bn + 7)]) == _bytes(want)
+    assert host.written == 0  # packing reads the pool only
     all_ids = list(range(10))
     assert host.checksums(all_ids) == ops.block_checksums_torch(ref, all_ids)
     assert host.checksums([-1, 3, 3]) == ops.block_checksums_torch(ref, [-1, 3, 3])
@@ -189,12 +190,16 @@ def test_host_path_matches_the_torch_reference_bit_for_bit(dtype: torch.dtype) -
     # Unpack slot 0 (blocks 7, 2, 9, 0, 5) into other blocks; the torch reference does the same.
     dst_ids = [1, 8, 3, 6, 4]
     assert host.unpack(0, dst_ids) == 5 * bn
+    assert host.written == 9  # blocks [0, 9) may have been written
     ops.unpack_torch(arena[:5 * bn + 7], ref, dst_ids)
     assert _bytes(pool) == _bytes(ref)
     assert host.checksums(dst_ids) == ops.block_checksums_torch(ref, [7, 2, 9, 0, 5])
     content = _pool(dtype, blocks=1, seed=7)
     host.fill(2, content.reshape(-1).view(torch.uint8).numpy())
     assert _bytes(pool[2]) == _bytes(content[0])
+    assert host.written == 9
+    host.fill(9, content.reshape(-1).view(torch.uint8).numpy())
+    assert host.written == 10
 
 
 def test_host_checksums_of_32_bit_word_blocks_and_extreme_words() -> None:
