@@ -242,6 +242,8 @@ class Worker:
 
     # -- effects -------------------------------------------------------------------------------
     def _run(self, effects: list[Any], now_ns: int) -> None:
+        if not effects:
+            return  # most inputs (ticks, polls of unchanged state) ask for nothing
         queue = list(effects)
         done = 0
         while queue:
