@@ -29,10 +29,13 @@ written as a real ledger file. The ``ledger.opened`` wall anchor is the trace's,
 machine's, so nothing in it varies by run.
 
 Cost (measured by bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
-pool and arena tensors are recycled across replays; the trace's side of the verdict is computed
-once per ``Trace``. What remains is the runtime's own work per event (most of it), the KV data
-path (fill, pack, unpack, checksums, copies: real bytes, on by default), the ledger encoding and
-the detectors over the replay ledger.
+pool and arena tensors are recycled across replays (re-zeroed only as far as a replay wrote
+them); the trace's side of the verdict is computed once per ``Trace``; on the CPU the KV data
+path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispatch was most of
+its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
+it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
+mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
+(~2 us an event), and the detectors and the wedge report's projection over the replay ledger.
 """
 
 from __future__ import annotations
