@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 # Checksum of one block: its bytes as little-endian 64-bit words u_j (32-bit words, sign-extended,
@@ -168,3 +169,95 @@ def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[
     rows = torch.stack([flat[b].to(torch.int64).view(-1, row).sum(dim=1) if word is torch.int32
                         else flat[b].view(-1, row).sum(dim=1) for b in ids])
     return [int(x) for x in (rows * weights).sum(dim=1).tolist()]
+
+
+class HostKV:
+    """The CPU data path of one worker: its pool and slot arena (CPU tensors) seen as numpy
+    arrays, built once. Same bytes and checksums as the torch reference above (tests hold them
+    equal); numpy because these are small arrays (a few 8 KiB blocks per call) where torch's
+    per-call dispatch, not the bytes, was most of the cost (2-7x slower per pack, unpack or
+    checksum). The arrays share memory with the tensors: a write through one shows in the other.
+
+    Slots are the arena's fixed ``slot_nbytes`` ranges; ``pack``/``unpack`` check the listed
+    blocks fit one (``SlotTooSmallError``) and that every id is a block of the pool
+    (``IndexError``), before any byte moves."""
+
+    def __init__(self, pool: torch.Tensor, arena: torch.Tensor, slot_nbytes: int) -> None:
+        assert pool.device.type == "cpu" and arena.device.type == "cpu"
+        assert pool.is_contiguous() and arena.is_contiguous() and arena.dtype == torch.uint8
+        self.num_blocks = pool.shape[0]
+        self.block_nbytes = bn = block_nbytes(pool)
+        self.slot_nbytes = slot_nbytes
+        # uint8 first: numpy has no bfloat16, and bytes are all the data path moves.
+        self.blocks = pool.reshape(-1).view(torch.uint8).numpy().reshape(self.num_blocks, bn)
+        # Blocks [0, written) may have been written through this object (fill, unpack); the
+        # rest are as they were (a recycled zeroed pool need only be re-zeroed up to here).
+        self.written = 0
+        self.arena = arena.numpy()
+        word, words, row = checksum_layout(bn)
+        self._words = self.blocks.view(np.int64 if word is torch.int64 else np.int32)
+        self._wide = word is torch.int32  # 32-bit words are sign-extended before the sums
+        # sum over rows of (2k + 1) * R_k == sum over words of (2 * (j // row) + 1) * u_j:
+        # one wrapping int64 dot product per block (any order: the same value mod 2**64).
+        self._weights = np.repeat(np.arange(1, 2 * (words // row) + 1, 2, dtype=np.int64), row)
+
+    def _ids(self, block_ids: Sequence[int], lowest: int) -> list[int]:
+        ids = [int(b) for b in block_ids]
+        if ids and (min(ids) < lowest or max(ids) >= self.num_blocks):
+            bad = next(b for b in ids if not lowest <= b < self.num_blocks)
+            raise IndexError(f"block id {bad} out of range for a pool of "
+                             f"{self.num_blocks} blocks")
+        return ids
+
+    def _slot(self, slot: int, n: int) -> np.ndarray:
+        if n > self.slot_nbytes:
+            raise SlotTooSmallError(f"slot too small: {self.slot_nbytes} bytes < {n} needed")
+        start = slot * self.slot_nbytes
+        if start < 0 or start + self.slot_nbytes > self.arena.shape[0]:
+            raise IndexError(f"slot {slot} out of range")
+        return self.arena[start:start + n]
+
+    def pack(self, block_ids: Sequence[int], slot: int) -> int:
+        """``pack(pool, block_ids, slot tensor)`` into arena slot ``slot``. Returns bytes."""
+        ids = self._ids(block_ids, 0)
+        n = len(ids) * self.block_nbytes
+        out = self._slot(slot, n)
+        # One block at a time: a few blocks per call, and per-block copies measured faster
+        # than a gather (np.take) here, from a pool colder than the caches most of all.
+        blocks, bn, o = self.blocks, self.block_nbytes, 0
+        for b in ids:
+            out[o:o + bn] = blocks[b]
+            o += bn
+        return n
+
+    def unpack(self, slot: int, block_ids: Sequence[int]) -> int:
+        """``unpack(slot tensor, pool, block_ids)`` from arena slot ``slot``. Returns bytes."""
+        ids = self._ids(block_ids, 0)
+        n = len(ids) * self.block_nbytes
+        src = self._slot(slot, n)
+        if ids:
+            blocks, bn, o = self.blocks, self.block_nbytes, 0
+            for b in ids:  # in order: a repeated id ends with its last block's bytes
+                blocks[b] = src[o:o + bn]
+                o += bn
+            top = max(ids) + 1
+            if top > self.written:
+                self.written = top
+        return n
+
+    def checksums(self, block_ids: Sequence[int]) -> list[int]:
+        """``block_checksums(pool, block_ids)``, bit for bit (negative ids count from the end,
+        as there)."""
+        ids = self._ids(block_ids, -self.num_blocks)
+        if not ids:
+            return []
+        words = self._words.take(ids, axis=0)  # the method: no np.take wrapper per call
+        if self._wide:
+            words = words.astype(np.int64)
+        return (words @ self._weights).tolist()
+
+    def fill(self, block: int, content: np.ndarray) -> None:
+        """Block ``block`` := ``content`` (its bytes, uint8)."""
+        self.blocks[block] = content
+        if block >= self.written:
+            self.written = block + 1

@@ -29,16 +29,18 @@ written as a real ledger file. The ``ledger.opened`` wall anchor is the trace's,
 machine's, so nothing in it varies by run.
 
 Cost (measured by bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
-pool and arena tensors are recycled across replays; the trace's side of the verdict is computed
-once per ``Trace``. What remains is the runtime's own work per event (most of it), the KV data
-path (fill, pack, unpack, checksums, copies: real bytes, on by default), the ledger encoding and
-the detectors over the replay ledger.
+pool and arena tensors are recycled across replays (re-zeroed only as far as a replay wrote
+them); the trace's side of the verdict is computed once per ``Trace``; on the CPU the KV data
+path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispatch was most of
+its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
+it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
+mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
+(~2 us an event), and the detectors and the wedge report's projection over the replay ledger.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import gc
 import logging
 import os
@@ -51,7 +53,7 @@ from typing import Any
 import torch
 from kvledger.ledger.clock import VirtualClock
 from kvledger.ledger.events import SCHEMA_VERSION, Event
-from kvledger.ledger.mapper import GENESIS_HASH, encode_group
+from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io
 from kvledger.runtime.policy import Policy
@@ -112,63 +114,23 @@ class Recorder:
         self.items.append((self.clock.now_ns(), kind, request_id, attrs))
 
     def events(self) -> list[Event]:
-        """Validate, encode and chain the items as the ledger writer does (``encode_group``:
-        one loop, per-kind fused check + encode); SchemaError on the first invalid one."""
-        rows, bad = encode_group(self.stream, 0, GENESIS_HASH, self.items)
+        """Validate, encode and chain the items as the ledger writer does (``encode_events``:
+        ``encode_group``'s one loop, building the events); SchemaError on the first invalid
+        one."""
+        out, bad = encode_events(self.stream, 0, GENESIS_HASH, self.items)
         if bad is not None:
             raise bad
-        out: list[Event] = []
-        append = out.append
-        new = _new_event
-        for (stream, seq, ts, kind, rid, _aj, prev, h), item in zip(rows, self.items,
-                                                                    strict=True):
-            attrs = item[3]
-            if None in attrs.values():  # stored without its None-valued attributes
-                attrs = {k: v for k, v in attrs.items() if v is not None}
-            append(new(stream, seq, ts, kind, rid, attrs, prev, h))
         return out
-
-
-def _event_builder() -> Any:
-    """``Event(stream, seq, ts_ns, kind, request_id, attrs, prev_hash, hash)`` at half the cost:
-    a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field; this sets
-    the slots directly (the same object: equal, hashable, frozen). ``Event`` itself when its
-    fields are not the ones expected here."""
-    names = ("stream", "seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash",
-             "position")
-    if tuple(f.name for f in dataclasses.fields(Event)) != names or \
-            getattr(Event, "__slots__", None) != names:
-        return Event
-    s0, s1, s2, s3, s4, s5, s6, s7, s8 = (getattr(Event, n).__set__ for n in names)
-    new = object.__new__
-
-    def build(stream: str, seq: int, ts_ns: int, kind: str, request_id: str | None,
-              attrs: dict[str, Any], prev_hash: str, hash_: str) -> Event:
-        e = new(Event)
-        s0(e, stream)
-        s1(e, seq)
-        s2(e, ts_ns)
-        s3(e, kind)
-        s4(e, request_id)
-        s5(e, attrs)
-        s6(e, prev_hash)
-        s7(e, hash_)
-        s8(e, None)
-        return e
-
-    return build
-
-
-_new_event = _event_builder()
 
 
 class _Buffers:
     """Zeroed pool and arena tensors for one replay's workers, recycled across replays: a fresh
     multi-MiB ``torch.zeros`` per worker and replay (page faults on every page) was a large
-    part of a short replay's fixed cost; zeroing a recycled one is a few times cheaper."""
+    part of a short replay's fixed cost; zeroing a recycled one is a few times cheaper, and
+    zeroing only the part a replay may have written cheaper still (``give_back``)."""
 
     KEEP_PER_SHAPE = 4
-    _free: dict[tuple, list[torch.Tensor]] = {}
+    _free: dict[tuple, list[torch.Tensor]] = {}  # all zeros
 
     def __init__(self) -> None:
         self.taken: list[tuple[tuple, torch.Tensor]] = []
@@ -176,21 +138,39 @@ class _Buffers:
     def zeros(self, size: tuple[int, ...], *, dtype: torch.dtype, device: Any) -> torch.Tensor:
         key = (tuple(size), dtype, str(torch.device(device)))
         free = self._free.get(key)
-        if free:
-            t = free.pop()
-            t.zero_()
-        else:
-            t = torch.zeros(size, dtype=dtype, device=device)
+        t = free.pop() if free else torch.zeros(size, dtype=dtype, device=device)
         self.taken.append((key, t))
         return t
 
-    def give_back(self) -> None:
-        """The replay is over and nothing reads its workers' tensors any more."""
+    def give_back(self, written: dict[int, int] | None = None) -> None:
+        """The replay is over and nothing reads its workers' tensors any more: each is zeroed
+        again and kept. ``written``: ``id(tensor)`` -> how many leading bytes of it the replay
+        may have written (the rest is still zero); a tensor not listed is zeroed whole."""
+        written = written or {}
         for key, t in self.taken:
             free = self._free.setdefault(key, [])
-            if len(free) < self.KEEP_PER_SHAPE:
-                free.append(t)
+            if len(free) >= self.KEEP_PER_SHAPE:
+                continue
+            n = written.get(id(t))
+            if n is None:
+                t.zero_()
+            elif n:
+                t.view(-1).view(torch.uint8)[:n].zero_()
+            free.append(t)
         self.taken.clear()
+
+    @staticmethod
+    def written(workers: Any) -> dict[int, int]:
+        """The leading bytes of each worker's pool its data path may have written: the CPU
+        path's high-water block (``HostKV.written``); none with the data path off."""
+        out: dict[int, int] = {}
+        for w in workers:
+            host = getattr(w, "_host", None)
+            if isinstance(w, NoDataWorker):
+                out[id(w.pool)] = 0  # no fill, pack or unpack: the pool was never written
+            elif host is not None:
+                out[id(w.pool)] = host.written * host.block_nbytes
+        return out
 
 
 class NoDataWorker(Worker):
@@ -544,7 +524,8 @@ def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> R
         try:
             return r.run()
         finally:
-            r.buffers.give_back()  # r is dropped here: its workers' tensors are free
+            # r is dropped here: its workers' tensors are free
+            r.buffers.give_back(_Buffers.written(r.workers.values()))
     finally:
         if gc_was_enabled:
             gc.enable()

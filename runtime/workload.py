@@ -83,8 +83,17 @@ def prefix_tokens_for(prefix_id: int, n: int) -> list[int]:
 
 def tokens_for(spec: RequestSpec) -> list[int]:
     """The request's token ids, deterministic from its spec."""
-    head = prefix_tokens_for(spec.prefix_id, spec.prefix_tokens) if spec.prefix_tokens else []
-    return head + _draw(_rng("tokens", spec.token_seed), spec.prompt_tokens - len(head))
+    return list(_tokens(spec.prefix_id, spec.prefix_tokens, spec.token_seed, spec.prompt_tokens))
+
+
+# Recently drawn requests' tokens: seeding a generator and cutting its bits into tokens is ~15 us
+# per request, and every replay of a trace (seeds, policies, a minimizer's candidates) draws the
+# same requests again. A pure function of its arguments: a hit is the same tokens.
+@functools.lru_cache(maxsize=2048)
+def _tokens(prefix_id: int, prefix_tokens: int, token_seed: int,
+            prompt_tokens: int) -> tuple[int, ...]:
+    head = prefix_tokens_for(prefix_id, prefix_tokens) if prefix_tokens else []
+    return tuple(head + _draw(_rng("tokens", token_seed), prompt_tokens - len(head)))
 
 
 @dataclass(frozen=True, slots=True)

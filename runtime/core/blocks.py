@@ -8,6 +8,7 @@ token blocks are cached; a request's last partial block is private.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -15,14 +16,26 @@ from dataclasses import dataclass
 
 def block_hashes(tokens: list[int], block_tokens: int) -> list[tuple[bytes, bool]]:
     """(chain hash, is_full) per block of ``tokens``: hash_i covers all tokens up to block i."""
+    return list(_block_hashes(tuple(tokens), block_tokens))
+
+
+_BLAKE16 = hashlib.blake2b(digest_size=16)  # copied per block: cheaper than the constructor
+
+
+# Recent token sequences' hashes (a pure function): a replayed trace presents the same prompts
+# again on every replay, and hashing them (a string of every token per block) was ~3 us a block.
+@functools.lru_cache(maxsize=2048)
+def _block_hashes(tokens: tuple[int, ...], block_tokens: int) -> tuple[tuple[bytes, bool], ...]:
     out: list[tuple[bytes, bool]] = []
     prev = b""
+    fresh = _BLAKE16.copy
     for start in range(0, len(tokens), block_tokens):
         chunk = tokens[start:start + block_tokens]
-        h = hashlib.blake2b(prev + b"|" + ",".join(map(str, chunk)).encode(), digest_size=16)
+        h = fresh()
+        h.update(prev + b"|" + ",".join(map(str, chunk)).encode())
         prev = h.digest()
         out.append((prev, len(chunk) == block_tokens))
-    return out
+    return tuple(out)
 
 
 def seed_of(h: bytes) -> int:

@@ -161,3 +161,74 @@ def test_batched_and_per_block_checksums_agree(dtype: torch.dtype,
     monkeypatch.setattr(ops, "CHECKSUM_GATHER_BYTES_MAX", 0)
     assert [ops.block_checksums(p, ids) for p, ids in cases] == batched
     assert all(type(x) is int for sums in batched for x in sums)
+
+
+# -- HostKV: the CPU data path through numpy views (what a CPU Worker runs) ----------------------
+
+
+def _host(pool: torch.Tensor, slots: int, slot_nbytes: int) -> tuple[ops.HostKV, torch.Tensor]:
+    arena = torch.full((slots * slot_nbytes,), 0xCD, dtype=torch.uint8)
+    return ops.HostKV(pool, arena, slot_nbytes), arena
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_path_matches_the_torch_reference_bit_for_bit(dtype: torch.dtype) -> None:
+    pool = _pool(dtype, seed=6)
+    ref = pool.clone()
+    bn = ops.block_nbytes(pool)
+    host, arena = _host(pool, 3, 5 * bn + 7)
+    for slot, ids in [(0, [7, 2, 9, 0, 5]), (2, [3]), (1, [4, 1])]:
+        assert host.pack(ids, slot) == len(ids) * bn
+        want = torch.full((5 * bn + 7,), 0xCD, dtype=torch.uint8)
+        ops.pack_torch(ref, ids, want)
+        assert _bytes(arena[slot * (5 * bn + 7):(slot + 1) * (5 * bn + 7)]) == _bytes(want)
+    assert host.written == 0  # packing reads the pool only
+    all_ids = list(range(10))
+    assert host.checksums(all_ids) == ops.block_checksums_torch(ref, all_ids)
+    assert host.checksums([-1, 3, 3]) == ops.block_checksums_torch(ref, [-1, 3, 3])
+    assert all(type(x) is int for x in host.checksums(all_ids))
+    # Unpack slot 0 (blocks 7, 2, 9, 0, 5) into other blocks; the torch reference does the same.
+    dst_ids = [1, 8, 3, 6, 4]
+    assert host.unpack(0, dst_ids) == 5 * bn
+    assert host.written == 9  # blocks [0, 9) may have been written
+    ops.unpack_torch(arena[:5 * bn + 7], ref, dst_ids)
+    assert _bytes(pool) == _bytes(ref)
+    assert host.checksums(dst_ids) == ops.block_checksums_torch(ref, [7, 2, 9, 0, 5])
+    content = _pool(dtype, blocks=1, seed=7)
+    host.fill(2, content.reshape(-1).view(torch.uint8).numpy())
+    assert _bytes(pool[2]) == _bytes(content[0])
+    assert host.written == 9
+    host.fill(9, content.reshape(-1).view(torch.uint8).numpy())
+    assert host.written == 10
+
+
+def test_host_checksums_of_32_bit_word_blocks_and_extreme_words() -> None:
+    small = torch.tensor([[1, 2, 3], [4, 5, -6]], dtype=torch.int32)  # 12-byte blocks
+    host, _ = _host(small, 1, 24)
+    assert host.checksums([1, 0]) == ops.block_checksums_torch(small, [1, 0])
+    vals = [-1, 2**63 - 1, -(2**63), 7, 2**62, 2**62, 3, -5] * 8  # 64 words: two rows of 32
+    wide = torch.tensor([vals, vals[::-1]], dtype=torch.int64)
+    host, _ = _host(wide, 1, 2 * 512)
+    assert host.checksums([0, 1]) == ops.block_checksums_torch(wide, [0, 1])
+
+
+def test_host_path_refuses_bad_slots_and_ids_before_any_byte_moves() -> None:
+    pool = _pool(torch.float16)
+    before = pool.clone()
+    bn = ops.block_nbytes(pool)
+    host, arena = _host(pool, 2, 2 * bn)
+    with pytest.raises(ops.SlotTooSmallError):
+        host.pack([1, 2, 3], 0)
+    with pytest.raises(ops.SlotTooSmallError):
+        host.unpack(0, [1, 2, 3])
+    with pytest.raises(IndexError):
+        host.pack([1, 10], 0)
+    with pytest.raises(IndexError):
+        host.unpack(1, [-1])
+    with pytest.raises(IndexError):
+        host.pack([1], 2)
+    with pytest.raises(IndexError):
+        host.checksums([-11])
+    assert _bytes(arena) == b"\xcd" * (4 * bn)
+    assert _bytes(pool) == _bytes(before)
+    assert host.pack([], 0) == 0 and host.unpack(0, []) == 0 and host.checksums([]) == []

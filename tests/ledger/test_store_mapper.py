@@ -12,6 +12,7 @@ from kvledger.ledger.mapper import (
     GENESIS_HASH,
     check_event,
     encode_attrs,
+    encode_events,
     encode_group,
     encode_row,
 )
@@ -95,6 +96,21 @@ def test_encode_group_rows_are_encode_row_chained(evs: list) -> None:
         prev = want[-1][-1]
     assert rows == want
     assert (bad is None) == (len(want) == len(items))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(events(), max_size=8))
+def test_encode_events_are_encode_group_rows_as_events(evs: list) -> None:
+    items = [(i * 7, kind, rid, attrs) for i, (kind, rid, attrs) in enumerate(evs)]
+    rows, bad = encode_group("s", 41, GENESIS_HASH, items)
+    got, bad2 = encode_events("s", 41, GENESIS_HASH, items)
+    assert (bad is None) == (bad2 is None) and str(bad) == str(bad2)
+    assert len(got) == len(rows)
+    for e, r, item in zip(got, rows, items, strict=False):
+        assert (e.stream, e.seq, e.ts_ns, e.kind, e.request_id, e.prev_hash, e.hash) == \
+            (r[0], r[1], r[2], r[3], r[4], r[6], r[7])
+        assert e.attrs == {k: v for k, v in item[3].items() if v is not None}
+        assert encode_attrs(e.attrs) == r[5] and e.position is None
 
 
 def test_fused_encoder_common_shapes() -> None:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from kvledger.cli import main
 from kvledger.ledger.detectors import detect
 from kvledger.replay.replayer import ReplayOptions, replay
@@ -125,6 +126,18 @@ def test_same_trace_seed_policy_same_digest(mutant: str, traces, tmp_path: Path)
     assert len(reloaded) == 1
     other = replay(trace, HARDENED, ReplayOptions(seed=7)).verdict.digest
     assert other != runs[0].verdict.digest
+
+
+def test_recycled_buffers_come_back_zeroed(traces) -> None:
+    # A replay's pool and arena tensors are zeroed only as far as its data path wrote them
+    # before the next replay takes them: whatever ran before, every one is zero again.
+    from kvledger.replay.replayer import _Buffers
+
+    for mutant in ("release_is_quiescence", "gen_init_not_idempotent"):
+        for data in (True, False):
+            replay(traces[mutant], policy_by_name(mutant), ReplayOptions(seed=1, data=data))
+            kept = [t for ts in _Buffers._free.values() for t in ts]
+            assert kept and all(not t.view(-1).view(torch.uint8).any() for t in kept)
 
 
 def test_the_verdict_locates_the_wedge(traces) -> None:

@@ -7,9 +7,17 @@ from __future__ import annotations
 import pytest
 from kvledger.ledger.events import CANCEL_RESULTS
 from kvledger.runtime.config import WorkerConfig
-from kvledger.runtime.core import io
+from kvledger.runtime.core import io, messages
 from kvledger.runtime.core.lifecycle import TABLES, LifecycleError, advance
-from kvledger.runtime.core.messages import Advertise, decode, encode
+from kvledger.runtime.core.messages import (
+    Abandon,
+    Advertise,
+    Completion,
+    Landed,
+    ReadySignal,
+    decode,
+    encode,
+)
 from kvledger.runtime.core.sender import CtxCore
 from kvledger.runtime.workload import RequestSpec
 
@@ -34,6 +42,19 @@ def test_tables_are_closed():
 def test_messages_round_trip():
     msg = Advertise("r1", 2, 4096, b"\x00\x01desc")
     assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("msg", [
+    Advertise("r1", 2, 4096, b"\x00\x01desc"), Advertise("r", 0, 1), Abandon("x\"y"),
+    ReadySignal("r\u00e9", "not_ready"), Landed("\u2603\n"),
+    Completion("r", 7, "DONE", 3, (-(2**63), 2**63 - 1, 0, -5)),
+    Completion("r", -1, "ERR", 0, (), "boom: \"x\" \u00e9"),
+    # Unusual field types take the general path and still encode as it does.
+    Completion("r", True, "DONE", 1, (True, 2)), Completion("r", 1, "DONE", 1, [1, 2]),
+    Advertise("r", 2.0, 4096),
+])
+def test_message_fast_encoders_write_the_general_encoders_bytes(msg):
+    assert encode(msg) == messages._encode(msg)
 
 
 class Drive:

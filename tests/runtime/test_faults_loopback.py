@@ -120,16 +120,20 @@ def test_drain_waits_until_idle(make_pair):
 def _raise_once(monkeypatch, name):
     from kvledger.runtime import worker as worker_mod
 
-    real = getattr(worker_mod.ops, name)
     calls = []
 
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError(f"injected {name} failure")
-        return real(*args, **kwargs)
+    def flaky_version(real):
+        def flaky(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError(f"injected {name} failure")
+            return real(*args, **kwargs)
+        return flaky
 
-    monkeypatch.setattr(worker_mod.ops, name, flaky)
+    # The torch path (ops.pack / ops.unpack) and the CPU one (ops.HostKV): whichever runs.
+    monkeypatch.setattr(worker_mod.ops, name, flaky_version(getattr(worker_mod.ops, name)))
+    monkeypatch.setattr(worker_mod.ops.HostKV, name,
+                        flaky_version(getattr(worker_mod.ops.HostKV, name)))
 
 
 def test_worker_exception_in_unpack_fails_only_that_request(make_pair, monkeypatch):
