@@ -207,16 +207,21 @@ def _waits_for(st: dict[str, Any]) -> str:
 def request_kinds(events: Sequence[Event], wanted: set[str]) -> dict[tuple[str, str], list[str]]:
     """(request, stream) -> the request's event kinds on that stream, in order (requests in
     ``wanted`` only). The trace's side is computed once per trace (``Trace.request_kinds``)."""
-    out: dict[tuple[str, str], list[str]] = {}
+    return {key: [e.kind for e in evs] for key, evs in _by_request(events, wanted).items()}
+
+
+def _by_request(events: Sequence[Event], wanted: set[str]) -> dict[tuple[str, str], list[Event]]:
+    """(request, stream) -> the request's events on that stream, in order (``wanted`` only)."""
+    out: dict[tuple[str, str], list[Event]] = {}
     for e in events:
         rid = e.request_id
         if rid in wanted:
             key = (rid, e.stream)
-            kinds = out.get(key)
-            if kinds is None:
-                out[key] = [e.kind]
+            evs = out.get(key)
+            if evs is None:
+                out[key] = [e]
             else:
-                kinds.append(e.kind)
+                evs.append(e)
     return out
 
 
@@ -228,16 +233,7 @@ def divergences(trace_events: Sequence[Event], replay_events: Sequence[Event],
     ``trace_kinds``: ``request_kinds(trace_events, set(request_ids))``, when already known."""
     wanted = set(request_ids)
     a = trace_kinds if trace_kinds is not None else request_kinds(trace_events, wanted)
-    b: dict[tuple[str, str], list[Event]] = {}
-    for e in replay_events:
-        rid = e.request_id
-        if rid in wanted:
-            key = (rid, e.stream)
-            evs = b.get(key)
-            if evs is None:
-                b[key] = [e]
-            else:
-                evs.append(e)
+    b = _by_request(replay_events, wanted)
     out: list[Divergence] = []
     for key in sorted(set(a) | set(b)):
         ka_all, tb = a.get(key, []), b.get(key, [])
