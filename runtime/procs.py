@@ -190,7 +190,8 @@ IDLE_SPINS = 200  # loop iterations with nothing to do before the loop starts to
 IDLE_POLL_S = 0.0005  # then: wait this long for a command per iteration (no spinning core)
 IDLE_DEEP = 4_000  # after this many idle iterations (~2 s), wait longer: an idle worker's
 IDLE_DEEP_POLL_S = 0.002  # wake-ups cost CPU that the other processes of a 2-core box need
-TIMED_SPIN_NS = 1_500_000  # a timed input this close is waited for by spinning, not poll()
+TIMED_SPIN_NS = 4_000_000  # a timed input this close is waited for by spinning, not poll(): a
+# sleeping process on these VMs woke up to 2 ms late
 BUSY_WINDOWS = 1024  # runtime-busy windows kept to split a timed input's lateness
 BUSY_MIN_NS = 20_000  # shorter steps (an idle loop turn) are not worth a window
 # The ledger's writer thread shares the GIL with the worker loop; with CPython's default 5 ms
