@@ -21,6 +21,7 @@ its environment (e.g. ``UCX_TLS``) before it creates its agent.
 from __future__ import annotations
 
 import collections
+import gc
 import heapq
 import logging
 import multiprocessing as mp
@@ -244,6 +245,9 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     worker = Worker(cfg, transport, emit)
     worker.results = _TapDict()
     conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
+    # Everything allocated so far (torch, NIXL, the pools) lives as long as the process: out of
+    # the collector's sight, so that a full collection mid-burst does not stall the loop for ms.
+    gc.freeze()
     # Timed inputs ("at" commands): (due ns, order, message), applied by this loop at their due
     # time, so that a replay's inputs land on time however busy the driver or the pipe is.
     timed: list[tuple[int, int, tuple[Any, ...]]] = []
