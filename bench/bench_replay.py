@@ -117,6 +117,9 @@ def bench_live(traces: dict[str, str]) -> dict:
                      "lateness_max_ms": max(live.lateness_ns, default=0) / 1e6,
                      "injection_lateness_max_ms": max(live.injection_lateness_ns,
                                                       default=0) / 1e6})
+        if virtual != live.signature:  # keep what is needed to look into it
+            rows[-1]["live_out_dir"] = live.out_dir
+            rows[-1]["live_findings"] = live.findings[:20]
         print(f"  {name}: virtual {virtual} live {live.signature} "
               f"{'agree' if virtual == live.signature else 'DIFFER'}; "
               f"{len(live.lateness_ns)} inputs, worst {rows[-1]['lateness_max_ms']:.2f} ms "
