@@ -159,13 +159,32 @@ def build_trace(table: pa.Table) -> tuple[dict[str, Any], dict[str, int]]:
     return trace, stats
 
 
-def export_perfetto(source_or_table: Any, path: str) -> dict[str, int]:
+def only_requests(table: pa.Table, request_ids: Sequence[str]) -> pa.Table:
+    """The rows of these requests, and every worker-level row (no request: the workers' own
+    tracks and the ``ledger.opened`` clock anchors). A 10M-event incident is too big for the UI
+    (and ~1.7 KB of memory per event here); the wedged requests' tracks are what matter."""
+    import pyarrow.compute as pc
+
+    rid = table["request_id"]
+    keep = pc.or_(pc.is_null(rid), pc.is_in(rid, value_set=pa.array(list(request_ids),
+                                                                      pa.string())))
+    return table.filter(keep)
+
+
+def export_perfetto(source_or_table: Any, path: str,
+                    request_ids: Sequence[str] | None = None) -> dict[str, int]:
     """Write the Chrome trace JSON of a ledger to ``path``; return counts of what it holds.
 
     ``source_or_table``: an Arrow table with the envelope columns, a ``Sources``, or LEDGER
-    argument(s) as accepted by ``kvledger sql``.
+    argument(s) as accepted by ``kvledger sql``. ``request_ids``: only these requests' tracks
+    (and the workers' own).
     """
-    trace, stats = build_trace(_load(source_or_table))
+    table = _load(source_or_table)
+    if request_ids:
+        table = only_requests(table, request_ids)
+        if table["request_id"].null_count == table.num_rows:
+            raise ValueError(f"none of the requests {', '.join(request_ids)} is in the ledger")
+    trace, stats = build_trace(table)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         # One event per line: the same JSON, written without one giant string in memory.

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--perfetto", metavar="FILE", help="a Perfetto trace (kvledger.analytics)")
     p.add_argument("--window-s", type=float, default=60.0,
                    help="seconds of ts_ns per Parquet segment (default 60)")
+    p.add_argument("--request", metavar="ID", action="append", dest="requests",
+                   help="--perfetto only: just this request's tracks (and the workers' own); "
+                        "repeat for more")
     p.add_argument("--json", action="store_true", help="print the segment manifests as JSON")
     p.set_defaults(func=cmd_export)
 
@@ -98,6 +101,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.requests and not args.perfetto:
+        raise CliError("--request filters a --perfetto export only")
     if args.perfetto:
         try:
             # Looked up at run time: analytics sits above ledger in the layering.
@@ -107,7 +112,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                            f"installation does not have ({exc.name})") from None
         with _open(args.ledger) as src:
             # The Arrow table is the contract both sides share (sources.ARROW_SCHEMA).
-            mod.export_perfetto(src.arrow_table(), args.perfetto)
+            try:
+                mod.export_perfetto(src.arrow_table(), args.perfetto, args.requests)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
         print(f"wrote {args.perfetto}", file=sys.stderr)
         return 0
     from tqdm import tqdm

@@ -83,3 +83,28 @@ def test_wedged_run_trace(wedged_run, tmp_path):
 def test_clean_run_has_no_open_slices(clean_run, tmp_path):
     stats = export_perfetto([clean_run], str(tmp_path / "c.json"))
     assert stats["open_slices"] == 0 and stats["slices"] > 0
+
+
+def test_export_of_chosen_requests(wedged_run, tmp_path):
+    """--request: only those requests' tracks (and the workers' own), still a valid trace."""
+    from kvledger.cli import main
+
+    full = tmp_path / "all.json"
+    export_perfetto(collect([wedged_run]), str(full))
+    names = {e["args"]["name"] for e in json.loads(full.read_text())["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    rid = sorted(n for n in names if not n.endswith(" worker"))[0]
+    out = tmp_path / "one.json"
+    assert main(["export", str(wedged_run), "--perfetto", str(out), "--request", rid]) == 0
+    trace = json.loads(out.read_text())
+    validate(trace)
+    tracks = {e["args"]["name"] for e in trace["traceEvents"]
+              if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert tracks == {rid} | {n for n in names if n.endswith(" worker")}
+    # Unknown request: a clear error, nothing written; --request without --perfetto: usage error.
+    assert main(["export", str(wedged_run), "--perfetto", str(tmp_path / "x.json"),
+                 "--request", "no-such-request"]) == 2
+    assert not (tmp_path / "x.json").exists()
+    assert main(["export", str(wedged_run), "--parquet", str(tmp_path / "pq"),
+                 "--request", rid]) == 2
+    assert not (tmp_path / "pq").exists()
