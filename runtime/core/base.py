@@ -327,8 +327,17 @@ class CoreBase:
 
     def _unready_count(self) -> int:
         """Transfers in flight whose future is not ready (what a poll skips)."""
-        in_transfer = self.tm._meta  # tm.in_transfer(rid), without a call per request
-        return sum(1 for r in self.reqs.values() if r.state != TERMINAL and r.rid in in_transfer)
+        # Walked from the transfer manager's side: the transfers in flight are bounded by the
+        # slots, while the live requests (queued ones included) grow with the burst. Every live
+        # request is keyed by its own id, so this counts the same requests as a scan of
+        # ``self.reqs`` would.
+        reqs = self.reqs
+        n = 0
+        for rid in self.tm._meta:  # tm.in_transfer(rid), without a call per request
+            r = reqs.get(rid)
+            if r is not None and r.state != TERMINAL:
+                n += 1
+        return n
 
     @property
     def blocked(self) -> bool:
