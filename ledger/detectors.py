@@ -455,26 +455,39 @@ DETECTORS: MappingProxyType = MappingProxyType({
 })
 
 
+def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
+    """The detectors' view of a ledger (any number of streams, any order): stream -> its events
+    in seq order with the per-request index, streams in name order. Build it once to share it
+    (``detect(streams=...)``; the replay's verdict reads the same index); read only."""
+    by_stream: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_stream[e.stream].append(e)
+    out: dict[str, _Stream] = {}
+    for name, evs in sorted(by_stream.items()):
+        evs.sort(key=_SEQ)
+        out[name] = _Stream(name, evs)
+    return out
+
+
 def detect(
     events: Iterable[Event], *, now_ns: int | None = None,
     wedge_deadline_ns: int = WEDGE_DEADLINE_NS, only: Iterable[str] | None = None,
     poll_block_ns_max: int = POLL_BLOCK_NS_MAX, obligation_grace_ns: int = OBLIGATION_GRACE_NS,
+    streams: dict[str, _Stream] | None = None,
 ) -> list[Finding]:
     """Run the detectors over a ledger's events (any number of streams, any order); findings
-    sorted by (stream, seq, detector). ``only`` restricts to some detector names."""
+    sorted by (stream, seq, detector). ``only`` restricts to some detector names. ``streams``:
+    ``index_streams(events)``, when already built (``events`` is then not read)."""
     names = list(DETECTORS) if only is None else list(only)
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(DETECTORS)}")
     params = Params(now_ns, wedge_deadline_ns, poll_block_ns_max, obligation_grace_ns)
-    by_stream: dict[str, list[Event]] = defaultdict(list)
-    for e in events:
-        by_stream[e.stream].append(e)
+    if streams is None:
+        streams = index_streams(events)
     findings: list[Finding] = []
-    for name, evs in sorted(by_stream.items()):
-        evs.sort(key=lambda e: e.seq)
-        s = _Stream(name, evs)
+    for _, s in sorted(streams.items()):
         for n in names:
             findings.extend(DETECTORS[n].fn(s, params))
     findings.sort(key=lambda f: (f.stream, f.seq, f.detector, f.request_id or ""))

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 from kvledger.ledger.clock import VirtualClock
+from kvledger.ledger.detectors import index_streams
 from kvledger.ledger.events import SCHEMA_VERSION, Event
 from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
@@ -457,7 +458,10 @@ class Replay:
 
     # -- output -----------------------------------------------------------------------------
     def _verdict(self, events: list[Event], end_ns: int, wall_s: float) -> Verdict:
-        findings = run_detectors(events, end_ns)
+        # One grouping of the replay ledger per stream and request, shared by the detectors,
+        # the wedge report and the divergences (each built its own before).
+        streams = index_streams(events)
+        findings = run_detectors(events, end_ns, streams)
         if self.crash is not None:
             findings.insert(0, self.crash)
         if not self.opts.data:  # no bytes moved: checksums say nothing
@@ -472,9 +476,9 @@ class Replay:
         return Verdict(
             policy=self.policy.name, seed=self.opts.seed, trace_sha=self.trace.sha,
             digest=ledger_digest(events, ordered=True), findings=findings,
-            wedge=wedge_report(events),
+            wedge=wedge_report(events, streams),
             divergences=divergences(self.trace.events, events, self.trace.request_ids(),
-                                    self.trace.request_kinds),
+                                    self.trace.request_kinds, streams),
             health=health_list(events),
             trace_health=[dict(h) for h in self.trace.health_rows],
             stats=stats, reproduce=cmd)
