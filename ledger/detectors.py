@@ -274,14 +274,15 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
 
 def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
+        frees = r.of("buffer.released", "blocks.unpinned", "blocks.freed")
+        if not frees:
+            continue
         posted = r.of("xfer.posted")
-        terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES]
+        terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES] \
+            if posted else []
         advertised = r.of("transfer.advertised")
-        proofs = [e for e in r.events
-                  if (e.kind == "xfer.polled" and e.attrs["state"] in TERMINAL_STATES)
-                  or (e.kind == "transfer.completed" and e.attrs["outcome"] == "ok")
-                  or (e.kind == "transfer.ready_signal" and e.attrs["signal"] == "not_ready")]
-        for e in r.of("buffer.released", "blocks.unpinned", "blocks.freed"):
+        proofs: list[Event] | None = None  # built on first need: most requests never read it
+        for e in frees:
             reason = None
             for x in posted:
                 if x.seq > e.seq:
@@ -298,6 +299,12 @@ def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
             if reason is None and e.kind == "buffer.released" and e.attrs["pool"] == "recv":
                 ads = [a for a in advertised if a.attrs["slot"] == e.attrs["slot"]
                        and a.seq < e.seq]
+                if ads and proofs is None:
+                    proofs = [q for q in r.events
+                              if (q.kind == "xfer.polled" and q.attrs["state"] in TERMINAL_STATES)
+                              or (q.kind == "transfer.completed" and q.attrs["outcome"] == "ok")
+                              or (q.kind == "transfer.ready_signal"
+                                  and q.attrs["signal"] == "not_ready")]
                 if ads and not any(ads[-1].seq < q.seq < e.seq for q in proofs):
                     reason = (f"recv slot {e.attrs['slot']} released at seq {e.seq}, advertised "
                               f"at seq {ads[-1].seq}, without a terminal state or not_ready")
