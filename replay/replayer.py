@@ -35,7 +35,9 @@ path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispat
 its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
 it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
 mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
-(~2 us an event), and the detectors and the wedge report's projection over the replay ledger.
+(~2 us an event), and the detectors and the wedge report's projection over the replay ledger
+(the detectors' per-stream, per-request index of it is built once and shared with the wedge
+report and the divergences).
 """
 
 from __future__ import annotations
