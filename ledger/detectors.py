@@ -262,6 +262,9 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
         ):
             if not plus:
                 continue  # nothing mentioned more often than freed: no finding
+            if len(plus) == 1 and len(minus) == 1 and \
+                    plus[0].attrs["blocks"] == minus[0].attrs["blocks"]:
+                continue  # the common case: the same list given back, every count nets to 0
             net = _net_mentions(plus, minus)
             leaked = sorted(b for b, n in net.items() if n > 0)
             if not leaked:
@@ -274,14 +277,15 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
 
 def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
+        frees = r.of("buffer.released", "blocks.unpinned", "blocks.freed")
+        if not frees:
+            continue
         posted = r.of("xfer.posted")
-        terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES]
+        terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES] \
+            if posted else []
         advertised = r.of("transfer.advertised")
-        proofs = [e for e in r.events
-                  if (e.kind == "xfer.polled" and e.attrs["state"] in TERMINAL_STATES)
-                  or (e.kind == "transfer.completed" and e.attrs["outcome"] == "ok")
-                  or (e.kind == "transfer.ready_signal" and e.attrs["signal"] == "not_ready")]
-        for e in r.of("buffer.released", "blocks.unpinned", "blocks.freed"):
+        proofs: list[Event] | None = None  # built on first need: most requests never read it
+        for e in frees:
             reason = None
             for x in posted:
                 if x.seq > e.seq:
@@ -298,6 +302,12 @@ def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
             if reason is None and e.kind == "buffer.released" and e.attrs["pool"] == "recv":
                 ads = [a for a in advertised if a.attrs["slot"] == e.attrs["slot"]
                        and a.seq < e.seq]
+                if ads and proofs is None:
+                    proofs = [q for q in r.events
+                              if (q.kind == "xfer.polled" and q.attrs["state"] in TERMINAL_STATES)
+                              or (q.kind == "transfer.completed" and q.attrs["outcome"] == "ok")
+                              or (q.kind == "transfer.ready_signal"
+                                  and q.attrs["signal"] == "not_ready")]
                 if ads and not any(ads[-1].seq < q.seq < e.seq for q in proofs):
                     reason = (f"recv slot {e.attrs['slot']} released at seq {e.seq}, advertised "
                               f"at seq {ads[-1].seq}, without a terminal state or not_ready")
@@ -307,8 +317,22 @@ def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
 
 def double_free(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
+        get_kind = r.by_kind.get
+        # The common cases are skipped without the walks below (they find nothing there): one
+        # slot acquired, then released; one block list allocated, then the same list freed.
+        acq, rel = get_kind("buffer.acquired"), get_kind("buffer.released")
+        slots_clean = not rel or (
+            acq is not None and len(acq) == 1 and len(rel) == 1
+            and not get_kind("buffer.poisoned") and acq[0].seq < rel[0].seq
+            and _slot(acq[0]) == _slot(rel[0]))
+        alloc, freed = get_kind("blocks.allocated"), get_kind("blocks.freed")
+        blocks_clean = not freed or (
+            alloc is not None and len(alloc) == 1 and len(freed) == 1
+            and not get_kind("blocks.reused") and alloc[0].seq < freed[0].seq
+            and alloc[0].attrs["blocks"] == freed[0].attrs["blocks"])
         last: dict[tuple[str, int], str] = {}
-        for e in r.of("buffer.acquired", "buffer.released", "buffer.poisoned"):
+        for e in () if slots_clean else r.of("buffer.acquired", "buffer.released",
+                                              "buffer.poisoned"):
             k = _slot(e)
             if e.kind == "buffer.released" and last.get(k) != "buffer.acquired":
                 yield Finding("double_free", s.name, r.rid, e.seq,
@@ -317,7 +341,8 @@ def double_free(s: _Stream, p: Params) -> Iterator[Finding]:
             last[k] = e.kind
         refs: dict[int, int] = {}
         get = refs.get
-        for e in r.of("blocks.allocated", "blocks.reused", "blocks.freed"):
+        for e in () if blocks_clean else r.of("blocks.allocated", "blocks.reused",
+                                               "blocks.freed"):
             if e.kind == "blocks.freed":
                 blocks = e.attrs["blocks"]
                 for b in blocks:
@@ -455,26 +480,39 @@ DETECTORS: MappingProxyType = MappingProxyType({
 })
 
 
+def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
+    """The detectors' view of a ledger (any number of streams, any order): stream -> its events
+    in seq order with the per-request index, streams in name order. Build it once to share it
+    (``detect(streams=...)``; the replay's verdict reads the same index); read only."""
+    by_stream: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_stream[e.stream].append(e)
+    out: dict[str, _Stream] = {}
+    for name, evs in sorted(by_stream.items()):
+        evs.sort(key=_SEQ)
+        out[name] = _Stream(name, evs)
+    return out
+
+
 def detect(
     events: Iterable[Event], *, now_ns: int | None = None,
     wedge_deadline_ns: int = WEDGE_DEADLINE_NS, only: Iterable[str] | None = None,
     poll_block_ns_max: int = POLL_BLOCK_NS_MAX, obligation_grace_ns: int = OBLIGATION_GRACE_NS,
+    streams: dict[str, _Stream] | None = None,
 ) -> list[Finding]:
     """Run the detectors over a ledger's events (any number of streams, any order); findings
-    sorted by (stream, seq, detector). ``only`` restricts to some detector names."""
+    sorted by (stream, seq, detector). ``only`` restricts to some detector names. ``streams``:
+    ``index_streams(events)``, when already built (``events`` is then not read)."""
     names = list(DETECTORS) if only is None else list(only)
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(DETECTORS)}")
     params = Params(now_ns, wedge_deadline_ns, poll_block_ns_max, obligation_grace_ns)
-    by_stream: dict[str, list[Event]] = defaultdict(list)
-    for e in events:
-        by_stream[e.stream].append(e)
+    if streams is None:
+        streams = index_streams(events)
     findings: list[Finding] = []
-    for name, evs in sorted(by_stream.items()):
-        evs.sort(key=lambda e: e.seq)
-        s = _Stream(name, evs)
+    for _, s in sorted(streams.items()):
         for n in names:
             findings.extend(DETECTORS[n].fn(s, params))
     findings.sort(key=lambda f: (f.stream, f.seq, f.detector, f.request_id or ""))

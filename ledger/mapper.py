@@ -108,8 +108,26 @@ _CHECKERS = {k: _make_checker(k) for k in EVENT_KINDS}
 # equal) at a third of the cost of the general encoder. None sends the event to the slow path.
 _ENC_PIECES = {  # f-string replacement fields; json writes exact ints with int.__repr__ == str
     "int": "{v}", "str": "{_s(v)}", "bool": "{_B[v]}",
-    "ints": "[{_j(map(str, v))}]", "strs": "[{_j(map(_s, v))}]",
+    "ints": "{_ints(v)}", "strs": "[{_j(map(_s, v))}]",
 }
+_INTS_MAX = 8192  # cached encodings of int lists; the cache starts over when full
+_ints_cache: dict[tuple[int, ...], str] = {}
+
+
+def _ints(v: list[int] | tuple[int, ...]) -> str:
+    """The JSON of a list of exact ints (the caller checked the types), memoized: a request's
+    block list goes out in several events (allocated, pinned, unpinned, freed, resources.freed)
+    and int -> str is most of its encoding. The key is the values' tuple, so equal lists share
+    it whatever their identity; exact ints only, so True can never stand for 1."""
+    if len(v) < 4:
+        return "[" + ",".join(map(str, v)) + "]"
+    k = tuple(v)
+    s = _ints_cache.get(k)
+    if s is None:
+        if len(_ints_cache) >= _INTS_MAX:
+            _ints_cache.clear()
+        s = _ints_cache[k] = "[" + ",".join(map(str, k)) + "]"
+    return s
 
 
 def _sub(expr: str, var: str) -> str:
@@ -159,7 +177,7 @@ def _make_fast(kind: str) -> Callable[[str | None, dict[str, Any]], str | None]:
         lines.append("    return '{' + _j(p) + '}'")
     ns: dict[str, Any] = {"_ALLOWED": allowed, "_REQUIRED": required, "_INT": {int},
                           "_STR": {str}, "_s": _encode_str, "_B": {True: "true", False: "false"},
-                          "_j": ",".join}
+                          "_j": ",".join, "_ints": _ints}
     exec("\n".join(lines), ns)  # noqa: S102 - code built from the static kind table above
     return ns["fast"]
 

@@ -35,7 +35,9 @@ path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispat
 its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
 it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
 mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
-(~2 us an event), and the detectors and the wedge report's projection over the replay ledger.
+(~2 us an event), and the detectors and the wedge report's projection over the replay ledger
+(the detectors' per-stream, per-request index of it is built once and shared with the wedge
+report and the divergences).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from typing import Any
 
 import torch
 from kvledger.ledger.clock import VirtualClock
+from kvledger.ledger.detectors import index_streams
 from kvledger.ledger.events import SCHEMA_VERSION, Event
 from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
@@ -457,7 +460,10 @@ class Replay:
 
     # -- output -----------------------------------------------------------------------------
     def _verdict(self, events: list[Event], end_ns: int, wall_s: float) -> Verdict:
-        findings = run_detectors(events, end_ns)
+        # One grouping of the replay ledger per stream and request, shared by the detectors,
+        # the wedge report and the divergences (each built its own before).
+        streams = index_streams(events)
+        findings = run_detectors(events, end_ns, streams)
         if self.crash is not None:
             findings.insert(0, self.crash)
         if not self.opts.data:  # no bytes moved: checksums say nothing
@@ -472,9 +478,9 @@ class Replay:
         return Verdict(
             policy=self.policy.name, seed=self.opts.seed, trace_sha=self.trace.sha,
             digest=ledger_digest(events, ordered=True), findings=findings,
-            wedge=wedge_report(events),
+            wedge=wedge_report(events, streams),
             divergences=divergences(self.trace.events, events, self.trace.request_ids(),
-                                    self.trace.request_kinds),
+                                    self.trace.request_kinds, streams),
             health=health_list(events),
             trace_health=[dict(h) for h in self.trace.health_rows],
             stats=stats, reproduce=cmd)

@@ -96,8 +96,10 @@ def ledger_digest(events: Sequence[Event], ordered: bool = False) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def run_detectors(events: Sequence[Event], now_ns: int | None) -> list[FindingRow]:
-    """kvledger.ledger.detectors.detect over the replay ledger, normalised to FindingRow."""
+def run_detectors(events: Sequence[Event], now_ns: int | None,
+                  streams: dict[str, Any] | None = None) -> list[FindingRow]:
+    """kvledger.ledger.detectors.detect over the replay ledger, normalised to FindingRow.
+    ``streams``: the detectors' index of ``events`` (``index_streams``), when already built."""
     from kvledger.ledger import detectors
 
     detect = getattr(detectors, "detect", None)
@@ -107,7 +109,11 @@ def run_detectors(events: Sequence[Event], now_ns: int | None) -> list[FindingRo
     params = inspect.signature(detect).parameters
     if now_ns is not None and "now_ns" in params:
         kwargs["now_ns"] = now_ns
-    found = detect(list(events), **kwargs)
+    if streams is not None and "streams" in params:
+        kwargs["streams"] = streams
+        found = detect((), **kwargs)
+    else:
+        found = detect(list(events), **kwargs)
     rows = [_finding_row(f) for f in found]
     rows.sort(key=lambda r: (r.detector, r.stream or "", r.seq or 0, r.request_id or ""))
     return rows
@@ -130,16 +136,18 @@ def _finding_row(f: Any) -> FindingRow:
 
 
 # ---------------------------------------------------------------------------------------------
-def wedge_report(events: Sequence[Event]) -> list[dict[str, Any]]:
+def wedge_report(events: Sequence[Event],
+                 streams: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Open obligations at the end of the replay, per request: what is pending, who owns it,
-    what it waits for (from the ownership projection)."""
+    what it waits for (from the ownership projection). ``streams``: the detectors' index of
+    ``events`` (``index_streams``), when already built, for the requests waiting for a slot."""
     try:
         from kvledger.ledger.projections import Projection
     except ImportError:  # the projections module is another helper's; degrade, don't fail
         log.warning("kvledger.ledger.projections unavailable: no wedge report")
         return []
     snap = Projection.rebuild(events).snapshot()
-    waiting = _waiting_for_slot(events)
+    waiting = _waiting_for_slot(events) if streams is None else _waiting_for_slot_indexed(streams)
     out: list[dict[str, Any]] = []
     for stream, reqs in sorted(snap.get("requests", {}).items()):
         for rid, st in sorted(reqs.items()):
@@ -165,6 +173,24 @@ def _waiting_for_slot(events: Sequence[Event]) -> dict[tuple[str, str], str]:
             out[(e.stream, e.request_id)] = e.get("pool")
         elif e.kind in ("buffer.acquired", "request.finished"):
             out.pop((e.stream, e.request_id), None)
+    return out
+
+
+_SLOT_KINDS = ("buffer.exhausted", "buffer.acquired", "request.finished")
+
+
+def _waiting_for_slot_indexed(streams: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """``_waiting_for_slot`` from the per-request index: the three kinds are request-scoped, so
+    a request's last one of them (in seq order) decides, as the scan over all events does."""
+    out: dict[tuple[str, str], str] = {}
+    for name, s in streams.items():
+        for rid, r in s.requests.items():
+            x = r.by_kind.get("buffer.exhausted")
+            if not x:
+                continue
+            last = r.of(*_SLOT_KINDS)[-1]
+            if last.kind == "buffer.exhausted":
+                out[(name, rid)] = last.get("pool")
     return out
 
 
@@ -228,12 +254,19 @@ def _by_request(events: Sequence[Event], wanted: set[str]) -> dict[tuple[str, st
 def divergences(trace_events: Sequence[Event], replay_events: Sequence[Event],
                 request_ids: Sequence[str],
                 trace_kinds: dict[tuple[str, str], list[str]] | None = None,
+                replay_streams: dict[str, Any] | None = None,
                 ) -> list[Divergence]:
     """The first index per (request, stream) where the request's kind sequences differ.
-    ``trace_kinds``: ``request_kinds(trace_events, set(request_ids))``, when already known."""
+    ``trace_kinds``: ``request_kinds(trace_events, set(request_ids))``, when already known;
+    ``replay_streams``: the detectors' index of ``replay_events`` (``index_streams``), when
+    already built (its per-request events are the same lists, in seq order)."""
     wanted = set(request_ids)
     a = trace_kinds if trace_kinds is not None else request_kinds(trace_events, wanted)
-    b = _by_request(replay_events, wanted)
+    if replay_streams is None:
+        b = _by_request(replay_events, wanted)
+    else:
+        b = {(rid, name): r.events for name, s in replay_streams.items()
+             for rid, r in s.requests.items() if rid in wanted}
     out: list[Divergence] = []
     for key in sorted(set(a) | set(b)):
         ka_all, tb = a.get(key, []), b.get(key, [])

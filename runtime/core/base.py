@@ -91,6 +91,10 @@ class CoreBase:
         self._out: list[Any] = []
         self._stalled: deque[Any] = deque()  # executor inputs held while a poll blocks (mutant)
         self._blocked_since: int | None = None
+        # Live, not yet ended requests whose transfer the termination manager holds (what a
+        # status poll skips), kept as requests enter and leave that state: counting them by a
+        # scan per recorded poll was a large part of a big burst's replay.
+        self._unready: set[str] = set()
 
     # -- entry point -----------------------------------------------------------------------------
     def feed(self, inp: Any) -> list[Any]:
@@ -128,6 +132,13 @@ class CoreBase:
 
     def _step(self, req: Req, event: str) -> None:
         req.state = advance(self.side, req.state, event)
+        if req.state == TERMINAL:
+            self._unready.discard(req.rid)
+
+    def _transfer_started(self, req: Req) -> None:
+        """The termination manager now holds ``req``'s transfer (``tm.start_transfer``)."""
+        if req.state != TERMINAL and self.reqs.get(req.rid) is req:
+            self._unready.add(req.rid)
 
     def _progress(self) -> None:
         self.last_progress_ns = self.now_ns
@@ -140,6 +151,7 @@ class CoreBase:
                 log.debug("%s: duplicate arrival of %s ignored", self.side, rid)
                 return None
             old = self.reqs.pop(rid, None)
+            self._unready.discard(rid)
             if old is not None:  # the mutant forgets the first record and everything it holds
                 self.leaked.append((rid, "duplicate init: first allocation orphaned"))
                 self.blocks._held[rid + "#orphan"] = self.blocks._held.pop(rid, [])
@@ -177,6 +189,7 @@ class CoreBase:
         self._fulfil(req, "error")
         self.emit("request.finished", req.rid, outcome="failed")
         del self.reqs[req.rid]
+        self._unready.discard(req.rid)
         self.finished[req.rid] = "failed"
 
     def _end(self, req: Req, outcome: str, *, close_now: bool = False,
@@ -263,6 +276,7 @@ class CoreBase:
         outcome = req.outcome or "failed"
         self.emit("request.finished", req.rid, outcome=outcome)
         self.reqs.pop(req.rid, None)
+        self._unready.discard(req.rid)
         self.finished[req.rid] = outcome
         if len(self.finished) > FINISHED_MAX:
             old, _ = self.finished.popitem(last=False)
@@ -273,6 +287,8 @@ class CoreBase:
         """``_end_transfer_and_maybe_terminate``: the last owner lets go; terminate exactly once."""
         reason = req.cancel_source or "finished"
         completed, needs_termination, unpin = self.tm.end_transfer(req.rid)
+        if completed:  # the termination manager let go of it
+            self._unready.discard(req.rid)
         if unpin:
             self.blocks.unpin(unpin)
             self.emit("blocks.unpinned", req.rid, blocks=unpin)
@@ -283,6 +299,7 @@ class CoreBase:
                 # rc13: "already terminated early" (should_store_blocks): nobody terminates.
                 self.leaked.append((req.rid, "deferred termination dropped"))
                 self.reqs.pop(req.rid, None)
+                self._unready.discard(req.rid)
                 return
             self._do_terminate(req)  # the deferred termination, carried out once
         else:
@@ -327,7 +344,11 @@ class CoreBase:
 
     def _unready_count(self) -> int:
         """Transfers in flight whose future is not ready (what a poll skips)."""
-        in_transfer = self.tm._meta  # tm.in_transfer(rid), without a call per request
+        return len(self._unready)
+
+    def _unready_scan(self) -> int:
+        """``_unready_count`` by a scan of every live request (``check`` holds them equal)."""
+        in_transfer = self.tm._meta
         return sum(1 for r in self.reqs.values() if r.state != TERMINAL and r.rid in in_transfer)
 
     @property
@@ -440,6 +461,8 @@ class CoreBase:
         """Internal consistency (assertions)."""
         self.blocks.check()
         self.pool.check()
+        assert self._unready_count() == self._unready_scan(), \
+            f"unready count {self._unready_count()} != {self._unready_scan()} by a scan"
         for slot, rid in self.pool.holder.items():
             req = self.reqs.get(rid)
             assert req is not None or rid.endswith("#orphan") or self.leaked, \

@@ -43,6 +43,7 @@ class GenCore(CoreBase):
         req.nbytes = nblocks * self.cfg.block_nbytes
         self.emit("blocks.allocated", req.rid, blocks=req.blocks)
         self.tm.start_transfer(req.rid, [])  # gen blocks are written by Unpack only: no pin
+        self._transfer_started(req)
         self.emit("transfer.started", req.rid, role="gen", peer=self.cfg.peer or "ctx")
         if self._acquire_slot(req):
             self._advertise(req)

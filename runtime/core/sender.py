@@ -71,6 +71,7 @@ class CtxCore(CoreBase):
         req.nbytes = len(req.blocks) * self.cfg.block_nbytes
         # The transfer holds a pin on the blocks until its last owner ends it (end_transfer).
         self.tm.start_transfer(req.rid, req.blocks)
+        self._transfer_started(req)
         self.blocks.pin(req.blocks)
         self.emit("blocks.pinned", req.rid, blocks=req.blocks)
         self.emit("transfer.started", req.rid, role="ctx", peer=self.cfg.peer or "gen")
