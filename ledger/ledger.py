@@ -185,13 +185,17 @@ class Ledger:
             raise WriterError(f"ledger writer failed: {mark.error}") from mark.error
         self._raise_if_failed()
 
-    def close(self) -> None:
+    def close(self, record_close: bool = True) -> None:
+        """Flush, write ``ledger.closed`` and stop. ``record_close=False`` leaves the stream as
+        a killed process leaves it: everything emitted is durable, but no ``ledger.closed``
+        (an in-process run that simulates a worker's death closes that worker's ledger so)."""
         if self._closed:
             return
         try:
             self.flush()  # so that the count below is exact
-            self.emit("ledger.closed", None, events=self._seq + 1)
-            self.flush()
+            if record_close:
+                self.emit("ledger.closed", None, events=self._seq + 1)
+                self.flush()
         finally:
             # Stop the threads and release the store even when the writer failed.
             self._closed = True

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,7 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
             if w.stream not in dead:
                 w.shutdown(drain_s=DRAIN_S)
     live = load_trace(out_dir)
-    found = detect(_as_of(live.events, cut_ns))
+    found = detect(_as_of(live.events, cut_ns, dead))
     injected = {(w.stream, "request.arrived" if cmd == "submit" else "cancel.requested", rid,
                  due): max(0, applied - due - held)
                 for w in workers.values() for cmd, rid, due, applied, held in w.applied}
@@ -256,8 +257,9 @@ def _pump(workers: dict[str, WorkerProcess], dead: list[str]) -> None:
             _lost(workers, w.stream, dead)
 
 
-def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
-    """The ledger as it stood when the replayed window ended, each stream closed there.
+def _as_of(events: tuple[Event, ...], cut_ns: int, dead: Sequence[str] = ()) -> list[Event]:
+    """The ledger as it stood when the replayed window ended, each stream closed there but a
+    killed worker's (a killed process closes nothing: its stream just ends).
 
     Shutting a worker process down drains it: it cancels and frees whatever is still pending,
     which would hide exactly the leaks replay is looking for. The trace was judged at the end of
@@ -267,6 +269,8 @@ def _as_of(events: tuple[Event, ...], cut_ns: int) -> list[Event]:
     for e in kept:
         last[e.stream] = e
     for stream, e in sorted(last.items()):
+        if stream in dead:
+            continue
         kept.append(Event(stream, e.seq + 1, cut_ns, "ledger.closed", None,
                           {"events": e.seq + 1}))
     return kept

@@ -160,7 +160,8 @@ def capture(scenario: Scenario, out_dir: str, policy: str | None = None,
     try:
         _drive(pair, scenario, tick_ns)
     finally:
-        pair.close()
+        # A killed worker's ledger ends where the kill left it: no ledger.closed.
+        pair.close(killed=tuple(s for s, t in inner.items() if getattr(t, "dead", False)))
     return dict(pair.urls)
 
 

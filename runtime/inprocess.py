@@ -119,9 +119,11 @@ class Pair:
     def idle(self) -> bool:
         return self.ctx.idle() and self.gen.idle()
 
-    def close(self) -> None:
-        for led in self.ledgers.values():
-            led.close()
+    def close(self, killed: tuple[str, ...] = ()) -> None:
+        """Close both ledgers; those of ``killed`` workers without ``ledger.closed``, as a
+        killed process leaves its ledger (detectors then do not judge it as settled)."""
+        for name, led in self.ledgers.items():
+            led.close(record_close=name not in killed)
         for w in self.workers.values():
             w.transport.close()
 

@@ -112,6 +112,15 @@ class StoreContract:
             assert seqs == list(range(1, 103))  # opened + 100 + closed
         assert all(r["grp_n"] <= 16 for r in rows)
 
+    def test_close_without_record_leaves_the_stream_as_a_kill_would(self, url: str) -> None:
+        led = Ledger(url, "gen0")
+        for i in range(10):
+            led.emit("request.scheduled", f"r{i}")
+        led.close(record_close=False)
+        kinds = [r["kind"] for r in _rows(url)]
+        assert kinds == ["ledger.opened"] + ["request.scheduled"] * 10  # durable, not closed
+        assert verify_source(open_source(url)).ok
+
     def test_flush_acknowledges_to_another_reader(self, url: str) -> None:
         led = Ledger(url, "ctx0")
         for i in range(500):

@@ -176,6 +176,17 @@ def test_health_transition_at_the_same_virtual_time(scenario: Scenario, tmp_path
         assert v.signature() == _signature(trace)
 
 
+def test_killed_worker_is_not_judged_as_leaking(tmp_path: Path) -> None:
+    """A killed worker's ledger just ends (no ledger.closed): what it held died with it. Its
+    replay is clean under hardened; the wedge report still shows what it held at the end."""
+    capture(KILL, str(tmp_path), "hardened")
+    trace = load_trace(tmp_path)
+    assert trace.streams["ctx"].closed and not trace.streams["gen"].closed
+    v = replay(trace, HARDENED, ReplayOptions(seed=0)).verdict
+    assert v.signature() == [] == _signature(trace)
+    assert any(w["stream"] == "gen" for w in v.wedge)
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 def test_cli_replay_exit_codes_json_and_out(traces, tmp_path: Path, capsys) -> None:
     trace = traces["not_ready_leaks_recv_slot"]
