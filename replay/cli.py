@@ -120,9 +120,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     result = replay(trace, policy, opts)
     report = result.verdict.to_dict()
     if args.live:
+        from tqdm import tqdm
+
         from .live import replay_live
 
-        live = replay_live(trace, policy, opts)
+        # Real time: the trace's window plays out at its own pace (plus worker start-up).
+        with tqdm(total=round(trace.end_ns / 1e9, 3), desc="live replay", unit="s",
+                  file=sys.stderr, disable=None,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} s") as bar:
+            def advance(seconds: float) -> None:
+                bar.update(max(0.0, min(seconds, bar.total) - bar.n))
+
+            live = replay_live(trace, policy, opts, progress=advance)
         report["live"] = live.to_dict()
         report["live_agrees"] = live.signature == result.verdict.signature()
         # confirms: live found something, and nothing the virtual replay did not

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,10 @@ def _schedule(trace: Trace) -> list[_Act]:
     return acts
 
 
-def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult:
-    """Run the trace's inputs in real time against real worker processes; see the docstring."""
+def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
+                progress: Callable[[float], None] | None = None) -> LiveResult:
+    """Run the trace's inputs in real time against real worker processes; see the docstring.
+    ``progress(seconds)`` is called as the replayed window advances (for a progress bar)."""
     t_start = time.monotonic()
     out_dir = str(Path(opts.out_dir) / "live") if opts.out_dir else tempfile.mkdtemp(
         prefix="kvledger-live-")
@@ -187,9 +189,13 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions) -> LiveResult
     try:
         _run(_schedule(trace), workers, t0, dead)
         end = t0 + trace.end_ns
-        while time.monotonic_ns() < end:
+        while (now := time.monotonic_ns()) < end:
             _pump(workers, dead)
+            if progress is not None:
+                progress(max(0, now - t0) / 1e9)
             time.sleep(0.001)
+        if progress is not None:
+            progress(trace.end_ns / 1e9)
         _settle(workers, dead)
     finally:
         cut_ns = time.monotonic_ns()
