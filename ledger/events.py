@@ -39,7 +39,8 @@ XFER_STATES = ("PROC", "DONE", "ERR")
 READY_SIGNALS = ("ready", "not_ready", "cancelled")
 TRANSFER_OUTCOMES = ("ok", "cancelled", "failed", "timed_out")
 FUTURE_OUTCOMES = ("value", "cancelled", "error")
-CANCEL_SOURCES = ("client", "timeout", "shutdown", "peer_lost")
+# "peer": the other worker gave the request up (gen's Abandon reaching ctx), not its client.
+CANCEL_SOURCES = ("client", "timeout", "shutdown", "peer_lost", "peer")
 # TransferCancelResult (TensorRT-LLM #13796) and the one action each maps to.
 CANCEL_RESULTS = MappingProxyType(
     {

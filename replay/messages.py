@@ -97,6 +97,20 @@ def _is_client_cancel(e: Event) -> bool:
 def _abandons(rid: str, ctx: list[Event], gen: list[Event], t: Callable[[Event], int],
               timing: ControlTiming) -> set[tuple[str, int]]:
     gen_cancels = [e for e in gen if e.kind == "cancel.requested"]
+    ctx_peer = [e for e in ctx if e.kind == "cancel.requested" and e.get("source") == "peer"]
+    if ctx_peer:
+        # ctx recorded gen's Abandon as what it is (source "peer"): nothing to derive, only the
+        # message's delay to read (from gen's latest earlier cancel, when gen cancelled).
+        taken: set[int] = set()
+        for c in ctx_peer:
+            g = next((g for g in reversed(gen_cancels) if t(g) <= t(c) and g.seq not in taken),
+                     None)
+            if g is not None:
+                taken.add(g.seq)
+                timing.add((g.stream, "Abandon", rid), t(g), c.stream, t(c))
+        return set()
+    # Traces from before the "peer" source: ctx recorded the Abandon as a client cancel; the
+    # ones beyond gen's own client cancels are derived (not inputs).
     ctx_client = [e for e in ctx if _is_client_cancel(e)]
     excess = len(ctx_client) - sum(1 for e in gen_cancels if e.get("source") == "client")
     out: set[tuple[str, int]] = set()

@@ -77,7 +77,7 @@ class CtxCore(CoreBase):
         self.emit("transfer.started", req.rid, role="ctx", peer=self.cfg.peer or "gen")
         if req.rid in self.abandoned:
             self.abandoned.discard(req.rid)
-            self._cancel(req.rid, "client")
+            self._cancel(req.rid, "peer")  # gen gave it up before ctx had it
         elif req.rid in self.adverts:
             self._advertised(req, self.adverts.pop(req.rid))
 
@@ -114,7 +114,7 @@ class CtxCore(CoreBase):
             self._advertised(req, msg)
         elif isinstance(msg, Abandon):
             if msg.request_id in self.reqs:
-                self._cancel(msg.request_id, "client")
+                self._cancel(msg.request_id, "peer")  # gen gave it up: not a client cancel
             elif msg.request_id not in self.finished:
                 self.adverts.pop(msg.request_id, None)
                 self.abandoned.add(msg.request_id)

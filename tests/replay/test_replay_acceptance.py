@@ -187,6 +187,22 @@ def test_killed_worker_is_not_judged_as_leaking(tmp_path: Path) -> None:
     assert any(w["stream"] == "gen" for w in v.wedge)
 
 
+def test_gen_abandon_is_a_peer_cancel_on_ctx_not_an_input(tmp_path: Path) -> None:
+    """gen's client gives r1 up; ctx hears it as gen's Abandon and records source "peer" (not
+    "client"): the trace has one client cancel (gen's), and replay makes ctx's again."""
+    gen_gives_up = Scenario(
+        "gen_gives_up", "gen's client cancels r1 while its WRITE is held",
+        (_arrive(0, "r1"), _cancel(20_000, "r1", ("gen",))),
+        {"ctx": (Fault("delay", request_id="r1", msg_type="write", delay_ms=60),)})
+    capture(gen_gives_up, str(tmp_path), "hardened")
+    trace = load_trace(tmp_path)
+    sources = {e.stream: e.get("source") for e in trace.events if e.kind == "cancel.requested"}
+    assert sources == {"ctx": "peer", "gen": "client"}
+    assert [c[0] for c in trace.requests["r1"].cancels] == ["gen"]
+    v = replay(trace, HARDENED, ReplayOptions(seed=0)).verdict
+    assert not v.finding and not v.divergences
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 def test_cli_replay_exit_codes_json_and_out(traces, tmp_path: Path, capsys) -> None:
     trace = traces["not_ready_leaks_recv_slot"]

@@ -13,7 +13,7 @@ CREATE VIEW cancels (
   ts_ns,
   -- Sequence number of the cancel.requested.
   seq,
-  -- Why: client / timeout / shutdown / peer_lost.
+  -- Why: client / timeout / shutdown / peer_lost / peer (the other worker gave it up).
   source,
   -- cancel.result result: not_found / already_complete / cancelled_before_advertise /
   -- cancel_requested_in_flight / backend_unhealthy / not_cancellable; NULL if unanswered.
