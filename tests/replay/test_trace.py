@@ -102,6 +102,17 @@ def test_corrupt_file(tmp_path: Path, synthetic, capsys) -> None:
     _expect_bad(bad, tmp_path, capsys, "bad.sqlite")
 
 
+def _tamper(path: Path, *statements: str) -> None:
+    """Run SQL against a ledger file behind the ledger's back (to corrupt it)."""
+    con = sqlite3.connect(path)
+    try:
+        for sql in statements:
+            con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
 def test_not_a_ledger(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.sqlite"
     bad.write_text("hello, not a database\n" * 100)
@@ -110,20 +121,14 @@ def test_not_a_ledger(tmp_path: Path, capsys) -> None:
 
 def test_altered_row_breaks_chain(tmp_path: Path, synthetic, capsys) -> None:
     path = synthetic(tmp_path / "t.sqlite")
-    con = sqlite3.connect(path)
-    con.execute("UPDATE events SET attrs = replace(attrs, '40', '41') "
-                "WHERE kind = 'request.arrived'")
-    con.commit()
-    con.close()
+    _tamper(path, "UPDATE events SET attrs = replace(attrs, '40', '41') "
+                  "WHERE kind = 'request.arrived'")
     _expect_bad(path, tmp_path, capsys, "hash chain broken")
 
 
 def test_schema_from_the_future(tmp_path: Path, synthetic, capsys) -> None:
     path = synthetic(tmp_path / "t.sqlite")
-    con = sqlite3.connect(path)
-    con.execute("UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    _tamper(path, "UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SchemaVersionError):
         load_trace(path)
     _expect_bad(path, tmp_path, capsys, "newer")
@@ -136,22 +141,16 @@ def test_missing_stream(tmp_path: Path, synthetic, capsys) -> None:
 
 def test_seq_out_of_order(tmp_path: Path, synthetic, capsys) -> None:
     path = synthetic(tmp_path / "t.sqlite")
-    con = sqlite3.connect(path)
     # Swap two events' seqs: every seq is present, but not in commit order.
-    con.execute("UPDATE events SET seq = -1 WHERE stream = 'ctx' AND seq = 3")
-    con.execute("UPDATE events SET seq = 3 WHERE stream = 'ctx' AND seq = 4")
-    con.execute("UPDATE events SET seq = 4 WHERE stream = 'ctx' AND seq = -1")
-    con.commit()
-    con.close()
+    _tamper(path, "UPDATE events SET seq = -1 WHERE stream = 'ctx' AND seq = 3",
+            "UPDATE events SET seq = 3 WHERE stream = 'ctx' AND seq = 4",
+            "UPDATE events SET seq = 4 WHERE stream = 'ctx' AND seq = -1")
     _expect_bad(path, tmp_path, capsys, "out of order")
 
 
 def test_ts_goes_backwards(tmp_path: Path, synthetic, capsys) -> None:
     path = synthetic(tmp_path / "t.sqlite")
-    con = sqlite3.connect(path)
-    con.execute("UPDATE events SET ts_ns = 5 WHERE stream = 'ctx' AND seq = 4")
-    con.commit()
-    con.close()
+    _tamper(path, "UPDATE events SET ts_ns = 5 WHERE stream = 'ctx' AND seq = 4")
     _expect_bad(path, tmp_path, capsys, "ts_ns goes backwards")
 
 
