@@ -335,19 +335,14 @@ def _in_flight(pair, rid: str, **kw) -> int:
 
 
 def _ledger_findings(pair, *, close: bool = True, later_ns: int = 0) -> set[tuple]:
-    from kvledger.ledger import EventStore
-    from kvledger.ledger.mapper import to_event
+    from kvledger.runtime.inprocess import read_events
 
     if close:
         pair.close()
     else:
         for led in pair.ledgers.values():
             led.flush()
-    events = []
-    for url in pair.urls.values():
-        store = EventStore(url, create=False)
-        events += [to_event(r) for r in store.rows()]
-        store.close()
+    events = read_events(pair.urls)
     now = max(e.ts_ns for e in events) + later_ns if later_ns else None
     return {(f.detector, f.stream, f.request_id) for f in detect(events, now_ns=now)}
 

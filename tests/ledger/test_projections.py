@@ -208,9 +208,7 @@ def _occupancy_from_projection(snap: dict, stream: str, pools: list[str]) -> dic
 @pytest.mark.parametrize("seed,cfg", [(1, {}), (2, {"release_on_cancel": True,
                                                     "send_slots": 2, "recv_slots": 2})])
 def test_projection_matches_the_runtime_state(tmp_path, seed, cfg):
-    from kvledger.ledger import EventStore
-    from kvledger.ledger.mapper import to_event
-    from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs
+    from kvledger.runtime.inprocess import Pair, loopback_pair, pair_configs, read_events
     from kvledger.runtime.workload import RequestSpec
 
     ctx_cfg, gen_cfg = pair_configs("hardened", **cfg)
@@ -235,11 +233,7 @@ def test_projection_matches_the_runtime_state(tmp_path, seed, cfg):
                     assert pair.run_until(pair.idle, 10_000, 20_000)
                 for led in pair.ledgers.values():
                     led.flush()
-                events = []
-                for url in pair.urls.values():
-                    store = EventStore(url, create=False)
-                    events += [to_event(r) for r in store.rows()]
-                    store.close()
+                events = read_events(pair.urls)
                 snap = Projection.rebuild(events).snapshot()
                 for w in (pair.ctx, pair.gen):
                     want = _occupancy_from_runtime(w)
