@@ -36,7 +36,6 @@ from kvledger.runtime.policy import Policy
 from kvledger.runtime.procs import WorkerProcess, start_pair
 from kvledger.runtime.workload import RequestSpec
 
-from .messages import client_cancels
 from .replayer import ReplayOptions, config_for
 from .trace import FaultObservation, Trace, load_trace
 
@@ -46,6 +45,7 @@ LEAD_NS = 200_000_000  # inputs start this long after the workers are connected
 DRAIN_S = 1.0  # past the cut the verdict is taken already: the drain only closes cleanly
 SETTLE_S = 2.0
 REQUEST_FAULTS = ("delay", "fail", "drop")
+_LEDGER_KIND = {"submit": "request.arrived", "cancel": "cancel.requested"}  # an input's event
 
 
 def _pct(xs: list[int], q: float) -> int | None:
@@ -92,10 +92,8 @@ class LiveResult:
 @dataclass(order=True)
 class _Act:
     t_ns: int
-    order: tuple
     what: str = field(compare=False)  # stall | resume | kill
     stream: str = field(compare=False)
-    arg: Any = field(compare=False, default=None)
 
 
 def _faults(trace: Trace) -> dict[str, list[Fault]]:
@@ -151,10 +149,10 @@ def _schedule(trace: Trace) -> list[_Act]:
             continue
         if f.fault == "stall" and not _is_self_stall(f):
             dur = int(float(f.params.get("delay_ms", 0.0)) * 1e6)
-            acts.append(_Act(f.t_ns, (0,), "stall", f.silenced))
-            acts.append(_Act(f.t_ns + dur, (0,), "resume", f.silenced))
+            acts.append(_Act(f.t_ns, "stall", f.silenced))
+            acts.append(_Act(f.t_ns + dur, "resume", f.silenced))
         elif f.fault == "kill":
-            acts.append(_Act(f.t_ns, (0,), "kill", f.target or peers[f.stream]))
+            acts.append(_Act(f.t_ns, "kill", f.target or peers[f.stream]))
     acts.sort()
     return acts
 
@@ -176,15 +174,11 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
     workers = {ctx.stream: ctx, gen.stream: gen}
     t0 = time.monotonic_ns() + LEAD_NS
     # Inputs and self-stalls travel ahead of time; each worker applies them at their due time
-    # (CLOCK_MONOTONIC is one clock for every process of the host).
-    sent: list[tuple[str, str, str, int]] = []  # (stream, kind, request id, due ns)
+    # (CLOCK_MONOTONIC is one clock for every process of the host) and reports them as applied.
     for stream, stalls in _self_stalls(trace, t0).items():
         workers[stream].send("faults", [f.to_json() for f in stalls])
     for stream, items in _inputs(trace, t0).items():
         workers[stream].send("at", items)
-        sent += [(stream, "request.arrived" if cmd[0] == "submit" else "cancel.requested",
-                  cmd[1][0]["request_id"] if cmd[0] == "submit" else cmd[1], due)
-                 for due, cmd in items]
     dead: list[str] = []
     try:
         _run(_schedule(trace), workers, t0, dead)
@@ -204,10 +198,8 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
                 w.shutdown(drain_s=DRAIN_S)
     live = load_trace(out_dir)
     found = detect(_as_of(live.events, cut_ns, dead))
-    injected = {(w.stream, "request.arrived" if cmd == "submit" else "cancel.requested", rid,
-                 due): max(0, applied - due - held)
-                for w in workers.values() for cmd, rid, due, applied, held in w.applied}
-    lateness, injection = _lateness(live, sent, injected)
+    lateness, injection = _lateness(live, [(w.stream, *a) for w in workers.values()
+                                           for a in w.applied])
     return LiveResult(sorted({f.detector for f in found}), [asdict(f) for f in found],
                       lateness, out_dir, round(time.monotonic() - t_start, 3), dead, injection)
 
@@ -282,24 +274,22 @@ def _as_of(events: tuple[Event, ...], cut_ns: int, dead: Sequence[str] = ()) -> 
     return kept
 
 
-def _lateness(live: Trace, sent: list[tuple[str, str, str, int]],
-              injected: dict[tuple[str, str, str, int], int]) -> tuple[list[int], list[int]]:
-    """Each injected input's recorded time in the worker's ledger minus its due time, and its
-    injection lateness (from the worker's ``applied`` reports)."""
-    # A gen cancel makes ctx record a cancel of its own (Abandon): not an injected input.
-    roles = {s.stream: s.role for s in live.streams.values()}
-    derived, _ = client_cancels(live.events, live.t, roles)
+def _lateness(live: Trace, applied: list[tuple[str, str, str, int, int, int]]
+              ) -> tuple[list[int], list[int]]:
+    """Per input the workers applied ((stream, command, request id, due, applied at, ns its
+    runtime ran past due), in order): its time in the worker's ledger minus its due time, and
+    its injection lateness (applied at - due - that runtime time)."""
+    # Injected cancels are the client's: a cancel ctx records for gen's Abandon has source peer.
     seen: dict[tuple[str, str, str], list[int]] = {}
     for e in live.events:
         if e.kind == "request.arrived" or (e.kind == "cancel.requested"
-                                           and e.get("source") == "client"
-                                           and (e.stream, e.seq) not in derived):
+                                           and e.get("source") == "client"):
             seen.setdefault((e.stream, e.kind, e.request_id), []).append(e.ts_ns)
     late: list[int] = []
     injection: list[int] = []
-    for stream, kind, rid, due in sent:
-        times = seen.get((stream, kind, rid))
+    for stream, cmd, rid, due, at, held in applied:
+        times = seen.get((stream, _LEDGER_KIND[cmd], rid))
         if times:
             late.append(times.pop(0) - due)
-            injection.append(injected.get((stream, kind, rid, due), late[-1]))
+            injection.append(max(0, at - due - held))
     return late, injection
