@@ -127,6 +127,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         # ms) must reach gen's first record before the retry replaces it.
         (_arrive(0, "r1"), _arrive(30_000, "r1", sides=("gen",)), _arrive(120_000, "r2")),
         {"ctx": (_delay("r1", 60),)}, {"recv_slots": 2}),
+    Scenario(
+        "abandon_drops_advert",
+        "The cancel-storm wedge: ctx lags gen. gen takes r1 and advertises its only receive slot; "
+        "r1's client cancels it at gen (gen sends Abandon and waits for ctx's answer); only then "
+        "does r1 reach ctx. The mutant drops the stored advert at the Abandon and never answers "
+        "it: gen holds the slot and r2 waits for it forever (wedge).",
+        (_arrive(0, "r1", sides=("gen",)), _cancel(10_000, "r1", ("gen",)),
+         _arrive(30_000, "r1", sides=("ctx",)), _arrive(60_000, "r2")),
+        {}, {"recv_slots": 1}),
 )}
 
 # A scenario for the health acceptance test: the gen worker is killed mid-transfer.

@@ -32,6 +32,9 @@ class Policy:
     deferred_termination_dropped: bool = False
     # L8: a duplicate gen init / receive for one request id allocates and receives twice.
     gen_init_not_idempotent: bool = False
+    # The cancel-storm wedge (2026-12): gen's Abandon reaches ctx before the request does; ctx
+    # drops gen's stored advert and never answers it, so gen's receive slot is held forever.
+    abandon_drops_advert: bool = False
 
     def flags(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
@@ -69,6 +72,9 @@ MUTANTS = MappingProxyType({m.name: m for m in (
        "termination deferred during transfer is never retried; blocks stay pinned"),
     _m("gen_init_not_idempotent", "TRT-LLM L8",
        "duplicate gen init/receive for one request id allocates and receives twice"),
+    _m("abandon_drops_advert", "cancel storm, every advert gets an answer",
+       "an advert met by gen's Abandon before ctx has the request is never answered; gen's "
+       "receive slot stays held (wedge)"),
 )})
 
 

@@ -116,8 +116,12 @@ class CtxCore(CoreBase):
             if msg.request_id in self.reqs:
                 self._cancel(msg.request_id, "peer")  # gen gave it up: not a client cancel
             elif msg.request_id not in self.finished:
-                self.adverts.pop(msg.request_id, None)
+                advert = self.adverts.pop(msg.request_id, None)
                 self.abandoned.add(msg.request_id)
+                if advert is not None and not self.policy.abandon_drops_advert:
+                    # gen advertised a receive slot and now waits for an answer before it lets
+                    # go of it: nothing will be written (every advert gets an answer).
+                    self._do(io.SendControl(ReadySignal(msg.request_id, "not_ready")))
         else:
             log.warning("ctx: unexpected message %r", msg)
 
