@@ -367,8 +367,7 @@ class Replay:
         for stream, w in self._worker_items:
             if stream in due:
                 continue
-            core = w.core
-            if w._cancels or core.ready or core._blocked_since is not None or core._stalled:
+            if w.core.holds_work():
                 due.add(stream)
                 continue
             t = first_wake.get(stream)
@@ -412,13 +411,10 @@ class Replay:
         notices one at its first step after it: on the capture's grid), a settle step after
         work, a heartbeat while busy. Valid until it steps again: nothing but its own steps
         changes its core, and an input or a delivery makes it due anyway."""
-        core = w.core
         out: list[int] = []
-        if core._deadlines:
-            out.append(core._deadlines[0][0])
-        last = core.last_progress_ns
-        if last is not None and (core.reqs or core.pending_obligations()):
-            out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
+        wake = w.core.next_wake_ns()
+        if wake is not None:
+            out.append(wake)
         if did:
             out.append(now + self.opts.settle_ns)
         if not w.idle():

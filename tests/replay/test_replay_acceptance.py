@@ -61,7 +61,7 @@ def test_every_mutant_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(MUTANTS)
 
 
-@pytest.mark.parametrize("mutant", MUTANT_PARAMS)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_mutant_trace_reproduces_and_hardened_is_clean(mutant: str, traces) -> None:
     trace = traces[mutant]
     expected = _signature(trace)
