@@ -38,13 +38,12 @@ from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
 from .core.states import LifecycleError
+from .limits import EFFECTS_PER_STEP_MAX
 from .policy import Policy
 from .transport import PeerLostError, Transport, TransportError
 from .workload import RequestSpec
 
 log = logging.getLogger(__name__)
-
-from .limits import EFFECTS_PER_STEP_MAX
 
 
 class _Watch:

@@ -33,6 +33,6 @@ from .io import (  # noqa: F401
     WorkerError,
     XferState,
 )
-from .states import LifecycleError  # noqa: F401
 from .receiver import GenCore  # noqa: F401
 from .sender import CtxCore  # noqa: F401
+from .states import LifecycleError  # noqa: F401

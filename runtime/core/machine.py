@@ -23,12 +23,11 @@ from ..policy import Policy, policy_by_name
 from ..workload import RequestSpec
 from . import io
 from .blocks import Allocation, BlockManager
-from .messages import Abandon, Advertise, Completion, Landed, Message, ReadySignal
+from .messages import Abandon, Advertise, Completion, Landed, Message
 from .slots import SlotPool
 from .states import (
     ARRIVALS,
     CANCEL_SOURCES,
-    JOINT,
     PEER_INPUTS,
     LifecycleError,
     Row,
@@ -446,14 +445,19 @@ class CoreBase:
         """When this core must be stepped on its own account (a ``Tick``): the next request
         timeout, queue deadline, Abandon retry or quarantine age, or, with obligations pending
         and the worker healthy, the progress deadline. None: nothing is due until an input."""
-        dl = self._deadlines
-        while dl and not self._wake_counts(dl[0]):
-            heapq.heappop(dl)
-        best = dl[0][0] if dl else None
+        best = self.next_deadline_ns()
         if self.healthy and self.last_progress_ns is not None and self.pending_obligations():
             t = self.last_progress_ns + self.cfg.progress_deadline_ms * 1_000_000 + 1
             best = t if best is None else min(best, t)
         return best
+
+    def next_deadline_ns(self) -> int | None:
+        """The next request-level deadline (timeout, queue deadline, Abandon retry, quarantine
+        age), without the worker-level progress deadline."""
+        dl = self._deadlines
+        while dl and not self._wake_counts(dl[0]):
+            heapq.heappop(dl)
+        return dl[0][0] if dl else None
 
     def _wake_counts(self, entry: tuple[int, int, str, str, int]) -> bool:
         _t, _n, word, rid, token = entry
@@ -803,6 +807,38 @@ class CoreBase:
             "leaked": [list(x) for x in self.leaked],
         }
 
+    # -- the explorer's view: an independent copy, and a canonical fingerprint -------------------
+    def clone(self, emit: Emit | None = None) -> CoreBase:
+        """An independent copy of this core (sharing only immutable parts: config, policy,
+        bound table); ``emit`` replaces the event sink."""
+        c = object.__new__(type(self))
+        c.__dict__.update(self.__dict__)
+        c.emit = emit if emit is not None else self.emit
+        c.blocks, c.pool, c.tm = self.blocks.clone(), self.pool.clone(), self.tm.clone()
+        c.reqs = {k: _copy_req(r) for k, r in self.reqs.items()}
+        c.early = OrderedDict((k, Early(e.rid, e.state, e.advert)) for k, e in self.early.items())
+        c.finished, c.futures = OrderedDict(self.finished), dict(self.futures)
+        c.ready, c.admission, c.slot_wait = deque(self.ready), deque(self.admission), \
+            deque(self.slot_wait)
+        c.by_handle, c.quarantined = dict(self.by_handle), dict(self.quarantined)
+        c.leaked, c._deadlines = list(self.leaked), list(self._deadlines)
+        c._out, c._stalled, c._unready = [], deque(self._stalled), set(self._unready)
+        return c
+
+    def snapshot(self) -> tuple:
+        """Everything that decides this core's future, as a hashable tuple: two cores with equal
+        snapshots answer every input sequence the same way (the explorer's state hashing)."""
+        reqs = tuple(sorted((k, _req_key(r)) for k, r in self.reqs.items()))
+        early = tuple((k, e.state, e.advert) for k, e in self.early.items())
+        deadlines = tuple(sorted((t, w, r, tok) for t, _n, w, r, tok in self._deadlines
+                                 if self._wake_counts((t, _n, w, r, tok))))
+        return (reqs, early, tuple(self.finished.items()), tuple(sorted(self.futures.items())),
+                tuple(self.ready), tuple(self.admission), tuple(self.slot_wait),
+                tuple(sorted(self.quarantined.items())), deadlines, self.healthy,
+                self.peer_lost, self.closing, self.now_ns, self.last_progress_ns,
+                self.blocks.snapshot(), self.pool.snapshot(), self.tm.snapshot(),
+                tuple(self._stalled), self._blocked_since, len(self.leaked))
+
     def oldest_wait_ns(self) -> int | None:
         """When the longest-waiting request of a queue started waiting (None: none waits)."""
         waits = [self.reqs[r].wait_since for q in (self.admission, self.slot_wait) for r in q
@@ -834,6 +870,25 @@ class CoreBase:
             assert rec.state not in _UNKNOWN and rec.state != "closed", (rid, rec.state)
             assert rec.physical in PHYSICAL, (rid, rec.physical)
         assert len(self.early) <= limits.EARLY_RECORDS_MAX
+
+
+_REQ_FIELDS = Req.__slots__
+
+
+def _copy_req(r: Req) -> Req:
+    c = object.__new__(Req)
+    for name in _REQ_FIELDS:
+        object.__setattr__(c, name, getattr(r, name))
+    c.blocks, c.slots_used = list(r.blocks), list(r.slots_used)
+    return c
+
+
+def _req_key(r: Req) -> tuple:
+    return (r.state, tuple(r.blocks), r.slot, r.handle, r.handle_terminal, r.physical, r.nbytes,
+            r.checksums, r.advert, r.outcome, r.cancel_source, r.shed_reason, r.signal_reason,
+            r.fulfilled, r.promise_dropped, r.quarantined, r.completion, r.landed, r.bad_blocks,
+            r.word, tuple(r.slots_used), r.polls, r.wait_since, r.abandon_attempts,
+            r.arrive_ns, r.pending_alloc is not None)
 
 
 _POISON_REASON = {

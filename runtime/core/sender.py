@@ -154,8 +154,9 @@ class CtxCore(CoreBase):
         rec = self.reqs[f.rid]
         self._do(io.Pack(f.rid, rec.slot, tuple(rec.blocks)))
 
-    def a_unpacked_slot(self, f: Fire) -> None:
-        """The pack ended (or failed) and nothing was posted: only this side touched the slot."""
+    def a_never_posted(self, f: Fire) -> None:
+        """The pack ended (or failed) and nothing was posted, or the post itself failed: only
+        this side ever touched the slot."""
         self.reqs[f.rid].physical = "not_exposed"
 
     def a_keep_checksums(self, f: Fire) -> None:

@@ -107,11 +107,11 @@ wait_slot            shed                                        closed         
 wait_slot            peer_lost                                   closed             leave_slot_queue end terminate
 packing              packed                                      posting            keep_checksums post
 packing              cancel|timeout|shutdown|force|abandon|peer_lost  packing_cancelled  -
-packing              worker_error                                closed             unpacked_slot release_slot answer_not_ready end terminate
-packing_cancelled    packed|worker_error                         closed             unpacked_slot release_slot answer_not_ready end terminate
+packing              worker_error                                closed             never_posted release_slot answer_not_ready end terminate
+packing_cancelled    packed|worker_error                         closed             never_posted release_slot answer_not_ready end terminate
 packing_cancelled    cancel|timeout|shutdown|force|abandon|peer_lost  =             -
 posting              posted                                      in_flight          record_handle
-posting              post_failed                                 closed             release_slot send_completion end terminate
+posting              post_failed                                 closed             never_posted release_slot send_completion end terminate
 in_flight            proc                                        =                  record_poll
 in_flight            done|err                                    ended              record_poll release_handle release_slot send_completion end
 in_flight            cancel|abandon|shutdown                     cancelling         quarantine_if_unhealthy defer_termination
@@ -301,14 +301,46 @@ JOINT = (
 
 
 def diagram(side: str) -> str:
-    """The table as text, one line per transition that changes state (generated; the docs'
-    diagram is this, and a test keeps ``docs/protocol.md`` equal to it)."""
-    lines = []
+    """The state-changing transitions of ``side`` as text, inputs with the same source and
+    target grouped (generated from the table: the docs' diagram is this)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
     for (s, state, word), row in HARDENED.items():
-        if s != side or row.next == state:
-            continue
-        lines.append(f"{state:<20} --{word}--> {row.next}")
-    for s, state, cond, word in JOINT:
-        if s == side:
-            lines.append(f"{state:<20} --{word}--> (joint: when {cond})")
+        if s == side and row.next != state:
+            grouped.setdefault((state, row.next), []).append(word)
+    lines = [f"{state:<18} --{'|'.join(words)}--> {nxt}"
+             for (state, nxt), words in grouped.items()]
+    lines += [f"{state:<18} --{word}--> (joint rule, when {cond})"
+              for s, state, cond, word in JOINT if s == side]
     return "\n".join(lines)
+
+
+def markdown() -> str:
+    """``docs/protocol.md``: the tables, their diagram and the mutants' rows, generated from this
+    module (a test fails when the file is stale: regenerate with
+    ``python -m kvledger.runtime.core.states > docs/protocol.md``)."""
+    out = ["# The KV-transfer protocol (generated from `runtime/core/states.py`)", "",
+           "Do not edit: regenerate with `python -m kvledger.runtime.core.states > "
+           "docs/protocol.md`. `=` means the state does not change. A message from the peer "
+           "with no row is recorded as `protocol.violation` and ignored; a local input with no "
+           "row is a bug (`LifecycleError`).", ""]
+    for side in SIDES:
+        out += [f"## {side}", "", "```", diagram(side), "```", "",
+                "| state | input | next | actions |", "| --- | --- | --- | --- |"]
+        for (s, state, word), row in HARDENED.items():
+            if s == side:
+                nxt = "=" if row.next == state else row.next
+                out.append(f"| {state} | {word} | {nxt} | {' '.join(row.actions) or '-'} |")
+        out.append("")
+    out += ["## Mutants and options (rows put in place of the hardened ones)", "",
+            "| flag | side | state | input | next | actions |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for flag, rows in OVERRIDES.items():
+        for (s, state, word), row in rows.items():
+            nxt = "=" if row.next == state else row.next
+            out.append(f"| {flag} | {s} | {state} | {word} | {nxt} | "
+                       f"{' '.join(row.actions) or '-'} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown(), end="")
