@@ -73,6 +73,7 @@ class Scenario:
     kill: bool = False  # a peer may die at any point
     clock: bool = False  # the clock may jump to the next deadline while inputs still come
     async_driver: bool = False  # packs and unpacks finish later (else at once, as Worker does)
+    duplicates: bool = False  # gen may be given a request's arrival twice (a retried init)
     config: dict[str, Any] = field(default_factory=dict)
 
     def configs(self, policy: str) -> tuple[WorkerConfig, WorkerConfig]:
@@ -86,19 +87,23 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("storm", "3 requests, one slot a side, a client cancel at any point on either "
-             "side: the cancel-storm family (adverts, Abandons and arrivals in every order)."),
+             "side: the cancel-storm family (adverts, Abandons and arrivals in every order); "
+             "prefix reuse on (the rc13 configuration).", config={"block_reuse": True}),
     Scenario("reorder", "2 requests, two slots a side, cancels anywhere, control messages "
              "delivered in any order, packs and unpacks finishing late (an asynchronous "
-             "driver).", requests=("r1", "r2"), reorder=True, async_driver=True,
+             "driver), and gen given an arrival twice (a retried init).", requests=("r1", "r2"),
+             reorder=True, async_driver=True, duplicates=True,
              config={"send_slots": 2, "recv_slots": 2}),
     Scenario("queue", "3 requests, KV room for one at a time on each side (the admission "
              "queue), one slot a side, cancels anywhere, queue deadlines and timeouts firing "
              "anywhere.", timeout_ms=40, clock=True,
              config={"num_blocks": 2, "queue_deadline_ms": 20}),
-    Scenario("faults", "2 requests with timeouts, one slot a side: a lost control message, a "
-             "failed WRITE, a peer death and timeouts, all anywhere (Abandon retries too).",
-             requests=("r1", "r2"), timeout_ms=50, drops=1, write_err=True, kill=True,
+    Scenario("faults", "2 requests with timeouts, one slot a side: a lost control message "
+             "(any one), a failed WRITE, timeouts firing anywhere, Abandon retries.",
+             requests=("r1", "r2"), cancels=False, timeout_ms=50, drops=1, write_err=True,
              clock=True, config={"abandon_retry_ms": 10}),
+    Scenario("death", "2 requests, one slot a side, cancels anywhere, either peer dying at any "
+             "point (the survivor notices later).", requests=("r1", "r2"), kill=True),
 )}
 
 
@@ -122,6 +127,7 @@ class World:
     next_arrival: dict[str, int]
     cancelled: frozenset[tuple[str, str]]
     dead: str | None = None
+    duplicated: frozenset[str] = frozenset()
     noticed: bool = False
     drops_left: int = 0
     faulted: bool = False
@@ -137,7 +143,8 @@ class World:
                      {d: list(m) for d, m in self.net.items()},
                      {h: replace(op) for h, op in self.ops.items()}, list(self.packs),
                      list(self.unpacks), dict(self.next_arrival), self.cancelled, self.dead,
-                     self.noticed, self.drops_left, self.faulted, self.next_handle, self.now,
+                     self.duplicated, self.noticed, self.drops_left, self.faulted,
+                     self.next_handle, self.now,
                      dict(self.content), Counter(self.fulfils), dict(self.owed))
 
     def key(self) -> int:
@@ -146,7 +153,8 @@ class World:
                      tuple((h, op.rid, op.src, op.dst, op.state, op.seen, op.released)
                            for h, op in self.ops.items()),
                      tuple(self.packs), tuple(self.unpacks), tuple(self.next_arrival.items()),
-                     self.cancelled, self.dead, self.noticed, self.drops_left, self.faulted,
+                     self.cancelled, self.dead, self.duplicated, self.noticed, self.drops_left,
+                     self.faulted,
                      self.now, tuple(sorted(self.content.items())),
                      tuple(sorted(self.fulfils.items())),
                      tuple(sorted(self.owed.items()))))
@@ -183,6 +191,10 @@ class Harness:
         for side in SIDES:
             if side != w.dead and w.next_arrival[side] < len(sc.requests):
                 yield ("arrive", side, sc.requests[w.next_arrival[side]])
+        if sc.duplicates and w.dead != "gen":
+            for rid in sc.requests[:w.next_arrival["gen"]]:
+                if rid not in w.duplicated:
+                    yield ("arrive_again", "gen", rid)
         if sc.cancels:
             for side in SIDES:
                 core = w.cores[side]
@@ -227,6 +239,10 @@ class Harness:
         if what == "arrive":
             _, side, rid = step
             w.next_arrival[side] += 1
+            self.feed(w, side, io.Arrive(self.spec(rid), w.now))
+        elif what == "arrive_again":
+            _, side, rid = step
+            w.duplicated = w.duplicated | {rid}
             self.feed(w, side, io.Arrive(self.spec(rid), w.now))
         elif what == "cancel":
             _, side, rid = step
@@ -628,6 +644,8 @@ def describe(step: Step) -> str:
     what = step[0]
     if what == "arrive":
         return f"{step[2]} arrives at {step[1]}"
+    if what == "arrive_again":
+        return f"{step[2]} arrives at {step[1]} again (a retried init)"
     if what == "cancel":
         return f"client cancels {step[2]} at {step[1]}"
     if what in ("deliver", "drop"):

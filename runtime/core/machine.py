@@ -767,7 +767,7 @@ class CoreBase:
             rec.shed_reason = {"arrive_closed": "shutting down",
                                "arrive_queue_full": "admission queue full"}.get(f.word, f.word)
         waited = 0 if rec.wait_since is None else (self.now_ns - rec.wait_since) // 1_000_000
-        log.warning("%s: %s shed: %s", self.side, f.rid, rec.shed_reason)
+        log.info("%s: %s shed: %s", self.side, f.rid, rec.shed_reason)
         self.emit("request.shed", f.rid, reason=rec.shed_reason, waited_ms=waited)
 
     def a_duplicate(self, f: Fire) -> None:

@@ -69,9 +69,8 @@ class CtxCore(CoreBase):
                                   advert=msg if isinstance(msg, Advertise) else None)
         while len(self.early) > limits.EARLY_RECORDS_MAX:
             oldest = next(iter(self.early))
-            self.emit("protocol.violation", None, request=oldest, state=self.early[oldest].state,
-                      input="evicted", detail=f"over {limits.EARLY_RECORDS_MAX} early records",
-                      peer=self.cfg.peer or None)
+            self._violation(oldest, self.early[oldest].state, "evicted",
+                            f"over {limits.EARLY_RECORDS_MAX} early records")
             self._fire(oldest, "evicted")
 
     def a_keep_advert(self, f: Fire) -> None:
