@@ -180,6 +180,9 @@ _SPECS = [
     _k("protocol.violation", "a well-formed message from the peer that makes no sense in the "
        "request's state: recorded and ignored", False,
        request="str?", state="str", input="str", detail="str", peer="str?"),
+    _k("control.rejected", "a control frame refused before it reached the lifecycle (not from "
+       "the configured peer, failed authentication, or undecodable): recorded, never acted on",
+       False, peer="str?", reason="str", bytes="int"),
 ]
 
 EVENT_KINDS: MappingProxyType = MappingProxyType({s.kind: s for s in _SPECS})

@@ -147,13 +147,15 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     if args.inprocess:
         from ..ledger.clock import MonotonicClock
+        from .control_auth import new_pair_key
         from .inprocess import run_workload
         from .nixl_transport import NixlTransport
 
         _say(f"in-process run of {args.requests} requests -> {args.out}")
         saved = os.environ.get("UCX_TLS")
-        transports = (NixlTransport(ctx_cfg.stream, ucx_tls=args.ucx_tls),
-                      NixlTransport(gen_cfg.stream, ucx_tls=args.ucx_tls))
+        key = new_pair_key()
+        transports = (NixlTransport(ctx_cfg.stream, ucx_tls=args.ucx_tls, auth_key=key),
+                      NixlTransport(gen_cfg.stream, ucx_tls=args.ucx_tls, auth_key=key))
         assert os.environ.get("UCX_TLS") == saved
         r = run_workload(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
                          transports=transports, clock=MonotonicClock(),

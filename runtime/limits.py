@@ -38,6 +38,9 @@ EARLY_RECORDS_MAX = 4_096
 #: ``protocol.violation`` events recorded per worker before further ones are only counted (a
 #: misbehaving peer must not flood the ledger); the count is in ``state()``.
 VIOLATIONS_RECORDED_MAX = 1_000
+#: ``control.rejected`` events recorded per worker (forged or garbled frames); beyond it they are
+#: only counted (``state()["rejected_frames"]``): a flood must not fill the ledger.
+REJECTIONS_RECORDED_MAX = 1_000
 
 # -- loops -----------------------------------------------------------------------------------
 #: A bound on one step's effect cascade in the driver (a longer one would be a loop: a bug).

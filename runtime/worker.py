@@ -38,7 +38,7 @@ from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
 from .core.states import LifecycleError
-from .limits import EFFECTS_PER_STEP_MAX
+from .limits import EFFECTS_PER_STEP_MAX, REJECTIONS_RECORDED_MAX
 from .policy import Policy
 from .transport import PeerLostError, Transport, TransportError
 from .workload import RequestSpec
@@ -123,6 +123,7 @@ class Worker:
         self.results: dict[str, str] = {}
         self._watch: dict[int, _Watch] = {}
         self._lost = False
+        self.rejected_frames = 0
 
     # -- setup ---------------------------------------------------------------------------------
     @property
@@ -162,11 +163,18 @@ class Worker:
         except PeerLostError as exc:
             self._on_lost(exc, now_ns)
             raw = []
-        for _peer, data in raw:
+        take_rejected = getattr(self.transport, "take_rejected", None)
+        if take_rejected is not None:
+            for peer, reason, nbytes in take_rejected():
+                self._reject(peer, reason, nbytes)
+        for peer, data in raw:
+            if peer != self.peer:
+                self._reject(peer, "not the configured peer", len(data))
+                continue
             try:
                 msg = decode(data)
-            except MessageError:
-                log.exception("%s: dropping a bad control message", self.config.stream)
+            except MessageError as exc:
+                self._reject(peer, f"undecodable: {exc}", len(data))
                 continue
             work += 1
             self._run(self.core.feed(io.ControlIn(msg, now_ns)), now_ns)
@@ -180,6 +188,14 @@ class Worker:
         returned = next((e.returned for e in effects if isinstance(e, io.Polled)), ())
         self._run(effects, now_ns)
         return returned
+
+    def _reject(self, peer: str | None, reason: str, nbytes: int) -> None:
+        """A frame refused before the lifecycle saw it: recorded (bounded), never acted on."""
+        self.rejected_frames += 1
+        log.warning("%s: control frame from %r rejected: %s", self.config.stream, peer, reason)
+        if self.rejected_frames <= REJECTIONS_RECORDED_MAX:
+            self.emit("control.rejected", None, peer=str(peer)[:256] if peer is not None
+                      else None, reason=reason[:512], bytes=nbytes)
 
     def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool]) -> bool:
         """Take the step at ``now_ns`` the short way when it is known to find nothing; False
@@ -384,5 +400,6 @@ class Worker:
     def state(self) -> dict[str, Any]:
         s = self.core.state()
         s["watched_handles"] = len(self._watch)
+        s["rejected_frames"] = self.rejected_frames
         s["results"] = len(self.results)
         return s
