@@ -72,6 +72,7 @@ class Scenario:
     write_err: bool = False  # a WRITE may end in ERR
     kill: bool = False  # a peer may die at any point
     clock: bool = False  # the clock may jump to the next deadline while inputs still come
+    ticks_max: int = 3  # ... at most this many times (retries would otherwise go on forever)
     async_driver: bool = False  # packs and unpacks finish later (else at once, as Worker does)
     duplicates: bool = False  # gen may be given a request's arrival twice (a retried init)
     config: dict[str, Any] = field(default_factory=dict)
@@ -98,10 +99,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "queue), one slot a side, cancels anywhere, queue deadlines and timeouts firing "
              "anywhere.", timeout_ms=40, clock=True,
              config={"num_blocks": 2, "queue_deadline_ms": 20}),
-    Scenario("faults", "2 requests with timeouts, one slot a side: a lost control message "
-             "(any one), a failed WRITE, timeouts firing anywhere, Abandon retries.",
-             requests=("r1", "r2"), cancels=False, timeout_ms=50, drops=1, write_err=True,
-             clock=True, config={"abandon_retry_ms": 10}),
+    Scenario("loss", "2 requests with timeouts, one slot a side: any one control message lost, "
+             "timeouts and Abandon retries firing anywhere (three clock jumps).",
+             requests=("r1", "r2"), cancels=False, timeout_ms=50, drops=1, clock=True,
+             config={"abandon_retry_ms": 10}),
+    Scenario("faults", "2 requests with timeouts, one slot a side: WRITEs failing, timeouts "
+             "firing anywhere (three clock jumps).", requests=("r1", "r2"), cancels=False,
+             timeout_ms=50, write_err=True, clock=True, config={"abandon_retry_ms": 10}),
     Scenario("death", "2 requests, one slot a side, cancels anywhere, either peer dying at any "
              "point (the survivor notices later).", requests=("r1", "r2"), kill=True),
 )}
@@ -130,6 +134,7 @@ class World:
     duplicated: frozenset[str] = frozenset()
     noticed: bool = False
     drops_left: int = 0
+    ticks_left: int = 0
     faulted: bool = False
     next_handle: int = 1
     now: int = 0
@@ -143,8 +148,8 @@ class World:
                      {d: list(m) for d, m in self.net.items()},
                      {h: replace(op) for h, op in self.ops.items()}, list(self.packs),
                      list(self.unpacks), dict(self.next_arrival), self.cancelled, self.dead,
-                     self.duplicated, self.noticed, self.drops_left, self.faulted,
-                     self.next_handle, self.now,
+                     self.duplicated, self.noticed, self.drops_left, self.ticks_left,
+                     self.faulted, self.next_handle, self.now,
                      dict(self.content), Counter(self.fulfils), dict(self.owed))
 
     def key(self) -> int:
@@ -154,7 +159,7 @@ class World:
                            for h, op in self.ops.items()),
                      tuple(self.packs), tuple(self.unpacks), tuple(self.next_arrival.items()),
                      self.cancelled, self.dead, self.duplicated, self.noticed, self.drops_left,
-                     self.faulted,
+                     self.ticks_left, self.faulted,
                      self.now, tuple(sorted(self.content.items())),
                      tuple(sorted(self.fulfils.items())),
                      tuple(sorted(self.owed.items()))))
@@ -178,7 +183,7 @@ class Harness:
         cores = {"ctx": CtxCore(self.cfgs["ctx"], self.emitters["ctx"], self.policy),
                  "gen": GenCore(self.cfgs["gen"], self.emitters["gen"], self.policy)}
         return World(cores, {"ctx": [], "gen": []}, {}, [], [], {"ctx": 0, "gen": 0},
-                     frozenset(), drops_left=self.sc.drops,
+                     frozenset(), drops_left=self.sc.drops, ticks_left=self.sc.ticks_max,
                      owed={"advert": frozenset(), "abandon": frozenset()})
 
     def spec(self, rid: str) -> RequestSpec:
@@ -220,7 +225,7 @@ class Harness:
             yield ("packed", i)
         for i in range(len(w.unpacks)):
             yield ("unpacked", i)
-        if sc.clock and self._next_deadline(w) is not None:
+        if sc.clock and w.ticks_left and self._next_deadline(w) is not None:
             yield ("tick",)
         if sc.kill and w.dead is None:
             yield ("kill", "ctx")
@@ -289,6 +294,7 @@ class Harness:
         elif what == "poll":
             self.feed(w, step[1], io.Poll(self.cfgs[step[1]].poll_at_least, w.now))
         elif what == "tick":
+            w.ticks_left = max(0, w.ticks_left - 1)
             w.now = max(w.now, self._next_deadline(w) or w.now)
             for side in SIDES:
                 if side != w.dead:

@@ -83,7 +83,7 @@ def test_forged_frames_are_rejected_recorded_and_never_acted_on(pair) -> None:
 
 def test_a_peer_frame_with_a_bad_tag_or_an_old_incarnation_is_rejected(pair) -> None:
     p, key = pair
-    ctx_t, gen_t = p.ctx.transport, p.gen.transport
+    gen_t = p.gen.transport
     p.submit(spec("r1"))
     until(lambda: p.step() is not None and p.ctx.results.get("r1") == "value", "r1 done",
           tick=lambda: None)
