@@ -45,12 +45,6 @@ def traces(tmp_path_factory) -> dict[str, Trace]:
     return out
 
 
-# A mutant whose wedge only a detector that judges time can see (the liveness issue): until then
-# its replay is called clean, which these strict xfails record.
-_NEEDS_LIVENESS = pytest.mark.xfail(strict=True, reason="a wedge tidied up at shutdown: needs "
-                                    "the liveness detectors")
-MUTANT_PARAMS = [pytest.param(m, marks=_NEEDS_LIVENESS) if m == "abandon_drops_advert" else m
-                 for m in MUTANTS]
 
 
 def _signature(trace: Trace) -> list[str]:
@@ -61,7 +55,7 @@ def test_every_mutant_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(MUTANTS)
 
 
-@pytest.mark.parametrize("mutant", MUTANT_PARAMS)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_mutant_trace_reproduces_and_hardened_is_clean(mutant: str, traces) -> None:
     trace = traces[mutant]
     expected = _signature(trace)
@@ -291,7 +285,7 @@ LIVE_ATTEMPTS = 2  # live replay is real time on real processes (not determinist
 
 
 @pytest.mark.nixl
-@pytest.mark.parametrize("mutant", MUTANT_PARAMS)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_live_replay_agrees_with_virtual_for_every_mutant(mutant: str, traces,
                                                           tmp_path: Path) -> None:
     """Each mutant's own trace, live (ctx and gen worker processes over real NIXL, recorded
