@@ -749,6 +749,38 @@ DETECTORS: MappingProxyType = MappingProxyType({
 })
 #: The detectors that judge time (intervals); the others judge the ledger's end state.
 LIVENESS = ("wedge_interval", "unhealthy_interval", "died_holding")
+#: The verdict word of liveness findings, strongest first: a worker died holding resources, work
+#: was wedged (over an interval, or still at the end), a worker was unhealthy. Every command that
+#: gives a verdict (run, replay, forensics, report) uses these words.
+LIVENESS_VERDICTS = (("DIED", ("died_holding",)), ("WEDGED", ("wedge_interval", "wedge")),
+                     ("UNHEALTHY", ("unhealthy_interval",)))
+
+
+def liveness_verdict(detectors: Iterable[str]) -> str | None:
+    """The verdict word (``LIVENESS_VERDICTS``) of the detectors that fired, if any applies."""
+    fired = set(detectors)
+    return next((word for word, names in LIVENESS_VERDICTS if fired.intersection(names)), None)
+
+
+def liveness_line(row: dict) -> str:
+    """One line for a liveness finding given as ``finding_dict`` (or a detector view's row):
+    its verdict word, where, and its reason (which says who held what, who waited, when)."""
+    word = liveness_verdict([row["detector"]]) or row["detector"]
+    who = f" {row['request_id']}" if row.get("request_id") else ""
+    return f"{word} {row['stream']}{who} ({row['detector']}): {row['reason']}"
+
+
+def finding_dict(f: Finding) -> dict:
+    """A finding as JSON: its key and reason; a liveness finding adds its interval (``end_ns``
+    None while still open) and who was involved."""
+    out = {"detector": f.detector, "stream": f.stream, "request_id": f.request_id,
+           "seq": f.seq, "reason": f.reason}
+    if f.detector in LIVENESS:
+        open_ = f.dur_ns is None or f.dur_ns < 0
+        out.update(ts_ns=f.ts_ns, dur_ns=f.dur_ns,
+                   end_ns=None if open_ or f.ts_ns is None else f.ts_ns + f.dur_ns,
+                   holders=list(f.holders), resources=list(f.resources), waiters=list(f.waiters))
+    return out
 
 
 def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:

@@ -179,13 +179,15 @@ def test_health_transition_at_the_same_virtual_time(scenario: Scenario, tmp_path
 
 
 def test_killed_worker_is_not_judged_as_leaking(tmp_path: Path) -> None:
-    """A killed worker's ledger just ends (no ledger.closed): what it held died with it. Its
-    replay is clean under hardened; the wedge report still shows what it held at the end."""
+    """A killed worker's ledger just ends (no ledger.closed): what it held died with it, which is
+    no leak but a death (died_holding), and ctx's health turned (unhealthy_interval); the replay
+    under hardened reproduces exactly those; the wedge report still shows what gen held."""
     capture(KILL, str(tmp_path), "hardened")
     trace = load_trace(tmp_path)
     assert trace.streams["ctx"].closed and not trace.streams["gen"].closed
     v = replay(trace, HARDENED, ReplayOptions(seed=0)).verdict
-    assert v.signature() == [] == _signature(trace)
+    assert v.signature() == ["died_holding", "unhealthy_interval"] == _signature(trace)
+    assert v.word == "DIED" and all(m["replay"] for m in v.liveness_reproduced())
     assert any(w["stream"] == "gen" for w in v.wedge)
 
 
