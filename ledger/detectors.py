@@ -644,15 +644,8 @@ def wedge_interval(s: _Stream, p: Params) -> Iterator[Finding]:
                 f"({_names(waiters)}) from {_at(s, start)} to {until}",
                 start, dur, (h.rid,), (f"{h.what}:{h.slot}",), waiters)
     # Holder unknown: nothing moved for the deadline while work waited.
-    first = s.events[0]
-    points = [(e.ts_ns, e.seq) for e in s.events if e.kind in PROGRESS_KINDS]
-    if first.kind not in PROGRESS_KINDS:
-        points.insert(0, (first.ts_ns, first.seq))
     work: list[_Span] | None = None
-    for i, (g0, seq0) in enumerate(points):
-        g1 = points[i + 1][0] if i + 1 < len(points) else end
-        if g1 - g0 <= p.wedge_deadline_ns:
-            continue
+    for g0, seq0, g1 in _silent_gaps(s, p.wedge_deadline_ns, end):
         if work is None:
             work = waits + _transfers(s, end)
         over = [(w, max(g0, w.start), min(g1, w.end)) for w in work]
@@ -671,6 +664,23 @@ def wedge_interval(s: _Stream, p: Params) -> Iterator[Finding]:
             f"after seq {seq0} while {len(waiters)} request(s) waited ({_names(waiters)}; "
             f"oldest: {oldest.rid} for {waited}) from {_at(s, start)} to {until}",
             start, dur, (), (), waiters)
+
+
+def _silent_gaps(s: _Stream, deadline_ns: int, end: int) -> list[tuple[int, int, int]]:
+    """(start ts, seq of the point that opens it, end ts) of each gap of more than
+    ``deadline_ns`` between consecutive progress points (the spec's), in order."""
+    out = []
+    first = s.events[0]
+    prev_ts, prev_seq = (None, None) if first.kind in PROGRESS_KINDS else (first.ts_ns, first.seq)
+    progress = PROGRESS_KINDS
+    for e in s.events:
+        if e.kind in progress:
+            if prev_ts is not None and e.ts_ns - prev_ts > deadline_ns:
+                out.append((prev_ts, prev_seq, e.ts_ns))
+            prev_ts, prev_seq = e.ts_ns, e.seq
+    if prev_ts is not None and end - prev_ts > deadline_ns:
+        out.append((prev_ts, prev_seq, end))
+    return out
 
 
 def unhealthy_interval(s: _Stream, p: Params) -> Iterator[Finding]:

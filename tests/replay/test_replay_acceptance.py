@@ -340,3 +340,26 @@ def test_parquet_export_replays_identically(traces, tmp_path: Path, capsys) -> N
     a = replay(trace, policy, ReplayOptions(seed=1)).verdict
     b = replay(exported, policy, ReplayOptions(seed=1)).verdict
     assert a.digest == b.digest and a.signature() == b.signature()
+
+
+def test_minimize_shrinks_a_wedge(tmp_path: Path, capsys) -> None:
+    """The cancel-storm wedge among noise: minimize keeps what the wedge interval needs (the
+    abandoned holder r1 and one request that waited for its slot) and nothing else."""
+    base = SCENARIOS["abandon_drops_advert"]
+    noise = tuple(_arrive(200 + 100 * i, f"n{i}") for i in range(4))
+    scenario = Scenario(base.name, base.doc, base.actions + noise, base.faults, base.config,
+                        base.settle_ns)
+    capture(scenario, str(tmp_path / "t"))
+    out = tmp_path / "small.sqlite"
+    assert main(["minimize", str(tmp_path / "t"), "--policy", "abandon_drops_advert",
+                 "-o", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "wedge_interval" in summary["finding"]
+    kept = summary["requests"]
+    assert len(kept) == 2 and kept[0] == "r1"
+    small = load_trace(out)
+    v = replay(small, policy_by_name("abandon_drops_advert")).verdict
+    assert v.word == "WEDGED"
+    (w,) = [r for r in v.liveness() if r["detector"] == "wedge_interval"]
+    assert (w["stream"], w["holders"], w["waiters"]) == ("gen", ["r1"], kept[1:])
+    assert not replay(small, HARDENED).verdict.finding

@@ -69,6 +69,12 @@ def _scrape(port: int) -> dict[str, float] | None:
     return out
 
 
+def _rows(rows: list[dict]) -> set[tuple]:
+    """Liveness findings as comparable rows (forensics: the SQL views; run: the Python)."""
+    return {(r["detector"], r["stream"], r["request_id"], r["seq"], r["ts_ns"], r["dur_ns"],
+             tuple(r["holders"]), tuple(r["resources"]), tuple(r["waiters"])) for r in rows}
+
+
 def _wedge(rows: list[dict]) -> dict:
     (w,) = [r for r in rows if r["detector"] == "wedge_interval" and r["holders"]]
     return w
@@ -113,6 +119,7 @@ def test_cancel_storm_is_wedged_in_every_verdict_and_seen_live(tmp_path: Path, c
     assert (same["ts_ns"], same["dur_ns"], same["holders"], same["resources"]) == \
         (wedge["ts_ns"], wedge["dur_ns"], holder, wedge["resources"])
     assert {r["request_id"] for r in summary["wedged_requests"]} >= set(holder)
+    assert _rows(summary["liveness"]) == _rows(run["liveness"])  # SQL twins == Python
     page = tmp_path / "incident.html"
     assert main(["report", str(out), "-o", str(page)]) == 1
     assert "verdict WEDGED" in capsys.readouterr().out
@@ -154,6 +161,7 @@ def test_worker_killed_mid_burst_is_died_with_what_it_held(tmp_path: Path, capsy
     assert main(["forensics", str(out), "--json"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["verdict"] == "DIED"
+    assert _rows(summary["liveness"]) == _rows(run["ledger"]["liveness"])  # SQL == Python
     (died,) = [r for r in summary["liveness"] if r["detector"] == "died_holding"]
     assert died["stream"] == "gen" and died["holders"] and died["resources"]
     assert {w["stream"]: w["died"] for w in summary["workers"]} == {"ctx": False, "gen": True}
