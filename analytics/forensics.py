@@ -127,15 +127,17 @@ def verify_ledgers(targets: list[str]) -> dict[str, Any]:
 
 
 def _liveness(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Every liveness detector view's rows (in time order), with each interval's end on its
-    stream's clock (``end_ns``: the stream's last event while still open)."""
+    """Every liveness detector view's rows (in time order) in ``detectors.finding_dict``'s shape
+    (``end_ns`` None while still open), with ``until_ns``: the end, or the stream's last event
+    while still open (where a timeline draws it to)."""
     views = set(detector_views(con))
     parts = [f"SELECT * FROM detector_{n}" for n in LIVENESS if f"detector_{n}" in views]
     if not parts:
         return []
     found = rows(con, f"""
-        SELECT d.*, CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns ELSE s.last_ts_ns END
-                      AS end_ns, d.dur_ns < 0 AS still
+        SELECT d.*, CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns END AS end_ns,
+               CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns ELSE s.last_ts_ns END
+                 AS until_ns
         FROM ({' UNION ALL '.join(parts)}) AS d JOIN events_streams AS s USING (stream)
         ORDER BY d.ts_ns, d.stream, d.detector, d.seq""")
     for r in found:
@@ -150,18 +152,18 @@ def _wedged_requests(liveness: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for w in liveness:
         if w["detector"] != "wedge_interval":
             continue
-        age = w["end_ns"] - w["ts_ns"]
+        age = w["until_ns"] - w["ts_ns"]
         held = ", ".join(w["resources"])
         for h in w["holders"]:
             out.append({"stream": w["stream"], "request_id": h, "category": "wedged",
                         "owner": "holder", "waiting_on": f"nothing: holds {held}, stuck",
-                        "since_ts_ns": w["ts_ns"], "until_ts_ns": w["end_ns"], "age_ns": age})
+                        "since_ts_ns": w["ts_ns"], "until_ts_ns": w["until_ns"], "age_ns": age})
         for r in w["waiters"]:
             on = (f"{held} held by {', '.join(w['holders'])}" if w["holders"]
                   else "progress of a silent worker")
             out.append({"stream": w["stream"], "request_id": r, "category": "wedged",
                         "owner": "waiter", "waiting_on": on, "since_ts_ns": w["ts_ns"],
-                        "until_ts_ns": w["end_ns"], "age_ns": age})
+                        "until_ts_ns": w["until_ns"], "age_ns": age})
     return out
 
 
@@ -274,7 +276,7 @@ def render_text(s: dict[str, Any]) -> str:
             continue
         for h in w["holders"]:
             out.append(f"  {w['stream']}/{h}: wedged holder of {', '.join(w['resources'])} for "
-                       f"{_ms(w['end_ns'] - w['ts_ns'])}")
+                       f"{_ms(w['until_ns'] - w['ts_ns'])}")
         shown = ", ".join(w["waiters"][:8]) + (" ..." if len(w["waiters"]) > 8 else "")
         on = f"on {', '.join(w['resources'])}" if w["resources"] else "(nothing moved)"
         out.append(f"  {w['stream']}: {len(w['waiters'])} request(s) waited {on} meanwhile: "

@@ -70,7 +70,7 @@ def _marks(liveness: list[dict[str, Any]], clock: dict[str, tuple[int, int]],
     for r in liveness[:MARKS_MAX]:
         first, off = clock.get(r["stream"], (r["ts_ns"], 0))
         t0 = (r["ts_ns"] - first + off) / 1e9
-        t1 = (r["end_ns"] - first + off) / 1e9
+        t1 = (r["until_ns"] - first + off) / 1e9
         who = ", ".join(r["holders"] or r["waiters"][:3]) or r["stream"]
         out.append({"x0": t0, "x1": max(t1, t0 + 1e-6), "color": _MARK_COLORS[r["detector"]],
                     "label": f"{_MARK_WORDS[r['detector']]} {r['stream']}: {who}"})

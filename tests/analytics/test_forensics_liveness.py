@@ -60,7 +60,7 @@ def test_a_wedge_tidied_up_at_shutdown_is_wedged(tidied_wedge, capsys):
     (w,) = [r for r in s["liveness"] if r["detector"] == "wedge_interval"]
     assert (w["stream"], w["holders"], w["resources"], w["waiters"]) == \
         ("gen", ["r1"], ["recv:0"], ["r2", "r3"])
-    assert 19 * S < w["dur_ns"] == w["end_ns"] - w["ts_ns"] < 21 * S
+    assert 19 * S < w["dur_ns"] == w["end_ns"] - w["ts_ns"] == w["until_ns"] - w["ts_ns"] < 21 * S
     assert [(r["request_id"], r["owner"]) for r in s["wedged_requests"]] == \
         [("r1", "holder"), ("r2", "waiter"), ("r3", "waiter")]
     assert s["integrity"]["tampered"] is False and s["integrity"]["streams"] == 2
