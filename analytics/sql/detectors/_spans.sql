@@ -23,34 +23,29 @@ FROM x JOIN _detector_streams s USING (stream)
 WHERE x.kind = 'buffer.acquired';
 
 -- Waits: a buffer.exhausted until the request's first later buffer.acquired of that pool or
--- request.finished.
+-- request.finished (two windows over one pass: by pool for the acquisitions, by request for the
+-- finish; request.finished has no pool, so it never meets the first).
 CREATE VIEW _detector_waits AS
-WITH acq AS (
-  SELECT stream, seq, kind,
-         min(seq) FILTER (WHERE kind = 'buffer.acquired') OVER w AS end_seq
+WITH x AS (
+  SELECT stream, request_id, seq, ts_ns, kind, pool,
+         min(seq) FILTER (WHERE kind = 'buffer.acquired') OVER by_pool AS acq_seq,
+         arg_min(ts_ns, seq) FILTER (WHERE kind = 'buffer.acquired') OVER by_pool AS acq_ts,
+         min(seq) FILTER (WHERE kind = 'request.finished') OVER by_req AS fin_seq,
+         arg_min(ts_ns, seq) FILTER (WHERE kind = 'request.finished') OVER by_req AS fin_ts
   FROM _detector_ev
-  WHERE kind IN ('buffer.exhausted', 'buffer.acquired') AND request_id IS NOT NULL
-  WINDOW w AS (PARTITION BY stream, request_id, pool ORDER BY seq
-               ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)
-), fin AS (
-  SELECT stream, seq, kind,
-         min(seq) FILTER (WHERE kind = 'request.finished') OVER w AS end_seq
-  FROM _detector_ev
-  WHERE kind IN ('buffer.exhausted', 'request.finished') AND request_id IS NOT NULL
-  WINDOW w AS (PARTITION BY stream, request_id ORDER BY seq
-               ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)
-), w AS (
-  SELECT x.stream, x.request_id, x.seq, x.ts_ns, x.pool, least(a.end_seq, f.end_seq) AS end_seq
-  FROM _detector_ev x
-  JOIN acq a ON a.stream = x.stream AND a.seq = x.seq AND a.kind = 'buffer.exhausted'
-  JOIN fin f ON f.stream = x.stream AND f.seq = x.seq AND f.kind = 'buffer.exhausted'
-  WHERE x.kind = 'buffer.exhausted' AND x.request_id IS NOT NULL
+  WHERE kind IN ('buffer.exhausted', 'buffer.acquired', 'request.finished')
+    AND request_id IS NOT NULL
+  WINDOW by_pool AS (PARTITION BY stream, request_id, pool ORDER BY seq
+                     ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING),
+         by_req AS (PARTITION BY stream, request_id ORDER BY seq
+                    ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)
 )
-SELECT w.stream, w.request_id, w.seq, w.ts_ns AS start_ts, w.pool, w.end_seq,
-       coalesce(e.ts_ns, s.judge_end_ts) AS end_ts
-FROM w
-JOIN _detector_streams s USING (stream)
-LEFT JOIN _detector_ev e ON e.stream = w.stream AND e.seq = w.end_seq;
+SELECT x.stream, x.request_id, x.seq, x.ts_ns AS start_ts, x.pool,
+       least(x.acq_seq, x.fin_seq) AS end_seq,
+       coalesce(CASE WHEN x.fin_seq IS NULL OR x.acq_seq < x.fin_seq THEN x.acq_ts
+                     ELSE x.fin_ts END, s.judge_end_ts) AS end_ts
+FROM x JOIN _detector_streams s USING (stream)
+WHERE x.kind = 'buffer.exhausted';
 
 -- Transfers: a transfer.started until the request's first later transfer.completed.
 CREATE VIEW _detector_transfers AS

@@ -30,16 +30,22 @@ CREATE VIEW detector_wedge_interval (
 WITH pooled AS (  -- holds of a pool that somebody waited for
     SELECT h.* FROM _detector_holds h
     WHERE EXISTS (SELECT 1 FROM _detector_waits w WHERE w.stream = h.stream AND w.pool = h.pool)
+), peers AS (  -- each request's peer: that of its first transfer.started
+    SELECT stream, request_id, arg_min(peer, seq) AS peer
+    FROM _detector_ev WHERE kind = 'transfer.started' GROUP BY stream, request_id
+), finished AS (  -- when a request first finished, per stream
+    SELECT stream, request_id, arg_min(ts_ns, seq) AS first_finished_ts
+    FROM _detector_ev WHERE kind = 'request.finished' GROUP BY stream, request_id
 ), peer_end AS (  -- the peer ended the request and the hold outlived that by the grace
     SELECT h.stream, h.seq, greatest(h.start_ts, pr.first_finished_ts) AS t, 0 AS prio,
            'its peer ' || r.peer || ' ended the request at '
            || _detector_at(pr.first_finished_ts, s.first_ts) AS cause
     FROM pooled h
-    JOIN _detector_requests r USING (stream, request_id)
-    JOIN _detector_requests pr ON pr.stream = r.peer AND pr.request_id = h.request_id
+    JOIN peers r USING (stream, request_id)
+    JOIN finished pr ON pr.stream = r.peer AND pr.request_id = h.request_id
     JOIN _detector_streams s ON s.stream = h.stream
     CROSS JOIN _detector_params p
-    WHERE r.peer <> h.stream AND pr.first_finished_ts IS NOT NULL
+    WHERE r.peer <> h.stream
       AND h.end_ts - greatest(h.start_ts, pr.first_finished_ts) > p.peer_end_grace_ns
 ), q_first AS (  -- the first quarantine.entered within the hold
     SELECT h.stream, h.request_id, h.seq, min(q.seq) AS q_seq
