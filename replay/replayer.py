@@ -72,6 +72,7 @@ from .verdict import (
     health_list,
     ledger_digest,
     run_detectors,
+    trace_liveness,
     wedge_report,
 )
 
@@ -479,7 +480,7 @@ class Replay:
                                     self.trace.request_kinds, streams),
             health=health_list(events),
             trace_health=[dict(h) for h in self.trace.health_rows],
-            stats=stats, reproduce=cmd)
+            stats=stats, reproduce=cmd, trace_liveness=trace_liveness(self.trace))
 
     def _write(self, events: list[Event], verdict: Verdict) -> list[str]:
         import json
@@ -499,6 +500,7 @@ def config_for(trace: Trace, stream: str, policy: Policy) -> WorkerConfig:
     info = trace.streams[stream]
     raw = dict(info.config)
     raw.update(role=info.role, name=stream, policy=policy.name)
+    raw.pop("metrics_port", None)  # a replay serves no metrics (the live run's port is not ours)
     try:
         return WorkerConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:

@@ -53,6 +53,9 @@ class WorkerConfig:
     # Where KV and slots live: "cpu", or "cuda" / "cuda:N" (NIXL registers VRAM; UCX's CUDA
     # transports move the bytes GPU to GPU; pack/unpack/checksum run as Triton kernels).
     device: str = "cpu"
+    # Prometheus metrics of a worker process (runtime/metrics.py) on this port of 127.0.0.1;
+    # 0 = off. Not part of the lifecycle: a replay never serves them.
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.role not in ("ctx", "gen"):
@@ -67,6 +70,8 @@ class WorkerConfig:
                 raise ValueError(f"{f} must be >= 1")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be within 0..65535, not {self.metrics_port}")
         if self.max_request_blocks > self.num_blocks:
             raise ValueError("max_request_blocks must not exceed num_blocks")
 

@@ -247,6 +247,10 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                                     stall_peer=stall_peer)
     worker = Worker(cfg, transport, emit)
     worker.results = _TapDict()
+    if cfg.metrics_port:
+        from .metrics import serve
+
+        serve(worker.core, cfg.stream, cfg.role, clock.now_ns, cfg.metrics_port)
     conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
     # Everything allocated so far (torch, NIXL, the pools) lives as long as the process: out of
     # the collector's sight, so that a full collection mid-burst does not stall the loop for ms.
