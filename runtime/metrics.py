@@ -7,7 +7,8 @@ A process that is up answers its liveness probe; a wedged worker is up. So each 
 - ``kvledger_worker_health_info{reason}``     1, labelled with the health reason ("ok" when fine)
 - ``kvledger_pool_slots{pool,state}``         staging slots free / held / poisoned
 - ``kvledger_pool_size{pool}``                slots in the pool
-- ``kvledger_queue_depth{queue}``             requests waiting (``slot_wait``: for a slot)
+- ``kvledger_queue_depth{queue}``             requests waiting (``kv``: for KV blocks in the
+                                              admission queue; ``slot_wait``: for a slot)
 - ``kvledger_oldest_wait_age_seconds``        age of the oldest request waiting for a slot (0: none)
 - ``kvledger_oldest_obligation_age_seconds``  age of the oldest live request: each is a promise
                                               still owed and resources still held (0: none)
@@ -52,7 +53,9 @@ def snapshot(core: Any, now_ns: int) -> dict[str, Any]:
 
 def _read(core: Any, now_ns: int) -> dict[str, Any]:
     reqs = dict(core.reqs)
-    waiting = [reqs[rid].arrive_ns for rid in list(core.slot_wait) if rid in reqs]
+    admission = list(getattr(core, "admission", ()))  # waiting for KV blocks
+    slot_wait = list(core.slot_wait)  # waiting for a staging slot
+    waiting = [reqs[rid].arrive_ns for rid in admission + slot_wait if rid in reqs]
     live = [r.arrive_ns for r in reqs.values()]
     last = getattr(core, "last_progress_ns", None)
     return {
@@ -61,6 +64,8 @@ def _read(core: Any, now_ns: int) -> dict[str, Any]:
         "pool": core.pool_name,
         "slots": dict(core.pool.occupancy()),
         "queue_depth": len(waiting),
+        "queue_kv": len(admission),
+        "queue_slot": len(slot_wait),
         "oldest_wait_s": max(0, now_ns - min(waiting)) / 1e9 if waiting else 0.0,
         "oldest_obligation_s": max(0, now_ns - min(live)) / 1e9 if live else 0.0,
         "live_requests": len(reqs),
@@ -97,10 +102,13 @@ class WorkerCollector(Collector):
         yield slots
         yield gauge("kvledger_pool_size", "staging slots in the pool",
                     float(s["slots"].get("total", 0)), pool=s["pool"])
-        yield gauge("kvledger_queue_depth", "requests waiting in a queue",
-                    float(s["queue_depth"]), queue="slot_wait")
+        depth = GaugeMetricFamily("kvledger_queue_depth", "requests waiting in a queue",
+                                  labels=names + ["queue"])
+        depth.add_metric(values + ["kv"], float(s["queue_kv"]))  # admission: KV blocks
+        depth.add_metric(values + ["slot_wait"], float(s["queue_slot"]))
+        yield depth
         yield gauge("kvledger_oldest_wait_age_seconds",
-                    "age of the oldest request waiting for a slot (0: none waits)",
+                    "age of the oldest request waiting in a queue (0: none waits)",
                     s["oldest_wait_s"])
         yield gauge("kvledger_oldest_obligation_age_seconds",
                     "age of the oldest live request (an open obligation; 0: none)",
