@@ -171,11 +171,10 @@ def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[
     return [int(x) for x in (rows * weights).sum(dim=1).tolist()]
 
 
-# HostKV's checksum: below this many bytes per call one numpy einsum over the gathered words (a
-# few small blocks: per-call dispatch is the cost, and numpy's is the smallest); above it, one
-# torch reduction per run of consecutive block ids, in place (no gather copy; torch's int64
-# reduction ran 2-3x numpy's speed on 64 KiB-4 MiB blocks here, and a run is one call).
-HOST_NUMPY_CHECKSUM_BYTES_MAX = 256 << 10
+# HostKV's checksum of scattered block ids: below this many bytes per call, one numpy call over
+# the gathered words (a few small blocks: per-call dispatch is the cost); above it, one call per
+# run of consecutive ids, in place (no gather copy of megabytes).
+HOST_GATHER_CHECKSUM_BYTES_MAX = 256 << 10
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:
@@ -195,10 +194,12 @@ class HostKV:
     """The CPU data path of one worker: its pool and slot arena (CPU tensors) seen as numpy
     arrays, built once. Same bytes and checksums as the torch reference above (tests hold them
     equal). Copies and checksums go by runs of consecutive block ids (an allocator hands out
-    runs; one call per run instead of one per block), numpy for copies and small checksums
-    (torch's per-call dispatch was most of the cost of a few 8 KiB blocks), torch for large
-    checksums (see ``HOST_NUMPY_CHECKSUM_BYTES_MAX``). The arrays share memory with the tensors:
-    a write through one shows in the other.
+    runs; one call per run instead of one per block). numpy throughout: torch's per-call
+    dispatch was most of the cost of a few 8 KiB blocks, and its intra-op threads, on a busy
+    2-core box, made a 1 MiB checksum 30x slower (OpenMP waiting on a descheduled thread); one
+    ``einsum`` of row sums and row weights runs a 64 MiB checksum in ~3 ms, within 10% of
+    torch's single-threaded reduction. The arrays share memory with the tensors: a write
+    through one shows in the other.
 
     Slots are the arena's fixed ``slot_nbytes`` ranges; ``pack``/``unpack`` check the listed
     blocks fit one (``SlotTooSmallError``) and that every id is a block of the pool
@@ -219,13 +220,11 @@ class HostKV:
         self.arena = arena.numpy()
         word, words, row = checksum_layout(bn)
         self._words = self.blocks.view(np.int64 if word is torch.int64 else np.int32)
-        self._twords = torch.from_numpy(self._words)  # the same memory, for torch reductions
-        self._row = row
+        self._rows = (words // row, row)  # a block's words as rows
         self._wide = word is torch.int32  # 32-bit words are sign-extended before the sums
-        # sum over rows of (2k + 1) * R_k == sum over words of (2 * (j // row) + 1) * u_j:
-        # one wrapping int64 dot product per block (any order: the same value mod 2**64).
-        self._row_weights = torch.arange(1, 2 * (words // row) + 1, 2, dtype=torch.int64)
-        self._weights = np.repeat(self._row_weights.numpy(), row)
+        # sum over rows k of (2k + 1) * R_k, R_k the row's sum: one einsum over a run of
+        # blocks, wrapping int64 (any order: the same value mod 2**64).
+        self._weights = np.arange(1, 2 * (words // row) + 1, 2, dtype=np.int64)
 
     def _ids(self, block_ids: Sequence[int], lowest: int) -> list[int]:
         ids = [int(b) for b in block_ids]
@@ -278,24 +277,19 @@ class HostKV:
             return []
         nb = self.num_blocks
         ids = [b + nb if b < 0 else b for b in ids]
-        if len(ids) * self.block_nbytes <= HOST_NUMPY_CHECKSUM_BYTES_MAX:
-            runs = _runs(ids)
-            if len(runs) == 1:
-                first, m = runs[0]
-                words = self._words[first:first + m]
-            else:
-                words = self._words.take(ids, axis=0)  # the method: no np.take wrapper per call
-            if self._wide:
-                words = words.astype(np.int64)
-            return np.einsum("ij,j->i", words, self._weights).tolist()
+        runs = _runs(ids)
+        if len(runs) > 1 and len(ids) * self.block_nbytes <= HOST_GATHER_CHECKSUM_BYTES_MAX:
+            return self._sums(self._words.take(ids, axis=0))  # the method: no np.take wrapper
         out: list[int] = []
-        tw, row, weights = self._twords, self._row, self._row_weights
-        for first, m in _runs(ids):
-            words = tw[first:first + m]
-            if self._wide:
-                words = words.to(torch.int64)
-            out += torch.mv(words.view(m, -1, row).sum(dim=2), weights).tolist()
+        for first, m in runs:
+            out += self._sums(self._words[first:first + m])
         return out
+
+    def _sums(self, words: np.ndarray) -> list[int]:
+        if self._wide:
+            words = words.astype(np.int64)
+        return np.einsum("ijk,j->i", words.reshape(len(words), *self._rows),
+                         self._weights).tolist()
 
     def fill(self, block: int, content: np.ndarray) -> None:
         """Block ``block`` := ``content`` (its bytes, uint8)."""

@@ -234,11 +234,11 @@ def test_host_path_refuses_bad_slots_and_ids_before_any_byte_moves() -> None:
     assert host.pack([], 0) == 0 and host.unpack(0, []) == 0 and host.checksums([]) == []
 
 
-@pytest.mark.parametrize("numpy_max", [0, 1 << 30])  # the torch-run path and the numpy path
+@pytest.mark.parametrize("gather_max", [0, 1 << 30])  # by runs, and gathered
 @pytest.mark.parametrize("dtype", [torch.float16, torch.int32])
-def test_host_runs_of_consecutive_ids_match_the_reference(monkeypatch, numpy_max: int,
+def test_host_runs_of_consecutive_ids_match_the_reference(monkeypatch, gather_max: int,
                                                           dtype: torch.dtype) -> None:
-    monkeypatch.setattr(ops, "HOST_NUMPY_CHECKSUM_BYTES_MAX", numpy_max)
+    monkeypatch.setattr(ops, "HOST_GATHER_CHECKSUM_BYTES_MAX", gather_max)
     if dtype is torch.int32:  # 12-byte blocks: 32-bit words, sign-extended
         pool = torch.randint(-(2**31), 2**31 - 1, (10, 3), dtype=torch.int32)
     else:
