@@ -205,6 +205,38 @@ if triton is not None:
             tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
 
     @triton.jit
+    def _copy_sum_kernel(src_ptr, dst_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
+                         SCATTER: tl.constexpr, WIDE: tl.constexpr, ROW: tl.constexpr,
+                         BLOCK: tl.constexpr):
+        # pack/unpack and the checksum of what is moved, in one pass: each program copies
+        # chunk c of the b-th listed block and writes that chunk's partial checksum (wrapping
+        # int64 sum of word * (2 * (i // ROW) + 1), i the word's index in its block); the host
+        # adds a block's partials. The words are the checksum's own (64-bit where the block is
+        # a multiple of 8 bytes, else 32-bit, sign-extended), so the copy is still a bit copy.
+        if WIDE:
+            src_ptr = src_ptr.to(tl.pointer_type(tl.int64))
+            dst_ptr = dst_ptr.to(tl.pointer_type(tl.int64))
+        else:
+            src_ptr = src_ptr.to(tl.pointer_type(tl.int32))
+            dst_ptr = dst_ptr.to(tl.pointer_type(tl.int32))
+        c = tl.program_id(0)
+        b = tl.program_id(1)
+        blk = tl.load(ids_ptr + b)
+        offs = c.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < words_per_block
+        packed = (b.to(tl.int64) + first) * words_per_block + offs
+        pooled = blk * words_per_block + offs
+        if SCATTER:
+            v = tl.load(src_ptr + packed, mask=mask, other=0, eviction_policy="evict_first")
+            tl.store(dst_ptr + pooled, v, mask=mask, cache_modifier=".cs")
+        else:
+            v = tl.load(src_ptr + pooled, mask=mask, other=0, eviction_policy="evict_first")
+            tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
+        prod = tl.where(mask, v.to(tl.int64) * (2 * (offs // ROW) + 1), 0)
+        acc = tl.zeros((1,), dtype=tl.int64) + tl.sum(prod, axis=0)
+        tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
+
+    @triton.jit
     def _checksum_kernel(pool_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
                          ROW: tl.constexpr, WIDE: tl.constexpr, CHUNK: tl.constexpr,
                          TILE: tl.constexpr):
@@ -259,6 +291,32 @@ def unpack(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int], nby
     """
     with _current(pool):
         _copy(slot, pool, pool, block_ids, scatter=True)
+
+
+def copy_with_checksums(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor,
+                        block_ids: Sequence[int], scatter: bool) -> list[int] | None:
+    """pack (``scatter=False``: pool -> slot) or unpack (slot -> pool) on the current stream AND
+    the reference checksum of each listed block as moved, in one launch and one pass over the
+    bytes (the separate checksum kernel reads them all again); synchronizes (host integers).
+    None, with nothing moved, where a 64-bit word layout meets a base that is not 8-aligned
+    (the caller then copies and checksums separately). A destination block listed twice gets
+    one of its sources, and each listed position reports its own source's checksum."""
+    from kvledger.cuda.ops import checksum_layout
+
+    word, wpb, row = checksum_layout(_block_bytes(pool))
+    wide = word is torch.int64
+    if wide and (src.data_ptr() % 8 or dst.data_ptr() % 8):
+        return None
+    block = _COPY_WORDS // 2 if wide else _COPY_WORDS  # the same bytes per program as _copy
+    chunks = (wpb + block - 1) // block
+    n = len(block_ids)
+    with _current(pool):
+        part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
+        for first, ids, cnt in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
+            _copy_sum_kernel[(chunks, cnt)](src, dst, ids, part, wpb, chunks, first,
+                                            SCATTER=scatter, WIDE=wide, ROW=row, BLOCK=block,
+                                            num_warps=_COPY_WARPS)
+        return [int(x) for x in part.sum(dim=1).tolist()]
 
 
 def supports_checksum(pool: torch.Tensor) -> bool:

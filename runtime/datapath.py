@@ -4,9 +4,10 @@ effects through it, and the benchmarks' plain loops (``bench/plain_staged.py``) 
 calls, so "the same pack, send, unpack and checksum" holds by construction.
 
 CPU: ``ops.HostKV`` (numpy views of the pool and arena; copies and checksums by runs of
-consecutive block ids). GPU: ``ops.pack`` / ``ops.unpack`` (Triton) and ``ops.block_checksums``,
-which returns host integers and so waits for the stream: when ``pack``/``unpack`` return, the
-device work is done (the worker still records a ``DeviceFence`` to make that a checked fact).
+consecutive block ids). GPU: ``ops.pack_checksums`` / ``ops.unpack_checksums``, one fused
+Triton kernel each (the copy and the checksum in one pass over the bytes), which return host
+integers and so wait for the stream: when ``pack``/``unpack`` return, the device work is done
+(the worker still records a ``DeviceFence`` to make that a checked fact).
 
 Block contents come from seeds (``fill``): a seeded randn per block, cached by (seed, shape,
 dtype) because shared prefixes repeat seeds (a seeded randn per block was 10-15% of a replay).
@@ -88,8 +89,7 @@ class KVDataPath:
         if host is not None:
             host.pack(blocks, slot)
             return tuple(host.checksums(blocks))
-        ops.pack(self.pool, blocks, self.slot(slot))
-        return tuple(ops.block_checksums(self.pool, blocks))
+        return tuple(ops.pack_checksums(self.pool, blocks, self.slot(slot)))
 
     def unpack(self, slot: int, blocks: tuple[int, ...]) -> tuple[int, ...]:
         """Slot -> blocks; the blocks' checksums after the unpack."""
@@ -97,5 +97,4 @@ class KVDataPath:
         if host is not None:
             host.unpack(slot, blocks)
             return tuple(host.checksums(blocks))
-        ops.unpack(self.slot(slot), self.pool, blocks)
-        return tuple(ops.block_checksums(self.pool, blocks))
+        return tuple(ops.unpack_checksums(self.slot(slot), self.pool, blocks))

@@ -202,3 +202,39 @@ def test_tensors_on_a_device_that_is_not_current(kernels) -> None:
     dst = torch.zeros_like(pool)
     ops.unpack(slot, dst, [1, 2, 3])
     assert ops.block_checksums(dst, [1, 2, 3]) == ops.block_checksums_torch(pool.cpu(), [5, 0, 6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(5, 3, 1, 1, 1, 1)])  # + 12-byte (32-bit word) blocks
+def test_fused_pack_and_unpack_checksums_match_the_reference(kernels, dtype, shape) -> None:
+    if dtype is not torch.float32 and shape[-1] == 1:
+        pytest.skip("the odd-word shape is a float32 one")
+    pool = _pool(shape, dtype, seed=29)
+    n = shape[0]
+    ids = [(3 * i + 1) % n for i in range(n)][: max(1, n - 1)]
+    ids = list(dict.fromkeys(ids))
+    bn = ops.block_nbytes(pool)
+    slot = torch.full((len(ids) * bn + 16,), 0xEE, dtype=torch.uint8, device="cuda")
+    sums = ops.pack_checksums(pool, ids, slot)
+    pool_cpu = pool.cpu()
+    ref = torch.full((len(ids) * bn + 16,), 0xEE, dtype=torch.uint8)
+    ops.pack_torch(pool_cpu, ids, ref)
+    assert _same(slot, ref)
+    assert sums == ops.block_checksums_torch(pool_cpu, ids)
+    dst = _pool(shape, dtype, seed=31)
+    dst_ids = list(reversed(range(n)))[: len(ids)]
+    assert ops.unpack_checksums(slot, dst, dst_ids) == sums
+    dst_ref = _pool(shape, dtype, seed=31).cpu()
+    ops.unpack_torch(ref, dst_ref, dst_ids)
+    assert _same(dst, dst_ref)
+    assert ops.block_checksums(dst, dst_ids) == sums
+
+
+def test_fused_checksum_sees_one_flipped_bit_in_flight(kernels) -> None:
+    pool = _pool((4, 32, 2, 8, 32, 128), torch.bfloat16, seed=37)
+    slot = torch.empty(4 * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    sent = ops.pack_checksums(pool, [0, 1, 2, 3], slot)
+    slot.view(torch.int32)[1_234_567] ^= 1 << 3  # block 1 (4 MiB blocks), on the "wire"
+    dst = torch.zeros_like(pool)
+    got = ops.unpack_checksums(slot, dst, [3, 2, 1, 0])
+    assert got[1] != sent[1] and [got[0], got[2], got[3]] == [sent[0], sent[2], sent[3]]

@@ -261,3 +261,21 @@ def test_host_runs_of_consecutive_ids_match_the_reference(monkeypatch, gather_ma
             continue  # overwritten by the later copy
         assert _bytes(pool[b]) == _bytes(ref[ids[i]])
     assert host.checksums(dst[1:]) == ops.block_checksums_torch(ref, ids[1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_and_unpack_with_checksums_are_pack_unpack_then_checksums(dtype) -> None:
+    src = _pool(dtype, seed=3)
+    dst = _pool(dtype, seed=4)
+    bn = ops.block_nbytes(src)
+    slot = torch.full((4 * bn + 5,), 0xAB, dtype=torch.uint8)
+    ids, dst_ids = [6, 2, 9, 0], [1, 8, 3, 5]
+    sums = ops.pack_checksums(src, ids, slot)
+    want = torch.full((4 * bn + 5,), 0xAB, dtype=torch.uint8)
+    ops.pack_torch(src, ids, want)
+    assert _bytes(slot) == _bytes(want)
+    assert sums == ops.block_checksums_torch(src, ids)
+    assert ops.unpack_checksums(slot, dst, dst_ids) == sums
+    assert ops.block_checksums_torch(dst, dst_ids) == sums
+    with pytest.raises(ops.SlotTooSmallError):
+        ops.pack_checksums(src, ids + [7], slot)
