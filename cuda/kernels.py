@@ -26,8 +26,10 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -171,15 +173,149 @@ def _id_chunks(block_ids: Sequence[int], num_blocks: int, device: torch.device,
             chunk = ids[first:first + _IdRing.WIDTH]
             yield first, torch.tensor(chunk, dtype=torch.int64), len(chunk)
         return
-    ring = _RINGS.get(device)
-    if ring is None:
-        ring = _RINGS.setdefault(device, _IdRing(device))
+    ring = _ring(device)
     for first in range(0, len(ids), _IdRing.WIDTH):
         chunk = ids[first:first + _IdRing.WIDTH] if len(ids) > _IdRing.WIDTH else ids
         t, row = ring.take(chunk, len(chunk) * programs_per_block)
         yield first, t, len(chunk)
         ring.done(row)
 
+
+
+# CUDA graphs for the per-request launches: a Triton launch costs tens of microseconds of host
+# time (argument binding, specialization key, cache lookup) against ~35 us of GPU time for a
+# 64 MiB pack on an H200, so at small sizes the host, not the copy, set the pace. A graph
+# replay of the same launch costs a few microseconds. One graph per (kernel, pointers, grid,
+# constants) and ring row: the block ids are read at replay time from the row's pinned host
+# memory (or copied by the graph into a device row for launches of many programs, see
+# _IdRing), written just before the replay, after the row's previous replay has finished.
+# Off with KVLEDGER_CUDA_GRAPHS=0 (then every launch goes through Triton as before).
+GRAPHS = os.environ.get("KVLEDGER_CUDA_GRAPHS", "1") != "0"
+GRAPH_KEYS_MAX = 64  # launch shapes kept (a worker has a few: slots x request sizes)
+
+
+class _GraphEntry:
+    __slots__ = ("graphs", "ids_np", "events", "used", "next", "out")
+
+    def __init__(self) -> None:
+        self.graphs: list = []
+        self.ids_np: list = []
+        self.events: list = []
+        self.used: list[bool] = []
+        self.next = 0
+        self.out: list = []  # per row: the output buffer the graph writes (checksum partials)
+
+
+class _Graphs:
+    """Captured launches of one device (see GRAPHS). ``run`` replays, capturing on first use;
+    a shape that cannot be captured is remembered and launched through Triton from then on."""
+
+    ROWS = 4
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.entries: OrderedDict[tuple, _GraphEntry] = OrderedDict()
+        self.refused: set[tuple] = set()
+        # Shapes launched once through Triton: the kernel is compiled and loaded (a capture
+        # must not compile: loading a module is no stream work) before its first capture.
+        self.seen: set[tuple] = set()
+        self.lock = threading.Lock()
+
+    def run(self, key: tuple, ids: list[int], launch: Callable[[torch.Tensor, object], None],
+            programs: int, make_out: Callable[[], object] | None = None) -> object | bool:
+        """Replay ``launch(ids_tensor, out)`` for these ids; returns the row's ``out`` (or True)
+        once queued on the current stream, False where the caller launches through Triton (a
+        shape's first call, or one that could not be captured)."""
+        if key in self.refused:
+            return False
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                if key not in self.seen:
+                    self.seen.add(key)
+                    if len(self.seen) > 4 * GRAPH_KEYS_MAX:
+                        self.seen.clear()
+                    return False
+                entry = self._capture(key, len(ids), launch, programs, make_out)
+                if entry is None:
+                    return False
+            self.entries.move_to_end(key)
+            row = entry.next
+            entry.next = (row + 1) % self.ROWS
+            if entry.used[row]:
+                entry.events[row].synchronize()  # the row's last replay has read its ids
+        entry.ids_np[row][:len(ids)] = ids
+        entry.graphs[row].replay()
+        entry.events[row].record()
+        entry.used[row] = True
+        out = entry.out[row]
+        return True if out is None else out
+
+    def _capture(self, key: tuple, n: int, launch: Callable[[torch.Tensor, object], None],
+                 programs: int, make_out: Callable[[], object] | None) -> _GraphEntry | None:
+        entry = _GraphEntry()
+        dev = self.device
+        zero_copy = _ring(dev).zero_copy and programs <= _IdRing.ZERO_COPY_PROGRAMS
+        current = torch.cuda.current_stream(dev)
+        side = torch.cuda.Stream(dev)
+        try:
+            for _ in range(self.ROWS):
+                host = torch.zeros(n, dtype=torch.int64, pin_memory=True)
+                ids = host if zero_copy else torch.zeros(n, dtype=torch.int64, device=dev)
+                out = make_out() if make_out is not None else None
+                side.wait_stream(current)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.stream(side):
+                    g.capture_begin()
+                    try:
+                        if not zero_copy:
+                            ids.copy_(host, non_blocking=True)
+                        launch(ids, out)
+                    finally:
+                        g.capture_end()
+                current.wait_stream(side)
+                entry.graphs.append(g)
+                entry.ids_np.append(host.numpy())
+                entry.events.append(torch.cuda.Event())
+                entry.used.append(False)
+                entry.out.append(out)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: launch as before
+            log.warning("kvledger.cuda: no CUDA graph for %s (%s); launching through Triton",
+                        key[0], exc)
+            torch.cuda.synchronize(dev)
+            self.refused.add(key)
+            return None
+        self.entries[key] = entry
+        while len(self.entries) > GRAPH_KEYS_MAX:
+            self.entries.popitem(last=False)
+        return entry
+
+
+_GRAPHS: dict[torch.device, _Graphs] = {}
+
+
+def _ring(device: torch.device) -> _IdRing:
+    ring = _RINGS.get(device)
+    if ring is None:
+        ring = _RINGS.setdefault(device, _IdRing(device))
+    return ring
+
+
+def _graphs_for(pool: torch.Tensor, block_ids: Sequence[int]) -> _Graphs | None:
+    """The device's graph cache where a call may replay: graphs on, a CUDA pool, a host id list
+    that fits one launch (range-checked by the caller)."""
+    if not GRAPHS or pool.device.type != "cuda" or isinstance(block_ids, torch.Tensor) \
+            or not 0 < len(block_ids) <= _IdRing.WIDTH:
+        return None
+    g = _GRAPHS.get(pool.device)
+    if g is None:
+        g = _GRAPHS.setdefault(pool.device, _Graphs(pool.device))
+    return g
+
+
+def _check_ids(ids: list[int], num_blocks: int) -> None:
+    if ids and (min(ids) < 0 or max(ids) >= num_blocks):
+        raise IndexError(f"block id out of range [0, {num_blocks})")
 
 if triton is not None:
 
@@ -272,6 +408,20 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: S
           scatter: bool) -> None:
     wpb = _block_bytes(pool) // 4
     programs = (wpb + _COPY_WORDS - 1) // _COPY_WORDS
+    graphs = _graphs_for(pool, block_ids)
+    if graphs is not None:
+        ids = list(block_ids)
+        _check_ids(ids, pool.shape[0])
+        n = len(ids)
+
+        def launch(t: torch.Tensor, _out: object) -> None:
+            _copy_blocks_kernel[(programs, n)](src, dst, t, wpb, 0, SCATTER=scatter,
+                                               BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
+
+        key = ("copy", scatter, src.data_ptr(), dst.data_ptr(), n, wpb, _COPY_WORDS,
+               _COPY_WARPS)
+        if graphs.run(key, ids, launch, programs * n):
+            return
     for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, programs):
         _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
                                            BLOCK=_COPY_WORDS, num_warps=_COPY_WARPS)
@@ -311,6 +461,24 @@ def copy_with_checksums(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor
     chunks = (wpb + block - 1) // block
     n = len(block_ids)
     with _current(pool):
+        graphs = _graphs_for(pool, block_ids)
+        if graphs is not None:
+            host_ids = list(block_ids)
+            _check_ids(host_ids, pool.shape[0])
+
+            def launch(t: torch.Tensor, out: object) -> None:
+                _copy_sum_kernel[(chunks, n)](src, dst, t, out, wpb, chunks, 0, SCATTER=scatter,
+                                              WIDE=wide, ROW=row, BLOCK=block,
+                                              num_warps=_COPY_WARPS)
+
+            def make_out() -> torch.Tensor:
+                return torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
+
+            key = ("copy_sum", scatter, src.data_ptr(), dst.data_ptr(), n, wpb, block, row,
+                   _COPY_WARPS)
+            part = graphs.run(key, host_ids, launch, chunks * n, make_out)
+            if part is not False:
+                return [int(x) for x in part.sum(dim=1).tolist()]
         part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
         for first, ids, cnt in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
             _copy_sum_kernel[(chunks, cnt)](src, dst, ids, part, wpb, chunks, first,
