@@ -238,3 +238,42 @@ def test_fused_checksum_sees_one_flipped_bit_in_flight(kernels) -> None:
     dst = torch.zeros_like(pool)
     got = ops.unpack_checksums(slot, dst, [3, 2, 1, 0])
     assert got[1] != sent[1] and [got[0], got[2], got[3]] == [sent[0], sent[2], sent[3]]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_graph_replays_use_each_calls_own_ids(kernels, fused) -> None:
+    # The same shape many times (replayed from CUDA graphs after its first launch), queued
+    # behind a busy stream: every call must move its own ids, also when graph rows are reused.
+    if not kernels.GRAPHS:
+        pytest.skip("CUDA graphs are off (KVLEDGER_CUDA_GRAPHS=0)")
+    pool = _pool((32, 2, 2, 4, 4, 8), torch.float16, seed=41)
+    bn = ops.block_nbytes(pool)
+    slot = torch.empty(3 * bn, dtype=torch.uint8, device="cuda")
+    calls = 4 * kernels._Graphs.ROWS + 1
+    lists = [[(5 * i) % 32, (5 * i + 3) % 32, (7 * i + 1) % 32] for i in range(calls)]
+    lists = [list(dict.fromkeys(x)) + [31 - i % 7] * (3 - len(set(x))) for i, x in
+             enumerate(lists)]
+    history = torch.empty((calls, 3 * bn), dtype=torch.uint8, device="cuda")
+    sums = []
+    torch.cuda._sleep(100_000_000)
+    for i, ids in enumerate(lists):
+        if fused:
+            sums.append(ops.pack_checksums(pool, ids, slot))
+        else:
+            ops.pack(pool, ids, slot)
+        history[i].copy_(slot)
+    assert kernels._GRAPHS[pool.device].entries, "no graph was captured"
+    pool_cpu = pool.cpu()
+    for i, ids in enumerate(lists):
+        ref = torch.empty(3 * bn, dtype=torch.uint8)
+        ops.pack_torch(pool_cpu, ids, ref)
+        assert _same(history[i], ref), i
+        if fused:
+            assert sums[i] == ops.block_checksums_torch(pool_cpu, ids), i
+    # unpack replays too: scatter into different blocks each call
+    dst = torch.zeros_like(pool)
+    for i in range(3):
+        ops.unpack(history[i], dst, [3 * i, 3 * i + 1, 3 * i + 2])
+    for i in range(3):
+        for j, b in enumerate(lists[i]):
+            assert _same(dst[3 * i + j], pool[b])
