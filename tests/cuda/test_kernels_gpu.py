@@ -270,10 +270,11 @@ def test_graph_replays_use_each_calls_own_ids(kernels, fused) -> None:
         assert _same(history[i], ref), i
         if fused:
             assert sums[i] == ops.block_checksums_torch(pool_cpu, ids), i
-    # unpack replays too: scatter into different blocks each call
+    # unpack replays too (the same slot each call): scatter into different blocks each call
     dst = torch.zeros_like(pool)
     for i in range(3):
-        ops.unpack(history[i], dst, [3 * i, 3 * i + 1, 3 * i + 2])
+        slot.copy_(history[i])
+        ops.unpack(slot, dst, [3 * i, 3 * i + 1, 3 * i + 2])
     for i in range(3):
         for j, b in enumerate(lists[i]):
             assert _same(dst[3 * i + j], pool[b])
