@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--sweep", action="store_true",
-                    help="also time kernel configs (words per program x warps) at the largest size")
+                    help="also time kernel configs (words per program x warps)")
+    ap.add_argument("--sweep-blocks", type=int, default=None,
+                    help="blocks for the sweep (default: the smallest of --blocks)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure", file=sys.stderr)
@@ -103,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             "pack_devids": lambda t=torch.tensor(ids, device=dev): ops.pack(pool, t, slot),
             "unpack_devids": lambda t=torch.tensor(dst_ids, device=dev), w=work:
                 ops.unpack(slot, w, t),
+            # every launch through Triton (no CUDA graph replay): the host cost graphs remove
+            "pack_nograph": lambda ids=ids: _nograph(kernels, ops.pack, pool, ids, slot),
+            "unpack_nograph": lambda ids=dst_ids, w=work:
+                _nograph(kernels, ops.unpack, slot, w, ids),
+            # the runtime's calls: pack + checksums / unpack + checksums in one fused launch
+            "pack_fused": lambda ids=ids: ops.pack_checksums(pool, ids, slot),
+            "unpack_fused": lambda ids=dst_ids, w=work: ops.unpack_checksums(slot, w, ids),
+            "pack_then_checksum": lambda ids=ids: (ops.pack(pool, ids, slot),
+                                                   ops.block_checksums(pool, ids)),
         }
         # Two modes, interleaved over two rounds so that drift shows up as spread, not as a ratio:
         #   idle    one call between two events, L2 flushed first (do_bench): includes any host
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"blocks": n, "bytes": nbytes, "block_bytes": bn, "card": card}
         for k, ts in times.items():
             moved = nbytes if k == "checksum" else 2 * nbytes  # checksum reads only
+            # (fused / pack_then_checksum: the bytes of the copy, the checksum's read not counted)
             ms = statistics.median(ts)
             row[f"{k}_ms"] = ms
             row[f"{k}_spread_ms"] = max(ts) - min(ts)
@@ -130,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             sms = statistics.median(stream[k])
             row[f"{k}_stream_GBps"] = moved / (sms * 1e-3) / 1e9
             row[f"{k}_host_us"] = statistics.median(host[k])
-        for k in ("pack", "unpack", "ref_pack", "ref_unpack", "pack_devids", "unpack_devids"):
-            row[f"{k}_stream_vs_copy"] = row[f"{k}_stream_GBps"] / row["copy_stream_GBps"]
-        for k in ("pack", "unpack", "ref_pack", "ref_unpack", "pack_devids", "unpack_devids"):
-            row[f"{k}_vs_copy"] = row[f"{k}_GBps"] / row["copy_GBps"]
+        for k in fns:
+            if k not in ("copy", "checksum"):
+                row[f"{k}_stream_vs_copy"] = row[f"{k}_stream_GBps"] / row["copy_stream_GBps"]
+                row[f"{k}_vs_copy"] = row[f"{k}_GBps"] / row["copy_GBps"]
         rows.append(row)
         del work
     print(f"card: {card}; block {bn / 2**20:.0f} MiB; bandwidth = bytes read + written (GB/s)")
@@ -156,8 +168,16 @@ def main(argv: list[str] | None = None) -> int:
               f" devids p/u {r['pack_devids_stream_vs_copy']:.3f}/"
               f"{r['unpack_devids_stream_vs_copy']:.3f}; host us: copy {r['copy_host_us']:.0f} "
               f"pack {r['pack_host_us']:.0f} unpack {r['unpack_host_us']:.0f} "
-              f"devids {r['pack_devids_host_us']:.0f}")
-    sweep = _sweep(pool, slot, copy_src, copy_dst, rng, max_n) if args.sweep else []
+              f"devids {r['pack_devids_host_us']:.0f} nograph {r['pack_nograph_host_us']:.0f}")
+    print("graphs off (every launch through Triton), idle/stream vs copy; fused (+checksums):")
+    for r in rows:
+        print(f"  {r['blocks']:>4} blocks: nograph p/u {r['pack_nograph_vs_copy']:.3f}/"
+              f"{r['unpack_nograph_vs_copy']:.3f} stream {r['pack_nograph_stream_vs_copy']:.3f}/"
+              f"{r['unpack_nograph_stream_vs_copy']:.3f}; fused p/u {r['pack_fused_ms']:.4f}/"
+              f"{r['unpack_fused_ms']:.4f} ms vs pack+checksum {r['pack_then_checksum_ms']:.4f} ms"
+              f" (copy {r['copy_ms']:.4f} ms)")
+    sweep_n = args.sweep_blocks or min(args.blocks)
+    sweep = _sweep(pool, slot, copy_src, copy_dst, rng, sweep_n) if args.sweep else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "sweep": sweep}, f, indent=1)
@@ -167,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target >= 0.8 of copy for pack and unpack ({mode} mode): met at blocks {ok} "
               f"of {[r['blocks'] for r in rows]}")
     return 0
+
+
+def _nograph(kernels, fn, *args):
+    saved, kernels.GRAPHS = kernels.GRAPHS, False
+    try:
+        return fn(*args)
+    finally:
+        kernels.GRAPHS = saved
 
 
 def _stream(fn, reps: int) -> tuple[float, float]:
@@ -198,7 +226,7 @@ def _sweep(pool, slot, copy_src, copy_dst, rng, n) -> list[dict]:
     try:
         copy_ms = triton.testing.do_bench(lambda: copy_dst[:nbytes].copy_(copy_src[:nbytes]),
                                           return_mode="median")
-        for words in (4096, 8192, 16384, 32768):
+        for words in (2048, 4096, 8192, 16384, 32768):
             for warps in (4, 8, 16):
                 kernels._COPY_WORDS, kernels._COPY_WARPS = words, warps
                 p = triton.testing.do_bench(lambda: ops.pack(pool, ids, slot),

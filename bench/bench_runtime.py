@@ -45,7 +45,8 @@ BLOCKS_PER_REQUEST = 16
 BLOCK_TOKENS = 16
 # Pool geometry per request size: (layers, kv_heads, head_dim) with fp16 and 16-token blocks, so
 # that 16 blocks are exactly the request size.
-GEOMETRY = {64 * KiB: (1, 1, 64), 1 * MiB: (4, 4, 64), 64 * MiB: (32, 16, 128)}
+GEOMETRY = {64 * KiB: (1, 1, 64), 1 * MiB: (4, 4, 64), 64 * MiB: (32, 16, 128),
+            256 * MiB: (32, 64, 128), 1024 * MiB: (32, 64, 512)}
 
 
 def say(msg: str) -> None:

@@ -276,16 +276,18 @@ def run_inprocess(cfg: Any, n: int, *, mode: str = "staged", slots: int = 2,
 
 
 def run(cfg: Any, n: int, *, mode: str = "staged", slots: int = 2, verify: bool = True,
-        env: dict | None = None) -> dict[str, Any]:
+        env: dict | None = None, gen_device: str | None = None) -> dict[str, Any]:
     """``n`` requests of ``cfg.max_request_blocks`` blocks, plain; timed from request 0's end.
-    ``cfg``: the ctx ``WorkerConfig`` (geometry, dtype, device)."""
+    ``cfg``: the ctx ``WorkerConfig`` (geometry, dtype, device); gen's device is the same unless
+    ``gen_device`` says otherwise."""
     assert mode in ("staged", "blocks")
     d = cfg.to_dict()
-    args = (d, mode, n + 1, slots, verify, dict(env or {}))
+    rest = (mode, n + 1, slots, verify, dict(env or {}))
     pc, cc = _SPAWN.Pipe()
     pg, cg = _SPAWN.Pipe()
-    ctx = _SPAWN.Process(target=_ctx_main, args=(cc, *args), daemon=True)
-    gen = _SPAWN.Process(target=_gen_main, args=(cg, *args), daemon=True)
+    ctx = _SPAWN.Process(target=_ctx_main, args=(cc, d, *rest), daemon=True)
+    gen = _SPAWN.Process(target=_gen_main, daemon=True,
+                         args=(cg, {**d, "device": gen_device or d["device"]}, *rest))
     ctx.start()
     gen.start()
     try:
