@@ -46,6 +46,9 @@ except ImportError:  # pragma: no cover - depends on the install
 # 4 MiB block while each thread issues several 16-byte loads before its first store.
 _COPY_WORDS = 16384
 _COPY_WARPS = 16  # 16 warps: +2-3% over 8 at 1 GiB on an H200 (sweep in bench_datapath)
+# The fused copy+checksum kernel's checksum: row sums then one multiply per row (True), or one
+# 64-bit multiply per word (False). Measured with bench_datapath (pack_fused / _rows).
+FUSED_ROWSUM = os.environ.get("KVLEDGER_FUSED_ROWSUM", "1") != "0"
 # Words per inner tile of the checksum (sums wrap modulo 2**64 by definition: no size limit).
 _SUM_TILE = 1024
 
@@ -186,9 +189,11 @@ def _id_chunks(block_ids: Sequence[int], num_blocks: int, device: torch.device,
 # time (argument binding, specialization key, cache lookup) against ~35 us of GPU time for a
 # 64 MiB pack on an H200, so at small sizes the host, not the copy, set the pace. A graph
 # replay of the same launch costs a few microseconds. One graph per (kernel, pointers, grid,
-# constants) and ring row: the block ids are read at replay time from the row's pinned host
-# memory (or copied by the graph into a device row for launches of many programs, see
-# _IdRing), written just before the replay, after the row's previous replay has finished.
+# constants) and row: the graph copies the row's pinned block ids (written just before the
+# replay, once the row's previous replay has finished) to a device row, then launches the
+# kernel on those. Device ids, not ids read in place from pinned memory: every program's first
+# load waiting on a host read cost ~8 us of a 40 us pack of 16 x 4 MiB on an H200 (0.76 of
+# copy_ instead of 0.92); the graph's small copy costs a couple.
 # Off with KVLEDGER_CUDA_GRAPHS=0 (then every launch goes through Triton as before).
 GRAPHS = os.environ.get("KVLEDGER_CUDA_GRAPHS", "1") != "0"
 GRAPH_KEYS_MAX = 64  # launch shapes kept (a worker has a few: slots x request sizes)
@@ -222,7 +227,7 @@ class _Graphs:
         self.lock = threading.Lock()
 
     def run(self, key: tuple, ids: list[int], launch: Callable[[torch.Tensor, object], None],
-            programs: int, make_out: Callable[[], object] | None = None) -> object | bool:
+            make_out: Callable[[], object] | None = None) -> object | bool:
         """Replay ``launch(ids_tensor, out)`` for these ids; returns the row's ``out`` (or True)
         once queued on the current stream, False where the caller launches through Triton (a
         shape's first call, or one that could not be captured)."""
@@ -236,7 +241,7 @@ class _Graphs:
                     if len(self.seen) > 4 * GRAPH_KEYS_MAX:
                         self.seen.clear()
                     return False
-                entry = self._capture(key, len(ids), launch, programs, make_out)
+                entry = self._capture(key, len(ids), launch, make_out)
                 if entry is None:
                     return False
             self.entries.move_to_end(key)
@@ -252,24 +257,22 @@ class _Graphs:
         return True if out is None else out
 
     def _capture(self, key: tuple, n: int, launch: Callable[[torch.Tensor, object], None],
-                 programs: int, make_out: Callable[[], object] | None) -> _GraphEntry | None:
+                 make_out: Callable[[], object] | None) -> _GraphEntry | None:
         entry = _GraphEntry()
         dev = self.device
-        zero_copy = _ring(dev).zero_copy and programs <= _IdRing.ZERO_COPY_PROGRAMS
         current = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)
         try:
             for _ in range(self.ROWS):
                 host = torch.zeros(n, dtype=torch.int64, pin_memory=True)
-                ids = host if zero_copy else torch.zeros(n, dtype=torch.int64, device=dev)
+                ids = torch.zeros(n, dtype=torch.int64, device=dev)
                 out = make_out() if make_out is not None else None
                 side.wait_stream(current)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.stream(side):
                     g.capture_begin()
                     try:
-                        if not zero_copy:
-                            ids.copy_(host, non_blocking=True)
+                        ids.copy_(host, non_blocking=True)
                         launch(ids, out)
                     finally:
                         g.capture_end()
@@ -343,7 +346,7 @@ if triton is not None:
     @triton.jit
     def _copy_sum_kernel(src_ptr, dst_ptr, ids_ptr, part_ptr, words_per_block, chunks, first,
                          SCATTER: tl.constexpr, WIDE: tl.constexpr, ROW: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         LOG2_ROW: tl.constexpr, ROWSUM: tl.constexpr, BLOCK: tl.constexpr):
         # pack/unpack and the checksum of what is moved, in one pass: each program copies
         # chunk c of the b-th listed block and writes that chunk's partial checksum (wrapping
         # int64 sum of word * (2 * (i // ROW) + 1), i the word's index in its block); the host
@@ -368,8 +371,18 @@ if triton is not None:
         else:
             v = tl.load(src_ptr + pooled, mask=mask, other=0, eviction_policy="evict_first")
             tl.store(dst_ptr + packed, v, mask=mask, cache_modifier=".cs")
-        prod = tl.where(mask, v.to(tl.int64) * (2 * (offs // ROW) + 1), 0)
-        acc = tl.zeros((1,), dtype=tl.int64) + tl.sum(prod, axis=0)
+        if ROWSUM:
+            # Row sums first (adds only), then one multiply per row: 1/ROW of the multiplies.
+            rows = tl.sum(tl.reshape(v.to(tl.int64), (BLOCK // ROW, ROW)), axis=1)
+            k = c * (BLOCK // ROW) + tl.arange(0, BLOCK // ROW)  # int32: rows of this chunk
+            acc = tl.zeros((1,), dtype=tl.int64) + tl.sum(rows * (2 * k + 1).to(tl.int64),
+                                                          axis=0)
+        else:
+            # The row index in 32-bit arithmetic (a block has < 2**31 words; ROW is a power of
+            # two): no 64-bit division per word.
+            i = c * BLOCK + tl.arange(0, BLOCK)
+            w = ((i >> LOG2_ROW) * 2 + 1).to(tl.int64)
+            acc = tl.zeros((1,), dtype=tl.int64) + tl.sum(v.to(tl.int64) * w, axis=0)
         tl.store(part_ptr + (b.to(tl.int64) + first) * chunks + c + tl.arange(0, 1), acc)
 
     @triton.jit
@@ -420,7 +433,7 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor, block_ids: S
 
         key = ("copy", scatter, src.data_ptr(), dst.data_ptr(), n, wpb, _COPY_WORDS,
                _COPY_WARPS)
-        if graphs.run(key, ids, launch, programs * n):
+        if graphs.run(key, ids, launch):
             return
     for first, ids, n in _id_chunks(block_ids, pool.shape[0], pool.device, programs):
         _copy_blocks_kernel[(programs, n)](src, dst, ids, wpb, first, SCATTER=scatter,
@@ -459,6 +472,8 @@ def copy_with_checksums(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor
         return None
     block = _COPY_WORDS // 2 if wide else _COPY_WORDS  # the same bytes per program as _copy
     chunks = (wpb + block - 1) // block
+    log2_row = row.bit_length() - 1
+    assert 1 << log2_row == row and wpb < 2**31, "checksum rows are a power of two of words"
     n = len(block_ids)
     with _current(pool):
         graphs = _graphs_for(pool, block_ids)
@@ -468,22 +483,24 @@ def copy_with_checksums(src: torch.Tensor, dst: torch.Tensor, pool: torch.Tensor
 
             def launch(t: torch.Tensor, out: object) -> None:
                 _copy_sum_kernel[(chunks, n)](src, dst, t, out, wpb, chunks, 0, SCATTER=scatter,
-                                              WIDE=wide, ROW=row, BLOCK=block,
+                                              WIDE=wide, ROW=row, LOG2_ROW=log2_row,
+                                              ROWSUM=FUSED_ROWSUM, BLOCK=block,
                                               num_warps=_COPY_WARPS)
 
             def make_out() -> torch.Tensor:
                 return torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
 
             key = ("copy_sum", scatter, src.data_ptr(), dst.data_ptr(), n, wpb, block, row,
-                   _COPY_WARPS)
-            part = graphs.run(key, host_ids, launch, chunks * n, make_out)
+                   FUSED_ROWSUM, _COPY_WARPS)
+            part = graphs.run(key, host_ids, launch, make_out)
             if part is not False:
                 return [int(x) for x in part.sum(dim=1).tolist()]
         part = torch.empty((n, chunks), dtype=torch.int64, device=pool.device)
         for first, ids, cnt in _id_chunks(block_ids, pool.shape[0], pool.device, chunks):
             _copy_sum_kernel[(chunks, cnt)](src, dst, ids, part, wpb, chunks, first,
-                                            SCATTER=scatter, WIDE=wide, ROW=row, BLOCK=block,
-                                            num_warps=_COPY_WARPS)
+                                            SCATTER=scatter, WIDE=wide, ROW=row,
+                                            LOG2_ROW=log2_row, ROWSUM=FUSED_ROWSUM,
+                                            BLOCK=block, num_warps=_COPY_WARPS)
         return [int(x) for x in part.sum(dim=1).tolist()]
 
 
