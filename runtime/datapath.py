@@ -91,6 +91,13 @@ class KVDataPath:
             return tuple(host.checksums(blocks))
         return tuple(ops.pack_checksums(self.pool, blocks, self.slot(slot)))
 
+    def checksums(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
+        """The blocks' checksums where they are (zero-copy: ctx before the WRITE reads them,
+        gen after the WRITE wrote them)."""
+        if self.host is not None:
+            return tuple(self.host.checksums(blocks))
+        return tuple(ops.block_checksums(self.pool, blocks))
+
     def unpack(self, slot: int, blocks: tuple[int, ...]) -> tuple[int, ...]:
         """Slot -> blocks; the blocks' checksums after the unpack."""
         host = self.host

@@ -21,6 +21,7 @@ under a live loop (monotonic clock) and under the replayer (virtual clock, shim 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -268,11 +269,16 @@ class Worker:
                   device=str(self.pool.device))
 
     def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
-        offset = eff.slot * self.config.slot_nbytes
         notif = encode(eff.notif) if eff.notif is not None else b""
+        blocks = getattr(eff, "blocks", None)  # zero-copy: the WRITE reads these KV blocks
         try:
-            handle = self.transport.post_write("slots", offset, eff.nbytes, self.peer,
-                                               eff.remote_desc, notif)
+            if blocks:
+                handle = self.transport.post_write_blocks("kv", blocks, self.config.block_nbytes,
+                                                          self.peer, eff.remote_desc, notif)
+            else:
+                handle = self.transport.post_write("slots", eff.slot * self.config.slot_nbytes,
+                                                   eff.nbytes, self.peer, eff.remote_desc,
+                                                   notif)
         except TransportError as exc:
             out = self.core.feed(io.PostFailed(eff.request_id, f"{type(exc).__name__}: {exc}",
                                                now_ns))
@@ -285,9 +291,13 @@ class Worker:
 
     def _send(self, msg: Any, now_ns: int) -> None:
         if isinstance(msg, Advertise):
-            offset = msg.slot * self.config.slot_nbytes
-            desc = self.transport.region_descriptor("slots", offset, msg.nbytes)
-            msg = Advertise(msg.request_id, msg.slot, msg.nbytes, desc)
+            blocks = getattr(msg, "blocks", None)  # zero-copy: ctx writes into these blocks
+            if blocks:
+                desc = self.transport.blocks_descriptor("kv", blocks, self.config.block_nbytes)
+            else:
+                desc = self.transport.region_descriptor(
+                    "slots", msg.slot * self.config.slot_nbytes, msg.nbytes)
+            msg = dataclasses.replace(msg, desc=desc)
         if self._lost:
             return  # nobody to tell; the core already accounted for the loss
         try:
