@@ -290,7 +290,10 @@ class _Graphs:
             return None
         self.entries[key] = entry
         while len(self.entries) > GRAPH_KEYS_MAX:
-            self.entries.popitem(last=False)
+            _, old = self.entries.popitem(last=False)
+            for event, used in zip(old.events, old.used, strict=True):
+                if used:
+                    event.synchronize()  # its pinned ids are freed with it
         return entry
 
 
