@@ -25,6 +25,15 @@ Measured (2026-11-26, torch 2.11, Triton 3.6), pack / unpack as a fraction of co
   H200, an earlier version (ids uploaded per call from a fresh pinned tensor): 64 and 256 blocks
     0.88-0.92 both modes; 16 blocks 0.65/0.86 idle, 0.48/0.53 stream: host-bound (~70 us of
     Python and launch per call against ~35 us of GPU time), which the pinned id ring fixed.
+  H200, 2026-12-02 (issue 14), pack / unpack vs copy_ (copy_ 3636 / 4118 / 4221 GB/s):
+    Triton launch, pinned ids read in place: idle 0.80/0.85 (16), 0.89/0.88, 0.91/0.90;
+      stream 0.74/0.62 at 16 blocks (host-bound: 46-65 us of host per call);
+    CUDA graph replay, ids read in place from pinned memory: 16 blocks 0.76/0.83 (each
+      program's first load waits on a host read: ~8 us of a 40 us pack);
+    CUDA graph replay with a device copy of the ids (final): idle 0.889/0.885, 0.892/0.887,
+      0.914/0.900; stream 0.894/0.887, 0.919/0.917, 0.919/0.906 at 16 / 64 / 256 blocks.
+    Fused pack + checksums (the runtime's call): 71 us at 16 blocks against 146 us for pack
+      then checksum (copy_ 37 us); 205 / 633 us at 64 / 256 blocks (vs 320 / 927).
 """
 
 from __future__ import annotations
