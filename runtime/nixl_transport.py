@@ -25,6 +25,14 @@ What NIXL really does on these machines (env-experiments §0–§3) shapes every
   ``check()`` on a released id raises ``TransportError`` without touching NIXL. A region a live
   handle or zombie may touch is never deregistered (NIXL #2044: SIGSEGV in ``ucp_memh_put``); at
   ``close()`` such regions are parked (kept registered and referenced) for the process lifetime.
+- **Per-request cost.** Descriptor lists are built once per local range set and per remote
+  descriptor (LRU), and a WRITE handle that finished DONE is kept at ``release()`` and reposted
+  (``transfer(handle, notif)``: NIXL takes a new notification per post) by the next WRITE of the
+  same ranges to the same peer, instead of creating and releasing one per request; kept handles
+  of a peer are released natively when it is removed, and all of them at ``close()``.
+- **Zero-copy.** ``blocks_descriptor`` / ``post_write_blocks``: a block set of a block-major
+  region (KV pool) as one range per run of consecutive ids; local and remote runs are paired at
+  the union of their boundaries (NIXL pairs descriptors one to one; one UCX operation each).
 - **Errors are exceptions.** Twelve ``nixl*Error`` classes with no common base; they become
   ``TransportError`` / ``PeerLostError`` (``nixlRemoteDisconnectError``) with ``__cause__`` on
   actions (post, send), and an ``ERR`` status with the error text on ``check()``.
