@@ -26,10 +26,13 @@ What NIXL really does on these machines (env-experiments §0–§3) shapes every
   handle or zombie may touch is never deregistered (NIXL #2044: SIGSEGV in ``ucp_memh_put``); at
   ``close()`` such regions are parked (kept registered and referenced) for the process lifetime.
 - **Per-request cost.** Descriptor lists are built once per local range set and per remote
-  descriptor (LRU), and a WRITE handle that finished DONE is kept at ``release()`` and reposted
-  (``transfer(handle, notif)``: NIXL takes a new notification per post) by the next WRITE of the
-  same ranges to the same peer, instead of creating and releasing one per request; kept handles
-  of a peer are released natively when it is removed, and all of them at ``close()``.
+  descriptor (LRU). With ``repost=True`` a WRITE handle that finished DONE is kept at
+  ``release()`` and reposted (``transfer(handle, notif)``: NIXL takes a new notification per
+  post) by the next WRITE of the same ranges to the same peer, instead of creating and releasing
+  one per request (kept handles of a peer are released natively when it is removed, all of them
+  at ``close()``). Off by default: it saves ~10-20 us a request, its state after a repost was
+  checked only where the WRITE completes inside ``transfer()`` (cma), and it shifted live timing
+  enough that a timing-dependent replay test (an xfail) passed one run in three.
 - **Zero-copy.** ``blocks_descriptor`` / ``post_write_blocks``: a block set of a block-major
   region (KV pool) as one range per run of consecutive ids; local and remote runs are paired at
   the union of their boundaries (NIXL pairs descriptors one to one; one UCX operation each).
@@ -158,7 +161,8 @@ class NixlTransport:
     """One NIXL agent, owned by the thread that built it; see the module docstring."""
 
     def __init__(self, name: str, *, progress: str = "poll", pthr_delay_us: int = 10,
-                 ucx_tls: str | None = None, num_threads: int = 0) -> None:
+                 ucx_tls: str | None = None, num_threads: int = 0,
+                 repost: bool = False) -> None:
         if progress not in ("poll", "thread"):
             raise ValueError(f"progress must be 'poll' or 'thread', not {progress!r}")
         self.name = name
@@ -195,6 +199,7 @@ class NixlTransport:
         self._local_dl: OrderedDict[tuple, list] = OrderedDict()
         self._remote_dl: OrderedDict[bytes, list] = OrderedDict()
         self._idle: OrderedDict[tuple, Any] = OrderedDict()  # finished handles, for reposting
+        self.repost = repost
         self.stats = {"posted": 0, "zombies_reaped": 0, "ctrl_sent": 0, "ctrl_received": 0,
                       "ctrl_reordered": 0, "done_bytes": 0, "done_xfer_ns": 0, "reposted": 0}
 
@@ -357,7 +362,7 @@ class NixlTransport:
         local = self._local_ranges(lkey)
         remote = self._remote_ranges(remote_desc)
         frame = bytes((_WNOTIF,)) + notif if notif else b""
-        reuse = (lkey, remote_desc, peer) if frame else None
+        reuse = (lkey, remote_desc, peer) if frame and self.repost else None
         t0 = time.monotonic_ns()
         nx = self._idle.pop(reuse, None) if reuse is not None else None
         reposted = nx is not None

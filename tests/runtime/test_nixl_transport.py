@@ -246,6 +246,7 @@ def test_a_finished_write_handle_is_reposted_with_its_new_notification(pair):
     tr, src, peer = pair
     desc = peer.call("descriptor", 3 * MiB, 4096)
     before = tr.stats["reposted"]
+    tr.repost = True  # opt-in
     for i in range(3):
         src[:4096] = pattern(4096, 10 + i)
         h = tr.post_write("src", 0, 4096, "tgt", desc, notif=b"n%d" % i)
@@ -254,4 +255,5 @@ def test_a_finished_write_handle_is_reposted_with_its_new_notification(pair):
         assert peer.call("read", 3 * MiB, 4096) == src[:4096].numpy().tobytes()
         assert inbox_until(peer, 1, tick=tr.progress) == [("init", b"n%d" % i)]
         tr.release(h)
+    tr.repost = False
     assert tr.stats["reposted"] - before == 2  # the first post created the handle
