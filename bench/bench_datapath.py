@@ -25,6 +25,15 @@ Measured (2026-11-26, torch 2.11, Triton 3.6), pack / unpack as a fraction of co
   H200, an earlier version (ids uploaded per call from a fresh pinned tensor): 64 and 256 blocks
     0.88-0.92 both modes; 16 blocks 0.65/0.86 idle, 0.48/0.53 stream: host-bound (~70 us of
     Python and launch per call against ~35 us of GPU time), which the pinned id ring fixed.
+  H200, 2026-12-02 (issue 14), pack / unpack vs copy_ (copy_ 3636 / 4118 / 4221 GB/s):
+    Triton launch, pinned ids read in place: idle 0.80/0.85 (16), 0.89/0.88, 0.91/0.90;
+      stream 0.74/0.62 at 16 blocks (host-bound: 46-65 us of host per call);
+    CUDA graph replay, ids read in place from pinned memory: 16 blocks 0.76/0.83 (each
+      program's first load waits on a host read: ~8 us of a 40 us pack);
+    CUDA graph replay with a device copy of the ids (final): idle 0.889/0.885, 0.892/0.887,
+      0.914/0.900; stream 0.894/0.887, 0.919/0.917, 0.919/0.906 at 16 / 64 / 256 blocks.
+    Fused pack + checksums (the runtime's call): 71 us at 16 blocks against 146 us for pack
+      then checksum (copy_ 37 us); 205 / 633 us at 64 / 256 blocks (vs 320 / 927).
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--sweep", action="store_true",
-                    help="also time kernel configs (words per program x warps) at the largest size")
+                    help="also time kernel configs (words per program x warps)")
+    ap.add_argument("--sweep-blocks", type=int, default=None,
+                    help="blocks for the sweep (default: the smallest of --blocks)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure", file=sys.stderr)
@@ -103,6 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             "pack_devids": lambda t=torch.tensor(ids, device=dev): ops.pack(pool, t, slot),
             "unpack_devids": lambda t=torch.tensor(dst_ids, device=dev), w=work:
                 ops.unpack(slot, w, t),
+            # every launch through Triton (no CUDA graph replay): the host cost graphs remove
+            "pack_nograph": lambda ids=ids: _nograph(kernels, ops.pack, pool, ids, slot),
+            "unpack_nograph": lambda ids=dst_ids, w=work:
+                _nograph(kernels, ops.unpack, slot, w, ids),
+            # the runtime's calls: pack + checksums / unpack + checksums in one fused launch
+            "pack_fused": lambda ids=ids: ops.pack_checksums(pool, ids, slot),
+            "unpack_fused": lambda ids=dst_ids, w=work: ops.unpack_checksums(slot, w, ids),
+            # the fused kernel's other checksum form: one 64-bit multiply per word
+            "pack_fused_mul": lambda ids=ids: _with(kernels, "FUSED_ROWSUM", False,
+                                                    ops.pack_checksums, pool, ids, slot),
+            "pack_then_checksum": lambda ids=ids: (ops.pack(pool, ids, slot),
+                                                   ops.block_checksums(pool, ids)),
         }
         # Two modes, interleaved over two rounds so that drift shows up as spread, not as a ratio:
         #   idle    one call between two events, L2 flushed first (do_bench): includes any host
@@ -123,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"blocks": n, "bytes": nbytes, "block_bytes": bn, "card": card}
         for k, ts in times.items():
             moved = nbytes if k == "checksum" else 2 * nbytes  # checksum reads only
+            # (fused / pack_then_checksum: the bytes of the copy, the checksum's read not counted)
             ms = statistics.median(ts)
             row[f"{k}_ms"] = ms
             row[f"{k}_spread_ms"] = max(ts) - min(ts)
@@ -130,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             sms = statistics.median(stream[k])
             row[f"{k}_stream_GBps"] = moved / (sms * 1e-3) / 1e9
             row[f"{k}_host_us"] = statistics.median(host[k])
-        for k in ("pack", "unpack", "ref_pack", "ref_unpack", "pack_devids", "unpack_devids"):
-            row[f"{k}_stream_vs_copy"] = row[f"{k}_stream_GBps"] / row["copy_stream_GBps"]
-        for k in ("pack", "unpack", "ref_pack", "ref_unpack", "pack_devids", "unpack_devids"):
-            row[f"{k}_vs_copy"] = row[f"{k}_GBps"] / row["copy_GBps"]
+        for k in fns:
+            if k not in ("copy", "checksum"):
+                row[f"{k}_stream_vs_copy"] = row[f"{k}_stream_GBps"] / row["copy_stream_GBps"]
+                row[f"{k}_vs_copy"] = row[f"{k}_GBps"] / row["copy_GBps"]
         rows.append(row)
         del work
     print(f"card: {card}; block {bn / 2**20:.0f} MiB; bandwidth = bytes read + written (GB/s)")
@@ -156,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
               f" devids p/u {r['pack_devids_stream_vs_copy']:.3f}/"
               f"{r['unpack_devids_stream_vs_copy']:.3f}; host us: copy {r['copy_host_us']:.0f} "
               f"pack {r['pack_host_us']:.0f} unpack {r['unpack_host_us']:.0f} "
-              f"devids {r['pack_devids_host_us']:.0f}")
-    sweep = _sweep(pool, slot, copy_src, copy_dst, rng, max_n) if args.sweep else []
+              f"devids {r['pack_devids_host_us']:.0f} nograph {r['pack_nograph_host_us']:.0f}")
+    print("graphs off (every launch through Triton), idle/stream vs copy; fused (+checksums):")
+    for r in rows:
+        print(f"  {r['blocks']:>4} blocks: nograph p/u {r['pack_nograph_vs_copy']:.3f}/"
+              f"{r['unpack_nograph_vs_copy']:.3f} stream {r['pack_nograph_stream_vs_copy']:.3f}/"
+              f"{r['unpack_nograph_stream_vs_copy']:.3f}; fused p/u {r['pack_fused_ms']:.4f}/"
+              f"{r['unpack_fused_ms']:.4f} ms (multiply form {r['pack_fused_mul_ms']:.4f}) vs "
+              f"pack+checksum {r['pack_then_checksum_ms']:.4f} ms"
+              f" (copy {r['copy_ms']:.4f} ms)")
+    sweep_n = args.sweep_blocks or min(args.blocks)
+    sweep = _sweep(pool, slot, copy_src, copy_dst, rng, sweep_n) if args.sweep else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "sweep": sweep}, f, indent=1)
@@ -167,6 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target >= 0.8 of copy for pack and unpack ({mode} mode): met at blocks {ok} "
               f"of {[r['blocks'] for r in rows]}")
     return 0
+
+
+def _nograph(kernels, fn, *args):
+    return _with(kernels, "GRAPHS", False, fn, *args)
+
+
+def _with(module, name, value, fn, *args):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        return fn(*args)
+    finally:
+        setattr(module, name, saved)
 
 
 def _stream(fn, reps: int) -> tuple[float, float]:
@@ -198,7 +244,7 @@ def _sweep(pool, slot, copy_src, copy_dst, rng, n) -> list[dict]:
     try:
         copy_ms = triton.testing.do_bench(lambda: copy_dst[:nbytes].copy_(copy_src[:nbytes]),
                                           return_mode="median")
-        for words in (4096, 8192, 16384, 32768):
+        for words in (2048, 4096, 8192, 16384, 32768):
             for warps in (4, 8, 16):
                 kernels._COPY_WORDS, kernels._COPY_WARPS = words, warps
                 p = triton.testing.do_bench(lambda: ops.pack(pool, ids, slot),

@@ -1,8 +1,10 @@
 """NIXL GPU -> GPU WRITE between two processes, against torch's peer copy of the same bytes in the
 same run (issue 6: target >= 0.9 of the peer copy), plus a two-process data-path demo.
 
-Needs two CUDA devices and nixl-cu13. The parent (agent "ctx") owns GPU 0; a spawned child
-(agent "gen") owns GPU 1. Both register VRAM with NIXL (UCX's CUDA transports: default UCX_TLS,
+Needs a CUDA device and nixl-cu13. The parent (agent "ctx") owns GPU 0; a spawned child
+(agent "gen") owns GPU 1, or GPU 0 too where there is one GPU (two processes on one GPU: UCX's
+cuda_ipc maps the peer's memory on the same device, and "peer" below is a device-local copy).
+Both register VRAM with NIXL (UCX's CUDA transports: default UCX_TLS,
 NVLink between the two GPUs); metadata and commands go over a pipe. Agents run without NIXL's
 progress thread by default (the poller drives UCX, as the runtime's transport does): on an H200 x2
 host the thread cut the WRITE to 0.63-0.73 of the peer copy, without it 1.01-1.05.
@@ -157,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="DRAM instead of VRAM (checks the protocol on a CPU machine; no target)")
     args = ap.parse_args(argv)
-    if not args.cpu_smoke and torch.cuda.device_count() < 2:
-        print("needs two CUDA devices", file=sys.stderr)
+    if not args.cpu_smoke and torch.cuda.device_count() < 1:
+        print("needs a CUDA device", file=sys.stderr)
         return 2
     from kvledger.cuda import ops
     from kvledger.cuda.quiescence import DeviceFence, Quiescence
@@ -169,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         d0 = d1 = torch.device("cpu")
         card, mem, gen_index = "cpu (smoke)", "DRAM", -1
     else:
-        d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
-        card = f"{torch.cuda.get_device_name(d0)} x{torch.cuda.device_count()}"
-        mem, gen_index = "VRAM", 1
+        gen_index = 1 if torch.cuda.device_count() > 1 else 0
+        d0, d1 = torch.device("cuda", 0), torch.device("cuda", gen_index)
+        card = f"{torch.cuda.get_device_name(d0)} x{torch.cuda.device_count()}" + (
+            "" if gen_index else " (ctx and gen processes on the same GPU)")
+        mem = "VRAM"
     src = torch.empty(max_bytes, dtype=torch.uint8, device=d0).random_(0, 256)
     peer_dst = torch.empty(max_bytes, dtype=torch.uint8, device=d1)
 
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cpu_smoke:
             return
         torch.cuda.synchronize(d0)
-        torch.cuda.synchronize(d1)
+        if d1 != d0:
+            torch.cuda.synchronize(d1)
 
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()

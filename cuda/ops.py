@@ -118,6 +118,34 @@ def unpack_torch(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int
     return n
 
 
+def pack_checksums(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor) -> list[int]:
+    """``pack`` and then ``block_checksums`` of the packed blocks; on a GPU one fused kernel
+    (a single pass over the bytes and one launch instead of two). Synchronizes."""
+    n = len(block_ids) * block_nbytes(pool)
+    _check_slot(slot, n)
+    if n and pool.is_cuda and _kernels().supports(pool, slot):
+        sums = _kernels().copy_with_checksums(pool, slot, pool, block_ids, scatter=False)
+        if sums is not None:
+            return sums
+    pack(pool, block_ids, slot)
+    return block_checksums(pool, block_ids)
+
+
+def unpack_checksums(slot: torch.Tensor, pool: torch.Tensor,
+                     block_ids: Sequence[int]) -> list[int]:
+    """``unpack`` and then ``block_checksums`` of the unpacked blocks; on a GPU one fused kernel
+    whose checksums are of the words it stored (the same as reading the blocks back unless a
+    block is listed twice). Synchronizes."""
+    n = len(block_ids) * block_nbytes(pool)
+    _check_slot(slot, n)
+    if n and pool.is_cuda and _kernels().supports(pool, slot):
+        sums = _kernels().copy_with_checksums(slot, pool, pool, block_ids, scatter=True)
+        if sums is not None:
+            return sums
+    unpack(slot, pool, block_ids)
+    return block_checksums(pool, block_ids)
+
+
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:
     """One integer checksum per block (see CHECKSUM_ROW_WORDS); identical on every device."""
     if len(block_ids) == 0:
@@ -171,12 +199,35 @@ def block_checksums_torch(pool: torch.Tensor, block_ids: Sequence[int]) -> list[
     return [int(x) for x in (rows * weights).sum(dim=1).tolist()]
 
 
+# HostKV's checksum of scattered block ids: below this many bytes per call, one numpy call over
+# the gathered words (a few small blocks: per-call dispatch is the cost); above it, one call per
+# run of consecutive ids, in place (no gather copy of megabytes).
+HOST_GATHER_CHECKSUM_BYTES_MAX = 256 << 10
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """``ids`` cut into runs of consecutive ids: (first id, count) in listed order."""
+    out: list[tuple[int, int]] = []
+    first = prev = ids[0]
+    for b in ids[1:]:
+        if b != prev + 1:
+            out.append((first, prev - first + 1))
+            first = b
+        prev = b
+    out.append((first, prev - first + 1))
+    return out
+
+
 class HostKV:
     """The CPU data path of one worker: its pool and slot arena (CPU tensors) seen as numpy
     arrays, built once. Same bytes and checksums as the torch reference above (tests hold them
-    equal); numpy because these are small arrays (a few 8 KiB blocks per call) where torch's
-    per-call dispatch, not the bytes, was most of the cost (2-7x slower per pack, unpack or
-    checksum). The arrays share memory with the tensors: a write through one shows in the other.
+    equal). Copies and checksums go by runs of consecutive block ids (an allocator hands out
+    runs; one call per run instead of one per block). numpy throughout: torch's per-call
+    dispatch was most of the cost of a few 8 KiB blocks, and its intra-op threads, on a busy
+    2-core box, made a 1 MiB checksum 30x slower (OpenMP waiting on a descheduled thread); one
+    ``einsum`` of row sums and row weights runs a 64 MiB checksum in ~3 ms, within 10% of
+    torch's single-threaded reduction. The arrays share memory with the tensors: a write
+    through one shows in the other.
 
     Slots are the arena's fixed ``slot_nbytes`` ranges; ``pack``/``unpack`` check the listed
     blocks fit one (``SlotTooSmallError``) and that every id is a block of the pool
@@ -189,17 +240,19 @@ class HostKV:
         self.block_nbytes = bn = block_nbytes(pool)
         self.slot_nbytes = slot_nbytes
         # uint8 first: numpy has no bfloat16, and bytes are all the data path moves.
-        self.blocks = pool.reshape(-1).view(torch.uint8).numpy().reshape(self.num_blocks, bn)
+        self.flat = pool.reshape(-1).view(torch.uint8).numpy()
+        self.blocks = self.flat.reshape(self.num_blocks, bn)
         # Blocks [0, written) may have been written through this object (fill, unpack); the
         # rest are as they were (a recycled zeroed pool need only be re-zeroed up to here).
         self.written = 0
         self.arena = arena.numpy()
         word, words, row = checksum_layout(bn)
         self._words = self.blocks.view(np.int64 if word is torch.int64 else np.int32)
+        self._rows = (words // row, row)  # a block's words as rows
         self._wide = word is torch.int32  # 32-bit words are sign-extended before the sums
-        # sum over rows of (2k + 1) * R_k == sum over words of (2 * (j // row) + 1) * u_j:
-        # one wrapping int64 dot product per block (any order: the same value mod 2**64).
-        self._weights = np.repeat(np.arange(1, 2 * (words // row) + 1, 2, dtype=np.int64), row)
+        # sum over rows k of (2k + 1) * R_k, R_k the row's sum: one einsum over a run of
+        # blocks, wrapping int64 (any order: the same value mod 2**64).
+        self._weights = np.arange(1, 2 * (words // row) + 1, 2, dtype=np.int64)
 
     def _ids(self, block_ids: Sequence[int], lowest: int) -> list[int]:
         ids = [int(b) for b in block_ids]
@@ -222,12 +275,11 @@ class HostKV:
         ids = self._ids(block_ids, 0)
         n = len(ids) * self.block_nbytes
         out = self._slot(slot, n)
-        # One block at a time: a few blocks per call, and per-block copies measured faster
-        # than a gather (np.take) here, from a pool colder than the caches most of all.
-        blocks, bn, o = self.blocks, self.block_nbytes, 0
-        for b in ids:
-            out[o:o + bn] = blocks[b]
-            o += bn
+        if ids:
+            flat, bn, o = self.flat, self.block_nbytes, 0
+            for b, m in _runs(ids):
+                out[o:o + m * bn] = flat[b * bn:(b + m) * bn]
+                o += m * bn
         return n
 
     def unpack(self, slot: int, block_ids: Sequence[int]) -> int:
@@ -236,10 +288,10 @@ class HostKV:
         n = len(ids) * self.block_nbytes
         src = self._slot(slot, n)
         if ids:
-            blocks, bn, o = self.blocks, self.block_nbytes, 0
-            for b in ids:  # in order: a repeated id ends with its last block's bytes
-                blocks[b] = src[o:o + bn]
-                o += bn
+            flat, bn, o = self.flat, self.block_nbytes, 0
+            for b, m in _runs(ids):  # in order: a repeated id ends with its last block's bytes
+                flat[b * bn:(b + m) * bn] = src[o:o + m * bn]
+                o += m * bn
             top = max(ids) + 1
             if top > self.written:
                 self.written = top
@@ -251,10 +303,21 @@ class HostKV:
         ids = self._ids(block_ids, -self.num_blocks)
         if not ids:
             return []
-        words = self._words.take(ids, axis=0)  # the method: no np.take wrapper per call
+        nb = self.num_blocks
+        ids = [b + nb if b < 0 else b for b in ids]
+        runs = _runs(ids)
+        if len(runs) > 1 and len(ids) * self.block_nbytes <= HOST_GATHER_CHECKSUM_BYTES_MAX:
+            return self._sums(self._words.take(ids, axis=0))  # the method: no np.take wrapper
+        out: list[int] = []
+        for first, m in runs:
+            out += self._sums(self._words[first:first + m])
+        return out
+
+    def _sums(self, words: np.ndarray) -> list[int]:
         if self._wide:
             words = words.astype(np.int64)
-        return (words @ self._weights).tolist()
+        return np.einsum("ijk,j->i", words.reshape(len(words), *self._rows),
+                         self._weights).tolist()
 
     def fill(self, block: int, content: np.ndarray) -> None:
         """Block ``block`` := ``content`` (its bytes, uint8)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .transport import PeerLostError, TransportError, XferStatus
+from .transport import PeerLostError, TransportError, XferStatus, block_ranges
 
 
 class LoopbackHub:
@@ -42,6 +42,9 @@ class _Op:
     released: bool = False
     held: bool = False
     error: str | None = None
+    # Zero-copy WRITEs of block runs: (source view, destination offset) pieces; ``src`` and
+    # ``dst_offset`` are then unused.
+    pieces: list[tuple[torch.Tensor, int]] | None = None
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -92,6 +95,47 @@ class LoopbackTransport:
         return json.dumps({"agent": self.name, "region": region, "offset": offset,
                            "nbytes": nbytes}).encode()
 
+    def blocks_descriptor(self, region: str, block_ids: list[int] | tuple[int, ...],
+                          block_nbytes: int) -> bytes:
+        ranges = block_ranges(block_ids, block_nbytes)
+        size = self.regions[region].numel()
+        assert all(o + n <= size for o, n in ranges), "descriptor outside region"
+        return json.dumps({"agent": self.name, "region": region, "ranges": ranges,
+                           "nbytes": sum(n for _, n in ranges)}).encode()
+
+    def post_write_blocks(self, local_region: str, block_ids: list[int] | tuple[int, ...],
+                          block_nbytes: int, peer: str, remote_desc: bytes,
+                          notif: bytes = b"") -> int:
+        """A zero-copy WRITE of local blocks into the peer's ranges (cut at both sides'
+        boundaries), read and written like ``post_write``."""
+        self._peer(peer)
+        d = json.loads(remote_desc)
+        local = block_ranges(block_ids, block_nbytes)
+        nbytes = sum(n for _, n in local)
+        remote = d.get("ranges") or [[d["offset"], d["nbytes"]]]
+        if d["agent"] != peer or sum(n for _, n in remote) != nbytes:
+            raise TransportError(f"descriptor mismatch: {d} vs {peer}/{nbytes}")
+        region = self.regions[local_region]
+        pieces: list[tuple[torch.Tensor, int]] = []
+        i = j = 0
+        lo, ln = local[0]
+        ro, rn = remote[0]
+        while True:
+            n = min(ln, rn)
+            src = region[lo:lo + n]
+            pieces.append((src.clone() if self.read_at_post else src, ro))
+            lo, ln, ro, rn = lo + n, ln - n, ro + n, rn - n
+            if ln == 0:
+                i += 1
+                if i == len(local):
+                    break
+                lo, ln = local[i]
+            if rn == 0:
+                j += 1
+                ro, rn = remote[j]
+        return self._start(_Op(region[:0], peer, d["region"], 0, nbytes, notif, 0,
+                               pieces=pieces))
+
     def _peer(self, peer: str) -> LoopbackTransport:
         self._alive()
         agent = self.hub.agents.get(peer)
@@ -114,15 +158,18 @@ class LoopbackTransport:
         src = self.regions[local_region][local_offset:local_offset + nbytes]
         if self.read_at_post:
             src = src.clone()
+        return self._start(_Op(src, peer, d["region"], d["offset"], nbytes, notif, 0))
+
+    def _start(self, op: _Op) -> int:
         if self.latency_ticks_max is not None:
-            latency = self.rng.randint(0, self.latency_ticks_max)
+            op.remaining = self.rng.randint(0, self.latency_ticks_max)
         else:
-            latency = self.latency_ticks
+            op.remaining = self.latency_ticks
+        op.held = self.hold_new
         h = self._next
         self._next += 1
-        op = _Op(src, peer, d["region"], d["offset"], nbytes, notif, latency, held=self.hold_new)
         self.ops[h] = op
-        if latency == 0 and not op.held:
+        if op.remaining == 0 and not op.held:
             self._complete(op)
         return h
 
@@ -175,7 +222,11 @@ class LoopbackTransport:
             op.state, op.error = "ERR", "peer disconnected"
             return
         target = dst.regions[op.dst_region]
-        target[op.dst_offset:op.dst_offset + op.nbytes].copy_(op.src)  # read the source now
+        if op.pieces is not None:
+            for src, off in op.pieces:
+                target[off:off + src.numel()].copy_(src)  # read the source now
+        else:
+            target[op.dst_offset:op.dst_offset + op.nbytes].copy_(op.src)  # read it now
         op.state = "DONE"
         if op.notif:
             dst.inbox.append((self.name, op.notif))

@@ -21,15 +21,14 @@ under a live loop (monotonic clock) and under the replayer (virtual clock, shim 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..cuda import ops
+from ..cuda import ops  # noqa: F401 - the data path's ops, reachable here (tests patch them)
 from ..cuda.quiescence import DeviceFence
 from .config import WorkerConfig
 from .core import io
@@ -38,6 +37,7 @@ from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
 from .core.states import LifecycleError
+from .datapath import KVDataPath, fill_blocks  # noqa: F401 - fill_blocks: re-exported
 from .limits import EFFECTS_PER_STEP_MAX, REJECTIONS_RECORDED_MAX
 from .policy import Policy
 from .transport import PeerLostError, Transport, TransportError
@@ -53,47 +53,6 @@ class _Watch:
         self.request_id = request_id
         self.polls = 0
         self.state = "PROC"
-
-
-# Recently generated block contents by (seed, shape, dtype): shared prefixes repeat seeds, and a
-# seeded randn per block was 10-15% of a replay. Bounded by bytes, least recently used out.
-# Each entry: the block tensor and its bytes as a numpy array (the CPU fill copies those).
-_FILL_CACHE: OrderedDict[tuple, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
-FILL_CACHE_BYTES_MAX = 32 << 20
-_fill_cache_bytes = [0]  # bytes held by _FILL_CACHE
-
-
-def _block_content(seed: int, shape: tuple[int, ...],
-                   dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
-    key = (seed, shape, dtype)
-    hit = _FILL_CACHE.get(key)
-    if hit is not None:
-        _FILL_CACHE.move_to_end(key)
-        return hit
-    g = torch.Generator().manual_seed(seed)
-    block = torch.randn(shape, generator=g, dtype=torch.float32).to(dtype)
-    entry = (block, block.reshape(-1).view(torch.uint8).numpy())
-    nbytes = block.numel() * block.element_size()
-    if nbytes <= FILL_CACHE_BYTES_MAX // 8:
-        _FILL_CACHE[key] = entry
-        _fill_cache_bytes[0] += nbytes
-        while _fill_cache_bytes[0] > FILL_CACHE_BYTES_MAX:
-            _, (old, _) = _FILL_CACHE.popitem(last=False)
-            _fill_cache_bytes[0] -= old.numel() * old.element_size()
-    return entry
-
-
-def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, ...],
-                host: ops.HostKV | None = None) -> None:
-    """Deterministic KV content of each block from its seed (the hash of its token chain).
-    ``host``: the pool's numpy view (CPU pools), which the bytes are copied through."""
-    shape, dtype = tuple(pool.shape[1:]), pool.dtype
-    if host is not None:
-        for b, seed in zip(blocks, seeds, strict=True):
-            host.fill(b, _block_content(seed, shape, dtype)[1])
-        return
-    for b, seed in zip(blocks, seeds, strict=True):
-        pool[b].copy_(_block_content(seed, shape, dtype)[0])
 
 
 class Worker:
@@ -114,10 +73,10 @@ class Worker:
         self.arena = zeros((nslots * c.slot_nbytes,), dtype=torch.uint8, device=device)
         transport.register("kv", self.pool)
         transport.register("slots", self.arena)
-        # CPU: the data path through numpy views of pool and arena (ops.HostKV: the same bytes
-        # and checksums as ops.pack/unpack/block_checksums, a fraction of the per-call cost).
-        self._host = (ops.HostKV(self.pool, self.arena, c.slot_nbytes)
-                      if self.pool.device.type == "cpu" else None)
+        # The KV data path (fill, pack + checksums, unpack + checksums); on the CPU through numpy
+        # views of pool and arena (``_host``: the replayer reads its high-water block).
+        self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes)
+        self._host = self._data.host
         core_cls = CtxCore if c.role == "ctx" else GenCore
         self.core: CoreBase = core_cls(c, emit, policy)
         self.results: dict[str, str] = {}
@@ -272,22 +231,12 @@ class Worker:
                                                      now_ns))
             queue[:0] = more  # results first: the core's order is kept
 
-    def _slot(self, slot: int) -> torch.Tensor:
-        n = self.config.slot_nbytes
-        return self.arena[slot * n:(slot + 1) * n]
-
     def _execute(self, eff: Any, now_ns: int) -> list[Any]:
         core = self.core
-        host = self._host
         if isinstance(eff, io.Fill):
-            fill_blocks(self.pool, eff.blocks, eff.seeds, host)
+            self._data.fill(eff.blocks, eff.seeds)
         elif isinstance(eff, io.Pack):
-            if host is not None:
-                host.pack(eff.blocks, eff.slot)
-                sums = tuple(host.checksums(eff.blocks))
-            else:
-                ops.pack(self.pool, eff.blocks, self._slot(eff.slot))
-                sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            sums = self._data.pack(eff.blocks, eff.slot)
             self._fenced(eff.request_id, "pack", eff.slot, eff.blocks)
             return core.feed(io.Packed(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.PostWrite):
@@ -303,12 +252,7 @@ class Worker:
         elif isinstance(eff, io.SendControl):
             self._send(eff.msg, now_ns)
         elif isinstance(eff, io.Unpack):
-            if host is not None:
-                host.unpack(eff.slot, eff.blocks)
-                sums = tuple(host.checksums(eff.blocks))
-            else:
-                ops.unpack(self._slot(eff.slot), self.pool, eff.blocks)
-                sums = tuple(ops.block_checksums(self.pool, eff.blocks))
+            sums = self._data.unpack(eff.slot, eff.blocks)
             self._fenced(eff.request_id, "unpack", eff.slot, eff.blocks)
             return core.feed(io.Unpacked(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.Fulfil):
@@ -336,11 +280,16 @@ class Worker:
                   device=str(self.pool.device))
 
     def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
-        offset = eff.slot * self.config.slot_nbytes
         notif = encode(eff.notif) if eff.notif is not None else b""
+        blocks = getattr(eff, "blocks", None)  # zero-copy: the WRITE reads these KV blocks
         try:
-            handle = self.transport.post_write("slots", offset, eff.nbytes, self.peer,
-                                               eff.remote_desc, notif)
+            if blocks:
+                handle = self.transport.post_write_blocks("kv", blocks, self.config.block_nbytes,
+                                                          self.peer, eff.remote_desc, notif)
+            else:
+                handle = self.transport.post_write("slots", eff.slot * self.config.slot_nbytes,
+                                                   eff.nbytes, self.peer, eff.remote_desc,
+                                                   notif)
         except TransportError as exc:
             out = self.core.feed(io.PostFailed(eff.request_id, f"{type(exc).__name__}: {exc}",
                                                now_ns))
@@ -353,9 +302,13 @@ class Worker:
 
     def _send(self, msg: Any, now_ns: int) -> None:
         if isinstance(msg, Advertise):
-            offset = msg.slot * self.config.slot_nbytes
-            desc = self.transport.region_descriptor("slots", offset, msg.nbytes)
-            msg = Advertise(msg.request_id, msg.slot, msg.nbytes, desc)
+            blocks = getattr(msg, "blocks", None)  # zero-copy: ctx writes into these blocks
+            if blocks:
+                desc = self.transport.blocks_descriptor("kv", blocks, self.config.block_nbytes)
+            else:
+                desc = self.transport.region_descriptor(
+                    "slots", msg.slot * self.config.slot_nbytes, msg.nbytes)
+            msg = dataclasses.replace(msg, desc=desc)
         if self._lost:
             return  # nobody to tell; the core already accounted for the loss
         try:

@@ -202,3 +202,79 @@ def test_tensors_on_a_device_that_is_not_current(kernels) -> None:
     dst = torch.zeros_like(pool)
     ops.unpack(slot, dst, [1, 2, 3])
     assert ops.block_checksums(dst, [1, 2, 3]) == ops.block_checksums_torch(pool.cpu(), [5, 0, 6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(5, 3, 1, 1, 1, 1)])  # + 12-byte (32-bit word) blocks
+def test_fused_pack_and_unpack_checksums_match_the_reference(kernels, dtype, shape) -> None:
+    if dtype is not torch.float32 and shape[-1] == 1:
+        pytest.skip("the odd-word shape is a float32 one")
+    pool = _pool(shape, dtype, seed=29)
+    n = shape[0]
+    ids = [(3 * i + 1) % n for i in range(n)][: max(1, n - 1)]
+    ids = list(dict.fromkeys(ids))
+    bn = ops.block_nbytes(pool)
+    slot = torch.full((len(ids) * bn + 16,), 0xEE, dtype=torch.uint8, device="cuda")
+    sums = ops.pack_checksums(pool, ids, slot)
+    pool_cpu = pool.cpu()
+    ref = torch.full((len(ids) * bn + 16,), 0xEE, dtype=torch.uint8)
+    ops.pack_torch(pool_cpu, ids, ref)
+    assert _same(slot, ref)
+    assert sums == ops.block_checksums_torch(pool_cpu, ids)
+    dst = _pool(shape, dtype, seed=31)
+    dst_ids = list(reversed(range(n)))[: len(ids)]
+    assert ops.unpack_checksums(slot, dst, dst_ids) == sums
+    dst_ref = _pool(shape, dtype, seed=31).cpu()
+    ops.unpack_torch(ref, dst_ref, dst_ids)
+    assert _same(dst, dst_ref)
+    assert ops.block_checksums(dst, dst_ids) == sums
+
+
+def test_fused_checksum_sees_one_flipped_bit_in_flight(kernels) -> None:
+    pool = _pool((4, 32, 2, 8, 32, 128), torch.bfloat16, seed=37)
+    slot = torch.empty(4 * ops.block_nbytes(pool), dtype=torch.uint8, device="cuda")
+    sent = ops.pack_checksums(pool, [0, 1, 2, 3], slot)
+    slot.view(torch.int32)[1_234_567] ^= 1 << 3  # block 1 (4 MiB blocks), on the "wire"
+    dst = torch.zeros_like(pool)
+    got = ops.unpack_checksums(slot, dst, [3, 2, 1, 0])
+    assert got[1] != sent[1] and [got[0], got[2], got[3]] == [sent[0], sent[2], sent[3]]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_graph_replays_use_each_calls_own_ids(kernels, fused) -> None:
+    # The same shape many times (replayed from CUDA graphs after its first launch), queued
+    # behind a busy stream: every call must move its own ids, also when graph rows are reused.
+    if not kernels.GRAPHS:
+        pytest.skip("CUDA graphs are off (KVLEDGER_CUDA_GRAPHS=0)")
+    pool = _pool((32, 2, 2, 4, 4, 8), torch.float16, seed=41)
+    bn = ops.block_nbytes(pool)
+    slot = torch.empty(3 * bn, dtype=torch.uint8, device="cuda")
+    calls = 4 * kernels._Graphs.ROWS + 1
+    lists = [[(5 * i) % 32, (5 * i + 3) % 32, (7 * i + 1) % 32] for i in range(calls)]
+    lists = [list(dict.fromkeys(x)) + [31 - i % 7] * (3 - len(set(x))) for i, x in
+             enumerate(lists)]
+    history = torch.empty((calls, 3 * bn), dtype=torch.uint8, device="cuda")
+    sums = []
+    torch.cuda._sleep(100_000_000)
+    for i, ids in enumerate(lists):
+        if fused:
+            sums.append(ops.pack_checksums(pool, ids, slot))
+        else:
+            ops.pack(pool, ids, slot)
+        history[i].copy_(slot)
+    assert kernels._GRAPHS[pool.device].entries, "no graph was captured"
+    pool_cpu = pool.cpu()
+    for i, ids in enumerate(lists):
+        ref = torch.empty(3 * bn, dtype=torch.uint8)
+        ops.pack_torch(pool_cpu, ids, ref)
+        assert _same(history[i], ref), i
+        if fused:
+            assert sums[i] == ops.block_checksums_torch(pool_cpu, ids), i
+    # unpack replays too (the same slot each call): scatter into different blocks each call
+    dst = torch.zeros_like(pool)
+    for i in range(3):
+        slot.copy_(history[i])
+        ops.unpack(slot, dst, [3 * i, 3 * i + 1, 3 * i + 2])
+    for i in range(3):
+        for j, b in enumerate(lists[i]):
+            assert _same(dst[3 * i + j], pool[b])

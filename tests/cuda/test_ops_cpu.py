@@ -232,3 +232,50 @@ def test_host_path_refuses_bad_slots_and_ids_before_any_byte_moves() -> None:
     assert _bytes(arena) == b"\xcd" * (4 * bn)
     assert _bytes(pool) == _bytes(before)
     assert host.pack([], 0) == 0 and host.unpack(0, []) == 0 and host.checksums([]) == []
+
+
+@pytest.mark.parametrize("gather_max", [0, 1 << 30])  # by runs, and gathered
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int32])
+def test_host_runs_of_consecutive_ids_match_the_reference(monkeypatch, gather_max: int,
+                                                          dtype: torch.dtype) -> None:
+    monkeypatch.setattr(ops, "HOST_GATHER_CHECKSUM_BYTES_MAX", gather_max)
+    if dtype is torch.int32:  # 12-byte blocks: 32-bit words, sign-extended
+        pool = torch.randint(-(2**31), 2**31 - 1, (10, 3), dtype=torch.int32)
+    else:
+        pool = _pool(dtype, seed=9)
+    ref = pool.clone()
+    bn = ops.block_nbytes(pool)
+    host, arena = _host(pool, 2, 10 * bn)
+    ids = [3, 4, 5, 1, 2, 9, 0, 8]  # runs (3..5), (1..2), (9), (0), (8)
+    for check in (ids, [2, 3, 4, 5], [-1, -2, 0, 1], [7]):
+        assert host.checksums(check) == ops.block_checksums_torch(ref, check)
+    host.pack(ids, 1)
+    want = torch.empty(len(ids) * bn, dtype=torch.uint8)
+    ops.pack_torch(ref, ids, want)
+    assert _bytes(arena[10 * bn:10 * bn + len(ids) * bn]) == _bytes(want)
+    # Unpack into runs and a repeated id (the last listed copy wins, as index_copy_ in order).
+    dst = [6, 7, 8, 0, 1, 6, 2, 3]
+    host.unpack(1, dst)
+    for i, b in enumerate(dst):
+        if b == 6 and i == 0:
+            continue  # overwritten by the later copy
+        assert _bytes(pool[b]) == _bytes(ref[ids[i]])
+    assert host.checksums(dst[1:]) == ops.block_checksums_torch(ref, ids[1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_and_unpack_with_checksums_are_pack_unpack_then_checksums(dtype) -> None:
+    src = _pool(dtype, seed=3)
+    dst = _pool(dtype, seed=4)
+    bn = ops.block_nbytes(src)
+    slot = torch.full((4 * bn + 5,), 0xAB, dtype=torch.uint8)
+    ids, dst_ids = [6, 2, 9, 0], [1, 8, 3, 5]
+    sums = ops.pack_checksums(src, ids, slot)
+    want = torch.full((4 * bn + 5,), 0xAB, dtype=torch.uint8)
+    ops.pack_torch(src, ids, want)
+    assert _bytes(slot) == _bytes(want)
+    assert sums == ops.block_checksums_torch(src, ids)
+    assert ops.unpack_checksums(slot, dst, dst_ids) == sums
+    assert ops.block_checksums_torch(dst, dst_ids) == sums
+    with pytest.raises(ops.SlotTooSmallError):
+        ops.pack_checksums(src, ids + [7], slot)

@@ -82,6 +82,8 @@ def test_control_frames_are_reordered_and_deduplicated(pair):
         return _CTRL_HDR.pack(_CTRL, inc, seq) + body
 
     out: list[tuple[str, bytes]] = []
+    saved = tr._rx.pop("tgt", None)  # the module's real peer state: set aside for this test
+    tr.take_rejected()
     tr._accept("tgt", frame(7, 2, b"b"), out)
     assert out == []  # held until seq 1 arrives
     tr._accept("tgt", frame(7, 1, b"a"), out)
@@ -92,6 +94,9 @@ def test_control_frames_are_reordered_and_deduplicated(pair):
     assert out == [("tgt", b"a"), ("tgt", b"b"), ("tgt", b"new")]
     assert [r[:2] for r in tr.take_rejected()] == [
         ("tgt", "an older incarnation of the peer"), ("x", "not a configured peer")]
+    tr._rx.pop("tgt", None)
+    if saved is not None:
+        tr._rx["tgt"] = saved
 
 
 def test_nixl_errors_become_transport_errors_with_cause(pair):
@@ -202,3 +207,62 @@ def test_fault_script_is_seeded():
         Fault("explode")
     with pytest.raises(ValueError, match="kill_peer"):
         FaultyTransport(object.__new__(NixlTransport), [Fault("kill")])
+
+
+def test_block_ranges_merge_runs_in_listed_order():
+    from kvledger.runtime.transport import block_ranges
+
+    assert block_ranges([3, 4, 5, 9, 1, 2], 100) == [(300, 300), (900, 100), (100, 200)]
+    assert block_ranges([7], 8) == [(56, 8)]
+    assert block_ranges([], 8) == []
+    assert block_ranges([2, 2], 8) == [(16, 8), (16, 8)]  # a repeat is not a run
+
+
+def test_ranges_cut_differently_are_paired_at_the_union_of_boundaries():
+    from kvledger.runtime.nixl_transport import _paired
+
+    local = [(1000, 300, 0), (5000, 100, 0)]
+    remote = [(0, 100, 1), (700, 250, 1), (2000, 50, 1)]
+    lo, ro = _paired(local, remote)
+    assert lo == [(1000, 100, 0), (1100, 200, 0), (5000, 50, 0), (5050, 50, 0)]
+    assert ro == [(0, 100, 1), (700, 200, 1), (900, 50, 1), (2000, 50, 1)]
+    with pytest.raises(TransportError):
+        _paired(local, remote[:2])
+
+
+def test_zero_copy_write_of_block_runs_into_ranges_cut_differently(pair):
+    tr, src, peer = pair
+    bn = 64 << 10
+    src[:16 * bn] = pattern(16 * bn, 5)
+    blocks = [3, 4, 5, 9, 0]  # runs (3..5), (9), (0)
+    # The peer's blocks: one descriptor of three ranges of 2, 1 and 2 blocks.
+    parts = [peer.call("descriptor", off, n) for off, n in
+             ((4 * MiB, 2 * bn), (5 * MiB, bn), (6 * MiB, 2 * bn))]
+    desc = parts[0] + b"".join(p[4:] for p in parts[1:])
+    h = tr.post_write_blocks("src", blocks, bn, "tgt", desc, notif=b"blocks")
+    st, _ = wait_terminal(tr, h)
+    assert st.state == "DONE"
+    want = b"".join(src[b * bn:(b + 1) * bn].numpy().tobytes() for b in blocks)
+    got = (peer.call("read", 4 * MiB, 2 * bn) + peer.call("read", 5 * MiB, bn)
+           + peer.call("read", 6 * MiB, 2 * bn))
+    assert got == want
+    assert inbox_until(peer, 1, tick=tr.progress) == [("init", b"blocks")]
+    tr.release(h)
+    assert tr.blocks_descriptor("src", [1, 2], bn) == tr.region_descriptor("src", bn, 2 * bn)
+
+
+def test_a_finished_write_handle_is_reposted_with_its_new_notification(pair):
+    tr, src, peer = pair
+    desc = peer.call("descriptor", 3 * MiB, 4096)
+    before = tr.stats["reposted"]
+    tr.repost = True  # opt-in
+    for i in range(3):
+        src[:4096] = pattern(4096, 10 + i)
+        h = tr.post_write("src", 0, 4096, "tgt", desc, notif=b"n%d" % i)
+        st, _ = wait_terminal(tr, h)
+        assert st.state == "DONE"
+        assert peer.call("read", 3 * MiB, 4096) == src[:4096].numpy().tobytes()
+        assert inbox_until(peer, 1, tick=tr.progress) == [("init", b"n%d" % i)]
+        tr.release(h)
+    tr.repost = False
+    assert tr.stats["reposted"] - before == 2  # the first post created the handle
