@@ -18,12 +18,14 @@ Writer modes:
 
 ``flush()`` returns once everything emitted before it is durable ("acknowledged").
 
-Memory bound and what happens at it: the deque has a bound (``queue_max`` events). It is reached
-only when the writer cannot take events at all (in process mode: its own inbox, 256 MiB of frames,
-is full because the store has stopped committing). Then the emit that finds the queue over the
-bound waits for the writer at most ``backpressure_ms`` and records a ``ledger.backpressure``
-event (queued, waited_ns). We chose a bounded stall over dropping: a ledger with holes would make
-the detectors report false leaks, and the stall is itself recorded; and over spilling to a second
+Memory bound and what happens at it: in process mode, marshalled events the writer has not taken
+yet (``backlog_bytes_max``, 32 MiB, ~650k events) plus the writer's own inbox (as much again);
+in thread mode the deque (``queue_max`` events). The bound is reached only when the writer
+cannot keep up at all (its store stopped committing, or it is starved of CPU). Then the emit that
+finds it over the bound waits for the writer at most ``backpressure_ms`` and records a
+``ledger.backpressure`` event (queued, waited_ns, and in process mode the backlog's bytes).
+We chose a bounded stall over dropping: a ledger with holes would make the detectors report false
+leaks, and the stall is itself recorded; and over spilling to a second
 file: a spill is an unverified copy of the tail that would only move the bound from memory to
 disk. A failed writer is reported by ``flush()``; once the queue is over its bound, ``emit``
 raises it too (queuing forever behind a dead writer would be unbounded).
@@ -67,8 +69,11 @@ QUEUE_MAX_DEFAULT = 1 << 16
 BACKPRESSURE_MS_DEFAULT = 50
 WRITER_EXIT_S = 60.0  # close() waits this long for the writer process to commit and exit
 PIPE_BYTES = 1 << 20  # the runtime -> writer pipe's buffer
-# Marshalled frames the writer has not taken yet, kept by the shipper (~5M events).
-SHIP_BYTES_MAX = 256 << 20
+# Marshalled frames the writer has not taken yet, kept by the shipper (~650k events). The writer
+# process holds as much again. Past it, emit waits (bounded) and records ledger.backpressure: a
+# writer starved of CPU must slow the runtime down a little rather than let a backlog grow that
+# would take minutes to commit when the worker stops.
+SHIP_BYTES_MAX = 32 << 20
 PACK_EVENTS = 128  # process mode: emit marshals the queue once it holds this many events
 
 # The default writer mode for ledgers that do not name one ("process" or "thread").
@@ -308,10 +313,12 @@ class Ledger:
         if self._closed:
             return
         try:
-            self.flush()  # so that the count below is exact
+            # No time limit: a worker that stops waits until what it recorded is durable (a
+            # dead writer still ends the wait, through the error it left).
+            self.flush(timeout_s=None)  # so that the count below is exact
             if record_close:
                 self.emit("ledger.closed", None, events=self._seq + 1)
-                self.flush()
+                self.flush(timeout_s=None)
         finally:
             # Stop the threads and release the store even when the writer failed.
             self._closed = True
@@ -503,8 +510,13 @@ class Ledger:
     def _stop_process(self) -> None:
         proc = self._proc
         assert proc is not None
-        if self._writer is not None:
-            self._writer.join(timeout=10)
+        if self._writer is not None:  # the shipper leaves once every packed frame is written
+            self._writer.join(timeout=WRITER_EXIT_S)
+            if self._writer.is_alive():
+                log.error("ledger %s: %d bytes of events not handed to the writer in %.0f s; "
+                          "closing anyway", self.stream, self._packed_bytes - self._written_bytes,
+                          WRITER_EXIT_S)
+                self._error = self._error or RemoteWriterError("writer too slow at close")
         try:
             proc.stdin.close()  # type: ignore[union-attr]  # EOF: commit the rest and exit
         except OSError:

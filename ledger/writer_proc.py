@@ -21,9 +21,9 @@ Protocol (both directions: a 1-byte tag, a 4-byte little-endian length, a marsha
 
 Groups grow with the backlog: everything received while a commit was in flight is the next
 group (up to ``GROUP_BYTES_MAX`` of frames), so a store whose commits take 100 ms still keeps up
-with 100k+ events/s. Memory is bounded by ``INBOX_BYTES_MAX``: past it the reader stops taking
-frames, the pipe fills, the parent's shipper blocks, and the parent's own bound (``queue_max``,
-``Ledger._backpressure``) decides, which records a ``ledger.backpressure`` event.
+with 100k+ events/s. Memory is bounded by ``INBOX_BYTES_MAX`` (32 MiB): past it the reader stops
+taking frames, the pipe fills, the parent's shipper keeps frames, and the parent's own bound
+(``backlog_bytes_max``, ``Ledger._backpressure``) decides, which records ``ledger.backpressure``.
 
 The runtime dying (SIGKILL) closes the pipe: the writer commits every frame it had received and
 exits without ``ledger.closed``. A second writer of the same stream (a reopen right after a kill)
@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<cI")
 # Frames waiting in the writer beyond this stop being read (the pipe and the parent hold more).
-INBOX_BYTES_MAX = 256 << 20
-# One group (one transaction) takes at most this many bytes of frames (~1M events).
-GROUP_BYTES_MAX = 48 << 20
+INBOX_BYTES_MAX = 32 << 20
+# One group (one transaction) takes at most this many bytes of frames (~170k events).
+GROUP_BYTES_MAX = 8 << 20
 LOCK_WAIT_S_DEFAULT = 30.0
 
 
