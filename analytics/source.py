@@ -118,7 +118,14 @@ def _walk_files(root: str) -> Iterable[str]:
 
 
 def read_sqlite(path: str) -> pa.Table:
-    """One SQLite ledger file -> Arrow (read-only connection: the file is never written)."""
+    """One SQLite ledger file -> Arrow (read-only connection: the file is never written).
+
+    Where its writer left sealed segments (``kvledger.ledger.segments``: an Arrow IPC copy
+    written as the ledger went), they are mapped in place and only the rows after them are read
+    from SQLite; a segment that does not end on the ledger's own (seq, hash) is ignored."""
+    fast = _read_with_segments(path)
+    if fast is not None:
+        return fast
     shared = _shared_reader(path)
     if shared is not None:
         return shared
@@ -134,6 +141,99 @@ def read_sqlite(path: str) -> pa.Table:
         raise SourceError(f"not a kvledger ledger: {path}: {exc}") from None
     finally:
         conn.close()
+
+
+def _stream_names(conn: sqlite3.Connection) -> list[str]:
+    """The streams of a ledger by index seeks (a DISTINCT would scan every row)."""
+    names: list[str] = []
+    row = conn.execute("SELECT min(stream) FROM events").fetchone()
+    while row is not None and row[0] is not None:
+        names.append(row[0])
+        row = conn.execute("SELECT min(stream) FROM events WHERE stream > ?",
+                           (row[0],)).fetchone()
+    return names
+
+
+def _connect_readonly(path: str) -> sqlite3.Connection | None:
+    """A connection that cannot change a byte of the ledger or create a file beside it: the
+    ledger package's read-only opener where it has one, else an immutable open of a file with
+    no -wal/-journal beside it (None otherwise: the general reader handles those)."""
+    try:
+        from kvledger.ledger import sources
+
+        opener = getattr(sources, "open_sqlite_readonly", None)
+        if opener is not None:
+            snap = opener(path)
+            conn = snap.connect()
+            # the snapshot (a private copy of a crash copy's -wal, say) lives with the connection
+            _SNAPSHOTS[id(conn)] = snap
+            return conn
+    except Exception:  # noqa: BLE001 - the general reader reports what is wrong
+        return None
+    # A -wal or -journal with content holds rows the file alone does not (an empty one, left
+    # by a reader that was killed, holds none).
+    if any(os.path.exists(path + side) and os.path.getsize(path + side) > 0
+           for side in ("-wal", "-journal")):
+        return None
+    uri = f"file:{os.path.abspath(path)}?mode=ro&immutable=1"
+    try:
+        return sqlite3.connect(uri, uri=True)
+    except sqlite3.Error:
+        return None
+
+
+_SNAPSHOTS: dict[int, object] = {}
+
+
+def _read_with_segments(path: str) -> pa.Table | None:
+    try:
+        from kvledger.ledger.segments import read_segments
+        from kvledger.ledger.sources import check_kinds
+    except ImportError:
+        return None
+    segs = read_segments(path)
+    if not segs:
+        return None
+    import pyarrow.compute as pc
+
+    conn = _connect_readonly(path)
+    if conn is None:
+        return None
+    parts: list[pa.Table] = []
+    cols = ", ".join(COLUMNS)
+    try:
+        streams = _stream_names(conn)
+        for stream in streams:
+            seg = segs.get(stream)
+            after = 0
+            if seg is not None:
+                table, last_seq, last_hash, _ = seg
+                row = conn.execute("SELECT hash FROM events WHERE stream = ? AND seq = ?",
+                                   (stream, last_seq)).fetchone()
+                if row is not None and row[0] == last_hash:
+                    parts.append(table.select(list(COLUMNS)).cast(SCHEMA))
+                    after = last_seq
+                else:
+                    log.warning("%s: segments of %s do not match the ledger; reading SQLite",
+                                path, stream)
+            cur = conn.execute(f"SELECT {cols} FROM events WHERE stream = ? AND seq > ? "
+                               "ORDER BY seq", (stream, after))
+            parts.append(_rows_to_table(cur))
+    except sqlite3.Error:
+        return None  # not a ledger after all: the general reader says why
+    finally:
+        conn.close()
+        snap = _SNAPSHOTS.pop(id(conn), None)
+        if snap is not None:
+            snap.close()  # type: ignore[attr-defined]
+    table = pa.concat_tables(parts)
+    if len(streams) > 1:  # one store: position order, as the ledger package's reader gives
+        table = table.sort_by("position")
+    try:
+        check_kinds(pc.unique(table["kind"]).to_pylist(), path)
+    except ValueError as exc:
+        raise SourceError(str(exc).strip().splitlines()[0]) from None
+    return table
 
 
 def read_url(url: str) -> pa.Table:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -73,9 +75,21 @@ def drive(n: int, emit_ctx, emit_gen) -> float:
     return dt
 
 
+def _ledgers(d: Path, writer: str | None) -> tuple[Ledger, Ledger]:
+    lc = Ledger(f"sqlite:///{d / 'ctx.db'}", "ctx", role="ctx", writer=writer)
+    lg = Ledger(f"sqlite:///{d / 'gen.db'}", "gen", role="gen", writer=writer)
+    lc.flush()  # the writers are up (a process writer starts in ~0.3 s): steady state measured
+    lg.flush()
+    return lc, lg
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="interleaved no-op / ledger runs; the median ratio is reported")
+    ap.add_argument("--writer", choices=("process", "thread"), default=None,
+                    help="the ledger's writer mode (default: the Ledger default, process)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     counts: Counter = Counter()
@@ -89,23 +103,50 @@ def main() -> int:
         return emit
 
     drive(200, noop, noop)  # warm up
-    base = drive(a.requests, noop, noop)
     drive(a.requests, counting("ctx"), counting("gen"))
+    events = sum(counts.values())
+    walls, cpus, bases, withs, writer_cpu = [], [], [], [], []
+    close_s = []
     with tempfile.TemporaryDirectory() as d:
-        lc = Ledger(f"sqlite:///{Path(d) / 'ctx.db'}", "ctx", role="ctx")
-        lg = Ledger(f"sqlite:///{Path(d) / 'gen.db'}", "gen", role="gen")
-        with_ledger = drive(a.requests, lc.emit, lg.emit)
-        t0 = time.perf_counter()
-        lc.close()
-        lg.close()
-        flush_s = time.perf_counter() - t0
+        for r in range(a.repeats):
+            c0 = time.process_time()
+            base = drive(a.requests, noop, noop)
+            base_cpu = time.process_time() - c0
+            sub = Path(d) / f"r{r}"
+            sub.mkdir()
+            lc, lg = _ledgers(sub, a.writer)
+            kids0 = os.times()
+            c0 = time.process_time()
+            with_ledger = drive(a.requests, lc.emit, lg.emit)
+            cpu = time.process_time() - c0
+            t0 = time.perf_counter()
+            lc.close()
+            lg.close()
+            close_s.append(time.perf_counter() - t0)
+            kids = os.times()
+            writer_cpu.append((kids.children_user + kids.children_system
+                               - kids0.children_user - kids0.children_system) / events * 1e6)
+            walls.append(with_ledger / base)
+            cpus.append(cpu / base_cpu)
+            bases.append(base)
+            withs.append(with_ledger)
+    med = statistics.median
     out = {
         "requests": a.requests,
-        "core_us_per_request_noop_emit": round(base / a.requests * 1e6, 2),
-        "core_us_per_request_with_ledger": round(with_ledger / a.requests * 1e6, 2),
-        "ledger_ratio": round(with_ledger / base, 3),
-        "ledger_close_flush_s": round(flush_s, 3),
+        "repeats": a.repeats,
+        "writer": a.writer or "process (default)",
+        "core_us_per_request_noop_emit": round(med(bases) / a.requests * 1e6, 2),
+        "core_us_per_request_with_ledger": round(med(withs) / a.requests * 1e6, 2),
+        "ledger_ratio": round(med(walls), 3),
+        "ledger_ratio_runs": [round(x, 3) for x in walls],
+        # CPU of this process (runtime + shipper threads) with the ledger over without: what
+        # the ledger costs the runtime's own core, whatever else the machine runs.
+        "runtime_process_cpu_ratio": round(med(cpus), 3),
+        # CPU of the writer processes per event (0 in thread mode: it is in the ratio above).
+        "writer_process_cpu_us_per_event": round(med(writer_cpu), 2),
+        "ledger_close_flush_s": round(med(close_s), 3),
         "events_per_request": {k: round(v / a.requests, 2) for k, v in counts.items()},
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     if a.json:
         json.dump(out, sys.stdout, indent=2)

@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "2 unreadable.")
     p.add_argument("ledger", metavar="LEDGER",
                    help="ledger file, folder of ledgers / Parquet segments, or SQLAlchemy URL")
+    p.add_argument("--key", metavar="FILE",
+                   help="the chain key file (default $KVLEDGER_KEY_FILE / $KVLEDGER_KEY): "
+                        "every event must be chained with it, so a ledger edited and re-chained "
+                        "without the key is found")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
 
@@ -57,10 +61,15 @@ def _open(target: str) -> Any:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .mapper import load_key
     from .verify import iter_findings, verify_source
 
+    try:
+        key = load_key(args.key)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     with _open(args.ledger) as src:
-        report = verify_source(src)
+        report = verify_source(src, key)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -71,6 +80,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for s in report.streams:
             print(f"  {s.stream}: seq {s.first_seq}..{s.last_seq} ({s.rows} events), "
                   f"head {s.last_hash}")
+            if s.keyed_unchecked:
+                print(f"  {s.stream}: {s.keyed_unchecked} events keyed (key id "
+                      f"{', '.join(s.key_ids)}): pass --key to check their hashes")
         for line in iter_findings(report):
             print(line)
     if not report.ok:

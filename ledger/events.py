@@ -79,14 +79,16 @@ def _k(kind: str, doc: str, request_scoped: bool, **attrs: str) -> KindSpec:
 
 _SPECS = [
     # --- the ledger itself ------------------------------------------------------------------
-    _k("ledger.opened", "a stream was opened for appending; anchors monotonic to wall time",
-       False, schema_version="int", role="str", wall_ns="int", config="json?"),
+    _k("ledger.opened", "a stream was opened for appending; anchors monotonic to wall time; "
+       "key_id (optional): from this event on the chain is keyed (mapper.chain_key_id)",
+       False, schema_version="int", role="str", wall_ns="int", config="json?", key_id="str?"),
     _k("ledger.closed", "the stream was closed cleanly (absent after a crash)", False,
        events="int"),
     _k("ledger.spilled", "the writer fell behind; events went to an Arrow IPC spill segment",
        False, events="int", path="str"),
-    _k("ledger.backpressure", "emit waited for the writer (bounded)", False,
-       queued="int", waited_ns="int"),
+    _k("ledger.backpressure", "emit waited for the writer (bounded); bytes: marshalled events "
+       "the writer process had not taken yet (optional, added by the process writer)", False,
+       queued="int", waited_ns="int", bytes="int?"),
     _k("ledger.tail_truncated", "on open, an incomplete last group was cut off", False,
        events="int", first_seq="int"),
     # --- requests ----------------------------------------------------------------------------

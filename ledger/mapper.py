@@ -46,18 +46,72 @@ def decode_attrs(text: str) -> dict[str, Any]:
 
 def chain_hash(
     prev_hash: str, stream: str, seq: int, ts_ns: int, kind: str,
-    request_id: str | None, attrs_json: str,
+    request_id: str | None, attrs_json: str, key: bytes | None = None,
 ) -> str:
-    """The hash of one event: covers every stored field and the previous event's hash."""
+    """The hash of one event: covers every stored field and the previous event's hash.
+    With ``key`` it is BLAKE2b's keyed mode (a MAC: only a key holder can compute it)."""
     return _blake2b(
         f"{prev_hash}\x1f{stream}\x1f{seq}\x1f{ts_ns}\x1f{kind}\x1f"
         f"{'' if request_id is None else request_id}\x1f{attrs_json}".encode(),
-        digest_size=16,
+        digest_size=16, key=key or b"",
     ).hexdigest()
 
 
 _blake2b = hashlib.blake2b
 _BLAKE16 = _blake2b(digest_size=16)  # chain_hash's hasher, empty: encode_group copies it
+_KEYED: dict[bytes, Any] = {}  # key -> its primed keyed hasher
+
+
+# -- the keyed chain ---------------------------------------------------------------------------
+# Unkeyed, the chain proves a stream is the one its writer wrote *unless someone rewrote it with
+# kvledger's own code*: it finds accidents (torn or partial copies, bit rot, a deleted, edited or
+# reordered row, a spliced export) but anyone can edit a ledger and re-chain it. Keyed (BLAKE2b
+# keyed mode, from a key file or environment variable), a re-chained ledger fails ``verify
+# --key``: forging needs the key. Neither proves that the tail is complete (cutting whole events
+# off the end leaves a valid chain; ``ledger.closed`` is the only witness of a clean end), nor
+# anything about events the runtime never emitted.
+KEY_FILE_ENV = "KVLEDGER_KEY_FILE"
+KEY_ENV = "KVLEDGER_KEY"
+
+
+def derive_key(material: bytes) -> bytes:
+    """Key material of any length (a file's bytes, an environment string) -> a 32-byte key."""
+    return _blake2b(material.strip(), digest_size=32, person=b"kvledger-key").digest()
+
+
+def chain_key_id(key: bytes) -> str:
+    """A public fingerprint of a key, recorded in ``ledger.opened`` (says which key, not it)."""
+    return _blake2b(key, digest_size=8, person=b"kvledger-kid").hexdigest()
+
+
+def load_key(path: str | None = None) -> bytes | None:
+    """The chain key: from ``path``, else $KVLEDGER_KEY_FILE, else $KVLEDGER_KEY; None if
+    none is set. An unreadable or empty key file raises ValueError (never silently unkeyed)."""
+    import os
+
+    path = path or os.environ.get(KEY_FILE_ENV)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                material = fh.read(1 << 16)
+        except OSError as exc:
+            raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+        if not material.strip():
+            raise ValueError(f"key file {path} is empty")
+        return derive_key(material)
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return derive_key(env.encode())
+    return None
+
+
+def _hasher(key: bytes | None) -> Any:
+    if not key:
+        return _BLAKE16
+    h = _KEYED.get(key)
+    if h is None:
+        h = _KEYED[key] = _blake2b(digest_size=16, key=key)
+    return h
 
 # -- fast validation (writer) ------------------------------------------------------------------
 # events.validate is the definition. These per-kind checkers are generated straight-line code
@@ -193,7 +247,7 @@ def check_event(kind: str, request_id: str | None, attrs: dict[str, Any]) -> Non
 
 
 def encode_group(
-    stream: str, seq: int, prev_hash: str, items: list[tuple],
+    stream: str, seq: int, prev_hash: str, items: list[tuple], key: bytes | None = None,
 ) -> tuple[list[tuple], SchemaError | None]:
     """Validate, encode and chain emitted ``(ts_ns, kind, request_id, attrs)`` items.
 
@@ -205,7 +259,7 @@ def encode_group(
     rows: list[tuple] = []
     append = rows.append
     fast = _FAST.get
-    fresh = _BLAKE16.copy  # copying a primed hasher beats the keyword constructor per event
+    fresh = _hasher(key).copy  # copying a primed hasher beats the keyword constructor per event
     mid = f"\x1f{stream}\x1f"
     for ts_ns, kind, rid, attrs in items:
         f = fast(kind)

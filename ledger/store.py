@@ -159,15 +159,16 @@ class EventStore:
         return version
 
     # -- appending ------------------------------------------------------------------------------
-    def append(self, rows: Sequence[RowTuple]) -> None:
-        """Append one group atomically: one stream's consecutive rows, in seq order.
+    def append(self, rows: Sequence[RowTuple]) -> int | None:
+        """Append one group atomically: one stream's consecutive rows, in seq order. Returns
+        the position of its first row (None for no rows).
 
         Rows are ``mapper`` tuples ``(stream, seq, ts_ns, kind, request_id, attrs, prev_hash,
         hash)``; the store adds ``position`` (drawn under the write lock) and ``grp``/``grp_n``.
         A duplicate ``(stream, seq)`` (a second writer on the stream) raises AppendConflictError.
         """
         if not rows:
-            return
+            return None
         grp, n = rows[0][1], len(rows)
         try:
             with self.engine.begin() as conn:
@@ -184,6 +185,7 @@ class EventStore:
                         conn.exec_driver_sql(_INSERT_SQLITE, params)
                 else:
                     _insert_sqlite_group(conn.connection.driver_connection, rows, top, grp, n)
+            return top + 1
         except Exception as exc:
             if _is_integrity_error(exc):
                 raise AppendConflictError(

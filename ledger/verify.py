@@ -11,19 +11,29 @@ the store writes (``grp`` = first seq of the row's commit group, ``grp_n`` = its
 - ``unknown_kind``   a kind this build does not know (newer writer or tampering)
 - ``torn_tail``      the last group has fewer rows than ``grp_n`` (an incomplete last commit);
                       the only finding that opening for append repairs (by cutting it off)
+- ``unkeyed``        (with a key only) events chained without the key: an unkeyed ledger, or a
+                      keyed one edited and re-chained with kvledger's own unkeyed hash
+- ``wrong_key``      (with a key only) the stream was keyed with another key (its key id differs)
+
+The keyed chain (``mapper`` says what each kind of chain proves): a ``ledger.opened`` event with
+a ``key_id`` starts a keyed segment, hashed with BLAKE2b's keyed mode from that event on. Without
+the key, verify cannot check those hashes: it counts them (``keyed_unchecked``) and checks the
+rest (seq, links, groups).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .events import EVENT_KINDS
-from .mapper import GENESIS_HASH, chain_hash
+from .mapper import GENESIS_HASH, chain_hash, chain_key_id
 
 FINDING_KINDS = ("gap", "broken_chain", "altered_row", "reordered", "bad_group", "unknown_kind",
-                 "torn_tail")
+                 "torn_tail", "unkeyed", "wrong_key")
+_UNCHECKABLE = object()  # a keyed segment and no (right) key: its hashes cannot be checked
 # More findings than this per stream are counted, not listed (a wholly rewritten ledger).
 MAX_LISTED = 100
 
@@ -52,6 +62,8 @@ class StreamReport:
     findings_total: int = 0
     # Set when the stream ends in a torn tail: (first seq of the torn group, rows in it).
     torn: tuple[int, int] | None = None
+    keyed_unchecked: int = 0  # keyed events whose hash was not checked (no key given)
+    key_ids: list[str] = field(default_factory=list)  # the key ids the stream was keyed with
 
     def add(self, f: Finding) -> None:
         self.findings_total += 1
@@ -84,24 +96,57 @@ class Report:
             "streams": [
                 {"stream": s.stream, "rows": s.rows, "first_seq": s.first_seq,
                  "last_seq": s.last_seq, "last_hash": s.last_hash,
-                 "findings": s.findings_total}
+                 "findings": s.findings_total, "key_ids": s.key_ids,
+                 "keyed_unchecked": s.keyed_unchecked}
                 for s in self.streams
             ],
             "findings": [asdict(f) for f in self.findings],
         }
 
 
-def verify_stream(stream: str, rows: Iterable[tuple]) -> StreamReport:
-    """Check one stream. ``rows``: tuples in ``store.VERIFY_COLUMNS`` order, in seq order."""
+def _opened_key(rep: StreamReport, attrs: str, seq: int, position: int | None,
+                key: bytes | None) -> object:
+    """The chain key from this ledger.opened on: None (unkeyed), the key, or _UNCHECKABLE."""
+    try:
+        kid = json.loads(attrs).get("key_id")
+    except (ValueError, AttributeError):
+        kid = None  # the row's own hash check reports the damage
+    if kid is None:
+        if key is not None:
+            rep.add(Finding("unkeyed", rep.stream, seq, position,
+                            "events from here on are not chained with the key"))
+        return None
+    if kid not in rep.key_ids:
+        rep.key_ids.append(kid)
+    if key is None:
+        return _UNCHECKABLE
+    if chain_key_id(key) != kid:
+        rep.add(Finding("wrong_key", rep.stream, seq, position,
+                        f"keyed with key id {kid}, not {chain_key_id(key)}"))
+        return _UNCHECKABLE
+    return key
+
+
+def verify_stream(stream: str, rows: Iterable[tuple], key: bytes | None = None) -> StreamReport:
+    """Check one stream. ``rows``: tuples in ``store.VERIFY_COLUMNS`` order, in seq order.
+    ``key``: the chain key (see the module docstring); every event must then be keyed with it."""
     rep = StreamReport(stream)
     prev_seq = 0
     prev_hash = GENESIS_HASH
     prev_pos: int | None = None
     last: tuple | None = None
     group_rows = 0
+    chain_key: object = None
+    first = True
     for row in rows:
         position, seq, ts_ns, kind, request_id, attrs, grp, grp_n, row_prev, row_hash = row
         rep.rows += 1
+        if kind == "ledger.opened":
+            chain_key = _opened_key(rep, attrs, seq, position, key)
+        elif first and key is not None:
+            rep.add(Finding("unkeyed", stream, seq, position,
+                            "the stream does not start with a keyed ledger.opened"))
+        first = False
         if rep.first_seq is None:
             rep.first_seq = seq
         if seq != prev_seq + 1:
@@ -110,7 +155,10 @@ def verify_stream(stream: str, rows: Iterable[tuple]) -> StreamReport:
         if row_prev != prev_hash:
             rep.add(Finding("broken_chain", stream, seq, position,
                             "prev_hash does not match the previous row's hash"))
-        if chain_hash(row_prev, stream, seq, ts_ns, kind, request_id, attrs) != row_hash:
+        if chain_key is _UNCHECKABLE:
+            rep.keyed_unchecked += 1
+        elif chain_hash(row_prev, stream, seq, ts_ns, kind, request_id, attrs,
+                        chain_key) != row_hash:  # type: ignore[arg-type]
             rep.add(Finding("altered_row", stream, seq, position,
                             "hash does not match the row's fields"))
         if prev_pos is not None and position is not None and position <= prev_pos:
@@ -134,11 +182,11 @@ def verify_stream(stream: str, rows: Iterable[tuple]) -> StreamReport:
     return rep
 
 
-def verify_source(source: Any) -> Report:
+def verify_source(source: Any, key: bytes | None = None) -> Report:
     """Verify every stream of a ``LedgerSource`` (see ``ledger.sources``)."""
     report = Report(getattr(source, "target", str(source)))
     for stream in source.streams():
-        report.streams.append(verify_stream(stream, source.verify_tuples(stream)))
+        report.streams.append(verify_stream(stream, source.verify_tuples(stream), key))
     return report
 
 

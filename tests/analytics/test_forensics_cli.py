@@ -14,9 +14,11 @@ from kvledger.cli import main
 
 def _digest(folder: str) -> dict[str, str]:
     out = {}
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as fh:
-            out[name] = hashlib.sha256(fh.read()).hexdigest()
+    for dirpath, _, names in os.walk(folder):  # a ledger's segments are in a sub-folder
+        for name in sorted(names):
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
     return out
 
 

@@ -265,3 +265,17 @@ class StoreContract:
         assert kinds == ["broken_chain", "gap"]
         with pytest.raises(CorruptLedgerError):
             Ledger(url, "ctx0")
+
+    def test_subscribers_see_every_event_once_durable(self, url: str) -> None:
+        seen: list = []
+        led = Ledger(url, "ctx0")
+        led.subscribe(seen.append)
+        for i in range(300):
+            led.emit("request.scheduled", f"r{i}")
+        led.flush()
+        assert [e.request_id for e in seen if e.kind == "request.scheduled"] == \
+            [f"r{i}" for i in range(300)]
+        led.close()
+        stored = _rows(url, "ctx0")  # the subscriber joined at or after ledger.opened
+        got = [(e.seq, e.hash) for e in seen]
+        assert got == [(r["seq"], r["hash"]) for r in stored if r["seq"] >= got[0][0]][:len(got)]

@@ -33,7 +33,9 @@ from kvledger.ledger import Ledger
 stream, n, group_max = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sys.stdout.write("ready\n"); sys.stdout.flush()
 for line in sys.stdin:  # one round per URL: the process (and its imports) outlive the rounds
-    with Ledger(line.strip(), stream, group_max=group_max, group_ms=1) as led:
+    # writer="thread": the race is between these two processes' commits; a writer process's
+    # start-up (~0.5 s) could let one finish before the other begins.
+    with Ledger(line.strip(), stream, group_max=group_max, group_ms=1, writer="thread") as led:
         for i in range(n):
             led.emit("request.scheduled", f"{stream}-{i}")
             if i % 97 == 0:

@@ -1,0 +1,297 @@
+"""The ledger's writer process: validates, encodes, chains and commits what a ``Ledger`` ships.
+
+Why a process: the writer's Python work (validation, canonical JSON, the hash chain, the store
+driver) is a few microseconds per event, and a writer *thread* spends it under the runtime's GIL,
+so it doubled the runtime's CPU (bench/bench_core.py). In its own process it runs on the other
+core. The runtime side only appends to a deque (``emit``) and, every ``group_ms``, marshals what
+was queued into one frame on a pipe (C speed, ~0.2 us/event).
+
+Protocol (both directions: a 1-byte tag, a 4-byte little-endian length, a marshal payload):
+
+    parent -> child   C config (dict)      first frame: url, stream, synchronous, store factory
+                      B items (list)       emitted (ts_ns, kind, request_id, attrs) tuples
+                      P items (pickle)     the same, for attrs marshal cannot carry
+                      F token (int)        acknowledge once everything before it is durable
+                      S None               send committed rows back (the parent has subscribers)
+                      end of file          stop: commit everything received, then exit
+    child -> parent   H (seq, hash)        progress: the durable head after each commit
+                      R rows (list)        committed row tuples (only after S)
+                      A token (int)        the flush ``token`` is durable
+                      E (class, message)   the writer failed; it commits nothing more
+
+Groups grow with the backlog: everything received while a commit was in flight is the next
+group (up to ``GROUP_BYTES_MAX`` of frames), so a store whose commits take 100 ms still keeps up
+with 100k+ events/s. Memory is bounded by ``INBOX_BYTES_MAX`` (32 MiB): past it the reader stops
+taking frames, the pipe fills, the parent's shipper keeps frames, and the parent's own bound
+(``backlog_bytes_max``, ``Ledger._backpressure``) decides, which records ``ledger.backpressure``.
+
+The runtime dying (SIGKILL) closes the pipe: the writer commits every frame it had received and
+exits without ``ledger.closed``. A second writer of the same stream (a reopen right after a kill)
+waits for it through the stream lock (``stream_lock``), held by this process until it exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import marshal
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("<cI")
+# Frames waiting in the writer beyond this stop being read (the pipe and the parent hold more).
+INBOX_BYTES_MAX = 32 << 20
+# One group (one transaction) takes at most this many bytes of frames (~170k events).
+GROUP_BYTES_MAX = 8 << 20
+LOCK_WAIT_S_DEFAULT = 30.0
+
+
+# -- framing ------------------------------------------------------------------------------------
+def frame(tag: bytes, payload: bytes) -> bytes:
+    return _HEAD.pack(tag, len(payload)) + payload
+
+
+def write_frame(fd: int, tag: bytes, payload: bytes) -> None:
+    """Write one frame to a blocking descriptor (os.write releases the GIL)."""
+    data = memoryview(frame(tag, payload))
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        b = os.read(fd, min(n, 1 << 20))
+        if not b:
+            return None
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> tuple[bytes, bytes] | None:
+    """The next frame, or None at end of file (a frame cut short counts as the end)."""
+    head = _read_exact(fd, _HEAD.size)
+    if head is None:
+        return None
+    tag, n = _HEAD.unpack(head)
+    payload = _read_exact(fd, n) if n else b""
+    if payload is None:
+        return None
+    return tag, payload
+
+
+# -- the stream lock ----------------------------------------------------------------------------
+def stream_lock(url: str, stream: str, wait_s: float = LOCK_WAIT_S_DEFAULT) -> socket.socket:
+    """Hold "one writer process per (store, stream)" on this host: an abstract-namespace Unix
+    socket, released by the kernel when its last holder exits, so a killed writer never leaves a
+    stale lock and leaves no file anywhere. Waits up to ``wait_s`` for a holder to finish."""
+    from .errors import LedgerError
+
+    name = hashlib.blake2b(f"{url}\x1f{stream}".encode(), digest_size=20).hexdigest()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sock.bind(b"\0kvledger-writer-" + name.encode())
+            sock.set_inheritable(True)
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise LedgerError(
+                    f"stream {stream!r} of {url} is being written by another process "
+                    f"(waited {wait_s:.0f} s)") from None
+            time.sleep(0.01)
+
+
+# -- the writer ---------------------------------------------------------------------------------
+class _Writer:
+    def __init__(self, cfg: dict[str, Any], out_fd: int) -> None:
+        from .mapper import encode_group
+
+        self.cfg = cfg
+        self.stream = cfg["stream"]
+        self.out = out_fd
+        self.encode_group = encode_group
+        self.inbox: deque[tuple[bytes, bytes]] = deque()
+        self.inbox_bytes = 0
+        self.inbox_max = cfg.get("inbox_bytes_max") or INBOX_BYTES_MAX
+        self.flushes = 0  # flush frames in the inbox: commit them without waiting for the period
+        self.period_s = cfg.get("group_ms", 10) / 1000.0
+        self.next_group = 0.0
+        self.cond = threading.Condition()
+        self.eof = False
+        self.send_rows = False
+        self.failed = False
+        self.acks_broken = False  # the parent is gone: keep committing, stop answering
+        self.segments: Any = None  # ledger.segments.SegmentWriter for a SQLite file ledger
+
+    def send(self, tag: bytes, obj: Any) -> None:
+        if self.acks_broken:
+            return
+        try:
+            write_frame(self.out, tag, marshal.dumps(obj))
+        except OSError:  # BrokenPipeError: the parent died; what it shipped is still committed
+            self.acks_broken = True
+
+    def reader(self, fd: int) -> None:
+        """Drain the pipe into the inbox so the parent's shipper never waits on our commits."""
+        while True:
+            with self.cond:
+                while self.inbox_bytes > self.inbox_max:
+                    self.cond.wait()
+            frame = read_frame(fd)
+            with self.cond:
+                if frame is None:
+                    self.eof = True
+                else:
+                    self.inbox.append(frame)
+                    self.inbox_bytes += len(frame[1])
+                    if frame[0] == b"F":
+                        self.flushes += 1
+                self.cond.notify_all()
+            if frame is None:
+                return
+
+    def take(self) -> list[tuple[bytes, bytes]] | None:
+        """Every frame waiting (up to GROUP_BYTES_MAX of them); None once drained at EOF.
+        A group starts at most every ``period_s`` unless a flush waits: one commit (an fsync)
+        per period, whatever the rate."""
+        with self.cond:
+            while not self.inbox and not self.eof:
+                self.cond.wait()
+            while not self.eof and not self.flushes and self.inbox_bytes < GROUP_BYTES_MAX:
+                left = self.next_group - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            self.next_group = time.monotonic() + self.period_s
+            if not self.inbox:
+                return None
+            frames = []
+            size = 0
+            while self.inbox and (not frames or size < GROUP_BYTES_MAX):
+                f = self.inbox.popleft()
+                size += len(f[1])
+                frames.append(f)
+                if f[0] == b"F":
+                    self.flushes -= 1
+            self.inbox_bytes -= size
+            self.cond.notify_all()
+            return frames
+
+    def _segment(self, rows: list[tuple], position: int) -> None:
+        try:
+            self.segments.append(rows, position)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a cache: losing it costs speed only
+            log.warning("ledger %s: segment write failed, no more segments: %s", self.stream,
+                        exc)
+            self.segments.close()  # type: ignore[union-attr]
+            self.segments = None
+
+    def run(self, store: Any, seq: int, prev: str) -> None:
+        while True:
+            frames = self.take()
+            if frames is None:
+                return
+            items: list[tuple] = []
+            tokens: list[int] = []
+            for tag, payload in frames:
+                if tag == b"B":
+                    items.extend(marshal.loads(payload))
+                elif tag == b"P":
+                    items.extend(pickle.loads(payload))  # noqa: S301 - our own parent's frames
+                elif tag == b"F":
+                    tokens.append(marshal.loads(payload))
+                elif tag == b"S":
+                    self.send_rows = True
+            if self.failed:
+                for t in tokens:
+                    self.send(b"A", t)  # the parent already has the error; a flush raises it
+                continue
+            try:
+                cap = self.cfg.get("group_max") or len(items) or 1
+                for k in range(0, len(items), cap):
+                    rows, bad = self.encode_group(self.stream, seq, prev, items[k:k + cap],
+                                                  self.cfg.get("key"))
+                    if rows:
+                        position = store.append(rows)
+                        seq, prev = rows[-1][1], rows[-1][7]
+                        if self.segments is not None and position is not None:
+                            self._segment(rows, position)
+                        if self.send_rows:
+                            self.send(b"R", rows)
+                        self.send(b"H", (seq, prev, len(rows)))
+                    if bad is not None:
+                        raise bad
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                self.failed = True
+                log.error("ledger %s: writer failed: %s", self.stream, exc)
+                self.send(b"E", (type(exc).__name__, str(exc)))
+            for t in tokens:
+                self.send(b"A", t)
+
+
+def _make_store(cfg: dict[str, Any]) -> Any:
+    factory_spec = cfg.get("store_factory")
+    if factory_spec:
+        module, _, attr = factory_spec.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    else:
+        from .store import EventStore as factory
+    return factory(cfg["url"], synchronous=cfg["synchronous"], **cfg.get("store_kwargs", {}))
+
+
+def main() -> int:
+    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    first = read_frame(in_fd)
+    if first is None or first[0] != b"C":
+        return 2
+    cfg = marshal.loads(first[1])
+    # The parent's import path (a store factory from its tests, say), after our own.
+    sys.path.extend(p for p in cfg.get("sys_path", ()) if p not in sys.path)
+    w = _Writer(cfg, out_fd)
+    # The lock was taken by the parent and handed over as an inherited descriptor: kept open
+    # (never used) until this process exits.
+    lock_fd = cfg.get("lock_fd")
+    try:
+        store = _make_store(cfg)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        w.failed = True
+        w.send(b"E", (type(exc).__name__, str(exc)))
+        store = None
+    if store is not None and cfg.get("segments", True):
+        from .segments import open_writer
+
+        w.segments = open_writer(cfg["url"], cfg["stream"], cfg["seq"] + 1)
+    reader = threading.Thread(target=w.reader, args=(in_fd,), name="ledger-writer-reader",
+                              daemon=True)
+    reader.start()
+    try:
+        w.run(store, cfg["seq"], cfg["hash"])
+    finally:
+        if w.segments is not None:
+            w.segments.close()
+        if store is not None:
+            store.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
