@@ -90,15 +90,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("storm", "3 requests, one slot a side, a client cancel at any point on either "
              "side: the cancel-storm family (adverts, Abandons and arrivals in every order); "
              "prefix reuse on (the rc13 configuration).", config={"block_reuse": True}),
-    Scenario("reorder", "2 requests, two slots a side, cancels anywhere, control messages "
-             "delivered in any order, packs and unpacks finishing late (an asynchronous "
-             "driver), and gen given an arrival twice (a retried init).", requests=("r1", "r2"),
-             reorder=True, async_driver=True, duplicates=True,
-             config={"send_slots": 2, "recv_slots": 2}),
-    Scenario("queue", "3 requests, KV room for one at a time on each side (the admission "
-             "queue), one slot a side, cancels anywhere, queue deadlines and timeouts firing "
-             "anywhere.", timeout_ms=40, clock=True,
-             config={"num_blocks": 2, "queue_deadline_ms": 20}),
+    Scenario("reorder", "2 requests, one slot a side, cancels anywhere, control messages "
+             "delivered in any order.", requests=("r1", "r2"), reorder=True),
+    Scenario("async", "2 requests, two slots a side, cancels anywhere, packs and unpacks "
+             "finishing late (an asynchronous driver).", requests=("r1", "r2"),
+             async_driver=True, config={"send_slots": 2, "recv_slots": 2}),
+    Scenario("dup", "2 requests, gen given an arrival twice (a retried init), anywhere.",
+             requests=("r1", "r2"), cancels=False, duplicates=True),
+    Scenario("queue", "3 requests, KV room for one at a time on each side and one queue place "
+             "(the admission queue fills and sheds), queue deadlines firing anywhere (two "
+             "clock jumps).", cancels=False, clock=True, ticks_max=2,
+             config={"num_blocks": 2, "queue_deadline_ms": 20, "admission_queue_max": 1}),
     Scenario("loss", "2 requests with timeouts, one slot a side: any one control message lost, "
              "timeouts and Abandon retries firing anywhere (three clock jumps).",
              requests=("r1", "r2"), cancels=False, timeout_ms=50, drops=1, clock=True,
