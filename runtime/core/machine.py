@@ -197,6 +197,9 @@ class CoreBase:
         self.now_ns = max(self.now_ns, inp.now_ns)
         if self.last_progress_ns is None:
             self.last_progress_ns = self.now_ns
+        if type(inp) is io.Poll and not self.ready and self._blocked_since is None and not (
+                self.policy.gen_poll_blocks and self._unready):
+            return [_NOTHING_POLLED]  # the executor polls every step; most polls find nothing
         self._out = []
         if self._blocked_since is not None and type(inp) in _HELD_WHILE_BLOCKED:
             # The executor thread is stuck in a blocking poll: it handles nothing else.
@@ -905,6 +908,7 @@ _QUARANTINE_REASON = {
     "unhealthy": "cancel while backend unhealthy",
 }
 _HELD_WHILE_BLOCKED = frozenset({io.Arrive, io.Cancel, io.Tick})
+_NOTHING_POLLED = io.Polled(())
 # Every input class and the machine's handler for it: the one dispatch table of ``feed``.
 _DOOR: dict[type, Callable[[CoreBase, Any], None]] = {
     io.Arrive: CoreBase._on_arrive,
