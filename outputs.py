@@ -216,10 +216,9 @@ class OwnedFolder:
         return [st.st_size, st.st_mtime_ns] == seen
 
     # -- use ------------------------------------------------------------------------------------
-    def claim(self, names: Iterable[str]) -> None:
-        """Reserve ``names`` for this command's outputs, or raise OutputError (nothing touched)
-        when one exists that may not be replaced."""
-        names = list(names)
+    def check(self, names: Iterable[str]) -> None:
+        """Raise OutputError if one of ``names`` exists and may not be replaced (writes
+        nothing: for checking before the work)."""
         for name in names:
             if Path(name).name != name or name in (".", "..", RECORD_NAME):
                 raise OutputError(f"not a plain output name: {name!r}")
@@ -234,6 +233,12 @@ class OwnedFolder:
                    else "kvledger did not write it")
             raise OutputError(f"{p} exists and {why}; pass --overwrite to replace it, "
                               "or choose another folder")
+
+    def claim(self, names: Iterable[str]) -> None:
+        """Reserve ``names`` for this command's outputs, or raise OutputError (nothing touched)
+        when one exists that may not be replaced."""
+        names = list(names)
+        self.check(names)
         self.path.mkdir(parents=True, exist_ok=True)
         for name in names:
             self._claimed.add(name)
