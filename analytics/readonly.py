@@ -79,13 +79,14 @@ def _one_statement(query: str) -> Any:
 def _explained(query: str) -> str:
     """The statement an EXPLAIN [ANALYZE] [(options)] statement explains, from DuckDB's own
     tokens (comments anywhere, any spelling of the options)."""
-    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(query)
-              if kind != duckdb.token_type.comment]
+    raw = duckdb.tokenize(query)
+    # (start, text) of every token but comments; a token ends where the next one (of any
+    # kind, comments included) starts.
+    tokens = [(pos, query[pos:(raw[k + 1][0] if k + 1 < len(raw) else len(query))].strip())
+              for k, (pos, kind) in enumerate(raw) if kind != duckdb.token_type.comment]
 
     def word(i: int) -> str:
-        pos = tokens[i][0]
-        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(query)
-        return query[pos:end].strip().upper()
+        return tokens[i][1].upper()
 
     i = 0
     if not tokens or word(0) != "EXPLAIN":

@@ -304,9 +304,9 @@ class _ReadOnlyStore(EventStore):
 
     def __init__(self, target: str) -> None:  # noqa: D107 - EventStore.__init__ writes
         self.url = normalize_url(target)
-        self.shown = mask_url(self.url)
         self._snapshot: SqliteSnapshot | None = None
         path = _sqlite_path(self.url)
+        self.shown = path if path is not None else mask_url(self.url)
         if path is not None:
             self.dialect = "sqlite"
             self._snapshot = open_sqlite_readonly(path)
