@@ -5,7 +5,8 @@ Evidence (built once per session, never written by a test; ``snapshot`` proves i
 - ``del/``   the same ledgers switched to a DELETE rollback journal
 - ``crash/`` crash copies: each db and a -wal holding the second half of its rows (a reader that
              ignores the -wal sees half a ledger; one that checkpoints it changes the files)
-- ``pq/``    the same trace as a Parquet segment tree with manifests
+- ``pq/``    the same trace as a Parquet segment tree with manifests (``pq-ctx/``: ctx only,
+             one store's export, importable)
 Foreign files: someone's non-ledger database, a database with its own ``events`` table, a
 0-byte file, garbage with a .sqlite name.
 """
@@ -41,7 +42,7 @@ _LAYOUT = {
     "wal_ctx": "wal/ctx.sqlite", "del_ctx": "del/ctx.sqlite", "crash_ctx": "crash/ctx.sqlite",
     "foreign": "foreign/events-table.sqlite", "other": "foreign/someones.sqlite",
     "empty": "foreign/empty.sqlite", "garbage": "foreign/garbage.sqlite",
-    "dup": "dup", "nothing": "nothing",
+    "dup": "dup", "nothing": "nothing", "pq_ctx": "pq-ctx",
 }
 
 
@@ -92,6 +93,9 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
         _crash_copy(f, root / "crash" / f.name)
     out = subprocess.run([*KVLEDGER, "export", str(root / "wal"), "--parquet",
                           str(root / "pq")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([*KVLEDGER, "export", str(root / "wal" / "ctx.sqlite"), "--parquet",
+                          str(root / "pq-ctx")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     foreign = root / "foreign"
     foreign.mkdir()
