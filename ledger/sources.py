@@ -371,13 +371,11 @@ def _read_only_pg_engine(url: str) -> sa.Engine:
 
 
 def mask_url(url: str) -> str:
-    """A URL as it may be shown: its password replaced by ``***``."""
-    if "://" not in url:
-        return url
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return url.split("@")[-1]
+    """A URL as it may be shown: its password replaced by ``***`` (``kvledger.cli``'s one
+    rule for every password that could reach stdout, stderr or a file)."""
+    from kvledger.cli import mask_password
+
+    return mask_password(url)
 
 
 class SqlSource(LedgerSource):

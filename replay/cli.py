@@ -108,6 +108,8 @@ def _capture(args: argparse.Namespace) -> int:
     from .scenarios import SCENARIOS, capture
     from .trace import load_trace
 
+    if Path(args.capture).exists() and not Path(args.capture).is_dir():
+        raise CliError(f"--capture {args.capture} exists and is not a folder")
     names = args.only or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
