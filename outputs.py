@@ -10,6 +10,9 @@ Rules:
   then moved into place in one step. Without ``overwrite`` the move is a hard link, which fails
   if the name appeared meanwhile: nothing is clobbered even in a race. A failed or interrupted
   write leaves nothing behind: the temporary folder is removed on every exit path.
+- kvledger's own scratch folders (private copies of evidence, DuckDB spill) are made by
+  ``private_tempdir`` with the owner's pid in their name; every exit path removes them, and one
+  killed before it could (SIGKILL) is swept by the next kvledger run (``sweep_stale_tempdirs``).
 - A folder that kvledger fills over time (``run``/``demo`` ledgers, ``replay --out``,
   ``minimize -o DIR``) is an ``OwnedFolder``: it keeps a record (``.kvledger-outputs.json``) of
   the names kvledger wrote there. A later command may replace a recorded name that is unchanged
@@ -24,6 +27,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -35,6 +39,46 @@ log = logging.getLogger(__name__)
 RECORD_NAME = ".kvledger-outputs.json"
 _RECORD_FORMAT = "kvledger-outputs/1"
 _TMP_SUFFIX = ".kvledger-tmp"
+
+
+_TEMP_PREFIX = "kvledger-"
+_STALE = re.compile(r"kvledger-(evidence|duckdb)-(\d+)-\w+$")
+
+
+def private_tempdir(kind: str) -> str:
+    """A fresh 0700 folder ``kvledger-<kind>-<pid>-XXXX`` under the temp folder; the caller
+    removes it. Folders of kvledger processes that died before removing theirs go first."""
+    sweep_stale_tempdirs()
+    return tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{kind}-{os.getpid()}-")
+
+
+def sweep_stale_tempdirs(root: str | None = None) -> list[str]:
+    """Remove scratch folders of kvledger processes that no longer exist (killed mid-run): only
+    folders of ``private_tempdir``'s naming, owned by this user, whose process is gone."""
+    root = root or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STALE.match(entry.name)
+        if m is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(m.group(2)), 0)
+            continue  # that process is alive: its folder is in use
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive under another user, or unknowable: leave it
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    if removed:
+        log.info("removed %d scratch folders of killed kvledger runs", len(removed))
+    return removed
 
 
 class OutputError(Exception):

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,44 +192,12 @@ def _order(modules: list[Module]) -> list[Module]:
     return list(done.values())
 
 
-SPILL_PREFIX = "kvledger-duckdb-"
-_SPILL_DIR = re.compile(re.escape(SPILL_PREFIX) + r"(\d+)-\w+$")
-
-
 def spill_dir() -> str:
-    """A fresh private (0700) folder for DuckDB's spill files, named after this process so that
-    a later run can remove it if this process is killed before it can (``sweep_spill_dirs``)."""
-    sweep_spill_dirs()
-    return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+    """A fresh private (0700) folder for DuckDB's spill files (``outputs.private_tempdir``: a
+    later run removes it if this process is killed before it can)."""
+    from kvledger.outputs import private_tempdir
 
-
-def sweep_spill_dirs(root: str | None = None) -> list[str]:
-    """Remove spill folders of kvledger processes that no longer exist (killed mid-query);
-    only folders with kvledger's name pattern, owned by this user, whose process is gone."""
-    root = root or tempfile.gettempdir()
-    removed = []
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _SPILL_DIR.match(entry.name)
-        if m is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            os.kill(int(m.group(1)), 0)
-            continue  # that process is alive: its folder is in use
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OSError):
-            continue  # alive under another user, or unknowable: leave it
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry.path)
-    if removed:
-        log.info("removed %d spill folders of killed kvledger runs", len(removed))
-    return removed
+    return private_tempdir("duckdb")
 
 
 def connect(memory_limit: str = MEMORY_LIMIT_DEFAULT, threads: int = THREADS_DEFAULT,

@@ -197,15 +197,18 @@ def cmd_forensics(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kvledger.cli import mask_password
-    from kvledger.outputs import check_new_file
+    from kvledger.outputs import check_new_file, open_new
 
-    from .report import write_report
+    from .report import build_html
 
     check_new_file(args.output, overwrite=args.overwrite)  # before the work, not after it
     title = mask_password(", ".join(args.ledgers))
     with _session(args) as session:
-        info = session.run(lambda con: write_report(
-            con, args.output, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, title=title,
-            overwrite=args.overwrite))
-    print(f"wrote {args.output} ({info['bytes']:,} bytes, verdict {info['verdict']})")
+        page, summary = session.run(lambda con: build_html(
+            con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, title=title))
+    # Written here, not on the query thread: a timeout or Ctrl-C while the page is built
+    # leaves no half-written file behind (open_new removes its private temp file).
+    with open_new(args.output, overwrite=args.overwrite) as fh:
+        fh.write(page)
+    print(f"wrote {args.output} ({len(page.encode()):,} bytes, verdict {summary['verdict']})")
     return 0

@@ -36,7 +36,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import tempfile
 import time
 import urllib.parse
 import weakref
@@ -202,7 +201,9 @@ class SqliteSnapshot:
         _check_sqlite_file(self.path)
         sides = [s for s in _DATA_SIDE_FILES if os.path.lexists(self.path + s)]
         if sides:
-            self._tmpdir = tempfile.mkdtemp(prefix="kvledger-evidence-")
+            from kvledger.outputs import private_tempdir
+
+            self._tmpdir = private_tempdir("evidence")
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
             try:
                 self._db = self._copy_aside(sides)

@@ -217,5 +217,9 @@ def test_spill_of_a_killed_run_is_swept_by_the_next(tmp_path: Path) -> None:
     alive.mkdir()
     other = tmp_path / f"not-kvledger-{dead}"
     other.mkdir()
-    assert catalog.sweep_spill_dirs(str(tmp_path)) == [str(stale)]
-    assert not stale.exists() and alive.exists() and other.exists()
+    copy = tmp_path / f"kvledger-evidence-{dead}-ghi789"  # a private copy of a crash copy
+    copy.mkdir()
+    from kvledger.outputs import sweep_stale_tempdirs
+
+    assert sorted(sweep_stale_tempdirs(str(tmp_path))) == sorted([str(stale), str(copy)])
+    assert not stale.exists() and not copy.exists() and alive.exists() and other.exists()
