@@ -261,6 +261,23 @@ def test_import_refuses_foreign_postgresql_databases(ev: Evidence, work: Path) -
         fresh = f"{url}?options=-csearch_path%3Dfresh"
         assert_contract(kvledger("import", ev.pq_ctx, fresh, cwd=work), 0)
         assert_contract(kvledger("verify", fresh, cwd=work), 0)
+        # The server trusts 127.0.0.1, so a URL with a password works: it must never be shown.
+        secret = "kv-pw-S3CRET"
+        with_pw = fresh.replace("postgres@", f"postgres:{secret}@")
+        for cmd, codes in ((["verify", with_pw], {0}), (["verify", with_pw, "--json"], {0}),
+                           (["events", with_pw, "--limit", "1"], {0}),
+                           (["sql", with_pw, "SELECT count(*) FROM events"], {0}),
+                           (["forensics", with_pw, "--json"], {0, 1}),
+                           (["report", with_pw, "-o", work / "pg.html"], {0}),
+                           (["replay", with_pw, "--no-data", "--json", "--out", work / "rp"],
+                            {0, 1, 2}),
+                           (["import", ev.pq_ctx, with_pw], {2})):
+            run = kvledger(*cmd, cwd=work)
+            assert_contract(run, codes)
+            assert secret not in run.stdout + run.stderr, cmd
+        for f in (work / "pg.html", work / "rp" / "verdict.json"):
+            if f.exists():
+                assert secret not in f.read_text(errors="replace"), f
     finally:
         engine.dispose()
         with admin.connect() as c:
