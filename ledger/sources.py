@@ -126,10 +126,21 @@ def _filter_table(
     return table
 
 
-def _table_events(table: pa.Table) -> Iterator[Event]:
+def _event(row: dict, where: str) -> Event:
+    """A stored row as an Event; a row that cannot be one says which row it is."""
+    try:
+        return to_event(row)
+    except SchemaError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadLedgerError(f"{where}: stream {row.get('stream')!r} seq {row.get('seq')}: "
+                             f"corrupt row ({type(exc).__name__}: {exc})") from None
+
+
+def _table_events(table: pa.Table, where: str = "") -> Iterator[Event]:
     for batch in table.to_batches(max_chunksize=10_000):
         for row in batch.to_pylist():
-            yield to_event(row)
+            yield _event(row, where)
 
 
 class LedgerSource:
@@ -394,7 +405,7 @@ class SqlSource(LedgerSource):
         kinds: Sequence[str] | None = None,
     ) -> Iterator[Event]:
         for row in self.store.rows(stream=stream, request_id=request_id, kinds=kinds):
-            yield to_event(row)
+            yield _event(row, self.target)
 
     def arrow_table(self) -> pa.Table:
         table = self.store.arrow_table(_arrow_schema())
@@ -461,7 +472,7 @@ class ParquetSource(LedgerSource):
         kinds: Sequence[str] | None = None,
     ) -> Iterator[Event]:
         table = _filter_table(self._read(), stream, request_id, kinds).select(list(COLUMNS))
-        return _table_events(table)
+        return _table_events(table, self.target)
 
     def arrow_table(self) -> pa.Table:
         table = self._read().select(list(COLUMNS))

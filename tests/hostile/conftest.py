@@ -7,6 +7,7 @@ Evidence (built once per session, never written by a test; ``snapshot`` proves i
              ignores the -wal sees half a ledger; one that checkpoints it changes the files)
 - ``pq/``    the same trace as a Parquet segment tree with manifests (``pq-ctx/``: ctx only,
              one store's export, importable)
+``tampered/`` a ledger edited by hand (attributes that are not JSON, an unknown kind).
 Foreign files: someone's non-ledger database, a database with its own ``events`` table, a
 0-byte file, garbage with a .sqlite name.
 """
@@ -42,7 +43,7 @@ _LAYOUT = {
     "wal_ctx": "wal/ctx.sqlite", "del_ctx": "del/ctx.sqlite", "crash_ctx": "crash/ctx.sqlite",
     "foreign": "foreign/events-table.sqlite", "other": "foreign/someones.sqlite",
     "empty": "foreign/empty.sqlite", "garbage": "foreign/garbage.sqlite",
-    "dup": "dup", "nothing": "nothing", "pq_ctx": "pq-ctx",
+    "dup": "dup", "nothing": "nothing", "pq_ctx": "pq-ctx", "tampered": "tampered",
 }
 
 
@@ -118,6 +119,14 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
     shutil.copyfile(TRACE / "ctx.sqlite", root / "dup" / "ctx.sqlite")
     shutil.copyfile(TRACE / "ctx.sqlite", root / "dup" / "ctx-copy.sqlite")
     (root / "nothing").mkdir()
+    # A ledger edited by hand: a row whose attributes are not JSON, a kind nobody knows.
+    (root / "tampered").mkdir()
+    shutil.copyfile(TRACE / "ctx.sqlite", root / "tampered" / "ctx.sqlite")
+    con = sqlite3.connect(root / "tampered" / "ctx.sqlite")
+    con.execute("UPDATE events SET attrs = '{broken' WHERE seq = 3")
+    con.execute("UPDATE events SET kind = 'warp.drive' WHERE seq = 5")
+    con.commit()
+    con.close()
     # Left writable on purpose: a reader that writes must get the chance to, and be caught.
     return Evidence(root)
 
