@@ -25,16 +25,17 @@ from the sources, not by a module.
 
 from __future__ import annotations
 
+import atexit
 import logging
-import os
 import re
-import tempfile
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from .limits import MEMORY_LIMIT_DEFAULT, THREADS_DEFAULT
+from .limits import MEMORY_LIMIT_DEFAULT, SPILL_LIMIT_DEFAULT, THREADS_DEFAULT
 from .source import COLUMNS, Sources
 
 log = logging.getLogger(__name__)
@@ -191,17 +192,46 @@ def _order(modules: list[Module]) -> list[Module]:
     return list(done.values())
 
 
+def spill_dir() -> str:
+    """A fresh private (0700) folder for DuckDB's spill files (``outputs.private_tempdir``: a
+    later run removes it if this process is killed before it can)."""
+    from kvledger.outputs import private_tempdir
+
+    return private_tempdir("duckdb")
+
+
 def connect(memory_limit: str = MEMORY_LIMIT_DEFAULT, threads: int = THREADS_DEFAULT,
-            temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with its limits set explicitly (never left to the machine's size)."""
+            temp_directory: str | None = None,
+            spill_limit: str = SPILL_LIMIT_DEFAULT) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with its limits set explicitly (never left to the machine's size).
+
+    Spill files go to ``temp_directory`` (the caller removes it) or else to a private folder
+    removed when the process exits; never into the caller's working directory or a shared,
+    predictable path. Their total size is capped by ``spill_limit``.
+    """
+    if temp_directory is None:
+        temp_directory = spill_dir()
+        atexit.register(shutil.rmtree, temp_directory, True)
     config = {"memory_limit": memory_limit, "threads": threads,
+              "temp_directory": temp_directory, "max_temp_directory_size": spill_limit,
               "autoinstall_known_extensions": False, "autoload_known_extensions": False}
-    # Spill under the system temp folder, never into the caller's working directory.
-    config["temp_directory"] = temp_directory or os.path.join(
-        tempfile.gettempdir(), f"kvledger-duckdb-{os.getpid()}")
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET enable_progress_bar = false")  # stderr is for our logs, not DuckDB's bar
     return con
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allowed_paths: Sequence[str],
+              temp_directory: str) -> None:
+    """From here on the connection reaches nothing outside the ledger (DESIGN.md Principle 9):
+    no file but the ledger's Parquet segments (``allowed_paths``) and its own spill folder, no
+    Python variable by name, no extension, and no setting can change any more."""
+    paths = ", ".join(_quote(p) for p in allowed_paths)
+    spill = _quote(temp_directory.rstrip("/") + "/")
+    con.execute(f"SET allowed_paths = [{paths}]")
+    con.execute(f"SET allowed_directories = [{spill}]")
+    con.execute("SET python_enable_replacements = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def attach_sources(con: duckdb.DuckDBPyConnection, sources: Sources) -> None:
@@ -269,11 +299,22 @@ def _load_one(con: duckdb.DuckDBPyConnection, mod: Module) -> None:
 
 def open_catalog(sources: Sources, memory_limit: str = MEMORY_LIMIT_DEFAULT,
                  threads: int = THREADS_DEFAULT, strict: bool = False,
-                 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the ledgers attached and every catalog view created."""
-    con = connect(memory_limit=memory_limit, threads=threads)
-    attach_sources(con, sources)
-    load_modules(con, strict=strict)
+                 temp_directory: str | None = None, spill_limit: str = SPILL_LIMIT_DEFAULT,
+                 sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the ledgers attached and every catalog view created; with
+    ``sandbox`` it is then locked down (``lock_down``) before anyone else's SQL runs on it."""
+    con = connect(memory_limit=memory_limit, threads=threads, temp_directory=temp_directory,
+                  spill_limit=spill_limit)
+    try:
+        attach_sources(con, sources)
+        load_modules(con, strict=strict)
+        if sandbox:
+            lock_down(con, sources.parquet_files,
+                      temp_directory or con.execute(
+                          "SELECT current_setting('temp_directory')").fetchone()[0])
+    except BaseException:
+        con.close()
+        raise
     return con
 
 

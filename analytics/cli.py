@@ -1,23 +1,92 @@
-"""``kvledger sql``, ``kvledger forensics`` and ``kvledger report``."""
+"""``kvledger sql``, ``kvledger forensics`` and ``kvledger report``.
+
+All three read their LEDGER arguments through the one loader (``source.collect``) and run their
+queries in the sandbox of ``readonly.QuerySession``: bounded threads, memory, spill and time;
+Ctrl-C stops a running query.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
+import os
+import re
 import sys
 from typing import Any
 
+from kvledger.cli import cpu_count, float_in, int_in
+
+from .limits import (
+    MEMORY_LIMIT_DEFAULT,
+    MEMORY_LIMIT_MIN_BYTES,
+    SPILL_LIMIT_DEFAULT,
+    SPILL_LIMIT_MIN_BYTES,
+    STUCK_MS_DEFAULT,
+    THREADS_DEFAULT,
+    THRESHOLD_MS_MAX,
+    TIMEOUT_S_DEFAULT,
+    TIMEOUT_S_MAX,
+    WEDGE_MS_DEFAULT,
+)
+
 log = logging.getLogger(__name__)
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*$", re.I)
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - not Linux
+        return 1 << 40
+
+
+def size_arg(min_bytes: int, max_bytes: Any, what: str) -> Any:
+    """An argparse type: a size such as ``1536MB`` or ``4GiB`` within [min, max] -> DuckDB's
+    spelling of it in bytes."""
+
+    def parse(text: str) -> str:
+        m = _SIZE.match(text)
+        if m is None:
+            raise argparse.ArgumentTypeError(
+                f"expected a size such as 1536MB or 4GiB, not {text!r}")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        top = max_bytes() if callable(max_bytes) else max_bytes
+        if not min_bytes <= n <= top:
+            raise argparse.ArgumentTypeError(
+                f"{text} is outside [{min_bytes >> 20} MiB, {top >> 20} MiB] ({what})")
+        return f"{n >> 20}MiB"
+
+    parse.__name__ = "size"
+    return parse
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
-    from .limits import MEMORY_LIMIT_DEFAULT, THREADS_DEFAULT
-
     p.add_argument("--memory-limit", default=MEMORY_LIMIT_DEFAULT,
+                   type=size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
+                                 "at most this machine's memory"),
                    help=f"DuckDB memory_limit (default {MEMORY_LIMIT_DEFAULT})")
-    p.add_argument("--threads", type=int, default=THREADS_DEFAULT,
-                   help=f"DuckDB threads (default {THREADS_DEFAULT})")
+    p.add_argument("--threads", type=int_in(1, cpu_count, "the cores this process may use"),
+                   default=min(THREADS_DEFAULT, cpu_count()),
+                   help=f"DuckDB threads (default {THREADS_DEFAULT}; at most the cores)")
+    p.add_argument("--timeout", metavar="S", default=TIMEOUT_S_DEFAULT,
+                   type=float_in(0.0, TIMEOUT_S_MAX, lo_open=True),
+                   help=f"stop the queries after S seconds (default {TIMEOUT_S_DEFAULT:g})")
+    p.add_argument("--spill-limit", default=SPILL_LIMIT_DEFAULT,
+                   type=size_arg(SPILL_LIMIT_MIN_BYTES, _free_temp_bytes,
+                                 "at most the free space of the temp folder"),
+                   help="most disk for spill files, in a private temp folder removed on exit "
+                   f"(default {SPILL_LIMIT_DEFAULT})")
+
+
+def _free_temp_bytes() -> int:
+    import shutil
+    import tempfile
+
+    return shutil.disk_usage(tempfile.gettempdir()).free
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run one read-only query over the catalog views (events, "
                        "requests, transfers, cancels, obligations, ownership, pool_timeline, "
                        "detector_*). List them with: SELECT view_name, comment FROM "
-                       "duckdb_views() WHERE NOT internal.")
+                       "duckdb_views() WHERE NOT internal. The query sees the ledgers and "
+                       "nothing else: no files, no settings, no extensions.")
     p.add_argument("ledgers", nargs="+", metavar="LEDGER",
                    help="SQLite ledger file, folder (per-worker ledgers or Parquet), or URL")
-    p.add_argument("query", metavar="QUERY", help="one SELECT statement")
+    p.add_argument("query", metavar="QUERY", help="one SELECT (or EXPLAIN of one) statement")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON rows on stdout")
@@ -49,60 +119,51 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(exit 1 unless CLEAN)")
     p.add_argument("ledgers", nargs="+", metavar="LEDGER")
     p.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace FILE.html if it exists (default: refuse)")
     _add_thresholds(p)
     _add_db_options(p)
     p.set_defaults(func=cmd_report)
 
 
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
-    from .limits import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT
-
-    p.add_argument("--stuck-ms", type=int, default=STUCK_MS_DEFAULT,
+    ms = int_in(0, THRESHOLD_MS_MAX)
+    p.add_argument("--stuck-ms", type=ms, default=STUCK_MS_DEFAULT,
                    help="open obligations older than this are stuck")
-    p.add_argument("--wedge-ms", type=int, default=WEDGE_MS_DEFAULT,
+    p.add_argument("--wedge-ms", type=ms, default=WEDGE_MS_DEFAULT,
                    help="a live worker idle this long with open obligations is wedged")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the hash-chain check (trusted input; the verdict cannot then "
                    "say TAMPERED)")
 
 
-def _open(args: argparse.Namespace):  # noqa: ANN202 - duckdb connection
+def _session(args: argparse.Namespace):  # noqa: ANN202 - readonly.QuerySession
     from kvledger.cli import CliError
 
-    from .catalog import open_catalog
+    from .readonly import QuerySession
     from .source import SourceError, collect
 
     try:
         sources = collect(args.ledgers)
     except SourceError as exc:
         raise CliError(str(exc)) from None
-    try:
-        return open_catalog(sources, memory_limit=args.memory_limit, threads=args.threads)
-    except Exception as exc:  # duckdb errors for a bad memory limit or a bad Parquet file
-        import duckdb
-
-        if isinstance(exc, duckdb.Error):
-            raise CliError(str(exc).strip().splitlines()[0]) from None
-        raise
+    return QuerySession(sources, memory_limit=args.memory_limit, threads=args.threads,
+                        timeout_s=args.timeout, spill_limit=args.spill_limit)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    import duckdb
-    from kvledger.cli import CliError, print_json
+    from kvledger.cli import print_json
 
-    from .readonly import QueryError, ReadOnlyError, check_read_only
+    from .readonly import check_read_only
 
-    try:
-        check_read_only(args.query)
-    except (ReadOnlyError, QueryError) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
-    con = _open(args)
-    try:
+    check_read_only(args.query)  # before any ledger is read
+
+    def query(con: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = con.execute(args.query)
-        names = [d[0] for d in cur.description]
-        data = cur.fetchall()
-    except duckdb.Error as exc:
-        raise CliError(" ".join(str(exc).split())) from None
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    with _session(args) as session:
+        names, data = session.run(query)
     if args.json:
         print_json([dict(zip(names, r, strict=True)) for r in data])
     elif args.csv:
@@ -130,8 +191,10 @@ def cmd_forensics(args: argparse.Namespace) -> int:
     from .forensics import render_text, summarize
 
     integrity = _verify(args)
-    con = _open(args)
-    summary = summarize(con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, integrity=integrity)
+    with _session(args) as session:
+        summary = session.run(lambda con: summarize(con, stuck_ms=args.stuck_ms,
+                                                    wedge_ms=args.wedge_ms,
+                                                    integrity=integrity))
     if args.json:
         print_json(summary)
     else:
@@ -142,17 +205,25 @@ def cmd_forensics(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kvledger.cli import Finding
+    from kvledger.cli import Finding, mask_password
+    from kvledger.outputs import check_new_file, open_new
 
-    from .report import write_report
+    from .report import build_html
 
+    check_new_file(args.output, overwrite=args.overwrite)  # before the work, not after it
     integrity = _verify(args)
-    con = _open(args)
-    info = write_report(con, args.output, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms,
-                        title=", ".join(args.ledgers), integrity=integrity)
-    print(f"wrote {args.output} ({info['bytes']:,} bytes, verdict {info['verdict']})")
-    if info["verdict"] != "CLEAN":
-        raise Finding(info["verdict"])
+    title = mask_password(", ".join(args.ledgers))
+    with _session(args) as session:
+        page, summary = session.run(lambda con: build_html(
+            con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, title=title,
+            integrity=integrity))
+    # Written here, not on the query thread: a timeout or Ctrl-C while the page is built
+    # leaves no half-written file behind (open_new removes its private temp file).
+    with open_new(args.output, overwrite=args.overwrite) as fh:
+        fh.write(page)
+    print(f"wrote {args.output} ({len(page.encode()):,} bytes, verdict {summary['verdict']})")
+    if summary["verdict"] != "CLEAN":
+        raise Finding(summary["verdict"])
     return 0
 
 

@@ -5,8 +5,20 @@ from ..ledger.detectors import WEDGE_DEADLINE_NS
 # A 10M-event ledger needs ~1.3 GB for the widest view (obligations); the process stays under
 # 2 GB peak RSS with this limit (bench/bench_forensics.py measures it).
 MEMORY_LIMIT_DEFAULT = "1536MB"
-# The target machine has 2 cores; set explicitly rather than left to DuckDB's detection.
+# The target machine has 2 cores; set explicitly rather than left to DuckDB's detection
+# (--threads may not exceed the cores this process may use).
 THREADS_DEFAULT = 2
+# --memory-limit below this cannot even load the catalog views.
+MEMORY_LIMIT_MIN_BYTES = 64 << 20
+# Spill files of one kvledger sql/forensics/report run (DuckDB max_temp_directory_size); a
+# query that needs more fails with one line instead of filling the disk.
+SPILL_LIMIT_DEFAULT = "4GiB"
+SPILL_LIMIT_MIN_BYTES = 64 << 20
+# Wall-clock bound of one command's queries (--timeout); a runaway query is interrupted.
+TIMEOUT_S_DEFAULT = 600.0
+TIMEOUT_S_MAX = 7 * 86_400.0
+# Thresholds are milliseconds; bounded so that ms * 1e6 fits in a signed 64-bit ns count.
+THRESHOLD_MS_MAX = 9_000_000_000_000
 # A request open longer than this with nothing happening is "stuck" in the forensic summary.
 STUCK_MS_DEFAULT = 5_000
 # The same deadline as the wedge detector (ledger/detectors.py), so the verdict and

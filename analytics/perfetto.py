@@ -172,21 +172,25 @@ def only_requests(table: pa.Table, request_ids: Sequence[str]) -> pa.Table:
 
 
 def export_perfetto(source_or_table: Any, path: str,
-                    request_ids: Sequence[str] | None = None) -> dict[str, int]:
+                    request_ids: Sequence[str] | None = None, *,
+                    overwrite: bool = False) -> dict[str, int]:
     """Write the Chrome trace JSON of a ledger to ``path``; return counts of what it holds.
 
     ``source_or_table``: an Arrow table with the envelope columns, a ``Sources``, or LEDGER
     argument(s) as accepted by ``kvledger sql``. ``request_ids``: only these requests' tracks
-    (and the workers' own).
+    (and the workers' own). An existing ``path`` is replaced only with ``overwrite``; the file
+    appears complete or not at all (``kvledger.outputs``).
     """
+    from kvledger.outputs import check_new_file, open_new
+
+    check_new_file(path, overwrite=overwrite)  # before the work, not after it
     table = _load(source_or_table)
     if request_ids:
         table = only_requests(table, request_ids)
         if table["request_id"].null_count == table.num_rows:
             raise ValueError(f"none of the requests {', '.join(request_ids)} is in the ledger")
     trace, stats = build_trace(table)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open_new(path, overwrite=overwrite) as fh:
         # One event per line: the same JSON, written without one giant string in memory.
         fh.write('{"displayTimeUnit":"ms","otherData":')
         json.dump(trace["otherData"], fh)
@@ -196,7 +200,6 @@ def export_perfetto(source_or_table: Any, path: str,
             fh.write(json.dumps(ev, separators=(",", ":")))
             fh.write(",\n" if i + 1 < len(events) else "\n")
         fh.write("]}\n")
-    os.replace(tmp, path)
     stats["bytes"] = os.path.getsize(path)
     log.info("perfetto: %s %s", path, stats)
     return stats

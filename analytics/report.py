@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 from typing import Any
 
 import duckdb
@@ -334,13 +333,16 @@ def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
 
 def write_report(con: duckdb.DuckDBPyConnection, path: str, stuck_ms: int = STUCK_MS_DEFAULT,
                  wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "",
-                 integrity: dict[str, Any] | None = None) -> dict[str, Any]:
+                 integrity: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    from kvledger.outputs import check_new_file, open_new
+
+    check_new_file(path, overwrite=overwrite)  # before the work, not after it
     page, summary = build_html(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, title=title,
                                integrity=integrity)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # Private temp file, then one rename: never a half-written page, never a planted symlink.
+    with open_new(path, overwrite=overwrite) as fh:
         fh.write(page)
-    os.replace(tmp, path)  # never a half-written page under the final name
     log.info("report: %s (%d bytes)", path, len(page))
     return {"bytes": len(page.encode()), "verdict": summary["verdict"],
             "liveness": summary["liveness"]}

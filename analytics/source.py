@@ -2,26 +2,28 @@
 
 A LEDGER argument is a SQLite ledger file, a folder (one run's output with a ledger per worker, or
 hive-style Parquet segments), or a SQLAlchemy URL (``postgresql+psycopg://...``). Several are
-unioned. DuckDB 2.x cannot load its sqlite/postgres scanners offline (env-experiments.md §5), so
-SQL databases are read into Arrow here, and Parquet is left on disk for DuckDB to scan in place
-(which keeps a 10M-event ledger out of Python's memory).
+unioned. Every argument goes through the ledger package's one loader
+(``kvledger.ledger.sources.open_sources``): read-only opens that change no byte of the evidence,
+schema-version and kind checks, and the refusal of a ledger or stream given twice (a stream
+counted twice would double every count and fabricate findings).
 
-SQL ledgers (SQLite files, URLs) are read with ``kvledger.ledger.sources.open_source`` (the ledger
-package's reader, with its schema-version and kind checks); the local readers below are only a
-fallback for a ledger package without it. Parquet files are found here and scanned by DuckDB.
+DuckDB 2.x cannot load its sqlite/postgres scanners offline (env-experiments.md §5), so SQL
+databases are read into Arrow here, and Parquet is left on disk for DuckDB to scan in place
+(which keeps a 10M-event ledger out of Python's memory).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 log = logging.getLogger(__name__)
+
+_BATCH_ROWS = 200_000
 
 # The envelope columns every source yields, in this order (ledger/events.py).
 COLUMNS = ("position", "stream", "seq", "ts_ns", "kind", "request_id", "attrs",
@@ -38,9 +40,6 @@ SCHEMA = pa.schema([
     ("prev_hash", pa.string()),
     ("hash", pa.string()),
 ])
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_BATCH_ROWS = 200_000
 
 
 class SourceError(ValueError):
@@ -59,88 +58,36 @@ class Sources:
         return bool(self.tables or self.parquet_files)
 
 
-def is_sqlite_file(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(16) == _SQLITE_MAGIC
-    except OSError:
-        return False
-
-
 def collect(targets: Sequence[str]) -> Sources:
     """Resolve LEDGER arguments into Arrow tables and Parquet files. Raises SourceError."""
+    from kvledger.ledger.errors import LedgerError
+    from kvledger.ledger.sources import ParquetSource, _sqlite_path, open_sources
+
     if not targets:
         raise SourceError("no LEDGER given")
     out = Sources()
-    for target in targets:
-        _collect_one(target, out)
+    try:
+        with open_sources(list(targets)) as src:
+            for leaf in src.leaves():
+                out.labels.append(leaf.target)
+                if isinstance(leaf, ParquetSource):
+                    out.parquet_files += [str(f.resolve()) for f in leaf.files]
+                    continue
+                # Where the writer left sealed segments (an Arrow IPC copy written as the
+                # ledger went), map them and read only the rows after them from SQLite.
+                path = _sqlite_path(getattr(getattr(leaf, "store", None), "url", "") or "")
+                fast = _read_with_segments(path) if path else None
+                out.tables.append(fast if fast is not None else _envelope(leaf.arrow_table()))
+    except (LedgerError, ValueError) as exc:
+        raise SourceError(_first_line(exc)) from None
     if not out:
         raise SourceError(f"no ledger found in {', '.join(targets)}")
     return out
 
 
-def _collect_one(target: str, out: Sources) -> None:
-    if "://" in target:
-        out.tables.append(read_url(target))
-        out.labels.append(target.split("@")[-1])
-        return
-    if os.path.isdir(target):
-        found = False
-        for path in _walk_files(target):
-            if path.endswith(".parquet"):
-                out.parquet_files.append(path)
-                found = True
-            elif is_sqlite_file(path):
-                out.tables.append(read_sqlite(path))
-                out.labels.append(path)
-                found = True
-        if not found:
-            raise SourceError(f"no ledger files (SQLite or .parquet) under {target}")
-        return
-    if not os.path.exists(target):
-        raise SourceError(f"no such ledger: {target}")
-    if target.endswith(".parquet"):
-        out.parquet_files.append(os.path.abspath(target))
-    elif is_sqlite_file(target):
-        out.tables.append(read_sqlite(target))
-    else:
-        raise SourceError(f"not a ledger (neither SQLite nor Parquet): {target}")
-    out.labels.append(target)
-
-
-def _walk_files(root: str) -> Iterable[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith(("-wal", "-shm", "-journal")):
-                continue
-            yield os.path.abspath(os.path.join(dirpath, name))
-
-
 def read_sqlite(path: str) -> pa.Table:
-    """One SQLite ledger file -> Arrow (read-only connection: the file is never written).
-
-    Where its writer left sealed segments (``kvledger.ledger.segments``: an Arrow IPC copy
-    written as the ledger went), they are mapped in place and only the rows after them are read
-    from SQLite; a segment that does not end on the ledger's own (seq, hash) is ignored."""
-    fast = _read_with_segments(path)
-    if fast is not None:
-        return fast
-    shared = _shared_reader(path)
-    if shared is not None:
-        return shared
-    uri = f"file:{os.path.abspath(path)}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise SourceError(f"cannot open ledger {path}: {exc}") from None
-    try:
-        cur = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY position")
-        return _rows_to_table(cur)
-    except sqlite3.Error as exc:
-        raise SourceError(f"not a kvledger ledger: {path}: {exc}") from None
-    finally:
-        conn.close()
+    """One SQLite ledger file -> Arrow (read-only: the file and its folder are never written)."""
+    return _read_one(path)
 
 
 def _stream_names(conn: sqlite3.Connection) -> list[str]:
@@ -155,31 +102,19 @@ def _stream_names(conn: sqlite3.Connection) -> list[str]:
 
 
 def _connect_readonly(path: str) -> sqlite3.Connection | None:
-    """A connection that cannot change a byte of the ledger or create a file beside it: the
-    ledger package's read-only opener where it has one, else an immutable open of a file with
-    no -wal/-journal beside it (None otherwise: the general reader handles those)."""
-    try:
-        from kvledger.ledger import sources
+    """A connection that cannot change a byte of the ledger or create a file beside it (the
+    ledger package's one read-only opener); None if it cannot be opened."""
+    from kvledger.ledger.errors import LedgerError
+    from kvledger.ledger.sources import open_sqlite_readonly
 
-        opener = getattr(sources, "open_sqlite_readonly", None)
-        if opener is not None:
-            snap = opener(path)
-            conn = snap.connect()
-            # the snapshot (a private copy of a crash copy's -wal, say) lives with the connection
-            _SNAPSHOTS[id(conn)] = snap
-            return conn
-    except Exception:  # noqa: BLE001 - the general reader reports what is wrong
-        return None
-    # A -wal or -journal with content holds rows the file alone does not (an empty one, left
-    # by a reader that was killed, holds none).
-    if any(os.path.exists(path + side) and os.path.getsize(path + side) > 0
-           for side in ("-wal", "-journal")):
-        return None
-    uri = f"file:{os.path.abspath(path)}?mode=ro&immutable=1"
     try:
-        return sqlite3.connect(uri, uri=True)
-    except sqlite3.Error:
-        return None
+        snap = open_sqlite_readonly(path)
+        conn = snap.connect()
+    except (LedgerError, ValueError, OSError, sqlite3.Error):
+        return None  # the general reader reports what is wrong
+    # the snapshot (a private copy of a crash copy's -wal, say) lives with the connection
+    _SNAPSHOTS[id(conn)] = snap
+    return conn
 
 
 _SNAPSHOTS: dict[int, object] = {}
@@ -236,28 +171,6 @@ def _read_with_segments(path: str) -> pa.Table | None:
     return table
 
 
-def read_url(url: str) -> pa.Table:
-    """A SQLAlchemy URL (PostgreSQL fleet ledger, or sqlite:///...) -> Arrow."""
-    shared = _shared_reader(url)
-    if shared is not None:
-        return shared
-    import sqlalchemy as sa
-
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            result = conn.exec_driver_sql(
-                f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY position")
-            table = _rows_to_table(result)
-        engine.dispose()
-        return table
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        msg = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
-        raise SourceError(f"cannot read ledger {url.split('@')[-1]}: {msg}") from None
-
-
 def _rows_to_table(cursor) -> pa.Table:  # noqa: ANN001 - DB-API cursor or SQLAlchemy result
     batches = []
     while True:
@@ -271,16 +184,27 @@ def _rows_to_table(cursor) -> pa.Table:  # noqa: ANN001 - DB-API cursor or SQLAl
     return pa.Table.from_batches(batches, schema=SCHEMA)
 
 
-def _shared_reader(target: str) -> pa.Table | None:
-    """The ledger package's reader (same columns, its schema-version and kind checks)."""
+
+def read_url(url: str) -> pa.Table:
+    """A SQLAlchemy URL (PostgreSQL fleet ledger, or sqlite:///...) -> Arrow."""
+    return _read_one(url)
+
+
+def _read_one(target: str) -> pa.Table:
+    from kvledger.ledger.errors import LedgerError
+    from kvledger.ledger.sources import open_sources
+
     try:
-        from kvledger.ledger.errors import LedgerError
-        from kvledger.ledger.sources import open_source
-    except ImportError:  # an older ledger package: the local readers below do the job
-        return None
-    try:
-        with open_source(target) as src:
-            table = src.arrow_table()
+        with open_sources([target]) as src:
+            return _envelope(src.arrow_table())
     except (LedgerError, ValueError) as exc:
-        raise SourceError(str(exc).strip().splitlines()[0]) from None
+        raise SourceError(_first_line(exc)) from None
+
+
+def _envelope(table: pa.Table) -> pa.Table:
     return table.select(list(COLUMNS)).cast(SCHEMA)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -118,13 +118,20 @@ def sqlite_export(folder: str, work: str, events: int) -> dict[str, float]:
 
 
 def _read_sqlite_local(path: str):  # noqa: ANN202 - pyarrow Table
-    """The analytics fallback reader (sqlite3 -> Arrow), for comparison."""
+    """A plain sqlite3 -> Arrow reader, for comparison with ledger.sources."""
+    import pyarrow as pa
     from kvledger.analytics import source
 
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     try:
         cur = conn.execute(f"SELECT {', '.join(source.COLUMNS)} FROM events ORDER BY position")
-        return source._rows_to_table(cur)
+        batches = []
+        while rows := cur.fetchmany(200_000):
+            cols = list(zip(*rows, strict=True))
+            batches.append(pa.record_batch(
+                [pa.array(c, type=f.type) for c, f in zip(cols, source.SCHEMA, strict=True)],
+                schema=source.SCHEMA))
+        return pa.Table.from_batches(batches, schema=source.SCHEMA)
     finally:
         conn.close()
 

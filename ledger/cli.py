@@ -8,9 +8,14 @@ import json
 import sys
 from typing import Any
 
-from kvledger.cli import CliError, Finding, print_json
+from kvledger.cli import CliError, Finding, float_in, int_in, mask_password, print_json
 
-from .sources import open_source
+from .sources import open_sources
+
+# Bounds of the numeric options (exit 2 outside them): a window longer than a year of ts_ns is
+# one segment anyway; --limit is a count of events.
+WINDOW_S_MAX = 365 * 86_400.0
+LIMIT_MAX = 2**62
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", metavar="K", action="append",
                    help="only this kind (repeatable)")
     p.add_argument("--stream", metavar="S", help="only this stream")
-    p.add_argument("--limit", metavar="N", type=int, help="at most N events")
+    p.add_argument("--limit", metavar="N", type=int_in(0, LIMIT_MAX), help="at most N events")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_events)
 
@@ -42,22 +47,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--parquet", metavar="DIR",
                    help="hive-style segment tree DIR/stream=S/window=W/part-K.parquet")
     g.add_argument("--perfetto", metavar="FILE", help="a Perfetto trace (kvledger.analytics)")
-    p.add_argument("--window-s", type=float, default=60.0,
+    p.add_argument("--window-s", type=float_in(0.0, WINDOW_S_MAX, lo_open=True), default=60.0,
                    help="seconds of ts_ns per Parquet segment (default 60)")
     p.add_argument("--request", metavar="ID", action="append", dest="requests",
                    help="--perfetto only: just this request's tracks (and the workers' own); "
                         "repeat for more")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--perfetto: replace FILE if it exists (default: refuse); a --parquet "
+                   "DIR must be new or empty")
     p.add_argument("--json", action="store_true", help="print the segment manifests as JSON")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="load a Parquet segment tree into an empty ledger")
+    p = sub.add_parser("import", help="load a Parquet segment tree into an empty ledger",
+                       description="Load a Parquet segment tree into a new SQLite file, or an "
+                       "empty ledger / a database without tables (anything else is refused "
+                       "before a byte is written).")
     p.add_argument("parquet", metavar="DIR")
     p.add_argument("ledger", metavar="LEDGER", help="new SQLite file or SQLAlchemy URL")
     p.set_defaults(func=cmd_import)
 
 
 def _open(target: str) -> Any:
-    return open_source(target)
+    return open_sources([target])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -70,13 +81,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     with _open(args.ledger) as src:
         report = verify_source(src, key)
+        manifest = src.manifest_problems()
+    shown = mask_password(args.ledger)
+    ok = report.ok and not manifest
     if args.json:
-        print_json(report.to_dict())
+        data = report.to_dict()
+        data["target"] = shown
+        data["manifest_problems"] = manifest
+        data["ok"] = ok
+        print_json(data)
     else:
         rows = sum(s.rows for s in report.streams)
-        total = sum(s.findings_total for s in report.streams)
-        state = "clean" if report.ok else f"{total} findings"
-        print(f"{args.ledger}: {len(report.streams)} streams, {rows} events: {state}")
+        total = sum(s.findings_total for s in report.streams) + len(manifest)
+        state = "clean" if ok else f"{total} findings"
+        print(f"{shown}: {len(report.streams)} streams, {rows} events: {state}")
         for s in report.streams:
             print(f"  {s.stream}: seq {s.first_seq}..{s.last_seq} ({s.rows} events), "
                   f"head {s.last_hash}")
@@ -85,14 +103,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                       f"{', '.join(s.key_ids)}): pass --key to check their hashes")
         for line in iter_findings(report):
             print(line)
-    if not report.ok:
+        for line in manifest:
+            print(f"manifest: {line}")
+    if not ok:
         raise Finding()
     return 0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 0:
-        raise CliError("--limit must be >= 0")
     out: list[dict[str, Any]] = []
     with _open(args.ledger) as src:
         it = src.events(stream=args.stream, request_id=args.request, kinds=args.kind)
@@ -113,9 +131,12 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from kvledger.outputs import check_new_file, new_folder
+
     if args.requests and not args.perfetto:
         raise CliError("--request filters a --perfetto export only")
     if args.perfetto:
+        check_new_file(args.perfetto, overwrite=args.overwrite)  # before reading the ledger
         try:
             # Looked up at run time: analytics sits above ledger in the layering.
             mod = importlib.import_module("kvledger.analytics.perfetto")
@@ -125,7 +146,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         with _open(args.ledger) as src:
             # The Arrow table is the contract both sides share (sources.ARROW_SCHEMA).
             try:
-                mod.export_perfetto(src.arrow_table(), args.perfetto, args.requests)
+                mod.export_perfetto(src.arrow_table(), args.perfetto, args.requests,
+                                    overwrite=args.overwrite)
             except ValueError as exc:
                 raise CliError(str(exc)) from None
         print(f"wrote {args.perfetto}", file=sys.stderr)
@@ -134,11 +156,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .parquet import export_parquet
 
-    if args.window_s <= 0:
-        raise CliError("--window-s must be > 0")
-    with _open(args.ledger) as src:
+    if args.overwrite:
+        raise CliError("--overwrite is for --perfetto; --parquet DIR must be new or empty")
+    with _open(args.ledger) as src, new_folder(args.parquet) as tmp:
+        # Written into a private folder that becomes DIR in one rename: never half a tree.
         with tqdm(desc="export", unit="ev", file=sys.stderr, disable=None) as bar:
-            manifests = export_parquet(src, args.parquet, window_s=args.window_s,
+            manifests = export_parquet(src, tmp, window_s=args.window_s,
                                        progress=bar.update)
     if args.json:
         print_json(manifests)
@@ -152,5 +175,5 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .parquet import import_parquet
 
     n = import_parquet(args.parquet, args.ledger)
-    print(f"imported {n} events into {args.ledger}")
+    print(f"imported {n} events into {mask_password(args.ledger)}")
     return 0

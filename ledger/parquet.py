@@ -149,8 +149,10 @@ def import_parquet(
     root: str | os.PathLike[str], url: str, *, progress: Progress | None = None,
 ) -> int:
     """Load a segment tree into an empty ledger, rows and hashes unchanged. Returns rows."""
+    from .sources import check_import_target
     from .verify import verify_source
 
+    check_import_target(url)  # a non-ledger or non-empty target: refused before any write
     root = Path(root)
     files = sorted(p for p in root.rglob("*.parquet") if p.is_file())
     if not files:

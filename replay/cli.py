@@ -6,8 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from kvledger.cli import CliError, Finding, print_json
+from kvledger.cli import CliError, Finding, int_in, mask_password, print_json
 from kvledger.runtime.policy import MUTANTS, policy_by_name
+
+# Bounds of the numeric options (exit 2 outside them).
+SEED_MAX = 2**63 - 1
+TICKS_MAX = 10**12  # scheduler steps: far beyond any trace's need, far below a wedged machine's
+REPLAYS_MAX = 1_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "under a virtual clock with the real runtime. Exit 1 on a finding.")
     p.add_argument("trace", metavar="TRACE")
     _policy_arg(p, "hardened")
-    p.add_argument("--seed", type=int, default=0, help="orders same-time events (default 0)")
+    p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0,
+                   help="orders same-time events (default 0)")
     p.add_argument("--out", metavar="DIR", help="write the replay ledger and verdict.json here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace replay.sqlite/verdict.json already in --out (default: refuse; "
+                   "other files there are never touched)")
     p.add_argument("--no-data", action="store_true",
                    help="do not copy KV bytes between the workers (faster; no checksums)")
     p.add_argument("--live", action="store_true",
                    help="also replay in real time against real worker processes and compare")
-    p.add_argument("--ticks-max", type=int, default=None, help="bound on scheduler steps")
+    p.add_argument("--ticks-max", type=int_in(1, TICKS_MAX), default=None,
+                   help="bound on scheduler steps")
     p.add_argument("--json", action="store_true", help="machine-readable verdict on stdout")
     p.set_defaults(func=cmd_replay)
 
@@ -42,8 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _policy_arg(z, None)
     z.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="OUT.sqlite (one file) or a folder (one ledger per stream)")
-    z.add_argument("--seed", type=int, default=0)
-    z.add_argument("--replays-max", type=int, default=400)
+    z.add_argument("--overwrite", action="store_true",
+                   help="replace the ledger file(s) minimize writes if they exist (default: "
+                   "refuse; other files are never touched)")
+    z.add_argument("--seed", type=int_in(0, SEED_MAX), default=0)
+    z.add_argument("--replays-max", type=int_in(1, REPLAYS_MAX), default=400)
     z.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_minimize)
 
@@ -81,6 +94,19 @@ def _policy(name: str):
         raise CliError(str(exc)) from None
 
 
+def _check_fits(trace, policy) -> None:  # noqa: ANN001 - Trace, Policy
+    """The trace's recorded worker configs must be possible here (memory, device): a trace
+    asking for 10**15 blocks or a CUDA device on a CPU box is a one-line error, not a crash."""
+    from kvledger.runtime.config import memory_budget_bytes, resource_problem
+
+    from .replayer import config_for
+
+    cfgs = [config_for(trace, s, policy) for s in trace.streams]
+    problem = resource_problem(cfgs, memory_budget_bytes())
+    if problem:
+        raise CliError(f"cannot replay {mask_password(str(trace.source))} here: {problem}")
+
+
 def cmd_mutants(args: argparse.Namespace) -> int:
     if args.capture:
         return _capture(args)
@@ -103,6 +129,8 @@ def _capture(args: argparse.Namespace) -> int:
     from .scenarios import SCENARIOS, capture
     from .trace import load_trace
 
+    if Path(args.capture).exists() and not Path(args.capture).is_dir():
+        raise CliError(f"--capture {args.capture} exists and is not a folder")
     names = args.only or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -127,17 +155,23 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from kvledger.outputs import OwnedFolder
+
+    from .replayer import REPLAY_OUTPUTS
     from .trace import load_trace
 
     policy = _policy(args.policy)
-    trace = load_trace(args.trace)  # validation first: nothing is written for a bad trace
+    if args.out:  # outputs checked before the work, and nothing written for a bad trace
+        OwnedFolder(args.out, overwrite=args.overwrite).check(REPLAY_OUTPUTS)
+    trace = load_trace(args.trace)
+    _check_fits(trace, policy)
     from .replayer import ReplayOptions, replay
     from .verdict import render
 
     if args.live and args.out and any((Path(args.out) / "live").glob("*.sqlite")):
         raise CliError(f"{args.out}/live already holds ledgers; choose another --out")
     opts = ReplayOptions(seed=args.seed, data=not args.no_data, out_dir=args.out,
-                         ticks_max=args.ticks_max)
+                         ticks_max=args.ticks_max, overwrite=args.overwrite)
     result = replay(trace, policy, opts)
     report = result.verdict.to_dict()
     if args.live:
@@ -161,7 +195,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(render(result.verdict, args.trace, policy.name, args.seed))
+        print(render(result.verdict, mask_password(args.trace), policy.name, args.seed))
         if args.live:
             lv = report["live"]
             agree = ("agrees with" if report["live_agrees"] else "confirms (in part)"
@@ -182,10 +216,18 @@ def _ms(ns: int | None) -> str:
 
 
 def cmd_minimize(args: argparse.Namespace) -> int:
-    from .trace import load_trace, write_trace
+    from kvledger.outputs import OwnedFolder, check_new_file
+
+    from .trace import SQLITE_SUFFIXES, load_trace, write_trace
 
     policy = _policy(args.policy)
     trace = load_trace(args.trace)  # validation first: nothing is written for a bad trace
+    out = Path(args.out)
+    if out.suffix in SQLITE_SUFFIXES:  # outputs checked before hundreds of replays
+        check_new_file(out, overwrite=args.overwrite)
+    else:
+        OwnedFolder(out, overwrite=args.overwrite).check(f"{s}.sqlite" for s in trace.streams)
+    _check_fits(trace, policy)
     from .minimize import minimize
     from .replayer import ReplayOptions, replay
 
@@ -200,8 +242,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
         return set(target) <= set(got)
 
     result = minimize(trace, reproduces, args.replays_max)
-    out = Path(args.out)
-    written = write_trace(result.trace.events, out)
+    written = write_trace(result.trace.events, out, overwrite=args.overwrite)
     summary = {"policy": policy.name, "finding": list(target), "replays": result.replays,
                "before": result.size_before, "after": result.size_after,
                "budget_exhausted": result.budget_exhausted, "written": written,
@@ -209,7 +250,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"minimized {args.trace} under {policy.name}: "
+        print(f"minimized {mask_password(args.trace)} under {policy.name}: "
               f"{result.size_before['requests']} -> {result.size_after['requests']} requests, "
               f"{result.size_before['events']} -> {result.size_after['events']} events "
               f"in {result.replays} replays; finding {', '.join(target)}")

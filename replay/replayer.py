@@ -45,11 +45,9 @@ from __future__ import annotations
 import bisect
 import gc
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,6 +87,7 @@ class ReplayOptions:
     seed: int = 0
     data: bool = True
     out_dir: str | None = None
+    overwrite: bool = False  # replace replay.sqlite / verdict.json already in out_dir
     ticks_max: int | None = None
     jitter_ns: int = 1_000
     settle_ns: int = SETTLE_NS
@@ -485,14 +484,23 @@ class Replay:
     def _write(self, events: list[Event], verdict: Verdict) -> list[str]:
         import json
 
-        out = Path(self.opts.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = write_trace(events, out / "replay.sqlite")
-        vpath = out / "verdict.json"
-        tmp = vpath.with_name("verdict.json.tmp")
-        tmp.write_text(json.dumps(verdict.to_dict(), indent=2, sort_keys=True, default=str))
-        os.replace(tmp, vpath)
-        return written + [str(vpath)]
+        from kvledger.outputs import OwnedFolder
+
+        folder = OwnedFolder(self.opts.out_dir, overwrite=self.opts.overwrite)
+        folder.claim(REPLAY_OUTPUTS)
+        try:
+            with folder.file("replay.sqlite") as tmp:
+                write_trace(events, tmp, overwrite=True)  # tmp: a private path of its own
+            with folder.file("verdict.json") as tmp:
+                tmp.write_text(json.dumps(verdict.to_dict(), indent=2, sort_keys=True,
+                                          default=str))
+        finally:
+            folder.commit()
+        return folder.paths()
+
+
+# What ``replay --out DIR`` writes into DIR (the live replay adds DIR/live/).
+REPLAY_OUTPUTS = ("replay.sqlite", "verdict.json")
 
 
 def config_for(trace: Trace, stream: str, policy: Policy) -> WorkerConfig:

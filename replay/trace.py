@@ -188,18 +188,21 @@ def load_trace(target: str | os.PathLike[str]) -> Trace:
     if not rows:
         raise TraceError(f"{target}: trace holds no events")
     events = _rows_to_events(rows, target)
-    return build_trace(events, target)
+    from kvledger.ledger.sources import mask_url
+
+    return build_trace(events, mask_url(target))  # the source is shown: never its password
 
 
 def _read_rows(target: str) -> list[dict[str, Any]]:
+    """Every row of the trace through the ledger package's one loader (read-only opens; a
+    stream or file given twice is refused)."""
+    from kvledger.ledger.sources import open_sources
+
+    if "://" not in target and not os.path.lexists(target):
+        raise TraceError(f"no such trace: {target}")
     try:
-        from kvledger.ledger.sources import open_source  # the ledger-store helper's reader
-    except ImportError:
-        open_source = None
-    try:
-        if open_source is not None:
-            return _rows_via_source(open_source, target)
-        return _rows_via_store(target)
+        with open_sources([target]) as src:
+            return src.arrow_table().to_pylist()
     except (SchemaVersionError, TraceError):
         raise
     except SchemaError as exc:
@@ -209,41 +212,6 @@ def _read_rows(target: str) -> list[dict[str, Any]]:
     except (sa.exc.DatabaseError, OSError) as exc:
         detail = getattr(exc, "orig", None) or exc
         raise TraceError(f"{target}: unreadable trace (truncated or corrupt?): {detail}") from None
-
-
-def _rows_via_source(open_source: Callable[[str], Any], target: str) -> list[dict[str, Any]]:
-    if "://" not in target and not os.path.exists(target):
-        raise TraceError(f"no such trace: {target}")
-    src = open_source(target)
-    try:
-        table = src.arrow_table()
-        return table.to_pylist()
-    finally:
-        close = getattr(src, "close", None)
-        if close is not None:
-            close()
-
-
-def _rows_via_store(target: str) -> list[dict[str, Any]]:
-    p = Path(target)
-    if "://" in target:
-        paths = [target]
-    elif p.is_dir():
-        paths = sorted(str(f) for f in p.rglob("*") if f.suffix in SQLITE_SUFFIXES)
-        if not paths:
-            raise TraceError(f"{target}: folder holds no ledger files")
-    elif p.exists():
-        paths = [target]
-    else:
-        raise TraceError(f"no such trace: {target}")
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        store = EventStore(path, create=False)
-        try:
-            rows.extend(store.rows())
-        finally:
-            store.close()
-    return rows
 
 
 def _rows_to_events(rows: Sequence[dict[str, Any]], target: str) -> list[Event]:
@@ -489,29 +457,37 @@ def _faults_and_health(
 # ---------------------------------------------------------------------------------------------
 # Writing (minimizer output): a trace is written as a ledger, atomically
 # ---------------------------------------------------------------------------------------------
-def write_trace(events: Sequence[Event], out: str | os.PathLike[str]) -> list[str]:
+def write_trace(events: Sequence[Event], out: str | os.PathLike[str], *,
+                overwrite: bool = False) -> list[str]:
     """Write events as ledger file(s): OUT.sqlite holds every stream; any other OUT is a folder
-    with one ``<stream>.sqlite`` per stream. Files appear only once complete (rename)."""
+    with one ``<stream>.sqlite`` per stream. Files appear only once complete, and an existing
+    file is replaced only with ``overwrite`` (``kvledger.outputs``; other files in the folder
+    are never touched)."""
+    from kvledger.outputs import OwnedFolder, atomic_path
+
     out = Path(out)
     events = renumber(events)
     if out.suffix in SQLITE_SUFFIXES:
-        targets = {None: out}
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        targets = {s: out / f"{s}.sqlite" for s in sorted({e.stream for e in events})}
+        with atomic_path(out, overwrite=overwrite) as tmp:
+            _write_file(events, tmp)
+        return [str(out)]
+    folder = OwnedFolder(out, overwrite=overwrite)
+    names = {s: f"{s}.sqlite" for s in sorted({e.stream for e in events})}
+    folder.claim(names.values())  # every name checked before the first file is written
     written: list[str] = []
-    for stream, path in targets.items():
-        chosen = [e for e in events if stream is None or e.stream == stream]
-        _write_file(chosen, path)
-        written.append(str(path))
+    try:
+        for stream, name in names.items():
+            with folder.file(name) as tmp:
+                _write_file([e for e in events if e.stream == stream], tmp)
+            written.append(str(out / name))
+    finally:
+        folder.commit()
     return written
 
 
 def _write_file(events: Sequence[Event], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
-        p.unlink(missing_ok=True)
-    store = EventStore(str(tmp), synchronous="NORMAL")
+    """One self-contained ledger file at ``path`` (a private temporary path of the caller)."""
+    store = EventStore(str(path), synchronous="NORMAL")
     try:
         rows = [(e.stream, e.seq, e.ts_ns, e.kind, e.request_id, encode_attrs(e.attrs),
                  e.prev_hash, e.hash) for e in events]
@@ -519,13 +495,12 @@ def _write_file(events: Sequence[Event], path: Path) -> None:
             store_append(store, rows[i:i + 4096])
     finally:
         store.close()
-    # Fold the WAL into the file so that one self-contained file is renamed into place.
-    con = sqlite3.connect(tmp)
+    # Fold the WAL into the file so that one self-contained file is put in place.
+    con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA journal_mode=DELETE")
     finally:
         con.close()
-    os.replace(tmp, path)
 
 
 _ROW_FIELDS = ("stream", "seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash")

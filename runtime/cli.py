@@ -6,49 +6,73 @@ fires, the probe fails or the burst does not drain."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import CliError, Finding, print_json
+from ..cli import CliError, Finding, float_in, int_in, print_json
 from ..ledger.detectors import LIVENESS, liveness_line
 from .faults import FAULT_SPEC_HELP, FaultSpec, FaultSpecError, parse_fault_spec
 from .policy import MUTANTS, policy_by_name
 
-LEDGER_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".db", ".db-wal", ".db-shm")
+# The burst's fixed request geometry (a request spans at most MAX_BLOCKS blocks of BLOCK_TOKENS).
+BLOCK_TOKENS = 16
+MAX_BLOCKS = 16
+# Bounds of the numeric options (exit 2 outside them). Memory is bounded as a whole by
+# runtime.config.resource_problem; these keep each number sane on its own.
+REQUESTS_MAX = 1_000_000
+MS_MAX = 86_400_000  # a day
+INTERARRIVAL_US_MAX = 60e6  # a minute between arrivals
+NUM_BLOCKS_MAX = 1 << 24
+SLOTS_MAX = 1024
+GEOMETRY_MAX = 4096  # layers, kv heads, head dim
+SEED_MAX = 2**32 - 1
+DRAIN_S_MAX = 3600.0
+_UCX_TLS = re.compile(r"^\^?[A-Za-z0-9_,:]+$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# A worker's ledger file and the side files SQLite may put next to it.
+_SIDE = ("", "-wal", "-shm", "-journal")
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="a configurable live burst (ctx + gen processes); "
                        "captures a trace", description=__doc__)
     p.add_argument("--out", default="kvledger-out/run", help="output folder for the ledgers")
-    p.add_argument("--requests", type=int, default=64, help="requests in the burst")
-    p.add_argument("--cancel-rate", type=float, default=0.3,
+    p.add_argument("--requests", type=int_in(1, REQUESTS_MAX), default=64,
+                   help="requests in the burst")
+    p.add_argument("--cancel-rate", type=float_in(0.0, 1.0), default=0.3,
                    help="share of requests the client cancels at a random time")
-    p.add_argument("--timeout-ms", type=int, default=10_000,
+    p.add_argument("--timeout-ms", type=int_in(1, MS_MAX), default=10_000,
                    help="client timeout of ordinary requests")
-    p.add_argument("--short-timeout-rate", type=float, default=0.1,
+    p.add_argument("--short-timeout-rate", type=float_in(0.0, 1.0), default=0.1,
                    help="share of requests with a short timeout")
-    p.add_argument("--short-timeout-ms", type=int, default=5)
-    p.add_argument("--interarrival-us", type=float, default=200.0,
-                   help="mean time between arrivals")
-    p.add_argument("--prompt-tokens", type=int, default=96, help="median prompt length")
-    p.add_argument("--num-blocks", type=int, default=1024, help="KV blocks per worker")
-    p.add_argument("--slots", type=int, default=1, help="staging slots per worker")
-    p.add_argument("--layers", type=int, default=2, help="KV geometry: layers")
-    p.add_argument("--kv-heads", type=int, default=2, help="KV geometry: heads")
-    p.add_argument("--head-dim", type=int, default=32,
+    p.add_argument("--short-timeout-ms", type=int_in(1, MS_MAX), default=5)
+    p.add_argument("--interarrival-us", type=float_in(0.0, INTERARRIVAL_US_MAX, lo_open=True),
+                   default=200.0, help="mean time between arrivals")
+    p.add_argument("--prompt-tokens", type=int_in(1, BLOCK_TOKENS * MAX_BLOCKS), default=96,
+                   help="median prompt length")
+    p.add_argument("--num-blocks", type=int_in(MAX_BLOCKS, NUM_BLOCKS_MAX), default=1024,
+                   help="KV blocks per worker")
+    p.add_argument("--slots", type=int_in(1, SLOTS_MAX), default=1,
+                   help="staging slots per worker")
+    p.add_argument("--layers", type=int_in(1, GEOMETRY_MAX), default=2,
+                   help="KV geometry: layers")
+    p.add_argument("--kv-heads", type=int_in(1, GEOMETRY_MAX), default=2,
+                   help="KV geometry: heads")
+    p.add_argument("--head-dim", type=int_in(1, GEOMETRY_MAX), default=32,
                    help="KV geometry: head dim (fp16; a 16-token block is "
                    "layers*2*heads*16*dim*2 bytes)")
     p.add_argument("--release-on-cancel", action="store_true",
                    help="release in-flight handles on cancel (their slots are poisoned)")
-    p.add_argument("--progress-deadline-ms", type=int, default=30_000,
+    p.add_argument("--progress-deadline-ms", type=int_in(1, MS_MAX), default=30_000,
                    help="a worker with open obligations and no progress this long turns "
                    "unhealthy")
     _common(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0)
     p.add_argument("--device", default="cpu",
                    help="where KV lives: cpu, or cuda (ctx on cuda:0, gen on cuda:1 when a "
                    "second GPU exists; NIXL moves VRAM GPU to GPU)")
@@ -56,19 +80,27 @@ def register(sub: Any) -> None:
                    help="both workers in this process (still real NIXL)")
     p.add_argument("--ucx-tls", default=None,
                    help="UCX_TLS for the workers (e.g. tcp: real in-flight windows)")
-    p.add_argument("--drain-s", type=float, default=30.0, help="bound on draining the burst")
+    p.add_argument("--drain-s", type=float_in(0.0, DRAIN_S_MAX, lo_open=True), default=30.0,
+                   help="bound on draining the burst")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault (repeatable): " + FAULT_SPEC_HELP.replace("%", "%%"))
-    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+    p.add_argument("--metrics-port", type=int_in(0, 65534), default=0, metavar="PORT",
                    help="serve Prometheus metrics: ctx on 127.0.0.1:PORT, gen on PORT+1 "
                    "(0 = off)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace ledgers already in --out (default: refuse)")
+                   help="replace the ledgers (ctx/gen) already in --out (default: refuse; "
+                   "other files there are never touched)")
     p.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="short live burst with cancels; prints what the ledger says",
-                       description=__doc__)
-    d.add_argument("--out", default="kvledger-out/demo", help="output folder (replaced)")
+                       description=__doc__ + " A re-run into the same --out replaces the "
+                       "ledgers the previous demo wrote there (as recorded in "
+                       "DIR/.kvledger-outputs.json, if unchanged since) and nothing else.")
+    d.add_argument("--out", default="kvledger-out/demo",
+                   help="output folder (the ledgers of a previous demo there are replaced; "
+                   "nothing else is touched)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="also replace ctx/gen ledgers in --out that demo did not write")
     _common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -80,27 +112,31 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    """What argparse's per-option bounds cannot say: the policy, the device and UCX_TLS names,
+    and whether the workers fit this machine at all. Before anything is written."""
+    from .config import memory_budget_bytes, resource_problem
+
     try:
         policy_by_name(args.policy)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    for name in ("requests", "timeout_ms", "short_timeout_ms", "num_blocks", "slots",
-                 "prompt_tokens", "layers", "kv_heads", "head_dim", "progress_deadline_ms"):
-        v = getattr(args, name, 1)
-        if v < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, not {v}")
-    for name in ("cancel_rate", "short_timeout_rate"):
-        v = getattr(args, name, 0.0)
-        if not 0.0 <= v <= 1.0:
-            raise CliError(f"--{name.replace('_', '-')} must be within [0, 1], not {v}")
-    if getattr(args, "interarrival_us", 1.0) <= 0 or getattr(args, "drain_s", 1.0) <= 0:
-        raise CliError("--interarrival-us and --drain-s must be > 0")
+    device = getattr(args, "device", "cpu")
+    if not _DEVICE.match(device):
+        raise CliError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+    ucx_tls = getattr(args, "ucx_tls", None)
+    if ucx_tls is not None and not _UCX_TLS.match(ucx_tls):
+        raise CliError(f"--ucx-tls must be a UCX transport list such as tcp or ^cma, "
+                       f"not {ucx_tls!r}")
     port = getattr(args, "metrics_port", 0)
-    if not 0 <= port <= 65534:
-        raise CliError(f"--metrics-port must be within 0..65534 (gen takes PORT+1), not {port}")
     specs = _fault_specs(args)
     if (specs or port) and getattr(args, "inprocess", False):
         raise CliError("--fault and --metrics-port need worker processes (drop --inprocess)")
+    ctx_cfg, gen_cfg = _configs(args)
+    if device != "cpu":
+        ctx_cfg, gen_cfg = _on_gpus(device, ctx_cfg, gen_cfg)
+    problem = resource_problem([ctx_cfg, gen_cfg], memory_budget_bytes())
+    if problem:
+        raise CliError(problem)
 
 
 def _fault_specs(args: argparse.Namespace) -> list[FaultSpec]:
@@ -110,17 +146,37 @@ def _fault_specs(args: argparse.Namespace) -> list[FaultSpec]:
         raise CliError(str(exc)) from None
 
 
-def _prepare_out(out: str, overwrite: bool) -> None:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
-    old = [p for p in path.glob("*") if p.name.endswith(LEDGER_SUFFIXES)] if path.exists() else []
-    if old and not overwrite:
-        raise CliError(f"--out {out} already holds ledgers ({old[0].name}, ...); "
-                       "choose another folder or pass --overwrite")
-    for p in old:
-        p.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .inprocess import pair_configs
+
+    return pair_configs(args.policy, num_blocks=args.num_blocks,
+                        send_slots=args.slots, recv_slots=args.slots,
+                        block_tokens=BLOCK_TOKENS, max_request_blocks=MAX_BLOCKS,
+                        release_on_cancel=args.release_on_cancel, seed=args.seed,
+                        layers=args.layers, kv_heads=args.kv_heads, head_dim=args.head_dim,
+                        progress_deadline_ms=getattr(args, "progress_deadline_ms", 30_000))
+
+
+def _prepare_out(args: argparse.Namespace, *, replace_own: bool) -> tuple[Any, list[str]]:
+    """Make room for the workers' ledgers in --out (they append, so old ones are removed): only
+    names this run writes, only when kvledger wrote them (``replace_own``) or --overwrite says
+    so; any other file in --out is never touched. Returns the folder and the ledger paths."""
+    from ..outputs import OwnedFolder
+
+    suffix = ".db" if args.inprocess else ".sqlite"
+    ledgers = [f"{s}{suffix}" for s in ("ctx", "gen")]
+    names = [n + side for n in ledgers for side in _SIDE]
+    folder = OwnedFolder(args.out, overwrite=args.overwrite, replace_own=replace_own)
+    folder.claim(names)
+    folder.remove_claimed(names)
+    for name in ledgers:  # the replaced ledgers' sealed segments (the writer's own cache)
+        seg = Path(args.out) / f"{name}.segments"
+        if seg.is_dir() and not seg.is_symlink():
+            for f in seg.glob("*.arrows"):
+                f.unlink()
+            with contextlib.suppress(OSError):
+                seg.rmdir()
+    return folder, [os.path.join(args.out, n) for n in ledgers]
 
 
 def _on_gpus(device: str, ctx_cfg: Any, gen_cfg: Any) -> tuple[Any, Any]:
@@ -143,22 +199,15 @@ def _say(msg: str) -> None:
     print(f"[kvledger] {msg}", file=sys.stderr, flush=True)
 
 
-def execute(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the burst described by ``args``; the result with what the ledgers say."""
-    from .inprocess import pair_configs
+def execute(args: argparse.Namespace, ledgers: list[str] | None = None) -> dict[str, Any]:
+    """Run the burst described by ``args``; the result with what the ledgers say (read from
+    ``ledgers``, the files this run wrote, or else every ledger in ``args.out``)."""
     from .verdict import ledger_verdict
     from .workload import WorkloadParams, generate
 
-    block_tokens = 16
-    max_blocks = 16
-    ctx_cfg, gen_cfg = pair_configs(args.policy, num_blocks=args.num_blocks,
-                                    send_slots=args.slots, recv_slots=args.slots,
-                                    block_tokens=block_tokens, max_request_blocks=max_blocks,
-                                    release_on_cancel=args.release_on_cancel, seed=args.seed,
-                                    layers=args.layers, kv_heads=args.kv_heads,
-                                    head_dim=args.head_dim,
-                                    progress_deadline_ms=getattr(args, "progress_deadline_ms",
-                                                                 30_000))
+    block_tokens = BLOCK_TOKENS
+    max_blocks = MAX_BLOCKS
+    ctx_cfg, gen_cfg = _configs(args)
     device = getattr(args, "device", "cpu")
     if device != "cpu":
         ctx_cfg, gen_cfg = _on_gpus(device, ctx_cfg, gen_cfg)
@@ -220,7 +269,9 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     summary["wall_s"] = round(time.monotonic() - t0, 3)
     summary["policy"] = args.policy
     summary["seed"] = args.seed
-    summary["ledger"] = ledger_verdict(args.out, state)
+    # The files this run wrote, not whatever else the folder holds.
+    target: Any = [p for p in ledgers if os.path.exists(p)] if ledgers else args.out
+    summary["ledger"] = ledger_verdict(target, state)
     return summary
 
 
@@ -261,24 +312,31 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         raise Finding()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_recorded(args: argparse.Namespace, replace_own: bool) -> int:
     _check(args)
-    _prepare_out(args.out, args.overwrite)
-    _report(execute(args), args.json)
+    folder, ledgers = _prepare_out(args, replace_own=replace_own)
+    try:
+        summary = execute(args, ledgers)
+    finally:
+        folder.commit()  # what exists now is recorded as kvledger's own
+    _report(summary, args.json)
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_recorded(args, replace_own=False)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    _check(args)
-    _prepare_out(args.out, overwrite=True)
     demo = argparse.Namespace(
         out=args.out, policy=args.policy, json=args.json, requests=48, cancel_rate=0.3,
         timeout_ms=5_000, short_timeout_rate=0.1, short_timeout_ms=5, interarrival_us=300.0,
         prompt_tokens=64, num_blocks=1024, slots=1, release_on_cancel=False, seed=7,
-        layers=2, kv_heads=2, head_dim=32,
-        inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=True, fault=[], metrics_port=0)
-    _report(execute(demo), args.json)
-    return 0
+        layers=2, kv_heads=2, head_dim=32, device="cpu",
+        inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=args.overwrite, fault=[],
+        metrics_port=0, progress_deadline_ms=30_000)
+    # demo's folder is its own scratch area: a re-run replaces what an earlier demo wrote.
+    return _run_recorded(demo, replace_own=True)
 
 
 

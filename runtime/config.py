@@ -102,3 +102,46 @@ class WorkerConfig:
         if unknown:
             raise ValueError(f"unknown WorkerConfig keys: {sorted(unknown)}")
         return WorkerConfig(**d)
+
+
+def kv_bytes(cfg: WorkerConfig) -> int:
+    """Bytes a worker allocates for its KV pool and its staging slots."""
+    nslots = cfg.send_slots if cfg.role == "ctx" else cfg.recv_slots
+    return cfg.num_blocks * cfg.block_nbytes + nslots * cfg.slot_nbytes
+
+
+def memory_budget_bytes(share: float = 0.5) -> int:
+    """``share`` of this machine's physical memory (what the workers' KV may take together)."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - not Linux
+        total = 1 << 40
+    return int(total * share)
+
+
+def resource_problem(cfgs: list[WorkerConfig], memory_bytes: int) -> str | None:
+    """Why these workers cannot run on this machine (one line), or None: their KV memory
+    together must fit in ``memory_bytes``, and a CUDA device they name must exist. Checked
+    before a run or replay starts, so an impossible configuration (from a flag or a recorded
+    trace) is a one-line error instead of a failed allocation."""
+    need = sum(kv_bytes(c) for c in cfgs)
+    if need > memory_bytes:
+        c = cfgs[0]
+        return (f"the workers need {need / 2**30:,.1f} GiB of KV memory ({c.num_blocks} blocks "
+                f"of {c.block_nbytes} bytes each, and staging slots) but at most "
+                f"{memory_bytes / 2**30:,.1f} GiB may be used here")
+    devices = sorted({c.device for c in cfgs if c.device != "cpu"})
+    if devices:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for d in devices:
+            head, _, idx = d.partition(":")
+            if head != "cuda" or (idx and not idx.isdigit()):
+                return f"device {d!r} is not cpu, cuda or cuda:N"
+            if int(idx or 0) >= count:
+                return (f"device {d} is not here (this machine has {count} CUDA devices); "
+                        "use cpu")
+    return None

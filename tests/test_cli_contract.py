@@ -16,9 +16,7 @@ def _subcommands() -> list[str]:
 
 
 def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "Exit codes" in out
     for name in _subcommands():
@@ -27,16 +25,12 @@ def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> No
 
 @pytest.mark.parametrize("name", _subcommands())
 def test_every_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main([name, "--help"])
-    assert exc.value.code == 0
+    assert main([name, "--help"]) == 0
     assert capsys.readouterr().out.strip()
 
 
 def test_unknown_command_is_usage_error() -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["no-such-command"])
-    assert exc.value.code == 2
+    assert main(["no-such-command"]) == 2
 
 
 def test_console_entry_point_runs() -> None:

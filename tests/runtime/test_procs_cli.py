@@ -36,7 +36,7 @@ def test_run_inprocess_then_refuses_to_overwrite(tmp_path, capsys):
     assert report["ledger"]["findings"] == []
     assert {s["requests"] for s in report["ledger"]["streams"].values()} == {13}  # + the probe
     assert main(["run", "--inprocess", "--out", str(out)]) == 2
-    assert "already holds ledgers" in capsys.readouterr().err
+    assert "pass --overwrite" in capsys.readouterr().err  # its own earlier run: kept
 
 
 def test_demo_from_the_command_line(tmp_path):
