@@ -86,7 +86,14 @@ def collect(targets: Sequence[str]) -> Sources:
 
 
 def read_sqlite(path: str) -> pa.Table:
-    """One SQLite ledger file -> Arrow (read-only: the file and its folder are never written)."""
+    """One SQLite ledger file -> Arrow (read-only: the file and its folder are never written).
+    Where its writer left sealed segments, they are mapped and only the rows after them read."""
+    fast = _read_with_segments(path)
+    return fast if fast is not None else read_sqlite_rows(path)
+
+
+def read_sqlite_rows(path: str) -> pa.Table:
+    """One SQLite ledger file -> Arrow through the ledger package's loader, row by row."""
     return _read_one(path)
 
 

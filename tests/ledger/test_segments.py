@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-from kvledger.analytics.source import _shared_reader, read_sqlite
+from kvledger.analytics.source import read_sqlite, read_sqlite_rows
 from kvledger.ledger import Ledger
 from kvledger.ledger.segments import read_segments, segment_dir
 
@@ -27,7 +27,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 def _equal_to_sqlite(path: Path) -> pa.Table:
     fast = read_sqlite(str(path))
-    slow = _shared_reader(str(path))  # the ledger package's reader (SQLite only)
+    slow = read_sqlite_rows(str(path))  # the ledger package's loader, row by row
     assert fast.equals(slow)
     return fast
 
