@@ -478,6 +478,11 @@ DETECTORS: MappingProxyType = MappingProxyType({
     for f in (broken_promise, blocked_poll, slot_leak, block_pin_leak, free_before_quiescence,
               double_free, lost_cleanup_obligation, orphaned_handle, kv_corruption, wedge)
 })
+# The detectors of vLLM tap ledgers (ledger/detectors_vllm.py) join the registry here.
+from .detectors_vllm import VLLM_DETECTORS  # noqa: E402
+
+DETECTORS = MappingProxyType({**DETECTORS, **{n: DetectorSpec(n, f, d) for n, (f, d)
+                                              in VLLM_DETECTORS.items()}})
 
 
 def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:

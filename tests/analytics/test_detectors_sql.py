@@ -16,6 +16,7 @@ from kvledger.analytics.detectors_sql import (
 )
 from kvledger.ledger import detectors as det
 from kvledger.ledger.detectors import DETECTORS, WEDGE_DEADLINE_NS, detect
+from kvledger.ledger.detectors_vllm import VLLM_DETECTORS
 from kvledger.ledger.events import Event
 
 from tests.ledger.sequences import (
@@ -98,7 +99,8 @@ def test_every_single_fault_of_every_hardened_lifecycle_agrees(con):
                     events += _renamed(s, f"{name}/{fault}/{kind}/{close}")
     py = keys_py(events)
     assert keys_sql(con, events) == py
-    assert {k[0] for k in py} >= set(DETECTORS) - {"blocked_poll", "kv_corruption"}
+    assert {k[0] for k in py} >= set(DETECTORS) - {"blocked_poll", "kv_corruption"} \
+        - set(VLLM_DETECTORS)  # those judge only vLLM tap streams (tests/tap)
 
 
 def test_crafted_worker_level_findings_agree(con):
