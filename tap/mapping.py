@@ -92,12 +92,14 @@ CALL_MAP: dict[str, CallMap] = {m.method: m for m in (
             "reported the lease expired) + future.fulfilled(sender), blocks.unpinned, the "
             "release; invalid_block_ids: vllm.blocks_invalid(side=scheduler)"),
     CallMap("request_finished", SCHEDULER, "request",
-            "blocks.allocated(blocks not seen before); delay_free on a producer: "
+            "blocks.allocated(blocks not seen before); an outstanding load that was given its "
+            "blocks (vLLM's scheduler then holds them until finished_recving, whatever the "
+            "connector returns) or delay_free with a load outstanding: termination.requested + "
+            "termination.deferred(vllm.delay_free.recv); else delay_free: "
             "transfer.started(role=ctx) + blocks.pinned(block_ids) + termination.requested + "
-            "termination.deferred(vllm.delay_free.send); delay_free with a load outstanding: "
-            "termination.requested + termination.deferred(vllm.delay_free.recv); not delay_free: "
-            "an outstanding load ends as transfer.completed(cancelled) + future.fulfilled + "
-            "blocks.unpinned, then the "
+            "termination.deferred(vllm.delay_free.send); else: an outstanding load not yet given "
+            "blocks ends as transfer.completed(cancelled) + future.fulfilled + blocks.unpinned, "
+            "then the "
             "release: (termination.done if deferred) + blocks.freed + resources.freed + "
             "request.finished(outcome)"),
     CallMap("request_finished_all_groups", SCHEDULER, "request", "as request_finished"),
@@ -163,6 +165,7 @@ class _Req:
     refs: list[int] = field(default_factory=list)  # blocks recorded as allocated, in order
     load_open: bool = False  # a remote load (transfer.started role=gen) is outstanding
     load_blocks: list[int] = field(default_factory=list)  # pinned for that load
+    load_posted: bool = False  # update_state_after_alloc gave the load its blocks
     send_open: bool = False  # a send (transfer.started role=ctx) is outstanding
     send_blocks: list[int] = field(default_factory=list)  # pinned for that send
     deferred: str | None = None  # termination.deferred reason while the free waits
@@ -210,9 +213,11 @@ class Mapper:
         rid, r = self._req(a)
         out: list[Ev] = []
         new = self._allocate(rid, r, _flat(a.get("blocks")), out)
-        if a.get("num_external_tokens") and r.load_open and not r.load_blocks and new:
-            r.load_blocks = new
-            out.append(("blocks.pinned", rid, {"blocks": new}))
+        if a.get("num_external_tokens") and r.load_open and not r.load_posted:
+            r.load_posted = True
+            if new:
+                r.load_blocks = new
+                out.append(("blocks.pinned", rid, {"blocks": new}))
         return out
 
     def _allocate(self, rid: str, r: _Req, blocks: list[int], out: list[Ev]) -> list[int]:
@@ -230,9 +235,12 @@ class Mapper:
         block_ids = _flat(a.get("block_ids"))
         self._allocate(rid, r, block_ids, out)
         r.outcome = outcome_of(a["request"].get("status"))
-        if delay_free:
+        # A load that was given its blocks keeps them until finished_recving: vLLM's scheduler
+        # delays that free itself (finish_requests, vLLM PR #32255), whatever the connector says.
+        recv_wait = r.load_open and (r.load_posted or delay_free)
+        if delay_free or recv_wait:
             out.append(("termination.requested", rid, {"reason": REASON_FINISHED}))
-            if r.load_open:
+            if recv_wait:
                 r.deferred = REASON_DELAY_FREE_RECV
             else:
                 r.deferred = REASON_DELAY_FREE_SEND

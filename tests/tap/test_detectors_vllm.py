@@ -99,13 +99,14 @@ def test_failed_receive_blocks_reused_before_the_receive_ended():
     d = Engine("D", "gen")
     d.d_wait("r1", [1, 2])
     d.invalid([2])  # the load failed on block 2; the READ has not been reported ended
-    d.d_finish("r1", [1, 2], status="FINISHED_ERROR")  # freed at once, not delay-free
-    d.d_wait("r2", [2])  # block 2 given to the next request
+    d.d_wait("r2", [2])  # a scheduler that gives block 2 to the next request now
+    d.d_recvd("r1", failed=True)
+    d.d_finish("r1", [1, 2], status="FINISHED_ERROR")
     d.d_recvd("r2")
     d.d_finish("r2", [2])
     d.close()
     assert found(d.events) == {("vllm_failed_recv_blocks_reused", "r2")}
-    # After the receive ended (reported failed), the same reuse is safe.
+    # After the receive ended (reported failed) and its request let the block go: safe.
     d2 = Engine("D", "gen")
     d2.d_wait("r1", [1, 2])
     d2.invalid([2])
