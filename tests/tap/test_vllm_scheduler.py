@@ -49,9 +49,9 @@ def _events(out: Path) -> list:
 def _snapshot(side: Any, so: Any, eco: dict) -> dict[str, Any]:
     """What vLLM did in one step, as a client and the workers would see it."""
     s = side.scheduler
-    outs = sorted(((o.request_id, o.new_token_ids, str(o.finish_reason),
+    outs = sorted((o.request_id, o.new_token_ids, str(o.finish_reason),
                     json.dumps(o.kv_transfer_params, sort_keys=True, default=str))
-                   for v in eco.values() for o in v.outputs))
+                   for v in eco.values() for o in v.outputs)
     return {
         "side": side.name,
         "new": sorted(r.req_id for r in so.scheduled_new_reqs),
