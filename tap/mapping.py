@@ -348,6 +348,15 @@ def remap(calls: Iterable[dict[str, Any]]) -> list[Ev]:
     out: list[Ev] = []
     for c in calls:
         if c.get("error") is None:
-            out.extend(m.on_call(c["side"], c["method"], c["a"], c["res"].get("value"),
+            out.extend(m.on_call(c["side"], c["method"], c["args"], c["result"].get("value"),
                                  c.get("observed")))
     return out
+
+
+def render_table() -> str:
+    """``CALL_MAP`` as the Markdown table of ``tap/MAPPING.md`` (a test holds them equal)."""
+    lines = ["| method | side | request | events (layer 2) |", "| --- | --- | --- | --- |"]
+    for m in CALL_MAP.values():
+        lines.append(f"| `{m.method}` | {m.side} | {'yes' if m.request_arg else '-'} | "
+                     f"{m.events} |")
+    return "\n".join(lines)
