@@ -50,6 +50,8 @@ _EXPIRY_LOGGER = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
 _EXPIRY_PREFIX = "Releasing expired KV blocks for request"
 
 _perf_ns = time.perf_counter_ns
+#: method -> the argument that names its request (a method vLLM adds later has none).
+_REQUEST_ARG = {m.method: m.request_arg for m in CALL_MAP.values() if m.request_arg}
 
 
 def _vllm_version() -> str:
@@ -106,6 +108,8 @@ class _TapBase(KVConnectorBase_V1):
         self._inner = self._inner_cls(vllm_config, role, kv_cache_config)
         self._side = SCHEDULER if role == KVConnectorRole.SCHEDULER else WORKER
         self._broken = False
+        #: per-layer hook -> [layer names in call order, summed ns, first extra argument]
+        self._layers: dict[str, list] = {}
         ktc = vllm_config.kv_transfer_config
         cfg = dict((ktc.kv_connector_extra_config or {}).get("kvledger") or {})
         target = cfg.get("ledger") or os.environ.get("KVLEDGER_TAP_LEDGER")
@@ -162,8 +166,9 @@ class _TapBase(KVConnectorBase_V1):
         try:
             r = summarize(res) if error is None else None
             rid = None
-            if CALL_MAP[method].request_arg is not None:
-                req = a.get(CALL_MAP[method].request_arg)
+            req_arg = _REQUEST_ARG.get(method)
+            if req_arg is not None:
+                req = a.get(req_arg)
                 rid = req.get("request_id") if isinstance(req, dict) else None
             emit = s.ledger.emit
             with s.lock:
@@ -178,6 +183,15 @@ class _TapBase(KVConnectorBase_V1):
             self._broken = True
             log.exception("kvledger tap: recording into stream %s failed; recording stops "
                           "for this connector", s.key[1])
+
+    def _flush_layers(self) -> None:
+        """One call record per per-layer hook for the calls since the last flush."""
+        layers, self._layers = self._layers, {}
+        for name, (names, dur, first) in layers.items():
+            a = {"layer_names": names, "calls": len(names)}
+            if first is not None:
+                a["first_kv_layer"] = summarize(first)
+            self._record(name, a, None, dur, None, None)
 
     def _close_stream(self) -> None:
         s, self._stream = self._stream, None
@@ -195,6 +209,8 @@ def _forwarder(name: str, params: tuple[str, ...]) -> Any:
         inner = getattr(self._inner, name)
         if self._stream is None or self._broken:
             return inner(*args, **kwargs)
+        if self._layers:
+            self._flush_layers()
         a = arguments(params, args, kwargs)  # before the call: the inner mutates its inputs
         obs = _observed
         outer = obs.active
@@ -225,6 +241,40 @@ def _forwarder(name: str, params: tuple[str, ...]) -> Any:
     return forward
 
 
+#: Called by the attention layers once per layer per step (2 x layers calls a step): recorded as
+#: one call record per hook per step, naming the layers in call order, the number of calls and
+#: their summed duration, written before the worker's next other call (or its error, or
+#: shutdown). One event a call would cost a 32-layer model ~64 ledger events a step.
+LAYER_HOOKS = ("wait_for_layer_load", "save_kv_layer")
+
+
+def _layer_forwarder(name: str) -> Any:
+    """The generated per-layer hook: call the inner, remember (layer, duration); no event."""
+
+    def forward(self: _TapBase, layer_name: str, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(self._inner, name)
+        if self._stream is None or self._broken:
+            return inner(layer_name, *args, **kwargs)
+        t0 = _perf_ns()
+        try:
+            res = inner(layer_name, *args, **kwargs)
+        except BaseException as exc:
+            dur = _perf_ns() - t0
+            self._flush_layers()
+            self._record(name, arguments(FORWARDED[name], (layer_name, *args), kwargs), None,
+                         dur, f"{type(exc).__name__}: {exc}", None)
+            raise
+        acc = self._layers.get(name)
+        if acc is None:
+            acc = self._layers[name] = [[], 0, args[0] if args else None]
+        acc[0].append(layer_name)
+        acc[1] += _perf_ns() - t0
+        return res
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
+
+
 def _public_methods(cls: type) -> dict[str, tuple[str, ...]]:
     """Public plain methods defined on ``cls`` -> their parameter names (without self)."""
     out = {}
@@ -245,7 +295,8 @@ CLASSMETHODS: tuple[str, ...] = tuple(
     n for n, v in KVConnectorBase_V1.__dict__.items() if isinstance(v, classmethod))
 
 for _name, _params in FORWARDED.items():
-    setattr(_TapBase, _name, _forwarder(_name, _params))
+    setattr(_TapBase, _name, _layer_forwarder(_name) if _name in LAYER_HOOKS
+            else _forwarder(_name, _params))
 _TapBase.__abstractmethods__ = frozenset()
 
 

@@ -21,6 +21,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def summarize(v: Any, depth: int = 0) -> Any:
     """A JSON-able copy of ``v`` (see the module doc)."""
+    if v is None:
+        return None
     if isinstance(v, enum.Enum):
         return v.name  # KVConnectorRole, RequestStatus (an IntEnum is an int too)
     if isinstance(v, _SCALARS):
@@ -121,10 +123,13 @@ def arguments(names: tuple[str, ...], args: tuple, kwargs: dict[str, Any]) -> di
     """The call's arguments by parameter name, summarised."""
     out: dict[str, Any] = {}
     for name, v in zip(names, args, strict=False):
-        out[name] = _arg(name, v)
+        out[name] = v if type(v) in _FAST else _arg(name, v)
     for name, v in kwargs.items():
-        out[name] = _arg(name, v)
+        out[name] = v if type(v) in _FAST else _arg(name, v)
     return out
+
+
+_FAST = frozenset({str, int, float, bool, type(None)})
 
 
 def _arg(name: str, v: Any) -> Any:
