@@ -110,6 +110,26 @@ def _until(cond: Any, *sides: Any) -> int:
     raise AssertionError("bounded wait ran out")
 
 
+def _step_with_layer_hooks(side: Any, kv: dict) -> None:
+    """One worker step with the per-layer hooks the attention layers call during a forward
+    (vLLM's runner calls them from inside the model; the CUDA wheel has no CPU forward)."""
+    from vllm.forward_context import get_forward_context, set_forward_context
+
+    so = side.scheduler.schedule()
+    w = side.worker
+    with set_forward_context(None, w._vllm_config):
+        w.bind_connector_metadata(so.kv_connector_metadata)
+        w.start_load_kv(get_forward_context())
+        for layer in LAYERS:
+            w.wait_for_layer_load(layer)
+            w.save_kv_layer(layer, kv[layer], None)
+        w.wait_for_save()
+        res = w.get_transfer_results(so.finished_req_ids)
+        w.clear_connector_metadata()
+    side.scheduler.update_from_output(so, h.model_output(so, kv=h.connector_output(
+        sending=res.finished_sending, recving=res.finished_recving)))
+
+
 def _load_blocks(d: Any, rid: str) -> list[int]:
     return list(d.scheduler.kv_cache_manager.get_block_ids(rid)[0])
 
@@ -131,6 +151,7 @@ def test_a_real_nixl_transfer_through_the_tap_moves_the_bytes(model, tmp_path):
         _until(lambda: "r1" not in d.scheduler.requests and "r1" not in p.scheduler.requests,
                p, d)
         assert h.scheduler_empty(p.scheduler) and h.scheduler_empty(d.scheduler)
+        _step_with_layer_hooks(d, d_kv)
     finally:
         _shutdown(p, d)
     with open_source(str(out)) as src:
@@ -142,6 +163,11 @@ def test_a_real_nixl_transfer_through_the_tap_moves_the_bytes(model, tmp_path):
     assert {"register_kv_caches", "bind_connector_metadata", "start_load_kv", "wait_for_save",
             "get_transfer_results", "get_block_ids_with_load_errors",
             "clear_connector_metadata", "shutdown"} <= worker_calls
+    hooks = [e.attrs for e in events if e.stream == "D" and e.kind == "vllm.call"
+             and e.attrs["method"] in ("wait_for_layer_load", "save_kv_layer")]
+    assert [(a["method"], a["args"]["layer_names"], a["args"]["calls"]) for a in hooks] == [
+        ("wait_for_layer_load", list(LAYERS), 2), ("save_kv_layer", list(LAYERS), 2)]
+    assert hooks[1]["args"]["first_kv_layer"]["tensor"] == [NUM_BLOCKS, 2, 1, h.BLOCK_SIZE, 16]
     results = [(e.stream, e.attrs["direction"], e.attrs["outcome"]) for e in events
                if e.kind == "vllm.transfer_result"]
     assert results == [("D", "recv", "ok"), ("P", "send", "ok")] or \
