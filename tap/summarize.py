@@ -55,13 +55,15 @@ def summarize(v: Any, depth: int = 0) -> Any:
 
 
 def request(r: Any) -> dict[str, Any]:
-    """A vLLM Request: its id, status, token counts and a copy of its kv_transfer_params."""
+    """A vLLM Request: its id, status, token counts, max_tokens and a copy of its
+    kv_transfer_params (not its token ids: a prompt stays out of the ledger)."""
     status = getattr(r, "status", None)
     return {
         "request_id": r.request_id,
         "status": getattr(status, "name", None if status is None else str(status)),
         "num_prompt_tokens": getattr(r, "num_prompt_tokens", None),
         "num_computed_tokens": getattr(r, "num_computed_tokens", None),
+        "max_tokens": getattr(getattr(r, "sampling_params", None), "max_tokens", None),
         "kv_transfer_params": summarize(getattr(r, "kv_transfer_params", None), 1),
     }
 

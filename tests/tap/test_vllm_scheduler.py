@@ -160,18 +160,11 @@ def test_the_tap_changes_nothing_vllm_does(model, tmp_path):
     assert any(s["outputs"] for s in bare) and any(s["meta"]["reqs_to_recv"] for s in bare)
 
 
-def _kvledger(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvledger", *args], capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_decode_abort_strands_the_prefill_blocks_and_forensics_names_it(model, tmp_path):
-    """D aborts the request while it waits for P's KV and its worker never reports the read
-    (a hung or dead D worker): D keeps the load target blocks, P keeps the delay-free blocks.
-    Nothing frees either; forensics names both holds with their owner and interval."""
+def _decode_abort(model: Path, out: Path) -> None:
+    """P holds r1's blocks delay-free for D; D aborts r1 while it waits for P's KV, and no
+    worker reports the read (a hung or dead D worker)."""
     from vllm.v1.request import RequestStatus
 
-    out = tmp_path / "ledgers"
     p, d = _pair(model, out)
     try:
         p.scheduler.add_request(h.make_request("r1", prompt_tokens=70, max_tokens=1,
@@ -189,6 +182,19 @@ def test_decode_abort_strands_the_prefill_blocks_and_forensics_names_it(model, t
     finally:
         p.scheduler.shutdown()
         d.scheduler.shutdown()
+
+
+def _kvledger(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvledger", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_decode_abort_strands_the_prefill_blocks_and_forensics_names_it(model, tmp_path):
+    """D aborts the request while it waits for P's KV and its worker never reports the read
+    (a hung or dead D worker): D keeps the load target blocks, P keeps the delay-free blocks.
+    Nothing frees either; forensics names both holds with their owner and interval."""
+    out = tmp_path / "ledgers"
+    _decode_abort(model, out)
     found = {(f.stream, f.detector) for f in detect(_events(out))}
     assert ("P", "vllm_delay_free_never_discharged") in found
     assert ("D", "vllm_recv_never_finished") in found
