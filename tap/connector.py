@@ -129,7 +129,9 @@ class _TapBase(KVConnectorBase_V1):
             "num_blocks": getattr(kv_cache_config, "num_blocks", None),
         }
         self._stream: streams.SharedStream | None = streams.acquire(
-            str(target), name, role=streams.ROLES.get(ktc.kv_role or "", "vllm"), config=config)
+            str(target), name, role=streams.ROLES.get(ktc.kv_role or "", "vllm"), config=config,
+            group_ms=int(cfg.get("group_ms") or streams.GROUP_MS_DEFAULT),
+            synchronous=str(cfg.get("synchronous") or streams.SYNCHRONOUS_DEFAULT))
         if self._side == WORKER:
             _install_expiry_handler()
 

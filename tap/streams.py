@@ -6,6 +6,8 @@ Where the stream goes (``kv_connector_extra_config["kvledger"]``):
              URL (``sqlite:///file``, ``postgresql+psycopg://...``; a fleet shares one database)
     stream   the stream name, a ``str.format`` template over ``engine_id``, ``role`` (ctx / gen /
              both, from kv_role) and ``pid``; default ``STREAM_DEFAULT``
+    group_ms the writer's commit period (default ``GROUP_MS_DEFAULT``)
+    synchronous  SQLite's ``PRAGMA synchronous`` (default ``SYNCHRONOUS_DEFAULT``)
 A process that exits without shutting its connectors down leaves its stream open (no
 ``ledger.closed``): kvledger reads that as a worker that died, and an ``atexit`` hook makes what
 was emitted durable first.
@@ -27,6 +29,13 @@ from .mapping import Mapper
 log = logging.getLogger(__name__)
 
 STREAM_DEFAULT = "vllm-{role}-{engine_id}-{pid}"
+#: The tap's writer commits at most every 50 ms (the runtime's ledger: 10 ms): a vLLM step makes
+#: ~15 call records, and each commit's fixed cost (transaction, WAL write) is the writer's main
+#: CPU cost inside the engine's process (bench/bench_tap.py measures it).
+GROUP_MS_DEFAULT = 50
+#: WAL with synchronous=NORMAL survives the engine process dying (what a tap must outlive); FULL
+#: also survives the machine losing power, at an fsync per commit.
+SYNCHRONOUS_DEFAULT = "NORMAL"
 #: kv_role -> the role word kvledger's views use for a stream.
 ROLES = {"kv_producer": "ctx", "kv_consumer": "gen", "kv_both": "both"}
 
@@ -60,14 +69,18 @@ def stream_name(template: str, *, engine_id: str, kv_role: str | None) -> str:
                            pid=os.getpid())
 
 
-def acquire(target: str, stream: str, *, role: str, config: dict[str, Any]) -> SharedStream:
+def acquire(target: str, stream: str, *, role: str, config: dict[str, Any],
+            group_ms: int = GROUP_MS_DEFAULT,
+            synchronous: str = SYNCHRONOUS_DEFAULT) -> SharedStream:
     """The process's stream ``stream`` at ``target``, opened on first use."""
     url = ledger_url(target, stream)
     key = (url, stream)
     with _guard:
         s = _streams.get(key)
         if s is None:
-            s = _streams[key] = SharedStream(key, Ledger(url, stream, role=role, config=config))
+            led = Ledger(url, stream, role=role, config=config, group_ms=group_ms,
+                         synchronous=synchronous)
+            s = _streams[key] = SharedStream(key, led)
             log.info("kvledger tap: stream %s -> %s", stream, url)
         s.users += 1
         return s
