@@ -9,7 +9,9 @@
 # (and in pyproject's [vllm] extra). `pip check` then names the CUDA-only packages that are left
 # out on purpose; that is expected.
 #
-# Usage: scripts/install-vllm-light.sh [VENV]   (default .venv; idempotent, ~80 s, ~2.5 GB)
+# Usage: scripts/install-vllm-light.sh [VENV]   (default .venv; idempotent)
+# Cost: 80 s on an idle 2-core machine (the study), 317 s measured on a loaded one; the venv grows
+# to 2.8 GB (vllm 877 MB, the CPU torch it already had 754 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
