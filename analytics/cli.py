@@ -35,14 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_db_options(p)
     p.set_defaults(func=cmd_sql)
 
-    p = sub.add_parser("forensics", help="canned queries -> incident summary (exit 1 on findings)")
+    p = sub.add_parser("forensics", help="canned queries -> incident summary (exit 1 on findings)",
+                       description="Verify the hash chains, then run the canned queries and "
+                       "the detectors. Verdict: TAMPERED, DIED, WEDGED, UNHEALTHY, STUCK, LEAKS, "
+                       "FINDINGS (exit 1) or CLEAN (exit 0).")
     p.add_argument("ledgers", nargs="+", metavar="LEDGER")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     _add_thresholds(p)
     _add_db_options(p)
     p.set_defaults(func=cmd_forensics)
 
-    p = sub.add_parser("report", help="self-contained HTML incident page with plots")
+    p = sub.add_parser("report", help="self-contained HTML incident page with plots "
+                       "(exit 1 unless CLEAN)")
     p.add_argument("ledgers", nargs="+", metavar="LEDGER")
     p.add_argument("-o", "--output", required=True, metavar="FILE.html")
     _add_thresholds(p)
@@ -57,6 +61,9 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
                    help="open obligations older than this are stuck")
     p.add_argument("--wedge-ms", type=int, default=WEDGE_MS_DEFAULT,
                    help="a live worker idle this long with open obligations is wedged")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the hash-chain check (trusted input; the verdict cannot then "
+                   "say TAMPERED)")
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202 - duckdb connection
@@ -122,8 +129,9 @@ def cmd_forensics(args: argparse.Namespace) -> int:
 
     from .forensics import render_text, summarize
 
+    integrity = _verify(args)
     con = _open(args)
-    summary = summarize(con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms)
+    summary = summarize(con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, integrity=integrity)
     if args.json:
         print_json(summary)
     else:
@@ -134,10 +142,24 @@ def cmd_forensics(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kvledger.cli import Finding
+
     from .report import write_report
 
+    integrity = _verify(args)
     con = _open(args)
     info = write_report(con, args.output, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms,
-                        title=", ".join(args.ledgers))
+                        title=", ".join(args.ledgers), integrity=integrity)
     print(f"wrote {args.output} ({info['bytes']:,} bytes, verdict {info['verdict']})")
+    if info["verdict"] != "CLEAN":
+        raise Finding(info["verdict"])
     return 0
+
+
+def _verify(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The hash chains first (None with --no-verify); bad targets are exit 2 as in _open."""
+    from .forensics import verify_ledgers
+
+    if args.no_verify:
+        return None
+    return verify_ledgers(list(args.ledgers))

@@ -3,6 +3,8 @@
 Each detector of ``ledger/detectors.py`` has one module ``analytics/sql/detectors/<name>.sql``
 that creates the view ``detector_<name>`` with the columns (detector, stream, request_id, seq,
 reason) — one row per finding, the same findings as the Python detector (a test requires it).
+The liveness detectors' views (``detectors.LIVENESS``) add (ts_ns, dur_ns, holders, resources,
+waiters): the interval and who was involved, also held equal to the Python findings.
 The modules follow the catalog's format (``analytics/catalog.py``): ``-- INCLUDE`` lines name the
 modules to load first (``detectors._base`` -> ``detectors._params`` -> ``events.events``), the
 comment right above ``CREATE VIEW`` describes the view, a comment above each column documents it.
@@ -13,6 +15,7 @@ so that forensics, which runs every ``detector_*`` view, never counts it as find
     wedge_deadline_ns   BIGINT    ``detectors.WEDGE_DEADLINE_NS``
     poll_block_ns_max   BIGINT    ``detectors.POLL_BLOCK_NS_MAX``
     obligation_grace_ns BIGINT    ``detectors.OBLIGATION_GRACE_NS``
+    peer_end_grace_ns   BIGINT    ``detectors.PEER_END_GRACE_NS``
     progress_kinds      VARCHAR[] ``detectors.PROGRESS_KINDS``
 The module holds the defaults (equal to the Python constants: tested); ``set_params`` replaces the
 view to judge at another time or deadline.
@@ -65,16 +68,17 @@ def events_table(events: Iterable[Event]) -> Any:
 
 def params_sql(*, now_ns: int | None = None, wedge_deadline_ns: int = det.WEDGE_DEADLINE_NS,
                poll_block_ns_max: int = det.POLL_BLOCK_NS_MAX,
-               obligation_grace_ns: int = det.OBLIGATION_GRACE_NS) -> str:
+               obligation_grace_ns: int = det.OBLIGATION_GRACE_NS,
+               peer_end_grace_ns: int = det.PEER_END_GRACE_NS) -> str:
     """The statement that replaces ``_detector_params`` (values are ints and kind names)."""
     kinds = ", ".join(f"'{k}'" for k in sorted(det.PROGRESS_KINDS))
     now = "NULL" if now_ns is None else str(int(now_ns))
     return (
         "CREATE OR REPLACE VIEW _detector_params (now_ns, wedge_deadline_ns, poll_block_ns_max, "
-        "obligation_grace_ns, progress_kinds) AS SELECT "
+        "obligation_grace_ns, peer_end_grace_ns, progress_kinds) AS SELECT "
         f"CAST({now} AS BIGINT), CAST({int(wedge_deadline_ns)} AS BIGINT), "
         f"CAST({int(poll_block_ns_max)} AS BIGINT), CAST({int(obligation_grace_ns)} AS BIGINT), "
-        f"CAST([{kinds}] AS VARCHAR[])"
+        f"CAST({int(peer_end_grace_ns)} AS BIGINT), CAST([{kinds}] AS VARCHAR[])"
     )
 
 
@@ -108,8 +112,14 @@ def open_detectors(table: Any, **params: Any) -> Any:
 
 
 def detect_sql(con: Any, only: Iterable[str] | None = None) -> list[tuple]:
-    """Rows (detector, stream, request_id, seq, reason) of the detector views, sorted."""
+    """Rows (detector, stream, request_id, seq, reason, ts_ns, dur_ns, holders, resources,
+    waiters) of the detector views, sorted; the last five are NULL for the detectors that judge
+    the end state only (the liveness views, ``det.LIVENESS``, have those columns)."""
     names = list(det.DETECTORS) if only is None else list(only)
+    more = {True: "ts_ns, dur_ns, holders, resources, waiters",
+            False: "CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR[]), "
+                   "CAST(NULL AS VARCHAR[]), CAST(NULL AS VARCHAR[])"}
     union = " UNION ALL ".join(
-        f"SELECT detector, stream, request_id, seq, reason FROM detector_{n}" for n in names)
+        f"SELECT detector, stream, request_id, seq, reason, {more[n in det.LIVENESS]} "
+        f"FROM detector_{n}" for n in names)
     return con.execute(f"SELECT * FROM ({union}) ORDER BY stream, seq, detector").fetchall()

@@ -1,9 +1,15 @@
 """Canned forensic queries over the catalog and the incident summary built from them.
 
-The summary answers the on-call question: what is stuck, who owns it, since when. Verdicts:
-``WEDGED`` (a live worker made no progress past the wedge deadline while obligations are
-open), ``STUCK`` (open obligations older than the stuck threshold), ``LEAKS`` (obligations
-nothing can discharge any more), ``FINDINGS`` (a detector view returned rows) or ``CLEAN``.
+The summary answers the on-call question: what is stuck, who owns it, since when. Verdicts, the
+first that applies: ``TAMPERED`` (a hash chain does not verify: the evidence itself is in
+question), then the liveness verdicts judged over the ledger's time (``ledger.detectors``:
+``DIED`` a worker's stream ended without ledger.closed while its peer saw it lost, ``WEDGED``
+work waited on a holder that could no longer progress, or a live worker made no progress past the
+wedge deadline while obligations are open, ``UNHEALTHY`` a worker said it could not serve), then
+``STUCK`` (open obligations older than the stuck threshold), ``LEAKS`` (obligations nothing can
+discharge any more), ``FINDINGS`` (another detector view returned rows) or ``CLEAN``.
+A wedge tidied up at shutdown is still a wedge: its interval, holder and waiters are in
+``liveness`` and its requests in ``wedged_requests`` (the stuck table of the report shows both).
 Poisoned slots are reported but are not a finding: poisoning is the one rule working.
 """
 
@@ -14,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from ..ledger.detectors import LIVENESS, liveness_line, liveness_verdict
 from .limits import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -90,9 +97,81 @@ def _top(con: duckdb.DuckDBPyConnection, source: str, order_by: str,
     return found, total
 
 
+def verify_ledgers(targets: list[str]) -> dict[str, Any]:
+    """The hash chains of every stream under ``targets`` (``ledger.verify``), checked before
+    anything is read from them. ``tampered``: a stream has a finding other than a torn tail (a
+    worker that died mid-commit leaves a torn tail; that is not tampering, it is listed as
+    ``torn``). A target the ledger reader cannot open is ``unverified``, not a finding."""
+    from ..ledger.errors import BadLedgerError
+    from ..ledger.sources import open_source
+    from ..ledger.verify import verify_source
+
+    out: dict[str, Any] = {"verified": [], "unverified": [], "streams": 0, "events": 0,
+                           "tampered": False, "findings": [], "torn": []}
+    for target in targets:
+        try:
+            with open_source(target) as src:
+                report = verify_source(src)
+        except (BadLedgerError, OSError, ValueError) as exc:
+            out["unverified"].append({"target": target, "why": str(exc).splitlines()[0]})
+            continue
+        out["verified"].append(target)
+        for st in report.streams:
+            out["streams"] += 1
+            out["events"] += st.rows
+            if st.corrupt:
+                out["tampered"] = True
+            for f in st.findings:
+                (out["torn"] if f.kind == "torn_tail" else out["findings"]).append(f.line())
+    return out
+
+
+def _liveness(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every liveness detector view's rows (in time order) in ``detectors.finding_dict``'s shape
+    (``end_ns`` None while still open), with ``until_ns``: the end, or the stream's last event
+    while still open (where a timeline draws it to)."""
+    views = set(detector_views(con))
+    parts = [f"SELECT * FROM detector_{n}" for n in LIVENESS if f"detector_{n}" in views]
+    if not parts:
+        return []
+    found = rows(con, f"""
+        SELECT d.*, CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns END AS end_ns,
+               CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns ELSE s.last_ts_ns END
+                 AS until_ns
+        FROM ({' UNION ALL '.join(parts)}) AS d JOIN events_streams AS s USING (stream)
+        ORDER BY d.ts_ns, d.stream, d.detector, d.seq""")
+    for r in found:
+        for k in ("holders", "resources", "waiters"):
+            r[k] = list(r[k] or [])
+    return found
+
+
+def _wedged_requests(liveness: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The requests of the wedge intervals: each holder, then each request that waited."""
+    out: list[dict[str, Any]] = []
+    for w in liveness:
+        if w["detector"] != "wedge_interval":
+            continue
+        age = w["until_ns"] - w["ts_ns"]
+        held = ", ".join(w["resources"])
+        for h in w["holders"]:
+            out.append({"stream": w["stream"], "request_id": h, "category": "wedged",
+                        "owner": "holder", "waiting_on": f"nothing: holds {held}, stuck",
+                        "since_ts_ns": w["ts_ns"], "until_ts_ns": w["until_ns"], "age_ns": age})
+        for r in w["waiters"]:
+            on = (f"{held} held by {', '.join(w['holders'])}" if w["holders"]
+                  else "progress of a silent worker")
+            out.append({"stream": w["stream"], "request_id": r, "category": "wedged",
+                        "owner": "waiter", "waiting_on": on, "since_ts_ns": w["ts_ns"],
+                        "until_ts_ns": w["until_ns"], "age_ns": age})
+    return out
+
+
 def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
-              wedge_ms: int = WEDGE_MS_DEFAULT) -> dict[str, Any]:
-    """Run the canned queries and fold them into one incident summary (JSON-ready)."""
+              wedge_ms: int = WEDGE_MS_DEFAULT,
+              integrity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the canned queries and fold them into one incident summary (JSON-ready).
+    ``integrity``: ``verify_ledgers`` of the same ledgers (None: not checked)."""
     assert stuck_ms >= 0 and wedge_ms >= 0
     workers = rows(con, "SELECT * FROM forensics_progress ORDER BY stream")
     # Counted in SQL and only the first ROWS_MAX rows fetched: a big incident has hundreds of
@@ -107,11 +186,23 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
         detectors[view] = {"count": count, "rows": found}
     wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
               and w["idle_ns"] >= wedge_ms * 1_000_000]
+    liveness = _liveness(con)
+    died = {r["stream"] for r in liveness if r["detector"] == "died_holding"}
     for w in workers:
         w["wedged"] = w["stream"] in wedged
+        w["died"] = w["stream"] in died
+        w["wedge_intervals"] = sum(1 for r in liveness if r["stream"] == w["stream"]
+                                   and r["detector"] == "wedge_interval")
+        w["unhealthy_intervals"] = sum(1 for r in liveness if r["stream"] == w["stream"]
+                                       and r["detector"] == "unhealthy_interval")
     fired = sorted(k for k, v in detectors.items() if v["count"])
-    if wedged:
-        verdict = "WEDGED"
+    wedged_requests = _wedged_requests(liveness)
+    tampered = bool(integrity and integrity["tampered"])
+    live_word = liveness_verdict([r["detector"] for r in liveness] + (["wedge"] if wedged else []))
+    if tampered:
+        verdict = "TAMPERED"
+    elif live_word:
+        verdict = live_word
     elif stuck:
         verdict = "STUCK"
     elif leaks:
@@ -122,9 +213,14 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
         verdict = "CLEAN"
     return {
         "verdict": verdict,
-        "findings": bool(wedged or stuck or leaks or fired),
+        "findings": bool(tampered or wedged or stuck or leaks or fired or liveness),
+        "integrity": integrity,
         "thresholds": {"stuck_ms": stuck_ms, "wedge_ms": wedge_ms},
         "workers": workers,
+        "liveness": liveness[:ROWS_MAX],
+        "liveness_total": len(liveness),
+        "wedged_requests": wedged_requests[:ROWS_MAX],
+        "wedged_requests_total": len(wedged_requests),
         "stuck": stuck,
         "stuck_total": stuck_total,
         "leaks": leaks,
@@ -147,17 +243,44 @@ def _ms(ns: int | None) -> str:
 def render_text(s: dict[str, Any]) -> str:
     """The short human summary printed by ``kvledger forensics``."""
     out = [f"verdict: {s['verdict']}"]
+    integrity = s.get("integrity")
+    if integrity is not None:
+        state = "BROKEN" if integrity["tampered"] else "ok"
+        out.append(f"hash chains: {state} ({integrity['streams']} streams, "
+                   f"{integrity['events']} events verified)")
+        for line in integrity["findings"][:ROWS_MAX]:
+            out.append(f"  {line}")
+        for line in integrity["torn"]:
+            out.append(f"  {line} (a worker died mid-commit)")
+        for u in integrity["unverified"]:
+            out.append(f"  not verified: {u['target']}: {u['why']}")
+    if s["liveness"]:
+        out.append(f"liveness (judged over time): {s['liveness_total']}")
+        for r in s["liveness"]:
+            out.append(f"  {liveness_line(r)}")
     out.append("workers:")
     for w in s["workers"]:
-        state = "closed" if w["closed"] else ("WEDGED" if w["wedged"] else "alive")
+        state = ("closed" if w["closed"] else "DIED" if w["died"]
+                 else "WEDGED" if w["wedged"] else "alive")
         out.append(f"  {w['stream']:<10} {w['role'] or '?':<4} {state:<7} last progress "
                    f"{w['last_progress_kind'] or '-'} {_ms(w['idle_ns'])} before its last "
                    f"event; {w['open_obligations']} open obligations")
     out.append(f"stuck requests: {s['stuck_total']} (older than "
-               f"{s['thresholds']['stuck_ms']} ms)")
+               f"{s['thresholds']['stuck_ms']} ms) open at the end, "
+               f"{s['wedged_requests_total']} in wedge intervals")
     for r in s["stuck"]:
         out.append(f"  {r['stream']}/{r['request_id']}: owner {r['owner']}, waiting on "
                    f"{r['waiting_on']}, for {_ms(r['age_ns'])}")
+    for w in s["liveness"]:
+        if w["detector"] != "wedge_interval":
+            continue
+        for h in w["holders"]:
+            out.append(f"  {w['stream']}/{h}: wedged holder of {', '.join(w['resources'])} for "
+                       f"{_ms(w['until_ns'] - w['ts_ns'])}")
+        shown = ", ".join(w["waiters"][:8]) + (" ..." if len(w["waiters"]) > 8 else "")
+        on = f"on {', '.join(w['resources'])}" if w["resources"] else "(nothing moved)"
+        out.append(f"  {w['stream']}: {len(w['waiters'])} request(s) waited {on} meanwhile: "
+                   f"{shown}")
     out.append(f"leaks: {s['leaks_total']}")
     for r in s["leaks"]:
         out.append(f"  {r['stream']}/{r['request_id']}: {r['open_obligations']} never given "

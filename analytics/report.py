@@ -1,10 +1,12 @@
 """``kvledger report``: one self-contained HTML incident page (plotly.js inlined, no network).
 
-Plots: pool occupancy and in-flight transfers over time, a swimlane per stuck or slow request,
-cancel outcomes, the transfer latency distribution; then the forensic summary tables. Series are
-bucketed in SQL (at most ``BUCKETS`` points per line) so a 10M-event ledger still gives a page
-of a few MB. Times are seconds since the earliest ``ledger.opened`` wall anchor, so workers'
-monotonic clocks line up.
+Plots: pool occupancy and in-flight transfers over time, a swimlane per wedged, stuck or slow
+request, cancel outcomes, the transfer latency distribution; then the forensic summary tables.
+The liveness intervals (``forensics.summarize``'s ``liveness``: wedged, unhealthy, died) are
+marked on every timeline, so the badge, the stuck-requests table and the plots tell one story.
+Series are bucketed in SQL (at most ``BUCKETS`` points per line) so a 10M-event ledger still
+gives a page of a few MB. Times are seconds since the earliest ``ledger.opened`` wall anchor, so
+workers' monotonic clocks line up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 
+from ..ledger.detectors import liveness_line
 from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT, rows, summarize
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,41 @@ _LANE_KINDS = (
     "buffer.released", "buffer.poisoned", "transfer.completed", "future.fulfilled",
     "termination.done", "blocks.freed", "resources.freed", "request.finished",
 )
+
+
+MARKS_MAX = 20  # liveness intervals marked on each timeline
+_MARK_COLORS = {"wedge_interval": "crimson", "unhealthy_interval": "darkorange",
+                "died_holding": "black"}
+_MARK_WORDS = {"wedge_interval": "WEDGED", "unhealthy_interval": "UNHEALTHY",
+               "died_holding": "DIED"}
+
+
+def _clock(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
+    """stream -> (first ts_ns, wall offset ns): ts_ns to the page's seconds (``_CLOCK``)."""
+    return {r["stream"]: (r["first_ts_ns"], r["wall_off"])
+            for r in rows(con, _CLOCK + " SELECT stream, first_ts_ns, wall_off FROM o")}
+
+
+def _marks(liveness: list[dict[str, Any]], clock: dict[str, tuple[int, int]],
+           ) -> list[dict[str, Any]]:
+    """Each liveness interval on the page's time axis (seconds), with its label and colour."""
+    out = []
+    for r in liveness[:MARKS_MAX]:
+        first, off = clock.get(r["stream"], (r["ts_ns"], 0))
+        t0 = (r["ts_ns"] - first + off) / 1e9
+        t1 = (r["until_ns"] - first + off) / 1e9
+        who = ", ".join(r["holders"] or r["waiters"][:3]) or r["stream"]
+        out.append({"x0": t0, "x1": max(t1, t0 + 1e-6), "color": _MARK_COLORS[r["detector"]],
+                    "label": f"{_MARK_WORDS[r['detector']]} {r['stream']}: {who}"})
+    return out
+
+
+def _mark(fig: go.Figure, marks: list[dict[str, Any]]) -> go.Figure:
+    for m in marks:
+        fig.add_vrect(x0=m["x0"], x1=m["x1"], fillcolor=m["color"], opacity=0.15, line_width=0,
+                      annotation_text=m["label"], annotation_position="top left",
+                      annotation_font_size=10)
+    return fig
 
 
 def _fig_html(fig: go.Figure) -> str:
@@ -104,9 +142,16 @@ def _in_flight_figure(con: duckdb.DuckDBPyConnection) -> go.Figure:
     return fig
 
 
-def _lanes(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> list[dict[str, Any]]:
-    """Stuck requests first (oldest first), then the slowest finished ones."""
-    stuck = rows(con, """
+def _lanes(con: duckdb.DuckDBPyConnection, stuck_ms: int,
+           wedged: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Wedged requests first (holders, then a few that waited), then stuck requests (oldest
+    first), then the slowest finished ones."""
+    wedged = wedged or []
+    first = [{"stream": r["stream"], "request_id": r["request_id"],
+              "why": f"wedged {r['owner']}"} for r in wedged if r["owner"] == "holder"]
+    first += [{"stream": r["stream"], "request_id": r["request_id"],
+               "why": f"wedged {r['owner']}"} for r in wedged if r["owner"] != "holder"][:3]
+    stuck = first + rows(con, """
         SELECT stream, request_id, category || ': ' || waiting_on AS why FROM forensics_stuck
         ORDER BY category DESC, age_ns DESC LIMIT ?""", [LANES_MAX])
     slow = rows(con, """
@@ -121,8 +166,9 @@ def _lanes(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> list[dict[str, Any]
     return out[:LANES_MAX]
 
 
-def _swimlane_figure(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> go.Figure:
-    lanes = _lanes(con, stuck_ms)
+def _swimlane_figure(con: duckdb.DuckDBPyConnection, stuck_ms: int,
+                     wedged: list[dict[str, Any]] | None = None) -> go.Figure:
+    lanes = _lanes(con, stuck_ms, wedged)
     fig = go.Figure()
     if not lanes:
         fig.update_layout(title="Swimlanes: no stuck or slow requests")
@@ -175,8 +221,8 @@ def _swimlane_figure(con: duckdb.DuckDBPyConnection, stuck_ms: int) -> go.Figure
             hovertemplate="owed: %{customdata}<extra>%{y}</extra>"))
     why = {f"{r['stream']}/{r['request_id']}": r["why"] for r in lanes}
     fig.update_layout(
-        title="Swimlanes of stuck and slow requests (each bar: time in the state entered by "
-              "that event)",
+        title="Swimlanes of wedged, stuck and slow requests (each bar: time in the state "
+              "entered by that event)",
         barmode="overlay", xaxis_title="time (s)", height=max(380, 28 * len(keys) + 120),
         yaxis={"categoryorder": "array", "categoryarray": list(reversed(keys)),
                "tickvals": keys, "ticktext": [f"{k} ({why[k][:40]})" for k in keys]})
@@ -232,22 +278,39 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 h1{margin-bottom:4px} .verdict{font-size:28px;font-weight:700;padding:6px 12px;
 display:inline-block;border-radius:6px} .CLEAN{background:#d4f5d4} .WEDGED,.STUCK,.LEAKS,
-.FINDINGS{background:#ffd6d6} table{border-collapse:collapse;font-size:12px;margin-bottom:12px}
+.FINDINGS,.DIED,.UNHEALTHY,.TAMPERED{background:#ffd6d6} .liveness{font-family:monospace;
+font-size:12px} table{border-collapse:collapse;font-size:12px;margin-bottom:12px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} th{background:#f2f2f2}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px} .none{color:#777}
 """
 
 
 def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
-               wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "") -> tuple[str, dict[str, Any]]:
-    summary = summarize(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms)
-    figs = [_pool_figure(con), _in_flight_figure(con), _swimlane_figure(con, stuck_ms),
+               wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "",
+               integrity: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    summary = summarize(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, integrity=integrity)
+    marks = _marks(summary["liveness"], _clock(con))
+    wedged = summary["wedged_requests"]
+    figs = [_mark(_pool_figure(con), marks), _mark(_in_flight_figure(con), marks),
+            _mark(_swimlane_figure(con, stuck_ms, wedged), marks),
             _cancel_figure(con), _latency_figure(con)]
     parts = [_fig_html(f) for f in figs]
     det = [{"detector": k, "rows": v["count"]} for k, v in summary["detectors"].items()]
+    cols = ("stream", "request_id", "category", "owner", "waiting_on", "since_ts_ns",
+            "until_ts_ns", "age_ns")
+    stuck_rows = [{c: r.get(c) for c in cols} for r in wedged + summary["stuck"]]
+    live = "".join(f"<li>{html.escape(liveness_line(r))}</li>" for r in summary["liveness"])
+    chain = ""
+    if integrity is not None:
+        bad = integrity["findings"][:10]
+        chain = (f"<p>hash chains: {'BROKEN' if integrity['tampered'] else 'verified'} "
+                 f"({integrity['streams']} streams, {integrity['events']} events)</p>"
+                 + "".join(f"<p class=liveness>{html.escape(x)}</p>" for x in bad))
     tables = "".join([
         _table("Workers: last progress", summary["workers"]),
-        _table(f"Stuck requests ({summary['stuck_total']})", summary["stuck"]),
+        _table(f"Stuck requests ({summary['stuck_total'] + summary['wedged_requests_total']}: "
+               f"{summary['wedged_requests_total']} in wedge intervals, "
+               f"{summary['stuck_total']} open at the end)", stuck_rows),
         _table(f"Leaks ({summary['leaks_total']})", summary["leaks"]),
         _table(f"Poisoned slots ({summary['poisoned_total']})", summary["poisoned"]),
         _table("Detectors", det),
@@ -259,6 +322,7 @@ def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
 <style>{_CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body><h1>kvledger incident report</h1><p>{html.escape(title)}</p>
 <div class="verdict {summary['verdict']}">{summary['verdict']}</div>
+{chain}<ul class="liveness">{live}</ul>
 <div class="grid"><div>{parts[0]}</div><div>{parts[1]}</div></div>
 <div>{parts[2]}</div>
 <div class="grid"><div>{parts[3]}</div><div>{parts[4]}</div></div>
@@ -269,11 +333,14 @@ def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
 
 
 def write_report(con: duckdb.DuckDBPyConnection, path: str, stuck_ms: int = STUCK_MS_DEFAULT,
-                 wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "") -> dict[str, Any]:
-    page, summary = build_html(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, title=title)
+                 wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "",
+                 integrity: dict[str, Any] | None = None) -> dict[str, Any]:
+    page, summary = build_html(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, title=title,
+                               integrity=integrity)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(page)
     os.replace(tmp, path)  # never a half-written page under the final name
     log.info("report: %s (%d bytes)", path, len(page))
-    return {"bytes": len(page.encode()), "verdict": summary["verdict"]}
+    return {"bytes": len(page.encode()), "verdict": summary["verdict"],
+            "liveness": summary["liveness"]}

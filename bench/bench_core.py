@@ -67,7 +67,7 @@ def drive(n: int, emit_ctx, emit_gen) -> float:
             while to_gen:
                 run(gen, gen.feed(io.ControlIn(to_gen.pop(0), now[0])), to_ctx)
             for core, box in ((ctx, to_gen), (gen, to_ctx)):
-                run(core, core.check_status(1, now[0])[1], box)
+                run(core, core.feed(io.Poll(1, now[0])), box)
     dt = time.perf_counter() - t0
     assert not ctx.reqs and not gen.reqs, "requests left over"
     return dt

@@ -62,6 +62,45 @@ wedge                 the stream is not closed and has pending obligations — a
                       (default: the end); the stream's first event counts as progress if none.
                       One finding per stream [the oldest pending obligation's request and seq].
 
+Liveness (judged over the ledger's time, not only its end). Their findings also carry an interval
+(``ts_ns``, ``dur_ns``; ``dur_ns`` is -1 when the interval reaches the end of a stream that is
+not closed: still so) and who was involved (``holders``, ``resources`` as ``pool:slot``,
+``waiters``; each sorted). "The end" here: the stream's last event, or ``now_ns`` on a stream
+that is not closed when that is later. ts_ns of different streams are compared as they are (one
+host's monotonic clock, or one virtual clock). A hold: a ``buffer.acquired`` (pool, slot) of a
+request until its first later ``buffer.released``/``buffer.poisoned`` of that pool and slot, else
+the end. A wait: a ``buffer.exhausted`` (pool) of a request until its first later
+``buffer.acquired`` of that pool or ``request.finished``, else the end; a transfer: a
+``transfer.started`` until the request's first later ``transfer.completed``, else the end.
+
+wedge_interval        work waited on a slot whose holder could no longer progress: a hold
+                      [the acquisition's seq; the holder's request] whose holder is stuck from T
+                      — its peer ended it (the stream named by the ``peer`` of its first
+                      ``transfer.started`` has a ``request.finished`` of the request; T is the
+                      later of that and the hold's start) and the hold lasted more than
+                      ``peer_end_grace_ns`` (default ``PEER_END_GRACE_NS``) past T; or it was
+                      quarantined (its first ``quarantine.entered`` within the hold; T its
+                      ts_ns) with no ``quarantine.left`` and the hold still on for more than
+                      ``wedge_deadline_ns`` past T; the earlier T of the two — while other
+                      requests waited for a slot of that pool (waits that start before the
+                      hold's end and end after T): from the later of T and their first start to
+                      the earlier of the hold's end and their last end. And, holder unknown:
+                      nothing moved — two consecutive progress points (each event of
+                      ``PROGRESS_KINDS``, the stream's first event if it is not one, and the
+                      end) more than ``wedge_deadline_ns`` apart — while waits or transfers
+                      overlapped that gap by more than ``wedge_deadline_ns`` each [the seq of the
+                      point that opens the gap; the request of the earliest such wait or
+                      transfer]: from the earliest overlap's start to the latest's end.
+unhealthy_interval    a ``health.changed`` with ``healthy`` false that follows a healthy state
+                      (no earlier ``health.changed``, or the latest one says healthy) [its seq;
+                      request None]: from it to the stream's next ``health.changed`` with
+                      ``healthy`` true, else the end.
+died_holding          a stream without ``ledger.closed`` that another stream saw die: a
+                      ``peer.lost`` whose ``peer`` names it [the stream's last seq; request None]:
+                      from its last event to the first such ``peer.lost`` (``dur_ns`` at least
+                      0), with what it held at its end: holds not given back (``resources``)
+                      and transfers not completed; ``holders`` are their requests.
+
 Limits and the progress kinds are the module constants below; the SQL views read the same values
 from the one-row view ``_detector_params`` (``analytics/sql/detectors/_params.sql``, equal to these
 constants by test; ``analytics/detectors_sql.py`` replaces it for other limits).
@@ -87,6 +126,10 @@ WEDGE_DEADLINE_NS = 30_000_000_000
 #: A deferred termination is retried on the executor iteration after its transfer turns terminal
 #: (milliseconds). 5 s is far past any iteration and far below the wedge deadline.
 OBLIGATION_GRACE_NS = 5_000_000_000
+#: After a worker ended a request, its peer may still hold the request's slot while the last
+#: answer is on its way or while it is paused (a stalled process, a slow step): for this long it
+#: is not yet a wedge. Far past message latency and step pauses; far below the wedge deadline.
+PEER_END_GRACE_NS = 1_000_000_000
 
 TERMINAL_STATES = ("DONE", "ERR")
 POLL_KINDS = ("poll.context", "poll.generation")
@@ -108,10 +151,21 @@ class Finding:
     request_id: str | None
     seq: int
     reason: str
+    # Liveness findings only (None / empty otherwise): the interval and who was involved.
+    ts_ns: int | None = None  # when it began
+    dur_ns: int | None = None  # how long; -1: still so at the end of a stream not closed
+    holders: tuple[str, ...] = ()  # requests holding the resources
+    resources: tuple[str, ...] = ()  # "pool:slot"
+    waiters: tuple[str, ...] = ()  # requests that waited
 
     @property
     def key(self) -> tuple[str, str, str | None, int]:
         return (self.detector, self.stream, self.request_id, self.seq)
+
+    @property
+    def interval(self) -> tuple[int | None, int | None, tuple, tuple, tuple]:
+        """What a liveness finding adds to its key (compared across implementations)."""
+        return (self.ts_ns, self.dur_ns, self.holders, self.resources, self.waiters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +174,7 @@ class Params:
     wedge_deadline_ns: int = WEDGE_DEADLINE_NS
     poll_block_ns_max: int = POLL_BLOCK_NS_MAX
     obligation_grace_ns: int = OBLIGATION_GRACE_NS
+    peer_end_grace_ns: int = PEER_END_GRACE_NS
 
 
 _SEQ = attrgetter("seq")
@@ -158,10 +213,14 @@ class _Stream:
         self.first_ts = min(e.ts_ns for e in events)
         self.end_ts = max(e.ts_ns for e in events)
         self.requests: dict[str, _Req] = {}
+        self.index: dict[str, _Stream] = {name: self}  # every stream of the ledger (peers)
         requests = self.requests
+        self.worker: dict[str, list[Event]] = defaultdict(list)  # worker-level events by kind
         for e in events:
             rid = e.request_id
-            if rid is not None:
+            if rid is None:
+                self.worker[e.kind].append(e)
+            else:
                 r = requests.get(rid)
                 if r is None:
                     r = requests[rid] = _Req(rid)
@@ -454,6 +513,225 @@ def wedge(s: _Stream, p: Params) -> Iterator[Finding]:
                       f"progress for {idle / 1e9:.1f} s > {p.wedge_deadline_ns / 1e9:.1f} s")
 
 
+# --- liveness: judged over the ledger's time (the spec's second part) ---------------------------
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A hold, a wait or a transfer of one request: [start, end) on its stream's clock."""
+
+    rid: str
+    seq: int  # the event that opened it
+    start: int
+    end: int  # the closing event's ts_ns, or the end
+    end_seq: int | None  # None: still open at the end
+    what: str  # the pool (holds and waits) or "transfer"
+    slot: int | None = None
+
+
+def _judge_end(s: _Stream, p: Params) -> int:
+    if p.now_ns is not None and s.closed is None and p.now_ns > s.end_ts:
+        return p.now_ns
+    return s.end_ts
+
+
+def _dur(s: _Stream, start: int, stop: int, end: int) -> int:
+    return -1 if s.closed is None and stop >= end else stop - start
+
+
+def _at(s: _Stream, ts: int) -> str:
+    """A time on the stream, as seconds since its first event."""
+    return f"+{(ts - s.first_ts) / 1e9:.3f} s"
+
+
+def _span(r: _Req, opened: Event, closers: list[Event], pred: Callable[[Event], bool], end: int,
+          what: str, slot: int | None = None) -> _Span:
+    c = _first_after(closers, opened.seq, pred)
+    if c is None:
+        return _Span(r.rid, opened.seq, opened.ts_ns, end, None, what, slot)
+    return _Span(r.rid, opened.seq, opened.ts_ns, c.ts_ns, c.seq, what, slot)
+
+
+def _holds(s: _Stream, end: int) -> list[_Span]:
+    out = []
+    for r in s.requests.values():
+        gone = r.of("buffer.released", "buffer.poisoned")
+        for a in r.of("buffer.acquired"):
+            pool, slot = _slot(a)
+            out.append(_span(r, a, gone, lambda g, k=(pool, slot): _slot(g) == k, end, pool,
+                             slot))
+    return out
+
+
+def _waits(s: _Stream, end: int) -> list[_Span]:
+    out = []
+    for r in s.requests.values():
+        exhausted = r.of("buffer.exhausted")
+        if not exhausted:
+            continue
+        ends = r.of("buffer.acquired", "request.finished")
+        for x in exhausted:
+            pool = x.attrs["pool"]
+            out.append(_span(r, x, ends, lambda e, k=pool: e.kind == "request.finished"
+                             or e.attrs["pool"] == k, end, pool))
+    return out
+
+
+def _transfers(s: _Stream, end: int) -> list[_Span]:
+    out = []
+    for r in s.requests.values():
+        completed = r.of("transfer.completed")
+        for t in r.of("transfer.started"):
+            out.append(_span(r, t, completed, lambda e: True, end, "transfer"))
+    return out
+
+
+def _names(rids: Iterable[str], shown: int = 5) -> str:
+    rids = sorted(set(rids))
+    return ", ".join(rids[:shown]) + (f" and {len(rids) - shown} more" if len(rids) > shown
+                                      else "")
+
+
+def _stuck_since(s: _Stream, p: Params, h: _Span) -> tuple[int, str] | None:
+    """When the holder of ``h`` could no longer progress, and why (None: it could)."""
+    r = s.requests[h.rid]
+    found: list[tuple[int, str]] = []
+    started = r.of("transfer.started")
+    peer = started[0].attrs["peer"] if started else None
+    ps = s.index.get(peer) if peer is not None and peer != s.name else None
+    pr = ps.requests.get(h.rid) if ps is not None else None
+    fin = pr.of("request.finished") if pr is not None else []
+    if fin:
+        t = max(h.start, fin[0].ts_ns)
+        if h.end - t > p.peer_end_grace_ns:
+            found.append((t, f"its peer {peer} ended the request at {_at(s, fin[0].ts_ns)}"))
+    q = next((e for e in r.of("quarantine.entered")
+              if e.seq > h.seq and (h.end_seq is None or e.seq < h.end_seq)), None)
+    if q is not None:
+        left = _first_after(r.of("quarantine.left"), q.seq, lambda e: True)
+        until = h.end if left is None else min(h.end, left.ts_ns)
+        if until - q.ts_ns > p.wedge_deadline_ns:
+            found.append((q.ts_ns, f"it was quarantined at {_at(s, q.ts_ns)} "
+                                   f"({q.attrs['reason']})"))
+    return min(found, key=lambda x: x[0]) if found else None
+
+
+def wedge_interval(s: _Stream, p: Params) -> Iterator[Finding]:
+    end = _judge_end(s, p)
+    waits = _waits(s, end)
+    if waits:
+        by_pool: dict[str, list[_Span]] = defaultdict(list)
+        for w in waits:
+            by_pool[w.what].append(w)
+        for h in _holds(s, end):
+            pool_waits = by_pool.get(h.what)
+            if not pool_waits:
+                continue
+            stuck = _stuck_since(s, p, h)
+            if stuck is None:
+                continue
+            t, cause = stuck
+            ws = [w for w in pool_waits if w.rid != h.rid and w.start < h.end and w.end > t]
+            if not ws:
+                continue
+            start = max(t, min(w.start for w in ws))
+            stop = min(h.end, max(w.end for w in ws))
+            dur = _dur(s, start, stop, end)
+            until = "the end (still wedged)" if dur == -1 else _at(s, stop)
+            waiters = tuple(sorted({w.rid for w in ws}))
+            yield Finding(
+                "wedge_interval", s.name, h.rid, h.seq,
+                f"{h.what} slot {h.slot} held by {h.rid} (acquired at seq {h.seq}) after "
+                f"{cause}; {len(waiters)} request(s) waited for a {h.what} slot "
+                f"({_names(waiters)}) from {_at(s, start)} to {until}",
+                start, dur, (h.rid,), (f"{h.what}:{h.slot}",), waiters)
+    # Holder unknown: nothing moved for the deadline while work waited.
+    work: list[_Span] | None = None
+    for g0, seq0, g1 in _silent_gaps(s, p.wedge_deadline_ns, end):
+        if work is None:
+            work = waits + _transfers(s, end)
+        over = [(w, max(g0, w.start), min(g1, w.end)) for w in work]
+        over = [x for x in over if x[2] - x[1] > p.wedge_deadline_ns]
+        if not over:
+            continue
+        oldest = min(over, key=lambda x: x[0].seq)[0]
+        start, stop = min(x[1] for x in over), max(x[2] for x in over)
+        dur = _dur(s, start, stop, end)
+        until = "the end (still wedged)" if dur == -1 else _at(s, stop)
+        waiters = tuple(sorted({x[0].rid for x in over}))
+        waited = "its transfer" if oldest.what == "transfer" else f"a {oldest.what} slot"
+        yield Finding(
+            "wedge_interval", s.name, oldest.rid, seq0,
+            f"no progress for {(g1 - g0) / 1e9:.1f} s > {p.wedge_deadline_ns / 1e9:.1f} s "
+            f"after seq {seq0} while {len(waiters)} request(s) waited ({_names(waiters)}; "
+            f"oldest: {oldest.rid} for {waited}) from {_at(s, start)} to {until}",
+            start, dur, (), (), waiters)
+
+
+def _silent_gaps(s: _Stream, deadline_ns: int, end: int) -> list[tuple[int, int, int]]:
+    """(start ts, seq of the point that opens it, end ts) of each gap of more than
+    ``deadline_ns`` between consecutive progress points (the spec's), in order."""
+    out = []
+    first = s.events[0]
+    prev_ts, prev_seq = (None, None) if first.kind in PROGRESS_KINDS else (first.ts_ns, first.seq)
+    progress = PROGRESS_KINDS
+    for e in s.events:
+        if e.kind in progress:
+            if prev_ts is not None and e.ts_ns - prev_ts > deadline_ns:
+                out.append((prev_ts, prev_seq, e.ts_ns))
+            prev_ts, prev_seq = e.ts_ns, e.seq
+    if prev_ts is not None and end - prev_ts > deadline_ns:
+        out.append((prev_ts, prev_seq, end))
+    return out
+
+
+def unhealthy_interval(s: _Stream, p: Params) -> Iterator[Finding]:
+    changes = s.worker.get("health.changed")
+    if not changes:
+        return
+    end = _judge_end(s, p)
+    opened: Event | None = None
+    for e in changes:
+        if not e.attrs["healthy"]:
+            if opened is None:
+                opened = e
+            continue
+        if opened is not None:
+            yield _unhealthy(s, opened, e.ts_ns, end)
+            opened = None
+    if opened is not None:
+        yield _unhealthy(s, opened, end, end)
+
+
+def _unhealthy(s: _Stream, e: Event, stop: int, end: int) -> Finding:
+    dur = _dur(s, e.ts_ns, stop, end)
+    until = "the end (still unhealthy)" if dur == -1 else _at(s, stop)
+    return Finding("unhealthy_interval", s.name, None, e.seq,
+                   f"unhealthy ({e.attrs['reason']}) from {_at(s, e.ts_ns)} (seq {e.seq}) to "
+                   f"{until}", e.ts_ns, dur)
+
+
+def died_holding(s: _Stream, p: Params) -> Iterator[Finding]:
+    if s.closed is not None:
+        return
+    lost = [e for o in s.index.values() if o is not s for e in o.worker.get("peer.lost", ())
+            if e.attrs["peer"] == s.name]
+    if not lost:
+        return
+    seen = min(lost, key=lambda e: (e.ts_ns, e.stream, e.seq))
+    last = s.events[-1]
+    holds = [h for h in _holds(s, s.end_ts) if h.end_seq is None]
+    xfers = [t for t in _transfers(s, s.end_ts) if t.end_seq is None]
+    resources = tuple(sorted({f"{h.what}:{h.slot}" for h in holds}))
+    holders = tuple(sorted({h.rid for h in holds} | {t.rid for t in xfers}))
+    held = ", ".join(f"{h.what}:{h.slot} by {h.rid}" for h in sorted(holds, key=attrgetter("seq")))
+    yield Finding(
+        "died_holding", s.name, None, last.seq,
+        f"{s.name} ended without ledger.closed (last event seq {last.seq} at "
+        f"{_at(s, last.ts_ns)}); {seen.stream} saw it lost at {_at(s, seen.ts_ns)} "
+        f"({seen.attrs['error']}); it held {held or 'no slot'}; {len(xfers)} transfer(s) not "
+        f"completed ({_names(t.rid for t in xfers) or 'none'})",
+        last.ts_ns, max(0, seen.ts_ns - last.ts_ns), holders, resources)
+
+
 @dataclass(frozen=True, slots=True)
 class DetectorSpec:
     name: str
@@ -476,13 +754,48 @@ def _doc(name: str) -> str:
 DETECTORS: MappingProxyType = MappingProxyType({
     f.__name__: DetectorSpec(f.__name__, f, _doc(f.__name__))
     for f in (broken_promise, blocked_poll, slot_leak, block_pin_leak, free_before_quiescence,
-              double_free, lost_cleanup_obligation, orphaned_handle, kv_corruption, wedge)
+              double_free, lost_cleanup_obligation, orphaned_handle, kv_corruption, wedge,
+              wedge_interval, unhealthy_interval, died_holding)
 })
 # The detectors of vLLM tap ledgers (ledger/detectors_vllm.py) join the registry here.
 from .detectors_vllm import VLLM_DETECTORS  # noqa: E402
 
 DETECTORS = MappingProxyType({**DETECTORS, **{n: DetectorSpec(n, f, d) for n, (f, d)
                                               in VLLM_DETECTORS.items()}})
+#: The detectors that judge time (intervals); the others judge the ledger's end state.
+LIVENESS = ("wedge_interval", "unhealthy_interval", "died_holding")
+#: The verdict word of liveness findings, strongest first: a worker died holding resources, work
+#: was wedged (over an interval, or still at the end), a worker was unhealthy. Every command that
+#: gives a verdict (run, replay, forensics, report) uses these words.
+LIVENESS_VERDICTS = (("DIED", ("died_holding",)), ("WEDGED", ("wedge_interval", "wedge")),
+                     ("UNHEALTHY", ("unhealthy_interval",)))
+
+
+def liveness_verdict(detectors: Iterable[str]) -> str | None:
+    """The verdict word (``LIVENESS_VERDICTS``) of the detectors that fired, if any applies."""
+    fired = set(detectors)
+    return next((word for word, names in LIVENESS_VERDICTS if fired.intersection(names)), None)
+
+
+def liveness_line(row: dict) -> str:
+    """One line for a liveness finding given as ``finding_dict`` (or a detector view's row):
+    its verdict word, where, and its reason (which says who held what, who waited, when)."""
+    word = liveness_verdict([row["detector"]]) or row["detector"]
+    who = f" {row['request_id']}" if row.get("request_id") else ""
+    return f"{word} {row['stream']}{who} ({row['detector']}): {row['reason']}"
+
+
+def finding_dict(f: Finding) -> dict:
+    """A finding as JSON: its key and reason; a liveness finding adds its interval (``end_ns``
+    None while still open) and who was involved."""
+    out = {"detector": f.detector, "stream": f.stream, "request_id": f.request_id,
+           "seq": f.seq, "reason": f.reason}
+    if f.detector in LIVENESS:
+        open_ = f.dur_ns is None or f.dur_ns < 0
+        out.update(ts_ns=f.ts_ns, dur_ns=f.dur_ns,
+                   end_ns=None if open_ or f.ts_ns is None else f.ts_ns + f.dur_ns,
+                   holders=list(f.holders), resources=list(f.resources), waiters=list(f.waiters))
+    return out
 
 
 def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
@@ -496,6 +809,8 @@ def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
     for name, evs in sorted(by_stream.items()):
         evs.sort(key=_SEQ)
         out[name] = _Stream(name, evs)
+    for st in out.values():
+        st.index = out
     return out
 
 
@@ -503,7 +818,7 @@ def detect(
     events: Iterable[Event], *, now_ns: int | None = None,
     wedge_deadline_ns: int = WEDGE_DEADLINE_NS, only: Iterable[str] | None = None,
     poll_block_ns_max: int = POLL_BLOCK_NS_MAX, obligation_grace_ns: int = OBLIGATION_GRACE_NS,
-    streams: dict[str, _Stream] | None = None,
+    peer_end_grace_ns: int = PEER_END_GRACE_NS, streams: dict[str, _Stream] | None = None,
 ) -> list[Finding]:
     """Run the detectors over a ledger's events (any number of streams, any order); findings
     sorted by (stream, seq, detector). ``only`` restricts to some detector names. ``streams``:
@@ -513,7 +828,8 @@ def detect(
     if unknown:
         raise ValueError(f"unknown detector(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(DETECTORS)}")
-    params = Params(now_ns, wedge_deadline_ns, poll_block_ns_max, obligation_grace_ns)
+    params = Params(now_ns, wedge_deadline_ns, poll_block_ns_max, obligation_grace_ns,
+                    peer_end_grace_ns)
     if streams is None:
         streams = index_streams(events)
     findings: list[Finding] = []

@@ -53,6 +53,11 @@ CANCEL_RESULTS = MappingProxyType(
     }
 )
 REQUEST_OUTCOMES = ("ok", "cancelled", "failed", "timed_out")
+# The two axes of a cancel result (TensorRT-LLM's CancelResult): what happened to the request,
+# and what state the memory is in. Memory is reusable only when not exposed or quiesced.
+CANCEL_LOGICAL = ("cancelled", "cancel_pending", "already_complete", "not_found")
+CANCEL_PHYSICAL = ("not_exposed", "active", "quiescing", "quiesced_ok", "quiesced_failed",
+                   "in_doubt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +123,8 @@ _SPECS = [
     _k("transfer.started", "the transceiver took the request", True, role="str", peer="str"),
     _k("transfer.advertised", "gen -> ctx: request info with the receive slot", True,
        slot="int", peer="str"),
-    _k("transfer.ready_signal", "ctx -> gen: ready / not_ready / cancelled", True,
-       signal="str"),
+    _k("transfer.ready_signal", "ctx -> gen: ready / not_ready / cancelled (with its reason)",
+       True, signal="str", reason="str?"),
     _k("xfer.posted", "a NIXL operation was posted", True, handle="int", op="str",
        bytes="int", descs="int", slot="int?", blocks="ints?"),
     _k("xfer.polled", "a transport state was observed (logged on change, with a poll count)",
@@ -137,8 +142,9 @@ _SPECS = [
        at_least="int", returned="strs", skipped="int", elapsed_ns="int"),
     # --- cancel --------------------------------------------------------------------------------
     _k("cancel.requested", "a cancel reached the transceiver", True, source="str"),
-    _k("cancel.result", "the structured cancel outcome and its one action", True,
-       result="str", action="str"),
+    _k("cancel.result", "the structured cancel outcome and its one action; logical and physical "
+       "are its two axes (CANCEL_LOGICAL, CANCEL_PHYSICAL)", True,
+       result="str", action="str", logical="str?", physical="str?"),
     # --- termination ---------------------------------------------------------------------------
     _k("termination.requested", "the request should be terminated", True, reason="str"),
     _k("termination.deferred", "termination must wait (a transfer may still touch memory)",
@@ -164,6 +170,19 @@ _SPECS = [
        peer="str", error="str"),
     _k("fault.injected", "the fault wrapper injected a fault (recorded for replay)", False,
        fault="str", target="str?", params="json?"),
+    # --- the protocol as a table (schema additions of 2026-12, backwards compatible) -----------
+    _k("request.queued", "the request waits in an admission queue (bounded, with a deadline)",
+       True, queue="str", depth="int"),
+    _k("request.shed", "the request was shed (queue full, queue deadline, shutting down, ...)",
+       True, reason="str", waited_ms="int"),
+    _k("transfer.abandon_resent", "gen re-sent Abandon: ctx's answer has not come", True,
+       attempt="int"),
+    _k("protocol.violation", "a well-formed message from the peer that makes no sense in the "
+       "request's state: recorded and ignored", False,
+       request="str?", state="str", input="str", detail="str", peer="str?"),
+    _k("control.rejected", "a control frame refused before it reached the lifecycle (not from "
+       "the configured peer, failed authentication, or undecodable): recorded, never acted on",
+       False, peer="str?", reason="str", bytes="int"),
 ]
 
 # ---------------------------------------------------------------------------------------------

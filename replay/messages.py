@@ -102,11 +102,14 @@ def _abandons(rid: str, ctx: list[Event], gen: list[Event], t: Callable[[Event],
         # ctx recorded gen's Abandon as what it is (source "peer"): nothing to derive, only the
         # message's delay to read (from gen's latest earlier cancel, when gen cancelled).
         taken: set[int] = set()
+        arrived = next((t(e) for e in ctx if e.kind == "request.arrived"), None)
         for c in ctx_peer:
             g = next((g for g in reversed(gen_cancels) if t(g) <= t(c) and g.seq not in taken),
                      None)
             if g is not None:
                 taken.add(g.seq)
+                if arrived is not None and arrived > t(g):
+                    continue  # ctx stored the Abandon until the request came: not observable
                 timing.add((g.stream, "Abandon", rid), t(g), c.stream, t(c))
         return set()
     # Traces from before the "peer" source: ctx recorded the Abandon as a client cancel; the

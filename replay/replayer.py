@@ -72,6 +72,7 @@ from .verdict import (
     health_list,
     ledger_digest,
     run_detectors,
+    trace_liveness,
     wedge_report,
 )
 
@@ -367,8 +368,7 @@ class Replay:
         for stream, w in self._worker_items:
             if stream in due:
                 continue
-            core = w.core
-            if w._cancels or core.ready or core._blocked_since is not None or core._stalled:
+            if w.core.holds_work():
                 due.add(stream)
                 continue
             t = first_wake.get(stream)
@@ -412,13 +412,10 @@ class Replay:
         notices one at its first step after it: on the capture's grid), a settle step after
         work, a heartbeat while busy. Valid until it steps again: nothing but its own steps
         changes its core, and an input or a delivery makes it due anyway."""
-        core = w.core
         out: list[int] = []
-        if core._deadlines:
-            out.append(core._deadlines[0][0])
-        last = core.last_progress_ns
-        if last is not None and (core.reqs or core.pending_obligations()):
-            out.append(last + w.config.progress_deadline_ms * 1_000_000 + 1)
+        wake = w.core.next_wake_ns()
+        if wake is not None:
+            out.append(wake)
         if did:
             out.append(now + self.opts.settle_ns)
         if not w.idle():
@@ -483,7 +480,7 @@ class Replay:
                                     self.trace.request_kinds, streams),
             health=health_list(events),
             trace_health=[dict(h) for h in self.trace.health_rows],
-            stats=stats, reproduce=cmd)
+            stats=stats, reproduce=cmd, trace_liveness=trace_liveness(self.trace))
 
     def _write(self, events: list[Event], verdict: Verdict) -> list[str]:
         import json
@@ -503,6 +500,7 @@ def config_for(trace: Trace, stream: str, policy: Policy) -> WorkerConfig:
     info = trace.streams[stream]
     raw = dict(info.config)
     raw.update(role=info.role, name=stream, policy=policy.name)
+    raw.pop("metrics_port", None)  # a replay serves no metrics (the live run's port is not ours)
     try:
         return WorkerConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:

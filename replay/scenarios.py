@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 TICK_NS = 20_000  # the in-process loop's step period (virtual)
 SETTLE_NS = 100_000_000  # run on this long after the last scripted action
+# A scenario whose bug leaves a slot held by a request its peer ended, with another waiting for
+# it, runs on past the liveness detectors' grace (ledger.detectors.PEER_END_GRACE_NS): then its
+# trace shows the wedge interval that a live replay (which settles for seconds) sees too.
+WEDGE_SETTLE_NS = 1_500_000_000
 US = 1_000
 MS = 1_000_000
 
@@ -90,10 +94,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         "not_ready_leaks_recv_slot",
         "ctx takes r1 and its client cancels it there before gen has even seen r1; gen's late "
         "request info is answered not_ready. The mutant keeps gen's receive slot; with one slot, "
-        "r2 waits forever (slot_leak).",
+        "r2 waits forever (slot_leak, wedge_interval).",
         (_arrive(0, "r1", sides=("ctx",)), _cancel(10_000, "r1", ("ctx",)),
          _arrive(30_000, "r1", sides=("gen",)), _arrive(60_000, "r2")),
-        {}, {"recv_slots": 1}),
+        {}, {"recv_slots": 1}, settle_ns=WEDGE_SETTLE_NS),
     Scenario(
         "release_is_quiescence",
         "r1's WRITE is held 60 ms; the client cancels it. The mutant takes the release as "
@@ -126,16 +130,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         # The retry comes 30 ms in: ctx's ready signal (a live ctx's first prefill takes a few
         # ms) must reach gen's first record before the retry replaces it.
         (_arrive(0, "r1"), _arrive(30_000, "r1", sides=("gen",)), _arrive(120_000, "r2")),
-        {"ctx": (_delay("r1", 60),)}, {"recv_slots": 2}),
+        {"ctx": (_delay("r1", 60),)}, {"recv_slots": 2}, settle_ns=WEDGE_SETTLE_NS),
     Scenario(
         "abandon_drops_advert",
         "The cancel-storm wedge: ctx lags gen. gen takes r1 and advertises its only receive slot; "
         "r1's client cancels it at gen (gen sends Abandon and waits for ctx's answer); only then "
         "does r1 reach ctx. The mutant drops the stored advert at the Abandon and never answers "
         "it: gen holds the slot and r2 waits for it forever (wedge).",
-        (_arrive(0, "r1", sides=("gen",)), _cancel(10_000, "r1", ("gen",)),
-         _arrive(30_000, "r1", sides=("ctx",)), _arrive(60_000, "r2")),
-        {}, {"recv_slots": 1}),
+        # Windows of 60-70 ms: a live replay on a loaded machine applies inputs late.
+        (_arrive(0, "r1", sides=("gen",)), _cancel(60_000, "r1", ("gen",)),
+         _arrive(130_000, "r1", sides=("ctx",)), _arrive(200_000, "r2")),
+        {}, {"recv_slots": 1}, settle_ns=WEDGE_SETTLE_NS),
 )}
 
 # A scenario for the health acceptance test: the gen worker is killed mid-transfer.

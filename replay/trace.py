@@ -337,11 +337,11 @@ def _step_grid(events: Sequence[Event], t: Callable[[Event], int]) -> int:
 def _shutdowns(events: Sequence[Event], t: Callable[[Event], int]) -> dict[str, tuple[int, bool]]:
     """A worker shutdown shows as its first cancel.requested(source=shutdown); it was forced if a
     slot was poisoned at shutdown (in-flight handles released)."""
-    out: dict[str, tuple[int, bool]] = {}
+    out: dict[str, int] = {}
     forced: set[str] = set()
     for e in events:
         if e.kind == "cancel.requested" and e.get("source") == "shutdown":
-            out.setdefault(e.stream, (t(e), False))
+            out.setdefault(e.stream, t(e))
         elif e.kind == "buffer.poisoned" and "shutdown" in (e.get("reason") or ""):
             forced.add(e.stream)
     return {s: (ts, s in forced) for s, ts in out.items()}

@@ -2,6 +2,13 @@
 wedge is (what is pending, who owns it, what it waits for), the first divergence from the original
 trace per request, the health transitions, and a digest of the replay ledger.
 
+Liveness (``ledger.detectors.LIVENESS``, judged over time): the replay's wedge intervals, unhealthy
+intervals and deaths are findings like any other (in the signature, so ``minimize`` shrinks a
+wedge as it shrinks a leak), and each of the trace's own is matched against them: a replay that
+shows the trace's wedge interval (same stream and holders) or health transition reproduces it.
+The verdict word is the liveness one (DIED / WEDGED / UNHEALTHY) when it applies, else FINDING or
+clean. Times of both are on the replay's axis (the trace's common axis, ``Trace.t``).
+
 The digest is a blake2b over every replay row's chain hash in (stream, seq) order. The chain hash
 covers every stored field (ts_ns from the virtual clock included), so the same trace, seed and
 policy must give the same digest byte for byte; any difference is a determinism bug.
@@ -17,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvledger.ledger.detectors import LIVENESS, liveness_verdict
 from kvledger.ledger.events import Event
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,11 @@ class FindingRow:
     seq: int | None
     ts_ns: int | None
     detail: str
+    # Liveness findings: how long (-1: still so at the end) and who was involved.
+    dur_ns: int | None = None
+    holders: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    waiters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +72,35 @@ class Verdict:
     trace_health: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
     reproduce: str = ""
+    # The trace's own liveness findings on the replay's axis (``trace_liveness``).
+    trace_liveness: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finding(self) -> bool:
         return bool(self.findings)
+
+    @property
+    def word(self) -> str:
+        """DIED / WEDGED / UNHEALTHY (liveness), else FINDING, else clean."""
+        return liveness_verdict(self.signature()) or ("FINDING" if self.finding else "clean")
+
+    def liveness(self) -> list[dict[str, Any]]:
+        """The replay's liveness findings (``finding_dict``'s shape), in time order."""
+        rows = [_live_dict(f.detector, f.stream, f.request_id, f.seq, f.detail, f.ts_ns,
+                           f.dur_ns, f.holders, f.resources, f.waiters)
+                for f in self.findings if f.detector in LIVENESS]
+        return sorted(rows, key=lambda r: (r["ts_ns"] or 0, r["stream"] or "", r["detector"]))
+
+    def liveness_reproduced(self) -> list[dict[str, Any]]:
+        """Each of the trace's liveness findings with the replay's matching one (None: not
+        reproduced). A match: same detector and stream, and for a wedge interval the same
+        holders."""
+        mine = self.liveness()
+        out = []
+        for t in self.trace_liveness:
+            same = next((r for r in mine if _same_liveness(t, r)), None)
+            out.append({"trace": t, "replay": same})
+        return out
 
     def signature(self) -> list[str]:
         """The detectors that fired, sorted: what "the same finding" means across replays."""
@@ -84,7 +122,9 @@ class Verdict:
             "requests_by_detector": self.requests_by_detector(),
             "wedge": self.wedge, "divergences": [asdict(d) for d in self.divergences],
             "health": self.health, "trace_health": self.trace_health, "stats": self.stats,
-            "reproduce": self.reproduce,
+            "reproduce": self.reproduce, "verdict": self.word, "liveness": self.liveness(),
+            "trace_liveness": self.trace_liveness,
+            "liveness_reproduced": self.liveness_reproduced(),
         }
 
 
@@ -132,7 +172,46 @@ def _finding_row(f: Any) -> FindingRow:
     if not isinstance(detail, str):
         detail = json.dumps(detail, sort_keys=True, default=str)
     return FindingRow(str(_get(f, "detector", "name", "kind")), _get(f, "stream"),
-                      _get(f, "request_id"), _get(f, "seq"), _get(f, "ts_ns"), detail)
+                      _get(f, "request_id"), _get(f, "seq"), _get(f, "ts_ns"), detail,
+                      _get(f, "dur_ns"), tuple(_get(f, "holders") or ()),
+                      tuple(_get(f, "resources") or ()), tuple(_get(f, "waiters") or ()))
+
+
+def _live_dict(detector: str, stream: str | None, request_id: str | None, seq: int | None,
+               reason: str, ts_ns: int | None, dur_ns: int | None, holders: tuple,
+               resources: tuple, waiters: tuple) -> dict[str, Any]:
+    still = dur_ns is None or dur_ns < 0
+    return {"detector": detector, "stream": stream, "request_id": request_id, "seq": seq,
+            "reason": reason, "ts_ns": ts_ns, "dur_ns": dur_ns,
+            "end_ns": None if still or ts_ns is None else ts_ns + dur_ns,
+            "holders": list(holders), "resources": list(resources), "waiters": list(waiters)}
+
+
+def _same_liveness(t: dict[str, Any], r: dict[str, Any]) -> bool:
+    if (t["detector"], t["stream"]) != (r["detector"], r["stream"]):
+        return False
+    return t["detector"] != "wedge_interval" or t["holders"] == r["holders"]
+
+
+_TRACE_LIVENESS: dict[str, list[dict[str, Any]]] = {}  # trace sha -> its liveness findings
+_TRACE_LIVENESS_MAX = 8  # traces remembered (a minimize replays a few at a time)
+
+
+def trace_liveness(trace: Any) -> list[dict[str, Any]]:
+    """The trace's own liveness findings (detected once per trace), on the replay's axis."""
+    got = _TRACE_LIVENESS.get(trace.sha)
+    if got is None:
+        from kvledger.ledger.detectors import detect
+
+        shift = {s.stream: s.offset_ns - s.opened_ts_ns for s in trace.streams.values()}
+        got = [_live_dict(f.detector, f.stream, f.request_id, f.seq, f.reason,
+                          f.ts_ns + shift[f.stream], f.dur_ns, f.holders, f.resources,
+                          f.waiters)
+               for f in detect(trace.events, only=LIVENESS)]
+        if len(_TRACE_LIVENESS) >= _TRACE_LIVENESS_MAX:
+            _TRACE_LIVENESS.pop(next(iter(_TRACE_LIVENESS)))
+        _TRACE_LIVENESS[trace.sha] = got
+    return got
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,10 +370,31 @@ def health_list(events: Sequence[Event], t0: dict[str, int] | None = None) -> li
 
 
 # ---------------------------------------------------------------------------------------------
+def _ms(ns: int | None) -> str:
+    return "?" if ns is None else f"{ns / 1e6:.3f} ms"
+
+
+def _interval(r: dict[str, Any]) -> str:
+    until = "the end" if r["end_ns"] is None else _ms(r["end_ns"])
+    who = ""
+    if r["holders"]:
+        who = f" {', '.join(r['resources'])} held by {', '.join(r['holders'])}"
+    if r["waiters"]:
+        who += f", {len(r['waiters'])} waited ({', '.join(r['waiters'][:5])}" + \
+            (" ..." if len(r["waiters"]) > 5 else "") + ")"
+    return f"{r['detector']} {r['stream']}{who} from {_ms(r['ts_ns'])} to {until}"
+
+
 def render(v: Verdict, trace_path: str, policy: str, seed: int) -> str:
     lines = [f"replay of {trace_path} under {policy} (seed {seed}): "
-             + (f"FINDING: {', '.join(v.signature())}" if v.finding else "clean")]
+             + (f"{v.word}: {', '.join(v.signature())}" if v.finding else "clean")]
     lines.append(f"  ledger digest {v.digest}  trace {v.trace_sha}")
+    for r in v.liveness():
+        lines.append(f"  {liveness_verdict([r['detector']])} {_interval(r)}")
+    for m in v.liveness_reproduced():
+        t, r = m["trace"], m["replay"]
+        state = "reproduced" if r is not None else "NOT reproduced"
+        lines.append(f"  the trace's {_interval(t)}: {state}")
     for det, rids in v.requests_by_detector().items():
         first = next(f for f in v.findings if f.detector == det)
         if first.seq is not None:

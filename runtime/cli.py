@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import CliError, Finding, print_json
+from ..ledger.detectors import LIVENESS, liveness_line
+from .faults import FAULT_SPEC_HELP, FaultSpec, FaultSpecError, parse_fault_spec
 from .policy import MUTANTS, policy_by_name
 
 LEDGER_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".db", ".db-wal", ".db-shm")
@@ -42,6 +44,9 @@ def register(sub: Any) -> None:
                    "layers*2*heads*16*dim*2 bytes)")
     p.add_argument("--release-on-cancel", action="store_true",
                    help="release in-flight handles on cancel (their slots are poisoned)")
+    p.add_argument("--progress-deadline-ms", type=int, default=30_000,
+                   help="a worker with open obligations and no progress this long turns "
+                   "unhealthy")
     _common(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
@@ -52,6 +57,11 @@ def register(sub: Any) -> None:
     p.add_argument("--ucx-tls", default=None,
                    help="UCX_TLS for the workers (e.g. tcp: real in-flight windows)")
     p.add_argument("--drain-s", type=float, default=30.0, help="bound on draining the burst")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject a fault (repeatable): " + FAULT_SPEC_HELP.replace("%", "%%"))
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus metrics: ctx on 127.0.0.1:PORT, gen on PORT+1 "
+                   "(0 = off)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace ledgers already in --out (default: refuse)")
     p.set_defaults(func=cmd_run)
@@ -75,7 +85,7 @@ def _check(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     for name in ("requests", "timeout_ms", "short_timeout_ms", "num_blocks", "slots",
-                 "prompt_tokens", "layers", "kv_heads", "head_dim"):
+                 "prompt_tokens", "layers", "kv_heads", "head_dim", "progress_deadline_ms"):
         v = getattr(args, name, 1)
         if v < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, not {v}")
@@ -85,6 +95,19 @@ def _check(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} must be within [0, 1], not {v}")
     if getattr(args, "interarrival_us", 1.0) <= 0 or getattr(args, "drain_s", 1.0) <= 0:
         raise CliError("--interarrival-us and --drain-s must be > 0")
+    port = getattr(args, "metrics_port", 0)
+    if not 0 <= port <= 65534:
+        raise CliError(f"--metrics-port must be within 0..65534 (gen takes PORT+1), not {port}")
+    specs = _fault_specs(args)
+    if (specs or port) and getattr(args, "inprocess", False):
+        raise CliError("--fault and --metrics-port need worker processes (drop --inprocess)")
+
+
+def _fault_specs(args: argparse.Namespace) -> list[FaultSpec]:
+    try:
+        return [parse_fault_spec(text) for text in getattr(args, "fault", [])]
+    except FaultSpecError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:
@@ -133,10 +156,27 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
                                     block_tokens=block_tokens, max_request_blocks=max_blocks,
                                     release_on_cancel=args.release_on_cancel, seed=args.seed,
                                     layers=args.layers, kv_heads=args.kv_heads,
-                                    head_dim=args.head_dim)
+                                    head_dim=args.head_dim,
+                                    progress_deadline_ms=getattr(args, "progress_deadline_ms",
+                                                                 30_000))
     device = getattr(args, "device", "cpu")
     if device != "cpu":
         ctx_cfg, gen_cfg = _on_gpus(device, ctx_cfg, gen_cfg)
+    port = getattr(args, "metrics_port", 0)
+    if port:
+        import dataclasses
+
+        ctx_cfg = dataclasses.replace(ctx_cfg, metrics_port=port)
+        gen_cfg = dataclasses.replace(gen_cfg, metrics_port=port + 1)
+    specs = _fault_specs(args)
+    burst_faults: dict[str, list[Any]] = {}
+    client_lag: dict[str, int] = {}
+    for spec in specs:
+        stream = ctx_cfg.stream if spec.injector == "ctx" else gen_cfg.stream
+        if spec.client_lag_ns:
+            client_lag[stream] = client_lag.get(stream, 0) + spec.client_lag_ns
+        else:
+            burst_faults.setdefault(stream, []).append(spec.fault)
     params = WorkloadParams(requests=args.requests, interarrival_us_mean=args.interarrival_us,
                             prompt_tokens_median=args.prompt_tokens,
                             prompt_tokens_max=block_tokens * max_blocks,
@@ -147,13 +187,15 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     if args.inprocess:
         from ..ledger.clock import MonotonicClock
+        from .control_auth import new_pair_key
         from .inprocess import run_workload
         from .nixl_transport import NixlTransport
 
         _say(f"in-process run of {args.requests} requests -> {args.out}")
         saved = os.environ.get("UCX_TLS")
-        transports = (NixlTransport(ctx_cfg.stream, ucx_tls=args.ucx_tls),
-                      NixlTransport(gen_cfg.stream, ucx_tls=args.ucx_tls))
+        key = new_pair_key()
+        transports = (NixlTransport(ctx_cfg.stream, ucx_tls=args.ucx_tls, auth_key=key),
+                      NixlTransport(gen_cfg.stream, ucx_tls=args.ucx_tls, auth_key=key))
         assert os.environ.get("UCX_TLS") == saved
         r = run_workload(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
                          transports=transports, clock=MonotonicClock(),
@@ -165,11 +207,16 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         from .load import run_load
 
         _say(f"starting ctx and gen worker processes; {args.requests} requests -> {args.out}")
+        if port:
+            _say(f"metrics: ctx on http://127.0.0.1:{port}/metrics, gen on "
+                 f"http://127.0.0.1:{port + 1}/metrics")
         env = {"UCX_TLS": args.ucx_tls} if args.ucx_tls else None
         res = run_load(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg, env=env,
-                       drain_s=args.drain_s, on_progress=_say)
+                       drain_s=args.drain_s, on_progress=_say, burst_faults=burst_faults,
+                       client_lag_ns=client_lag)
         summary = res.summary()
         state = res.state
+    summary["faults"] = [s.text for s in specs]
     summary["wall_s"] = round(time.monotonic() - t0, 3)
     summary["policy"] = args.policy
     summary["seed"] = args.seed
@@ -184,6 +231,9 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     else:
         print(f"run: {summary['requests']} requests, policy {summary['policy']}, "
               f"{summary['wall_s']:.1f} s; ledgers in {summary['out']}")
+        print(f"  verdict: {v['verdict']}")
+        for row in v["liveness"]:
+            print(f"    {liveness_line(row)}")
         for s, st in v["streams"].items():
             fin = ", ".join(f"{k} {n}" for k, n in st["finished"].items())
             print(f"  {s}: {st['events']} events; {st['requests']} requests ({fin}); "
@@ -191,6 +241,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
                   f"{st['resources_freed']} resources.freed, {st['slots_released']} slots "
                   f"released, {st['slots_poisoned']} poisoned; "
                   f"{st['checksum_failures']} checksum failures")
+        for text in summary.get("faults", []):
+            print(f"  fault: {text}")
         probe = {True: "ok", False: "FAILED", None: "not sent"}[summary["probe_ok"]]
         dead = ", ".join(summary["dead"]) or "none"
         print(f"  drained: {summary['drained']}; probe: {probe}; dead workers: {dead}")
@@ -202,7 +254,7 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         for m in v["notes"]:
             print(f"    note (definitions differ, not judged): {m}")
         print(f"  detector findings: {len(v['findings'])}")
-        for f in v["findings"][:20]:
+        for f in [f for f in v["findings"] if f["detector"] not in LIVENESS][:20]:
             print(f"    {f['detector']}: {f['stream']} {f['request_id'] or '-'} "
                   f"seq {f['seq']}: {f['reason']}")
     if v["findings"] or summary["probe_ok"] is False or not summary["drained"]:
@@ -224,7 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         timeout_ms=5_000, short_timeout_rate=0.1, short_timeout_ms=5, interarrival_us=300.0,
         prompt_tokens=64, num_blocks=1024, slots=1, release_on_cancel=False, seed=7,
         layers=2, kv_heads=2, head_dim=32,
-        inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=True)
+        inprocess=False, ucx_tls=None, drain_s=20.0, overwrite=True, fault=[], metrics_port=0)
     _report(execute(demo), args.json)
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from . import limits
+
 DTYPES = ("float16", "bfloat16", "float32")
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -33,7 +35,16 @@ class WorkerConfig:
     # Health: quarantined transfers allowed before the worker says it cannot serve, and how long
     # pending obligations may go without progress before it does.
     quarantine_budget: int = 4
-    progress_deadline_ms: int = 30_000
+    progress_deadline_ms: int = limits.PROGRESS_DEADLINE_MS_DEFAULT
+    # A quarantined transfer stuck this long turns the worker unhealthy (its user was answered
+    # when it entered quarantine).
+    quarantine_age_ms: int = limits.QUARANTINE_AGE_MS_DEFAULT
+    # Admission: requests wait (bounded) for KV blocks and staging slots, each wait at most this
+    # long, then they are shed with a recorded reason.
+    admission_queue_max: int = limits.ADMISSION_QUEUE_MAX_DEFAULT
+    queue_deadline_ms: int = limits.QUEUE_DEADLINE_MS_DEFAULT
+    # gen re-sends Abandon after this long without ctx's answer (doubling, capped).
+    abandon_retry_ms: int = limits.ABANDON_RETRY_MS_DEFAULT
     # TRT-LLM #13495 style: an in-flight cancel releases the transport handle at once (the slot is
     # then poisoned: quiescence can no longer be observed). Off = cancel means "stop caring".
     release_on_cancel: bool = False
@@ -42,6 +53,9 @@ class WorkerConfig:
     # Where KV and slots live: "cpu", or "cuda" / "cuda:N" (NIXL registers VRAM; UCX's CUDA
     # transports move the bytes GPU to GPU; pack/unpack/checksum run as Triton kernels).
     device: str = "cpu"
+    # Prometheus metrics of a worker process (runtime/metrics.py) on this port of 127.0.0.1;
+    # 0 = off. Not part of the lifecycle: a replay never serves them.
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.role not in ("ctx", "gen"):
@@ -49,11 +63,15 @@ class WorkerConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
         for f in ("num_blocks", "layers", "kv_heads", "block_tokens", "head_dim",
-                  "send_slots", "recv_slots", "max_request_blocks", "progress_deadline_ms"):
+                  "send_slots", "recv_slots", "max_request_blocks", "progress_deadline_ms",
+                  "quarantine_age_ms", "admission_queue_max", "queue_deadline_ms",
+                  "abandon_retry_ms"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be within 0..65535, not {self.metrics_port}")
         if self.max_request_blocks > self.num_blocks:
             raise ValueError("max_request_blocks must not exceed num_blocks")
 

@@ -19,6 +19,9 @@ A fault fires on operations that match it: from clock time ``at_ns`` on, for ``r
 clock passes ``at_ns``. Every injected fault is emitted as a ``fault.injected`` event carrying the
 fault's spec and the time it fired, so ``FaultScript.from_events`` re-injects it at the recorded
 time on replay. ``FaultScript.random(seed, ...)`` makes a reproducible script.
+
+``parse_fault_spec`` reads the operator's form (``kvledger run --fault``, ``FAULT_SPEC_HELP``):
+one text per fault, mapped onto the ``Fault`` of the worker whose wrapper injects it.
 """
 
 from __future__ import annotations
@@ -355,3 +358,120 @@ class FaultyTransport:
             raise AttributeError(name)
         # Extensions of the real transport (unquiesced, peer_lost, ...) pass through.
         return getattr(self.inner, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The operator's form: ``kvledger run --fault SPEC``
+# ------------------------------------------------------------------------------------------------
+FAULT_SPEC_HELP = """\
+KIND[:WORKER][,KEY=VALUE...]; repeat --fault for more faults. KIND: drop (a control message
+is not sent; for msg=write the WRITE's completion notice), delay (a WRITE is held for=D; with
+msg=client the client's requests and cancels reach WORKER D late), fail (a WRITE fails), stall
+(WORKER stops for=D: SIGSTOP, or how=silent: its transport goes silent), kill (WORKER is
+SIGKILLed). WORKER: ctx or gen: who is stalled, killed or lagging; for drop/delay/fail who sends
+(default: the sender of msg; ctx for WRITEs). KEYS: at=D (from this long after the burst starts),
+req=ID (only this request's operations), msg=TYPE (write, Advertise, Abandon, ReadySignal,
+Completion; client), for=D, count=N (operations hit; 0 = all; default 1). D: 250ms, 1.5s, 300us
+or a number of ms. Example: stall:ctx,at=200ms,for=50ms"""
+
+WORKERS = ("ctx", "gen")
+# Who sends each message type (runtime/core/messages.py): where a drop is injected.
+MSG_SENDER = {"write": "ctx", "ReadySignal": "ctx", "Completion": "ctx", "Landed": "ctx",
+              "Advertise": "gen", "Abandon": "gen"}
+_SPEC_KINDS = ("drop", "delay", "fail", "stall", "kill")
+CLIENT = "client"  # delay's msg=client: the client's messages to a worker, not the transport's
+_SPEC_KEYS = ("at", "req", "msg", "for", "count", "how")
+_UNITS_NS = (("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000))
+
+
+class FaultSpecError(ValueError):
+    """A ``--fault`` text that does not describe a fault (one line, for the CLI's exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """One parsed ``--fault``: the worker whose wrapper injects it, and the fault, whose
+    ``at_ns`` is relative to the start of the burst (``run_load`` arms it). A delay with
+    ``msg_type`` ``CLIENT`` is the load driver's (``client_lag_ns``), not a wrapper's."""
+
+    @property
+    def client_lag_ns(self) -> int:
+        """How late the client reaches ``injector`` (0: not a client delay)."""
+        f = self.fault
+        return int(f.delay_ms * 1e6) if f.msg_type == CLIENT else 0
+
+    text: str
+    injector: str  # ctx | gen
+    fault: Fault
+
+
+def _duration_ns(text: str, key: str, spec: str) -> int:
+    for unit, ns in _UNITS_NS:
+        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
+            return int(float(text[:-len(unit)]) * ns)
+    if text.replace(".", "", 1).isdigit():
+        return int(float(text) * 1_000_000)
+    raise FaultSpecError(f"--fault {spec}: {key}={text} is not a duration (250ms, 1.5s, 300us)")
+
+
+def parse_fault_spec(spec: str) -> FaultSpec:
+    """``KIND[:WORKER][,KEY=VALUE...]`` (``FAULT_SPEC_HELP``) -> where and what to inject."""
+    head, *pairs = [p.strip() for p in spec.strip().split(",")]
+    kind, _, worker = head.partition(":")
+    if kind not in _SPEC_KINDS:
+        raise FaultSpecError(f"--fault {spec}: unknown kind {kind!r}; choose one of "
+                             f"{', '.join(_SPEC_KINDS)}")
+    if worker and worker not in WORKERS:
+        raise FaultSpecError(f"--fault {spec}: worker must be ctx or gen, not {worker!r}")
+    opts: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or key not in _SPEC_KEYS or not value:
+            raise FaultSpecError(f"--fault {spec}: {pair!r} is not KEY=VALUE with KEY one of "
+                                 f"{', '.join(_SPEC_KEYS)}")
+        if key in opts:
+            raise FaultSpecError(f"--fault {spec}: {key} given twice")
+        opts[key] = value
+    msg = opts.get("msg")
+    if msg is not None and msg not in MSG_SENDER and msg != CLIENT:
+        raise FaultSpecError(f"--fault {spec}: msg={msg} is not one of "
+                             f"{', '.join([*MSG_SENDER, CLIENT])}")
+    at = _duration_ns(opts["at"], "at", spec) if "at" in opts else None
+    hold_ms = _duration_ns(opts["for"], "for", spec) / 1e6 if "for" in opts else 0.0
+    if msg == CLIENT:  # not the transport's: the client (the load driver) reaches WORKER late
+        if kind != "delay" or not worker or hold_ms <= 0 or set(opts) - {"msg", "for"}:
+            raise FaultSpecError(f"--fault {spec}: msg=client is delay:WORKER,msg=client,for=D "
+                                 "(the client reaches WORKER D late), nothing else")
+        return FaultSpec(spec, worker, Fault("delay", None, None, CLIENT, hold_ms, 0))
+    count_text = opts.get("count", "1")
+    if not count_text.isdigit():
+        raise FaultSpecError(f"--fault {spec}: count={count_text} is not a whole number >= 0")
+    how = opts.get("how", "stop")
+    if how not in ("stop", "silent") or ("how" in opts and kind != "stall"):
+        raise FaultSpecError(f"--fault {spec}: how= is stop or silent, and only for a stall")
+    if kind in ("stall", "kill"):
+        if not worker:
+            raise FaultSpecError(f"--fault {spec}: say which worker to {kind} ({kind}:ctx or "
+                                 f"{kind}:gen)")
+        if kind == "stall" and hold_ms <= 0:
+            raise FaultSpecError(f"--fault {spec}: a stall needs for=D (how long)")
+        # The victim's peer stops or kills it (its wrapper holds the victim's pid); a silent
+        # stall is the victim's own transport going quiet.
+        silent = how == "silent"
+        injector = worker if silent else ("gen" if worker == "ctx" else "ctx")
+        fault = Fault(kind, at, opts.get("req"), msg, hold_ms, int(count_text),
+                      "self" if silent else None)
+    else:
+        if kind in ("delay", "fail") and msg not in (None, "write"):
+            raise FaultSpecError(f"--fault {spec}: {kind} acts on WRITEs only (msg=write)")
+        if kind == "delay" and hold_ms <= 0:
+            raise FaultSpecError(f"--fault {spec}: a delay needs for=D (how long)")
+        sender = MSG_SENDER.get(msg or "write", "ctx") if kind == "drop" else "ctx"
+        if worker and kind in ("delay", "fail") and worker != "ctx":
+            raise FaultSpecError(f"--fault {spec}: only ctx sends WRITEs")
+        if worker and msg is not None and worker != sender:
+            raise FaultSpecError(f"--fault {spec}: {msg} is sent by {sender}, not {worker}")
+        injector = worker or sender
+        msg_type = msg or ("write" if kind in ("delay", "fail") else None)
+        fault = Fault(kind, at, opts.get("req"), msg_type, hold_ms, int(count_text))
+    return FaultSpec(spec, injector, fault)

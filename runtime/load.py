@@ -78,12 +78,21 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
              faults: dict[str, list[Fault]] | None = None, drain_s: float = 30.0,
              rss_marks: tuple[int, ...] = (), on_progress: Callable[[str], None] | None = None,
              during: Callable[[float, WorkerProcess, WorkerProcess], None] | None = None,
+             burst_faults: dict[str, list[Fault]] | None = None,
+             client_lag_ns: dict[str, int] | None = None,
              ) -> LoadResult:
     """Run ``workload`` against two worker processes; ledgers land in ``out_dir``.
 
     ``rss_marks``: request counts after which both workers' RSS is sampled (leak checks).
     ``during(t_s, ctx, gen)`` is called every loop turn (fault tests: kill/stall a worker).
+    ``burst_faults``: stream -> faults whose ``at_ns`` counts from the start of the burst (None:
+    from its start), armed in that worker's fault wrapper once the burst's clock is known.
+    ``client_lag_ns``: stream -> how much later the client's arrivals and cancels reach that
+    worker (a lagging ctx: gen may advertise, and its client cancel, before ctx has a request).
     """
+    burst_faults = {s: fs for s, fs in (burst_faults or {}).items() if fs}
+    if burst_faults:
+        faults = {**{s: [] for s in burst_faults}, **(faults or {})}  # a wrapper to arm them
     if ctx_cfg is None or gen_cfg is None:
         from .inprocess import pair_configs
 
@@ -93,17 +102,26 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
     ctx, gen = start_pair(ctx_cfg, gen_cfg, out_dir, env=env, faults=faults)
     workers = [ctx, gen]
     say(f"workers up in {time.monotonic() - t_start:.1f} s (pids {ctx.pid}, {gen.pid})")
-    actions: list[tuple[int, int, str, RequestSpec]] = []
+    # (offset, workers): the client reaches both at once, or (client_lag_ns) each at its lag.
+    lag = client_lag_ns or {}
+    groups = [(0, workers)] if not any(lag.values()) else \
+        [(lag.get(w.stream, 0), [w]) for w in workers]
+    actions: list[tuple[int, int, str, RequestSpec, list[WorkerProcess]]] = []
     for i, r in enumerate(workload.requests):
-        actions.append((r.arrive_ns, 2 * i, "a", r))
-        if r.cancel_at_ns is not None:
-            actions.append((r.cancel_at_ns, 2 * i + 1, "c", r))
+        for off, to in groups:
+            actions.append((r.arrive_ns + off, 2 * i, "a", r, to))
+            if r.cancel_at_ns is not None:
+                actions.append((r.cancel_at_ns + off, 2 * i + 1, "c", r, to))
     actions.sort(key=lambda a: (a[0], a[1]))
     dead: list[str] = []
     marks: dict[str, dict[str, int]] = {}
     pending_marks = sorted(rss_marks)
     submitted = 0
     t0 = time.monotonic_ns()
+    for w in workers:  # the worker's clock is CLOCK_MONOTONIC too
+        armed = [replace(f, at_ns=t0 + (f.at_ns or 0)) for f in burst_faults.get(w.stream, ())]
+        if armed:
+            w.send("faults", [f.to_json() for f in armed])
     k = 0
     last_say = time.monotonic()
 
@@ -118,23 +136,27 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
                         other.send("peer_lost", f"process {w.stream} exited "
                                    f"({w.proc.exitcode})")
 
+    def submit(to: list[WorkerProcess], batch: list[dict[str, Any]]) -> int:
+        _send_all(to, "submit", batch)
+        return len(batch) if gen in to else 0  # each request counted once (gen's copy)
+
     while k < len(actions):
         now = time.monotonic_ns() - t0
         batch: list[dict[str, Any]] = []
+        to_batch: list[WorkerProcess] = workers
         while k < len(actions) and actions[k][0] <= now and len(batch) < SUBMIT_BATCH_MAX:
-            _, _, what, spec = actions[k]
+            _, _, what, spec, to = actions[k]
+            if batch and (what != "a" or to is not to_batch):
+                submitted += submit(to_batch, batch)
+                batch = []
             if what == "a":
                 batch.append(asdict(spec))
+                to_batch = to
             else:
-                if batch:
-                    _send_all(workers, "submit", batch)
-                    submitted += len(batch)
-                    batch = []
-                _send_all(workers, "cancel", spec.request_id, "client")
+                _send_all(to, "cancel", spec.request_id, "client")
             k += 1
         if batch:
-            _send_all(workers, "submit", batch)
-            submitted += len(batch)
+            submitted += submit(to_batch, batch)
         supervise()
         if during is not None:
             during((time.monotonic_ns() - t0) / 1e9, ctx, gen)

@@ -43,18 +43,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import secrets
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import control_auth
 from .transport import PeerLostError, TransportError, XferStatus
 
 log = logging.getLogger(__name__)
 logging.getLogger("nixl").setLevel(logging.WARNING)
 
+REJECTED_KEPT_MAX = 1_024  # refused frames kept for the worker to record (the rest counted)
+HELD_FRAMES_MAX = 4_096  # a frame this far ahead of the next expected one is not held
 _CTRL = 0x01  # control frame: kind, incarnation (8 B), seq (8 B), payload
 _WNOTIF = 0x02  # WRITE notification frame: kind, payload
 _CTRL_HDR = struct.Struct(">BQQ")
@@ -114,10 +117,16 @@ class NixlTransport:
     """One NIXL agent, owned by the thread that built it; see the module docstring."""
 
     def __init__(self, name: str, *, progress: str = "poll", pthr_delay_us: int = 10,
-                 ucx_tls: str | None = None, num_threads: int = 0) -> None:
+                 ucx_tls: str | None = None, num_threads: int = 0,
+                 auth_key: bytes | None = None) -> None:
+        """``auth_key``: the pair's key (``control_auth``): every frame is sealed and only frames
+        from an added peer with a valid tag are accepted. None: frames are still accepted only
+        from an added peer, but unauthenticated (a single trusted process, tests)."""
         if progress not in ("poll", "thread"):
             raise ValueError(f"progress must be 'poll' or 'thread', not {progress!r}")
         self.name = name
+        self._key = auth_key
+        self._rejected: deque[tuple[str, str, int]] = deque(maxlen=REJECTED_KEPT_MAX)
         self._owner = threading.get_ident()
         api, config_cls, self._errors, self._disconnect = _nixl()
         # UCX reads UCX_TLS when the agent creates its backend (below); restore it afterwards so
@@ -142,7 +151,9 @@ class NixlTransport:
         self._zombies: dict[int, _Op] = {}  # released by the caller, not yet terminal in NIXL
         self._ids = itertools.count(1)
         self._next_id = 1
-        self._incarnation = secrets.randbits(63)
+        # Monotonic across restarts of this worker: a receiver accepts a new incarnation only if
+        # it is newer, so a replayed frame of an older one cannot reset its re-ordering.
+        self._incarnation = time.time_ns() & ((1 << 63) - 1)
         self._tx_seq: dict[str, int] = {}
         self._rx: dict[str, _PeerRx] = {}
         self._inbox: list[tuple[str, bytes]] = []
@@ -301,7 +312,7 @@ class NixlTransport:
                 raise TransportError(f"range {off}+{n} outside region {local_region!r}")
             local.append((reg.addr + off, n, reg.dev))
             total += n
-        frame = bytes((_WNOTIF,)) + notif if notif else b""
+        frame = self._seal(peer, bytes((_WNOTIF,)) + notif) if notif else b""
         t0 = time.monotonic_ns()
         try:
             nx = self._agent.initialize_xfer("WRITE", self._descs(local), self._descs(remote),
@@ -393,7 +404,7 @@ class NixlTransport:
     def send_control(self, peer: str, msg: bytes) -> None:
         self._own()
         seq = self._tx_seq.get(peer, 0) + 1
-        frame = _CTRL_HDR.pack(_CTRL, self._incarnation, seq) + msg
+        frame = self._seal(peer, _CTRL_HDR.pack(_CTRL, self._incarnation, seq) + msg)
         try:
             self._agent.send_notif(peer, frame)
         except self._errors as exc:
@@ -424,19 +435,50 @@ class NixlTransport:
             for frame in msgs:
                 self._accept(peer, frame, self._inbox)
 
+    def _seal(self, peer: str, body: bytes) -> bytes:
+        return control_auth.seal(self._key, self.name, peer, body) if self._key else body
+
+    def take_rejected(self) -> list[tuple[str, str, int]]:
+        """Frames refused since the last call: (claimed sender, reason, bytes)."""
+        out = list(self._rejected)
+        self._rejected.clear()
+        return out
+
+    def _reject(self, peer: str, reason: str, frame: bytes) -> None:
+        self.stats["ctrl_rejected"] = self.stats.get("ctrl_rejected", 0) + 1
+        self._rejected.append((peer, reason, len(frame)))
+
     def _accept(self, peer: str, frame: bytes, out: list[tuple[str, bytes]]) -> None:
         if not frame:
             return
+        if peer not in self._peers:
+            self._reject(peer, "not a configured peer", frame)
+            return
+        if self._key is not None:
+            try:
+                frame = control_auth.open_sealed(self._key, peer, self.name, frame)
+            except control_auth.AuthError as exc:
+                self._reject(peer, f"authentication failed: {exc}", frame)
+                return
+            if not frame:
+                self._reject(peer, "empty frame", frame)
+                return
         if frame[0] == _WNOTIF:
             out.append((peer, frame[1:]))
             return
         if frame[0] != _CTRL or len(frame) < _CTRL_HDR.size:
-            log.warning("dropping a foreign notification from %s (%d B)", peer, len(frame))
+            self._reject(peer, "not a control frame", frame)
             return
         _, inc, seq = _CTRL_HDR.unpack_from(frame)
         rx = self._rx.get(peer)
+        if rx is not None and inc < rx.incarnation:
+            self._reject(peer, "an older incarnation of the peer", frame)
+            return
         if rx is None or rx.incarnation != inc:
             rx = self._rx[peer] = _PeerRx(incarnation=inc)
+        if seq - rx.next_seq > HELD_FRAMES_MAX:
+            self._reject(peer, f"sequence {seq} too far ahead of {rx.next_seq}", frame)
+            return
         if seq < rx.next_seq:
             log.warning("dropping duplicate control frame %d from %s", seq, peer)
             return

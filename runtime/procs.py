@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .control_auth import new_pair_key
+
 log = logging.getLogger(__name__)
 
 _SPAWN = mp.get_context("spawn")
@@ -201,7 +203,8 @@ WORKER_SWITCH_INTERVAL_S = 0.0002
 
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
-                 env: dict[str, str], faults: list[dict[str, Any]] | None) -> None:
+                 env: dict[str, str], faults: list[dict[str, Any]] | None,
+                 auth_key: bytes | None = None) -> None:
     os.environ.update(env)
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     from ..ledger.clock import MonotonicClock
@@ -215,7 +218,7 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     cfg = WorkerConfig.from_dict(cfg_dict)
     clock = MonotonicClock()
     ledger = Ledger(ledger_url, cfg.stream, role=cfg.role, config=cfg.to_dict(), clock=clock)
-    nixl = NixlTransport(cfg.stream)
+    nixl = NixlTransport(cfg.stream, auth_key=auth_key)
     peer_pid: list[int] = []
     resume_at: list[tuple[int, int]] = []  # (pid, monotonic ns) of peers we stopped
 
@@ -244,6 +247,10 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                                     stall_peer=stall_peer)
     worker = Worker(cfg, transport, emit)
     worker.results = _TapDict()
+    if cfg.metrics_port:
+        from .metrics import serve
+
+        serve(worker.core, cfg.stream, cfg.role, clock.now_ns, cfg.metrics_port)
     conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
     # Everything allocated so far (torch, NIXL, the pools) lives as long as the process: out of
     # the collector's sight, so that a full collection mid-burst does not stall the loop for ms.
@@ -502,9 +509,11 @@ class WorkerProcess:
 
 
 def spawn_worker(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
-                 faults: list[Any] | None = None, start_timeout_s: float = 60.0) -> WorkerProcess:
-    """Start one worker process; its ledger is ``out_dir/<stream>.sqlite``."""
-    return _start_async(cfg, out_dir, env, faults)(start_timeout_s)
+                 faults: list[Any] | None = None, start_timeout_s: float = 60.0,
+                 auth_key: bytes | None = None) -> WorkerProcess:
+    """Start one worker process; its ledger is ``out_dir/<stream>.sqlite``. ``auth_key``: the
+    pair's control key (give both workers of a pair the same one; ``control_auth``)."""
+    return _start_async(cfg, out_dir, env, faults, auth_key)(start_timeout_s)
 
 
 def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) -> None:
@@ -517,24 +526,27 @@ def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) ->
 
 def start_pair(ctx_cfg: Any, gen_cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
                faults: dict[str, list[Any]] | None = None) -> tuple[WorkerProcess, WorkerProcess]:
-    """Start ctx and gen (in parallel: agent creation dominates) and connect them."""
+    """Start ctx and gen (in parallel: agent creation dominates) and connect them. The pair's
+    control key is drawn here and reaches each child through its private spawn pipe."""
     faults = faults or {}
+    key = new_pair_key()
     # Start both children before waiting for either: their imports and agents overlap.
-    ctx = _start_async(ctx_cfg, out_dir, env, faults.get(ctx_cfg.stream))
-    gen = _start_async(gen_cfg, out_dir, env, faults.get(gen_cfg.stream))
+    ctx = _start_async(ctx_cfg, out_dir, env, faults.get(ctx_cfg.stream), key)
+    gen = _start_async(gen_cfg, out_dir, env, faults.get(gen_cfg.stream), key)
     wc, wg = ctx(), gen()
     connect_pair(wc, wg)
     return wc, wg
 
 
 def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
-                 faults: list[Any] | None) -> Any:
+                 faults: list[Any] | None, auth_key: bytes | None = None) -> Any:
     os.makedirs(out_dir, exist_ok=True)
     url = f"sqlite:///{os.path.join(os.path.abspath(out_dir), cfg.stream + '.sqlite')}"
     parent, child = _SPAWN.Pipe()
     fault_dicts = [f.to_json() for f in faults] if faults is not None else None
     proc = _SPAWN.Process(target=_worker_main, name=f"kvledger-{cfg.stream}",
-                          args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts),
+                          args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts,
+                                auth_key),
                           daemon=True)
     proc.start()
     child.close()

@@ -1,5 +1,7 @@
-"""What a run's ledgers say: request/cancel/free counts, detector findings, and whether the
-projection rebuilt from the ledger matches the runtime's own final state (``run``/``demo``/tests).
+"""What a run's ledgers say: request/cancel/free counts, detector findings, the verdict word
+(DIED / WEDGED / UNHEALTHY from the liveness detectors, else FINDINGS or CLEAN) with the liveness
+intervals, and whether the projection rebuilt from the ledger matches the runtime's own final
+state (``run``/``demo``/tests).
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..ledger.detectors import detect
+from ..ledger.detectors import LIVENESS, detect, finding_dict, liveness_verdict
 from ..ledger.projections import Projection
 from ..ledger.sources import open_source
 
@@ -47,10 +49,13 @@ def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] 
     findings = detect(events)
     snapshot = Projection.rebuild(events).snapshot()
     mismatches, notes = compare_state(snapshot, runtime_state) if runtime_state else ([], [])
+    rows = [finding_dict(f) for f in findings]
+    word = liveness_verdict(f.detector for f in findings)
     return {
+        "verdict": word or ("FINDINGS" if findings else "CLEAN"),
         "streams": per_stream,
-        "findings": [{"detector": f.detector, "stream": f.stream, "request_id": f.request_id,
-                      "seq": f.seq, "reason": f.reason} for f in findings],
+        "findings": rows,
+        "liveness": [r for r in rows if r["detector"] in LIVENESS],
         "projection": {s: w for s, w in snapshot["workers"].items()},
         "projection_matches_runtime": not mismatches if runtime_state else None,
         "mismatches": mismatches,

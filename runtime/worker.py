@@ -33,18 +33,17 @@ from ..cuda import ops
 from ..cuda.quiescence import DeviceFence
 from .config import WorkerConfig
 from .core import io
-from .core.base import CoreBase
-from .core.lifecycle import LifecycleError
+from .core.machine import CoreBase
 from .core.messages import Advertise, MessageError, decode, encode
 from .core.receiver import GenCore
 from .core.sender import CtxCore
+from .core.states import LifecycleError
+from .limits import EFFECTS_PER_STEP_MAX, REJECTIONS_RECORDED_MAX
 from .policy import Policy
 from .transport import PeerLostError, Transport, TransportError
 from .workload import RequestSpec
 
 log = logging.getLogger(__name__)
-
-EFFECTS_PER_STEP_MAX = 100_000  # a bound on one step's effect cascade (a loop would be a bug)
 
 
 class _Watch:
@@ -123,8 +122,8 @@ class Worker:
         self.core: CoreBase = core_cls(c, emit, policy)
         self.results: dict[str, str] = {}
         self._watch: dict[int, _Watch] = {}
-        self._cancels: list[tuple[str, str]] = []  # not_cancellable: retried next step
         self._lost = False
+        self.rejected_frames = 0
 
     # -- setup ---------------------------------------------------------------------------------
     @property
@@ -136,15 +135,15 @@ class Worker:
 
     # -- inputs --------------------------------------------------------------------------------
     def submit(self, spec: RequestSpec, now_ns: int) -> None:
-        if spec.prompt_tokens > self.config.max_request_tokens:
-            raise ValueError(f"{spec.request_id}: {spec.prompt_tokens} tokens exceed "
-                             f"max_request_tokens {self.config.max_request_tokens}")
+        """A request arrives. One that can never fit is refused by the core (recorded, its
+        future failed at once); one that does not fit now waits in the admission queue."""
         self._run(self.core.feed(io.Arrive(spec, now_ns)), now_ns)
 
     def cancel(self, request_id: str, now_ns: int, source: str = "client") -> str:
-        result, effects = self.core.cancel(request_id, now_ns, source)
-        if result == "not_cancellable":
-            self._cancels.append((request_id, source))
+        """Structured cancel; returns its result (``CANCEL_RESULTS``), or ``held`` when the
+        executor is blocked (the mutant's stuck poll: the cancel waits behind it)."""
+        effects = self.core.feed(io.Cancel(request_id, now_ns, source))
+        result = next((e.result for e in effects if isinstance(e, io.CancelResult)), "held")
         self._run(effects, now_ns)
         return result
 
@@ -164,24 +163,39 @@ class Worker:
         except PeerLostError as exc:
             self._on_lost(exc, now_ns)
             raw = []
-        for _peer, data in raw:
+        take_rejected = getattr(self.transport, "take_rejected", None)
+        if take_rejected is not None:
+            for peer, reason, nbytes in take_rejected():
+                self._reject(peer, reason, nbytes)
+        for peer, data in raw:
+            if peer != self.peer:
+                self._reject(peer, "not the configured peer", len(data))
+                continue
             try:
                 msg = decode(data)
-            except MessageError:
-                log.exception("%s: dropping a bad control message", self.config.stream)
+            except MessageError as exc:
+                self._reject(peer, f"undecodable: {exc}", len(data))
                 continue
             work += 1
             self._run(self.core.feed(io.ControlIn(msg, now_ns)), now_ns)
         work += self._check_handles(now_ns)
         self._run(self.core.feed(io.Tick(now_ns)), now_ns)
-        if self._cancels:
-            retry, self._cancels = self._cancels, []
-            for rid, source in retry:
-                self.cancel(rid, now_ns, source)
-        returned, effects = self.core.check_status(self.config.poll_at_least, now_ns)
-        work += len(returned)
-        self._run(effects, now_ns)
+        work += len(self._poll(self.config.poll_at_least, now_ns))
         return work
+
+    def _poll(self, at_least: int, now_ns: int) -> tuple[str, ...]:
+        effects = self.core.feed(io.Poll(at_least, now_ns))
+        returned = next((e.returned for e in effects if isinstance(e, io.Polled)), ())
+        self._run(effects, now_ns)
+        return returned
+
+    def _reject(self, peer: str | None, reason: str, nbytes: int) -> None:
+        """A frame refused before the lifecycle saw it: recorded (bounded), never acted on."""
+        self.rejected_frames += 1
+        log.warning("%s: control frame from %r rejected: %s", self.config.stream, peer, reason)
+        if self.rejected_frames <= REJECTIONS_RECORDED_MAX:
+            self.emit("control.rejected", None, peer=str(peer)[:256] if peer is not None
+                      else None, reason=reason[:512], bytes=nbytes)
 
     def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool]) -> bool:
         """Take the step at ``now_ns`` the short way when it is known to find nothing; False
@@ -190,18 +204,13 @@ class Worker:
         says the transport would report ``state`` again for that handle, without raising.
 
         Then ``step`` would only re-poll the watched handles (each one's poll count goes up),
-        provided the core holds no work and nothing time-driven is due: no ready entry, no
-        cancel to retry, no blocked or held poll, no timeout due, and health unchanged (healthy,
-        the progress deadline not passed: every other health reason is recomputed where it
-        arises). That is all this does; the ledger is the same as with ``step``."""
+        provided the core holds no work and nothing time-driven is due (its own public time
+        surface says so). That is all this does; the ledger is the same as with ``step``."""
         c = self.core
-        if (self._cancels or c.ready or c._blocked_since is not None or c._stalled
-                or not c.healthy or c.last_progress_ns is None
-                or (c._deadlines and c._deadlines[0][0] <= now_ns)
-                or (c.side == "gen" and c.policy.gen_poll_blocks)):
+        if c.holds_work() or c.last_progress_ns is None:
             return False
-        if (now_ns - c.last_progress_ns > self.config.progress_deadline_ms * 1_000_000
-                and c.pending_obligations()):
+        wake = c.next_wake_ns()
+        if wake is not None and wake <= now_ns:
             return False
         watch = self._watch
         for handle, w in watch.items():
@@ -306,6 +315,8 @@ class Worker:
             assert eff.request_id not in self.results or self.config.policy != "hardened", \
                 f"future of {eff.request_id} fulfilled twice"
             self.results[eff.request_id] = eff.outcome
+        elif isinstance(eff, (io.CancelResult, io.Polled)):
+            pass  # answers to the caller of Cancel / Poll, read where they were fed
         else:  # pragma: no cover - a new effect type without a driver
             raise AssertionError(f"unknown effect {eff!r}")
         return []
@@ -358,16 +369,12 @@ class Worker:
     def check_context_status(self, at_least: int, now_ns: int) -> list[str]:
         """Ended ctx transfers (terminated now); skips unready ones, never waits."""
         assert self.config.role == "ctx"
-        returned, effects = self.core.check_status(at_least, now_ns)
-        self._run(effects, now_ns)
-        return returned
+        return list(self._poll(at_least, now_ns))
 
     def check_gen_status(self, at_least: int, now_ns: int) -> list[str]:
         """Ended gen transfers (terminated now); skips unready ones, never waits (hardened)."""
         assert self.config.role == "gen"
-        returned, effects = self.core.check_status(at_least, now_ns)
-        self._run(effects, now_ns)
-        return returned
+        return list(self._poll(at_least, now_ns))
 
     def drain(self, now_ns: Callable[[], int], deadline_ns: int,
               wait: Callable[[], None] | None = None, steps_max: int = 10_000_000) -> bool:
@@ -393,5 +400,6 @@ class Worker:
     def state(self) -> dict[str, Any]:
         s = self.core.state()
         s["watched_handles"] = len(self._watch)
+        s["rejected_frames"] = self.rejected_frames
         s["results"] = len(self.results)
         return s

@@ -153,6 +153,21 @@ class BlockManager:
             self._free.append(b)
 
     # -- state -----------------------------------------------------------------------------------
+    def clone(self) -> BlockManager:
+        """An independent copy (the protocol explorer branches worlds)."""
+        c = BlockManager.__new__(BlockManager)
+        c.num_blocks, c.block_tokens, c.reuse = self.num_blocks, self.block_tokens, self.reuse
+        c._free, c._ref, c._pin = deque(self._free), list(self._ref), list(self._pin)
+        c._hash, c._cache, c._lru = list(self._hash), dict(self._cache), OrderedDict(self._lru)
+        c._held = {k: list(v) for k, v in self._held.items()}
+        return c
+
+    def snapshot(self) -> tuple:
+        """Everything that decides future behaviour, hashable (equal states, equal tuples)."""
+        return (tuple(self._free), tuple(self._ref), tuple(self._pin), tuple(self._lru),
+                tuple(sorted(self._cache.items())), tuple(sorted(
+                    (k, tuple(v)) for k, v in self._held.items())))
+
     def occupancy(self) -> dict[str, int]:
         referenced = sum(1 for b in range(self.num_blocks) if self._ref[b] or self._pin[b])
         pinned = sum(1 for b in range(self.num_blocks) if self._pin[b])

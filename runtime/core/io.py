@@ -1,8 +1,10 @@
 """Inputs (what happened) and effects (what the driver must do). Frozen value objects.
 
-Effects that produce a result are answered by the driver feeding the matching input back:
+``CoreBase.feed`` is the one door for every input, a client's ``Cancel`` and a status ``Poll``
+included. Effects that produce a result are answered by the driver feeding the matching input back:
 ``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Unpack`` -> ``Unpacked``;
 ``Release`` is fire-and-forget (its "accepted" proves nothing, so nothing waits on it).
+``CancelResult`` and ``Polled`` are answers to the caller of ``Cancel`` and ``Poll``, not work.
 The driver executes effects in order.
 """
 
@@ -91,6 +93,15 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Poll:
+    """The status poll (``check_context_status``/``check_gen_status``): ended transfers are
+    returned and terminated; ``at_least`` admits extra ready entries; never waits (hardened)."""
+
+    at_least: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerLost:
     error: str
     now_ns: int
@@ -167,6 +178,26 @@ class Fulfil:
     outcome: str
 
 
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The answer to ``Cancel``: the structured result (``ledger.events.CANCEL_RESULTS``) and its
+    two axes, the logical outcome and the physical state of the memory (``CANCEL_PHYSICAL``);
+    memory is reusable only when ``not_exposed`` or quiesced."""
+
+    request_id: str
+    result: str
+    logical: str
+    physical: str
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """The answer to ``Poll``: the request ids returned (and terminated)."""
+
+    returned: tuple[str, ...]
+
+
 Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed
-         | Unpacked | WorkerError | Tick | PeerLost | Shutdown)
-Effect = Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil
+         | Unpacked | WorkerError | Tick | Poll | PeerLost | Shutdown)
+Effect = (Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil | CancelResult
+          | Polled)

@@ -1,10 +1,15 @@
 """Control messages between ctx and gen, and their wire codec (small JSON objects).
 
 gen -> ctx: ``Advertise`` (request info: the receive slot, its size and remote descriptor),
-``Abandon`` (gen gave the request up; ctx stops if it has not posted yet).
-ctx -> gen: ``ReadySignal`` (ready / not_ready / cancelled), ``Completion`` (ctx's terminal report
-of its WRITE handle with per-block checksums), ``Landed`` (the WRITE's own notification, delivered
-by the transport after the written bytes).
+``Abandon`` (gen gave the request up; ctx stops if it has not posted yet, and always answers with
+its final word on the request).
+ctx -> gen: ``ReadySignal`` (ready / not_ready / cancelled, with the reason: a client cancel is not
+a server failure), ``Completion`` (ctx's terminal report of its WRITE handle with per-block
+checksums), ``Landed`` (the WRITE's own notification, delivered by the transport after the written
+bytes).
+
+Everything on the wire is hostile until decoded: ``decode`` turns any bytes into a message whose
+every field has its exact type and a bounded size, or raises ``MessageError``; nothing else escapes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from ..limits import CONTROL_FRAME_BYTES_MAX, CONTROL_TEXT_BYTES_MAX, REQUEST_ID_BYTES_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +34,14 @@ class Advertise:
 @dataclass(frozen=True, slots=True)
 class Abandon:
     request_id: str
+    reason: str = ""  # why gen gave the request up (client, timeout, shed, shutdown, ...)
 
 
 @dataclass(frozen=True, slots=True)
 class ReadySignal:
     request_id: str
     signal: str  # ready | not_ready | cancelled
+    reason: str = ""  # for not_ready / cancelled: client, timeout, abandoned, worker_error, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +136,95 @@ def _sub(expr: str, var: str) -> str:
 _FAST = {cls: _make_fast(cls) for cls in _TYPES.values()}
 
 
+SIGNALS = ("ready", "not_ready", "cancelled")
+HANDLE_STATES = ("DONE", "ERR")
+CHECKSUMS_MAX = 1 << 16  # one per block of a request: far above any slot's block count
+_INT64 = 1 << 63
+
+
+def _check_text(name: str, v: Any, limit: int, empty: bool = True) -> str:
+    if type(v) is not str:
+        raise MessageError(f"{name} must be a string")
+    if len(v) > limit or len(v.encode("utf-8", "surrogatepass")) > limit:
+        raise MessageError(f"{name} longer than {limit} bytes")
+    if not empty and not v:
+        raise MessageError(f"{name} is empty")
+    return v
+
+
+def _check_int(name: str, v: Any, low: int = -_INT64) -> int:
+    if type(v) is not int or not low <= v < _INT64:
+        raise MessageError(f"{name} must be an integer in [{low}, 2**63)")
+    return v
+
+
+def _field(cls: type, name: str, v: Any) -> Any:
+    """One field of ``cls`` from its JSON value, exactly typed and bounded (or MessageError)."""
+    if name == "request_id":
+        return _check_text(name, v, REQUEST_ID_BYTES_MAX, empty=False)
+    if name in ("reason", "error"):
+        if v is None and name == "error":
+            return None
+        return _check_text(name, v, CONTROL_TEXT_BYTES_MAX)
+    if name == "desc":
+        text = _check_text(name, v, CONTROL_FRAME_BYTES_MAX)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise MessageError("desc is not hex") from None
+    if name == "checksums":
+        if type(v) is not list or len(v) > CHECKSUMS_MAX:
+            raise MessageError(f"checksums must be a list of at most {CHECKSUMS_MAX} integers")
+        return tuple(_check_int("checksum", x) for x in v)
+    if name == "signal":
+        if v not in SIGNALS or type(v) is not str:
+            raise MessageError(f"signal must be one of {SIGNALS}")
+        return v
+    if name == "state":
+        if v not in HANDLE_STATES or type(v) is not str:
+            raise MessageError(f"state must be one of {HANDLE_STATES}")
+        return v
+    if name in ("slot", "nbytes", "polls"):
+        return _check_int(name, v, 0)
+    if name == "handle":
+        return _check_int(name, v, -1)
+    raise AssertionError(f"{cls.__name__}.{name} has no decoder")  # pragma: no cover
+
+
 def decode(raw: bytes) -> Message:
+    """The message in ``raw``, or ``MessageError``: nothing else escapes, whatever the bytes."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise MessageError(f"a control frame is bytes, not {type(raw).__name__}")
+    if len(raw) > CONTROL_FRAME_BYTES_MAX:
+        raise MessageError(f"control frame of {len(raw)} bytes > {CONTROL_FRAME_BYTES_MAX}")
     try:
         if raw[:1] == b"{" and raw[1:2] not in (b"", b"\x00"):
             # What json.loads does with these bytes (its detect_encoding says UTF-8 for them),
             # without the detection: one message per request and protocol step.
-            d = _DECODER.decode(raw.decode("utf-8", "surrogatepass"))
+            d = _DECODER.decode(bytes(raw).decode("utf-8", "surrogatepass"))
         else:
-            d = json.loads(raw)
-        cls = _TYPES[d.pop("t")]
-        if cls is Advertise:
-            d["desc"] = bytes.fromhex(d.get("desc", ""))
-        if cls is Completion:
-            d["checksums"] = tuple(d.get("checksums", ()))
-        return cls(**d)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MessageError(f"bad control message {raw[:80]!r}: {exc}") from None
+            d = json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MessageError(f"bad control message {bytes(raw[:80])!r}: {exc}") from None
+    if type(d) is not dict:
+        raise MessageError(f"a control message is a JSON object, not {type(d).__name__}")
+    t = d.pop("t", None)
+    cls = _TYPES.get(t) if type(t) is str else None
+    if cls is None:
+        raise MessageError(f"unknown control message type {str(t)[:40]!r}")
+    fields = _FIELDS[cls]
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise MessageError(f"{cls.__name__}: unknown fields {sorted(map(str, unknown))[:5]}")
+    kwargs = {}
+    for name, required in fields.items():
+        if name not in d:
+            if required:
+                raise MessageError(f"{cls.__name__}: missing field {name!r}")
+            continue
+        kwargs[name] = _field(cls, name, d[name])
+    return cls(**kwargs)
+
+
+_FIELDS = {cls: {f.name: f.default is dataclasses.MISSING for f in dataclasses.fields(cls)}
+           for cls in _TYPES.values()}

@@ -1,23 +1,30 @@
-"""The gen (decode, receiver) core: allocate blocks, take a receive slot, advertise it to ctx,
-wait for the ready signal, ctx's completion and the WRITE's landing notification, unpack into the
-blocks, verify every block's checksum, release the slot.
+"""The gen (decode, receiver) actions: allocate blocks, take a receive slot, advertise it to ctx,
+wait for ctx's report, unpack into the blocks, verify every block's checksum, release the slot.
 
-The rule: an advertised receive slot is a remote write target. It is released only after ctx's
-terminal report (``Completion``) or an explicit ``not_ready`` (nothing was or will be written); a
-``cancelled`` signal or a lost peer leaves quiescence unknown, so the slot is poisoned. Cancel
-after advertise therefore defers: the future is fulfilled when ctx's report arrives.
+Which action runs when is the gen table in ``states.py``; these are its leaf functions.
+The rules they keep: an advertised receive slot is a remote write target. It is released only
+after ctx's terminal report (``Completion``) or an explicit ``not_ready`` (nothing was or will be
+written); a ``cancelled`` signal or a lost peer leaves quiescence unknown, so the slot is poisoned.
+A cancel after advertise sends ``Abandon`` and waits for ctx's answer, re-sending it while none
+comes (a lost message must not hold the slot for good).
 """
 
 from __future__ import annotations
 
 import logging
 
+from .. import limits
 from . import io
-from .base import CoreBase, Req
-from .lifecycle import TERMINAL
-from .messages import Abandon, Advertise, Completion, Landed, ReadySignal
+from .blocks import Allocation
+from .machine import CoreBase, Final, Fire, Req
+from .messages import Abandon, Advertise, Completion, Landed, Message, ReadySignal
 
 log = logging.getLogger(__name__)
+
+_SIGNAL_WORD = {"ready": "ready", "not_ready": "not_ready", "cancelled": "sig_cancelled"}
+_ABANDON_REASON = {"cancel": "client", "shed": "shed", "worker_error": "worker_error",
+                   "arrive_closed": "shutdown", "arrive_queue_full": "shed",
+                   "force": "shutdown", "arrive_unservable": "refused"}
 
 
 class GenCore(CoreBase):
@@ -25,220 +32,128 @@ class GenCore(CoreBase):
     pool_name = "recv"
     poll_kind = "poll.generation"
 
-    # -- arrival -----------------------------------------------------------------------------------
-    def _on_arrive(self, inp: io.Arrive) -> None:
-        req = self._arrive_common(inp.spec)
-        if req is None:
-            return
-        nblocks = -(-inp.spec.prompt_tokens // self.cfg.block_tokens)
-        alloc = None
-        if nblocks <= self.cfg.max_request_blocks and not self.peer_lost:
-            alloc = self.blocks.allocate(req.rid, inp.spec.prompt_tokens)
-        if alloc is None:
-            self._reject(req, "does not fit the KV pool" if not self.peer_lost else "peer lost")
-            if not self.peer_lost:
-                self._do(io.SendControl(Abandon(req.rid)))  # ctx stops at once, not by timeout
-            return
-        req.blocks = alloc.blocks
-        req.nbytes = nblocks * self.cfg.block_nbytes
-        self.emit("blocks.allocated", req.rid, blocks=req.blocks)
-        self.tm.start_transfer(req.rid, [])  # gen blocks are written by Unpack only: no pin
-        self._transfer_started(req)
-        self.emit("transfer.started", req.rid, role="gen", peer=self.cfg.peer or "ctx")
-        if self._acquire_slot(req):
-            self._advertise(req)
-
-    def _start_waiting(self, req: Req) -> None:
-        if self._acquire_slot(req):
-            self._advertise(req)
-
-    def _advertise(self, req: Req) -> None:
-        self._step(req, "slot")
-        self._do(io.SendControl(Advertise(req.rid, req.slot, req.nbytes)))
-        self.emit("transfer.advertised", req.rid, slot=req.slot, peer=self.cfg.peer or "ctx")
-
-    # -- control messages from ctx -----------------------------------------------------------------
-    def _on_controlin(self, inp: io.ControlIn) -> None:
-        msg = inp.msg
-        req = self.reqs.get(getattr(msg, "request_id", ""))
-        if req is None or req.state == TERMINAL:
-            log.debug("gen: %r for a finished or unknown request ignored", msg)
-            return
-        if req.state == "queued" and self.policy.gen_init_not_idempotent:
-            # Only the mutant gets here: a duplicate init replaced an advertised record with a
-            # fresh, not yet advertised one, and ctx's messages for the first (orphaned) receive
-            # arrive. The bug is the duplicate allocation; the messages go nowhere.
-            self.leaked.append((req.rid, f"{type(msg).__name__} for the orphaned first init"))
-            log.debug("gen: %r for an orphaned duplicate init dropped", msg)
-            return
-        if isinstance(msg, Completion) and req.state == "queued":
-            # ctx refused the request before we advertised (no KV room there): fail it now.
-            assert msg.state != "DONE", f"gen: DONE for {req.rid} before it was advertised"
-            self._abort_unposted(req, "failed")
-            return
+    def _message_word(self, msg: Message) -> str | None:
         if isinstance(msg, ReadySignal):
-            self._on_signal(req, msg.signal)
-        elif isinstance(msg, Completion):
-            self._on_completion(req, msg)
-        elif isinstance(msg, Landed):
-            self._step(req, "landed")
-            req.landed = True
-            self._maybe_complete(req)
-        else:
-            log.warning("gen: unexpected message %r", msg)
+            return _SIGNAL_WORD[msg.signal]
+        if isinstance(msg, Completion):
+            return "done" if msg.state == "DONE" else "err"
+        if isinstance(msg, Landed):
+            return "landed"
+        return None
 
-    def _on_signal(self, req: Req, signal: str) -> None:
-        self.emit("transfer.ready_signal", req.rid, signal=signal)
-        if signal == "ready":
-            self._step(req, "ready")
-            self._maybe_complete(req)
-            return
-        self._step(req, "not_ready" if signal == "not_ready" else "sig_cancelled")
-        if signal == "not_ready":
-            if self.policy.not_ready_leaks_recv_slot:
-                # sig #6: the early return skips freeing the receive slot.
-                self.leaked.append((req.rid, f"recv slot {req.slot} leaked on not_ready"))
-                req.slot = None
-            else:
-                self._release_slot(req)  # nothing was or will be written
-        else:
-            self._poison_slot(req, "peer released its handle in flight")
-        self._end(req, self._cancel_outcome(req.cancel_source or "client"))
+    def _allocate(self, rec: Req) -> Allocation | None:
+        return self.blocks.allocate(rec.rid, rec.spec.prompt_tokens)
 
-    def _on_completion(self, req: Req, msg: Completion) -> None:
-        # ctx's terminal report of its WRITE, recorded as this side's observation of that handle.
-        self.emit("xfer.polled", req.rid, handle=msg.handle, state=msg.state, polls=msg.polls,
-                  error=msg.error)
-        req.handle = msg.handle
-        req.handle_terminal = True
-        req.completion = msg
-        if msg.state != "DONE":
-            self._step(req, "err")
-            self._release_slot(req)  # ERR: the writer stopped
-            outcome = "failed" if req.cancel_source is None else \
-                self._cancel_outcome(req.cancel_source)
-            self._end(req, outcome)
-            return
-        self._step(req, "done")
-        if req.state == TERMINAL:  # cancelling: the data is not wanted, the slot is quiescent
-            self._release_slot(req)
-            self._end(req, self._cancel_outcome(req.cancel_source or "client"))
-            return
-        self._maybe_complete(req)
+    # -- admission -------------------------------------------------------------------------------
+    def a_allocate(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        alloc, rec.pending_alloc = rec.pending_alloc, None
+        assert alloc is not None, "admitted without an allocation"
+        rec.wait_since = None
+        self.emit("request.scheduled", f.rid)
+        rec.blocks = alloc.blocks
+        rec.nbytes = len(rec.blocks) * self.cfg.block_nbytes
+        self.emit("blocks.allocated", f.rid, blocks=rec.blocks)
+        self.tm.start_transfer(f.rid, [])  # gen blocks are written by Unpack only: no pin
+        self._unready.add(f.rid)
+        self.emit("transfer.started", f.rid, role="gen", peer=self.cfg.peer or "ctx")
 
-    def _maybe_complete(self, req: Req) -> None:
-        # ctx's DONE is NIXL's completion of the WRITE at the target: enough to unpack. The
-        # WRITE's own notification (Landed) is informational; a dropped one must not wedge us.
-        if req.state != "ready" or req.completion is None:
-            return
-        self._step(req, "complete")
-        self._do(io.Unpack(req.rid, req.slot, tuple(req.blocks)))
-
-    def _on_unpacked(self, inp: io.Unpacked) -> None:
-        req = self.reqs[inp.request_id]
-        self._step(req, "unpacked")
-        assert req.completion is not None
-        expected = req.completion.checksums
-        bad = 0
-        for i, block in enumerate(req.blocks):
-            want = expected[i] if i < len(expected) else -1
-            got = inp.checksums[i]
-            if want != got:
-                bad += 1
-                self.emit("kv.checksum_failed", req.rid, block=block, expected=want, actual=got)
-        self._release_slot(req)
-        self._end(req, "failed" if bad else "ok", nbytes=None if bad else req.nbytes)
-
-    # -- cancel ------------------------------------------------------------------------------------
-    def _cancel_live(self, req: Req, source: str) -> str:
-        outcome = self._cancel_outcome(source)
-        if req.state == "queued":
-            req.cancel_source = source
-            if self.policy.receiver_queued_cancel_drops_promise:
-                req.promise_dropped = True  # sig #5: erased from the queue unfulfilled
-            self._abort_unposted(req, outcome)
-            return "cancelled_before_advertise"
-        if req.state == "unpacking":
-            req.pending_cancel = source
-            return "not_cancellable"
-        first = req.cancel_source is None
-        if first:
-            req.cancel_source = source
-            self._do(io.SendControl(Abandon(req.rid)))
-        unhealthy = not self.healthy
-        if unhealthy:
-            self._quarantine(req, "cancel while backend unhealthy")
-        if req.state == "cancelling":
-            return "backend_unhealthy" if unhealthy else "cancel_requested_in_flight"
-        if self.policy.release_is_quiescence or (
-                source == "timeout" and self.policy.timeout_frees_without_proof):
-            # The bug: the advertised slot goes back although ctx may still write into it.
-            self._step(req, "release")
-            self._release_slot(req)
-            self._end(req, outcome, close_now=True)
-            return "cancel_requested_in_flight"
-        self._step(req, "cancel")
-        if req.handle_terminal:  # ctx's terminal report is already here: nothing in flight
-            self._step(req, "done" if req.completion and req.completion.state == "DONE"
-                       else "err")
-            self._release_slot(req)
-            self._end(req, outcome, close_now=True)
-            return "already_complete"
-        if source == "timeout":
-            self._quarantine(req, "timed out in flight")
-        self._terminate(req, source)
-        return "backend_unhealthy" if unhealthy else "cancel_requested_in_flight"
-
-    def _abort_unposted(self, req: Req, outcome: str) -> None:
-        if req.rid in self.slot_wait:
-            self.slot_wait.remove(req.rid)
-        self._do(io.SendControl(Abandon(req.rid)))
-        self._step(req, "cancel")
-        self._end(req, outcome, close_now=True)
-
-    def _fail_request(self, req: Req) -> None:
-        if req.state == "queued":
-            self._abort_unposted(req, "failed")
-        elif req.state == "unpacking":  # ctx's DONE is in: the slot is quiescent
-            self._step(req, "fail")
-            self._release_slot(req)
-            self._end(req, "failed")
-        else:  # advertised: ctx may still write into the slot
-            self._do(io.SendControl(Abandon(req.rid)))
-            self._step(req, "release")
-            self._poison_slot(req, "worker error while advertised")
-            self._end(req, "failed", close_now=True)
-
-    # -- peer loss and shutdown --------------------------------------------------------------------
-    def _on_peerlost(self, inp: io.PeerLost) -> None:
+    def a_refuse(self, f: Fire) -> None:
+        """Never servable here (too large, or the peer is gone): answered with an error now;
+        ctx is told (Abandon) so it stops at once instead of waiting for its timeout."""
+        rec = self.reqs[f.rid]
+        log.warning("gen: %s refused (%s)", f.rid, "peer lost" if self.peer_lost else
+                    f"{rec.spec.prompt_tokens} tokens do not fit")
+        self._fulfil(rec, "error")
+        self.emit("request.finished", f.rid, outcome="failed")
+        del self.reqs[f.rid]
+        self.finished[f.rid] = Final("failed", "not_exposed")
         if not self.peer_lost:
-            self.peer_lost = True
-            self.emit("peer.lost", None, peer=self.cfg.peer or "ctx", error=inp.error)
-        self._update_health()
-        for req in list(self.reqs.values()):
-            if req.state in (TERMINAL, "unpacking"):
-                continue
-            if req.state == "queued":
-                self._cancel(req.rid, "peer_lost")
-                continue
-            # Advertised: the dead writer's last bytes cannot be ruled out.
-            req.cancel_source = req.cancel_source or "peer_lost"
-            self._quarantine(req, "peer lost mid-transfer")
-            self._step(req, "peer_lost")
-            self._poison_slot(req, "peer lost mid-transfer")
-            self._end(req, "failed", close_now=True)
+            self._do(io.SendControl(Abandon(f.rid, "refused")))
 
-    def _on_shutdown(self, inp: io.Shutdown) -> None:
-        for req in list(self.reqs.values()):
-            if req.state == TERMINAL:
-                continue
-            if inp.force and req.state in ("advertised", "ready", "cancelling"):
-                req.cancel_source = req.cancel_source or "shutdown"
-                self._step(req, "release")
-                self._poison_slot(req, "abandoned at shutdown")
-                self._end(req, "cancelled", close_now=True)
-            elif req.cancel_source is None:
-                self._cancel(req.rid, "shutdown")
+    def a_advertise(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        rec.physical = "active"  # a remote write target from now on
+        self._do(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes)))
+        self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.cfg.peer or "ctx")
 
-    def _on_packed(self, inp: io.Packed) -> None:  # pragma: no cover - ctx only
-        raise AssertionError("gen does not pack")
+    # -- Abandon and its retries ----------------------------------------------------------------
+    def a_send_abandon(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        src = rec.cancel_source
+        reason = ("shed" if rec.shed_reason is not None else src if src is not None
+                  else _ABANDON_REASON.get(f.word, f.word))
+        self._do(io.SendControl(Abandon(f.rid, reason)))
+        rec.abandon_attempts = 1
+        self._at(self.now_ns + self.cfg.abandon_retry_ms * 1_000_000, "abandon_retry", f.rid, 1)
+
+    def a_resend_abandon(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        rec.abandon_attempts += 1
+        self._do(io.SendControl(Abandon(f.rid, rec.cancel_source or "client")))
+        self.emit("transfer.abandon_resent", f.rid, attempt=rec.abandon_attempts)
+        wait_ms = min(self.cfg.abandon_retry_ms << min(rec.abandon_attempts - 1, 16),
+                      limits.ABANDON_RETRY_MS_MAX)
+        self._at(self.now_ns + wait_ms * 1_000_000, "abandon_retry", f.rid,
+                 rec.abandon_attempts)
+
+    # -- what ctx says ---------------------------------------------------------------------------
+    def a_note_signal(self, f: Fire) -> None:
+        msg = f.inp.msg
+        rec = self.reqs[f.rid]
+        rec.signal_reason = msg.reason
+        if msg.signal == "not_ready":
+            rec.physical = "quiesced_ok"  # ctx's word: nothing was or will be written
+        if msg.signal == "ready":
+            self.emit("transfer.ready_signal", f.rid, signal="ready")
+        else:
+            self.emit("transfer.ready_signal", f.rid, signal=msg.signal, reason=msg.reason or None)
+
+    def a_keep_completion(self, f: Fire) -> None:
+        # ctx's terminal report of its WRITE, recorded as this side's observation of the handle.
+        msg = f.inp.msg
+        rec = self.reqs[f.rid]
+        self.emit("xfer.polled", f.rid, handle=msg.handle, state=msg.state, polls=msg.polls,
+                  error=msg.error)
+        rec.handle = msg.handle
+        rec.handle_terminal = True
+        rec.completion = msg
+        rec.physical = "quiesced_ok" if msg.state == "DONE" else "quiesced_failed"
+
+    def a_note_landed(self, f: Fire) -> None:
+        # The WRITE's own notification: informational (ctx's DONE is what proves the bytes).
+        self.reqs[f.rid].landed = True
+
+    def a_unpack(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        self._do(io.Unpack(f.rid, rec.slot, tuple(rec.blocks)))
+
+    def a_verify(self, f: Fire) -> None:
+        rec = self.reqs[f.rid]
+        assert rec.completion is not None
+        expected = rec.completion.checksums
+        got = f.inp.checksums
+        for i, block in enumerate(rec.blocks):
+            want = expected[i] if i < len(expected) else -1
+            if want != got[i]:
+                rec.bad_blocks += 1
+                self.emit("kv.checksum_failed", f.rid, block=block, expected=want, actual=got[i])
+
+    # -- mutant: a duplicate init allocates twice --------------------------------------------------
+    def a_reinit(self, f: Fire) -> None:
+        """Mutant (L8): the first record is forgotten with everything it holds."""
+        old = self.reqs.pop(f.rid)
+        self._unready.discard(f.rid)
+        self.leaked.append((f.rid, "duplicate init: first allocation orphaned"))
+        for queue in (self.admission, self.slot_wait, self.ready):
+            if f.rid in queue:
+                queue.remove(f.rid)
+        if old.pending_alloc is not None or old.blocks:
+            self.blocks._held[f.rid + "#orphan"] = self.blocks._held.pop(f.rid, [])
+        if old.slot is not None:
+            self.pool.holder[old.slot] = f.rid + "#orphan"
+        self.quarantined.pop(f.rid, None)
+        self.tm.resources_freed.discard(f.rid)
+        self.tm._meta.pop(f.rid, None)
+        self.futures.pop(f.rid, None)
+        self.a_arrived(f)

@@ -37,6 +37,16 @@ class SlotPool:
         del self.holder[slot]
         self.poisoned[slot] = reason
 
+    def clone(self) -> SlotPool:
+        c = SlotPool.__new__(SlotPool)
+        c.pool, c.n = self.pool, self.n
+        c._free, c.holder, c.poisoned = deque(self._free), dict(self.holder), dict(self.poisoned)
+        return c
+
+    def snapshot(self) -> tuple:
+        return (tuple(self._free), tuple(sorted(self.holder.items())),
+                tuple(sorted(self.poisoned.items())))
+
     @property
     def free(self) -> int:
         return len(self._free)

@@ -68,6 +68,17 @@ class TerminationManager:
         self.resources_freed.add(request_id)
         return True
 
+    def clone(self) -> TerminationManager:
+        c = TerminationManager()
+        c._meta = {k: TransferMeta(list(m.pinned), m.counter, m.termination_requested,
+                                   list(m.reasons)) for k, m in self._meta.items()}
+        c.resources_freed = set(self.resources_freed)
+        return c
+
+    def snapshot(self) -> tuple:
+        return (tuple(sorted((k, tuple(m.pinned), m.counter, m.termination_requested)
+                             for k, m in self._meta.items())), tuple(sorted(self.resources_freed)))
+
     def pending(self) -> dict[str, TransferMeta]:
         return dict(self._meta)
 

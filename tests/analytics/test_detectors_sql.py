@@ -15,7 +15,7 @@ from kvledger.analytics.detectors_sql import (
     set_params,
 )
 from kvledger.ledger import detectors as det
-from kvledger.ledger.detectors import DETECTORS, WEDGE_DEADLINE_NS, detect
+from kvledger.ledger.detectors import DETECTORS, LIVENESS, WEDGE_DEADLINE_NS, detect
 from kvledger.ledger.detectors_vllm import VLLM_DETECTORS
 from kvledger.ledger.events import Event
 
@@ -24,6 +24,7 @@ from tests.ledger.sequences import (
     GEN_SCRIPTS,
     Stream,
     mutate,
+    random_pair,
     random_stream,
     write_ledger,
 )
@@ -32,13 +33,20 @@ ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS}
 
 
 def keys_py(events: list[Event], **kw) -> set[tuple]:
-    return {f.key for f in detect(events, **kw)}
+    """Each finding's key, and for a liveness finding its interval and who was involved."""
+    return {f.key + (f.interval if f.detector in LIVENESS else ()) for f in detect(events, **kw)}
 
 
 def keys_sql(con, events: list[Event], **kw) -> set[tuple]:
     load_events(con, events_table(events))
     set_params(con, **kw)
-    return {tuple(r[:4]) for r in detect_sql(con)}
+    out = set()
+    for r in detect_sql(con):
+        more = ()
+        if r[0] in LIVENESS:
+            more = (r[5], r[6], *(tuple(x or ()) for x in r[7:10]))
+        out.add(tuple(r[:4]) + more)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,9 @@ def test_modules_pass_the_catalog_lint_and_are_documented(con):
         assert "ledger/detectors.py" in views[f"detector_{name}"], name
         cols = con.execute("SELECT column_name, comment FROM duckdb_columns() "
                            "WHERE table_name = ?", [f"detector_{name}"]).fetchall()
-        assert [c for c, _ in cols] == ["detector", "stream", "request_id", "seq", "reason"]
+        more = ["ts_ns", "dur_ns", "holders", "resources", "waiters"] if name in LIVENESS else []
+        assert [c for c, _ in cols] == ["detector", "stream", "request_id", "seq", "reason",
+                                        *more]
         assert all(comment for _, comment in cols), name
 
 
@@ -79,7 +89,7 @@ def test_default_params_equal_the_python_constants():
     c = open_detectors(events_table([]))  # a fresh catalog: the module's own defaults
     row = c.execute("SELECT * FROM _detector_params").fetchone()
     assert row == (None, det.WEDGE_DEADLINE_NS, det.POLL_BLOCK_NS_MAX, det.OBLIGATION_GRACE_NS,
-                   sorted(det.PROGRESS_KINDS))
+                   det.PEER_END_GRACE_NS, sorted(det.PROGRESS_KINDS))
     c.close()
 
 
@@ -99,8 +109,11 @@ def test_every_single_fault_of_every_hardened_lifecycle_agrees(con):
                     events += _renamed(s, f"{name}/{fault}/{kind}/{close}")
     py = keys_py(events)
     assert keys_sql(con, events) == py
-    assert {k[0] for k in py} >= set(DETECTORS) - {"blocked_poll", "kv_corruption"} \
-        - set(VLLM_DETECTORS)  # those judge only vLLM tap streams (tests/tap)
+    # One request per stream and no health events: nobody waits on another, nobody dies.
+    # vllm_*: they judge only vLLM tap streams (tests/tap).
+    assert {k[0] for k in py} >= set(DETECTORS) - {"blocked_poll", "kv_corruption",
+                                                   "unhealthy_interval", "died_holding"} \
+        - set(VLLM_DETECTORS)
 
 
 def test_crafted_worker_level_findings_agree(con):
@@ -125,12 +138,27 @@ def test_crafted_worker_level_findings_agree(con):
        now=st.sampled_from([None, 0, 10 * WEDGE_DEADLINE_NS]),
        deadline=st.sampled_from([WEDGE_DEADLINE_NS, 1_000_000]))
 def test_random_ledgers_agree(con, seed, n, faults, now, deadline):
-    ctx = random_stream(seed, role="ctx", n_requests=n, faults=faults)
-    gen = random_stream(seed + 1, role="gen", n_requests=n, faults=faults)
-    events = ctx.events + gen.events
+    events = [e for s in random_pair(seed, n_requests=n, faults=faults) for e in s.events]
     now_ns = None if now is None else max(e.ts_ns for e in events) + now
     kw = {"now_ns": now_ns, "wedge_deadline_ns": deadline}
     assert keys_sql(con, events, **kw) == keys_py(events, **kw)
+
+
+def test_random_ledgers_fire_every_liveness_detector_and_agree(con):
+    """The random pairs (the generator above draws from) make every liveness detector fire,
+    in each of its shapes, and both sides agree on every one of them."""
+    seen: set[str] = set()
+    for seed in (*range(8), 14):  # 14: a holder stuck in quarantine
+        events = [e for s in random_pair(seed, n_requests=8, faults=True) for e in s.events]
+        assert keys_sql(con, events) == keys_py(events), seed
+        for f in detect(events, only=LIVENESS):
+            shape = ""
+            if f.detector == "wedge_interval":
+                shape = "/silent" if not f.holders else "/quarantined" if "quarantined" in \
+                    f.reason else "/peer_ended"
+            seen.add(f.detector + shape)
+    assert seen == {"wedge_interval/peer_ended", "wedge_interval/quarantined",
+                    "wedge_interval/silent", "unhealthy_interval", "died_holding"}
 
 
 def test_a_real_sqlite_ledger_agrees(con, tmp_path):

@@ -105,7 +105,7 @@ def test_forensics_subprocess_exit_code(wedged_run):
 
 def test_report_writes_self_contained_html(wedged_run, tmp_path, capsys):
     out = tmp_path / "incident.html"
-    assert main(["report", wedged_run, "-o", str(out)]) == 0
+    assert main(["report", wedged_run, "-o", str(out)]) == 1  # written, and it is an incident
     page = out.read_text()
     assert "WEDGED" in page and page.count("Plotly.newPlot") == 5
     assert "<script src=" not in page and "<link" not in page  # nothing fetched

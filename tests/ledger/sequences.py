@@ -306,11 +306,12 @@ class Pools:
 def interleave(
     scripts: list[tuple[str, Script]], stream: Stream, *, pools: Pools | None = None,
     rng: random.Random, drop: float = 0.0, dup: float = 0.0, polls: float = 0.1,
-    slow_poll: float = 0.0, pause: float = 0.0, pause_ns: int = 40 * S,
+    slow_poll: float = 0.0, pause: float = 0.0, pause_ns: int = 40 * S, health: float = 0.0,
 ) -> list[str]:
     """Run scripts in a random interleaving on ``stream``; returns the ids of scripts that could
     not finish (blocked on an exhausted pool). Faults: each step is dropped with probability
-    ``drop`` or emitted twice with ``dup``; ``pause`` inserts a long silence before a step."""
+    ``drop`` or emitted twice with ``dup``; ``pause`` inserts a long silence before a step;
+    ``health`` a ``health.changed`` (healthy or not, at random)."""
     pools = pools if pools is not None else Pools(stream.config)
     active: dict[str, list] = {}  # rid -> [script, pending step, exhausted already reported]
     for rid, sc in scripts:
@@ -337,6 +338,8 @@ def interleave(
             stream.poll(elapsed_ns=elapsed)
         if rng.random() < pause:
             stream.wait(pause_ns)
+        if health and rng.random() < health:
+            stream.emit("health.changed", None, healthy=rng.random() < 0.5, reason="random")
         r = rng.random()
         times = 0 if r < drop else 2 if r < drop + dup else 1
         for _ in range(times):
@@ -356,37 +359,51 @@ def interleave(
 
 def random_stream(seed: int, *, name: str | None = None, role: str | None = None,
                   n_requests: int = 6, faults: bool = False, close: bool | None = None,
-                  config: dict | None = None, roomy: bool = False) -> Stream:
-    """A random, lifecycle-plausible stream; with ``faults`` some steps are dropped/duplicated
-    and some polls are slow, so that detectors have something to find. Without faults a request
-    can still be stuck when poisoned slots exhaust a pool; ``roomy=True`` sizes the pools so that
-    every request finishes (a clean ledger)."""
+                  config: dict | None = None, roomy: bool = False,
+                  rid_prefix: str | None = None) -> Stream:
+    """A random, lifecycle-plausible stream; with ``faults`` some steps are dropped/duplicated,
+    some polls are slow, health turns unhealthy now and then and the peer may be seen lost, so
+    that detectors have something to find. Without faults a request can still be stuck when
+    poisoned slots exhaust a pool; ``roomy=True`` sizes the pools so that every request finishes
+    (a clean ledger). Requests are ``<rid_prefix>r<i>`` (default prefix ``<name>-``): give two
+    streams the same prefix to make them peers over the same requests (``random_pair``)."""
     rng = random.Random(seed)
     role = role or rng.choice(["ctx", "gen"])
     name = name or f"{role}0"
+    prefix = f"{name}-" if rid_prefix is None else rid_prefix
     if roomy:
         config = {"send_slots": n_requests, "recv_slots": n_requests,
                   "num_blocks": 4 * n_requests}
     stream = Stream(name, role, config=config, step_ns=rng.choice([1_000, 100_000, 5 * MS]))
     table = CTX_SCRIPTS if role == "ctx" else GEN_SCRIPTS
     names = sorted(table)
-    scripts = [(f"{name}-r{i}", table[rng.choice(names)]()) for i in range(n_requests)]
+    scripts = [(f"{prefix}r{i}", table[rng.choice(names)]()) for i in range(n_requests)]
     if faults:
         interleave(scripts, stream, rng=rng, drop=rng.choice([0.0, 0.03, 0.1]),
                    dup=rng.choice([0.0, 0.03, 0.1]), slow_poll=0.2,
-                   pause=rng.choice([0.0, 0.05]))
+                   pause=rng.choice([0.0, 0.05]), health=rng.choice([0.0, 0.05]))
     else:
         interleave(scripts, stream, rng=rng)
     if faults and rng.random() < 0.2:
-        stream.emit("kv.checksum_failed", f"{name}-r0", block=1, expected=0xAB, actual=0xCD)
-    if rng.random() < 0.3:
-        stream.emit("health.changed", None, healthy=rng.random() < 0.5, reason="random")
+        stream.emit("kv.checksum_failed", f"{prefix}r0", block=1, expected=0xAB, actual=0xCD)
+    if rng.random() < 0.3:  # a clean ledger stays healthy
+        stream.emit("health.changed", None, healthy=not faults or rng.random() < 0.5,
+                    reason="random")
+    if faults and rng.random() < 0.3:  # the peer stopped answering (the scripts' peer names)
+        stream.emit("peer.lost", None, peer="gen0" if role == "ctx" else "ctx0", error="random")
     if close if close is not None else rng.random() < 0.5:
         stream.close()
     else:
         stream.wait(rng.choice([0, 120 * S]))
         stream.poll()
     return stream
+
+
+def random_pair(seed: int, *, n_requests: int = 6, faults: bool = False) -> list[Stream]:
+    """A ctx and a gen stream (``ctx0``, ``gen0``, each the other's peer) over the same requests
+    ``r0``, ``r1``, ... on one time axis, each drawn as ``random_stream`` draws it."""
+    return [random_stream(seed + i, role=role, n_requests=n_requests, faults=faults,
+                          rid_prefix="") for i, role in enumerate(("ctx", "gen"))]
 
 
 def write_ledger(url: str, streams: Iterable[Stream],

@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvledger.ledger.detectors import (
     DETECTORS,
+    LIVENESS,
     OBLIGATION_GRACE_NS,
+    PEER_END_GRACE_NS,
     POLL_BLOCK_NS_MAX,
     WEDGE_DEADLINE_NS,
     Finding,
@@ -39,7 +41,8 @@ def test_registry_has_each_detector_of_the_spec_with_its_doc():
     assert [n for n in DETECTORS if not n.startswith("vllm_")] == [  # vllm_*: tests/tap
         "broken_promise", "blocked_poll", "slot_leak", "block_pin_leak",
         "free_before_quiescence", "double_free", "lost_cleanup_obligation", "orphaned_handle",
-        "kv_corruption", "wedge"]
+        "kv_corruption", "wedge", "wedge_interval", "unhealthy_interval", "died_holding"]
+    assert set(LIVENESS) <= set(DETECTORS)
     for name, spec in DETECTORS.items():
         assert spec.name == name and len(spec.doc) > 30, name
 
@@ -292,6 +295,153 @@ def test_closed_or_idle_workers_are_not_wedged():
     s2.wait(2 * WEDGE_DEADLINE_NS)
     s2.poll()
     assert fired(s2.events, "wedge") == []  # nothing pending: idle, not wedged
+
+
+# --- liveness: wedge_interval, unhealthy_interval, died_holding ---------------------------------
+def _arrive(s: Stream, rid: str, peer: str) -> None:
+    s.emit("request.arrived", rid, prompt_tokens=16, prefix_id=0, prefix_tokens=0, token_seed=1)
+    s.emit("transfer.started", rid, role=s.role, peer=peer)
+
+
+def _cancel_storm(hold_after_peer_end_ns: int, *, waiter: bool = True,
+                  close: bool = True) -> tuple[Stream, Stream]:
+    """The cancel-storm wedge as two streams: gen advertises its only receive slot for r1, ctx
+    ends r1 without answering; gen holds the slot; r2 waits for it; shutdown poisons it."""
+    gen, ctx = Stream("gen0", "gen"), Stream("ctx0", "ctx")
+    _arrive(gen, "r1", "ctx0")
+    gen.emit("buffer.acquired", "r1", pool="recv", slot=0)
+    gen.emit("transfer.advertised", "r1", slot=0, peer="ctx0")
+    ctx.ts = gen.ts
+    _arrive(ctx, "r1", "gen0")
+    ctx.emit("request.finished", "r1", outcome="cancelled")
+    gen.ts = ctx.ts
+    if waiter:
+        _arrive(gen, "r2", "ctx0")
+        gen.emit("buffer.exhausted", "r2", pool="recv", waiting=1)
+    gen.wait(hold_after_peer_end_ns)
+    gen.emit("buffer.poisoned", "r1", pool="recv", slot=0, reason="abandoned at shutdown")
+    if waiter:
+        gen.emit("request.finished", "r2", outcome="failed")
+    if close:
+        gen.close()
+        ctx.close()
+    return gen, ctx
+
+
+def test_wedge_interval_names_holder_slot_waiters_and_interval():
+    gen, ctx = _cancel_storm(5 * S)
+    (f,) = fired(gen.events + ctx.events, "wedge_interval")
+    acquired = next(e for e in gen.events if e.kind == "buffer.acquired")
+    waited = next(e for e in gen.events if e.kind == "buffer.exhausted")
+    poisoned = next(e for e in gen.events if e.kind == "buffer.poisoned")
+    assert (f.stream, f.request_id, f.seq) == ("gen0", "r1", acquired.seq)
+    assert (f.holders, f.resources, f.waiters) == (("r1",), ("recv:0",), ("r2",))
+    # from when r2 began to wait (after ctx had ended r1) until the slot was poisoned
+    assert (f.ts_ns, f.dur_ns) == (waited.ts_ns, poisoned.ts_ns - waited.ts_ns)
+    assert "its peer ctx0 ended the request" in f.reason and "r2" in f.reason
+
+
+def test_wedge_interval_not_within_the_grace_nor_without_waiters():
+    gen, ctx = _cancel_storm(PEER_END_GRACE_NS // 2)  # the answer was merely on its way
+    assert fired(gen.events + ctx.events, "wedge_interval") == []
+    gen, ctx = _cancel_storm(5 * S, waiter=False)  # held, but nobody needed it
+    assert fired(gen.events + ctx.events, "wedge_interval") == []
+    assert fired(gen.events + ctx.events, "wedge_interval", peer_end_grace_ns=10 * S) == []
+
+
+def test_wedge_interval_still_open_at_the_end_of_a_live_stream():
+    gen, ctx = Stream("gen0", "gen"), Stream("ctx0", "ctx")
+    _arrive(gen, "r1", "ctx0")
+    gen.emit("buffer.acquired", "r1", pool="recv", slot=0)
+    ctx.ts = gen.ts
+    _arrive(ctx, "r1", "gen0")
+    ctx.emit("request.finished", "r1", outcome="cancelled")
+    gen.ts = ctx.ts
+    _arrive(gen, "r2", "ctx0")
+    gen.emit("buffer.exhausted", "r2", pool="recv", waiting=1)
+    gen.wait(3 * S)
+    gen.poll()
+    (f,) = fired(gen.events + ctx.events, "wedge_interval")
+    assert f.dur_ns == -1 and "still wedged" in f.reason
+    assert fired(gen.events + ctx.events, "wedge_interval",
+                 now_ns=gen.events[-1].ts_ns + 10 * S)[0].dur_ns == -1
+
+
+def test_wedge_interval_of_a_holder_stuck_in_quarantine():
+    s = prefix(CTX_SCRIPTS["ctx_timeout_quarantine"](), "r1", "quarantine.entered")
+    _arrive(s, "r2", "gen0")
+    s.emit("buffer.exhausted", "r2", pool="send", waiting=1)
+    s.wait(WEDGE_DEADLINE_NS + S)
+    s.emit("quarantine.left", "r1", state="ERR")
+    s.emit("buffer.released", "r1", pool="send", slot=0)
+    s.emit("buffer.acquired", "r2", pool="send", slot=0)
+    # The holder's finding, and (nothing else moved either) the silent gap's.
+    f, silent = sorted(fired(s.events, "wedge_interval"), key=lambda f: not f.holders)
+    assert f.request_id == "r1" and f.waiters == ("r2",) and "quarantined" in f.reason
+    assert f.resources == ("send:0",)
+    entered = next(e for e in s.events if e.kind == "quarantine.entered")
+    assert f.ts_ns > entered.ts_ns and f.dur_ns > WEDGE_DEADLINE_NS
+    assert not silent.holders and set(silent.waiters) == {"r1", "r2"}
+    # left within the deadline: a quarantine doing its job, not a wedge
+    assert fired(s.events, "wedge_interval", wedge_deadline_ns=2 * WEDGE_DEADLINE_NS) == []
+
+
+def test_wedge_interval_when_nothing_moved_while_work_waited():
+    s = prefix(ctx_ok(), "r1", "xfer.polled")  # r1's transfer is in flight
+    for _ in range(5):  # the loop spins: polls are not progress
+        s.wait(WEDGE_DEADLINE_NS // 4)
+        s.poll()
+    done = s.emit("xfer.polled", "r1", handle=1, state="DONE", polls=9)
+    s.poll()
+    (f,) = fired(s.events, "wedge_interval")
+    proc = next(e for e in s.events if e.kind == "xfer.polled")  # the last progress before
+    assert (f.request_id, f.seq, f.holders, f.waiters) == ("r1", proc.seq, (), ("r1",))
+    assert (f.ts_ns, f.dur_ns) == (proc.ts_ns, done.ts_ns - proc.ts_ns)
+    assert "no progress" in f.reason
+    idle = mutate(ctx_ok(), "r1", close=False)  # silent, but nothing waited: idle, not wedged
+    idle.wait(2 * WEDGE_DEADLINE_NS)
+    idle.poll()
+    assert fired(idle.events, "wedge_interval") == []
+
+
+def test_unhealthy_intervals():
+    s = Stream("w0")
+    s.emit("health.changed", healthy=False, reason="no progress for 31000 ms")
+    s.emit("health.changed", healthy=False, reason="peer lost")  # still unhealthy: one interval
+    s.wait(2 * S)
+    s.emit("health.changed", healthy=True, reason="ok")
+    s.emit("health.changed", healthy=False, reason="every recv slot poisoned")
+    s.wait(S)
+    s.poll()
+    first, second = fired(s.events, "unhealthy_interval")
+    assert (first.seq, first.ts_ns, first.dur_ns) == (2, s.events[1].ts_ns,
+                                                      s.events[3].ts_ns - s.events[1].ts_ns)
+    assert second.seq == 5 and second.dur_ns == -1 and "still unhealthy" in second.reason
+    s.close()
+    second = fired(s.events, "unhealthy_interval")[1]
+    assert second.dur_ns == s.events[-1].ts_ns - second.ts_ns  # the ledger ended meanwhile
+    calm = Stream("w0")
+    calm.emit("health.changed", healthy=True, reason="ok")
+    assert fired(calm.events, "unhealthy_interval") == []
+
+
+def test_died_holding_names_what_the_dead_worker_held():
+    gen, ctx = Stream("gen0", "gen"), Stream("ctx0", "ctx")
+    _arrive(gen, "r1", "ctx0")
+    gen.emit("buffer.acquired", "r1", pool="recv", slot=1)
+    _arrive(gen, "r2", "ctx0")  # started, no slot yet
+    killed = gen.events[-1]
+    ctx.ts = gen.ts + S
+    ctx.emit("peer.lost", None, peer="gen0", error="process gen0 exited (-9)")
+    ctx.close()
+    (f,) = fired(gen.events + ctx.events, "died_holding")
+    assert (f.stream, f.request_id, f.seq) == ("gen0", None, killed.seq)
+    assert (f.holders, f.resources) == (("r1", "r2"), ("recv:1",))
+    assert (f.ts_ns, f.dur_ns) == (killed.ts_ns, ctx.events[-2].ts_ns - killed.ts_ns)
+    assert "recv:1 by r1" in f.reason and "2 transfer(s) not completed" in f.reason
+    gen.close()  # a clean close is no death, whatever the peer thought
+    assert fired(gen.events + ctx.events, "died_holding") == []
+    assert fired(gen.events[:-1], "died_holding") == []  # nobody saw it die: maybe still alive
 
 
 def test_detect_takes_many_streams_in_any_order():

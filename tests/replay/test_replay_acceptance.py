@@ -45,14 +45,6 @@ def traces(tmp_path_factory) -> dict[str, Trace]:
     return out
 
 
-# A mutant whose wedge only a detector that judges time can see (the liveness issue): until then
-# its replay is called clean, which these strict xfails record.
-_NEEDS_LIVENESS = pytest.mark.xfail(strict=True, reason="a wedge tidied up at shutdown: needs "
-                                    "the liveness detectors")
-MUTANT_PARAMS = [pytest.param(m, marks=_NEEDS_LIVENESS) if m == "abandon_drops_advert" else m
-                 for m in MUTANTS]
-
-
 def _signature(trace: Trace) -> list[str]:
     return sorted({f.detector for f in detect(trace.events)})
 
@@ -61,7 +53,7 @@ def test_every_mutant_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(MUTANTS)
 
 
-@pytest.mark.parametrize("mutant", MUTANT_PARAMS)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_mutant_trace_reproduces_and_hardened_is_clean(mutant: str, traces) -> None:
     trace = traces[mutant]
     expected = _signature(trace)
@@ -185,13 +177,15 @@ def test_health_transition_at_the_same_virtual_time(scenario: Scenario, tmp_path
 
 
 def test_killed_worker_is_not_judged_as_leaking(tmp_path: Path) -> None:
-    """A killed worker's ledger just ends (no ledger.closed): what it held died with it. Its
-    replay is clean under hardened; the wedge report still shows what it held at the end."""
+    """A killed worker's ledger just ends (no ledger.closed): what it held died with it, which is
+    no leak but a death (died_holding), and ctx's health turned (unhealthy_interval); the replay
+    under hardened reproduces exactly those; the wedge report still shows what gen held."""
     capture(KILL, str(tmp_path), "hardened")
     trace = load_trace(tmp_path)
     assert trace.streams["ctx"].closed and not trace.streams["gen"].closed
     v = replay(trace, HARDENED, ReplayOptions(seed=0)).verdict
-    assert v.signature() == [] == _signature(trace)
+    assert v.signature() == ["died_holding", "unhealthy_interval"] == _signature(trace)
+    assert v.word == "DIED" and all(m["replay"] for m in v.liveness_reproduced())
     assert any(w["stream"] == "gen" for w in v.wedge)
 
 
@@ -291,7 +285,7 @@ LIVE_ATTEMPTS = 2  # live replay is real time on real processes (not determinist
 
 
 @pytest.mark.nixl
-@pytest.mark.parametrize("mutant", MUTANT_PARAMS)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_live_replay_agrees_with_virtual_for_every_mutant(mutant: str, traces,
                                                           tmp_path: Path) -> None:
     """Each mutant's own trace, live (ctx and gen worker processes over real NIXL, recorded
@@ -344,3 +338,26 @@ def test_parquet_export_replays_identically(traces, tmp_path: Path, capsys) -> N
     a = replay(trace, policy, ReplayOptions(seed=1)).verdict
     b = replay(exported, policy, ReplayOptions(seed=1)).verdict
     assert a.digest == b.digest and a.signature() == b.signature()
+
+
+def test_minimize_shrinks_a_wedge(tmp_path: Path, capsys) -> None:
+    """The cancel-storm wedge among noise: minimize keeps what the wedge interval needs (the
+    abandoned holder r1 and one request that waited for its slot) and nothing else."""
+    base = SCENARIOS["abandon_drops_advert"]
+    noise = tuple(_arrive(200 + 100 * i, f"n{i}") for i in range(4))
+    scenario = Scenario(base.name, base.doc, base.actions + noise, base.faults, base.config,
+                        base.settle_ns)
+    capture(scenario, str(tmp_path / "t"))
+    out = tmp_path / "small.sqlite"
+    assert main(["minimize", str(tmp_path / "t"), "--policy", "abandon_drops_advert",
+                 "-o", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "wedge_interval" in summary["finding"]
+    kept = summary["requests"]
+    assert len(kept) == 2 and kept[0] == "r1"
+    small = load_trace(out)
+    v = replay(small, policy_by_name("abandon_drops_advert")).verdict
+    assert v.word == "WEDGED"
+    (w,) = [r for r in v.liveness() if r["detector"] == "wedge_interval"]
+    assert (w["stream"], w["holders"], w["waiters"]) == ("gen", ["r1"], kept[1:])
+    assert not replay(small, HARDENED).verdict.finding

@@ -101,7 +101,7 @@ def test_2_gen_poll_returns_at_once(real_pair):
     pair = real_pair(hold=["r1"])
     pair.submit(spec("r1"))
     until(pair, lambda: ctx_state(pair, "r1") == "in_flight")
-    assert pair.gen.core.check_status(1, pair.now())[0] == []
+    assert pair.gen.check_gen_status(1, pair.now()) == []
     assert not pair.gen.core.blocked
     pair.gate.open()
     until(pair, pair.idle)

@@ -1,6 +1,6 @@
-"""Unit tests of the core pieces: the transition tables, structured cancel (each of the six
-results and its one action), quarantine budget and the progress deadline (health), driven with
-inputs only (no transport, no torch)."""
+"""Unit tests of the core pieces: structured cancel (each result, its one action and its two
+axes), quarantine budget and the progress deadline (health), driven with inputs only (no
+transport, no torch). The table itself is tested in test_states_table.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from kvledger.ledger.events import CANCEL_RESULTS
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io, messages
-from kvledger.runtime.core.lifecycle import TABLES, LifecycleError, advance
 from kvledger.runtime.core.messages import (
     Abandon,
     Advertise,
@@ -22,21 +21,6 @@ from kvledger.runtime.core.sender import CtxCore
 from kvledger.runtime.workload import RequestSpec
 
 MS = 1_000_000
-
-
-def test_illegal_step_is_a_lookup_miss_naming_side_state_input():
-    with pytest.raises(LifecycleError, match=r"'posted'.*side=ctx.*state=queued"):
-        advance("ctx", "queued", "posted")
-    with pytest.raises(LifecycleError, match=r"side=gen.*state=ended"):
-        advance("gen", "ended", "ready")
-
-
-def test_tables_are_closed():
-    for side, table in TABLES.items():
-        for state, moves in table.items():
-            for event, target in moves.items():
-                assert target in table, f"{side}: {state} --{event}--> unknown {target}"
-        assert "ended" in table and "queued" in table
 
 
 def test_messages_round_trip():
@@ -68,6 +52,7 @@ class Drive:
         self.hold_packs = False
         self.held = []
         self.handles = 0
+        self.answers = []
 
     def run(self, effects):
         for eff in effects:
@@ -93,9 +78,12 @@ class Drive:
                                    self.now))
 
     def cancel(self, rid, source="client"):
-        result, effects = self.core.cancel(rid, self.now, source)
+        effects = self.core.feed(io.Cancel(rid, self.now, source))
+        answer = [e for e in effects if isinstance(e, io.CancelResult)]
         self.run(effects)
-        return result
+        assert len(answer) == 1 and answer[0].request_id == rid
+        self.answers.append(answer[0])
+        return answer[0].result
 
     def results(self):
         return [(r, a["result"], a["action"]) for k, r, a in self.events if k == "cancel.result"]
@@ -109,31 +97,41 @@ def test_each_cancel_result_maps_to_exactly_one_action():
     assert d.cancel("q") == "already_complete"
     d.hold_packs = True
     d.arrive("p")
-    assert d.cancel("p") == "not_cancellable"  # mid-pack: retried once the post is known
+    # Mid-pack: the cancel is taken (no retry by the caller); the pack is local, so when it
+    # ends nothing is posted and the slot goes back: the memory was never exposed.
+    assert d.cancel("p") == "cancel_requested_in_flight"
+    assert (d.answers[-1].logical, d.answers[-1].physical) == ("cancel_pending", "active")
     d.hold_packs = False
     pack = d.held.pop()
     d.run(d.core.feed(io.Packed(pack.request_id, (1, 1), d.now)))
-    assert d.core.reqs["p"].state == "cancelling"  # the retried cancel, now in flight
+    assert "p" not in d.core.reqs and d.core.futures["p"] == "cancelled"
+    assert d.core.pool.occupancy()["free"] == 2
+    d.arrive("f")
+    assert d.cancel("f") == "cancel_requested_in_flight"  # posted: waits for DONE/ERR
+    assert (d.answers[-1].logical, d.answers[-1].physical) == ("cancel_pending", "quiescing")
     assert d.core.healthy
     d.arrive("t", timeout_ms=1)  # times out in flight: quarantined, over a budget of 0
     d.now += 2 * MS
     d.feed(io.Tick(d.now))
     assert not d.core.healthy and "quarantined" in d.core.health_reason
-    assert d.cancel("p") == "backend_unhealthy"
+    assert d.cancel("f") == "backend_unhealthy"
     results = d.results()
-    assert {r for _, r, _ in results} == set(CANCEL_RESULTS)
+    # not_cancellable is a word of older ledgers: a cancel is always taken now.
+    assert {r for _, r, _ in results} == set(CANCEL_RESULTS) - {"not_cancellable"}
     for _, result, action in results:
         assert action == CANCEL_RESULTS[result]
     quarantined = [r for k, r, _ in d.events if k == "quarantine.entered"]
-    assert quarantined == ["t", "p"]
+    assert quarantined == ["t", "f"]
+    # Quarantine answers the user at once (the memory stays held until DONE/ERR).
+    assert d.core.futures["t"] == "error" and "t" in d.core.reqs
 
 
 def _done(d, rid):
     req = d.core.reqs[rid]
     d.feed(io.XferState(req.handle, "DONE", 3, d.now))
-    returned, effects = d.core.check_status(0, d.now)
+    effects = d.core.feed(io.Poll(0, d.now))
     d.run(effects)
-    return returned
+    return [r for e in effects if isinstance(e, io.Polled) for r in e.returned]
 
 
 def test_one_timeout_does_not_cascade():
@@ -142,10 +140,10 @@ def test_one_timeout_does_not_cascade():
     d.arrive("ok")
     d.now += 2 * MS
     d.feed(io.Tick(d.now))
-    assert d.core.healthy and d.core.quarantined == {"t"}
+    assert d.core.healthy and set(d.core.quarantined) == {"t"}
     assert _done(d, "ok") == ["ok"] and d.core.healthy
     assert _done(d, "t") == ["t"]
-    assert d.core.quarantined == set()
+    assert not d.core.quarantined
     kinds = [k for k, r, _ in d.events if r == "t"]
     assert kinds.index("quarantine.entered") < kinds.index("quarantine.left")
     assert kinds.count("termination.done") == 1
@@ -172,7 +170,10 @@ def test_every_send_slot_poisoned_fails_waiters_loudly():
     d.arrive("a")
     d.arrive("b")  # waits for the only slot
     assert d.cancel("a") == "cancel_requested_in_flight"  # released in flight: slot poisoned
+    assert (d.answers[-1].logical, d.answers[-1].physical) == ("cancelled", "in_doubt")
     assert not d.core.healthy and d.core.health_reason == "every send slot poisoned"
     assert "b" not in d.core.reqs and d.core.futures["b"] == "error"
+    shed = [a["reason"] for k, r, a in d.events if k == "request.shed" and r == "b"]
+    assert shed == ["every send slot poisoned"]
     outcomes = {r: a["outcome"] for k, r, a in d.events if k == "transfer.completed"}
     assert outcomes == {"a": "cancelled", "b": "failed"}

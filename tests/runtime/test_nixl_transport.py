@@ -82,12 +82,16 @@ def test_control_frames_are_reordered_and_deduplicated(pair):
         return _CTRL_HDR.pack(_CTRL, inc, seq) + body
 
     out: list[tuple[str, bytes]] = []
-    tr._accept("x", frame(7, 2, b"b"), out)
+    tr._accept("tgt", frame(7, 2, b"b"), out)
     assert out == []  # held until seq 1 arrives
-    tr._accept("x", frame(7, 1, b"a"), out)
-    tr._accept("x", frame(7, 1, b"a"), out)  # duplicate dropped
-    tr._accept("x", frame(9, 1, b"new"), out)  # new incarnation of the peer starts over
-    assert out == [("x", b"a"), ("x", b"b"), ("x", b"new")]
+    tr._accept("tgt", frame(7, 1, b"a"), out)
+    tr._accept("tgt", frame(7, 1, b"a"), out)  # duplicate dropped
+    tr._accept("tgt", frame(9, 1, b"new"), out)  # a newer incarnation of the peer starts over
+    tr._accept("tgt", frame(8, 5, b"old"), out)  # an older one cannot reset it
+    tr._accept("x", frame(10, 1, b"stranger"), out)  # not a configured peer
+    assert out == [("tgt", b"a"), ("tgt", b"b"), ("tgt", b"new")]
+    assert [r[:2] for r in tr.take_rejected()] == [
+        ("tgt", "an older incarnation of the peer"), ("x", "not a configured peer")]
 
 
 def test_nixl_errors_become_transport_errors_with_cause(pair):

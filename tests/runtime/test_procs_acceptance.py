@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kvledger.ledger.detectors import LIVENESS
 from kvledger.ledger.sources import open_source
 from kvledger.runtime.faults import Fault
 from kvledger.runtime.inprocess import pair_configs
@@ -98,7 +99,14 @@ def test_peer_killed_mid_transfer_fails_the_transfer_and_turns_health_unhealthy(
         # DONE or ERR is the proof of quiescence), never on the peer's death alone.
         released = _events(tmp_path, "ctx", victim, "buffer.released")
         assert released and released[0].seq > polled[-1].seq
-    assert ledger_verdict(str(tmp_path), {"ctx": st})["findings"] == []
+    verdict = ledger_verdict(str(tmp_path), {"ctx": st})
+    # No end-state finding; over time: gen died holding its slot, ctx turned unhealthy.
+    assert [f for f in verdict["findings"] if f["detector"] not in LIVENESS] == []
+    assert verdict["verdict"] == "DIED"
+    died = [f for f in verdict["liveness"] if f["detector"] == "died_holding"]
+    assert [f["stream"] for f in died] == ["gen"] and victim in died[0]["holders"]
+    assert any(f["detector"] == "unhealthy_interval" and f["stream"] == "ctx"
+               for f in verdict["liveness"])
     health = _events(tmp_path, "ctx", kind="health.changed")
     assert health and health[-1].attrs["healthy"] is False
     injected = _events(tmp_path, "ctx", kind="fault.injected")

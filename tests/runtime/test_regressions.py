@@ -38,9 +38,12 @@ def test_duplicate_gen_init_amid_traffic_is_a_leak_not_a_lifecycle_crash(tmp_pat
         assert found, "the mutant must still be detectable"
 
 
-# -- a request that does not fit the KV pool: futures fulfilled (error) at once on both sides --
-def _pair(tmp_path: Path, *, ctx_blocks: int, gen_blocks: int, recv_slots: int) -> Pair:
-    ctx_cfg, gen_cfg = pair_configs(num_blocks=64, max_request_blocks=4, recv_slots=recv_slots)
+# -- KV room: a request that does not fit now waits in the admission queue (bounded, with a
+# deadline) and is served once room comes back; one that can never fit fails at once, both sides.
+def _pair(tmp_path: Path, *, ctx_blocks: int, gen_blocks: int, recv_slots: int,
+          **kw) -> Pair:
+    ctx_cfg, gen_cfg = pair_configs(num_blocks=64, max_request_blocks=4, recv_slots=recv_slots,
+                                    **kw)
     ctx_cfg = replace(ctx_cfg, num_blocks=ctx_blocks)
     gen_cfg = replace(gen_cfg, num_blocks=gen_blocks)
     ctx_t, gen_t = loopback_pair()
@@ -52,9 +55,14 @@ def _fulfilled(pair: Pair, stream: str, rid: str) -> list[str]:
             if s == stream and k == "future.fulfilled" and r == rid]
 
 
+def _kinds_of(pair: Pair, stream: str, rid: str) -> list[str]:
+    return [k for s, k, r, _ in pair.events if s == stream and r == rid]
+
+
 @pytest.mark.parametrize("gen_at", ["queued", "advertised", "late"])
-def test_ctx_no_room_fails_both_futures_at_once(tmp_path: Path, gen_at: str) -> None:
+def test_ctx_no_room_now_queues_then_serves(tmp_path: Path, gen_at: str) -> None:
     # ctx has room for r1 only (4 blocks, pinned while its WRITE is held); r2 needs 4 more.
+    # Before the admission queue, r2 failed at once: a request failed for want of a queue.
     pair = _pair(tmp_path, ctx_blocks=4, gen_blocks=64,
                  recv_slots=1 if gen_at == "queued" else 2)
     try:
@@ -66,18 +74,16 @@ def test_ctx_no_room_fails_both_futures_at_once(tmp_path: Path, gen_at: str) -> 
         if gen_at != "late":
             pair.gen.submit(r2, pair.now())
         steps(pair, 5)
-        if gen_at == "late":  # gen learns of r2 after ctx refused it; its advert is answered
+        if gen_at == "late":
             pair.gen.submit(r2, pair.now())
             steps(pair, 5)
-        # Before: ctx finished r2 "failed" with no future; gen waited for its 60 s timeout.
-        assert pair.ctx.results.get("r2") == "error"
-        assert _fulfilled(pair, "ctx", "r2") == ["error"]
-        assert pair.gen.results.get("r2") == "error", pair.gen.state()
-        assert _fulfilled(pair, "gen", "r2") == ["error"]
-        assert "r1" in pair.ctx.core.reqs  # r1 is still in flight: r2 failed at once
+        assert "request.queued" in _kinds_of(pair, "ctx", "r2")
+        assert pair.ctx.core.reqs["r2"].state in ("admission", "admission_adv")
+        assert "r2" not in pair.ctx.results and "r2" not in pair.gen.results
+        pair.ctx.transport.hold_new = False
         pair.ctx.transport.unhold()
         settle(pair)
-        assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
+        assert pair.ctx.results == pair.gen.results == {"r1": "value", "r2": "value"}
         for w in (pair.ctx, pair.gen):  # every slot back in its pool, none poisoned
             slots = w.state()["slots"]
             assert slots["free"] == slots["total"] and slots["poisoned"] == 0
@@ -85,7 +91,49 @@ def test_ctx_no_room_fails_both_futures_at_once(tmp_path: Path, gen_at: str) -> 
         pair.close()
 
 
-def test_gen_no_room_fails_its_future_and_stops_ctx(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gen_at", ["first", "late"])
+def test_never_fits_fails_both_futures_at_once(tmp_path: Path, gen_at: str) -> None:
+    pair = _pair(tmp_path, ctx_blocks=64, gen_blocks=64, recv_slots=1)
+    try:
+        big = spec("big", 4 * 16 + 1, timeout_ms=60_000)  # 5 blocks > max_request_blocks 4
+        if gen_at == "first":
+            pair.gen.submit(big, pair.now())
+            steps(pair, 3)
+        pair.ctx.submit(big, pair.now())
+        steps(pair, 3)
+        if gen_at == "late":
+            pair.gen.submit(big, pair.now())
+            steps(pair, 3)
+        for stream in ("ctx", "gen"):
+            assert _fulfilled(pair, stream, "big") == ["error"], stream
+        assert pair.gen.state()["slots"]["free"] == 1
+    finally:
+        pair.close()
+
+
+def test_queue_deadline_sheds_with_a_reason(tmp_path: Path) -> None:
+    pair = _pair(tmp_path, ctx_blocks=4, gen_blocks=64, recv_slots=2, queue_deadline_ms=50)
+    try:
+        pair.ctx.transport.hold_new = True
+        pair.submit(spec("r1", 64, timeout_ms=60_000))
+        steps(pair, 5)
+        pair.submit(spec("r2", 64, timeout_ms=60_000))
+        steps(pair, 5)
+        pair.advance(60_000_000)
+        steps(pair, 5)
+        shed = [a for s, k, r, a in pair.events if k == "request.shed" and r == "r2"]
+        assert shed and shed[0]["reason"].startswith("waited over 50 ms"), shed
+        assert _fulfilled(pair, "ctx", "r2") == ["error"]
+        assert _fulfilled(pair, "gen", "r2") == ["error"]  # ctx's not_ready says "shed"
+        pair.ctx.transport.hold_new = False
+        pair.ctx.transport.unhold()
+        settle(pair)
+        assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
+    finally:
+        pair.close()
+
+
+def test_gen_no_room_now_queues_then_serves(tmp_path: Path) -> None:
     pair = _pair(tmp_path, ctx_blocks=64, gen_blocks=4, recv_slots=2)
     try:
         pair.ctx.transport.hold_new = True
@@ -93,12 +141,11 @@ def test_gen_no_room_fails_its_future_and_stops_ctx(tmp_path: Path) -> None:
         steps(pair, 5)
         pair.submit(spec("r2", 64, timeout_ms=60_000))
         steps(pair, 5)
-        assert pair.gen.results.get("r2") == "error"
-        assert _fulfilled(pair, "gen", "r2") == ["error"]
-        assert pair.ctx.results.get("r2") == "cancelled"  # told by gen, not by its timeout
+        assert "request.queued" in _kinds_of(pair, "gen", "r2")
+        pair.ctx.transport.hold_new = False
         pair.ctx.transport.unhold()
         settle(pair)
-        assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
+        assert pair.ctx.results == pair.gen.results == {"r1": "value", "r2": "value"}
     finally:
         pair.close()
 

@@ -13,6 +13,8 @@ CREATE VIEW _detector_params (
   poll_block_ns_max,
   -- A dischargeable termination not done this long after it became dischargeable is lost.
   obligation_grace_ns,
+  -- A slot held this long after the peer ended its request is held by a stuck holder.
+  peer_end_grace_ns,
   -- Kinds that count as progress for the wedge detector (PROGRESS_KINDS).
   progress_kinds
 ) AS
@@ -21,6 +23,7 @@ SELECT
   CAST(30000000000 AS BIGINT),
   CAST(50000000 AS BIGINT),
   CAST(5000000000 AS BIGINT),
+  CAST(1000000000 AS BIGINT),
   CAST(['blocks.freed', 'blocks.unpinned', 'buffer.acquired', 'buffer.poisoned',
         'buffer.released', 'future.fulfilled', 'request.finished', 'resources.freed',
         'termination.done', 'transfer.advertised', 'transfer.completed',

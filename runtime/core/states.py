@@ -1,0 +1,346 @@
+"""The KV-transfer protocol as one table: every (side, state, input) -> (next state, actions).
+
+Rule 1: everything that moves a request's transfer lives in the tables below. The cores
+(``sender.py`` for ctx, ``receiver.py`` for gen) hold only the actions, leaf functions named here;
+``machine.py`` turns each input into one word of this table, looks the row up and runs its actions.
+Rule 2: an input from the peer that the table has no row for is the peer's fault: it is recorded as
+``protocol.violation`` and changes nothing. A local input (ours, the driver's, the clock's) with no
+row is our bug: ``LifecycleError``. Rule 3: mutants (historical bugs) are rows too: a policy flag
+replaces rows of the hardened table (``MUTANT_ROWS``), nothing else.
+
+Theory of operation. A request on one side is in one state. ``absent`` (never heard of) and
+``closed`` (terminated: its resources are back, its id is remembered for a while) are the two ends.
+ctx may hear of a request from gen before it arrives (``early_*``). Both sides queue an arrival for
+KV blocks (``admission``) and for a staging slot; ``ended`` means the transfer's outcome is known and
+the user has been answered, and waits for the status poll that terminates it. The JOINT rules are
+derived steps the machine fires whenever their condition holds (the head of a queue can be served).
+
+The rules the tables must keep (checked by the exhaustive explorer, ``replay/explore.py``):
+- A staging slot, or KV memory, goes back to a pool only when nothing may still touch it: the WRITE
+  reached DONE/ERR, or it was never posted. Otherwise it is poisoned (in doubt), never reused.
+- Every advert gets an answer and every ``Abandon`` gets an answer: ctx's final word on that request
+  (``not_ready``: nothing was or will be written; ``cancelled``: a WRITE was given up in flight, in
+  doubt; or the ``Completion`` of the WRITE). ctx repeats it from a closed request.
+- gen re-sends ``Abandon`` while it waits for that answer (``abandon_retry``): one lost message does
+  not hold a receive slot forever.
+- Every promise is fulfilled exactly once: at the end, or earlier when the transfer is quarantined.
+
+Inputs (words): ``arrive*`` (the arrival, classified: ``arrive`` to queue, ``arrive_dup``,
+``arrive_unservable`` (never fits, or the peer is gone), ``arrive_closed`` (after shutdown),
+``arrive_queue_full``); ``admitted``/``slot`` (joint); gen's messages at ctx ``advertise``,
+``abandon``; ctx's messages at gen ``ready``, ``not_ready``, ``sig_cancelled``, ``done``/``err``
+(the Completion), ``landed``; ctx's transport ``proc``/``done``/``err``; the driver's ``packed``,
+``posted``, ``post_failed``, ``unpacked``, ``worker_error``; the client's ``cancel``; the clock's
+``timeout``, ``shed``, ``abandon_retry``; ``peer_lost``; ``shutdown``/``force``; ``evicted`` (an
+early record over the bound); ``polled`` (the status poll returned the request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+class LifecycleError(Exception):
+    """A local input the table does not allow in the current state: a bug of ours."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    next: str  # the next state ("=" in the text: unchanged)
+    actions: tuple[str, ...]
+
+
+SIDES = ("ctx", "gen")
+SAME = "="
+
+# Where each side's inputs come from: a peer input without a row is a recorded violation.
+PEER_INPUTS = MappingProxyType({
+    "ctx": frozenset({"advertise", "abandon"}),
+    "gen": frozenset({"ready", "not_ready", "sig_cancelled", "done", "err", "landed"}),
+})
+# Inputs that are a structured cancel: each records cancel.requested and cancel.result (with the
+# logical and physical outcome) and the first one names the request's cancel source.
+# A lost peer is a failure, not a cancel: it names the cause (``peer_lost``) without these events.
+CANCEL_SOURCES = MappingProxyType({
+    "cancel": "client", "timeout": "timeout", "abandon": "peer", "shutdown": "shutdown",
+    "force": "shutdown",
+})
+ARRIVALS = ("arrive", "arrive_dup", "arrive_unservable", "arrive_closed", "arrive_queue_full")
+
+CTX_TABLE = """
+# state              input                                       next               actions
+absent               arrive                                      admission          arrived enqueue
+absent               arrive_unservable                           closed             arrived refuse
+absent               arrive_closed|arrive_queue_full             closed             arrived shed finish_unstarted
+absent               advertise                                   early_advert       hold
+absent               abandon                                     early_abandon      hold answer_not_ready
+absent               cancel|timeout                              =                  -
+early_advert         arrive                                      admission_adv      arrived enqueue
+early_advert         arrive_unservable                           closed             arrived refuse
+early_advert         arrive_closed|arrive_queue_full             closed             arrived answer_not_ready shed finish_unstarted
+early_advert         abandon                                     early_abandon      answer_not_ready
+early_advert         shutdown|force|evicted                      absent             answer_not_ready forget
+early_advert         peer_lost                                   absent             forget
+early_advert         cancel|timeout                              =                  -
+early_abandon        arrive                                      closed             arrived given_up
+early_abandon        arrive_unservable                           closed             arrived refuse
+early_abandon        arrive_closed|arrive_queue_full             closed             arrived shed finish_unstarted
+early_abandon        advertise|abandon                           =                  answer_not_ready
+early_abandon        shutdown|force|evicted|peer_lost            absent             forget
+early_abandon        cancel|timeout                              =                  -
+admission            admitted                                    queued             allocate
+admission            advertise                                   admission_adv      keep_advert
+admission            cancel|timeout|shutdown|force|peer_lost     closed             leave_queue finish_unstarted
+admission            abandon                                     closed             leave_queue answer_not_ready finish_unstarted
+admission            shed                                        closed             leave_queue shed finish_unstarted
+admission_adv        admitted                                    wait_slot          allocate want_slot
+admission_adv        cancel|timeout|shutdown|force|abandon       closed             leave_queue answer_not_ready finish_unstarted
+admission_adv        shed                                        closed             leave_queue answer_not_ready shed finish_unstarted
+admission_adv        peer_lost                                   closed             leave_queue finish_unstarted
+queued               advertise                                   wait_slot          keep_advert want_slot
+queued               cancel|timeout|shutdown|force|peer_lost|worker_error  closed   end terminate
+queued               abandon                                     closed             answer_not_ready end terminate
+wait_slot            slot                                        packing            take_slot signal_ready pack
+wait_slot            cancel|timeout|shutdown|force|abandon|worker_error  closed     leave_slot_queue answer_not_ready end terminate
+wait_slot            shed                                        closed             leave_slot_queue answer_not_ready shed end terminate
+wait_slot            peer_lost                                   closed             leave_slot_queue end terminate
+packing              packed                                      posting            keep_checksums post
+packing              cancel|timeout|shutdown|force|abandon|peer_lost  packing_cancelled  -
+packing              worker_error                                closed             never_posted release_slot answer_not_ready end terminate
+packing_cancelled    packed|worker_error                         closed             never_posted release_slot answer_not_ready end terminate
+packing_cancelled    cancel|timeout|shutdown|force|abandon|peer_lost  =             -
+posting              posted                                      in_flight          record_handle
+posting              post_failed                                 closed             never_posted release_slot send_completion end terminate
+in_flight            proc                                        =                  record_poll
+in_flight            done|err                                    ended              record_poll release_handle release_slot send_completion end
+in_flight            cancel|abandon|shutdown                     cancelling         quarantine_if_unhealthy defer_termination
+in_flight            timeout                                     cancelling         quarantine defer_termination
+in_flight            force|worker_error                          closed             release_handle poison_slot signal_cancelled end terminate
+in_flight            peer_lost                                   closed             quarantine release_handle poison_slot end terminate
+cancelling           proc                                        =                  record_poll
+cancelling           done|err                                    ended              record_poll release_handle release_slot send_completion end
+cancelling           cancel|abandon|shutdown|timeout             =                  quarantine_if_unhealthy
+cancelling           force|worker_error                          closed             release_handle poison_slot signal_cancelled end terminate
+cancelling           peer_lost                                   closed             quarantine release_handle poison_slot end terminate
+ended                polled                                      closed             end_transfer
+ended                cancel|timeout|shutdown|force|peer_lost|worker_error  =        -
+ended                abandon                                     =                  resend_final_word
+admission|admission_adv|queued|wait_slot|packing|packing_cancelled|in_flight|cancelling|ended  arrive_dup  =  duplicate
+closed               arrive|arrive_dup|arrive_unservable|arrive_closed|arrive_queue_full  =  duplicate
+closed               advertise                                   =                  answer_finished
+closed               abandon                                     =                  resend_final_word
+closed               cancel|timeout                              =                  -
+"""
+
+GEN_TABLE = """
+# state              input                                       next               actions
+absent               arrive                                      admission          arrived enqueue
+absent               arrive_unservable                           closed             arrived refuse
+absent               arrive_closed|arrive_queue_full             closed             arrived send_abandon shed finish_unstarted
+absent               err|not_ready|sig_cancelled                 =                  late
+absent               cancel|timeout                              =                  -
+admission            admitted                                    queued             allocate want_slot
+admission            cancel|timeout|shutdown|force               closed             leave_queue send_abandon finish_unstarted
+admission            shed                                        closed             leave_queue send_abandon shed finish_unstarted
+admission            err|peer_lost                               closed             leave_queue finish_unstarted
+queued               slot                                        advertised         take_slot advertise
+queued               cancel|timeout|shutdown|force|worker_error  closed             leave_slot_queue send_abandon end terminate
+queued               shed                                        closed             leave_slot_queue send_abandon shed end terminate
+queued               err|peer_lost                               closed             leave_slot_queue end terminate
+advertised           ready                                       ready              note_signal
+advertised|ready     done                                        unpacking          keep_completion unpack
+advertised|ready     err                                         ended              keep_completion release_slot end
+advertised|ready     landed                                      =                  note_landed
+advertised|ready     not_ready                                   ended              note_signal release_slot end
+advertised|ready     sig_cancelled                               ended              note_signal poison_slot end
+advertised|ready     cancel|shutdown                             cancelling         quarantine_if_unhealthy send_abandon defer_termination
+advertised|ready     timeout                                     cancelling         quarantine send_abandon defer_termination
+advertised|ready     force                                       closed             poison_slot end terminate
+advertised|ready     worker_error                                closed             send_abandon poison_slot end terminate
+advertised|ready     peer_lost                                   closed             quarantine poison_slot end terminate
+cancelling           landed                                      =                  -
+cancelling           ready                                       =                  note_signal
+cancelling           done|err                                    ended              keep_completion release_slot end
+cancelling           not_ready                                   ended              note_signal release_slot end
+cancelling           sig_cancelled                               ended              note_signal poison_slot end
+cancelling           cancel|shutdown|timeout                     =                  quarantine_if_unhealthy
+cancelling           abandon_retry                               =                  resend_abandon
+cancelling           force|worker_error                          closed             poison_slot end terminate
+cancelling           peer_lost                                   closed             quarantine poison_slot end terminate
+unpacking            unpacked                                    ended              verify release_slot end
+unpacking            cancel|timeout|shutdown|force               unpacking_cancelled  -
+unpacking            worker_error                                ended              release_slot end
+unpacking            landed|peer_lost                            =                  -
+unpacking_cancelled  unpacked|worker_error                       ended              release_slot end
+unpacking_cancelled  cancel|timeout|shutdown|force|landed|peer_lost  =              -
+ended                polled                                      closed             end_transfer
+ended                cancel|timeout|shutdown|force|peer_lost|worker_error|abandon_retry  =  -
+ended                ready|landed|done|err|not_ready|sig_cancelled  =               late
+admission|queued|advertised|ready|cancelling|unpacking|unpacking_cancelled|ended  arrive_dup  =  duplicate
+closed               arrive|arrive_dup|arrive_unservable|arrive_closed|arrive_queue_full  =  duplicate
+closed               ready|landed|done|err|not_ready|sig_cancelled  =               late
+closed               cancel|timeout                              =                  -
+"""
+
+# Rows a policy flag (a historical bug) or a configuration option puts in place of the hardened
+# ones: the same runtime with one statement of the protocol changed.
+MUTANT_ROWS = MappingProxyType({
+    # sig #1 (L1): a ctx cancel after the ready signal erases the response without fulfilling.
+    "sender_cancel_drops_promise": """
+ctx in_flight    cancel|abandon|shutdown  cancelling  drop_promise quarantine_if_unhealthy defer_termination
+""",
+    # sig #5 (L1): cancel of a queued gen request erases it without fulfilling the promise.
+    "receiver_queued_cancel_drops_promise": """
+gen admission    cancel|timeout|shutdown|force  closed  leave_queue send_abandon drop_promise finish_unstarted
+gen queued       cancel|timeout|shutdown|force  closed  leave_slot_queue send_abandon drop_promise end terminate
+""",
+    # sig #6 (L5): the not-ready path returns without freeing the receive slot.
+    "not_ready_leaks_recv_slot": """
+gen advertised|ready|cancelling  not_ready  ended  note_signal leak_slot end
+""",
+    # L9/F3: a released handle / accepted cancel is taken as quiescence; the slot is reused.
+    "release_is_quiescence": """
+ctx in_flight    cancel|abandon|shutdown|timeout  closed  release_handle release_slot_unproven answer_not_ready end terminate
+gen advertised|ready  cancel|shutdown|timeout     closed  send_abandon release_slot_unproven end terminate
+""",
+    # vLLM #21570: a timeout frees blocks and slots without proof of quiescence.
+    "timeout_frees_without_proof": """
+ctx in_flight    timeout  closed  release_handle release_slot_unproven answer_not_ready end terminate
+gen advertised|ready  timeout  closed  send_abandon release_slot_unproven end terminate
+""",
+    # L8: a duplicate gen init for one request id allocates and receives twice.
+    "gen_init_not_idempotent": """
+gen admission|queued|advertised|ready|cancelling  arrive_dup  admission  reinit enqueue
+""",
+    # The cancel-storm wedge (the runtime of 2026-11): gen's Abandon meets a stored advert before
+    # the request reaches ctx; the advert is dropped unanswered, and gen (which then had no
+    # Abandon retry) holds its receive slot for good.
+    "abandon_drops_advert": """
+ctx early_advert  abandon        early_abandon  drop_advert
+gen cancelling    abandon_retry  cancelling     -
+""",
+    # Configuration (TRT-LLM #13495 style), not a bug: an in-flight cancel releases the handle
+    # at once; quiescence can no longer be observed, so the slot is poisoned.
+    "release_on_cancel": """
+ctx in_flight    cancel|abandon|shutdown|timeout  closed  release_handle poison_slot signal_cancelled end terminate
+""",
+})
+# Mutant behaviour that is not a row: gen_poll_blocks (the status poll itself waits: machine.py)
+# and deferred_termination_dropped (end_transfer forgets a deferred termination: machine.py).
+
+
+def _parse(text: str, side: str | None = None) -> dict[tuple[str, str, str], Row]:
+    rows: dict[tuple[str, str, str], Row] = {}
+    for line in text.strip().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if side is None:  # mutant rows name their side first
+            row_side, parts = parts[0], parts[1:]
+        else:
+            row_side = side
+        states, inputs, nxt, *actions = parts
+        acts = () if actions == ["-"] else tuple(actions)
+        for state in states.split("|"):
+            for word in inputs.split("|"):
+                key = (row_side, state, word)
+                assert key not in rows, f"two rows for {key}"
+                rows[key] = Row(state if nxt == SAME else nxt, acts)
+    return rows
+
+
+HARDENED = MappingProxyType({**_parse(CTX_TABLE, "ctx"), **_parse(GEN_TABLE, "gen")})
+OVERRIDES = MappingProxyType({flag: MappingProxyType(_parse(text))
+                              for flag, text in MUTANT_ROWS.items()})
+for _flag, _rows in OVERRIDES.items():
+    for _key, _row in _rows.items():
+        assert _key in HARDENED, \
+            f"{_flag} overrides {_key}, which the hardened table does not have"
+
+
+def states(side: str) -> tuple[str, ...]:
+    """Every state of ``side``, in table order (``absent`` first, ``closed`` last)."""
+    seen: dict[str, None] = {}
+    for (s, state, _w), row in HARDENED.items():
+        if s == side:
+            seen[state] = None
+            seen[row.next] = None
+    return tuple(x for x in seen if x != "closed") + ("closed",)
+
+
+def inputs(side: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for (s, _state, word) in HARDENED:
+        if s == side:
+            seen[word] = None
+    return tuple(seen)
+
+
+def table(flags: frozenset[str] = frozenset()) -> MappingProxyType:
+    """The hardened table with the rows of ``flags`` (mutant policy flags, configuration
+    options) put in place."""
+    if not flags:
+        return HARDENED
+    rows = dict(HARDENED)
+    for flag in sorted(flags):
+        rows.update(OVERRIDES.get(flag, {}))
+    return MappingProxyType(rows)
+
+
+# --- joint (state-triggered) rules: (side, state, condition, input) --------------------------
+# The machine fires ``input`` for the request at the head of the named queue while ``condition``
+# holds; each firing moves that request out of the state, so the loop ends.
+JOINT = (
+    ("ctx", "admission", "kv_available", "admitted"),
+    ("ctx", "admission_adv", "kv_available", "admitted"),
+    ("gen", "admission", "kv_available", "admitted"),
+    ("ctx", "wait_slot", "slot_available", "slot"),
+    ("gen", "queued", "slot_available", "slot"),
+)
+
+
+def diagram(side: str) -> str:
+    """The state-changing transitions of ``side`` as text, inputs with the same source and
+    target grouped (generated from the table: the docs' diagram is this)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for (s, state, word), row in HARDENED.items():
+        if s == side and row.next != state:
+            grouped.setdefault((state, row.next), []).append(word)
+    lines = [f"{state:<18} --{'|'.join(words)}--> {nxt}"
+             for (state, nxt), words in grouped.items()]
+    lines += [f"{state:<18} --{word}--> (joint rule, when {cond})"
+              for s, state, cond, word in JOINT if s == side]
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """``docs/protocol.md``: the tables, their diagram and the mutants' rows, generated from this
+    module (a test fails when the file is stale: regenerate with
+    ``python -m kvledger.runtime.core.states > docs/protocol.md``)."""
+    out = ["# The KV-transfer protocol (generated from `runtime/core/states.py`)", "",
+           "Do not edit: regenerate with `python -m kvledger.runtime.core.states > "
+           "docs/protocol.md`. `=` means the state does not change. A message from the peer "
+           "with no row is recorded as `protocol.violation` and ignored; a local input with no "
+           "row is a bug (`LifecycleError`).", ""]
+    for side in SIDES:
+        out += [f"## {side}", "", "```", diagram(side), "```", "",
+                "| state | input | next | actions |", "| --- | --- | --- | --- |"]
+        for (s, state, word), row in HARDENED.items():
+            if s == side:
+                nxt = "=" if row.next == state else row.next
+                out.append(f"| {state} | {word} | {nxt} | {' '.join(row.actions) or '-'} |")
+        out.append("")
+    out += ["## Mutants and options (rows put in place of the hardened ones)", "",
+            "| flag | side | state | input | next | actions |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for flag, rows in OVERRIDES.items():
+        for (s, state, word), row in rows.items():
+            nxt = "=" if row.next == state else row.next
+            out.append(f"| {flag} | {s} | {state} | {word} | {nxt} | "
+                       f"{' '.join(row.actions) or '-'} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown(), end="")
