@@ -213,6 +213,6 @@ def test_decode_abort_strands_the_prefill_blocks_and_forensics_names_it(model, t
     assert "vllm.delay_free.send" in leak["P", "r1"]["waiting_on"]
     html = tmp_path / "incident.html"
     rep = _kvledger("report", str(out), "-o", str(html))
-    assert rep.returncode == 0, rep.stderr
+    assert rep.returncode == 1, rep.stderr  # written, and a finding
     page = html.read_text()
     assert "vllm_delay_free_never_discharged" in page and "vllm.delay_free.send" in page
