@@ -757,6 +757,11 @@ DETECTORS: MappingProxyType = MappingProxyType({
               double_free, lost_cleanup_obligation, orphaned_handle, kv_corruption, wedge,
               wedge_interval, unhealthy_interval, died_holding)
 })
+# The detectors of vLLM tap ledgers (ledger/detectors_vllm.py) join the registry here.
+from .detectors_vllm import VLLM_DETECTORS  # noqa: E402
+
+DETECTORS = MappingProxyType({**DETECTORS, **{n: DetectorSpec(n, f, d) for n, (f, d)
+                                              in VLLM_DETECTORS.items()}})
 #: The detectors that judge time (intervals); the others judge the ledger's end state.
 LIVENESS = ("wedge_interval", "unhealthy_interval", "died_holding")
 #: The verdict word of liveness findings, strongest first: a worker died holding resources, work

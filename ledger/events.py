@@ -187,6 +187,33 @@ _SPECS = [
        False, peer="str?", reason="str", bytes="int"),
 ]
 
+# ---------------------------------------------------------------------------------------------
+# vLLM tap (kvledger.tap, tap/MAPPING.md). Only what kvledger's generic kinds above cannot say:
+# the call records themselves and two worker reports. Block ownership, transfers and deferred
+# frees of vLLM requests are written with the generic kinds (blocks.*, transfer.*,
+# termination.*, request.finished), so the detectors and views apply unchanged.
+# ---------------------------------------------------------------------------------------------
+VLLM_SIDES = ("scheduler", "worker")
+VLLM_TRANSFER_OUTCOMES = ("ok", "failed", "lease_expired")
+_VLLM_CALL_ATTRS = {"method": "str", "side": "str", "args": "json", "result": "json",
+                    "dur_ns": "int", "error": "str?", "observed": "json?"}
+_SPECS += [
+    _k("vllm.call", "a KV-connector call of a vLLM process that names no request, recorded by "
+       "the tap: method, side, arguments as they were before the inner connector ran, "
+       "result ({'value': ...}), duration, the inner's exception if it raised, and what the tap "
+       "saw the inner report during the call (observed)", False, **_VLLM_CALL_ATTRS),
+    _k("vllm.request_call", "as vllm.call, for a call that names one request", True,
+       **_VLLM_CALL_ATTRS),
+    _k("vllm.transfer_result", "a vLLM worker reported a request's async transfer finished "
+       "(get_transfer_results): direction send/recv, outcome ok/failed/lease_expired (the "
+       "producer freed its blocks because the lease ran out; reads = remote reads it had seen)",
+       True, direction="str", outcome="str", reads="int?"),
+    _k("vllm.blocks_invalid", "blocks reported invalid after a failed load (worker: "
+       "get_block_ids_with_load_errors; scheduler: KVConnectorOutput.invalid_block_ids, with the "
+       "requests the scheduler-side tap knows hold them)", False,
+       blocks="ints", side="str", requests="strs"),
+]
+
 EVENT_KINDS: MappingProxyType = MappingProxyType({s.kind: s for s in _SPECS})
 assert len(EVENT_KINDS) == len(_SPECS), "duplicate kind in _SPECS"
 

@@ -38,7 +38,7 @@ def fired(events, name: str, **kw) -> list[Finding]:
 
 # --- registry and API ---------------------------------------------------------------------------
 def test_registry_has_each_detector_of_the_spec_with_its_doc():
-    assert list(DETECTORS) == [
+    assert [n for n in DETECTORS if not n.startswith("vllm_")] == [  # vllm_*: tests/tap
         "broken_promise", "blocked_poll", "slot_leak", "block_pin_leak",
         "free_before_quiescence", "double_free", "lost_cleanup_obligation", "orphaned_handle",
         "kv_corruption", "wedge", "wedge_interval", "unhealthy_interval", "died_holding"]

@@ -3,8 +3,9 @@
 -- INCLUDE transfers.transfers
 
 -- Last progress per worker. Progress is any event that moves a request or a resource forward:
--- everything except status polls, xfer.polled still in PROC, buffer.exhausted, health and the
--- ledger's own bookkeeping. A live worker whose idle_ns grows while obligations are open is
+-- everything except status polls, xfer.polled still in PROC, buffer.exhausted, health, the
+-- ledger's own bookkeeping and the vLLM tap's call records (an engine that keeps stepping while an
+-- obligation does not move is wedged; the facts the tap derives from a call are progress). A live worker whose idle_ns grows while obligations are open is
 -- wedged.
 CREATE VIEW forensics_progress (
   -- Worker stream.
@@ -36,7 +37,7 @@ WITH p AS (
       stream, seq, ts_ns, kind,
       kind NOT IN ('poll.context', 'poll.generation', 'buffer.exhausted', 'health.changed',
                    'ledger.opened', 'ledger.closed', 'ledger.spilled', 'ledger.backpressure',
-                   'ledger.tail_truncated', 'fault.injected')
+                   'ledger.tail_truncated', 'fault.injected', 'vllm.call', 'vllm.request_call')
         AND NOT (kind = 'xfer.polled' AND contains(attrs, '"state":"PROC"')) AS progress
     FROM events
   )
