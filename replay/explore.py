@@ -648,26 +648,22 @@ def _msg(msg: Any) -> str:
     return f"{name}({msg.request_id})"
 
 
+_DESCRIBE: dict[str, Callable[[Step], str]] = {
+    "arrive": lambda s: f"{s[2]} arrives at {s[1]}",
+    "arrive_again": lambda s: f"{s[2]} arrives at {s[1]} again (a retried init)",
+    "cancel": lambda s: f"client cancels {s[2]} at {s[1]}",
+    "deliver": lambda s: f"deliver message #{s[2]} to {s[1]}",
+    "drop": lambda s: f"DROP message #{s[2]} to {s[1]}",
+    "complete": lambda s: f"WRITE handle {s[1]} ends {s[2]} at the transport",
+    "observe": lambda s: f"ctx observes handle {s[1]}",
+    "packed": lambda s: f"the driver finishes a pack (#{s[1]})",
+    "unpacked": lambda s: f"the driver finishes an unpack (#{s[1]})",
+    "poll": lambda s: f"status poll at {s[1]}",
+    "tick": lambda s: "the clock jumps to the next deadline",
+    "kill": lambda s: f"{s[1]} dies",
+    "notice": lambda s: "the survivor notices the dead peer",
+}
+
+
 def describe(step: Step) -> str:
-    what = step[0]
-    if what == "arrive":
-        return f"{step[2]} arrives at {step[1]}"
-    if what == "arrive_again":
-        return f"{step[2]} arrives at {step[1]} again (a retried init)"
-    if what == "cancel":
-        return f"client cancels {step[2]} at {step[1]}"
-    if what in ("deliver", "drop"):
-        return f"{'deliver' if what == 'deliver' else 'DROP'} message #{step[2]} to {step[1]}"
-    if what == "complete":
-        return f"WRITE handle {step[1]} ends {step[2]} at the transport"
-    if what == "observe":
-        return f"ctx observes handle {step[1]}"
-    if what in ("packed", "unpacked"):
-        return f"the driver finishes {'a pack' if what == 'packed' else 'an unpack'} (#{step[1]})"
-    if what == "poll":
-        return f"status poll at {step[1]}"
-    if what == "tick":
-        return "the clock jumps to the next deadline"
-    if what == "kill":
-        return f"{step[1]} dies"
-    return "the survivor notices the dead peer"
+    return _DESCRIBE[step[0]](step)

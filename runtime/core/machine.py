@@ -773,6 +773,23 @@ class CoreBase:
         log.info("%s: %s shed: %s", self.side, f.rid, rec.shed_reason)
         self.emit("request.shed", f.rid, reason=rec.shed_reason, waited_ms=waited)
 
+    def _admitted(self, rec: Req) -> Allocation:
+        """The allocation the joint rule took for ``rec`` (it leaves its queue now)."""
+        alloc, rec.pending_alloc = rec.pending_alloc, None
+        assert alloc is not None, "admitted without an allocation"
+        rec.wait_since = None
+        self.emit("request.scheduled", rec.rid)
+        return alloc
+
+    def _refused(self, rec: Req, final: Final) -> None:
+        """Never servable here (too large, or the peer is gone): answered with an error now."""
+        log.warning("%s: %s refused (%s)", self.side, rec.rid, "peer lost" if self.peer_lost
+                    else f"{rec.spec.prompt_tokens} tokens do not fit")
+        self._fulfil(rec, "error")
+        self.emit("request.finished", rec.rid, outcome="failed")
+        del self.reqs[rec.rid]
+        self.finished[rec.rid] = final
+
     def a_duplicate(self, f: Fire) -> None:
         log.debug("%s: duplicate arrival of %s ignored", self.side, f.rid)
 

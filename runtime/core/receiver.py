@@ -47,10 +47,7 @@ class GenCore(CoreBase):
     # -- admission -------------------------------------------------------------------------------
     def a_allocate(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        alloc, rec.pending_alloc = rec.pending_alloc, None
-        assert alloc is not None, "admitted without an allocation"
-        rec.wait_since = None
-        self.emit("request.scheduled", f.rid)
+        alloc = self._admitted(rec)
         rec.blocks = alloc.blocks
         rec.nbytes = len(rec.blocks) * self.cfg.block_nbytes
         self.emit("blocks.allocated", f.rid, blocks=rec.blocks)
@@ -61,13 +58,7 @@ class GenCore(CoreBase):
     def a_refuse(self, f: Fire) -> None:
         """Never servable here (too large, or the peer is gone): answered with an error now;
         ctx is told (Abandon) so it stops at once instead of waiting for its timeout."""
-        rec = self.reqs[f.rid]
-        log.warning("gen: %s refused (%s)", f.rid, "peer lost" if self.peer_lost else
-                    f"{rec.spec.prompt_tokens} tokens do not fit")
-        self._fulfil(rec, "error")
-        self.emit("request.finished", f.rid, outcome="failed")
-        del self.reqs[f.rid]
-        self.finished[f.rid] = Final("failed", "not_exposed")
+        self._refused(self.reqs[f.rid], Final("failed", "not_exposed"))
         if not self.peer_lost:
             self._do(io.SendControl(Abandon(f.rid, "refused")))
 

@@ -108,23 +108,15 @@ class CtxCore(CoreBase):
     def a_refuse(self, f: Fire) -> None:
         """Never servable here (too large, or the peer is gone): answered with an error now.
         gen is told (an ERR completion of a transfer never posted) so it frees at once."""
-        rec = self.reqs[f.rid]
-        log.warning("ctx: %s refused (%s)", f.rid, "peer lost" if self.peer_lost else
-                    f"{rec.spec.prompt_tokens} tokens do not fit")
-        self._fulfil(rec, "error")
-        self.emit("request.finished", f.rid, outcome="failed")
-        del self.reqs[f.rid]
-        self.finished[f.rid] = Final("failed", "not_exposed", _refusal(f.rid), refused=True)
+        self._refused(self.reqs[f.rid],
+                      Final("failed", "not_exposed", _refusal(f.rid), refused=True))
         if not self.peer_lost:
             self._do(io.SendControl(_refusal(f.rid)))
 
     # -- admission and the send ----------------------------------------------------------------
     def a_allocate(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        alloc, rec.pending_alloc = rec.pending_alloc, None
-        assert alloc is not None, "admitted without an allocation"
-        rec.wait_since = None
-        self.emit("request.scheduled", f.rid)
+        alloc = self._admitted(rec)
         if alloc.evicted:
             self.emit("blocks.evicted", None, blocks=alloc.evicted)
         if alloc.reused:
