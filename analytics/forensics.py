@@ -102,6 +102,7 @@ def verify_ledgers(targets: list[str]) -> dict[str, Any]:
     anything is read from them. ``tampered``: a stream has a finding other than a torn tail (a
     worker that died mid-commit leaves a torn tail; that is not tampering, it is listed as
     ``torn``). A target the ledger reader cannot open is ``unverified``, not a finding."""
+    from ..cli import mask_password
     from ..ledger.errors import BadLedgerError
     from ..ledger.sources import open_source
     from ..ledger.verify import verify_source
@@ -113,9 +114,10 @@ def verify_ledgers(targets: list[str]) -> dict[str, Any]:
             with open_source(target) as src:
                 report = verify_source(src)
         except (BadLedgerError, OSError, ValueError) as exc:
-            out["unverified"].append({"target": target, "why": str(exc).splitlines()[0]})
+            out["unverified"].append({"target": mask_password(target),
+                                      "why": mask_password(str(exc).splitlines()[0])})
             continue
-        out["verified"].append(target)
+        out["verified"].append(mask_password(target))
         for st in report.streams:
             out["streams"] += 1
             out["events"] += st.rows

@@ -130,6 +130,12 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["report", "{wal}", "-o", "{out}.html", "--stuck-ms", "-1"], 2),
     (["report", "{wal}", "{wal}", "-o", "{out}.html"], 2),
     (["report", "{dup}", "-o", "{out}.html"], 2),
+    # -- explore --------------------------------------------------------------------------------
+    (["explore", "--states-max", "0"], 2),
+    (["explore", "--states-max", BIG], 2),
+    (["explore", "--states-max", "many"], 2),
+    (["explore", "--scenario", "nope"], 2),
+    (["explore", "--policy", "nope"], 2),
     # -- replay ---------------------------------------------------------------------------------
     (["replay"], 2),
     (["replay", "{out}/missing"], 2),
