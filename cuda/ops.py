@@ -121,12 +121,9 @@ def unpack_torch(slot: torch.Tensor, pool: torch.Tensor, block_ids: Sequence[int
 def pack_checksums(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor) -> list[int]:
     """``pack`` and then ``block_checksums`` of the packed blocks; on a GPU one fused kernel
     (a single pass over the bytes and one launch instead of two). Synchronizes."""
-    n = len(block_ids) * block_nbytes(pool)
-    _check_slot(slot, n)
-    if n and pool.is_cuda and _kernels().supports(pool, slot):
-        sums = _kernels().copy_with_checksums(pool, slot, pool, block_ids, scatter=False)
-        if sums is not None:
-            return sums
+    sums = _fused_checksums(pool, block_ids, slot, scatter=False)
+    if sums is not None:
+        return sums
     pack(pool, block_ids, slot)
     return block_checksums(pool, block_ids)
 
@@ -136,14 +133,24 @@ def unpack_checksums(slot: torch.Tensor, pool: torch.Tensor,
     """``unpack`` and then ``block_checksums`` of the unpacked blocks; on a GPU one fused kernel
     whose checksums are of the words it stored (the same as reading the blocks back unless a
     block is listed twice). Synchronizes."""
-    n = len(block_ids) * block_nbytes(pool)
-    _check_slot(slot, n)
-    if n and pool.is_cuda and _kernels().supports(pool, slot):
-        sums = _kernels().copy_with_checksums(slot, pool, pool, block_ids, scatter=True)
-        if sums is not None:
-            return sums
+    sums = _fused_checksums(pool, block_ids, slot, scatter=True)
+    if sums is not None:
+        return sums
     unpack(slot, pool, block_ids)
     return block_checksums(pool, block_ids)
+
+
+def _fused_checksums(pool: torch.Tensor, block_ids: Sequence[int], slot: torch.Tensor, *,
+                     scatter: bool) -> list[int] | None:
+    """The fused GPU copy + checksums (slot -> pool when ``scatter``, else pool -> slot), or
+    None where it does not apply (CPU, an unsupported layout): then the caller copies and sums
+    in two steps. Checks the slot's size either way."""
+    n = len(block_ids) * block_nbytes(pool)
+    _check_slot(slot, n)
+    if not (n and pool.is_cuda and _kernels().supports(pool, slot)):
+        return None
+    src, dst = (slot, pool) if scatter else (pool, slot)
+    return _kernels().copy_with_checksums(src, dst, pool, block_ids, scatter=scatter)
 
 
 def block_checksums(pool: torch.Tensor, block_ids: Sequence[int]) -> list[int]:

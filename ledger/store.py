@@ -328,6 +328,9 @@ class EventStore:
 _CHUNK_LOG2_MAX = 10
 
 
+_PARAM_NAMES = tuple(str(k) for k in range(1, 4 + 8 * (1 << _CHUNK_LOG2_MAX)))
+
+
 @functools.lru_cache(maxsize=_CHUNK_LOG2_MAX + 1)
 def _values_sql(m: int) -> str:
     rows = ",".join(
@@ -346,7 +349,10 @@ def _insert_sqlite_group(raw: Any, rows: Sequence[RowTuple], top: int, grp: int,
     i = 0
     while i < n:
         m = 1 << min((n - i).bit_length() - 1, _CHUNK_LOG2_MAX)
-        raw.execute(_values_sql(m), [*head, *flat(rows[i:i + m])])
+        # Numbered parameters (?1 is used by every row) are bound by name: Python 3.12 warns
+        # about, and 3.14 refuses, numbered parameters given as a sequence.
+        values = [*head, *flat(rows[i:i + m])]
+        raw.execute(_values_sql(m), dict(zip(_PARAM_NAMES, values, strict=False)))
         i += m
 
 
