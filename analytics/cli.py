@@ -13,9 +13,12 @@ import logging
 import os
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvledger.cli import cpu_count, float_in, int_in
+
+if TYPE_CHECKING:
+    from .forensics import Integrity
 
 from .limits import (
     MEMORY_LIMIT_DEFAULT,
@@ -227,10 +230,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The hash chains first (None with --no-verify); bad targets are exit 2 as in _open."""
-    from .forensics import verify_ledgers
+def _verify(args: argparse.Namespace) -> Integrity:
+    """The hash chains, checked beside the queries (None with --no-verify)."""
+    from .forensics import verify_in_background
 
     if args.no_verify:
         return None
-    return verify_ledgers(list(args.ledgers))
+    return verify_in_background(list(args.ledgers))

@@ -21,7 +21,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 
 from ..ledger.detectors import liveness_line
-from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT, rows, summarize
+from .forensics import STUCK_MS_DEFAULT, WEDGE_MS_DEFAULT, Integrity, rows, summarize
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +286,9 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} th{background:#f2f2
 
 def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
                wedge_ms: int = WEDGE_MS_DEFAULT, title: str = "",
-               integrity: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+               integrity: Integrity = None) -> tuple[str, dict[str, Any]]:
     summary = summarize(con, stuck_ms=stuck_ms, wedge_ms=wedge_ms, integrity=integrity)
+    integrity = summary["integrity"]
     marks = _marks(summary["liveness"], _clock(con))
     wedged = summary["wedged_requests"]
     figs = [_mark(_pool_figure(con), marks), _mark(_in_flight_figure(con), marks),
