@@ -348,6 +348,11 @@ class CoreBase:
             self.peer_lost = True
             self.emit("peer.lost", None, peer=self.peer_name, error=inp.error)
         self._update_health()
+        self._lose_requests()
+
+    def _lose_requests(self) -> None:
+        """The per-request part of a lost peer: every early record and every live request not
+        ended fires ``peer_lost`` (the table's rows)."""
         for rid in list(self.early):
             self._fire(rid, "peer_lost")
         for rid in list(self.reqs):
@@ -364,6 +369,8 @@ class CoreBase:
         if not self.peer_lost:  # its loss was not reported: the same facts first
             self._on_peerlost(io.PeerLost(f"replaced by a new incarnation ({inp.stream})",
                                           inp.now_ns))
+        else:  # what the dead incarnation said after the loss was noticed dies with it
+            self._lose_requests()
         old = self.peer_name
         freed = sorted(self.pool.poisoned.items()) if inp.reaped and not self.closing else []
         self.peer_lost = False

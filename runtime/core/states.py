@@ -307,6 +307,9 @@ MACHINE_RULES = (
      "fire peer_lost for every early record and every live request not ended (table rows)"),
     ("peer_rejoined", "the peer's loss was not reported",
      "peer_lost first (the old incarnation is gone, whatever it held is in doubt)"),
+    ("peer_rejoined", "the peer's loss was reported",
+     "fire peer_lost again for every early record and live request not ended: what the dead "
+     "incarnation said after its loss was noticed (an advert still on the way) dies with it"),
     ("peer_rejoined", "always",
      "record peer.rejoined (new stream, incarnation, reaped); the peer is the new incarnation; "
      "arrivals admitted again; requests ended at the loss stay ended"),
