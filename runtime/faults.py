@@ -264,6 +264,13 @@ class FaultyTransport:
         return self.inner.local_metadata()
 
     def add_peer(self, peer: str, metadata: bytes, **kw: Any) -> None:
+        if peer in self._peers:
+            # A restarted peer replaces the dead one: a delayed WRITE still held for the dead
+            # incarnation (its descriptor names the dead process's memory) is never posted to
+            # the new one; it ends ERR, as the real WRITE would have against a dead peer.
+            for h in [h for h in self._held if h.args and h.args[3] == peer]:
+                self._held.remove(h)
+                h.args = ()
         self.inner.add_peer(peer, metadata, **kw)
         if peer not in self._peers:
             self._peers.append(peer)
