@@ -320,8 +320,10 @@ def render_text(s: dict[str, Any]) -> str:
                    f"back ({r['waiting_on']})")
     out.append(f"poisoned slots: {s['poisoned_total']}")
     for r in s["poisoned"]:
+        back = (f"; released ({r['released_reason']})" if r.get("released_ts_ns") is not None
+                else "")
         out.append(f"  {r['stream']} {r['pool']}:{r['slot']} by {r['request_id']} "
-                   f"({r['reason']})")
+                   f"({r['reason']}{back})")
     if s["detectors"]:
         fired = ", ".join(f"{k}={s['detectors'][k]['count']}" for k in s["detectors_fired"])
         out.append(f"detectors: {len(s['detectors'])} run; fired: {fired or 'none'}")

@@ -29,6 +29,11 @@ RUN = ["run", "--requests", "160", "--interarrival-us", "100000", "--cancel-rate
        "--fault", "restart:gen,at=600ms,for=100ms"]
 
 
+def _rows(rows: list[dict]) -> set[tuple]:
+    return {(r["detector"], r["stream"], r["request_id"], r["seq"], r["ts_ns"], r["dur_ns"],
+             tuple(r["holders"]), tuple(r["resources"]), tuple(r["waiters"])) for r in rows}
+
+
 def _events(out: Path) -> list:
     with open_source(str(out)) as src:
         return list(src.events())
@@ -79,6 +84,7 @@ def test_a_restarted_gen_rejoins_and_the_run_goes_on(tmp_path: Path, capsys) -> 
     assert main(["forensics", str(out), "--json"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["verdict"] == "DIED"
+    assert _rows(summary["liveness"]) == _rows(run["ledger"]["liveness"])  # SQL == Python
     (died,) = [x for x in summary["liveness"] if x["detector"] == "died_holding"]
     assert died["stream"] == "gen" and died["holders"]
     assert "restarted: gen-2 rejoined ctx" in died["reason"]
