@@ -27,7 +27,7 @@ from typing import Any
 from .config import WorkerConfig
 from .control_auth import new_pair_key
 from .faults import Fault, Restart
-from .procs import WorkerProcess, _start_async, start_pair
+from .procs import WorkerProcess, spawn_worker_async, start_pair
 from .workload import RequestSpec, Workload
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,13 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
     def restart_tick() -> None:
         """The restart plan, one phase at a time, never blocking the loop for long."""
         now = time.monotonic_ns() - t0
-        for p in plan:
+        for p in plan:  # in time order, one restart at a time
             r: Restart = p["r"]
-            if p["phase"] == "wait" and now >= r.at_ns:
+            if p["phase"] == "done":
+                continue
+            if p["phase"] == "wait" and now < r.at_ns:
+                return
+            if p["phase"] == "wait":
                 victim = current(r.worker)
                 if victim.alive():
                     victim.kill()  # SIGKILL, then join: waitpid returned, the process is reaped
@@ -177,8 +181,8 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
                 base = cfgs[r.worker]
                 cfg = replace(base, name=f"{base.stream}-{incarnations[r.worker]}")
                 p.update(phase="starting", key=new_pair_key(), cfg=cfg)
-                p["finish"] = _start_async(cfg, out_dir, env, None, p["key"],
-                                           agent_name=p["victim"].agent)
+                p["finish"] = spawn_worker_async(cfg, out_dir, env=env, auth_key=p["key"],
+                                                 agent_name=p["victim"].agent)
             elif p["phase"] == "starting" and p["finish"].started():
                 new = p["finish"](RESTART_START_S)
                 victim, survivor = p["victim"], current("gen" if r.worker == "ctx" else "ctx")
@@ -201,6 +205,7 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
                                       "rejoined_s": round(t, 3), "reaped": p["reaped"]})
                 say(f"restart: {new.stream} (pid {new.pid}) joined {survivor.stream} at "
                     f"{t:.3f} s")
+            return
 
     def supervise() -> None:
         if plan:

@@ -5,6 +5,7 @@
 ``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
 hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
 runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
+rejoin: a restarted peer's next incarnation, its metadata, incarnation and the pair's new key,
 state, shutdown; ``at``: any of those applied by the worker's own loop at a given CLOCK_MONOTONIC
 time, so a replay's inputs land on time; ``faults``: arm more faults in the worker's wrapper)
 and carries results back (``results`` pushes: futures and ``request.finished``
@@ -527,6 +528,16 @@ def spawn_worker(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
     """Start one worker process; its ledger is ``out_dir/<stream>.sqlite``. ``auth_key``: the
     pair's control key (give both workers of a pair the same one; ``control_auth``)."""
     return _start_async(cfg, out_dir, env, faults, auth_key)(start_timeout_s)
+
+
+def spawn_worker_async(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+                       faults: list[Any] | None = None, auth_key: bytes | None = None,
+                       agent_name: str | None = None) -> Any:
+    """Start one worker process without waiting for it: returns ``finish(timeout_s)`` (the
+    ``WorkerProcess`` once it is up), whose ``started()`` says, without blocking, whether it is.
+    ``agent_name``: its NIXL agent's name when that is not its stream's (a restarted worker's
+    next incarnation keeps its agent name, ``gen``, under a new stream, ``gen-2``)."""
+    return _start_async(cfg, out_dir, env, faults, auth_key, agent_name)
 
 
 def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) -> None:
