@@ -275,6 +275,7 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
         if during is not None:
             during((time.monotonic_ns() - t0) / 1e9, current("ctx"), current("gen"))
         time.sleep(0.002)
+    supervise()  # a death the drain loop had no turn to see is noticed (and told) now
     drained = _both_ended(workers, rids)
     say(f"burst ended in {burst_s:.2f} s; drained={drained}")
     probe_ok: bool | None = None
