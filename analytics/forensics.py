@@ -202,6 +202,24 @@ def _wedged_requests(liveness: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# Peers lost and rejoined (a restart): each peer.lost and peer.rejoined, with, for a rejoin, the
+# requests that completed (request.finished ok) on that stream after it: the run progressing.
+_PEERS = """
+SELECT e.stream, e.seq, e.kind, e.ts_ns - (SELECT min(ts_ns) FROM events) AS at_ns,
+       json_extract_string(e.attrs, '$.peer') AS peer,
+       json_extract_string(e.attrs, '$.replaces') AS replaces,
+       json_extract_string(e.attrs, '$.error') AS error,
+       TRY_CAST(json_extract(e.attrs, '$.reaped') AS BOOLEAN) AS reaped,
+       TRY_CAST(json_extract(e.attrs, '$.released') AS BIGINT) AS released,
+       CASE WHEN e.kind = 'peer.rejoined' THEN (
+         SELECT count(*) FROM events f
+         WHERE f.stream = e.stream AND f.kind = 'request.finished' AND f.seq > e.seq
+           AND json_extract_string(f.attrs, '$.outcome') = 'ok') END AS completed_after
+FROM events e WHERE e.kind IN ('peer.lost', 'peer.rejoined')
+ORDER BY e.ts_ns, e.stream, e.seq
+"""
+
+
 def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
               wedge_ms: int = WEDGE_MS_DEFAULT,
               integrity: Integrity = None) -> dict[str, Any]:
@@ -267,6 +285,7 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
         "poisoned_total": poisoned_total,
         "detectors": detectors,
         "detectors_fired": fired,
+        "peers": rows(con, _PEERS + f" LIMIT {ROWS_MAX}"),
         "requests": rows(con, "SELECT role, coalesce(outcome, 'open') AS outcome, "
                               "count(*) AS n FROM requests GROUP BY ALL ORDER BY ALL"),
         "cancels": rows(con, "SELECT result, cleanup, count(*) AS n FROM cancels "
@@ -303,6 +322,18 @@ def render_text(s: dict[str, Any]) -> str:
         out.append(f"  {w['stream']:<10} {w['role'] or '?':<4} {state:<7} last progress "
                    f"{w['last_progress_kind'] or '-'} {_ms(w['idle_ns'])} before its last "
                    f"event; {w['open_obligations']} open obligations")
+    if s.get("peers"):
+        out.append("peers (lost, rejoined):")
+        for p in s["peers"]:
+            at = f"+{p['at_ns'] / 1e9:.3f} s"
+            if p["kind"] == "peer.lost":
+                out.append(f"  {p['stream']} lost {p['peer']} at {at} ({p['error']})")
+            else:
+                out.append(f"  {p['stream']}: {p['peer']} rejoined at {at}, replacing "
+                           f"{p['replaces']} ({'reaped' if p['reaped'] else 'NOT reaped'}; "
+                           f"{p['released']} poisoned slot(s) released); "
+                           f"{p['completed_after']} request(s) completed on {p['stream']} "
+                           f"after it")
     out.append(f"stuck requests: {s['stuck_total']} (older than "
                f"{s['thresholds']['stuck_ms']} ms) open at the end, "
                f"{s['wedged_requests_total']} in wedge intervals")
@@ -325,8 +356,10 @@ def render_text(s: dict[str, Any]) -> str:
                    f"back ({r['waiting_on']})")
     out.append(f"poisoned slots: {s['poisoned_total']}")
     for r in s["poisoned"]:
+        back = (f"; released ({r['released_reason']})" if r.get("released_ts_ns") is not None
+                else "")
         out.append(f"  {r['stream']} {r['pool']}:{r['slot']} by {r['request_id']} "
-                   f"({r['reason']})")
+                   f"({r['reason']}{back})")
     if s["detectors"]:
         fired = ", ".join(f"{k}={s['detectors'][k]['count']}" for k in s["detectors_fired"])
         out.append(f"detectors: {len(s['detectors'])} run; fired: {fired or 'none'}")

@@ -308,6 +308,8 @@ def build_html(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
                  + "".join(f"<p class=liveness>{html.escape(x)}</p>" for x in bad))
     tables = "".join([
         _table("Workers: last progress", summary["workers"]),
+        _table(f"Peers lost and rejoined ({len(summary.get('peers', []))})",
+               summary.get("peers", [])),
         _table(f"Stuck requests ({summary['stuck_total'] + summary['wedged_requests_total']}: "
                f"{summary['wedged_requests_total']} in wedge intervals, "
                f"{summary['stuck_total']} open at the end)", stuck_rows),

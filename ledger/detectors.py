@@ -99,7 +99,9 @@ died_holding          a stream without ``ledger.closed`` that another stream saw
                       ``peer.lost`` whose ``peer`` names it [the stream's last seq; request None]:
                       from its last event to the first such ``peer.lost`` (``dur_ns`` at least
                       0), with what it held at its end: holds not given back (``resources``)
-                      and transfers not completed; ``holders`` are their requests.
+                      and transfers not completed; ``holders`` are their requests; and, when
+                      the stream that saw it lost later recorded a ``peer.rejoined`` whose
+                      ``replaces`` names it, the first such: "restarted: NEW rejoined SEEN at T".
 
 Limits and the progress kinds are the module constants below; the SQL views read the same values
 from the one-row view ``_detector_params`` (``analytics/sql/detectors/_params.sql``, equal to these
@@ -723,12 +725,17 @@ def died_holding(s: _Stream, p: Params) -> Iterator[Finding]:
     resources = tuple(sorted({f"{h.what}:{h.slot}" for h in holds}))
     holders = tuple(sorted({h.rid for h in holds} | {t.rid for t in xfers}))
     held = ", ".join(f"{h.what}:{h.slot} by {h.rid}" for h in sorted(holds, key=attrgetter("seq")))
+    back = [e for e in seen_by.worker.get("peer.rejoined", ())
+            if e.attrs["replaces"] == s.name and e.seq > seen.seq] \
+        if (seen_by := s.index.get(seen.stream)) is not None else []
+    restarted = (f"; restarted: {back[0].attrs['peer']} rejoined {seen.stream} at "
+                 f"{_at(s, back[0].ts_ns)}") if back else ""
     yield Finding(
         "died_holding", s.name, None, last.seq,
         f"{s.name} ended without ledger.closed (last event seq {last.seq} at "
         f"{_at(s, last.ts_ns)}); {seen.stream} saw it lost at {_at(s, seen.ts_ns)} "
         f"({seen.attrs['error']}); it held {held or 'no slot'}; {len(xfers)} transfer(s) not "
-        f"completed ({_names(t.rid for t in xfers) or 'none'})",
+        f"completed ({_names(t.rid for t in xfers) or 'none'}){restarted}",
         last.ts_ns, max(0, seen.ts_ns - last.ts_ns), holders, resources)
 
 

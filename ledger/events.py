@@ -170,6 +170,12 @@ _SPECS = [
        state="str"),
     _k("peer.lost", "the peer stopped answering (error on the next operation)", False,
        peer="str", error="str"),
+    _k("peer.rejoined", "a new incarnation of the lost peer joined (the supervisor relayed its "
+       "metadata); reaped: the supervisor confirmed the dead incarnation's process was reaped",
+       False, peer="str", replaces="str", incarnation="int", reaped="bool", released="int"),
+    _k("quarantine.released", "a poisoned slot went back to its pool: the only writer that could "
+       "still touch it (the lost peer's process) was reaped (reason peer_reaped)", False,
+       pool="str", slot="int", reason="str", poisoned="str", holder="str?"),
     _k("fault.injected", "the fault wrapper injected a fault (recorded for replay)", False,
        fault="str", target="str?", params="json?"),
     # --- the protocol as a table (schema additions of 2026-12, backwards compatible) -----------

@@ -392,6 +392,11 @@ class Projection:
         # Poisoned whoever held it: the slot never returns to the pool.
         w.pool(ev.attrs["pool"]).poisoned.add(ev.attrs["slot"])
 
+    def _h_quarantine_released(self, ev: Event, w: WorkerState, st: RequestState | None,
+                               ) -> None:
+        # A poisoned slot back in the pool (the peer that could touch it was reaped).
+        w.pool(ev.attrs["pool"]).poisoned.discard(ev.attrs["slot"])
+
     def _h_buffer_exhausted(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         w.pool(ev.attrs["pool"]).waiting.add(st.request_id)
 

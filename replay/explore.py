@@ -9,9 +9,11 @@ a control message is delivered (in order per direction, or in any order with ``r
 dropped (``drops``); a WRITE completes (DONE, the bytes land and the WRITE's notification is sent)
 or fails (``write_err``); the driver observes a handle's new state; a pack or unpack finishes; a
 status poll; the clock jumps to the next deadline of either core; a peer dies (``kill``) and the
-survivor notices. Breadth-first with state hashing (the cores' ``snapshot()``, TLC/Stateright
-style): every reachable world is visited once, and the first violation found has a shortest
-input sequence.
+survivor notices; the supervisor reaps the dead peer and starts its next incarnation, and the
+survivor is told it rejoined (``restart``: a fresh core under a new stream; whatever the dead one
+had in flight towards the survivor is gone, its late frames refused), then more requests arrive.
+Breadth-first with state hashing (the cores' ``snapshot()``, TLC/Stateright style): every
+reachable world is visited once, and the first violation found has a shortest input sequence.
 
 Checked at every world (safety): each core's own ``check()`` (one owner per block and slot, queue
 and record consistency); no slot reused while a WRITE that may touch it is unfinished (the send
@@ -22,7 +24,10 @@ fulfilled twice. Checked once inputs stop, from every world (liveness): a fair r
 give up on what is left) must end with every request closed on every live side, every promise
 fulfilled exactly once, every slot free or poisoned with a reason (none poisoned on a path without
 faults), every block free or cached, no deferred termination left, every advert and every
-``Abandon`` answered by ctx, and no early record still holding an unanswered advert.
+``Abandon`` answered by ctx, and no early record still holding an unanswered advert; after a
+restart, a request that arrived at both sides after the rejoin ends ok on both without a client
+cancel (nothing the dead incarnation left behind, a poisoned slot of a one-slot pool included,
+wedges the pair).
 
 A violation comes with its input sequence, and ``write_trace`` re-runs it into two real ledgers
 (one per worker, ``VirtualClock``): an ordinary trace, for ``kvledger replay`` and ``minimize``.
@@ -75,7 +80,14 @@ class Scenario:
     ticks_max: int = 3  # ... at most this many times (retries would otherwise go on forever)
     async_driver: bool = False  # packs and unpacks finish later (else at once, as Worker does)
     duplicates: bool = False  # gen may be given a request's arrival twice (a retried init)
+    restart: bool = False  # after a death is noticed, the dead side may be restarted
+    rejoin_requests: tuple[str, ...] = ()  # arrive (at both sides) only after the restart
+    reaped: bool = True  # the supervisor confirms the dead process was reaped (else: it could not)
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_requests(self) -> tuple[str, ...]:
+        return self.requests + self.rejoin_requests
 
     def configs(self, policy: str) -> tuple[WorkerConfig, WorkerConfig]:
         base = dict(num_blocks=8, block_tokens=4, max_request_blocks=2, send_slots=1,
@@ -110,6 +122,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              timeout_ms=50, write_err=True, clock=True, config={"abandon_retry_ms": 10}),
     Scenario("death", "2 requests, one slot a side, cancels anywhere, either peer dying at any "
              "point (the survivor notices later).", requests=("r1", "r2"), kill=True),
+    Scenario("restart", "1 request, one slot a side, cancels anywhere, either peer dying at any "
+             "point; once the survivor noticed, the dead one is reaped and restarted (a new "
+             "incarnation: fresh core, new stream) and the survivor told it rejoined; then a "
+             "second request, which must complete.", requests=("r1",),
+             rejoin_requests=("r2",), kill=True, restart=True),
 )}
 
 
@@ -135,6 +152,8 @@ class World:
     dead: str | None = None
     duplicated: frozenset[str] = frozenset()
     noticed: bool = False
+    restarted: str | None = None  # the side whose next incarnation runs
+    missed: frozenset[str] = frozenset()  # arrivals the survivor never got (sent while down)
     drops_left: int = 0
     ticks_left: int = 0
     faulted: bool = False
@@ -150,7 +169,8 @@ class World:
                      {d: list(m) for d, m in self.net.items()},
                      {h: replace(op) for h, op in self.ops.items()}, list(self.packs),
                      list(self.unpacks), dict(self.next_arrival), self.cancelled, self.dead,
-                     self.duplicated, self.noticed, self.drops_left, self.ticks_left,
+                     self.duplicated, self.noticed, self.restarted, self.missed,
+                     self.drops_left, self.ticks_left,
                      self.faulted, self.next_handle, self.now,
                      dict(self.content), Counter(self.fulfils), dict(self.owed))
 
@@ -160,7 +180,8 @@ class World:
                      tuple((h, op.rid, op.src, op.dst, op.state, op.seen, op.released)
                            for h, op in self.ops.items()),
                      tuple(self.packs), tuple(self.unpacks), tuple(self.next_arrival.items()),
-                     self.cancelled, self.dead, self.duplicated, self.noticed, self.drops_left,
+                     self.cancelled, self.dead, self.duplicated, self.noticed, self.restarted,
+                     self.missed, self.drops_left,
                      self.ticks_left, self.faulted,
                      self.now, tuple(sorted(self.content.items())),
                      tuple(sorted(self.fulfils.items())),
@@ -174,12 +195,17 @@ class Harness:
     """Plays the network and both drivers for the real cores (deterministic, no I/O)."""
 
     def __init__(self, scenario: Scenario, policy: str,
-                 emitters: dict[str, Callable[..., None]] | None = None) -> None:
+                 emitters: dict[str, Callable[..., None]] | None = None,
+                 open_stream: Callable[[str, WorkerConfig], Callable[..., None]] | None = None,
+                 ) -> None:
+        """``open_stream(stream, config)``: the event sink of a restarted side's next
+        incarnation (``write_trace``: a new ledger); events are dropped without it."""
         self.sc = scenario
         self.policy = policy_by_name(policy)
         ctx_cfg, gen_cfg = scenario.configs(policy)
         self.cfgs = {"ctx": ctx_cfg, "gen": gen_cfg}
         self.emitters = emitters or {"ctx": _drop, "gen": _drop}
+        self.open_stream = open_stream
 
     def root(self) -> World:
         cores = {"ctx": CtxCore(self.cfgs["ctx"], self.emitters["ctx"], self.policy),
@@ -195,9 +221,11 @@ class Harness:
     # -- the enabled steps ---------------------------------------------------------------------
     def steps(self, w: World) -> Iterator[Step]:
         sc = self.sc
+        every = sc.all_requests
+        limit = len(every) if w.restarted else len(sc.requests)
         for side in SIDES:
-            if side != w.dead and w.next_arrival[side] < len(sc.requests):
-                yield ("arrive", side, sc.requests[w.next_arrival[side]])
+            if side != w.dead and w.next_arrival[side] < limit:
+                yield ("arrive", side, every[w.next_arrival[side]])
         if sc.duplicates and w.dead != "gen":
             for rid in sc.requests[:w.next_arrival["gen"]]:
                 if rid not in w.duplicated:
@@ -205,7 +233,7 @@ class Harness:
         if sc.cancels:
             for side in SIDES:
                 core = w.cores[side]
-                for rid in sc.requests[:w.next_arrival[side]]:
+                for rid in every[:w.next_arrival[side]]:
                     if (side != w.dead and (side, rid) not in w.cancelled
                             and rid in core.reqs and core.reqs[rid].state != "ended"):
                         yield ("cancel", side, rid)
@@ -229,11 +257,13 @@ class Harness:
             yield ("unpacked", i)
         if sc.clock and w.ticks_left and self._next_deadline(w) is not None:
             yield ("tick",)
-        if sc.kill and w.dead is None:
+        if sc.kill and w.dead is None and not w.restarted:
             yield ("kill", "ctx")
             yield ("kill", "gen")
         if w.dead is not None and not w.noticed:
             yield ("notice",)
+        if sc.restart and w.dead is not None and w.noticed:
+            yield ("restart",)
 
     def _next_deadline(self, w: World) -> int | None:
         wakes = [c.next_deadline_ns() for s, c in w.cores.items() if s != w.dead]
@@ -307,6 +337,8 @@ class Harness:
             w.noticed = True
             survivor = "gen" if w.dead == "ctx" else "ctx"
             self.feed(w, survivor, io.PeerLost("peer died", w.now))
+        elif what == "restart":
+            self._restart(w)
         else:  # pragma: no cover
             raise AssertionError(step)
         self._poll_all(w)
@@ -331,6 +363,35 @@ class Harness:
             for op in w.ops.values():
                 if op.state == "PROC":
                     op.state = "ERR"  # the transport reports the lost peer
+
+    def _restart(self, w: World) -> None:
+        """The supervisor reaped the dead side and started its next incarnation; the survivor
+        is told (``PeerRejoined``, reaped). A reaped process writes nothing more: its WRITEs
+        (ctx's) are gone, and so are its frames still on the way (the survivor's transport
+        refuses them: re-keyed, another incarnation). Its missed arrivals are not re-sent."""
+        dead = w.dead
+        assert dead is not None
+        survivor = "gen" if dead == "ctx" else "ctx"
+        stream = f"{dead}-2"
+        if dead == "ctx":
+            w.ops.clear()  # every WRITE was the dead ctx's
+        else:
+            w.content.clear()  # the new gen's memory is fresh
+        if dead == "ctx":
+            w.packs.clear()
+        else:
+            w.unpacks.clear()
+        w.net[dead].clear()
+        w.net[survivor].clear()
+        cfg = replace(self.cfgs[dead], name=stream)
+        emit = self.open_stream(stream, cfg) if self.open_stream is not None else _drop
+        w.cores[dead] = (CtxCore if dead == "ctx" else GenCore)(cfg, emit, self.policy)
+        w.dead, w.restarted = None, dead
+        w.owed = {"advert": frozenset(), "abandon": frozenset()}
+        n = len(self.sc.requests)
+        w.missed = frozenset(self.sc.requests[w.next_arrival[survivor]:])
+        w.next_arrival = {s: max(i, n) for s, i in w.next_arrival.items()}
+        self.feed(w, survivor, io.PeerRejoined(stream, 2, self.sc.reaped, w.now))
 
     def _owe(self, w: World, msg: Any) -> None:
         rid = msg.request_id
@@ -483,11 +544,24 @@ class Harness:
                 return f"{side}: slots poisoned on a path without faults: {core.pool.poisoned}"
             if core.blocks.occupancy()["referenced"]:
                 return f"{side}: blocks still referenced: {core.blocks.occupancy()}"
-            arrived = self.sc.requests[:q.next_arrival[side]]
+            first = len(self.sc.requests) if side == q.restarted else 0
+            arrived = self.sc.all_requests[first:q.next_arrival[side]]
             for rid in arrived:
+                if rid in q.missed and side != q.restarted:
+                    continue
                 n = q.fulfils[(side, rid)]
                 if n != 1:
                     return f"{side}: the promise of {rid} fulfilled {n} times"
+        if q.restarted is not None and q.dead is None:
+            n = len(self.sc.requests)
+            for rid in self.sc.all_requests[n:min(w.next_arrival.values())]:
+                if any((side, rid) in w.cancelled for side in SIDES):
+                    continue  # its client gave up on the path itself
+                got = {side: q.cores[side].finished.get(rid) for side in SIDES}
+                if any(f is None or f.outcome != "ok" for f in got.values()):
+                    ends = {side: f.outcome if f else None for side, f in got.items()}
+                    return (f"after the restart, {rid} (arrived at both sides after the rejoin) "
+                            f"did not complete without a client cancel: {ends}")
         if q.dead is None:
             if q.owed["advert"]:
                 return f"ctx never answered gen's advert for {sorted(q.owed['advert'])}"
@@ -601,8 +675,14 @@ def write_trace(scenario: Scenario, policy: str, path: list[Step], out_dir: str)
         cfg = probe.cfgs[side]
         url = f"sqlite:///{os.path.join(out_dir, side + '.db')}"
         ledgers[side] = Ledger(url, side, role=side, config=cfg.to_dict(), clock=clock)
-    h = Harness(scenario, policy, {s: led.emit for s, led in ledgers.items()})
+    def open_stream(stream: str, cfg: WorkerConfig) -> Callable[..., None]:
+        url = f"sqlite:///{os.path.join(out_dir, stream + '.db')}"
+        ledgers[stream] = Ledger(url, stream, role=cfg.role, config=cfg.to_dict(), clock=clock)
+        return ledgers[stream].emit
+
+    h = Harness(scenario, policy, {s: led.emit for s, led in ledgers.items()}, open_stream)
     w = h.root()
+    died: set[str] = set()
     try:
         for step in path:
             clock.advance(STEP_NS)
@@ -615,11 +695,13 @@ def write_trace(scenario: Scenario, policy: str, path: list[Step], out_dir: str)
                     if side != w.dead:
                         h.feed(w, side, io.Tick(w.now))
                 continue
+            if step[0] == "kill":
+                died.add(step[1])  # its first incarnation's stream (ctx or gen)
             h.apply(w, step)
     finally:
-        for side, led in ledgers.items():
-            led.close(record_close=side != w.dead)  # a dead worker's stream just ends
-    return {s: f"sqlite:///{os.path.join(out_dir, s + '.db')}" for s in SIDES}
+        for stream, led in ledgers.items():
+            led.close(record_close=stream not in died)  # a dead worker's stream just ends
+    return {s: f"sqlite:///{os.path.join(out_dir, s + '.db')}" for s in ledgers}
 
 
 def narrate(scenario: Scenario, policy: str, steps: list[Step]) -> list[str]:
@@ -662,6 +744,8 @@ _DESCRIBE: dict[str, Callable[[Step], str]] = {
     "tick": lambda s: "the clock jumps to the next deadline",
     "kill": lambda s: f"{s[1]} dies",
     "notice": lambda s: "the survivor notices the dead peer",
+    "restart": lambda s: ("the supervisor reaps the dead peer and starts its next incarnation; "
+                          "the survivor is told it rejoined"),
 }
 
 

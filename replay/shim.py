@@ -282,7 +282,8 @@ class ShimTransport:
     def local_metadata(self) -> bytes:
         return self.name.encode()
 
-    def add_peer(self, peer: str, metadata: bytes) -> None:
+    def add_peer(self, peer: str, metadata: bytes,
+                 incarnation: int | None = None) -> None:
         self.peers.add(peer)
 
     def remove_peer(self, peer: str) -> None:

@@ -341,6 +341,15 @@ def _streams(events: Sequence[Event], source: str) -> dict[str, StreamInfo]:
         have = ", ".join(f"{s} ({f.get('role') or 'no role'})" for s, f in sorted(firsts.items()))
         raise TraceError(f"{source}: trace is missing the {' and '.join(missing)} stream "
                          f"(has: {have or 'none'})")
+    by_role: dict[str, list[str]] = {}
+    for stream, first in sorted(firsts.items(), key=lambda kv: kv[1].ts_ns):
+        by_role.setdefault(first.get("role") or "", []).append(stream)
+    twice = {r: ss for r, ss in by_role.items() if r in ROLES_REQUIRED and len(ss) > 1}
+    if twice:
+        role, streams = sorted(twice.items())[0]
+        raise TraceError(f"{source}: the {role} worker was restarted (streams "
+                         f"{', '.join(streams)}): replaying a restart is not supported yet "
+                         "(forensics, report, sql and verify read it)")
     offsets = _offsets(firsts)
     out: dict[str, StreamInfo] = {}
     for stream, first in firsts.items():

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,11 @@ def _prepare_out(args: argparse.Namespace, *, replace_own: bool) -> tuple[Any, l
     from ..outputs import OwnedFolder
 
     suffix = ".db" if args.inprocess else ".sqlite"
-    ledgers = [f"{s}{suffix}" for s in ("ctx", "gen")]
+    # A restarted worker's next incarnations write W-2, W-3, ... (runtime/load.py).
+    later = Counter(spec.restart.worker for spec in _fault_specs(args) if spec.restart)
+    streams = ["ctx", "gen"] + [f"{w}-{n}" for w, k in sorted(later.items())
+                                for n in range(2, k + 2)]
+    ledgers = [f"{s}{suffix}" for s in streams]
     names = [n + side for n in ledgers for side in _SIDE]
     folder = OwnedFolder(args.out, overwrite=args.overwrite, replace_own=replace_own)
     folder.claim(names)
@@ -220,8 +225,11 @@ def execute(args: argparse.Namespace, ledgers: list[str] | None = None) -> dict[
     specs = _fault_specs(args)
     burst_faults: dict[str, list[Any]] = {}
     client_lag: dict[str, int] = {}
+    restarts = [spec.restart for spec in specs if spec.restart is not None]
     for spec in specs:
         stream = ctx_cfg.stream if spec.injector == "ctx" else gen_cfg.stream
+        if spec.restart is not None:
+            continue  # the supervisor's (run_load's restarts), not a wrapper's
         if spec.client_lag_ns:
             client_lag[stream] = client_lag.get(stream, 0) + spec.client_lag_ns
         else:
@@ -262,7 +270,7 @@ def execute(args: argparse.Namespace, ledgers: list[str] | None = None) -> dict[
         env = {"UCX_TLS": args.ucx_tls} if args.ucx_tls else None
         res = run_load(workload, args.out, ctx_cfg=ctx_cfg, gen_cfg=gen_cfg, env=env,
                        drain_s=args.drain_s, on_progress=_say, burst_faults=burst_faults,
-                       client_lag_ns=client_lag)
+                       client_lag_ns=client_lag, restarts=restarts)
         summary = res.summary()
         state = res.state
     summary["faults"] = [s.text for s in specs]
@@ -294,6 +302,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
                   f"{st['checksum_failures']} checksum failures")
         for text in summary.get("faults", []):
             print(f"  fault: {text}")
+        for r in summary.get("restarts", []):
+            print(f"  restart: {r['worker']} killed at +{r['killed_s']:.3f} s "
+                  f"({'reaped' if r['reaped'] else 'NOT reaped'}); {r['new']} joined at "
+                  f"+{r['rejoined_s']:.3f} s")
         probe = {True: "ok", False: "FAILED", None: "not sent"}[summary["probe_ok"]]
         dead = ", ".join(summary["dead"]) or "none"
         print(f"  drained: {summary['drained']}; probe: {probe}; dead workers: {dead}")

@@ -263,9 +263,17 @@ class FaultyTransport:
     def local_metadata(self) -> bytes:
         return self.inner.local_metadata()
 
-    def add_peer(self, peer: str, metadata: bytes) -> None:
-        self.inner.add_peer(peer, metadata)
-        self._peers.append(peer)
+    def add_peer(self, peer: str, metadata: bytes, **kw: Any) -> None:
+        if peer in self._peers:
+            # A restarted peer replaces the dead one: a delayed WRITE still held for the dead
+            # incarnation (its descriptor names the dead process's memory) is never posted to
+            # the new one; it ends ERR, as the real WRITE would have against a dead peer.
+            for h in [h for h in self._held if h.args and h.args[3] == peer]:
+                self._held.remove(h)
+                h.args = ()
+        self.inner.add_peer(peer, metadata, **kw)
+        if peer not in self._peers:
+            self._peers.append(peer)
 
     def remove_peer(self, peer: str) -> None:
         self.inner.remove_peer(peer)
@@ -368,17 +376,20 @@ KIND[:WORKER][,KEY=VALUE...]; repeat --fault for more faults. KIND: drop (a cont
 is not sent; for msg=write the WRITE's completion notice), delay (a WRITE is held for=D; with
 msg=client the client's requests and cancels reach WORKER D late), fail (a WRITE fails), stall
 (WORKER stops for=D: SIGSTOP, or how=silent: its transport goes silent), kill (WORKER is
-SIGKILLed). WORKER: ctx or gen: who is stalled, killed or lagging; for drop/delay/fail who sends
-(default: the sender of msg; ctx for WRITEs). KEYS: at=D (from this long after the burst starts),
-req=ID (only this request's operations), msg=TYPE (write, Advertise, Abandon, ReadySignal,
-Completion; client), for=D, count=N (operations hit; 0 = all; default 1). D: 250ms, 1.5s, 300us
-or a number of ms. Example: stall:ctx,at=200ms,for=50ms"""
+SIGKILLed), restart (the supervisor SIGKILLs WORKER at=D, reaps it, tells its peer, and for=D
+later (default 0) starts its next incarnation: a new ledger stream, e.g. gen-2; takes at= and
+for= only). WORKER: ctx or gen: who is stalled, killed, restarted or lagging; for
+drop/delay/fail who sends (default: the sender of msg; ctx for WRITEs). KEYS: at=D (from this
+long after the burst starts), req=ID (only this request's operations), msg=TYPE (write,
+Advertise, Abandon, ReadySignal, Completion; client), for=D, count=N (operations hit; 0 = all;
+default 1). D: 250ms, 1.5s, 300us or a number of ms. Examples: stall:ctx,at=200ms,for=50ms
+restart:gen,at=150ms,for=100ms"""
 
 WORKERS = ("ctx", "gen")
 # Who sends each message type (runtime/core/messages.py): where a drop is injected.
 MSG_SENDER = {"write": "ctx", "ReadySignal": "ctx", "Completion": "ctx", "Landed": "ctx",
               "Advertise": "gen", "Abandon": "gen"}
-_SPEC_KINDS = ("drop", "delay", "fail", "stall", "kill")
+_SPEC_KINDS = ("drop", "delay", "fail", "stall", "kill", "restart")
 CLIENT = "client"  # delay's msg=client: the client's messages to a worker, not the transport's
 _SPEC_KEYS = ("at", "req", "msg", "for", "count", "how")
 _UNITS_NS = (("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000))
@@ -386,6 +397,16 @@ _UNITS_NS = (("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000))
 
 class FaultSpecError(ValueError):
     """A ``--fault`` text that does not describe a fault (one line, for the CLI's exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A supervisor's fault (no wrapper injects it): SIGKILL ``worker`` ``at_ns`` after the burst
+    starts, reap it, tell its peer, and ``down_ns`` later start its next incarnation."""
+
+    worker: str
+    at_ns: int
+    down_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,11 +419,12 @@ class FaultSpec:
     def client_lag_ns(self) -> int:
         """How late the client reaches ``injector`` (0: not a client delay)."""
         f = self.fault
-        return int(f.delay_ms * 1e6) if f.msg_type == CLIENT else 0
+        return int(f.delay_ms * 1e6) if f is not None and f.msg_type == CLIENT else 0
 
     text: str
-    injector: str  # ctx | gen
-    fault: Fault
+    injector: str  # ctx | gen | supervisor (a restart)
+    fault: Fault | None  # None: a restart (``restart``)
+    restart: Restart | None = None
 
 
 def _duration_ns(text: str, key: str, spec: str) -> int:
@@ -437,6 +459,16 @@ def parse_fault_spec(spec: str) -> FaultSpec:
         raise FaultSpecError(f"--fault {spec}: msg={msg} is not one of "
                              f"{', '.join([*MSG_SENDER, CLIENT])}")
     at = _duration_ns(opts["at"], "at", spec) if "at" in opts else None
+    if kind == "restart":  # the supervisor's: kill, reap, tell the peer, start anew
+        if not worker:
+            raise FaultSpecError(f"--fault {spec}: say which worker to restart (restart:ctx or "
+                                 "restart:gen)")
+        extra = sorted(set(opts) - {"at", "for"})
+        if extra:
+            raise FaultSpecError(f"--fault {spec}: a restart takes at= and for= only, not "
+                                 f"{', '.join(extra)}")
+        down = _duration_ns(opts["for"], "for", spec) if "for" in opts else 0
+        return FaultSpec(spec, "supervisor", None, Restart(worker, at or 0, down))
     hold_ms = _duration_ns(opts["for"], "for", spec) / 1e6 if "for" in opts else 0.0
     if msg == CLIENT:  # not the transport's: the client (the load driver) reaches WORKER late
         if kind != "delay" or not worker or hold_ms <= 0 or set(opts) - {"msg", "for"}:

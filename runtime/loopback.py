@@ -84,7 +84,8 @@ class LoopbackTransport:
     def local_metadata(self) -> bytes:
         return self.name.encode()
 
-    def add_peer(self, peer: str, metadata: bytes) -> None:
+    def add_peer(self, peer: str, metadata: bytes,
+                 incarnation: int | None = None) -> None:
         self.peers.add(metadata.decode())
 
     def remove_peer(self, peer: str) -> None:

@@ -202,6 +202,9 @@ class NixlTransport:
         self._incarnation = time.time_ns() & ((1 << 63) - 1)
         self._tx_seq: dict[str, int] = {}
         self._rx: dict[str, _PeerRx] = {}
+        # peer -> the one incarnation accepted from it (set when a restarted peer is added with
+        # the incarnation its supervisor announced): frames of any other are refused.
+        self._pinned: dict[str, int] = {}
         self._inbox: list[tuple[str, bytes]] = []
         self._just_progressed = False
         self._closed = False
@@ -295,7 +298,24 @@ class NixlTransport:
         self._own()
         return self._agent.get_agent_metadata()
 
-    def add_peer(self, peer: str, metadata: bytes) -> None:
+    @property
+    def incarnation(self) -> int:
+        """This agent's incarnation (stamped on every control frame it sends)."""
+        return self._incarnation
+
+    def set_auth_key(self, key: bytes) -> None:
+        """The pair's new key (a restarted peer's pair is re-keyed by its supervisor): frames
+        sealed with the old one, e.g. the dead incarnation's, fail authentication from now on."""
+        self._own()
+        if self._key is not None and len(key) != control_auth.KEY_BYTES:
+            raise TransportError("a pair key is 32 bytes")
+        self._key = key
+
+    def add_peer(self, peer: str, metadata: bytes, incarnation: int | None = None) -> None:
+        """Load the peer's agent metadata. A peer already added is replaced (a restarted peer
+        under the same name: its old remote agent is removed first). ``incarnation``: the new
+        incarnation its supervisor announced; only its control frames are accepted from now on
+        (an older one, i.e. the dead incarnation, or any other is refused and recorded)."""
         self._own()
         if peer in self._peers:
             # A restarted peer under the same name: NIXL refuses a second load (NOT_ALLOWED).
@@ -311,6 +331,10 @@ class NixlTransport:
         self._peers.add(peer)
         self._lost.pop(peer, None)
         self._rx.pop(peer, None)
+        self._pinned.pop(peer, None)
+        if incarnation is not None:
+            self._pinned[peer] = incarnation
+            self._rx[peer] = _PeerRx(incarnation=incarnation)
         self._tx_seq[peer] = 0
 
     def remove_peer(self, peer: str) -> None:
@@ -590,6 +614,10 @@ class NixlTransport:
         rx = self._rx.get(peer)
         if rx is not None and inc < rx.incarnation:
             self._reject(peer, "an older incarnation of the peer", frame)
+            return
+        pinned = self._pinned.get(peer)
+        if pinned is not None and inc != pinned:
+            self._reject(peer, "not the incarnation of the peer its supervisor announced", frame)
             return
         if rx is None or rx.incarnation != inc:
             rx = self._rx[peer] = _PeerRx(incarnation=inc)

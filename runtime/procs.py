@@ -5,6 +5,7 @@
 ``OUT/<stream>.sqlite``. Rendezvous: each child sends its agent metadata up the pipe and the parent
 hands it to the other (``connect_pair``); region descriptors travel later, per request, inside the
 runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
+rejoin: a restarted peer's next incarnation, its metadata, incarnation and the pair's new key,
 state, shutdown; ``at``: any of those applied by the worker's own loop at a given CLOCK_MONOTONIC
 time, so a replay's inputs land on time; ``faults``: arm more faults in the worker's wrapper)
 and carries results back (``results`` pushes: futures and ``request.finished``
@@ -204,7 +205,7 @@ WORKER_SWITCH_INTERVAL_S = 0.0002
 
 def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                  env: dict[str, str], faults: list[dict[str, Any]] | None,
-                 auth_key: bytes | None = None) -> None:
+                 auth_key: bytes | None = None, agent_name: str | None = None) -> None:
     os.environ.update(env)
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     from ..ledger.clock import MonotonicClock
@@ -218,7 +219,9 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     cfg = WorkerConfig.from_dict(cfg_dict)
     clock = MonotonicClock()
     ledger = Ledger(ledger_url, cfg.stream, role=cfg.role, config=cfg.to_dict(), clock=clock)
-    nixl = NixlTransport(cfg.stream, auth_key=auth_key)
+    # The agent's name is the worker's name for its peer; a restarted worker's next incarnation
+    # keeps it (its peer expects frames from that name) under a new ledger stream (gen-2).
+    nixl = NixlTransport(agent_name or cfg.stream, auth_key=auth_key)
     peer_pid: list[int] = []
     resume_at: list[tuple[int, int]] = []  # (pid, monotonic ns) of peers we stopped
 
@@ -251,7 +254,7 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         from .metrics import serve
 
         serve(worker.core, cfg.stream, cfg.role, clock.now_ns, cfg.metrics_port)
-    conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata()))
+    conn.send(("ready", cfg.stream, os.getpid(), transport.local_metadata(), nixl.incarnation))
     # Everything allocated so far (torch, NIXL, the pools) lives as long as the process: out of
     # the collector's sight, so that a full collection mid-burst does not stall the loop for ms.
     gc.freeze()
@@ -297,6 +300,13 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             worker.connect(peer, md)
             peer_pid[:] = [pid]
             conn.send(("connected", peer))
+        elif cmd == "rejoin":
+            # A new incarnation of the lost peer: the supervisor reaped the dead one (``reaped``),
+            # re-keyed the pair and relays the new agent's metadata and incarnation.
+            _, peer, md, pid, incarnation, stream, key, reaped = msg
+            worker.peer_rejoined(peer, md, incarnation, stream, reaped, now, auth_key=key)
+            peer_pid[:] = [pid]
+            conn.send(("rejoined", peer))
         elif cmd == "peer_lost":
             worker.peer_lost(msg[1], now)
         elif cmd == "state":
@@ -401,6 +411,10 @@ class WorkerProcess:
     transport_stats: dict[str, int] | None = None
     backlog: list[tuple[Any, ...]] = field(default_factory=list)
     eof: bool = False
+    agent: str = ""  # the NIXL agent's name (the stream's, except for a restarted incarnation)
+    incarnation: int = 0  # its transport's incarnation
+    # Request ids sent to a later incarnation (None: every request of the run was sent to it).
+    only: set[str] | None = None
     # Timed inputs as applied: (command, request id, due ns, applied ns, ns held by a step).
     applied: list[tuple[str, str, int, int, int]] = field(default_factory=list)
 
@@ -516,6 +530,16 @@ def spawn_worker(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
     return _start_async(cfg, out_dir, env, faults, auth_key)(start_timeout_s)
 
 
+def spawn_worker_async(cfg: Any, out_dir: str, *, env: dict[str, str] | None = None,
+                       faults: list[Any] | None = None, auth_key: bytes | None = None,
+                       agent_name: str | None = None) -> Any:
+    """Start one worker process without waiting for it: returns ``finish(timeout_s)`` (the
+    ``WorkerProcess`` once it is up), whose ``started()`` says, without blocking, whether it is.
+    ``agent_name``: its NIXL agent's name when that is not its stream's (a restarted worker's
+    next incarnation keeps its agent name, ``gen``, under a new stream, ``gen-2``)."""
+    return _start_async(cfg, out_dir, env, faults, auth_key, agent_name)
+
+
 def connect_pair(a: WorkerProcess, b: WorkerProcess, timeout_s: float = 30.0) -> None:
     """Rendezvous: each worker learns the other's agent metadata (and pid, for faults)."""
     a.send("connect", b.stream, b.metadata, b.pid)
@@ -539,14 +563,15 @@ def start_pair(ctx_cfg: Any, gen_cfg: Any, out_dir: str, *, env: dict[str, str] 
 
 
 def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
-                 faults: list[Any] | None, auth_key: bytes | None = None) -> Any:
+                 faults: list[Any] | None, auth_key: bytes | None = None,
+                 agent_name: str | None = None) -> Any:
     os.makedirs(out_dir, exist_ok=True)
     url = f"sqlite:///{os.path.join(os.path.abspath(out_dir), cfg.stream + '.sqlite')}"
     parent, child = _SPAWN.Pipe()
     fault_dicts = [f.to_json() for f in faults] if faults is not None else None
     proc = _SPAWN.Process(target=_worker_main, name=f"kvledger-{cfg.stream}",
                           args=(child, cfg.to_dict(), url, dict(env or {}), fault_dicts,
-                                auth_key),
+                                auth_key, agent_name),
                           daemon=True)
     proc.start()
     child.close()
@@ -555,10 +580,12 @@ def _start_async(cfg: Any, out_dir: str, env: dict[str, str] | None,
         if not parent.poll(start_timeout_s):
             proc.kill()
             raise PeerError(f"worker {cfg.stream} did not start within {start_timeout_s} s")
-        tag, stream, pid, md = parent.recv()
+        tag, stream, pid, md, incarnation = parent.recv()
         assert tag == "ready" and stream == cfg.stream
-        w = WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {})
+        w = WorkerProcess(stream, cfg.role, proc, parent, pid, md, url, {}, {}, {}, {},
+                          agent=agent_name or stream, incarnation=incarnation)
         w.start_reader()
         return w
 
+    finish.started = lambda: parent.poll(0)  # type: ignore[attr-defined]  # ready to finish?
     return finish

@@ -64,7 +64,8 @@ class Transport(Protocol):
     def local_metadata(self) -> bytes:
         """Opaque bytes a peer passes to ``add_peer`` to reach this agent."""
 
-    def add_peer(self, peer: str, metadata: bytes) -> None: ...
+    def add_peer(self, peer: str, metadata: bytes,
+                 incarnation: int | None = None) -> None: ...
 
     def remove_peer(self, peer: str) -> None: ...
 

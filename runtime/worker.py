@@ -13,7 +13,8 @@ API (everything non-blocking; time is passed in, never read):
     w.step(now_ns) -> int                        # one iteration; returns work done (0 = idle)
     w.check_context_status / check_gen_status(at_least, now_ns) -> ids   # never block
     w.drain(now_fn, deadline_ns, wait=None) -> bool                     # the only wait
-    w.peer_lost(error, now_ns); w.shutdown(now_ns, force)
+    w.peer_lost(error, now_ns); w.peer_rejoined(peer, md, incarnation, stream, reaped, now_ns)
+    w.shutdown(now_ns, force)
     w.results[request_id] -> value|cancelled|error; w.idle(); w.state() -> dict
 One thread owns a Worker and its transport (NIXL agents are not thread-safe). The same Worker runs
 under a live loop (monotonic clock) and under the replayer (virtual clock, shim transport).
@@ -108,6 +109,19 @@ class Worker:
 
     def peer_lost(self, error: str, now_ns: int) -> None:
         self._run(self.core.feed(io.PeerLost(error, now_ns)), now_ns)
+
+    def peer_rejoined(self, peer: str, metadata: bytes, incarnation: int, stream: str,
+                      reaped: bool, now_ns: int, auth_key: bytes | None = None) -> None:
+        """A new incarnation of the lost peer (agent ``peer``, ledger ``stream``): the pair's
+        new key (if re-keyed) and its metadata replace the dead one's; only frames of
+        ``incarnation`` are accepted from now on; then the core learns it (``PeerRejoined``).
+        ``reaped``: the supervisor confirmed the dead process was reaped."""
+        set_key = getattr(self.transport, "set_auth_key", None)
+        if auth_key is not None and set_key is not None:
+            set_key(auth_key)
+        self.transport.add_peer(peer, metadata, incarnation=incarnation)
+        self._lost = False
+        self._run(self.core.feed(io.PeerRejoined(stream, incarnation, reaped, now_ns)), now_ns)
 
     def shutdown(self, now_ns: int, force: bool = False) -> None:
         self._run(self.core.feed(io.Shutdown(now_ns, force)), now_ns)

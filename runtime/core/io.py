@@ -108,6 +108,19 @@ class PeerLost:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerRejoined:
+    """A new incarnation of the lost peer is connected (its metadata loaded, its frames the only
+    ones accepted). ``stream``: its ledger stream (``gen-2``); ``incarnation``: its transport's;
+    ``reaped``: the supervisor confirmed that the dead incarnation's process was reaped (not a
+    timeout): only then may slots poisoned on its account go back to the pool."""
+
+    stream: str
+    incarnation: int
+    reaped: bool
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Cancel everything. ``force``: in-flight handles are released and their slots poisoned."""
 
@@ -198,6 +211,6 @@ class Polled:
 
 
 Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed
-         | Unpacked | WorkerError | Tick | Poll | PeerLost | Shutdown)
+         | Unpacked | WorkerError | Tick | Poll | PeerLost | PeerRejoined | Shutdown)
 Effect = (Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil | CancelResult
           | Polled)

@@ -155,6 +155,8 @@ class CoreBase:
         self.healthy = True
         self.health_reason = "ok"
         self.peer_lost = False
+        # The peer's ledger stream: its name at start, a new incarnation's after a rejoin.
+        self.peer_name = cfg.peer or ("gen" if self.side == "ctx" else "ctx")
         self.closing = False  # shutdown: admission closed
         self.violations = 0
         self.last_progress_ns: int | None = None
@@ -272,7 +274,7 @@ class CoreBase:
         log.warning("%s: protocol violation: %s for %s in %s", self.side, word, rid, state)
         if self.violations <= limits.VIOLATIONS_RECORDED_MAX:
             self.emit("protocol.violation", None, request=rid, state=state, input=word,
-                      detail=detail, peer=self.cfg.peer or None)
+                      detail=detail, peer=self._peer_attr())
 
     def _pump(self) -> None:
         """The JOINT rules: serve queue heads while their condition holds."""
@@ -344,14 +346,42 @@ class CoreBase:
     def _on_peerlost(self, inp: io.PeerLost) -> None:
         if not self.peer_lost:
             self.peer_lost = True
-            self.emit("peer.lost", None, peer=self.cfg.peer or self._peer_default(),
-                      error=inp.error)
+            self.emit("peer.lost", None, peer=self.peer_name, error=inp.error)
         self._update_health()
+        self._lose_requests()
+
+    def _lose_requests(self) -> None:
+        """The per-request part of a lost peer: every early record and every live request not
+        ended fires ``peer_lost`` (the table's rows)."""
         for rid in list(self.early):
             self._fire(rid, "peer_lost")
         for rid in list(self.reqs):
             if self.state_of(rid) not in ("ended", "closed"):
                 self._fire(rid, "peer_lost")
+
+    def _on_peerrejoined(self, inp: io.PeerRejoined) -> None:
+        """A new incarnation of the peer is connected (``states.MACHINE_RULES``). Requests ended
+        at the loss stay ended. Slots poisoned on the dead incarnation's account go back to the
+        pool only on the supervisor's confirmation that its process was reaped (``reaped``):
+        every WRITE of this pair was between this worker and that process, and a reaped process
+        can neither write into our memory nor be written to (its registrations died with it).
+        A timeout or a rejoin without that confirmation releases nothing."""
+        if not self.peer_lost:  # its loss was not reported: the same facts first
+            self._on_peerlost(io.PeerLost(f"replaced by a new incarnation ({inp.stream})",
+                                          inp.now_ns))
+        else:  # what the dead incarnation said after the loss was noticed dies with it
+            self._lose_requests()
+        old = self.peer_name
+        freed = sorted(self.pool.poisoned.items()) if inp.reaped and not self.closing else []
+        self.peer_lost = False
+        self.peer_name = inp.stream
+        self.emit("peer.rejoined", None, peer=inp.stream, replaces=old,
+                  incarnation=inp.incarnation, reaped=inp.reaped, released=len(freed))
+        for slot, why in freed:
+            self.pool.unpoison(slot)
+            self.emit("quarantine.released", None, pool=self.pool_name, slot=slot,
+                      reason="peer_reaped", poisoned=why)
+        self._update_health()
 
     def _on_shutdown(self, inp: io.Shutdown) -> None:
         """Close admission (new arrivals are shed with a clear reason), then cancel everything:
@@ -553,7 +583,7 @@ class CoreBase:
     def a_arrived(self, f: Fire) -> None:
         spec = f.inp.spec
         early = self.early.pop(f.rid, None)
-        self.emit("request.arrived", f.rid, peer=self.cfg.peer or None, **spec.arrived_attrs())
+        self.emit("request.arrived", f.rid, peer=self._peer_attr(), **spec.arrived_attrs())
         rec = Req(f.rid, spec, self.now_ns, advert=early.advert if early else None)
         self.reqs[f.rid] = rec
         if spec.timeout_ms is not None:
@@ -796,6 +826,11 @@ class CoreBase:
     def a_late(self, f: Fire) -> None:
         log.debug("%s: late %s for %s (%s) ignored", self.side, f.word, f.rid, f.state)
 
+    def _peer_attr(self) -> str | None:
+        """The peer named in events that name it only when configured (or since a rejoin)."""
+        return self.peer_name if self.cfg.peer or self.peer_name != self._peer_default() \
+            else None
+
     def _peer_default(self) -> str:
         return "gen" if self.side == "ctx" else "ctx"
 
@@ -855,7 +890,7 @@ class CoreBase:
         return (reqs, early, tuple(self.finished.items()), tuple(sorted(self.futures.items())),
                 tuple(self.ready), tuple(self.admission), tuple(self.slot_wait),
                 tuple(sorted(self.quarantined.items())), deadlines, self.healthy,
-                self.peer_lost, self.closing, self.now_ns, self.last_progress_ns,
+                self.peer_lost, self.peer_name, self.closing, self.now_ns, self.last_progress_ns,
                 self.blocks.snapshot(), self.pool.snapshot(), self.tm.snapshot(),
                 tuple(self._stalled), self._blocked_since, len(self.leaked))
 
@@ -940,6 +975,7 @@ _DOOR: dict[type, Callable[[CoreBase, Any], None]] = {
     io.Tick: CoreBase._on_tick,
     io.Poll: CoreBase._on_poll,
     io.PeerLost: CoreBase._on_peerlost,
+    io.PeerRejoined: CoreBase._on_peerrejoined,
     io.Shutdown: CoreBase._on_shutdown,
 }
 assert set(_DOOR) == set(io.Input.__args__), "an input class without a handler"  # type: ignore

@@ -53,7 +53,7 @@ class GenCore(CoreBase):
         self.emit("blocks.allocated", f.rid, blocks=rec.blocks)
         self.tm.start_transfer(f.rid, [])  # gen blocks are written by Unpack only: no pin
         self._unready.add(f.rid)
-        self.emit("transfer.started", f.rid, role="gen", peer=self.cfg.peer or "ctx")
+        self.emit("transfer.started", f.rid, role="gen", peer=self.peer_name)
 
     def a_refuse(self, f: Fire) -> None:
         """Never servable here (too large, or the peer is gone): answered with an error now;
@@ -66,7 +66,7 @@ class GenCore(CoreBase):
         rec = self.reqs[f.rid]
         rec.physical = "active"  # a remote write target from now on
         self._do(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes)))
-        self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.cfg.peer or "ctx")
+        self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.peer_name)
 
     # -- Abandon and its retries ----------------------------------------------------------------
     def a_send_abandon(self, f: Fire) -> None:

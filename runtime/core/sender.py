@@ -131,7 +131,7 @@ class CtxCore(CoreBase):
         self._unready.add(f.rid)
         self.blocks.pin(rec.blocks)
         self.emit("blocks.pinned", f.rid, blocks=rec.blocks)
-        self.emit("transfer.started", f.rid, role="ctx", peer=self.cfg.peer or "gen")
+        self.emit("transfer.started", f.rid, role="ctx", peer=self.peer_name)
         if rec.advert is not None:
             self.a_keep_advert(Fire(f.rid, "advertise", io.ControlIn(rec.advert, self.now_ns)))
 

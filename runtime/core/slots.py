@@ -1,4 +1,5 @@
-"""Transfer buffer slots: acquire / release / poison. A poisoned slot never returns.
+"""Transfer buffer slots: acquire / release / poison. A poisoned slot never returns, except on
+proof of quiescence (``unpoison``: the only peer process that could touch it was reaped).
 
 Exhaustion is a return value (None), never a wait: the caller queues the request and records
 ``buffer.exhausted``.
@@ -36,6 +37,13 @@ class SlotPool:
         assert self.holder.get(slot) == request_id
         del self.holder[slot]
         self.poisoned[slot] = reason
+
+    def unpoison(self, slot: int) -> str:
+        """A poisoned slot back to the free list; only on proof that nothing can touch it any
+        more (``CoreBase._on_peerrejoined``: the peer that could was reaped). Its reason."""
+        reason = self.poisoned.pop(slot)
+        self._free.append(slot)
+        return reason
 
     def clone(self) -> SlotPool:
         c = SlotPool.__new__(SlotPool)

@@ -288,6 +288,38 @@ def table(flags: frozenset[str] = frozenset()) -> MappingProxyType:
     return MappingProxyType(rows)
 
 
+# --- machine-level rules: inputs about the peer, not about one request ------------------------
+# (input, when, what the machine does). The per-request part of ``peer_lost`` is the table's
+# ``peer_lost`` rows; the rest, and the whole of ``peer_rejoined``, is here (``machine.py``:
+# ``_on_peerlost``, ``_on_peerrejoined``).
+REJOIN_WHY = (
+    "Why a reap releases the poisoned slots: every WRITE of the pair is between this worker and "
+    "its one peer, so a slot is poisoned only because that peer's WRITE may still land in it "
+    "(gen) or ours may still read it towards that peer (ctx). Once the supervisor has reaped "
+    "the peer's process (waitpid returned: a fact, not a timeout) no WRITE of it can land here, "
+    "and none of ours can land there (its memory registrations died with it; the new "
+    "incarnation registers new memory, reachable only through its new metadata). A rejoin "
+    "without that confirmation, or any timeout, releases nothing: the slots stay poisoned.")
+MACHINE_RULES = (
+    ("peer_lost", "the peer is not yet lost",
+     "record peer.lost; health unhealthy (peer lost); new arrivals refused (arrive_unservable)"),
+    ("peer_lost", "always",
+     "fire peer_lost for every early record and every live request not ended (table rows)"),
+    ("peer_rejoined", "the peer's loss was not reported",
+     "peer_lost first (the old incarnation is gone, whatever it held is in doubt)"),
+    ("peer_rejoined", "the peer's loss was reported",
+     "fire peer_lost again for every early record and live request not ended: what the dead "
+     "incarnation said after its loss was noticed (an advert still on the way) dies with it"),
+    ("peer_rejoined", "always",
+     "record peer.rejoined (new stream, incarnation, reaped); the peer is the new incarnation; "
+     "arrivals admitted again; requests ended at the loss stay ended"),
+    ("peer_rejoined", "reaped (the supervisor saw the dead process reaped) and not shutting down",
+     "every poisoned slot back to the free list, each recorded as quarantine.released "
+     "reason=peer_reaped (with the reason it was poisoned)"),
+    ("peer_rejoined", "not reaped",
+     "poisoned slots stay poisoned (no proof of quiescence)"),
+)
+
 # --- joint (state-triggered) rules: (side, state, condition, input) --------------------------
 # The machine fires ``input`` for the request at the head of the named queue while ``condition``
 # holds; each firing moves that request out of the state, so the loop ends.
@@ -331,6 +363,10 @@ def markdown() -> str:
                 nxt = "=" if row.next == state else row.next
                 out.append(f"| {state} | {word} | {nxt} | {' '.join(row.actions) or '-'} |")
         out.append("")
+    out += ["## Machine-level rules (the peer, not one request)", "",
+            REJOIN_WHY, "", "| input | when | then |", "| --- | --- | --- |"]
+    out += [f"| {inp} | {when} | {then} |" for inp, when, then in MACHINE_RULES]
+    out += [""]
     out += ["## Mutants and options (rows put in place of the hardened ones)", "",
             "| flag | side | state | input | next | actions |",
             "| --- | --- | --- | --- | --- | --- |"]

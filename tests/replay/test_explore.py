@@ -97,3 +97,41 @@ def test_minimize_shrinks_the_cancel_storm_mutant(tmp_path: Path, capsys) -> Non
     assert len(after.events) < len(before.events)
     assert len(after.requests) <= len(before.requests)
     assert replay(after, policy_by_name("abandon_drops_advert"), ReplayOptions()).verdict.finding
+
+
+def test_restart_without_the_reap_leaves_the_one_slot_pair_wedged() -> None:
+    """The rejoin rule's other half: without the supervisor's confirmation of the reap the
+    poisoned slot stays poisoned, and a one-slot pair cannot complete a request after the
+    restart: the explorer finds that shortest path (what the reap rule prevents)."""
+    from dataclasses import replace
+
+    r = explore(replace(SCENARIOS["restart"], reaped=False), "hardened")
+    assert r.kind == "liveness" and "did not complete" in r.violation, r.violation
+    assert ("restart",) in r.path and any(s[0] == "kill" for s in r.path)
+
+
+def test_a_restart_path_writes_both_incarnations_ledgers(tmp_path: Path, capsys) -> None:
+    """A path through a restart as a trace: the dead incarnation's stream ends without
+    ledger.closed, the new one's (gen-2) is separate; every reader takes the folder."""
+    sc = SCENARIOS["restart"]
+    path = [("arrive", "gen", "r1"), ("arrive", "ctx", "r1"), ("deliver", "ctx", 0),
+            ("kill", "gen"), ("notice",), ("restart",), ("arrive", "ctx", "r2"),
+            ("arrive", "gen", "r2")]
+    urls = write_trace(sc, "hardened", path, str(tmp_path))
+    assert set(urls) == {"ctx", "gen", "gen-2"}
+    assert main(["verify", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["forensics", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "verdict: DIED" in out and "restarted: gen-2 rejoined ctx" in out
+    events = load_trace_events(tmp_path)
+    kinds = [(e.stream, e.kind) for e in events]
+    assert ("ctx", "peer.rejoined") in kinds and ("ctx", "quarantine.released") in kinds
+    assert not [k for s, k in kinds if s == "gen" and k == "ledger.closed"]
+
+
+def load_trace_events(folder: Path) -> list:
+    from kvledger.ledger.sources import open_source
+
+    with open_source(str(folder)) as src:
+        return list(src.events())

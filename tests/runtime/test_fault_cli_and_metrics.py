@@ -38,6 +38,26 @@ def test_fault_specs_map_onto_the_wrapper_that_injects_them(spec, injector, fiel
     assert got.client_lag_ns == (10_000_000 if CLIENT in spec else 0)
 
 
+@pytest.mark.parametrize("spec, worker, at_ns, down_ns", [
+    ("restart:gen", "gen", 0, 0),
+    ("restart:gen,at=150ms", "gen", 150_000_000, 0),
+    ("restart:ctx,at=1.5s,for=300ms", "ctx", 1_500_000_000, 300_000_000),
+    ("restart:gen,for=250us", "gen", 0, 250_000),
+])
+def test_restart_specs_are_the_supervisors(spec, worker, at_ns, down_ns):
+    got = parse_fault_spec(spec)
+    assert got.injector == "supervisor" and got.fault is None and got.client_lag_ns == 0
+    r = got.restart
+    assert (r.worker, r.at_ns, r.down_ns) == (worker, at_ns, down_ns)
+
+
+def test_the_help_names_restart():
+    from kvledger.runtime.faults import FAULT_SPEC_HELP
+
+    assert "restart (the supervisor SIGKILLs WORKER" in FAULT_SPEC_HELP
+    assert "restart:gen,at=150ms,for=100ms" in FAULT_SPEC_HELP
+
+
 @pytest.mark.parametrize("spec, says", [
     ("boom", "unknown kind"),
     ("kill", "which worker"),
@@ -54,6 +74,17 @@ def test_fault_specs_map_onto_the_wrapper_that_injects_them(spec, injector, fiel
     ("drop,oops", "KEY=VALUE"),
     ("kill:gen,how=silent", "only for a stall"),
     ("delay:ctx,msg=client", "msg=client is"),
+    # restart: the supervisor's; a worker, at= and for= only, durations
+    ("restart", "which worker to restart"),
+    ("restart:both", "ctx or gen"),
+    ("restart:gen,count=2", "at= and for= only"),
+    ("restart:gen,msg=write", "at= and for= only"),
+    ("restart:ctx,how=silent", "at= and for= only"),
+    ("restart:gen,req=r1", "at= and for= only"),
+    ("restart:gen,at=soon", "not a duration"),
+    ("restart:gen,for=-1s", "not a duration"),
+    ("restart:gen,for=", "KEY=VALUE"),
+    ("restart:gen,at=1s,at=2s", "given twice"),
 ])
 def test_bad_fault_specs_say_why(spec, says):
     with pytest.raises(FaultSpecError, match=says):
@@ -66,6 +97,10 @@ def test_bad_fault_specs_say_why(spec, says):
     ["--metrics-port", "9400", "--inprocess"],
     ["--metrics-port", "70000"],
     ["--progress-deadline-ms", "0"],
+    ["--fault", "restart:gen,at=1s", "--inprocess"],
+    ["--fault", "restart:gen,count=1"],
+    ["--fault", "restart:ctx,for=later"],
+    ["--fault", "restart"],
 ])
 def test_bad_run_options_are_a_usage_error_and_start_nothing(argv, tmp_path, capsys):
     assert main(["run", *argv, "--out", str(tmp_path / "o")]) == 2

@@ -26,12 +26,12 @@ CREATE VIEW detector_died_holding (
   waiters
 ) AS
 WITH lost AS (
-    SELECT peer AS dead, stream AS seen_by, ts_ns AS seen_ts, error,
+    SELECT peer AS dead, stream AS seen_by, ts_ns AS seen_ts, seq AS seen_seq, error,
            row_number() OVER (PARTITION BY peer ORDER BY ts_ns, stream, seq) AS n
     FROM _detector_ev
     WHERE kind = 'peer.lost' AND peer IS DISTINCT FROM stream
 ), dead AS (
-    SELECT s.stream, s.last_seq, s.end_ts, s.first_ts, l.seen_by, l.seen_ts, l.error
+    SELECT s.stream, s.last_seq, s.end_ts, s.first_ts, l.seen_by, l.seen_ts, l.seen_seq, l.error
     FROM _detector_streams s JOIN lost l ON l.dead = s.stream AND l.n = 1
     WHERE s.closed_seq IS NULL
 ), held AS (
@@ -39,6 +39,14 @@ WITH lost AS (
            list(request_id) AS rids,
            string_agg(pool || ':' || slot || ' by ' || request_id, ', ' ORDER BY seq) AS text
     FROM _detector_holds WHERE end_seq IS NULL GROUP BY stream
+), back AS (
+    -- The first peer.rejoined of the stream that saw it lost, replacing it (a restart).
+    SELECT d.stream, arg_min(json_extract_string(e.attrs, '$.peer'), e.seq) AS new_stream,
+           arg_min(e.ts_ns, e.seq) AS back_ts
+    FROM dead d JOIN _detector_ev e
+      ON e.stream = d.seen_by AND e.kind = 'peer.rejoined' AND e.seq > d.seen_seq
+         AND json_extract_string(e.attrs, '$.replaces') = d.stream
+    GROUP BY d.stream
 ), xfers AS (
     SELECT stream, list(request_id) AS rids, count(*) AS n,
            list_sort(list_distinct(list(request_id))) AS sorted_rids
@@ -51,7 +59,9 @@ SELECT 'died_holding' AS detector, d.stream, CAST(NULL AS VARCHAR) AS request_id
        || _detector_at(d.seen_ts, d.first_ts) || ' (' || coalesce(d.error, '?') || '); it held '
        || coalesce(h.text, 'no slot') || '; ' || coalesce(x.n, 0)
        || ' transfer(s) not completed (' || coalesce(array_to_string(x.sorted_rids[1:5], ', '),
-                                                      'none') || ')' AS reason,
+                                                      'none') || ')'
+       || coalesce('; restarted: ' || b.new_stream || ' rejoined ' || d.seen_by || ' at '
+                   || _detector_at(b.back_ts, d.first_ts), '') AS reason,
        d.end_ts AS ts_ns, greatest(0, d.seen_ts - d.end_ts) AS dur_ns,
        list_sort(list_distinct(list_concat(coalesce(h.rids, []), coalesce(x.rids, []))))
          AS holders,
@@ -59,4 +69,5 @@ SELECT 'died_holding' AS detector, d.stream, CAST(NULL AS VARCHAR) AS request_id
        CAST([] AS VARCHAR[]) AS waiters
 FROM dead d
 LEFT JOIN held h USING (stream)
-LEFT JOIN xfers x USING (stream);
+LEFT JOIN xfers x USING (stream)
+LEFT JOIN back b USING (stream);

@@ -133,7 +133,9 @@ SELECT
 FROM o
 LEFT JOIN transfers AS t USING (stream, request_id);
 
--- Poisoned buffer slots: each buffer.poisoned, the slot that will never return to its pool.
+-- Poisoned buffer slots: each buffer.poisoned, the slot that never returns to its pool unless
+-- the peer that could touch it was reaped (a restart): then the first later quarantine.released
+-- of that pool and slot on that stream (reason peer_reaped) gave it back.
 CREATE VIEW forensics_poisoned (
   -- Worker stream.
   stream,
@@ -146,14 +148,26 @@ CREATE VIEW forensics_poisoned (
   -- When it was poisoned.
   ts_ns,
   -- Why (e.g. quiescence_unknown).
-  reason
+  reason,
+  -- When a quarantine.released gave it back (NULL: still poisoned).
+  released_ts_ns,
+  -- Why it was given back (peer_reaped), NULL if it was not.
+  released_reason
 ) AS
-SELECT
-  stream,
-  json_extract_string(attrs, '$.pool'),
-  CAST(json_extract(attrs, '$.slot') AS BIGINT),
-  request_id,
-  ts_ns,
-  json_extract_string(attrs, '$.reason')
-FROM events
-WHERE kind = 'buffer.poisoned';
+WITH p AS (
+  SELECT stream, seq, json_extract_string(attrs, '$.pool') AS pool,
+         CAST(json_extract(attrs, '$.slot') AS BIGINT) AS slot, request_id, ts_ns,
+         json_extract_string(attrs, '$.reason') AS reason
+  FROM events WHERE kind = 'buffer.poisoned'
+), r AS (
+  SELECT stream, seq, json_extract_string(attrs, '$.pool') AS pool,
+         CAST(json_extract(attrs, '$.slot') AS BIGINT) AS slot, ts_ns,
+         json_extract_string(attrs, '$.reason') AS reason
+  FROM events WHERE kind = 'quarantine.released'
+)
+SELECT p.stream, p.pool, p.slot, p.request_id, p.ts_ns, p.reason,
+       (SELECT arg_min(r.ts_ns, r.seq) FROM r WHERE r.stream = p.stream AND r.pool = p.pool
+          AND r.slot = p.slot AND r.seq > p.seq) AS released_ts_ns,
+       (SELECT arg_min(r.reason, r.seq) FROM r WHERE r.stream = p.stream AND r.pool = p.pool
+          AND r.slot = p.slot AND r.seq > p.seq) AS released_reason
+FROM p;

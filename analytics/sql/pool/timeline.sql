@@ -3,7 +3,8 @@
 -- Pool occupancy over time per worker: one row per event that changed a pool ('send' and
 -- 'recv' buffer slots, 'blocks' of the KV block pool), with the counts after it. Slots:
 -- buffer.acquired holds one, buffer.released frees it, buffer.poisoned moves it from held to
--- poisoned for good. Blocks: blocks.allocated holds, blocks.freed frees (prefix reuse adds
+-- poisoned (a quarantine.released, once the peer that could touch it was reaped, puts it back
+-- to free). Blocks: blocks.allocated holds, blocks.freed frees (prefix reuse adds
 -- references to blocks already held, so it does not change the count). Sizes come from the
 -- ledger.opened config (send_slots, recv_slots, num_blocks); free is NULL without them.
 CREATE VIEW pool_timeline (
@@ -30,10 +31,12 @@ WITH d AS (
   SELECT
     stream, seq, ts_ns,
     json_extract_string(attrs, '$.pool') AS pool,
-    CASE kind WHEN 'buffer.acquired' THEN 1 ELSE -1 END AS d_held,
-    CASE kind WHEN 'buffer.poisoned' THEN 1 ELSE 0 END AS d_poisoned
+    CASE kind WHEN 'buffer.acquired' THEN 1 WHEN 'quarantine.released' THEN 0 ELSE -1 END
+      AS d_held,
+    CASE kind WHEN 'buffer.poisoned' THEN 1 WHEN 'quarantine.released' THEN -1 ELSE 0 END
+      AS d_poisoned
   FROM events
-  WHERE kind IN ('buffer.acquired', 'buffer.released', 'buffer.poisoned')
+  WHERE kind IN ('buffer.acquired', 'buffer.released', 'buffer.poisoned', 'quarantine.released')
   UNION ALL
   SELECT
     stream, seq, ts_ns, 'blocks',
