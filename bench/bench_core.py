@@ -2,6 +2,9 @@
 events going to a no-op emit and to a real Ledger (SQLite), and events per request by side.
 
     python bench/bench_core.py [--requests N] [--json]
+    python bench/bench_core.py --once N [--emit noop|ledger]   # one run, for callgrind/cProfile
+    bench/bench_core_instructions.sh                           # instructions per request
+
 
 The core is driven by an instant in-memory driver (every effect answered at once), so the time is
 the runtime's bookkeeping: tables, blocks, slots, termination, events. The baseline in the same
@@ -83,6 +86,37 @@ def _ledgers(d: Path, writer: str | None) -> tuple[Ledger, Ledger]:
     return lc, lg
 
 
+def _once(a: argparse.Namespace) -> int:
+    """One run of ``drive`` after the same warm-up as ``main`` (instruction counts: the
+    difference of two --once runs of different N is the per-request cost, start-up excluded)."""
+
+    def noop(kind, request_id=None, **attrs):
+        return None
+
+    drive(200, noop, noop)
+    with tempfile.TemporaryDirectory() as d:
+        if a.emit == "ledger":
+            lc, lg = _ledgers(Path(d), a.writer)
+            sinks = (lc.emit, lg.emit)
+        else:
+            sinks = (noop, noop)
+        if a.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile(time.process_time)  # CPU: the box is shared
+            prof.enable()
+            drive(a.once, *sinks)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        else:
+            drive(a.once, *sinks)
+        if a.emit == "ledger":
+            lc.close()
+            lg.close()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=5000)
@@ -91,7 +125,16 @@ def main() -> int:
     ap.add_argument("--writer", choices=("process", "thread"), default=None,
                     help="the ledger's writer mode (default: the Ledger default, process)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--once", type=int, metavar="N", default=None,
+                    help="warm up, then drive N requests once and exit (no report): the unit "
+                    "bench_core_instructions.sh counts under callgrind, or --profile profiles")
+    ap.add_argument("--emit", choices=("noop", "ledger"), default="noop",
+                    help="with --once: the events' sink")
+    ap.add_argument("--profile", choices=("cprofile",), default=None,
+                    help="with --once: print the top of a cProfile of the N requests")
     a = ap.parse_args()
+    if a.once is not None:
+        return _once(a)
     counts: Counter = Counter()
 
     def noop(kind, request_id=None, **attrs):
@@ -106,6 +149,7 @@ def main() -> int:
     drive(a.requests, counting("ctx"), counting("gen"))
     events = sum(counts.values())
     walls, cpus, bases, withs, writer_cpu = [], [], [], [], []
+    base_cpus, with_cpus = [], []
     close_s = []
     with tempfile.TemporaryDirectory() as d:
         for r in range(a.repeats):
@@ -128,6 +172,8 @@ def main() -> int:
                                - kids0.children_user - kids0.children_system) / events * 1e6)
             walls.append(with_ledger / base)
             cpus.append(cpu / base_cpu)
+            base_cpus.append(base_cpu)
+            with_cpus.append(cpu)
             bases.append(base)
             withs.append(with_ledger)
     med = statistics.median
@@ -137,11 +183,15 @@ def main() -> int:
         "writer": a.writer or "process (default)",
         "core_us_per_request_noop_emit": round(med(bases) / a.requests * 1e6, 2),
         "core_us_per_request_with_ledger": round(med(withs) / a.requests * 1e6, 2),
+        # CPU time of this process: less at the mercy of what else the machine runs than wall.
+        "core_cpu_us_per_request_noop_emit": round(med(base_cpus) / a.requests * 1e6, 2),
+        "core_cpu_us_per_request_with_ledger": round(med(with_cpus) / a.requests * 1e6, 2),
         "ledger_ratio": round(med(walls), 3),
         "ledger_ratio_runs": [round(x, 3) for x in walls],
         # CPU of this process (runtime + shipper threads) with the ledger over without: what
         # the ledger costs the runtime's own core, whatever else the machine runs.
         "runtime_process_cpu_ratio": round(med(cpus), 3),
+        "runtime_process_cpu_ratio_runs": [round(x, 3) for x in cpus],
         # CPU of the writer processes per event (0 in thread mode: it is in the ratio above).
         "writer_process_cpu_us_per_event": round(med(writer_cpu), 2),
         "ledger_close_flush_s": round(med(close_s), 3),

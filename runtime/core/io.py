@@ -13,17 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..workload import RequestSpec
+from .fastinit import fast_init
 from .messages import Message
 
 # ---- inputs ---------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Arrive:
     spec: RequestSpec
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Cancel:
     request_id: str
@@ -31,6 +34,7 @@ class Cancel:
     source: str = "client"  # one of ledger.events.CANCEL_SOURCES
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ControlIn:
     """A control message from the peer (already decoded)."""
@@ -39,6 +43,7 @@ class ControlIn:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class XferState:
     """A transport state observed by the driver (only on change), with its poll count."""
@@ -50,6 +55,7 @@ class XferState:
     error: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Packed:
     request_id: str
@@ -57,6 +63,7 @@ class Packed:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Posted:
     request_id: str
@@ -64,6 +71,7 @@ class Posted:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PostFailed:
     request_id: str
@@ -71,6 +79,7 @@ class PostFailed:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unpacked:
     request_id: str
@@ -78,6 +87,7 @@ class Unpacked:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WorkerError:
     """The driver failed while carrying out an effect of this request (a failure is a state)."""
@@ -87,11 +97,13 @@ class WorkerError:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Tick:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Poll:
     """The status poll (``check_context_status``/``check_gen_status``): ended transfers are
@@ -101,12 +113,14 @@ class Poll:
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PeerLost:
     error: str
     now_ns: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PeerRejoined:
     """A new incarnation of the lost peer is connected (its metadata loaded, its frames the only
@@ -131,6 +145,7 @@ class Shutdown:
 # ---- effects --------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Fill:
     """Fill fresh KV blocks deterministically: block ``blocks[i]`` from seed ``seeds[i]``."""
@@ -140,6 +155,7 @@ class Fill:
     seeds: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pack:
     """Pack ``blocks`` into send slot ``slot``; answer ``Packed`` with their checksums."""
@@ -149,6 +165,7 @@ class Pack:
     blocks: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PostWrite:
     """One WRITE of ``nbytes`` from the front of send slot ``slot`` into the peer's range."""
@@ -160,6 +177,7 @@ class PostWrite:
     notif: Message | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Release:
     """Release the transport handle (never check it again)."""
@@ -168,11 +186,13 @@ class Release:
     handle: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SendControl:
     msg: Message
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unpack:
     """Unpack recv slot ``slot`` into ``blocks``; answer ``Unpacked`` with their checksums."""
@@ -182,6 +202,7 @@ class Unpack:
     blocks: tuple[int, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Fulfil:
     """The request's future is fulfilled (exactly once): value | cancelled | error."""
@@ -191,6 +212,7 @@ class Fulfil:
     outcome: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CancelResult:
     """The answer to ``Cancel``: the structured result (``ledger.events.CANCEL_RESULTS``) and its
@@ -203,6 +225,7 @@ class CancelResult:
     physical: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Polled:
     """The answer to ``Poll``: the request ids returned (and terminated)."""

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...ledger.events import CANCEL_RESULTS
 from .. import limits
@@ -125,6 +125,20 @@ class Fire:
 Action = Callable[[Any, Fire], None]
 
 
+class Bound(NamedTuple):
+    """One row of the table bound to a side's actions (``CoreBase._bind``)."""
+
+    next: str
+    actions: tuple[Action, ...]
+    row: Row
+    cancel_source: str | None  # a structured cancel: cancel.requested/cancel.result recorded
+    source: str | None  # the cause this firing names (if the request has none yet)
+    gone: bool  # the next state holds no record (closed, absent)
+
+
+_GONE = frozenset({"closed", "absent"})
+
+
 class CoreBase:
     side = ""
     pool_name = ""
@@ -172,10 +186,14 @@ class CoreBase:
         if cfg.release_on_cancel:
             flags |= {"release_on_cancel"}
         self._rows = self._bind(table(flags))
+        self.block_nbytes = cfg.block_nbytes  # a computed property of the (frozen) config
 
     # -- the table, bound to this side's actions ------------------------------------------------
     @classmethod
-    def _bind(cls, rows: Any) -> dict[tuple[str, str], tuple[str, tuple[Action, ...], Row]]:
+    def _bind(cls, rows: Any) -> dict[tuple[str, str], Bound]:
+        """The side's rows keyed by (state, word), each with its actions as functions and what
+        ``_fire`` would otherwise work out again on every firing from the word and the row (the
+        cancel source it records, the cause it names): done once here, per core."""
         bound = {}
         for (side, state, word), row in rows.items():
             if side != cls.side:
@@ -185,31 +203,45 @@ class CoreBase:
                 fn = getattr(cls, "a_" + name, None)
                 assert fn is not None, f"{cls.__name__}: no action {name!r} ({state}, {word})"
                 fns.append(fn)
-            bound[(state, word)] = (row.next, tuple(fns), row)
+            # The first cancel-like input names the request's cause, unless it changes nothing
+            # (a row that keeps the state and does nothing) or the transfer already ended.
+            source = _SOURCE_OF.get(word)
+            if state == "ended" or (row.next == state and not row.actions):
+                source = None
+            bound[(state, word)] = Bound(row.next, tuple(fns), row, CANCEL_SOURCES.get(word),
+                                         source, row.next in _GONE)
         return bound
 
     def row(self, state: str, word: str) -> Row | None:
         hit = self._rows.get((state, word))
-        return hit[2] if hit else None
+        return hit.row if hit else None
 
     # -- the one door ---------------------------------------------------------------------------
     def feed(self, inp: Any) -> list[Any]:
         """Consume one input; return the effects the driver must carry out, in order."""
-        assert inp.now_ns >= self.now_ns or isinstance(inp, io.Tick), "time went backwards"
-        self.now_ns = max(self.now_ns, inp.now_ns)
+        cls = type(inp)
+        now = inp.now_ns
+        if now >= self.now_ns:
+            self.now_ns = now
+        else:
+            assert cls is io.Tick, "time went backwards"
         if self.last_progress_ns is None:
             self.last_progress_ns = self.now_ns
-        if type(inp) is io.Poll and not self.ready and self._blocked_since is None and not (
+        blocked = self._blocked_since is not None
+        if cls is _POLL and not self.ready and not blocked and not (
                 self.policy.gen_poll_blocks and self._unready):
             return [_NOTHING_POLLED]  # the executor polls every step; most polls find nothing
-        self._out = []
-        if self._blocked_since is not None and type(inp) in _HELD_WHILE_BLOCKED:
+        if blocked and cls in _HELD_WHILE_BLOCKED:
             # The executor thread is stuck in a blocking poll: it handles nothing else.
-            if not isinstance(inp, io.Tick):
+            if cls is not io.Tick:
                 self._stalled.append(inp)
+            self._out = []
             return []
-        _DOOR[type(inp)](self, inp)
-        self._pump()
+        self._out = []
+        _DOOR[cls](self, inp)
+        # The joint rules, only when a queue they serve holds someone (most steps: none).
+        if self.admission or self.slot_wait or (self.closing and self.early):
+            self._pump()
         out, self._out = self._out, []
         if self._blocked_since is None:
             while self._stalled:  # the executor runs again: it handles what queued up, now
@@ -227,7 +259,12 @@ class CoreBase:
         return "closed" if rid in self.finished else "absent"
 
     def _fire(self, rid: str, word: str, inp: Any = None) -> None:
-        state = self.state_of(rid)
+        # The hottest function of the runtime (every input, ~15 firings a request): state_of and
+        # the state change (_enter) are written out here, and the row carries what was derived
+        # from it once (_bind).
+        reqs = self.reqs
+        rec = reqs.get(rid)
+        state = rec.state if rec is not None else self.state_of(rid)
         hit = self._rows.get((state, word))
         if hit is None:
             if word in PEER_INPUTS[self.side]:
@@ -235,38 +272,31 @@ class CoreBase:
                 return
             raise LifecycleError(
                 f"can't handle input {word!r} when side={self.side} and state={state}")
-        nxt, actions, row = hit
+        nxt, actions, _row, cancel_source, source, gone = hit
         f = Fire(rid, word, inp, state)
-        cancel_source = CANCEL_SOURCES.get(word)
         if cancel_source is not None:
             self.emit("cancel.requested", rid, source=cancel_source)
-        rec = self.reqs.get(rid)
-        source = _SOURCE_OF.get(word)
-        if (source is not None and rec is not None and rec.cancel_source is None
-                and state != "ended" and (nxt != state or actions)):
+        if source is not None and rec is not None and rec.cancel_source is None:
             rec.cancel_source = source
         for action in actions:
             action(self, f)
-        self._enter(rid, state, nxt)
-        if cancel_source is not None:
-            self._cancel_result(f, nxt)
-
-    def _enter(self, rid: str, state: str, nxt: str) -> None:
-        rec = self.reqs.get(rid)
-        if nxt in ("closed", "absent"):
+        # The state change (the actions may have created, replaced or removed the record).
+        rec = reqs.get(rid)
+        if gone:
             assert rec is None or self.policy.gen_init_not_idempotent, \
                 f"{self.side}: {rid} {state} -> {nxt} still holds a live record"
             assert rid not in self.early, f"{self.side}: {rid} -> {nxt} still holds a record"
-            return
-        if rec is not None:
-            if rec.state != nxt and nxt == "ended":
+        elif rec is not None:
+            if nxt == "ended" and rec.state != nxt:
                 self._unready.discard(rid)
                 self.ready.append(rid)
             rec.state = nxt
-            return
-        early = self.early.get(rid)
-        assert early is not None, f"{self.side}: {rid} -> {nxt} without a record"
-        early.state = nxt
+        else:
+            early = self.early.get(rid)
+            assert early is not None, f"{self.side}: {rid} -> {nxt} without a record"
+            early.state = nxt
+        if cancel_source is not None:
+            self._cancel_result(f, nxt)
 
     def _violation(self, rid: str, state: str, word: str, detail: str) -> None:
         """A well-formed message from the peer that makes no sense here: recorded, ignored."""
@@ -438,7 +468,7 @@ class CoreBase:
             # Mutant (sig #4): future.get() on an unready entry; the executor is stuck here.
             if self._blocked_since is None:
                 self._blocked_since = self.now_ns
-            self._do(io.Polled(()))
+            self._out.append(io.Polled(()))
             return
         elapsed = 0 if self._blocked_since is None else self.now_ns - self._blocked_since
         self._blocked_since = None
@@ -447,13 +477,15 @@ class CoreBase:
         # largest single cost of a replay (the count is the same as before ending `returned`).
         skipped = len(self._unready) if (returned or elapsed) else 0
         self.ready.clear()
+        reqs = self.reqs
         for rid in returned:
-            if self.state_of(rid) == "ended":
+            rec = reqs.get(rid)
+            if rec is not None and rec.state == "ended":  # state_of(rid) == "ended"
                 self._fire(rid, "polled")
         if returned or elapsed:
             self.emit(self.poll_kind, None, at_least=at_least, returned=list(returned),
                       skipped=skipped, elapsed_ns=elapsed)
-        self._do(io.Polled(returned))
+        self._out.append(io.Polled(returned))
 
     def _on_xferstate(self, inp: io.XferState) -> None:
         rid = self.by_handle.get(inp.handle)
@@ -571,14 +603,11 @@ class CoreBase:
         self.emit("cancel.result", f.rid, result=result, action=CANCEL_RESULTS[result],
                   logical=logical, physical=physical)
         if isinstance(f.inp, io.Cancel):
-            self._do(io.CancelResult(f.rid, result, logical, physical))
+            self._out.append(io.CancelResult(f.rid, result, logical, physical))
 
     # -- shared actions ------------------------------------------------------------------------
-    def _do(self, effect: Any) -> None:
-        self._out.append(effect)
-
-    def _rec(self, f: Fire) -> Req:
-        return self.reqs[f.rid]
+    # Actions append their effects to ``self._out`` and find their record as ``self.reqs[f.rid]``
+    # directly: a helper method per effect and per lookup was ~25 calls per request.
 
     def a_arrived(self, f: Fire) -> None:
         spec = f.inp.spec
@@ -590,7 +619,7 @@ class CoreBase:
             self._at(self.now_ns + spec.timeout_ms * 1_000_000, "timeout", f.rid)
 
     def a_enqueue(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         rec.wait_since = self.now_ns
         if self.admission or not self._kv_available(rec):
             self.emit("request.queued", f.rid, queue="kv", depth=len(self.admission) + 1)
@@ -599,7 +628,7 @@ class CoreBase:
         self.admission.append(f.rid)
 
     def a_leave_queue(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         if rec.pending_alloc is not None:  # taken for the joint rule, not used: give it back
             self.blocks.free(f.rid)
             rec.pending_alloc = None
@@ -607,7 +636,7 @@ class CoreBase:
             self.admission.remove(f.rid)
 
     def a_want_slot(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         rec.wait_since = self.now_ns
         if self.slot_wait or not self.pool.free:
             self.emit("buffer.exhausted", f.rid, pool=self.pool_name,
@@ -621,24 +650,30 @@ class CoreBase:
             self.slot_wait.remove(f.rid)
 
     def a_take_slot(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         slot = self.pool.acquire(f.rid)
         assert slot is not None, f"{self.side}: slot rule fired with no free slot"
         rec.slot = slot
         rec.wait_since = None
         rec.slots_used.append(slot)
         self.emit("buffer.acquired", f.rid, pool=self.pool_name, slot=slot)
-        self._progress()
+        self.last_progress_ns = self.now_ns  # _progress()
 
     def a_release_slot(self, f: Fire) -> None:
-        rec = self._rec(f)
-        assert rec.physical in REUSABLE or rec.slot is None, \
-            f"{self.side}: {f.rid}'s slot released while {rec.physical}"
-        self._give_back_slot(rec)
+        rec = self.reqs[f.rid]
+        slot = rec.slot
+        if slot is None:
+            return
+        assert rec.physical in REUSABLE, f"{self.side}: {f.rid}'s slot released while " \
+            f"{rec.physical}"
+        # _give_back_slot, written out (every request on both sides)
+        self.pool.release(rec.rid, slot)
+        self.emit("buffer.released", rec.rid, pool=self.pool_name, slot=slot)
+        rec.slot = None
 
     def a_release_slot_unproven(self, f: Fire) -> None:
         """Mutants only: the slot goes back although a WRITE may still touch it."""
-        self._give_back_slot(self._rec(f))
+        self._give_back_slot(self.reqs[f.rid])
 
     def _give_back_slot(self, rec: Req) -> None:
         if rec.slot is None:
@@ -648,7 +683,7 @@ class CoreBase:
         rec.slot = None
 
     def a_poison_slot(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         if rec.physical not in REUSABLE:
             rec.physical = "in_doubt"
         if rec.slot is None:
@@ -661,15 +696,15 @@ class CoreBase:
 
     def a_leak_slot(self, f: Fire) -> None:
         """Mutant (sig #6): the early return skips freeing the receive slot."""
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         self.leaked.append((f.rid, f"{self.pool_name} slot {rec.slot} leaked on {f.word}"))
         rec.slot = None
 
     def a_drop_promise(self, f: Fire) -> None:
-        self._rec(f).promise_dropped = True  # the response is erased, its promise broken
+        self.reqs[f.rid].promise_dropped = True  # the response is erased, its promise broken
 
     def a_quarantine(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         if rec.quarantined:
             return
         rec.quarantined = True
@@ -688,7 +723,7 @@ class CoreBase:
             self.a_quarantine(replace(f, word="unhealthy"))
 
     def a_defer_termination(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         self.emit("termination.requested", f.rid, reason=rec.cancel_source or "finished")
         deferred = not self.tm.request_termination(f.rid, rec.cancel_source or "finished")
         assert deferred, f"{self.side}: {f.rid} in {f.state} holds no transfer to defer on"
@@ -696,7 +731,7 @@ class CoreBase:
 
     def a_end(self, f: Fire) -> None:
         """The transfer reached its final outcome on this side: answer the user (once)."""
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         assert rec.outcome is None, f"{self.side}: {f.rid} ended twice"
         outcome = rec.outcome = self._outcome(rec, f.word)
         self.emit("transfer.completed", f.rid, outcome=outcome,
@@ -708,7 +743,7 @@ class CoreBase:
             self.emit("quarantine.left", f.rid, state="DONE" if rec.handle_terminal and (
                 rec.completion is None or rec.completion.state == "DONE") else "ERR")
         self._unready.discard(f.rid)
-        self._progress()
+        self.last_progress_ns = self.now_ns  # _progress()
 
     def _outcome(self, rec: Req, word: str) -> str:
         if rec.shed_reason is not None:
@@ -732,7 +767,7 @@ class CoreBase:
             return
         self.futures[rec.rid] = outcome
         self.emit("future.fulfilled", rec.rid, side=self.side, outcome=outcome)
-        self._do(io.Fulfil(rec.rid, self.side, outcome))
+        self._out.append(io.Fulfil(rec.rid, self.side, outcome))
 
     def a_terminate(self, f: Fire) -> None:
         """Nothing in flight: end the transfer and terminate now (no poll needed)."""
@@ -742,7 +777,7 @@ class CoreBase:
 
     def a_end_transfer(self, f: Fire) -> None:
         """``_end_transfer_and_maybe_terminate``: the last owner lets go; terminate once."""
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         completed, needs_termination, unpin = self.tm.end_transfer(f.rid)
         if completed:
             self._unready.discard(f.rid)
@@ -788,14 +823,14 @@ class CoreBase:
     def a_finish_unstarted(self, f: Fire) -> None:
         """A request that never started a transfer (queued for KV, refused or shed): answered
         and finished at once; nothing to terminate."""
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         outcome = self._outcome(rec, f.word)
         if not rec.fulfilled:
             self._fulfil(rec, _FUTURE_OF[outcome])
         self._finish(rec, outcome)
 
     def a_shed(self, f: Fire) -> None:
-        rec = self._rec(f)
+        rec = self.reqs[f.rid]
         if rec.shed_reason is None:
             rec.shed_reason = {"arrive_closed": "shutting down",
                                "arrive_queue_full": "admission queue full"}.get(f.word, f.word)
@@ -960,6 +995,7 @@ _QUARANTINE_REASON = {
     "unhealthy": "cancel while backend unhealthy",
 }
 _HELD_WHILE_BLOCKED = frozenset({io.Arrive, io.Cancel, io.Tick})
+_POLL = io.Poll
 _NOTHING_POLLED = io.Polled(())
 # Every input class and the machine's handler for it: the one dispatch table of ``feed``.
 _DOOR: dict[type, Callable[[CoreBase, Any], None]] = {

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..limits import CONTROL_FRAME_BYTES_MAX, CONTROL_TEXT_BYTES_MAX, REQUEST_ID_BYTES_MAX
+from .fastinit import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Advertise:
     request_id: str
@@ -31,12 +33,14 @@ class Advertise:
     desc: bytes = b""  # filled by the driver (transport.region_descriptor)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Abandon:
     request_id: str
     reason: str = ""  # why gen gave the request up (client, timeout, shed, shutdown, ...)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadySignal:
     request_id: str
@@ -44,6 +48,7 @@ class ReadySignal:
     reason: str = ""  # for not_ready / cancelled: client, timeout, abandoned, worker_error, ...
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Completion:
     request_id: str
@@ -54,6 +59,7 @@ class Completion:
     error: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Landed:
     request_id: str

@@ -49,7 +49,7 @@ class GenCore(CoreBase):
         rec = self.reqs[f.rid]
         alloc = self._admitted(rec)
         rec.blocks = alloc.blocks
-        rec.nbytes = len(rec.blocks) * self.cfg.block_nbytes
+        rec.nbytes = len(rec.blocks) * self.block_nbytes
         self.emit("blocks.allocated", f.rid, blocks=rec.blocks)
         self.tm.start_transfer(f.rid, [])  # gen blocks are written by Unpack only: no pin
         self._unready.add(f.rid)
@@ -60,12 +60,12 @@ class GenCore(CoreBase):
         ctx is told (Abandon) so it stops at once instead of waiting for its timeout."""
         self._refused(self.reqs[f.rid], Final("failed", "not_exposed"))
         if not self.peer_lost:
-            self._do(io.SendControl(Abandon(f.rid, "refused")))
+            self._out.append(io.SendControl(Abandon(f.rid, "refused")))
 
     def a_advertise(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
         rec.physical = "active"  # a remote write target from now on
-        self._do(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes)))
+        self._out.append(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes)))
         self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.peer_name)
 
     # -- Abandon and its retries ----------------------------------------------------------------
@@ -74,14 +74,14 @@ class GenCore(CoreBase):
         src = rec.cancel_source
         reason = ("shed" if rec.shed_reason is not None else src if src is not None
                   else _ABANDON_REASON.get(f.word, f.word))
-        self._do(io.SendControl(Abandon(f.rid, reason)))
+        self._out.append(io.SendControl(Abandon(f.rid, reason)))
         rec.abandon_attempts = 1
         self._at(self.now_ns + self.cfg.abandon_retry_ms * 1_000_000, "abandon_retry", f.rid, 1)
 
     def a_resend_abandon(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
         rec.abandon_attempts += 1
-        self._do(io.SendControl(Abandon(f.rid, rec.cancel_source or "client")))
+        self._out.append(io.SendControl(Abandon(f.rid, rec.cancel_source or "client")))
         self.emit("transfer.abandon_resent", f.rid, attempt=rec.abandon_attempts)
         wait_ms = min(self.cfg.abandon_retry_ms << min(rec.abandon_attempts - 1, 16),
                       limits.ABANDON_RETRY_MS_MAX)
@@ -117,7 +117,7 @@ class GenCore(CoreBase):
 
     def a_unpack(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        self._do(io.Unpack(f.rid, rec.slot, tuple(rec.blocks)))
+        self._out.append(io.Unpack(f.rid, rec.slot, tuple(rec.blocks)))
 
     def a_verify(self, f: Fire) -> None:
         rec = self.reqs[f.rid]

@@ -57,7 +57,7 @@ class CtxCore(CoreBase):
 
     def _send_word(self, rid: str, msg: Message) -> None:
         """Tell gen; the last thing said about a request is its final word (repeated later)."""
-        self._do(io.SendControl(msg))
+        self._out.append(io.SendControl(msg))
         rec = self.reqs.get(rid)
         if rec is not None:
             rec.word = msg
@@ -111,7 +111,7 @@ class CtxCore(CoreBase):
         self._refused(self.reqs[f.rid],
                       Final("failed", "not_exposed", _refusal(f.rid), refused=True))
         if not self.peer_lost:
-            self._do(io.SendControl(_refusal(f.rid)))
+            self._out.append(io.SendControl(_refusal(f.rid)))
 
     # -- admission and the send ----------------------------------------------------------------
     def a_allocate(self, f: Fire) -> None:
@@ -123,9 +123,9 @@ class CtxCore(CoreBase):
             self.emit("blocks.reused", f.rid, blocks=alloc.reused)
         if alloc.fresh:
             self.emit("blocks.allocated", f.rid, blocks=alloc.fresh)
-            self._do(io.Fill(f.rid, tuple(alloc.fresh), tuple(alloc.fresh_seeds)))
+            self._out.append(io.Fill(f.rid, tuple(alloc.fresh), tuple(alloc.fresh_seeds)))
         rec.blocks = alloc.blocks
-        rec.nbytes = len(rec.blocks) * self.cfg.block_nbytes
+        rec.nbytes = len(rec.blocks) * self.block_nbytes
         # The transfer holds a pin on the blocks until its last owner ends it (end_transfer).
         self.tm.start_transfer(f.rid, rec.blocks)
         self._unready.add(f.rid)
@@ -138,12 +138,12 @@ class CtxCore(CoreBase):
     def a_signal_ready(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
         rec.physical = "active"
-        self._do(io.SendControl(ReadySignal(f.rid, "ready")))
+        self._out.append(io.SendControl(ReadySignal(f.rid, "ready")))
         self.emit("transfer.ready_signal", f.rid, signal="ready")
 
     def a_pack(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        self._do(io.Pack(f.rid, rec.slot, tuple(rec.blocks)))
+        self._out.append(io.Pack(f.rid, rec.slot, tuple(rec.blocks)))
 
     def a_never_posted(self, f: Fire) -> None:
         """The pack ended (or failed) and nothing was posted, or the post itself failed: only
@@ -155,7 +155,7 @@ class CtxCore(CoreBase):
 
     def a_post(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        self._do(io.PostWrite(f.rid, rec.slot, rec.nbytes, rec.remote_desc, Landed(f.rid)))
+        self._out.append(io.PostWrite(f.rid, rec.slot, rec.nbytes, rec.remote_desc, Landed(f.rid)))
 
     def a_record_handle(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
@@ -178,7 +178,7 @@ class CtxCore(CoreBase):
         rec = self.reqs[f.rid]
         assert rec.handle is not None
         self.by_handle.pop(rec.handle, None)
-        self._do(io.Release(f.rid, rec.handle))
+        self._out.append(io.Release(f.rid, rec.handle))
         if not rec.handle_terminal:
             rec.physical = "in_doubt"
         # "accepted" is what release promises at most; quiescent only if DONE/ERR was seen.
@@ -201,10 +201,10 @@ class CtxCore(CoreBase):
     def a_resend_final_word(self, f: Fire) -> None:
         rec = self.reqs.get(f.rid)
         word = rec.word if rec is not None else self.finished[f.rid].word
-        self._do(io.SendControl(word or ReadySignal(f.rid, "not_ready", "finished")))
+        self._out.append(io.SendControl(word or ReadySignal(f.rid, "not_ready", "finished")))
 
     def a_answer_finished(self, f: Fire) -> None:
         """An advert for a request ctx closed: nothing will be written into that slot."""
         final = self.finished[f.rid]
-        self._do(io.SendControl(final.word if final.refused
+        self._out.append(io.SendControl(final.word if final.refused
                                 else ReadySignal(f.rid, "not_ready", "finished")))
