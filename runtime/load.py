@@ -148,6 +148,15 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
     done_restarts: list[dict[str, Any]] = []
     incarnations = {"ctx": 1, "gen": 1}
 
+    def lost(victim: WorkerProcess, why: str) -> None:
+        """Once per dead worker: note it and tell every live peer (``peer_lost``)."""
+        if victim.stream in dead:
+            return
+        dead.append(victim.stream)
+        for other in workers:
+            if other is not victim and other.alive():
+                other.send("peer_lost", why)
+
     def current(role: str) -> WorkerProcess:
         return next(w for w in workers if w.role == role)
 
@@ -169,13 +178,8 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
                          up_at=now + r.down_ns)
                 say(f"restart: {victim.stream} killed (exit {victim.proc.exitcode}), "
                     f"{'reaped' if reaped else 'NOT reaped'}")
-                if victim.stream not in dead:
-                    dead.append(victim.stream)
-                    for other in workers:
-                        if other is not victim and other.alive():
-                            other.send("peer_lost", f"process {victim.stream} was SIGKILLed and "
-                                       f"reaped by the supervisor (exit {victim.proc.exitcode}; "
-                                       f"restart fault)")
+                lost(victim, f"process {victim.stream} was SIGKILLed and reaped by the "
+                     f"supervisor (exit {victim.proc.exitcode}; restart fault)")
             elif p["phase"] == "down" and now >= p["up_at"]:
                 incarnations[r.worker] += 1
                 base = cfgs[r.worker]
@@ -213,12 +217,8 @@ def run_load(workload: Workload, out_dir: str, *, ctx_cfg: WorkerConfig | None =
         for w in workers:
             w.pump()
             if not w.alive() and w.stream not in dead:
-                dead.append(w.stream)
                 say(f"worker {w.stream} died (exit {w.proc.exitcode})")
-                for other in workers:
-                    if other is not w and other.alive():
-                        other.send("peer_lost", f"process {w.stream} exited "
-                                   f"({w.proc.exitcode})")
+                lost(w, f"process {w.stream} exited ({w.proc.exitcode})")
 
     def submit(to: list[WorkerProcess], batch: list[dict[str, Any]]) -> int:
         for w in to:
