@@ -170,7 +170,7 @@ class CoreBase:
         self.health_reason = "ok"
         self.peer_lost = False
         # The peer's ledger stream: its name at start, a new incarnation's after a rejoin.
-        self.peer_name = cfg.peer or ("gen" if self.side == "ctx" else "ctx")
+        self.peer_name = cfg.peer or self._peer_default()
         self.closing = False  # shutdown: admission closed
         self.violations = 0
         self.last_progress_ns: int | None = None
@@ -576,9 +576,6 @@ class CoreBase:
                 rec.shed_reason = f"every {self.pool_name} slot poisoned"
                 self._fire(rid, "shed")
 
-    def _progress(self) -> None:
-        self.last_progress_ns = self.now_ns
-
     # -- structured cancel: the result on both axes ---------------------------------------------
     def _cancel_result(self, f: Fire, nxt: str) -> None:
         rec = self.reqs.get(f.rid)
@@ -657,19 +654,13 @@ class CoreBase:
         rec.wait_since = None
         rec.slots_used.append(slot)
         self.emit("buffer.acquired", f.rid, pool=self.pool_name, slot=slot)
-        self.last_progress_ns = self.now_ns  # _progress()
+        self.last_progress_ns = self.now_ns
 
     def a_release_slot(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
-        slot = rec.slot
-        if slot is None:
-            return
-        assert rec.physical in REUSABLE, f"{self.side}: {f.rid}'s slot released while " \
-            f"{rec.physical}"
-        # _give_back_slot, written out (every request on both sides)
-        self.pool.release(rec.rid, slot)
-        self.emit("buffer.released", rec.rid, pool=self.pool_name, slot=slot)
-        rec.slot = None
+        assert rec.physical in REUSABLE or rec.slot is None, \
+            f"{self.side}: {f.rid}'s slot released while {rec.physical}"
+        self._give_back_slot(rec)
 
     def a_release_slot_unproven(self, f: Fire) -> None:
         """Mutants only: the slot goes back although a WRITE may still touch it."""
@@ -743,7 +734,7 @@ class CoreBase:
             self.emit("quarantine.left", f.rid, state="DONE" if rec.handle_terminal and (
                 rec.completion is None or rec.completion.state == "DONE") else "ERR")
         self._unready.discard(f.rid)
-        self.last_progress_ns = self.now_ns  # _progress()
+        self.last_progress_ns = self.now_ns
 
     def _outcome(self, rec: Req, word: str) -> str:
         if rec.shed_reason is not None:
