@@ -130,6 +130,25 @@ class _Terminated(BaseException):
     """SIGTERM while a query runs: stop it, clean up, then exit as SIGTERM asks."""
 
 
+def start_on_thread(fn: Callable[[], Any], name: str) -> tuple[threading.Event, dict[str, Any]]:
+    """``fn()`` on a daemon thread (a Ctrl-C or timeout never waits for it). Returns ``(done,
+    box)``: once ``done`` is set, ``box`` holds ``"value"``, or ``"error"`` (any exception, for
+    the waiting thread to raise)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return done, box
+
+
 class QuerySession:
     """A sandboxed DuckDB session over loaded ledgers; a context manager.
 
@@ -208,19 +227,7 @@ class QuerySession:
         return self._guarded(fn, None)
 
     def _guarded(self, fn: Callable[[], T], con: duckdb.DuckDBPyConnection | None) -> T:
-        result: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                result["value"] = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                result["error"] = exc
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=work, name="kvledger-query", daemon=True)
-        worker.start()
+        done, result = start_on_thread(fn, "kvledger-query")
         try:
             while not done.wait(_POLL_S):
                 if self._deadline is not None and time.monotonic() > self._deadline:
