@@ -244,6 +244,17 @@ class _Writer:
                 self.send(b"A", t)
 
 
+def _quiet_gc() -> None:
+    """The writer allocates tens of thousands of short-lived, acyclic tuples and dicts a group
+    (marshal.loads, the rows): the cyclic collector's generation-0 passes over them tripled
+    marshal's cost and collected nothing. Freeze what start-up made and collect rarely."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(500_000, 50, 100)
+
+
 def _make_store(cfg: dict[str, Any]) -> Any:
     factory_spec = cfg.get("store_factory")
     if factory_spec:
@@ -265,6 +276,7 @@ def main() -> int:
     # The parent's import path (a store factory from its tests, say), after our own.
     sys.path.extend(p for p in cfg.get("sys_path", ()) if p not in sys.path)
     w = _Writer(cfg, out_fd)
+    _quiet_gc()
     # The lock was taken by the parent and handed over as an inherited descriptor: kept open
     # (never used) until this process exits.
     lock_fd = cfg.get("lock_fd")
