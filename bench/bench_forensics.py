@@ -118,20 +118,19 @@ def sqlite_export(folder: str, work: str, events: int) -> dict[str, float]:
 
 
 def _read_sqlite_local(path: str):  # noqa: ANN202 - pyarrow Table
-    """A plain sqlite3 -> Arrow reader, for comparison with ledger.sources."""
+    """A plain sqlite3 -> Arrow reader (stored batches decoded without validation), for
+    comparison with ledger.sources."""
     import pyarrow as pa
     from kvledger.analytics import source
+    from kvledger.ledger.store import expand_batch, payload_schema
 
     conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     try:
-        cur = conn.execute(f"SELECT {', '.join(source.COLUMNS)} FROM events ORDER BY position")
-        batches = []
-        while rows := cur.fetchmany(200_000):
-            cols = list(zip(*rows, strict=True))
-            batches.append(pa.record_batch(
-                [pa.array(c, type=f.type) for c, f in zip(cols, source.SCHEMA, strict=True)],
-                schema=source.SCHEMA))
-        return pa.Table.from_batches(batches, schema=source.SCHEMA)
+        cur = conn.execute("SELECT position, stream, grp, grp_n, payload FROM event_groups "
+                           "ORDER BY position")
+        batches = [expand_batch(pa.ipc.read_record_batch(pa.py_buffer(blob), payload_schema()),
+                                source.COLUMNS, p, s, g, gn) for p, s, g, gn, blob in cur]
+        return pa.Table.from_batches(batches).cast(source.SCHEMA)
     finally:
         conn.close()
 

@@ -1,4 +1,4 @@
-"""``kvledger verify | events | export | import``: the ledger's own commands."""
+"""``kvledger verify | events | export | import | upgrade``: the ledger's own commands."""
 
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("parquet", metavar="DIR")
     p.add_argument("ledger", metavar="LEDGER", help="new SQLite file or SQLAlchemy URL")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("upgrade", help="copy a ledger of the older one-row-per-event layout "
+                       "into a new ledger",
+                       description="Copy a SQLite ledger written by kvledger before the "
+                       "event_groups layout into NEW (a new file or an empty ledger), every "
+                       "event, position and hash unchanged. OLD is not modified.")
+    p.add_argument("old", metavar="OLD", help="the older ledger file")
+    p.add_argument("new", metavar="NEW", help="new SQLite file or SQLAlchemy URL")
+    p.set_defaults(func=cmd_upgrade)
 
 
 def _open(target: str) -> Any:
@@ -168,6 +177,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         rows = sum(m["rows"] for m in manifests)
         print(f"exported {rows} events in {len(manifests)} segments to {args.parquet}")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from .upgrade import upgrade_sqlite
+
+    n = upgrade_sqlite(args.old, args.new)
+    print(f"copied {n} events into {mask_password(args.new)}")
     return 0
 
 

@@ -125,7 +125,6 @@ class Ledger:
         store_kwargs: dict[str, Any] | None = None,
         backlog_bytes_max: int = SHIP_BYTES_MAX,
         key: bytes | None = None,
-        segments: bool = True,
     ) -> None:
         # group_max None: groups grow with the backlog (process mode), GROUP_MAX_DEFAULT in
         # thread mode; a number caps every group (tests that want many small groups).
@@ -159,7 +158,6 @@ class Ledger:
             raise
         self.backpressure_ms = backpressure_ms
         self.backlog_bytes_max = backlog_bytes_max
-        self._segments = segments  # process mode: sealed Arrow segments (ledger.segments)
         self.clock = clock if clock is not None else MonotonicClock()
         self.sync = sync
         self.group_ms = group_ms
@@ -237,10 +235,6 @@ class Ledger:
             return None
         first_seq, n = rep.torn
         cut = self.store.truncate_tail(self.stream, first_seq)
-        if self.store.url.startswith("sqlite:///"):  # their rows changed under them
-            from .segments import remove_segments
-
-            remove_segments(self.store.url[len("sqlite:///"):])
         log.warning("ledger %s: torn tail: cut %d rows from seq %d (incomplete last group)",
                     self.stream, cut, first_seq)
         return first_seq, cut
@@ -349,7 +343,6 @@ class Ledger:
                                "synchronous": synchronous, "seq": self._seq, "hash": self._hash,
                                "group_ms": self.group_ms, "group_max": group_max,
                                "inbox_bytes_max": self.backlog_bytes_max, "key": self._key,
-                               "segments": self._segments,
                                "lock_fd": lock.fileno(), "sys_path": list(sys.path)}
         if store_factory:
             cfg["store_factory"] = store_factory

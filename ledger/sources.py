@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from .errors import BadLedgerError, SchemaVersionError
 from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError
 from .mapper import to_event
-from .store import VERIFY_COLUMNS, EventStore, normalize_url
+from .store import VERIFY_COLUMNS, EventStore, check_layout, groups_table, normalize_url
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,8 @@ def _sqlite_path(url: str) -> str | None:
     return urllib.parse.unquote(rest[1:].split("?", 1)[0])
 
 
-# What the readers below select: a table named ``events`` without these is someone else's.
-_READ_COLUMNS = frozenset(COLUMNS) | frozenset(VERIFY_COLUMNS)
+# What the readers below select: a table named ``event_groups`` without these is someone else's.
+_READ_COLUMNS = frozenset(c.name for c in groups_table.columns)
 
 
 class _ReadOnlyStore(EventStore):
@@ -340,13 +340,14 @@ class _ReadOnlyStore(EventStore):
         try:
             insp = sa.inspect(self.engine)
             tables = set(insp.get_table_names())
-            if "events" not in tables or "ledger_meta" not in tables:
-                raise BadLedgerError(f"not a kvledger ledger (no events/ledger_meta tables): "
-                                     f"{self.shown}")
-            have = {c["name"] for c in insp.get_columns("events")}
+            check_layout(insp, tables, self.shown)
+            if "event_groups" not in tables or "ledger_meta" not in tables:
+                raise BadLedgerError(f"not a kvledger ledger (no event_groups/ledger_meta "
+                                     f"tables): {self.shown}")
+            have = {c["name"] for c in insp.get_columns("event_groups")}
             missing = sorted(_READ_COLUMNS - have)
             if missing:
-                raise BadLedgerError(f"not a kvledger ledger: its events table has no "
+                raise BadLedgerError(f"not a kvledger ledger: its event_groups table has no "
                                      f"{', '.join(missing)} column: {self.shown}")
             with self.engine.connect() as conn:
                 value = conn.exec_driver_sql(
@@ -354,6 +355,9 @@ class _ReadOnlyStore(EventStore):
         except sa.exc.DBAPIError as exc:
             first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
             raise BadLedgerError(f"cannot open ledger {self.shown}: {first}") from None
+        except UnicodeDecodeError:  # a damaged file whose schema text is not even UTF-8
+            raise BadLedgerError(f"not a ledger database: {self.shown}: its schema is "
+                                 "unreadable (a damaged file)") from None
         try:
             version = int(value)
         except (TypeError, ValueError):

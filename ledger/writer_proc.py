@@ -136,7 +136,6 @@ class _Writer:
         self.send_rows = False
         self.failed = False
         self.acks_broken = False  # the parent is gone: keep committing, stop answering
-        self.segments: Any = None  # ledger.segments.SegmentWriter for a SQLite file ledger
 
     def send(self, tag: bytes, obj: Any) -> None:
         if self.acks_broken:
@@ -192,15 +191,6 @@ class _Writer:
             self.cond.notify_all()
             return frames
 
-    def _segment(self, rows: list[tuple], position: int) -> None:
-        try:
-            self.segments.append(rows, position)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a cache: losing it costs speed only
-            log.warning("ledger %s: segment write failed, no more segments: %s", self.stream,
-                        exc)
-            self.segments.close()  # type: ignore[union-attr]
-            self.segments = None
-
     def run(self, store: Any, seq: int, prev: str) -> None:
         while True:
             frames = self.take()
@@ -227,12 +217,10 @@ class _Writer:
                     rows, bad = self.encode_group(self.stream, seq, prev, items[k:k + cap],
                                                   self.cfg.get("key"))
                     if rows:
-                        position = store.append(rows)
+                        store.append(rows)
                         seq, prev = rows[-1][1], rows[-1][7]
-                        if self.segments is not None and position is not None:
-                            self._segment(rows, position)
                         if self.send_rows:
-                            self.send(b"R", rows)
+                            self.send(b"R", list(rows))
                         self.send(b"H", (seq, prev, len(rows)))
                     if bad is not None:
                         raise bad
@@ -286,18 +274,12 @@ def main() -> int:
         w.failed = True
         w.send(b"E", (type(exc).__name__, str(exc)))
         store = None
-    if store is not None and cfg.get("segments", True):
-        from .segments import open_writer
-
-        w.segments = open_writer(cfg["url"], cfg["stream"], cfg["seq"] + 1)
     reader = threading.Thread(target=w.reader, args=(in_fd,), name="ledger-writer-reader",
                               daemon=True)
     reader.start()
     try:
         w.run(store, cfg["seq"], cfg["hash"])
     finally:
-        if w.segments is not None:
-            w.segments.close()
         if store is not None:
             store.close()
         if lock_fd is not None:

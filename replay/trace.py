@@ -17,8 +17,10 @@ Bad traces raise ``TraceError`` (a ``BadLedgerError``: one line, exit 2) before 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
+import operator
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -500,8 +502,11 @@ def _write_file(events: Sequence[Event], path: Path) -> None:
     try:
         rows = [(e.stream, e.seq, e.ts_ns, e.kind, e.request_id, encode_attrs(e.attrs),
                  e.prev_hash, e.hash) for e in events]
-        for i in range(0, len(rows), 4096):
-            store_append(store, rows[i:i + 4096])
+        # One append per run of one stream's rows (a stored group is one stream's).
+        for _, run in itertools.groupby(rows, key=operator.itemgetter(0)):
+            run = list(run)
+            for i in range(0, len(run), 4096):
+                store_append(store, run[i:i + 4096])
     finally:
         store.close()
     # Fold the WAL into the file so that one self-contained file is put in place.

@@ -6,13 +6,11 @@ fires, the probe fails or the burst does not drain."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from ..cli import CliError, Finding, float_in, int_in, print_json
@@ -174,13 +172,6 @@ def _prepare_out(args: argparse.Namespace, *, replace_own: bool) -> tuple[Any, l
     folder = OwnedFolder(args.out, overwrite=args.overwrite, replace_own=replace_own)
     folder.claim(names)
     folder.remove_claimed(names)
-    for name in ledgers:  # the replaced ledgers' sealed segments (the writer's own cache)
-        seg = Path(args.out) / f"{name}.segments"
-        if seg.is_dir() and not seg.is_symlink():
-            for f in seg.glob("*.arrows"):
-                f.unlink()
-            with contextlib.suppress(OSError):
-                seg.rmdir()
     return folder, [os.path.join(args.out, n) for n in ledgers]
 
 

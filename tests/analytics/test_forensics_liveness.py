@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 from kvledger.cli import main
 
+from tests.ledger.event_rows import event_rows
 from tests.ledger.sequences import S, Stream, write_ledger
 
 
@@ -109,11 +109,9 @@ def test_a_dead_worker_is_died_with_what_it_held(tmp_path, capsys):
 
 def test_a_broken_chain_is_tampered_first(clean_run, tmp_path, capsys):
     copy = Path(shutil.copytree(clean_run, tmp_path / "copy"))
-    con = sqlite3.connect(copy / "gen0.sqlite")
-    con.execute("UPDATE events SET attrs = replace(attrs, 'ok', 'no') "
-                "WHERE kind = 'request.finished'")
-    con.commit()
-    con.close()
+    with event_rows(copy / "gen0.sqlite") as con:
+        con.exec_driver_sql("UPDATE events SET attrs = replace(attrs, 'ok', 'no') "
+                            "WHERE kind = 'request.finished'")
     assert main(["forensics", clean_run]) == 0  # the original is clean
     capsys.readouterr()
     assert main(["forensics", str(copy), "--json"]) == 1

@@ -81,14 +81,12 @@ def test_postgresql_url(tiny_ledger):
         c.exec_driver_sql(f"CREATE DATABASE {db}")
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
     try:
-        from kvledger.ledger.store import EventStore
+        from kvledger.ledger.store import _APPEND_COLUMNS, EventStore
 
         store = EventStore(url)
         rows = source.read_sqlite(tiny_ledger).to_pylist()
-        with store.engine.begin() as conn:
-            from kvledger.ledger.store import events_table
-
-            conn.execute(events_table.insert(), [dict(r, grp=r["seq"], grp_n=1) for r in rows])
+        store.insert_raw([tuple(dict(r, grp=r["seq"], grp_n=1)[c] for c in _APPEND_COLUMNS)
+                          for r in rows])
         store.close()
         assert _count([url]) == (len(rows), 1)
         con = catalog.open_catalog(source.collect([url]), strict=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger.event_rows import event_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "examples" / "traces" / "burst-16"
 KVLEDGER = [sys.executable, "-m", "kvledger"]
@@ -48,8 +50,8 @@ _LAYOUT = {
 
 
 def _crash_copy(src: Path, dst: Path) -> None:
-    """``dst`` + ``dst-wal`` as a crash leaves them: the first half of ``src``'s rows in the
-    file, the rest only in the write-ahead log."""
+    """``dst`` + ``dst-wal`` as a crash leaves them: the first half of ``src``'s stored
+    groups in the file, the rest only in the write-ahead log."""
     work = dst.parent / f".work-{dst.name}"
     work.mkdir()
     db = work / dst.name
@@ -57,7 +59,7 @@ def _crash_copy(src: Path, dst: Path) -> None:
     schema = [r[0] for r in con_src.execute(
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'")]
     meta = con_src.execute("SELECT * FROM ledger_meta").fetchall()
-    rows = con_src.execute("SELECT * FROM events ORDER BY position").fetchall()
+    rows = con_src.execute("SELECT * FROM event_groups ORDER BY position").fetchall()
     con_src.close()
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
@@ -67,12 +69,12 @@ def _crash_copy(src: Path, dst: Path) -> None:
     half = len(rows) // 2
     con.execute("BEGIN")
     con.executemany("INSERT INTO ledger_meta VALUES (?, ?)", meta)
-    con.executemany(f"INSERT INTO events VALUES ({marks})", rows[:half])
+    con.executemany(f"INSERT INTO event_groups VALUES ({marks})", rows[:half])
     con.execute("COMMIT")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.execute("PRAGMA wal_autocheckpoint=0")
     con.execute("BEGIN")
-    con.executemany(f"INSERT INTO events VALUES ({marks})", rows[half:])
+    con.executemany(f"INSERT INTO event_groups VALUES ({marks})", rows[half:])
     con.execute("COMMIT")
     shutil.copyfile(db, dst)  # the copy a crash (or a careless cp) leaves
     shutil.copyfile(f"{db}-wal", f"{dst}-wal")
@@ -122,11 +124,9 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
     # A ledger edited by hand: a row whose attributes are not JSON, a kind nobody knows.
     (root / "tampered").mkdir()
     shutil.copyfile(TRACE / "ctx.sqlite", root / "tampered" / "ctx.sqlite")
-    con = sqlite3.connect(root / "tampered" / "ctx.sqlite")
-    con.execute("UPDATE events SET attrs = '{broken' WHERE seq = 3")
-    con.execute("UPDATE events SET kind = 'warp.drive' WHERE seq = 5")
-    con.commit()
-    con.close()
+    with event_rows(root / "tampered" / "ctx.sqlite") as con:
+        con.exec_driver_sql("UPDATE events SET attrs = '{broken' WHERE seq = 3")
+        con.exec_driver_sql("UPDATE events SET kind = 'warp.drive' WHERE seq = 5")
     # Left writable on purpose: a reader that writes must get the chance to, and be caught.
     return Evidence(root)
 

@@ -85,6 +85,18 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["import", "{wal}", "{out}.sqlite"], 2),
     (["import", "{nothing}", "{out}.sqlite"], 2),
     (["import", "{pq}", "postgresql://kv:s3cret-pw@127.0.0.1:1/nope"], 2),
+    # -- upgrade --------------------------------------------------------------------------------
+    (["upgrade"], 2),
+    (["upgrade", "{wal_ctx}"], 2),
+    (["upgrade", "{wal_ctx}", "{out}.sqlite"], 2),  # today's layout: nothing to upgrade
+    (["upgrade", "{out}/missing.sqlite", "{out}.sqlite"], 2),
+    (["upgrade", "{garbage}", "{out}.sqlite"], 2),
+    (["upgrade", "{empty}", "{out}.sqlite"], 2),
+    (["upgrade", "{foreign}", "{out}.sqlite"], 2),  # an events table of somebody else's
+    (["upgrade", "{other}", "{out}.sqlite"], 2),
+    (["upgrade", "{adir}", "{out}.sqlite"], 2),
+    (["upgrade", "{wal_ctx}", "{wal_ctx}"], 2),
+    (["upgrade", "{wal_ctx}", "{out}/missing-folder/x.sqlite"], 2),
     # -- sql ------------------------------------------------------------------------------------
     (["sql", "{wal}"], 2),
     (["sql", "{wal}", "SELECT 1", "--threads", "0"], 2),

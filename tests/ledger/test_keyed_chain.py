@@ -4,10 +4,10 @@ finds a ledger that was edited and re-chained with kvledger's own unkeyed hash."
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from kvledger.cli import main
 from kvledger.ledger import Ledger, LedgerError
 from kvledger.ledger.mapper import (
@@ -19,6 +19,8 @@ from kvledger.ledger.mapper import (
 )
 from kvledger.ledger.sources import open_source
 from kvledger.ledger.verify import verify_source
+
+from tests.ledger.event_rows import event_rows
 
 
 def _keyfile(tmp: Path, text: bytes = b"s3cret, not in the ledger\n") -> Path:
@@ -37,9 +39,13 @@ def _ledger(path: Path, key: bytes | None, n: int = 30) -> Path:
 def _rechain(path: Path, edit_seq: int, strip_key_id: bool) -> None:
     """A forger without the key: edit one event, then recompute every hash with kvledger's
     own (unkeyed) chain so that the unkeyed verify passes."""
-    con = sqlite3.connect(path)
-    rows = con.execute("SELECT seq, ts_ns, kind, request_id, attrs FROM events "
-                       "WHERE stream = 'ctx0' ORDER BY seq").fetchall()
+    with event_rows(path) as con:
+        _rechain_rows(con, edit_seq, strip_key_id)
+
+
+def _rechain_rows(con: sa.Connection, edit_seq: int, strip_key_id: bool) -> None:
+    rows = con.exec_driver_sql("SELECT seq, ts_ns, kind, request_id, attrs FROM events "
+                               "WHERE stream = 'ctx0' ORDER BY seq").fetchall()
     prev = GENESIS_HASH
     for seq, ts, kind, rid, attrs in rows:
         if seq == edit_seq:
@@ -49,11 +55,9 @@ def _rechain(path: Path, edit_seq: int, strip_key_id: bool) -> None:
             del a["key_id"]
             attrs = encode_attrs(a)
         h = chain_hash(prev, "ctx0", seq, ts, kind, rid, attrs)
-        con.execute("UPDATE events SET attrs = ?, prev_hash = ?, hash = ? WHERE stream = 'ctx0' "
-                    "AND seq = ?", (attrs, prev, h, seq))
+        con.exec_driver_sql("UPDATE events SET attrs = ?, prev_hash = ?, hash = ? "
+                            "WHERE stream = 'ctx0' AND seq = ?", (attrs, prev, h, seq))
         prev = h
-    con.commit()
-    con.close()
 
 
 def _kinds(path: Path, key: bytes | None) -> list[str]:

@@ -56,12 +56,12 @@ def _tail(engine: sa.Engine, writers: list[subprocess.Popen]) -> list[tuple[int,
             assert line.strip() == "done", f"writer failed: {line!r}"
         with engine.connect() as conn:
             page = conn.exec_driver_sql(
-                "SELECT position, stream, seq FROM events WHERE position > %(c)s "
+                "SELECT position, stream, seq0, n FROM event_groups WHERE position > %(c)s "
                 "ORDER BY position LIMIT 500", {"c": cursor}).fetchall()
-        for pos, stream, seq in page:
+        for pos, stream, seq0, n in page:  # a committed group: positions pos .. pos + n - 1
             assert pos == cursor + 1, f"reader skipped from position {cursor} to {pos}"
-            cursor = pos
-            seen.append((pos, stream, seq))
+            cursor = pos + n - 1
+            seen += [(pos + i, stream, seq0 + i) for i in range(n)]
         if not pending and not page:
             return seen
 

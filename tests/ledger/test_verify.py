@@ -14,6 +14,8 @@ from kvledger.ledger import Ledger
 from kvledger.ledger.sources import open_source
 from kvledger.ledger.verify import verify_source
 
+from tests.ledger.event_rows import edit_events
+
 
 def _ledger(path: Path, n: int = 50, group_max: int = 8) -> Path:
     with Ledger(str(path), "ctx0", group_max=group_max) as led:
@@ -23,10 +25,13 @@ def _ledger(path: Path, n: int = 50, group_max: int = 8) -> Path:
 
 
 def _sql(path: Path, sql: str, *params: object) -> None:
-    con = sqlite3.connect(path)
-    con.execute(sql, params)
-    con.commit()
-    con.close()
+    if "ledger_meta" in sql:  # not an event: the table as it is
+        con = sqlite3.connect(path)
+        con.execute(sql, params)
+        con.commit()
+        con.close()
+        return
+    edit_events(path, sql, *params)
 
 
 def _kinds(path: Path) -> list[tuple[str, int]]:

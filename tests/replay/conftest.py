@@ -58,7 +58,7 @@ def write_synthetic(path: Path, requests: int = 3, roles: tuple[str, ...] = ("ct
 
         con = sqlite3.connect(path)
         dropped = [r for r in ("ctx", "gen") if r not in roles]
-        con.executemany("DELETE FROM events WHERE stream = ?", [(r,) for r in dropped])
+        con.executemany("DELETE FROM event_groups WHERE stream = ?", [(r,) for r in dropped])
         con.commit()
         con.close()
     return path

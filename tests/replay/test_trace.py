@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from kvledger.ledger.ledger import Ledger
 from kvledger.ledger.mapper import GENESIS_HASH, to_row
 from kvledger.ledger.store import EventStore
 from kvledger.replay.trace import TraceError, load_trace, write_trace
+
+from tests.ledger.event_rows import event_rows
 
 
 def test_extracts_inputs(tmp_path: Path, synthetic) -> None:
@@ -103,14 +104,10 @@ def test_corrupt_file(tmp_path: Path, synthetic, capsys) -> None:
 
 
 def _tamper(path: Path, *statements: str) -> None:
-    """Run SQL against a ledger file behind the ledger's back (to corrupt it)."""
-    con = sqlite3.connect(path)
-    try:
+    """Run SQL against a ledger file's events behind the ledger's back (to corrupt it)."""
+    with event_rows(path) as con:
         for sql in statements:
-            con.execute(sql)
-        con.commit()
-    finally:
-        con.close()
+            con.exec_driver_sql(sql)
 
 
 def test_not_a_ledger(tmp_path: Path, capsys) -> None:
