@@ -58,7 +58,6 @@ _OWNER_OPS = {k: tuple((RESOURCES.index(c), o) for c, o in v.items())
               for k, v in OWNER_CHANGES.items()}
 _TERMINAL = ("DONE", "ERR")
 _TRANSFER_OPEN = ("started", "advertised", "in_flight")
-_NOOP = (None, ())
 
 
 class RequestState:
@@ -248,15 +247,35 @@ def _count_down(counts: dict[int, int], blocks: list[int]) -> None:
         else:
             del counts[b]
 
+def _kind_table(cls: type[Projection]) -> dict[str, tuple[Any, tuple] | None]:
+    """kind -> (handler function or None, owner ops), built once per class. Handlers are found by
+    naming convention: "xfer.polled" -> _h_xfer_polled, called as ``h(projection, ev, w, st)``.
+
+    None for a kind with neither a handler nor an owner change: such an event leaves the
+    projection as it was (besides the worker's last_seq). A request-scoped one would create its
+    request's state and drop it again at once, since every kept request is open (``apply``
+    drops a request as soon as it is not) and a fresh one that holds nothing and has not
+    arrived is not, so the fold skips it without touching the request map."""
+    table = _KIND_TABLES.get(cls)
+    if table is None:
+        table = {}
+        for k in EVENT_KINDS:
+            h = getattr(cls, "_h_" + k.replace(".", "_"), None)
+            ops = _OWNER_OPS.get(k, ())
+            table[k] = (h, ops) if h is not None or ops else None
+        _KIND_TABLES[cls] = table
+    return table
+
+
+_KIND_TABLES: dict[type, dict[str, tuple[Any, tuple] | None]] = {}
+
+
 class Projection:
     """The fold: ``apply`` one event at a time, or ``rebuild`` from a sequence of events."""
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}
-        # kind -> bound handler, by naming convention: "xfer.polled" -> _h_xfer_polled.
-        self._handlers = {k: getattr(self, "_h_" + k.replace(".", "_")) for k in EVENT_KINDS
-                          if hasattr(self, "_h_" + k.replace(".", "_"))}
-        self._dispatch = {k: (self._handlers.get(k), _OWNER_OPS.get(k, ())) for k in EVENT_KINDS}
+        self._dispatch = _kind_table(type(self))
         self._last_stream: str | None = None
         self._last_worker: WorkerState | None = None
 
@@ -264,10 +283,55 @@ class Projection:
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> Projection:
         p = cls()
-        apply = p.apply
-        for ev in events:
-            apply(ev)
+        p.fold(events)
         return p
+
+    def fold(self, events: Iterable[Event]) -> None:
+        """``apply`` every event in order, written as one loop (a rebuild folds millions of
+        events: the per-event call and the lookups of ``apply`` were a third of its cost).
+        Same handlers, same steps, same projection as applying them one by one
+        (tests/ledger/test_projections.py holds them equal)."""
+        table = self._dispatch
+        workers = self.workers
+        new_request = RequestState
+        stream: str | None = None
+        w: WorkerState | None = None
+        reqs: dict[str, RequestState] = {}
+        last: Event | None = None
+        for ev in events:
+            if ev.stream != stream:
+                if w is not None:
+                    w.last_seq = last.seq  # type: ignore[union-attr]
+                stream = ev.stream
+                w = workers.get(stream)
+                if w is None:
+                    w = workers[stream] = WorkerState(stream)
+                reqs = w.requests
+            # last_seq is written when the stream changes and at the end, not per event.
+            last = ev
+            ent = table.get(ev.kind)
+            if ent is None:
+                continue
+            h, ops = ent
+            rid = ev.request_id
+            if rid is None:
+                if h is not None:
+                    h(self, ev, w, None)
+                continue
+            st = reqs.get(rid)
+            if st is None:
+                st = reqs[rid] = new_request(stream, rid, ev.ts_ns)
+            if ops:
+                owners = st.owners
+                for i, o in ops:
+                    owners[i] = o
+            if h is not None:
+                h(self, ev, w, st)
+            if (st.finished is not None or not st.arrived) and not st.is_open():
+                del reqs[rid]
+        if w is not None:
+            w.last_seq = last.seq  # type: ignore[union-attr]
+            self._last_stream, self._last_worker = stream, w
 
     def apply(self, ev: Event) -> None:
         stream = ev.stream
@@ -279,23 +343,25 @@ class Projection:
                 w = self.workers[stream] = WorkerState(stream)
             self._last_stream, self._last_worker = stream, w
         w.last_seq = ev.seq
+        ent = self._dispatch.get(ev.kind)
+        if ent is None:  # changes nothing (see _kind_table)
+            return
+        h, ops = ent
         rid = ev.request_id
         if rid is None:
-            h = self._handlers.get(ev.kind)
             if h is not None:
-                h(ev, w, None)
+                h(self, ev, w, None)
             return
         reqs = w.requests
         st = reqs.get(rid)
         if st is None:
             st = reqs[rid] = RequestState(stream, rid, ev.ts_ns)
-        h, ops = self._dispatch.get(ev.kind, _NOOP)
         if ops:
             owners = st.owners
             for i, o in ops:
                 owners[i] = o
         if h is not None:
-            h(ev, w, st)
+            h(self, ev, w, st)
         if (st.finished is not None or not st.arrived) and not st.is_open():
             del reqs[rid]
 
