@@ -228,16 +228,30 @@ class WorkerState:
 
 
 
-def _count_up(counts: dict[int, int], blocks: list[int]) -> None:
-    """One more reference (or pin) on each listed block."""
+def _count_up(counts: dict[int, int] | None, blocks: list[int]) -> dict[int, int]:
+    """One more reference (or pin) on each listed block; returns the container (a new one when
+    ``counts`` is None or empty)."""
+    if not counts:
+        # The common case, a request's first blocks: one C call instead of a loop, unless a
+        # block is listed twice (then it holds two references).
+        counts = dict.fromkeys(blocks, 1)
+        if len(counts) == len(blocks):
+            return counts
+        counts = {}
     get = counts.get
     for b in blocks:
         counts[b] = get(b, 0) + 1
+    return counts
 
 
 def _count_down(counts: dict[int, int], blocks: list[int]) -> None:
     """One reference (or pin) fewer on each listed block it holds; others are ignored (a double
     free changes nothing here: the double_free detector reports it)."""
+    if counts == dict.fromkeys(blocks, 1):
+        # The common case, every block it holds given back at once: each listed block held
+        # once and every held block listed, so the loop below would delete them all.
+        counts.clear()
+        return
     for b in blocks:
         n = counts.get(b)
         if n is None:
@@ -247,9 +261,19 @@ def _count_down(counts: dict[int, int], blocks: list[int]) -> None:
         else:
             del counts[b]
 
-def _kind_table(cls: type[Projection]) -> dict[str, tuple[Any, tuple] | None]:
-    """kind -> (handler function or None, owner ops), built once per class. Handlers are found by
-    naming convention: "xfer.polled" -> _h_xfer_polled, called as ``h(projection, ev, w, st)``.
+
+def _no_handler(p: Projection, ev: Event, w: WorkerState, st: RequestState | None) -> None:
+    """The handler of a kind that only moves owners (OWNER_CHANGES does that)."""
+
+
+#: One kind's entry: (handler, first owner op's resource index or None, its new owner, the
+#: further owner ops). Most kinds move at most one resource: the fold sets it without a loop.
+_Entry = tuple[Any, "int | None", "str | None", tuple]
+
+
+def _kind_table(cls: type[Projection]) -> dict[str, _Entry | None]:
+    """kind -> entry, built once per class. Handlers are found by naming convention:
+    "xfer.polled" -> _h_xfer_polled, called as ``h(projection, ev, w, st)``.
 
     None for a kind with neither a handler nor an owner change: such an event leaves the
     projection as it was (besides the worker's last_seq). A request-scoped one would create its
@@ -262,12 +286,16 @@ def _kind_table(cls: type[Projection]) -> dict[str, tuple[Any, tuple] | None]:
         for k in EVENT_KINDS:
             h = getattr(cls, "_h_" + k.replace(".", "_"), None)
             ops = _OWNER_OPS.get(k, ())
-            table[k] = (h, ops) if h is not None or ops else None
+            if h is None and not ops:
+                table[k] = None
+                continue
+            i, o = ops[0] if ops else (None, None)
+            table[k] = (h or _no_handler, i, o, ops[1:])
         _KIND_TABLES[cls] = table
     return table
 
 
-_KIND_TABLES: dict[type, dict[str, tuple[Any, tuple] | None]] = {}
+_KIND_TABLES: dict[type, dict[str, _Entry | None]] = {}
 
 
 class Projection:
@@ -309,24 +337,27 @@ class Projection:
                 reqs = w.requests
             # last_seq is written when the stream changes and at the end, not per event.
             last = ev
-            ent = table.get(ev.kind)
+            try:
+                ent = table[ev.kind]
+            except KeyError:  # not in the vocabulary: changes nothing, as in apply
+                continue
             if ent is None:
                 continue
-            h, ops = ent
+            h, i, o, more = ent
             rid = ev.request_id
             if rid is None:
-                if h is not None:
-                    h(self, ev, w, None)
+                h(self, ev, w, None)
                 continue
             st = reqs.get(rid)
             if st is None:
                 st = reqs[rid] = new_request(stream, rid, ev.ts_ns)
-            if ops:
+            if i is not None:
                 owners = st.owners
-                for i, o in ops:
-                    owners[i] = o
-            if h is not None:
-                h(self, ev, w, st)
+                owners[i] = o
+                if more:
+                    for i, o in more:
+                        owners[i] = o
+            h(self, ev, w, st)
             if (st.finished is not None or not st.arrived) and not st.is_open():
                 del reqs[rid]
         if w is not None:
@@ -346,22 +377,21 @@ class Projection:
         ent = self._dispatch.get(ev.kind)
         if ent is None:  # changes nothing (see _kind_table)
             return
-        h, ops = ent
+        h, i, o, more = ent
         rid = ev.request_id
         if rid is None:
-            if h is not None:
-                h(self, ev, w, None)
+            h(self, ev, w, None)
             return
         reqs = w.requests
         st = reqs.get(rid)
         if st is None:
             st = reqs[rid] = RequestState(stream, rid, ev.ts_ns)
-        if ops:
+        if i is not None:
             owners = st.owners
-            for i, o in ops:
+            owners[i] = o
+            for i, o in more:
                 owners[i] = o
-        if h is not None:
-            h(self, ev, w, st)
+        h(self, ev, w, st)
         if (st.finished is not None or not st.arrived) and not st.is_open():
             del reqs[rid]
 
@@ -411,10 +441,7 @@ class Projection:
     # Worker-level block references and pins are not counted here: they are the union over the
     # worker's open requests (a request holding blocks is never dropped), computed by snapshot().
     def _blocks_ref(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        refs = st.block_refs
-        if refs is None:
-            refs = st.block_refs = {}
-        _count_up(refs, ev.attrs["blocks"])
+        refs = st.block_refs = _count_up(st.block_refs, ev.attrs["blocks"])
         if st.blocks_ns is None and refs:
             st.blocks_ns = ev.ts_ns
 
@@ -431,10 +458,7 @@ class Projection:
             st.blocks_ns = None
 
     def _h_blocks_pinned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        pins = st.pins
-        if pins is None:
-            pins = st.pins = {}
-        _count_up(pins, ev.attrs["blocks"])
+        pins = st.pins = _count_up(st.pins, ev.attrs["blocks"])
         if st.pins_ns is None and pins:
             st.pins_ns = ev.ts_ns
 
@@ -448,20 +472,29 @@ class Projection:
 
     def _h_buffer_acquired(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         a = ev.attrs
-        pool = w.pools.get(a["pool"]) or w.pool(a["pool"])
-        if st.slots is None:
-            st.slots = {}
-        st.slots[(a["pool"], a["slot"])] = ev.ts_ns
-        pool.held[a["slot"]] = st.request_id
-        pool.waiting.discard(st.request_id)
+        name = a["pool"]
+        slot = a["slot"]
+        rid = st.request_id
+        pool = w.pools.get(name) or w.pool(name)
+        slots = st.slots
+        if slots is None:
+            slots = st.slots = {}
+        slots[(name, slot)] = ev.ts_ns
+        pool.held[slot] = rid
+        if pool.waiting:  # mostly empty: skip the call
+            pool.waiting.discard(rid)
 
     def _slot_gone(self, ev: Event, w: WorkerState, st: RequestState) -> SlotPool | None:
         a = ev.attrs
-        if not st.slots or st.slots.pop((a["pool"], a["slot"]), None) is None:
+        name = a["pool"]
+        slot = a["slot"]
+        slots = st.slots
+        if not slots or slots.pop((name, slot), None) is None:
             return None  # not held by this request (a double release): nothing changes
-        pool = w.pools.get(a["pool"]) or w.pool(a["pool"])
-        if pool.held.get(a["slot"]) == st.request_id:
-            del pool.held[a["slot"]]
+        pool = w.pools.get(name) or w.pool(name)
+        held = pool.held
+        if held.get(slot) == st.request_id:
+            del held[slot]
         return pool
 
     _h_buffer_released = _slot_gone
@@ -493,19 +526,24 @@ class Projection:
         st.ready_signal = ev.attrs["signal"]
 
     def _h_xfer_posted(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        if st.handles is None:
-            st.handles = {}
-        st.handles[ev.attrs["handle"]] = ["posted", ev.ts_ns]
+        handles = st.handles
+        if handles is None:
+            handles = st.handles = {}
+        handles[ev.attrs["handle"]] = ["posted", ev.ts_ns]
         st.transfer = "in_flight"
 
     def _h_xfer_polled(self, ev: Event, w: WorkerState, st: RequestState) -> None:
-        h = st.handles.get(ev.attrs["handle"]) if st.handles else None
-        state = ev.attrs["state"]
-        if h is not None:
-            h[0] = state
+        a = ev.attrs
+        state = a["state"]
+        handles = st.handles
+        if handles:
+            h = handles.get(a["handle"])
+            if h is not None:
+                h[0] = state
         if state in _TERMINAL:
-            st.owners[_H] = "transceiver"
-            st.owners[_S] = "transceiver"
+            owners = st.owners
+            owners[_H] = "transceiver"
+            owners[_S] = "transceiver"
 
     def _h_xfer_released(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         if st.handles:
@@ -551,9 +589,11 @@ class Projection:
 
     def _h_request_finished(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         st.finished = ev.attrs["outcome"]
-        w.in_flight.discard(st.request_id)
+        rid = st.request_id
+        w.in_flight.discard(rid)
         for pool in w.pools.values():
-            pool.waiting.discard(st.request_id)
+            if pool.waiting:  # mostly empty: skip the call
+                pool.waiting.discard(rid)
 
 
 def rebuild(events: Iterable[Event]) -> Projection:
