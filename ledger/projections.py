@@ -1,9 +1,11 @@
 """Projections: pure folds over ``Event`` — who owns what, per request and per worker.
 
 ``Projection.apply(event)`` is the incremental (live) fold, e.g. ``ledger.subscribe(p.apply)``;
-``Projection.rebuild(events)`` folds a whole ledger from storage. Both run the same handlers, so a
+``Projection.rebuild(events)`` folds a whole ledger from storage through ``fold``, a loop of its
+own (the per-event call of ``apply`` was a third of a rebuild) over the same handlers, so a
 projection rebuilt from the ledger equals the live one (tests/ledger/test_projections.py checks it
-for random lifecycles, including a round trip through a real SQLite ledger).
+for random lifecycles, including a round trip through a real SQLite ledger;
+tests/ledger/test_projections_fold.py compares their whole state on sequences in any order).
 
 Bounded memory: a request's state is kept only while it is open. It is dropped once the request has
 ``request.finished`` and holds nothing (no slot, block reference, pin, transport handle, pending
