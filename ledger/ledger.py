@@ -422,30 +422,30 @@ class Ledger:
 
     def _write_out(self) -> None:
         """Write the packed frames, all of them in one ``os.writev`` where the pipe has room.
-        One call, not one per frame: each return from a system call takes the GIL back, and
-        while the runtime's thread is running that costs the shipper a switch interval (5 ms)
-        and the runtime a forced hand-over of the GIL. Frame by frame, the shipper managed ~200
-        frames/s against a busy runtime, so packed frames piled up by the hundred."""
+        One call a wake-up, not one per frame: each return from a system call takes the GIL
+        back, and while the runtime's thread is running that costs the shipper a switch interval
+        (5 ms) and the runtime a forced hand-over of the GIL, during which the shipper, if the
+        OS preempts it, keeps the runtime waiting. Frame by frame, the shipper managed ~200
+        frames/s against a busy runtime, so packed frames piled up by the hundred. Frames that
+        emit packs meanwhile wait for the next wake-up (group_ms) rather than for another call."""
         frames = self._packed
-        while frames:
-            # A C-level copy of the deque's head: emit (another thread) may append meanwhile.
-            batch = list(itertools.islice(frames, IOV_MAX))
-            try:
-                n = os.writev(self._out, batch)
-            except BlockingIOError:
+        if not frames:
+            self._progress.set()
+            return
+        # A C-level copy of the deque's head: emit (another thread) may append meanwhile.
+        batch = list(itertools.islice(frames, IOV_MAX))
+        try:
+            n = os.writev(self._out, batch)
+        except BlockingIOError:  # the pipe is full: the writer has not caught up
+            n = 0
+        self._written_bytes += n  # only the shipper writes this
+        for data in batch:
+            if n < len(data):
+                if n:
+                    frames[0] = memoryview(data)[n:]
                 break
-            self._written_bytes += n  # only the shipper writes this
-            for data in batch:
-                if n >= len(data):
-                    frames.popleft()
-                    n -= len(data)
-                else:
-                    if n:
-                        frames[0] = memoryview(data)[n:]
-                    break
-            else:
-                continue  # everything in the batch went: more may be waiting
-            break  # the pipe is full: the rest waits for the next wake-up
+            frames.popleft()
+            n -= len(data)
         self._progress.set()  # an emit waiting in _backpressure may go on
 
     def _pack_mixed(self, items: list) -> None:
