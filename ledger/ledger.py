@@ -75,7 +75,6 @@ PIPE_BYTES = 1 << 20  # the runtime -> writer pipe's buffer
 # would take minutes to commit when the worker stops.
 SHIP_BYTES_MAX = 32 << 20
 PACK_EVENTS = 128  # process mode: emit marshals the queue once it holds this many events
-IOV_MAX = 1024  # frames handed to one os.writev (Linux's limit on its buffer count)
 
 # The default writer mode for ledgers that do not name one ("process" or "thread").
 WRITER_ENV = "KVLEDGER_WRITER"
@@ -421,31 +420,19 @@ class Ledger:
         self._packed_bytes += len(data)  # only under _pack_lock
 
     def _write_out(self) -> None:
-        """Write the packed frames, all of them in one ``os.writev`` where the pipe has room.
-        One call a wake-up, not one per frame: each return from a system call takes the GIL
-        back, and while the runtime's thread is running that costs the shipper a switch interval
-        (5 ms) and the runtime a forced hand-over of the GIL, during which the shipper, if the
-        OS preempts it, keeps the runtime waiting. Frame by frame, the shipper managed ~200
-        frames/s against a busy runtime, so packed frames piled up by the hundred. Frames that
-        emit packs meanwhile wait for the next wake-up (group_ms) rather than for another call."""
         frames = self._packed
-        if not frames:
-            self._progress.set()
-            return
-        # A C-level copy of the deque's head: emit (another thread) may append meanwhile.
-        batch = list(itertools.islice(frames, IOV_MAX))
-        try:
-            n = os.writev(self._out, batch)
-        except BlockingIOError:  # the pipe is full: the writer has not caught up
-            n = 0
-        self._written_bytes += n  # only the shipper writes this
-        for data in batch:
-            if n < len(data):
-                if n:
-                    frames[0] = memoryview(data)[n:]
+        while frames:
+            data = frames[0]
+            try:
+                n = os.write(self._out, data)
+            except BlockingIOError:
                 break
-            frames.popleft()
-            n -= len(data)
+            self._written_bytes += n  # only the shipper writes this
+            if n == len(data):
+                frames.popleft()
+            else:
+                frames[0] = memoryview(data)[n:]
+                break
         self._progress.set()  # an emit waiting in _backpressure may go on
 
     def _pack_mixed(self, items: list) -> None:
@@ -475,43 +462,38 @@ class Ledger:
 
     def _ack_loop(self) -> None:
         """Acknowledgement thread: the writer's progress, errors, flushes and committed rows."""
-        frames_in = writer_proc.FrameReader(self._in)
         while True:
             try:
-                frames = frames_in.read()
+                frame = writer_proc.read_frame(self._in)
             except OSError:
-                frames = None
-            if frames is None:
+                frame = None
+            if frame is None:
                 break
-            for tag, payload in frames:
-                self._on_ack(tag, payload)
+            tag, payload = frame
+            obj = marshal.loads(payload)
+            if tag == b"H":
+                self._seq, self._hash, n = obj
+                self.committed += n
+                self.groups += 1
+            elif tag == b"R":
+                if self._subscribers:
+                    self._publish(obj)
+            elif tag == b"A":
+                mark = self._marks.pop(obj, None)
+                if mark is not None:
+                    mark.error = self._error
+                    mark.done.set()
+            elif tag == b"E":
+                cls, msg = obj
+                if self._error is None:
+                    log.error("ledger %s: writer failed: %s: %s", self.stream, cls, msg)
+                    self._error = RemoteWriterError(msg)
+                self._progress.set()
         if self._error is None and not self._closed:
             self._error = RemoteWriterError(
                 f"writer process exited (code {self._proc.poll()})")  # type: ignore[union-attr]
         if self._error is not None:
             self._fail_process(self._error)
-
-    def _on_ack(self, tag: bytes, payload: bytes) -> None:
-        """One frame from the writer (see ``writer_proc``'s protocol)."""
-        obj = marshal.loads(payload)
-        if tag == b"H":
-            self._seq, self._hash, n = obj
-            self.committed += n
-            self.groups += 1
-        elif tag == b"R":
-            if self._subscribers:
-                self._publish(obj)
-        elif tag == b"A":
-            mark = self._marks.pop(obj, None)
-            if mark is not None:
-                mark.error = self._error
-                mark.done.set()
-        elif tag == b"E":
-            cls, msg = obj
-            if self._error is None:
-                log.error("ledger %s: writer failed: %s: %s", self.stream, cls, msg)
-                self._error = RemoteWriterError(msg)
-            self._progress.set()
 
     def _fail_process(self, exc: BaseException) -> None:
         if self._error is None:

@@ -69,62 +69,27 @@ def write_frame(fd: int, tag: bytes, payload: bytes) -> None:
         data = data[n:]
 
 
-class FrameReader:
-    """Frames from a blocking descriptor, read in chunks of up to ``chunk`` bytes.
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        b = os.read(fd, min(n, 1 << 20))
+        if not b:
+            return None
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
 
-    Why chunks: reading a frame's header and then its payload is two ``os.read`` calls per
-    frame, and every return
-    from a system call must take the GIL back. A thread that does so while another thread of its
-    process is running Python waits for the switch interval (5 ms) each time: the writer's reader
-    thread, competing with its encoder, took ~100 frames/s that way (the parent's backlog grew
-    by hundreds of frames), and the parent's acker forced the emitting thread to hand the GIL
-    over once per header and once per payload. One read here returns every frame that arrived.
-    """
 
-    def __init__(self, fd: int, chunk: int = 1 << 20) -> None:
-        self.fd = fd
-        self.chunk = chunk
-        self.buf = bytearray()
-        self.pending: list[tuple[bytes, bytes]] = []  # parsed, not returned yet (read_one)
-
-    def read_one(self) -> tuple[bytes, bytes] | None:
-        """The next frame alone (the writer's config, before its reader thread starts)."""
-        if not self.pending:
-            frames = self.read()
-            if frames is None:
-                return None
-            self.pending = frames
-        return self.pending.pop(0)
-
-    def read(self) -> list[tuple[bytes, bytes]] | None:
-        """Every complete frame available, blocking until there is at least one; None at end of
-        file (a frame cut short by the end counts as the end)."""
-        if self.pending:
-            frames, self.pending = self.pending, []
-            return frames
-        buf = self.buf
-        while True:
-            frames = []
-            pos = 0
-            size = _HEAD.size
-            with memoryview(buf) as view:  # one copy per payload, not two
-                while len(buf) - pos >= size:
-                    tag, n = _HEAD.unpack_from(buf, pos)
-                    if len(buf) - pos - size < n:
-                        break
-                    frames.append((tag, view[pos + size:pos + size + n].tobytes()))
-                    pos += size + n
-            if pos:
-                del buf[:pos]
-            if frames:
-                return frames
-            want = self.chunk
-            if len(buf) >= size:  # a frame larger than a chunk: read the rest of it at once
-                want = max(want, size + _HEAD.unpack_from(buf)[1] - len(buf))
-            data = os.read(self.fd, want)
-            if not data:
-                return None
-            buf += data
+def read_frame(fd: int) -> tuple[bytes, bytes] | None:
+    """The next frame, or None at end of file (a frame cut short counts as the end)."""
+    head = _read_exact(fd, _HEAD.size)
+    if head is None:
+        return None
+    tag, n = _HEAD.unpack(head)
+    payload = _read_exact(fd, n) if n else b""
+    if payload is None:
+        return None
+    return tag, payload
 
 
 # -- the stream lock ----------------------------------------------------------------------------
@@ -181,24 +146,23 @@ class _Writer:
         except OSError:  # BrokenPipeError: the parent died; what it shipped is still committed
             self.acks_broken = True
 
-    def reader(self, frames_in: FrameReader) -> None:
+    def reader(self, fd: int) -> None:
         """Drain the pipe into the inbox so the parent's shipper never waits on our commits."""
         while True:
             with self.cond:
                 while self.inbox_bytes > self.inbox_max:
                     self.cond.wait()
-            frames = frames_in.read()
+            frame = read_frame(fd)
             with self.cond:
-                if frames is None:
+                if frame is None:
                     self.eof = True
                 else:
-                    for frame in frames:
-                        self.inbox.append(frame)
-                        self.inbox_bytes += len(frame[1])
-                        if frame[0] == b"F":
-                            self.flushes += 1
+                    self.inbox.append(frame)
+                    self.inbox_bytes += len(frame[1])
+                    if frame[0] == b"F":
+                        self.flushes += 1
                 self.cond.notify_all()
-            if frames is None:
+            if frame is None:
                 return
 
     def take(self) -> list[tuple[bytes, bytes]] | None:
@@ -305,8 +269,7 @@ def main() -> int:
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    frames_in = FrameReader(in_fd)
-    first = frames_in.read_one()
+    first = read_frame(in_fd)
     if first is None or first[0] != b"C":
         return 2
     cfg = marshal.loads(first[1])
@@ -327,7 +290,7 @@ def main() -> int:
         from .segments import open_writer
 
         w.segments = open_writer(cfg["url"], cfg["stream"], cfg["seq"] + 1)
-    reader = threading.Thread(target=w.reader, args=(frames_in,), name="ledger-writer-reader",
+    reader = threading.Thread(target=w.reader, args=(in_fd,), name="ledger-writer-reader",
                               daemon=True)
     reader.start()
     try:
