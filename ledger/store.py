@@ -462,27 +462,32 @@ class EventStore:
 
         ps = payload_schema()
         heads: list[tuple[int, str, int, int, int]] = []
-        batches: list[Any] = []
+        pages: list[Any] = []
         schema_msg = ps.serialize().to_pybytes()
         with self.engine.connect() as conn:
             cur = conn.exec_driver_sql("SELECT position, stream, grp, grp_n, n, payload "
                                        "FROM event_groups ORDER BY position")
             while page := cur.fetchmany(1024):
                 got = self._read_page(page, schema_msg)
-                for (p, stream, grp, grp_n, n, _), b in zip(page, got, strict=True):
-                    if n:
-                        batches.append(b)
-                        heads.append((p, stream, grp, grp_n, n))
-        if not batches:
+                kept = [b for b, r in zip(got, page, strict=True) if r[4]]
+                heads += [r[:5] for r in page if r[4]]
+                if not kept:
+                    continue
+                t = pa.Table.from_batches(kept, ps)
+                try:
+                    t.validate(full=True)  # before anything reads the buffers
+                except (pa.ArrowException, ValueError) as exc:
+                    raise BadLedgerError(f"{self.shown}: unreadable event group: "
+                                         f"{_first_line(exc)}") from None
+                if t.column("seq").null_count:
+                    raise BadLedgerError(f"{self.shown}: an event group has events without "
+                                         "a seq")
+                # One chunk per page, not one per 10 ms group: DuckDB scans an Arrow table
+                # chunk by chunk, and ~150-event chunks made forensics' queries 10x slower.
+                pages.append(t.combine_chunks())
+        if not pages:
             return schema.empty_table()
-        payload = pa.Table.from_batches(batches, ps)
-        try:
-            payload.validate(full=True)
-        except (pa.ArrowException, ValueError) as exc:
-            raise BadLedgerError(f"{self.shown}: unreadable event group: "
-                                 f"{_first_line(exc)}") from None
-        if payload.column("seq").null_count:
-            raise BadLedgerError(f"{self.shown}: an event group has events without a seq")
+        payload = pa.concat_tables(pages)
         p0, streams, grps, grp_ns, ns = zip(*heads, strict=True)
         sizes = np.array(ns, dtype=np.int64)
         owner = np.repeat(np.arange(len(sizes)), sizes)  # event -> its stored row
