@@ -110,8 +110,16 @@ def verify_in_background(targets: list[str]) -> Callable[[], dict[str, Any]]:
     verification (each command alone) take 7.2 s together on a quiet 2-core box, and 20 s
     instead of 33 s on a loaded one. A daemon thread: a query stopped by Ctrl-C or the
     --timeout does not wait for it."""
+    import numpy  # noqa: F401 - see below
+    import pyarrow  # noqa: F401
+    import pyarrow.ipc  # noqa: F401
+
     from .readonly import start_on_thread
 
+    # The reader decodes stored batches with pyarrow/numpy: imported here, on the main thread,
+    # not first by the daemon thread, which the interpreter may be shutting down under (an
+    # error in the main thread exits at once): a C++ library initialising then aborted the
+    # process ("terminate called without an active exception", exit -6) after its message.
     done, box = start_on_thread(lambda: verify_ledgers(targets), "kvledger-verify")
 
     def wait() -> dict[str, Any]:
