@@ -153,6 +153,33 @@ def decode_payload(blob: bytes, n: int, where: str) -> Any:
     return batch
 
 
+def _with_row_columns(payload: Any, heads: list[tuple], schema: Any, np: Any, pa: Any) -> Any:
+    """A page's payload columns plus the row columns ``schema`` asks for (position: the row's
+    position plus the event's index in it; stream, grp, grp_n: the row's), as one Table."""
+    p0, streams, grps, grp_ns, ns = zip(*heads, strict=True)
+    sizes = np.array(ns, dtype=np.int64)
+    owner = np.repeat(np.arange(len(sizes)), sizes)  # event -> its stored row
+    first = np.cumsum(sizes) - sizes
+    cols: dict[str, Any] = {}
+    for name in schema.names:
+        if name == "position":
+            cols[name] = pa.array(np.array(p0, dtype=np.int64)[owner]
+                                  + np.arange(len(owner), dtype=np.int64) - first[owner])
+        elif name == "stream":
+            names = sorted(set(streams))
+            code = {s: i for i, s in enumerate(names)}
+            idx = np.array([code[s] for s in streams], dtype=np.int32)[owner]
+            cols[name] = pa.DictionaryArray.from_arrays(
+                pa.array(idx), pa.array(names, pa.string())).cast(pa.string())
+        elif name in ("grp", "grp_n"):
+            vals = grps if name == "grp" else grp_ns
+            cols[name] = pa.array(np.array(vals, dtype=np.int64)[owner])
+        else:
+            cols[name] = payload.column(name)
+    table = pa.Table.from_arrays([cols[n] for n in schema.names], names=schema.names)
+    return table if table.schema.equals(schema) else table.cast(schema)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -451,26 +478,40 @@ class EventStore:
 
     def arrow_table(self, schema: Any) -> Any:
         """Every event in position order as a pyarrow Table with ``schema``'s columns (names
-        from ``EVENT_COLUMNS``, types as ``expand_batch`` makes them).
+        from ``EVENT_COLUMNS``, types as ``expand_batch`` makes them): ``page_tables``
+        concatenated, one chunk per page."""
+        tables = list(self.page_tables(schema))
+        if not tables:
+            return schema.empty_table()
+        return _pa().concat_tables(tables)
 
-        The stored batches are taken as they are (zero copy over the fetched bytes) and
-        validated once as one table; the row columns (position, stream, group) are built for
-        all events at once with numpy. Per stored row this costs one ``read_record_batch``
-        (~15 us): a run's 10 ms groups are tens of thousands of rows."""
+    def stream_tables(self, stream: str, schema: Any) -> Iterator[Any]:
+        """One stream's events in stored seq order, a page of stored rows per Table (what
+        ``verify``'s vectorised pass reads: memory bounded by a page, not the stream)."""
+        ph = "?" if self.dialect == "sqlite" else "%s"
+        return self.page_tables(schema, f"WHERE stream = {ph}", (stream,), "seq0")
+
+    def page_tables(self, schema: Any, where: str = "", params: tuple = (),
+                    order: str = "position") -> Iterator[Any]:
+        """The events of the rows matching ``where`` in ``order``, as one Table (one chunk)
+        per page of 1,024 stored rows, with ``schema``'s columns.
+
+        A page's payloads are read as one IPC stream, validated before anything reads them,
+        and made one chunk: DuckDB scans an Arrow table chunk by chunk, and the ~150-event
+        batches of 10 ms groups made forensics' queries 3x slower. The row columns (position,
+        stream, group) are built for the page at once with numpy."""
         pa = _pa()
         import numpy as np
 
         ps = payload_schema()
-        heads: list[tuple[int, str, int, int, int]] = []
-        pages: list[Any] = []
         schema_msg = ps.serialize().to_pybytes()
         with self.engine.connect() as conn:
             cur = conn.exec_driver_sql("SELECT position, stream, grp, grp_n, n, payload "
-                                       "FROM event_groups ORDER BY position")
+                                       f"FROM event_groups {where} ORDER BY {order}", params)
             while page := cur.fetchmany(1024):
                 got = self._read_page(page, schema_msg)
                 kept = [b for b, r in zip(got, page, strict=True) if r[4]]
-                heads += [r[:5] for r in page if r[4]]
+                heads = [r[:5] for r in page if r[4]]
                 if not kept:
                     continue
                 t = pa.Table.from_batches(kept, ps)
@@ -482,34 +523,8 @@ class EventStore:
                 if t.column("seq").null_count:
                     raise BadLedgerError(f"{self.shown}: an event group has events without "
                                          "a seq")
-                # One chunk per page, not one per 10 ms group: DuckDB scans an Arrow table
-                # chunk by chunk, and ~150-event chunks made forensics' queries 10x slower.
-                pages.append(t.combine_chunks())
-        if not pages:
-            return schema.empty_table()
-        payload = pa.concat_tables(pages)
-        p0, streams, grps, grp_ns, ns = zip(*heads, strict=True)
-        sizes = np.array(ns, dtype=np.int64)
-        owner = np.repeat(np.arange(len(sizes)), sizes)  # event -> its stored row
-        first = np.cumsum(sizes) - sizes
-        cols: dict[str, Any] = {}
-        for name in schema.names:
-            if name == "position":
-                cols[name] = pa.array(np.array(p0, dtype=np.int64)[owner]
-                                      + np.arange(len(owner), dtype=np.int64) - first[owner])
-            elif name == "stream":
-                names = sorted(set(streams))
-                code = {s: i for i, s in enumerate(names)}
-                idx = np.array([code[s] for s in streams], dtype=np.int32)[owner]
-                cols[name] = pa.DictionaryArray.from_arrays(
-                    pa.array(idx), pa.array(names, pa.string())).cast(pa.string())
-            elif name in ("grp", "grp_n"):
-                vals = grps if name == "grp" else grp_ns
-                cols[name] = pa.array(np.array(vals, dtype=np.int64)[owner])
-            else:
-                cols[name] = payload.column(name)
-        table = pa.Table.from_arrays([cols[n] for n in schema.names], names=schema.names)
-        return table if table.schema.equals(schema) else table.cast(schema)
+                payload = t.combine_chunks()
+                yield _with_row_columns(payload, heads, schema, np, pa)
 
     def _read_page(self, page: Sequence[tuple], schema_msg: bytes) -> list[Any]:
         """The batches of a page of stored rows, read as one IPC stream (their payloads

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .events import EVENT_KINDS
-from .mapper import GENESIS_HASH, chain_hash, chain_key_id
+from .mapper import GENESIS_HASH, _blake2b, chain_hash, chain_key_id
 
 FINDING_KINDS = ("gap", "broken_chain", "altered_row", "reordered", "bad_group", "unknown_kind",
                  "torn_tail", "unkeyed", "wrong_key")
@@ -183,11 +183,85 @@ def verify_stream(stream: str, rows: Iterable[tuple], key: bytes | None = None) 
 
 
 def verify_source(source: Any, key: bytes | None = None) -> Report:
-    """Verify every stream of a ``LedgerSource`` (see ``ledger.sources``)."""
+    """Verify every stream of a ``LedgerSource`` (see ``ledger.sources``). Where the source
+    gives a stream as Arrow tables and no key is asked for, the vectorised pass
+    (``clean_stream``) answers for a clean stream; a stream it does not vouch for is checked
+    again by ``verify_stream``, whose findings are the definition."""
     report = Report(getattr(source, "target", str(source)))
+    tables_of = getattr(source, "verify_tables", None)
     for stream in source.streams():
-        report.streams.append(verify_stream(stream, source.verify_tuples(stream), key))
+        tables = tables_of(stream) if tables_of is not None and key is None else None
+        rep = clean_stream(stream, tables) if tables is not None else None
+        if rep is None:
+            rep = verify_stream(stream, source.verify_tuples(stream), key)
+        report.streams.append(rep)
     return report
+
+
+def clean_stream(stream: str, tables: Iterable[Any]) -> StreamReport | None:
+    """The report of a stream that ``verify_stream`` would find clean, or None.
+
+    ``tables``: the stream's ``store.VERIFY_COLUMNS`` in seq order, in pieces (a page of stored
+    rows each: memory bounded by a page). Each of ``verify_stream``'s checks is one numpy or
+    Arrow compute over a piece, and each event's chain input one joined string, so only the
+    hash itself is Python per event: ~1 us an event instead of ~10. None on any doubt (a keyed
+    ``ledger.opened``, any mismatch): ``verify_stream`` then says exactly what is wrong."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known = pa.array(sorted(EVENT_KINDS), pa.string())
+    fresh = _blake2b(digest_size=16).copy
+    rows, last_hash, last_pos = 0, GENESIS_HASH, None
+    last_grp = last_grp_n = 0
+    for table in tables:
+        k = table.num_rows
+        if not k:
+            continue
+        col = table.column
+        seq = col("seq").to_numpy()
+        if seq.dtype.kind != "i" or not np.array_equal(seq, np.arange(rows + 1, rows + k + 1)):
+            return None  # a gap (or a first seq other than 1)
+        pos = col("position").to_numpy()
+        if pos.dtype.kind != "i" or (k > 1 and not (np.diff(pos) > 0).all()) or (
+                last_pos is not None and pos[0] <= last_pos):
+            return None  # reordered
+        grp, grp_n = col("grp").to_numpy(), col("grp_n").to_numpy()
+        if not ((grp <= seq) & (seq < grp + grp_n)).all():
+            return None  # bad_group
+        kinds = col("kind")
+        if not pc.all(pc.is_in(kinds, value_set=known)).as_py() or kinds.null_count:
+            return None  # unknown_kind
+        attrs = col("attrs")
+        if pc.any(pc.and_(pc.equal(kinds, "ledger.opened"),
+                          pc.match_substring(attrs, '"key_id"'))).as_py():
+            return None  # a keyed segment: verify_stream knows the keyed chain
+        hashes = col("hash").combine_chunks()
+        expect_prev = pa.concat_arrays([pa.array([last_hash], pa.string()),
+                                        hashes.slice(0, k - 1)])
+        if not pc.all(pc.equal(col("prev_hash").combine_chunks(), expect_prev)).as_py():
+            return None  # broken_chain
+        # chain_hash's input "prev US stream US seq US ts US kind US rid US attrs", at once
+        joined = pc.binary_join_element_wise(
+            col("prev_hash"), pa.array([stream] * k, pa.string()),
+            pc.cast(col("seq"), pa.string()), pc.cast(col("ts_ns"), pa.string()), kinds,
+            col("request_id"), attrs, "\x1f", null_handling="replace", null_replacement="")
+        if joined.null_count:
+            return None
+        got = []
+        append = got.append
+        for text in joined.to_pylist():
+            h = fresh()
+            h.update(text.encode())
+            append(h.hexdigest())
+        if got != hashes.to_pylist():
+            return None  # altered_row
+        rows += k
+        last_hash, last_pos = got[-1], int(pos[-1])
+        last_grp, last_grp_n = int(grp[-1]), int(grp_n[-1])
+    if not rows or rows != last_grp + last_grp_n - 1:
+        return None  # empty, or a torn tail
+    return StreamReport(stream, rows=rows, first_seq=1, last_seq=rows, last_hash=last_hash)
 
 
 def iter_findings(report: Report) -> Iterator[str]:

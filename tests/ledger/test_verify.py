@@ -89,3 +89,36 @@ def test_cli_exit_code_in_a_real_process(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "gap: stream ctx0 seq 6" in proc.stdout
+
+
+def test_vectorised_pass_agrees_with_the_loop(tmp_path: Path) -> None:
+    """``clean_stream`` vouches only for what ``verify_stream`` finds clean, with the same
+    report, whatever the pieces it reads; on a tampered stream it stands aside (None) and
+    the loop reports."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    from kvledger.ledger.verify import clean_stream, verify_stream
+
+    path = _ledger(tmp_path / "w.sqlite", n=200, group_max=16)
+    with Ledger(str(path), "gen0", group_max=5) as led:  # a second stream, other groups
+        for i in range(37):
+            led.emit("request.scheduled", f"g{i}")
+        led.emit("blocks.freed", "g1", blocks=[1, 2, 3])
+    with open_source(path) as src:
+        for stream in src.streams():
+            slow = verify_stream(stream, src.verify_tuples(stream))
+            assert slow.findings == []
+            assert asdict(clean_stream(stream, src.verify_tables(stream))) == asdict(slow)
+            whole = pa.concat_tables(list(src.verify_tables(stream)))
+            pieces = [whole.slice(i, 7) for i in range(0, whole.num_rows, 7)]
+            assert asdict(clean_stream(stream, pieces)) == asdict(slow)
+    for sql in ("UPDATE events SET attrs = '{}' WHERE seq = 30 AND stream = 'ctx0'",
+                "UPDATE events SET ts_ns = ts_ns + 1 WHERE seq = 7 AND stream = 'gen0'",
+                "UPDATE events SET kind = 'warp.drive' WHERE seq = 9 AND stream = 'gen0'",
+                "UPDATE events SET grp_n = grp_n + 1 WHERE seq = 202 AND stream = 'ctx0'",
+                "DELETE FROM events WHERE seq = 201 AND stream = 'ctx0'"):
+        edit_events(path, sql)
+        with open_source(path) as src:
+            assert any(clean_stream(s, src.verify_tables(s)) is None for s in src.streams())
+            assert not verify_source(src).ok
