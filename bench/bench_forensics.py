@@ -128,15 +128,16 @@ def _read_sqlite_local(path: str):  # noqa: ANN202 - pyarrow Table
     comparison with ledger.sources."""
     import pyarrow as pa
     from kvledger.analytics import source
-    from kvledger.ledger.store import expand_batch, payload_schema
+    from kvledger.ledger.store import payload_schema, with_row_columns
 
     conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     try:
-        cur = conn.execute("SELECT position, stream, grp, grp_n, payload FROM event_groups "
-                           "ORDER BY position")
-        batches = [expand_batch(pa.ipc.read_record_batch(pa.py_buffer(blob), payload_schema()),
-                                source.COLUMNS, p, s, g, gn) for p, s, g, gn, blob in cur]
-        return pa.Table.from_batches(batches).cast(source.SCHEMA)
+        rows = conn.execute("SELECT position, stream, grp, grp_n, n, payload FROM event_groups "
+                            "ORDER BY position").fetchall()
+        payload = pa.Table.from_batches(
+            [pa.ipc.read_record_batch(pa.py_buffer(r[5]), payload_schema()) for r in rows],
+            payload_schema())
+        return with_row_columns(payload, [r[:5] for r in rows], source.SCHEMA)
     finally:
         conn.close()
 

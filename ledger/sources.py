@@ -47,7 +47,14 @@ import sqlalchemy as sa
 from .errors import BadLedgerError, SchemaVersionError
 from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError
 from .mapper import to_event
-from .store import VERIFY_COLUMNS, EventStore, check_layout, groups_table, normalize_url
+from .store import (
+    VERIFY_COLUMNS,
+    EventStore,
+    check_layout,
+    event_schema,
+    groups_table,
+    normalize_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -426,17 +433,12 @@ class SqlSource(LedgerSource):
     def verify_tables(self, stream: str) -> Iterator[pa.Table]:
         """``verify_tuples`` as Arrow tables (``VERIFY_COLUMNS``, a page of stored rows
         each): what verify's vectorised pass reads."""
-        return self.store.stream_tables(stream, _verify_schema())
+        return self.store.stream_tables(stream, event_schema(VERIFY_COLUMNS))
 
     def close(self) -> None:
         self.store.close()
 
 
-@functools.cache
-def _verify_schema():  # noqa: ANN202 - a pyarrow.Schema
-    types = {"position": pa.int64(), "seq": pa.int64(), "ts_ns": pa.int64(),
-             "grp": pa.int64(), "grp_n": pa.int64()}
-    return pa.schema([(c, types.get(c, pa.string())) for c in VERIFY_COLUMNS])
 
 
 class ParquetSource(LedgerSource):

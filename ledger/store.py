@@ -81,7 +81,7 @@ STORAGE = "arrow-groups-1"
 
 # Any constant works: it names "the events table's append lock" among this database's locks.
 _PG_APPEND_LOCK = 0x6B766C6564676572 & 0x7FFFFFFFFFFFFFFF
-_ROWS_PAGE = 256  # group rows fetched per query by the readers
+_PAGE_ROWS = 1024  # stored rows a reader takes per query (~130k events of a busy run)
 # append's statements (``ph``: the driver's placeholder). The last position in use is the
 # primary key's last row (one seek); a stream's last seq is its last row's header.
 _TOP_SQL = "SELECT position + n - 1 FROM event_groups ORDER BY position DESC LIMIT 1"
@@ -143,8 +143,7 @@ def decode_payload(blob: bytes, n: int, where: str) -> Any:
         batch = pa.ipc.read_record_batch(pa.py_buffer(blob), payload_schema())
         batch.validate(full=True)
     except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadLedgerError(f"{where}: unreadable event group: {first}") from None
+        raise BadLedgerError(f"{where}: unreadable event group: {_first_line(exc)}") from None
     if batch.num_rows != n:
         raise BadLedgerError(f"{where}: event group holds {batch.num_rows} events, its row "
                              f"says {n}")
@@ -153,9 +152,24 @@ def decode_payload(blob: bytes, n: int, where: str) -> Any:
     return batch
 
 
-def _with_row_columns(payload: Any, heads: list[tuple], schema: Any, np: Any, pa: Any) -> Any:
-    """A page's payload columns plus the row columns ``schema`` asks for (position: the row's
-    position plus the event's index in it; stream, grp, grp_n: the row's), as one Table."""
+_INT_COLUMNS = frozenset({"position", "seq", "ts_ns", "grp", "grp_n"})
+
+
+def event_schema(names: Sequence[str]) -> Any:
+    """The Arrow schema of per-event columns ``names`` (``EVENT_COLUMNS``) as readers give
+    them: the numbers int64, the rest strings."""
+    pa = _pa()
+    return pa.schema([(c, pa.int64() if c in _INT_COLUMNS else pa.string()) for c in names])
+
+
+def with_row_columns(payload: Any, heads: Sequence[tuple], schema: Any) -> Any:
+    """Stored batches' payload columns (a Table, the rows' events in order) plus the row
+    columns ``schema`` asks for (position: the row's position plus the event's index in it;
+    stream, grp, grp_n: the row's), as one Table of ``schema``. ``heads``: each row's
+    ``(position, stream, grp, grp_n, n)``."""
+    pa = _pa()
+    import numpy as np
+
     p0, streams, grps, grp_ns, ns = zip(*heads, strict=True)
     sizes = np.array(ns, dtype=np.int64)
     owner = np.repeat(np.arange(len(sizes)), sizes)  # event -> its stored row
@@ -182,28 +196,6 @@ def _with_row_columns(payload: Any, heads: list[tuple], schema: Any, np: Any, pa
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def expand_batch(batch: Any, names: Sequence[str], position: int, stream: str, grp: int,
-                 grp_n: int) -> Any:
-    """One stored batch as a RecordBatch of the per-event columns ``names`` (``EVENT_COLUMNS``)."""
-    pa = _pa()
-    import numpy as np
-
-    n = batch.num_rows
-    cols = []
-    for name in names:
-        if name == "position":
-            cols.append(pa.array(np.arange(position, position + n, dtype=np.int64)))
-        elif name == "stream":
-            cols.append(pa.array([stream] * n, pa.string()))
-        elif name == "grp":
-            cols.append(pa.array(np.full(n, grp, dtype=np.int64)))
-        elif name == "grp_n":
-            cols.append(pa.array(np.full(n, grp_n, dtype=np.int64)))
-        else:
-            cols.append(batch.column(name))
-    return pa.RecordBatch.from_arrays(cols, names=list(names))
 
 
 def normalize_url(target: str) -> str:
@@ -259,7 +251,7 @@ class EventStore:
             insp = sa.inspect(self.engine)
             have = set(insp.get_table_names())
         except sa.exc.DBAPIError as exc:
-            first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            first = _first_line(exc.orig)
             if self.dialect == "sqlite":
                 raise BadLedgerError(f"not a ledger database: {self.shown}: {first}") from None
             raise BadLedgerError(f"cannot open ledger {self.shown}: {first}") from None
@@ -399,25 +391,6 @@ class EventStore:
             return [r[0] for r in conn.exec_driver_sql(
                 "SELECT DISTINCT stream FROM event_groups ORDER BY stream")]
 
-    def _groups(self, where: str = "", params: tuple = (), order: str = "position",
-                ) -> Iterator[tuple[int, str, int, int, int, Any]]:
-        """(position, stream, grp, grp_n, n, batch) of the rows matching ``where``, in
-        ``order`` (a column), paged by that column (never skips a committed row)."""
-        ph = "?" if self.dialect == "sqlite" else "%s"
-        cond = f"{where} AND " if where else ""
-        sql = (f"SELECT position, stream, grp, grp_n, n, payload, {order} FROM event_groups "
-               f"WHERE {cond}{order} > {ph} ORDER BY {order} LIMIT {_ROWS_PAGE}")
-        cursor = -(1 << 62)
-        while True:
-            with self.engine.connect() as conn:
-                page = conn.exec_driver_sql(sql, (*params, cursor)).fetchall()
-            for p, stream, grp, grp_n, n, blob, _ in page:
-                yield p, stream, grp, grp_n, n, decode_payload(
-                    blob, n, f"{self.shown}: stream {stream!r} at position {p}")
-            if len(page) < _ROWS_PAGE:
-                return
-            cursor = page[-1][6]
-
     def head(self, stream: str) -> tuple[int, str]:
         """(last seq, last hash) of a stream; (0, genesis) when empty."""
         from .mapper import GENESIS_HASH
@@ -441,8 +414,7 @@ class EventStore:
 
         ph = "?" if self.dialect == "sqlite" else "%s"
         where, params = ("", ()) if stream is None else (f"stream = {ph}", (stream,))
-        for p, s, grp, grp_n, _, batch in self._groups(where, params):
-            b = expand_batch(batch, EVENT_COLUMNS, p, s, grp, grp_n)
+        for b in self.page_tables(event_schema(EVENT_COLUMNS), where, params):
             mask = None
             if request_id is not None:
                 mask = pc.equal(b.column("request_id"), request_id)
@@ -455,9 +427,7 @@ class EventStore:
 
     def stream_tuples(self, stream: str) -> Iterator[tuple]:
         """One stream's events in stored seq order as tuples in ``VERIFY_COLUMNS`` order."""
-        ph = "?" if self.dialect == "sqlite" else "%s"
-        for p, s, grp, grp_n, _, batch in self._groups(f"stream = {ph}", (stream,), "seq0"):
-            b = expand_batch(batch, VERIFY_COLUMNS, p, s, grp, grp_n)
+        for b in self.stream_tables(stream, event_schema(VERIFY_COLUMNS)):
             yield from zip(*(c.to_pylist() for c in b.columns), strict=True)
 
     def last_group(self, stream: str) -> tuple[int, int, int, int] | None:
@@ -478,7 +448,7 @@ class EventStore:
 
     def arrow_table(self, schema: Any) -> Any:
         """Every event in position order as a pyarrow Table with ``schema``'s columns (names
-        from ``EVENT_COLUMNS``, types as ``expand_batch`` makes them): ``page_tables``
+        from ``EVENT_COLUMNS``, types as ``event_schema`` gives them): ``page_tables``
         concatenated, one chunk per page."""
         tables = list(self.page_tables(schema))
         if not tables:
@@ -489,31 +459,38 @@ class EventStore:
         """One stream's events in stored seq order, a page of stored rows per Table (what
         ``verify``'s vectorised pass reads: memory bounded by a page, not the stream)."""
         ph = "?" if self.dialect == "sqlite" else "%s"
-        return self.page_tables(schema, f"WHERE stream = {ph}", (stream,), "seq0")
+        return self.page_tables(schema, f"stream = {ph}", (stream,), "seq0")
 
     def page_tables(self, schema: Any, where: str = "", params: tuple = (),
                     order: str = "position") -> Iterator[Any]:
-        """The events of the rows matching ``where`` in ``order``, as one Table (one chunk)
-        per page of 1,024 stored rows, with ``schema``'s columns.
+        """The events of the rows matching ``where`` (a condition) in ``order`` (a unique
+        column of them), as one Table (one chunk) per page of 1,024 stored rows, with
+        ``schema``'s columns. Each page is its own query, keyed by ``order`` (never skips a
+        committed row), on a connection held only while it runs: a reader left half-way
+        (a closed pipe) holds nothing open.
 
         A page's payloads are read as one IPC stream, validated before anything reads them,
         and made one chunk: DuckDB scans an Arrow table chunk by chunk, and the ~150-event
         batches of 10 ms groups made forensics' queries 3x slower. The row columns (position,
         stream, group) are built for the page at once with numpy."""
         pa = _pa()
-        import numpy as np
-
         ps = payload_schema()
         schema_msg = ps.serialize().to_pybytes()
-        with self.engine.connect() as conn:
-            cur = conn.exec_driver_sql("SELECT position, stream, grp, grp_n, n, payload "
-                                       f"FROM event_groups {where} ORDER BY {order}", params)
-            while page := cur.fetchmany(1024):
-                got = self._read_page(page, schema_msg)
-                kept = [b for b, r in zip(got, page, strict=True) if r[4]]
-                heads = [r[:5] for r in page if r[4]]
-                if not kept:
-                    continue
+        ph = "?" if self.dialect == "sqlite" else "%s"
+        cond = f"{where} AND " if where else ""
+        sql = (f"SELECT position, stream, grp, grp_n, n, payload, {order} FROM event_groups "
+               f"WHERE {cond}{order} > {ph} ORDER BY {order} LIMIT {_PAGE_ROWS}")
+        cursor = -(1 << 62)
+        while True:
+            with self.engine.connect() as conn:
+                page = conn.exec_driver_sql(sql, (*params, cursor)).fetchall()
+            if not page:
+                return
+            cursor = page[-1][6]
+            got = self._read_page(page, schema_msg)
+            kept = [b for b, r in zip(got, page, strict=True) if r[4]]
+            heads = [r[:5] for r in page if r[4]]
+            if kept:
                 t = pa.Table.from_batches(kept, ps)
                 try:
                     t.validate(full=True)  # before anything reads the buffers
@@ -523,8 +500,9 @@ class EventStore:
                 if t.column("seq").null_count:
                     raise BadLedgerError(f"{self.shown}: an event group has events without "
                                          "a seq")
-                payload = t.combine_chunks()
-                yield _with_row_columns(payload, heads, schema, np, pa)
+                yield with_row_columns(t.combine_chunks(), heads, schema)
+            if len(page) < _PAGE_ROWS:
+                return
 
     def _read_page(self, page: Sequence[tuple], schema_msg: bytes) -> list[Any]:
         """The batches of a page of stored rows, read as one IPC stream (their payloads
