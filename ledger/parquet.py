@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from .errors import BadLedgerError, CorruptLedgerError, LedgerError
 from .events import SCHEMA_VERSION
 from .sources import SCHEMA_VERSION_KEY, LedgerSource, ParquetSource, _full_schema
-from .store import EventStore
+from .store import _APPEND_COLUMNS, fill_new_ledger
 
 log = logging.getLogger(__name__)
 
@@ -169,22 +169,8 @@ def import_parquet(
     if pc.count_distinct(positions).as_py() != table.num_rows:
         raise LedgerError(f"{root}: positions repeat (segments from several stores); import "
                           "each store's export separately")
-    new_file = "://" not in url and not Path(url).exists()
-    store = EventStore(url)
-    try:
-        if store.count():
-            raise LedgerError(f"import target is not empty: {store.url}")
-        cols = ["position", "grp", "grp_n", "stream", "seq", "ts_ns", "kind", "request_id",
-                "attrs", "prev_hash", "hash"]
-        rows = list(zip(*(table[c].to_pylist() for c in cols), strict=True))
-        store.insert_raw(rows)
-        if progress is not None:
-            progress(len(rows))
-    except BaseException:
-        store.close()
-        if new_file:  # leave no half-made ledger behind
-            for suffix in ("", "-wal", "-shm"):
-                Path(url + suffix).unlink(missing_ok=True)
-        raise
-    store.close()
+    rows = list(zip(*(table[c].to_pylist() for c in _APPEND_COLUMNS), strict=True))
+    fill_new_ledger(url, rows)
+    if progress is not None:
+        progress(len(rows))
     return table.num_rows

@@ -27,6 +27,7 @@ the command that converts them (``kvledger ledger upgrade``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -36,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import AppendConflictError, BadLedgerError, SchemaVersionError
+from .errors import AppendConflictError, BadLedgerError, LedgerError, SchemaVersionError
 from .events import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -344,12 +345,7 @@ class EventStore:
         """Insert complete events (``_APPEND_COLUMNS`` order: an import's, positions and hashes
         as exported) in one transaction. Each run of one stream's events of one group with
         consecutive positions and seqs becomes one row."""
-        params = []
-        for run in _runs(rows):
-            p0, grp, grp_n, stream, seq0 = run[0][:5]
-            params.append({"position": p0, "stream": stream, "seq0": seq0, "n": len(run),
-                           "grp": grp, "grp_n": grp_n,
-                           "payload": encode_payload([r[3:] for r in run])})
+        params = group_rows(rows)
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_APPEND_LOCK})")
@@ -542,6 +538,37 @@ def check_layout(insp: Any, tables: set[str], shown: str) -> None:
         raise BadLedgerError(
             f"{shown} is a ledger in the older one-row-per-event layout; convert it with "
             f"`kvledger upgrade {shown} NEW.sqlite`")
+
+
+def fill_new_ledger(url: str, rows: Sequence[tuple]) -> None:
+    """``insert_raw`` ``rows`` into ``url`` (an import's or an upgrade's target), which must
+    hold no events, in one transaction; a SQLite file this call created is removed again if
+    anything fails (no half-made ledger is left behind)."""
+    made = "://" not in url and not os.path.exists(url)
+    store = EventStore(url)
+    try:
+        if store.count():
+            raise LedgerError(f"import target is not empty: {store.url}")
+        store.insert_raw(rows)
+    except BaseException:
+        store.close()
+        if made:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(url + suffix)
+        raise
+    store.close()
+
+
+def group_rows(rows: Sequence[tuple]) -> list[dict[str, Any]]:
+    """``_APPEND_COLUMNS`` rows -> ``event_groups`` rows (column dicts), a run each: one
+    stream's events of one group with consecutive positions and seqs."""
+    out = []
+    for run in _runs(rows):
+        p0, grp, grp_n, stream, seq0 = run[0][:5]
+        out.append({"position": p0, "stream": stream, "seq0": seq0, "n": len(run),
+                    "grp": grp, "grp_n": grp_n, "payload": encode_payload([r[3:] for r in run])})
+    return out
 
 
 def _runs(rows: Sequence[tuple]) -> Iterator[list[tuple]]:

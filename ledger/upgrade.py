@@ -6,12 +6,9 @@ file or an empty ledger, and is removed again if the copy fails half way."""
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 from .errors import BadLedgerError
-from .store import _APPEND_COLUMNS, EventStore
-
-_PAGE = 100_000
+from .store import _APPEND_COLUMNS, fill_new_ledger
 
 
 def upgrade_sqlite(old: str, new: str) -> int:
@@ -35,16 +32,5 @@ def upgrade_sqlite(old: str, new: str) -> int:
             con.close()
     finally:
         snap.close()
-    made = "://" not in new and not Path(new).exists()
-    store = EventStore(new)
-    try:
-        for k in range(0, len(rows), _PAGE):
-            store.insert_raw(rows[k:k + _PAGE])
-    except BaseException:
-        store.close()
-        if made:
-            for suffix in ("", "-wal", "-shm"):
-                Path(new + suffix).unlink(missing_ok=True)
-        raise
-    store.close()
+    fill_new_ledger(new, rows)
     return len(rows)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from kvledger.ledger.store import EVENT_COLUMNS, EventStore, _runs, encode_payload
+from kvledger.ledger.store import EVENT_COLUMNS, EventStore, group_rows
 
 _TYPES = {"position": "BIGINT", "seq": "BIGINT", "ts_ns": "BIGINT", "grp": "BIGINT",
           "grp_n": "INTEGER"}
@@ -40,10 +40,7 @@ def event_rows(target: str | Path) -> Iterator[sa.Connection]:
             back = conn.exec_driver_sql(f"SELECT {', '.join(_PACK)} FROM events "
                                         "ORDER BY position, stream, seq").fetchall()
             conn.exec_driver_sql("DELETE FROM event_groups")
-            params = [{"position": run[0][0], "stream": run[0][3], "seq0": run[0][4],
-                       "n": len(run), "grp": run[0][1], "grp_n": run[0][2],
-                       "payload": encode_payload([tuple(r[3:]) for r in run])}
-                      for run in _runs([tuple(r) for r in back])]
+            params = group_rows([tuple(r) for r in back])
             if params:
                 conn.execute(sa.text("INSERT INTO event_groups (position, stream, seq0, n, grp, "
                                      "grp_n, payload) VALUES (:position, :stream, :seq0, :n, "
