@@ -8,11 +8,13 @@ Ctrl-C stops a running query.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kvledger.cli import cpu_count, float_in, int_in
@@ -193,8 +195,7 @@ def cmd_forensics(args: argparse.Namespace) -> int:
 
     from .forensics import render_text, summarize
 
-    integrity = _verify(args)
-    with _session(args) as session:
+    with _verify(args) as integrity, _session(args) as session:
         summary = session.run(lambda con: summarize(con, stuck_ms=args.stuck_ms,
                                                     wedge_ms=args.wedge_ms,
                                                     integrity=integrity))
@@ -214,9 +215,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_html
 
     check_new_file(args.output, overwrite=args.overwrite)  # before the work, not after it
-    integrity = _verify(args)
     title = mask_password(", ".join(args.ledgers))
-    with _session(args) as session:
+    with _verify(args) as integrity, _session(args) as session:
         page, summary = session.run(lambda con: build_html(
             con, stuck_ms=args.stuck_ms, wedge_ms=args.wedge_ms, title=title,
             integrity=integrity))
@@ -230,10 +230,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> Integrity:
-    """The hash chains, checked beside the queries (None with --no-verify)."""
+@contextlib.contextmanager
+def _verify(args: argparse.Namespace) -> Iterator[Integrity]:
+    """The hash chains, checked beside the queries (None with --no-verify); the check is
+    stopped and waited for when the block is left, whatever happened (see BackgroundVerify)."""
     from .forensics import verify_in_background
 
     if args.no_verify:
-        return None
-    return verify_in_background(list(args.ledgers))
+        yield None
+        return
+    check = verify_in_background(list(args.ledgers))
+    try:
+        yield check
+    finally:
+        check.stop()

@@ -126,3 +126,33 @@ def test_canned_queries_run(faulty_run):
         "SELECT role, coalesce(outcome, 'open'), count(*) FROM transfers GROUP BY ALL"
     ).fetchall())
     assert latency == via_view
+
+
+def test_background_verify_stops_between_pages(faulty_run):
+    """A command that ends early stops the verification beside its queries and waits for it:
+    a thread left inside pyarrow while the interpreter exits aborted the process (exit -6)."""
+    import threading
+
+    from kvledger.analytics.forensics import BackgroundVerify, Stopped, verify_ledgers
+
+    halt = threading.Event()
+    halt.set()
+    with pytest.raises(Stopped):
+        verify_ledgers([faulty_run], halt=halt)
+    assert verify_ledgers([faulty_run], halt=threading.Event()) == verify_ledgers([faulty_run])
+    check = BackgroundVerify([faulty_run])
+    check.stop()
+    assert not any(t.name == "kvledger-verify" for t in threading.enumerate())
+    done = BackgroundVerify([faulty_run])
+    assert done()["verified"] and not done()["tampered"]
+    done.stop()  # after the result: a no-op
+
+
+def test_forensics_error_exits_cleanly_while_verifying(tmp_path, faulty_run):
+    """An error on the main thread (a ledger given twice) while the chains are being checked:
+    one line and exit 2, never an abort, however the race falls."""
+    for _ in range(5):
+        proc = subprocess.run([sys.executable, "-m", "kvledger", "forensics", faulty_run,
+                               faulty_run], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "terminate" not in proc.stderr
