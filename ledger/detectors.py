@@ -35,7 +35,12 @@ free_before_quiescence  a ``buffer.released``, ``blocks.unpinned`` or ``blocks.f
                       ``transfer.advertised`` of that slot with no proof of quiescence in between:
                       a terminal ``xfer.polled``, a ``transfer.completed`` with outcome ``ok``
                       (every byte arrived, the peer's completion notification) or a
-                      ``transfer.ready_signal`` of ``not_ready`` (no data will come).
+                      ``transfer.ready_signal`` of ``not_ready`` (no data will come); and
+                      (zero-copy) a ``blocks.freed`` of a block named by the ``blocks`` of an
+                      earlier ``transfer.advertised`` of the request with no such proof after the
+                      latest of them that names one of its blocks. A block named by an earlier
+                      ``blocks.poisoned`` of the request does not count in either case
+                      (zero-copy: the pool keeps it out of service; the request only lets go).
 double_free           a ``buffer.released`` [its seq] whose previous event of the request for that
                       pool and slot (among acquired/released/poisoned) is not a
                       ``buffer.acquired``; a ``blocks.freed`` [its seq] that takes some block's
@@ -336,6 +341,14 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
                           f"{what} at seq {last})")
 
 
+def _quiescence_proofs(r: _Req) -> list[Event]:
+    """The request's proofs that nothing more will be written into what it advertised."""
+    return [q for q in r.events
+            if (q.kind == "xfer.polled" and q.attrs["state"] in TERMINAL_STATES)
+            or (q.kind == "transfer.completed" and q.attrs["outcome"] == "ok")
+            or (q.kind == "transfer.ready_signal" and q.attrs["signal"] == "not_ready")]
+
+
 def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
         frees = r.of("buffer.released", "blocks.unpinned", "blocks.freed")
@@ -345,16 +358,23 @@ def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
         terminal = [e for e in r.of("xfer.polled") if e.attrs["state"] in TERMINAL_STATES] \
             if posted else []
         advertised = r.of("transfer.advertised")
+        poisoned = r.of("blocks.poisoned")
         proofs: list[Event] | None = None  # built on first need: most requests never read it
         for e in frees:
             reason = None
+            freed: set[int] = set()
+            if e.kind != "buffer.released" and (posted or advertised):
+                freed = set(e.attrs["blocks"])
+                for q in poisoned:  # zero-copy: poisoned blocks stay out; letting go is no free
+                    if q.seq < e.seq:
+                        freed -= set(q.attrs["blocks"])
             for x in posted:
                 if x.seq > e.seq:
                     break
                 if e.kind == "buffer.released":
                     names = x.attrs.get("slot") == e.attrs["slot"]
                 else:
-                    names = bool(set(x.attrs.get("blocks") or ()) & set(e.attrs["blocks"]))
+                    names = bool(set(x.attrs.get("blocks") or ()) & freed)
                 h = x.attrs["handle"]
                 if names and not any(t.attrs["handle"] == h and t.seq < e.seq for t in terminal):
                     reason = (f"{e.kind} at seq {e.seq} while handle {h} (posted at seq "
@@ -364,14 +384,19 @@ def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
                 ads = [a for a in advertised if a.attrs["slot"] == e.attrs["slot"]
                        and a.seq < e.seq]
                 if ads and proofs is None:
-                    proofs = [q for q in r.events
-                              if (q.kind == "xfer.polled" and q.attrs["state"] in TERMINAL_STATES)
-                              or (q.kind == "transfer.completed" and q.attrs["outcome"] == "ok")
-                              or (q.kind == "transfer.ready_signal"
-                                  and q.attrs["signal"] == "not_ready")]
+                    proofs = _quiescence_proofs(r)
                 if ads and not any(ads[-1].seq < q.seq < e.seq for q in proofs):
                     reason = (f"recv slot {e.attrs['slot']} released at seq {e.seq}, advertised "
                               f"at seq {ads[-1].seq}, without a terminal state or not_ready")
+            if reason is None and e.kind == "blocks.freed" and advertised and freed:
+                ads = [a for a in advertised if a.seq < e.seq
+                       and set(a.attrs.get("blocks") or ()) & freed]
+                if ads and proofs is None:
+                    proofs = _quiescence_proofs(r)
+                if ads and not any(ads[-1].seq < q.seq < e.seq for q in proofs):
+                    reason = (f"blocks {sorted(set(ads[-1].attrs['blocks']) & freed)} freed at "
+                              f"seq {e.seq}, advertised at seq {ads[-1].seq}, without a "
+                              "terminal state or not_ready")
             if reason is not None:
                 yield Finding("free_before_quiescence", s.name, r.rid, e.seq, reason)
 

@@ -113,6 +113,13 @@ _SPECS = [
        blocks="ints"),
     _k("blocks.evicted", "unreferenced cached blocks went back to the free list", False,
        blocks="ints"),
+    _k("blocks.poisoned", "zero-copy, quiescence unknown: a WRITE given up in flight may still "
+       "read (ctx) or write (gen) these KV blocks; they never return to the pool (the request "
+       "still drops its pins and references after this: the pool keeps the blocks out)", True,
+       blocks="ints", reason="str"),
+    _k("blocks.unpoisoned", "poisoned KV blocks went back to the pool: the only process that "
+       "could still touch them (the lost peer) was reaped (reason peer_reaped); poisoned: each "
+       "block's reason", False, blocks="ints", reason="str", poisoned="strs"),
     # --- transfer buffer slots -----------------------------------------------------------------
     _k("buffer.acquired", "a staging slot was taken for the request", True,
        pool="str", slot="int"),
@@ -123,8 +130,9 @@ _SPECS = [
        pool="str", waiting="int"),
     # --- transfer ------------------------------------------------------------------------------
     _k("transfer.started", "the transceiver took the request", True, role="str", peer="str"),
-    _k("transfer.advertised", "gen -> ctx: request info with the receive slot", True,
-       slot="int", peer="str"),
+    _k("transfer.advertised", "gen -> ctx: request info with the receive slot (zero-copy: the "
+       "slot is a credit and blocks are the KV blocks the WRITE may write)", True,
+       slot="int", peer="str", blocks="ints?"),
     _k("transfer.ready_signal", "ctx -> gen: ready / not_ready / cancelled (with its reason)",
        True, signal="str", reason="str?"),
     _k("xfer.posted", "a NIXL operation was posted", True, handle="int", op="str",

@@ -187,7 +187,8 @@ class WorkerState:
     """One worker (stream): pools, in-flight transfers, health."""
 
     __slots__ = ("stream", "role", "config", "pools", "num_blocks", "in_flight",
-                 "quarantined", "healthy", "health_reason", "closed", "last_seq", "requests")
+                 "quarantined", "healthy", "health_reason", "closed", "last_seq", "requests",
+                 "poisoned_blocks")
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
@@ -202,6 +203,7 @@ class WorkerState:
         self.closed = False
         self.last_seq = 0
         self.requests: dict[str, RequestState] = {}  # open requests of this worker
+        self.poisoned_blocks: set[int] = set()  # zero-copy: KV blocks kept out of service
 
     def pool(self, name: str) -> SlotPool:
         p = self.pools.get(name)
@@ -213,13 +215,15 @@ class WorkerState:
         # Held = referenced or pinned by an open request. Unreferenced blocks count as free
         # whether or not the prefix cache still keeps their data (eviction is free to take them).
         held = len(referenced | pinned)
+        out = len(referenced | pinned | self.poisoned_blocks)  # poisoned: neither free nor held
         nb = self.num_blocks
         return {
             "stream": self.stream,
             "role": self.role,
             "pools": {n: p.snapshot() for n, p in sorted(self.pools.items())},
-            "blocks": {"size": nb, "free": None if nb is None else nb - held, "held": held,
-                       "pinned": len(pinned), "poisoned": 0},
+            "blocks": {"size": nb, "free": None if nb is None else nb - out, "held": held,
+                       "pinned": len(pinned), "poisoned": len(self.poisoned_blocks),
+                       "poisoned_blocks": sorted(self.poisoned_blocks)},
             "in_flight": sorted(self.in_flight),
             "quarantined": sorted(self.quarantined),
             "healthy": self.healthy,
@@ -485,6 +489,13 @@ class Projection:
         _count_down(pins, ev.attrs["blocks"])
         if not pins:
             st.pins_ns = None
+
+    def _h_blocks_poisoned(self, ev: Event, w: WorkerState, st: RequestState) -> None:
+        # Zero-copy, in doubt: out of service whoever holds them (the request lets go later).
+        w.poisoned_blocks.update(ev.attrs["blocks"])
+
+    def _h_blocks_unpoisoned(self, ev: Event, w: WorkerState, st: None) -> None:
+        w.poisoned_blocks.difference_update(ev.attrs["blocks"])
 
     def _h_buffer_acquired(self, ev: Event, w: WorkerState, st: RequestState) -> None:
         a = ev.attrs

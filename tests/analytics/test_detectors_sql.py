@@ -22,6 +22,8 @@ from kvledger.ledger.events import Event
 from tests.ledger.sequences import (
     CTX_SCRIPTS,
     GEN_SCRIPTS,
+    ZC_CTX_SCRIPTS,
+    ZC_GEN_SCRIPTS,
     Stream,
     mutate,
     random_pair,
@@ -29,7 +31,7 @@ from tests.ledger.sequences import (
     write_ledger,
 )
 
-ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS}
+ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS, **ZC_CTX_SCRIPTS, **ZC_GEN_SCRIPTS}
 
 
 def keys_py(events: list[Event], **kw) -> set[tuple]:
@@ -142,6 +144,16 @@ def test_random_ledgers_agree(con, seed, n, faults, now, deadline):
     now_ns = None if now is None else max(e.ts_ns for e in events) + now
     kw = {"now_ns": now_ns, "wedge_deadline_ns": deadline}
     assert keys_sql(con, events, **kw) == keys_py(events, **kw)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 8), faults=st.booleans())
+def test_random_zero_copy_ledgers_agree(con, seed, n, faults):
+    """Zero-copy lifecycles (blocks advertised, posted and poisoned), faults included."""
+    events = [e for s in random_pair(seed, n_requests=n, faults=faults, zero_copy=True)
+              for e in s.events]
+    assert keys_sql(con, events) == keys_py(events)
 
 
 def test_random_ledgers_fire_every_liveness_detector_and_agree(con):

@@ -4,7 +4,8 @@
 against the vocabulary). The lifecycle scripts below are the hardened lifecycles, written once:
 a normal ctx transfer, a gen receive, cancel before advertise, cancel in flight with the termination
 deferred and discharged exactly once, a ``not_ready`` ready signal freeing the receive slot, a
-timeout with quarantine, a poisoned slot. A script is a generator of ``(kind, attrs)`` steps; it
+timeout with quarantine, a poisoned slot, and the zero-copy forms (the WRITE between KV blocks;
+blocks poisoned with the slot when in doubt). A script is a generator of ``(kind, attrs)`` steps; it
 asks for resources by leaving them out (``buffer.acquired`` without ``slot``, ``blocks.allocated``
 with ``n``, ``xfer.posted`` without ``handle``) and receives the filled attrs back from ``yield``.
 ``interleave`` runs several scripts against one stream's pools in a random order, optionally with
@@ -243,6 +244,76 @@ def gen_cancelled_signal(n_blocks: int = 2) -> Script:
     yield from _terminate(blocks, [], "cancelled", "cancel")
 
 
+def ctx_zc_ok(n_blocks: int = 3) -> Script:
+    """Zero-copy: the WRITE reads the pinned KV blocks themselves (the slot is a credit); the
+    pins drop after DONE."""
+    blocks = yield from _arrive(n_blocks)
+    yield ("transfer.started", {"role": "ctx", "peer": "gen0"})
+    yield ("blocks.pinned", {"blocks": blocks})
+    s = (yield ("buffer.acquired", {"pool": "send"}))["slot"]
+    yield ("transfer.ready_signal", {"signal": "ready"})
+    h = (yield ("xfer.posted", {"op": "WRITE", "bytes": 4096 * n_blocks, "descs": 1,
+                                "slot": s, "blocks": blocks}))["handle"]
+    yield ("xfer.polled", {"handle": h, "state": "DONE", "polls": 3})
+    yield ("xfer.released", {"handle": h, "accepted": True, "quiescent": True})
+    yield ("buffer.released", {"pool": "send", "slot": s})
+    yield ("transfer.completed", {"outcome": "ok", "bytes": 4096 * n_blocks})
+    yield ("future.fulfilled", {"side": "sender", "outcome": "value"})
+    yield ("blocks.unpinned", {"blocks": blocks})
+    yield from _terminate(blocks, [s], "ok")
+
+
+def ctx_zc_poisoned(n_blocks: int = 2) -> Script:
+    """Zero-copy, handle released in flight (release-on-cancel): the credit and the blocks the
+    WRITE may still read are poisoned; the request then lets go of its pins and references."""
+    blocks = yield from _arrive(n_blocks)
+    yield ("transfer.started", {"role": "ctx", "peer": "gen0"})
+    yield ("blocks.pinned", {"blocks": blocks})
+    s = (yield ("buffer.acquired", {"pool": "send"}))["slot"]
+    yield ("transfer.ready_signal", {"signal": "ready"})
+    h = (yield ("xfer.posted", {"op": "WRITE", "bytes": 4096, "descs": 1, "slot": s,
+                                "blocks": blocks}))["handle"]
+    yield ("cancel.requested", {"source": "client"})
+    yield ("cancel.result", {"result": "cancel_requested_in_flight", "action": "defer"})
+    yield ("xfer.released", {"handle": h, "accepted": True, "quiescent": False})
+    yield ("buffer.poisoned", {"pool": "send", "slot": s, "reason": "released_in_flight"})
+    yield ("blocks.poisoned", {"blocks": blocks, "reason": "released_in_flight"})
+    yield ("transfer.completed", {"outcome": "cancelled"})
+    yield ("future.fulfilled", {"side": "sender", "outcome": "cancelled"})
+    yield ("blocks.unpinned", {"blocks": blocks})
+    yield from _terminate(blocks, [], "cancelled", "cancel")
+
+
+def gen_zc_ok(n_blocks: int = 3) -> Script:
+    """Zero-copy: the KV blocks are advertised (the slot is a credit); ctx's DONE proves the
+    bytes are in, then they are freed as usual."""
+    blocks = yield from _arrive(n_blocks)
+    yield ("transfer.started", {"role": "gen", "peer": "ctx0"})
+    s = (yield ("buffer.acquired", {"pool": "recv"}))["slot"]
+    yield ("transfer.advertised", {"slot": s, "peer": "ctx0", "blocks": blocks})
+    yield ("transfer.ready_signal", {"signal": "ready"})
+    yield ("xfer.polled", {"handle": 7, "state": "DONE", "polls": 2})
+    yield ("buffer.released", {"pool": "recv", "slot": s})
+    yield ("transfer.completed", {"outcome": "ok", "bytes": 4096 * n_blocks})
+    yield ("future.fulfilled", {"side": "receiver", "outcome": "value"})
+    yield from _terminate(blocks, [s], "ok")
+
+
+def gen_zc_poisoned(n_blocks: int = 2) -> Script:
+    """Zero-copy, ctx signalled cancelled (its WRITE given up in flight): the advertised blocks
+    may still be written; credit and blocks poisoned, the request lets go."""
+    blocks = yield from _arrive(n_blocks)
+    yield ("transfer.started", {"role": "gen", "peer": "ctx0"})
+    s = (yield ("buffer.acquired", {"pool": "recv"}))["slot"]
+    yield ("transfer.advertised", {"slot": s, "peer": "ctx0", "blocks": blocks})
+    yield ("transfer.ready_signal", {"signal": "cancelled"})
+    yield ("buffer.poisoned", {"pool": "recv", "slot": s, "reason": "cancelled_after_advertise"})
+    yield ("blocks.poisoned", {"blocks": blocks, "reason": "cancelled_after_advertise"})
+    yield ("transfer.completed", {"outcome": "cancelled"})
+    yield ("future.fulfilled", {"side": "receiver", "outcome": "cancelled"})
+    yield from _terminate(blocks, [], "cancelled", "cancel")
+
+
 CTX_SCRIPTS: dict[str, Callable[[], Script]] = {
     "ctx_ok": ctx_ok,
     "ctx_cancel_in_flight": ctx_cancel_in_flight,
@@ -255,6 +326,16 @@ GEN_SCRIPTS: dict[str, Callable[[], Script]] = {
     "gen_cancel_before_advertise": gen_cancel_before_advertise,
     "gen_not_ready": gen_not_ready,
     "gen_cancelled_signal": gen_cancelled_signal,
+}
+# Zero-copy's lifecycles: a table of their own, so that the seeds the tests chose for the
+# staging tables draw what they always drew (``random_stream(zero_copy=True)`` draws these).
+ZC_CTX_SCRIPTS: dict[str, Callable[[], Script]] = {
+    "ctx_zc_ok": ctx_zc_ok,
+    "ctx_zc_poisoned": ctx_zc_poisoned,
+}
+ZC_GEN_SCRIPTS: dict[str, Callable[[], Script]] = {
+    "gen_zc_ok": gen_zc_ok,
+    "gen_zc_poisoned": gen_zc_poisoned,
 }
 
 
@@ -269,6 +350,7 @@ class Pools:
         self.free = {"send": list(range(cfg["send_slots"])),
                      "recv": list(range(cfg["recv_slots"]))}
         self.blocks = list(range(cfg["num_blocks"]))
+        self.poisoned: set[int] = set()  # zero-copy: never back on the free list
         self.next_handle = 1
 
     def can(self, kind: str, attrs: dict[str, Any]) -> bool:
@@ -299,8 +381,11 @@ class Pools:
         """Give back what an emitted event gave back (a poisoned slot never returns)."""
         if kind == "buffer.released" and attrs["slot"] not in self.free[attrs["pool"]]:
             self.free[attrs["pool"]].append(attrs["slot"])
+        elif kind == "blocks.poisoned":
+            self.poisoned.update(attrs["blocks"])
         elif kind == "blocks.freed":
-            self.blocks.extend(b for b in attrs["blocks"] if b not in self.blocks)
+            self.blocks.extend(b for b in attrs["blocks"]
+                               if b not in self.blocks and b not in self.poisoned)
 
 
 def interleave(
@@ -360,13 +445,14 @@ def interleave(
 def random_stream(seed: int, *, name: str | None = None, role: str | None = None,
                   n_requests: int = 6, faults: bool = False, close: bool | None = None,
                   config: dict | None = None, roomy: bool = False,
-                  rid_prefix: str | None = None) -> Stream:
+                  rid_prefix: str | None = None, zero_copy: bool = False) -> Stream:
     """A random, lifecycle-plausible stream; with ``faults`` some steps are dropped/duplicated,
     some polls are slow, health turns unhealthy now and then and the peer may be seen lost, so
     that detectors have something to find. Without faults a request can still be stuck when
     poisoned slots exhaust a pool; ``roomy=True`` sizes the pools so that every request finishes
     (a clean ledger). Requests are ``<rid_prefix>r<i>`` (default prefix ``<name>-``): give two
-    streams the same prefix to make them peers over the same requests (``random_pair``)."""
+    streams the same prefix to make them peers over the same requests (``random_pair``).
+    ``zero_copy``: the lifecycles are the zero-copy ones."""
     rng = random.Random(seed)
     role = role or rng.choice(["ctx", "gen"])
     name = name or f"{role}0"
@@ -375,7 +461,10 @@ def random_stream(seed: int, *, name: str | None = None, role: str | None = None
         config = {"send_slots": n_requests, "recv_slots": n_requests,
                   "num_blocks": 4 * n_requests}
     stream = Stream(name, role, config=config, step_ns=rng.choice([1_000, 100_000, 5 * MS]))
-    table = CTX_SCRIPTS if role == "ctx" else GEN_SCRIPTS
+    if zero_copy:
+        table = ZC_CTX_SCRIPTS if role == "ctx" else ZC_GEN_SCRIPTS
+    else:
+        table = CTX_SCRIPTS if role == "ctx" else GEN_SCRIPTS
     names = sorted(table)
     scripts = [(f"{prefix}r{i}", table[rng.choice(names)]()) for i in range(n_requests)]
     if faults:
@@ -399,11 +488,13 @@ def random_stream(seed: int, *, name: str | None = None, role: str | None = None
     return stream
 
 
-def random_pair(seed: int, *, n_requests: int = 6, faults: bool = False) -> list[Stream]:
+def random_pair(seed: int, *, n_requests: int = 6, faults: bool = False,
+                zero_copy: bool = False) -> list[Stream]:
     """A ctx and a gen stream (``ctx0``, ``gen0``, each the other's peer) over the same requests
     ``r0``, ``r1``, ... on one time axis, each drawn as ``random_stream`` draws it."""
     return [random_stream(seed + i, role=role, n_requests=n_requests, faults=faults,
-                          rid_prefix="") for i, role in enumerate(("ctx", "gen"))]
+                          rid_prefix="", zero_copy=zero_copy)
+            for i, role in enumerate(("ctx", "gen"))]
 
 
 def write_ledger(url: str, streams: Iterable[Stream],

@@ -19,17 +19,20 @@ from kvledger.ledger.detectors import (
 from tests.ledger.sequences import (
     CTX_SCRIPTS,
     GEN_SCRIPTS,
+    ZC_CTX_SCRIPTS,
+    ZC_GEN_SCRIPTS,
     S,
     Stream,
     ctx_cancel_in_flight,
     ctx_ok,
     gen_ok,
+    gen_zc_ok,
     mutate,
     prefix,
     random_stream,
 )
 
-ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS}
+ALL_SCRIPTS = {**CTX_SCRIPTS, **GEN_SCRIPTS, **ZC_CTX_SCRIPTS, **ZC_GEN_SCRIPTS}
 
 
 def fired(events, name: str, **kw) -> list[Finding]:
@@ -72,9 +75,9 @@ def test_hardened_lifecycles_are_clean(name, close):
 
 
 @settings(max_examples=80, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(1, 8))
-def test_random_hardened_interleavings_are_clean(seed, n):
-    s = random_stream(seed, n_requests=n, roomy=True)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 8), zero_copy=st.booleans())
+def test_random_hardened_interleavings_are_clean(seed, n, zero_copy):
+    s = random_stream(seed, n_requests=n, roomy=True, zero_copy=zero_copy)
     assert detect(s.events) == []
 
 
@@ -572,3 +575,22 @@ def test_runtime_release_in_flight(tmp_path, policy):
     else:  # the slot went back before quiescence; r2's KV was overwritten
         assert {("free_before_quiescence", "ctx", "r1"), ("free_before_quiescence", "gen", "r1"),
                 ("kv_corruption", "gen", "r2")} <= found
+
+
+# --- zero-copy: the KV blocks are what the WRITE touches ---------------------------------------
+@pytest.mark.parametrize("name", ["ctx_zc_poisoned", "gen_zc_poisoned"])
+def test_zero_copy_blocks_let_go_without_their_poison_are_a_free_before_quiescence(name):
+    clean = mutate(ALL_SCRIPTS[name](), "r1", role=name[:3])
+    assert detect(clean.events) == []  # poisoned first: letting go of them frees nothing
+    s = mutate(ALL_SCRIPTS[name](), "r1", role=name[:3], drop={"blocks.poisoned"})
+    found = fired(s.events, "free_before_quiescence")
+    assert found and s.events[found[0].seq - 1].kind in ("blocks.unpinned", "blocks.freed")
+
+
+def test_zero_copy_advertised_blocks_freed_without_proof_fire_on_the_receiving_side():
+    # A timeout frees the advertised KV blocks while ctx's WRITE may still write them.
+    s = prefix(gen_zc_ok(), "r1", "transfer.ready_signal", role="gen")
+    s.emit("request.timed_out", "r1", elapsed_ms=10, limit_ms=5)
+    s.emit("blocks.freed", "r1", blocks=[0, 1, 2])
+    (f,) = fired(s.events, "free_before_quiescence")
+    assert f.seq == len(s.events) and "advertised" in f.reason

@@ -12,6 +12,8 @@ from kvledger.ledger.projections import OWNER_CHANGES, Projection, bench_fold
 from tests.ledger.sequences import (
     CTX_SCRIPTS,
     GEN_SCRIPTS,
+    ZC_CTX_SCRIPTS,
+    ZC_GEN_SCRIPTS,
     Pools,
     Stream,
     ctx_cancel_in_flight,
@@ -46,9 +48,10 @@ def test_owner_table_names_only_known_kinds_and_resources():
     assert all(set(v) <= set(RESOURCES) for v in OWNER_CHANGES.values())
 
 
-@pytest.mark.parametrize("name", sorted({**CTX_SCRIPTS, **GEN_SCRIPTS}))
+@pytest.mark.parametrize("name", sorted({**CTX_SCRIPTS, **GEN_SCRIPTS, **ZC_CTX_SCRIPTS,
+                                          **ZC_GEN_SCRIPTS}))
 def test_hardened_lifecycle_leaves_nothing_open(name):
-    script = {**CTX_SCRIPTS, **GEN_SCRIPTS}[name]
+    script = {**CTX_SCRIPTS, **GEN_SCRIPTS, **ZC_CTX_SCRIPTS, **ZC_GEN_SCRIPTS}[name]
     s = Stream("w0", "ctx" if name.startswith("ctx") else "gen")
     s.run(script(), "r1")
     p = Projection.rebuild(s.events)
@@ -58,7 +61,12 @@ def test_hardened_lifecycle_leaves_nothing_open(name):
     assert w["in_flight"] == [] and w["quarantined"] == []
     assert w["blocks"]["held"] == 0 and w["blocks"]["pinned"] == 0
     poisoned = sum(pool["poisoned"] for pool in w["pools"].values())
-    assert poisoned == (1 if name in ("ctx_poisoned_slot", "gen_cancelled_signal") else 0)
+    assert poisoned == (1 if name in ("ctx_poisoned_slot", "gen_cancelled_signal",
+                                      "ctx_zc_poisoned", "gen_zc_poisoned") else 0)
+    # Zero-copy: the blocks a WRITE in doubt may touch stay out of service (neither free nor
+    # held by the request, which let go of them).
+    assert w["blocks"]["poisoned"] == (2 if name.endswith("zc_poisoned") else 0)
+    assert w["blocks"]["free"] == w["blocks"]["size"] - w["blocks"]["poisoned"]
     for pool in w["pools"].values():
         assert pool["held"] == 0 and pool["free"] == pool["size"] - pool["poisoned"]
 
