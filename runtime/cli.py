@@ -67,6 +67,10 @@ def register(sub: Any) -> None:
                    "layers*2*heads*16*dim*2 bytes)")
     p.add_argument("--release-on-cancel", action="store_true",
                    help="release in-flight handles on cancel (their slots are poisoned)")
+    p.add_argument("--zero-copy", action="store_true",
+                   help="WRITE KV blocks straight into the peer's KV blocks (checksums in "
+                   "place; --slots then bounds the transfers in flight, without memory); "
+                   "default: the staging path")
     p.add_argument("--progress-deadline-ms", type=int_in(1, MS_MAX), default=30_000,
                    help="a worker with open obligations and no progress this long turns "
                    "unhealthy")
@@ -152,6 +156,7 @@ def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
                         send_slots=args.slots, recv_slots=args.slots,
                         block_tokens=BLOCK_TOKENS, max_request_blocks=MAX_BLOCKS,
                         release_on_cancel=args.release_on_cancel, seed=args.seed,
+                        zero_copy=getattr(args, "zero_copy", False),
                         layers=args.layers, kv_heads=args.kv_heads, head_dim=args.head_dim,
                         progress_deadline_ms=getattr(args, "progress_deadline_ms", 30_000))
 

@@ -48,6 +48,11 @@ class WorkerConfig:
     # TRT-LLM #13495 style: an in-flight cancel releases the transport handle at once (the slot is
     # then poisoned: quiescence can no longer be observed). Off = cancel means "stop caring".
     release_on_cancel: bool = False
+    # Zero-copy (runtime/core/states.py, ZERO_COPY_ACTIONS): ctx WRITEs its KV blocks straight
+    # into gen's KV blocks (checksums in place, no pack/unpack); slots are credits without
+    # memory that bound the transfers in flight. Both workers of a pair must agree, with the
+    # same block layout (``pair_problem``). Off: the staging path, the default.
+    zero_copy: bool = False
     policy: str = "hardened"
     seed: int = 0
     # Where KV and slots live: "cpu", or "cuda" / "cuda:N" (NIXL registers VRAM; UCX's CUDA
@@ -74,6 +79,8 @@ class WorkerConfig:
             raise ValueError(f"metrics_port must be within 0..65535, not {self.metrics_port}")
         if self.max_request_blocks > self.num_blocks:
             raise ValueError("max_request_blocks must not exceed num_blocks")
+        if type(self.zero_copy) is not bool:  # a recorded "false" must not read as on
+            raise ValueError(f"zero_copy must be true or false, not {self.zero_copy!r}")
 
     @property
     def stream(self) -> str:
@@ -86,7 +93,15 @@ class WorkerConfig:
 
     @property
     def slot_nbytes(self) -> int:
+        """Bytes of one staging slot (zero-copy: what one would hold; its slots hold none)."""
         return self.max_request_blocks * self.block_nbytes
+
+    @property
+    def arena_nbytes(self) -> int:
+        """Bytes of the staging arena: a slot each, none in zero-copy mode (credits only)."""
+        if self.zero_copy:
+            return 0
+        return (self.send_slots if self.role == "ctx" else self.recv_slots) * self.slot_nbytes
 
     @property
     def max_request_tokens(self) -> int:
@@ -106,8 +121,23 @@ class WorkerConfig:
 
 def kv_bytes(cfg: WorkerConfig) -> int:
     """Bytes a worker allocates for its KV pool and its staging slots."""
-    nslots = cfg.send_slots if cfg.role == "ctx" else cfg.recv_slots
-    return cfg.num_blocks * cfg.block_nbytes + nslots * cfg.slot_nbytes
+    return cfg.num_blocks * cfg.block_nbytes + cfg.arena_nbytes
+
+
+_LAYOUT = ("layers", "kv_heads", "block_tokens", "head_dim", "dtype")
+
+
+def pair_problem(ctx: WorkerConfig, gen: WorkerConfig) -> str | None:
+    """Why a ctx and a gen config cannot work as a pair (one line), or None. Zero-copy writes
+    ctx's blocks byte for byte into gen's: both must be in that mode, with one block layout."""
+    if ctx.zero_copy != gen.zero_copy:
+        return "zero_copy must be on for both workers or for neither"
+    if ctx.zero_copy:
+        differ = [f for f in _LAYOUT if getattr(ctx, f) != getattr(gen, f)]
+        if differ:
+            return (f"zero-copy needs one KV block layout on both sides; {', '.join(differ)} "
+                    "differ")
+    return None
 
 
 def memory_budget_bytes(share: float = 0.5) -> int:
@@ -126,6 +156,12 @@ def resource_problem(cfgs: list[WorkerConfig], memory_bytes: int) -> str | None:
     together must fit in ``memory_bytes``, and a CUDA device they name must exist. Checked
     before a run or replay starts, so an impossible configuration (from a flag or a recorded
     trace) is a one-line error instead of a failed allocation."""
+    ctxs = [c for c in cfgs if c.role == "ctx"]
+    gens = [c for c in cfgs if c.role == "gen"]
+    if len(ctxs) == 1 and len(gens) == 1:
+        problem = pair_problem(ctxs[0], gens[0])
+        if problem is not None:
+            return problem
     need = sum(kv_bytes(c) for c in cfgs)
     if need > memory_bytes:
         c = cfgs[0]

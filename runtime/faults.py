@@ -132,6 +132,7 @@ class _Held:
     due_ns: int
     inner: int | None = None
     released: bool = False
+    blocks: bool = False  # zero-copy: a post_write_blocks (same argument positions)
 
 
 _FAILED = object()
@@ -246,8 +247,9 @@ class FaultyTransport:
                 self._post_held(h)
 
     def _post_held(self, h: _Held) -> None:
+        post = self.inner.post_write_blocks if h.blocks else self.inner.post_write
         try:
-            h.inner = self.inner.post_write(*h.args)
+            h.inner = post(*h.args)
         except TransportError as exc:
             log.warning("delayed WRITE failed when posted: %s", exc)
             h.inner = None
@@ -283,6 +285,21 @@ class FaultyTransport:
 
     def post_write(self, local_region: str, local_offset: int, nbytes: int, peer: str,
                    remote_desc: bytes, notif: bytes = b"") -> int:
+        return self._post(False, (local_region, local_offset, nbytes, peer, remote_desc), notif)
+
+    def blocks_descriptor(self, region: str, block_ids: list[int] | tuple[int, ...],
+                          block_nbytes: int) -> bytes:
+        return self.inner.blocks_descriptor(region, block_ids, block_nbytes)
+
+    def post_write_blocks(self, local_region: str, block_ids: list[int] | tuple[int, ...],
+                          block_nbytes: int, peer: str, remote_desc: bytes,
+                          notif: bytes = b"") -> int:
+        """Zero-copy WRITEs take the same write faults as staged ones."""
+        return self._post(True, (local_region, tuple(block_ids), block_nbytes, peer,
+                                 remote_desc), notif)
+
+    def _post(self, blocks: bool, head: tuple[Any, ...], notif: bytes) -> int:
+        peer = head[3]
         self._tick()
         _, rid = self._classify(notif) if notif else (None, None)
         self._ids += 1
@@ -295,13 +312,14 @@ class FaultyTransport:
             return hid
         if f is not None and f.kind == "drop":
             notif = b""
-        args = (local_region, local_offset, nbytes, peer, remote_desc, notif)
+        args = (*head, notif)
         if f is not None and f.kind == "delay":
-            h = _Held(args, self._clock() + int(f.delay_ms * 1e6))
+            h = _Held(args, self._clock() + int(f.delay_ms * 1e6), blocks=blocks)
             self._held.append(h)
             self._handles[hid] = h
             return hid
-        self._handles[hid] = self.inner.post_write(*args)
+        post = self.inner.post_write_blocks if blocks else self.inner.post_write
+        self._handles[hid] = post(*args)
         if f is not None and f.kind in ("stall", "kill"):
             self._fire_peer_fault(f)  # right after posting: the peer goes mid-transfer
         return hid

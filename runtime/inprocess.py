@@ -210,7 +210,7 @@ def compare_with_projection(state: dict[str, dict[str, Any]], snapshot: dict[str
             if got[key] != st["slots"][key]:
                 diffs.append(f"{stream} {pool} slots {key}: runtime {st['slots'][key]} "
                              f"ledger {got[key]}")
-        pairs = (("referenced", "held"), ("pinned", "pinned"))
+        pairs = (("referenced", "held"), ("pinned", "pinned"), ("poisoned", "poisoned"))
         for mine, theirs in pairs:
             if st["blocks"][mine] != w["blocks"][theirs]:
                 diffs.append(f"{stream} blocks {mine}: runtime {st['blocks'][mine]} "

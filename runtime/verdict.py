@@ -39,6 +39,8 @@ def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] 
             "blocks_freed": kinds[(s, "blocks.freed")],
             "slots_released": kinds[(s, "buffer.released")],
             "slots_poisoned": kinds[(s, "buffer.poisoned")],
+            "blocks_poisoned": sum(len(e.attrs["blocks"]) for e in events
+                                   if e.stream == s and e.kind == "blocks.poisoned"),
             "releases_in_flight": sum(1 for e in events if e.stream == s
                                       and e.kind == "xfer.released"
                                       and not e.attrs.get("quiescent")),
@@ -89,6 +91,8 @@ def compare_state(snapshot: dict[str, Any], runtime_state: dict[str, dict[str, A
             ("blocks.referenced", st["blocks"]["referenced"], w["blocks"]["held"]),
             ("blocks.pinned", st["blocks"]["pinned"], w["blocks"]["pinned"]),
             ("blocks.free", st["blocks"]["free"] + st["blocks"]["cached"], w["blocks"]["free"]),
+            # Zero-copy: blocks in doubt, out of service (0 on the staging path).
+            ("blocks.poisoned", st["blocks"].get("poisoned", 0), w["blocks"]["poisoned"]),
             ("in_flight", sorted(st["in_flight"]), w["in_flight"]),
             ("quarantined", sorted(st["quarantined"]), w["quarantined"]),
             ("healthy", st["healthy"], w["healthy"] if w["healthy"] is not None else True),

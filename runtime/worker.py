@@ -2,7 +2,8 @@
 
 It owns the KV pool tensor ``[num_blocks, layers, 2, kv_heads, block_tokens, head_dim]`` and one
 slot arena (uint8, ``slots * slot_nbytes``), both registered once with its ``Transport`` (regions
-``"kv"`` and ``"slots"``), and the core (``CtxCore`` / ``GenCore``) that decides everything. Events
+``"kv"`` and ``"slots"``; zero-copy: no arena, the WRITEs go between ``"kv"`` regions), and the
+core (``CtxCore`` / ``GenCore``) that decides everything. Events
 go to the injected ``emit`` (``Ledger.emit``).
 
 API (everything non-blocking; time is passed in, never read):
@@ -70,10 +71,12 @@ class Worker:
         zeros = zeros or torch.zeros
         self.pool = zeros((c.num_blocks, c.layers, 2, c.kv_heads, c.block_tokens, c.head_dim),
                           dtype=getattr(torch, c.dtype), device=device)
-        nslots = c.send_slots if c.role == "ctx" else c.recv_slots
-        self.arena = zeros((nslots * c.slot_nbytes,), dtype=torch.uint8, device=device)
+        # Zero-copy: the slots are credits without memory (an empty arena, not registered); the
+        # WRITEs go from KV blocks to KV blocks.
+        self.arena = zeros((c.arena_nbytes,), dtype=torch.uint8, device=device)
         transport.register("kv", self.pool)
-        transport.register("slots", self.arena)
+        if not c.zero_copy:
+            transport.register("slots", self.arena)
         # The KV data path (fill, pack + checksums, unpack + checksums); on the CPU through numpy
         # views of pool and arena (``_host``: the replayer reads its high-water block).
         self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes)
@@ -255,6 +258,13 @@ class Worker:
             return core.feed(io.Packed(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.PostWrite):
             return self._post(eff, now_ns)
+        elif isinstance(eff, io.Checksum):  # zero-copy: the blocks where they are
+            sums = self._data.checksums(eff.blocks)
+            if core.side == "gen":
+                return core.feed(io.Unpacked(eff.request_id, sums, now_ns))
+            # The WRITE reads these blocks next: on a GPU their fill must have finished.
+            self._fenced(eff.request_id, "checksum", None, eff.blocks)
+            return core.feed(io.Packed(eff.request_id, sums, now_ns))
         elif isinstance(eff, io.Release):
             self._watch.pop(eff.handle, None)
             try:
@@ -279,9 +289,11 @@ class Worker:
             raise AssertionError(f"unknown effect {eff!r}")
         return []
 
-    def _fenced(self, request_id: str, op: str, slot: int, blocks: tuple[int, ...]) -> None:
+    def _fenced(self, request_id: str, op: str, slot: int | None,
+                blocks: tuple[int, ...]) -> None:
         """GPU only: the pack/unpack's CUDA event has completed before the slot goes to the
-        transport (pack) or back to the pool (unpack) — the device half of quiescence, recorded.
+        transport (pack) or back to the pool (unpack) — the device half of quiescence, recorded;
+        zero-copy: ctx's checksum, after which the WRITE reads the blocks themselves.
         The checksums above already waited for the stream (they return host integers); the fence
         makes that fact explicit and checked rather than a side effect. On the CPU the copy is
         complete when it returns, so nothing is recorded (ledgers stay as before)."""
@@ -295,7 +307,7 @@ class Worker:
 
     def _post(self, eff: io.PostWrite, now_ns: int) -> list[Any]:
         notif = encode(eff.notif) if eff.notif is not None else b""
-        blocks = getattr(eff, "blocks", None)  # zero-copy: the WRITE reads these KV blocks
+        blocks = eff.blocks  # zero-copy: the WRITE reads these KV blocks
         try:
             if blocks:
                 handle = self.transport.post_write_blocks("kv", blocks, self.config.block_nbytes,
@@ -316,7 +328,7 @@ class Worker:
 
     def _send(self, msg: Any, now_ns: int) -> None:
         if isinstance(msg, Advertise):
-            blocks = getattr(msg, "blocks", None)  # zero-copy: ctx writes into these blocks
+            blocks = msg.blocks  # zero-copy: ctx writes into these blocks
             if blocks:
                 desc = self.transport.blocks_descriptor("kv", blocks, self.config.block_nbytes)
             else:

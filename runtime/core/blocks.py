@@ -1,9 +1,15 @@
 """KV block bookkeeping: block ids, a prefix-reuse cache keyed by the hash chain of full token
 blocks, reference counts, pins, and LRU eviction of unreferenced cached blocks.
 
-A block is in exactly one of: free list, referenced (ref > 0 or pin > 0), or cached-idle (in the
-LRU, ref == pin == 0, reusable by a later request with the same prefix, evictable). Only full
-token blocks are cached; a request's last partial block is private.
+A block is in exactly one of: free list, referenced (ref > 0 or pin > 0), cached-idle (in the
+LRU, ref == pin == 0, reusable by a later request with the same prefix, evictable), or
+poisoned-idle. Only full token blocks are cached; a request's last partial block is private.
+
+Poisoned (zero-copy: a WRITE given up in flight may still read or write the block): the block
+keeps its references and pins until their holders let go as usual, but then it goes neither to
+the free list nor to the LRU, so it is never handed out fresh nor refilled; a cached one may
+still be a prefix hit (a read, as the WRITE's). Only ``unpoison_all`` (proof of quiescence: the
+peer process was reaped) puts poisoned blocks back.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class BlockManager:
         self._cache: dict[bytes, int] = {}  # chain hash -> block (full blocks only)
         self._lru: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced
         self._held: dict[str, list[int]] = {}  # request -> blocks it references
+        self._poisoned: dict[int, str] = {}  # block -> why (never back to free list or LRU)
 
     # -- allocation ------------------------------------------------------------------------------
     def allocate(self, request_id: str, tokens: list[int] | int) -> Allocation | None:
@@ -155,11 +162,13 @@ class BlockManager:
     # unpin and free write out "the block goes idle" (cached if it has a hash, else free): a
     # call per block was a tenth of their cost.
     def unpin(self, blocks: list[int]) -> None:
-        ref, pin, hashes = self._ref, self._pin, self._hash
+        ref, pin, hashes, poisoned = self._ref, self._pin, self._hash, self._poisoned
         for b in blocks:
             assert pin[b] > 0, f"unpin of unpinned block {b}"
             pin[b] -= 1
             if not (ref[b] or pin[b]):
+                if poisoned and b in poisoned:
+                    continue  # in doubt: kept out of service
                 if hashes[b] is not None:
                     self._lru[b] = None  # cached: reusable until evicted
                 else:
@@ -168,16 +177,50 @@ class BlockManager:
     def free(self, request_id: str) -> list[int]:
         """Drop the request's references (exactly once). Returns the blocks it referenced."""
         blocks = self._held.pop(request_id)
-        ref, pin, hashes = self._ref, self._pin, self._hash
+        ref, pin, hashes, poisoned = self._ref, self._pin, self._hash, self._poisoned
         for b in blocks:
             assert ref[b] > 0, f"double free of block {b} by {request_id}"
             ref[b] -= 1
             if not (ref[b] or pin[b]):
+                if poisoned and b in poisoned:
+                    continue  # in doubt: kept out of service
                 if hashes[b] is not None:
                     self._lru[b] = None  # cached: reusable until evicted
                 else:
                     self._free.append(b)
         return blocks
+
+    # -- poison (zero-copy: memory a WRITE in doubt may still touch) -----------------------------
+    def poison(self, blocks: list[int], reason: str) -> None:
+        """These blocks never go back to the free list or the LRU (their holders still let go of
+        them as usual). Each must be held now; one already poisoned keeps its first reason."""
+        for b in blocks:
+            assert self._ref[b] > 0 or self._pin[b] > 0, f"poison of idle block {b}"
+            self._poisoned.setdefault(b, reason)
+
+    def unpoison_all(self) -> list[tuple[int, str]]:
+        """Every poisoned block back in service (on proof that nothing can touch it any more:
+        ``CoreBase._on_peerrejoined``, the peer that could was reaped); (block, reason) each.
+        An idle one goes to the LRU if it holds a cached prefix, else to the free list."""
+        out = sorted(self._poisoned.items())
+        self._poisoned.clear()
+        for b, _why in out:
+            if not (self._ref[b] or self._pin[b]):
+                if self._hash[b] is not None:
+                    self._lru[b] = None
+                else:
+                    self._free.append(b)
+        return out
+
+    @property
+    def poisoned(self) -> dict[int, str]:
+        """Poisoned block -> reason (a copy)."""
+        return dict(self._poisoned)
+
+    @property
+    def usable(self) -> int:
+        """Blocks that can still serve: not poisoned."""
+        return self.num_blocks - len(self._poisoned)
 
     # -- state -----------------------------------------------------------------------------------
     def clone(self) -> BlockManager:
@@ -187,28 +230,34 @@ class BlockManager:
         c._free, c._ref, c._pin = deque(self._free), list(self._ref), list(self._pin)
         c._hash, c._cache, c._lru = list(self._hash), dict(self._cache), OrderedDict(self._lru)
         c._held = {k: list(v) for k, v in self._held.items()}
+        c._poisoned = dict(self._poisoned)
         return c
 
     def snapshot(self) -> tuple:
         """Everything that decides future behaviour, hashable (equal states, equal tuples)."""
         return (tuple(self._free), tuple(self._ref), tuple(self._pin), tuple(self._lru),
                 tuple(sorted(self._cache.items())), tuple(sorted(
-                    (k, tuple(v)) for k, v in self._held.items())))
+                    (k, tuple(v)) for k, v in self._held.items())),
+                tuple(sorted(self._poisoned.items())))
 
     def occupancy(self) -> dict[str, int]:
         referenced = sum(1 for b in range(self.num_blocks) if self._ref[b] or self._pin[b])
         pinned = sum(1 for b in range(self.num_blocks) if self._pin[b])
         return {"free": len(self._free), "cached": len(self._lru), "referenced": referenced,
-                "pinned": pinned, "total": self.num_blocks}
+                "pinned": pinned, "poisoned": len(self._poisoned), "total": self.num_blocks}
 
     def check(self) -> None:
         """Every block in exactly one place (assertions; cheap enough for tests)."""
         free, lru = set(self._free), set(self._lru)
         assert len(free) == len(self._free), "block twice on the free list"
         assert not free & lru
+        poisoned = self._poisoned
+        assert not (free | lru) & set(poisoned), "a poisoned block is free or cached-idle"
         for b in range(self.num_blocks):
             busy = self._ref[b] > 0 or self._pin[b] > 0
-            assert busy + (b in free) + (b in lru) == 1, f"block {b} in no or several places"
+            idle_poisoned = not busy and b in poisoned
+            assert busy + (b in free) + (b in lru) + idle_poisoned == 1, \
+                f"block {b} in no or several places"
         counts = [0] * self.num_blocks
         for blocks in self._held.values():
             for b in blocks:

@@ -2,7 +2,8 @@
 
 ``CoreBase.feed`` is the one door for every input, a client's ``Cancel`` and a status ``Poll``
 included. Effects that produce a result are answered by the driver feeding the matching input back:
-``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Unpack`` -> ``Unpacked``;
+``Pack`` -> ``Packed``, ``PostWrite`` -> ``Posted``/``PostFailed``, ``Unpack`` -> ``Unpacked``,
+``Checksum`` (zero-copy) -> ``Packed`` on ctx, ``Unpacked`` on gen;
 ``Release`` is fire-and-forget (its "accepted" proves nothing, so nothing waits on it).
 ``CancelResult`` and ``Polled`` are answers to the caller of ``Cancel`` and ``Poll``, not work.
 The driver executes effects in order.
@@ -167,14 +168,27 @@ class Pack:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class Checksum:
+    """Zero-copy: the checksums of ``blocks`` where they are, in the KV pool (ctx: before the
+    WRITE reads them, answered ``Packed``; gen: after ctx's DONE, answered ``Unpacked``)."""
+
+    request_id: str
+    blocks: tuple[int, ...]
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class PostWrite:
-    """One WRITE of ``nbytes`` from the front of send slot ``slot`` into the peer's range."""
+    """One WRITE of ``nbytes`` from the front of send slot ``slot`` into the peer's range; or,
+    zero-copy (``blocks`` given), from these KV blocks into the peer's advertised blocks
+    (``slot`` is then the credit the WRITE holds, no memory)."""
 
     request_id: str
     slot: int
     nbytes: int
     remote_desc: bytes
     notif: Message | None
+    blocks: tuple[int, ...] = ()
 
 
 @fast_init
@@ -235,5 +249,5 @@ class Polled:
 
 Input = (Arrive | Cancel | ControlIn | XferState | Packed | Posted | PostFailed
          | Unpacked | WorkerError | Tick | Poll | PeerLost | PeerRejoined | Shutdown)
-Effect = (Fill | Pack | PostWrite | Release | SendControl | Unpack | Fulfil | CancelResult
-          | Polled)
+Effect = (Fill | Pack | Checksum | PostWrite | Release | SendControl | Unpack | Fulfil
+          | CancelResult | Polled)

@@ -29,6 +29,7 @@ from .states import (
     ARRIVALS,
     CANCEL_SOURCES,
     PEER_INPUTS,
+    ZERO_COPY,
     LifecycleError,
     Row,
     table,
@@ -185,6 +186,9 @@ class CoreBase:
         flags = frozenset(k for k, v in self.policy.flags().items() if v)
         if cfg.release_on_cancel:
             flags |= {"release_on_cancel"}
+        self.zero_copy = cfg.zero_copy
+        if cfg.zero_copy:
+            flags |= {ZERO_COPY}
         self._rows = self._bind(table(flags))
         self.block_nbytes = cfg.block_nbytes  # a computed property of the (frozen) config
 
@@ -402,7 +406,8 @@ class CoreBase:
         else:  # what the dead incarnation said after the loss was noticed dies with it
             self._lose_requests()
         old = self.peer_name
-        freed = sorted(self.pool.poisoned.items()) if inp.reaped and not self.closing else []
+        release = inp.reaped and not self.closing
+        freed = sorted(self.pool.poisoned.items()) if release else []
         self.peer_lost = False
         self.peer_name = inp.stream
         self.emit("peer.rejoined", None, peer=inp.stream, replaces=old,
@@ -411,6 +416,11 @@ class CoreBase:
             self.pool.unpoison(slot)
             self.emit("quarantine.released", None, pool=self.pool_name, slot=slot,
                       reason="peer_reaped", poisoned=why)
+        # Zero-copy: the same proof covers the KV blocks a WRITE of the pair may have touched.
+        blocks = self.blocks.unpoison_all() if release and self.blocks.poisoned else []
+        if blocks:
+            self.emit("blocks.unpoisoned", None, blocks=[b for b, _ in blocks],
+                      reason="peer_reaped", poisoned=[why for _, why in blocks])
         self._update_health()
 
     def _on_shutdown(self, inp: io.Shutdown) -> None:
@@ -551,6 +561,10 @@ class CoreBase:
             reason = "peer lost"
         elif self.pool.usable == 0:
             reason = f"every {self.pool_name} slot poisoned"
+        elif self.blocks.usable < self.cfg.max_request_blocks:
+            # Zero-copy: blocks poisoned in doubt; a request of the largest size no longer fits.
+            reason = (f"{self.blocks.num_blocks - self.blocks.usable} KV blocks poisoned: "
+                      f"{self.cfg.max_request_blocks} no longer fit")
         elif len(self.quarantined) > self.cfg.quarantine_budget:
             reason = f"{len(self.quarantined)} quarantined > budget {self.cfg.quarantine_budget}"
         elif self.quarantined:
@@ -684,6 +698,24 @@ class CoreBase:
         self.emit("buffer.poisoned", rec.rid, pool=self.pool_name, slot=rec.slot, reason=reason)
         rec.slot = None
         self._update_health()
+
+    def a_poison_blocks(self, f: Fire) -> None:
+        """Zero-copy, in doubt (after ``poison_slot``): the request's KV blocks are the memory a
+        WRITE given up in flight may still read (ctx) or write (gen); they never go back to the
+        pool. The request still lets go of its pins and references at its termination (the
+        pool keeps the blocks out), so its own accounting closes as always."""
+        rec = self.reqs[f.rid]
+        if rec.physical in REUSABLE or not rec.blocks:
+            return  # quiescence was proven (or nothing was exposed): the blocks are safe
+        reason = _POISON_REASON.get(f.word, f.word)
+        self.blocks.poison(rec.blocks, reason)
+        self.emit("blocks.poisoned", f.rid, blocks=rec.blocks, reason=reason)
+        self._update_health()
+
+    def a_checksum(self, f: Fire) -> None:
+        """Zero-copy: the blocks' checksums in place (ctx before its WRITE reads them, gen after
+        ctx's DONE); the driver answers ``Packed`` (ctx) or ``Unpacked`` (gen)."""
+        self._out.append(io.Checksum(f.rid, tuple(self.reqs[f.rid].blocks)))
 
     def a_leak_slot(self, f: Fire) -> None:
         """Mutant (sig #6): the early return skips freeing the receive slot."""
@@ -879,6 +911,7 @@ class CoreBase:
             "slots": self.pool.occupancy(),
             "poisoned_slots": {str(k): v for k, v in sorted(self.pool.poisoned.items())},
             "blocks": self.blocks.occupancy(),
+            "poisoned_blocks": {str(k): v for k, v in sorted(self.blocks.poisoned.items())},
             "finished": len(self.finished),
             "admission_queue": len(self.admission),
             "slot_queue": len(self.slot_wait),

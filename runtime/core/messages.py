@@ -1,6 +1,7 @@
 """Control messages between ctx and gen, and their wire codec (small JSON objects).
 
-gen -> ctx: ``Advertise`` (request info: the receive slot, its size and remote descriptor),
+gen -> ctx: ``Advertise`` (request info: the receive slot, its size and remote descriptor; in
+zero-copy mode the slot is a credit and ``blocks`` names gen's KV blocks the descriptor covers),
 ``Abandon`` (gen gave the request up; ctx stops if it has not posted yet, and always answers with
 its final word on the request).
 ctx -> gen: ``ReadySignal`` (ready / not_ready / cancelled, with the reason: a client cancel is not
@@ -30,7 +31,8 @@ class Advertise:
     request_id: str
     slot: int
     nbytes: int
-    desc: bytes = b""  # filled by the driver (transport.region_descriptor)
+    desc: bytes = b""  # filled by the driver (transport.region_descriptor / blocks_descriptor)
+    blocks: tuple[int, ...] = ()  # zero-copy: gen's KV blocks, the WRITE's target (else empty)
 
 
 @fast_init
@@ -182,6 +184,10 @@ def _field(cls: type, name: str, v: Any) -> Any:
         if type(v) is not list or len(v) > CHECKSUMS_MAX:
             raise MessageError(f"checksums must be a list of at most {CHECKSUMS_MAX} integers")
         return tuple(_check_int("checksum", x) for x in v)
+    if name == "blocks":
+        if type(v) is not list or len(v) > CHECKSUMS_MAX:
+            raise MessageError(f"blocks must be a list of at most {CHECKSUMS_MAX} block ids")
+        return tuple(_check_int("block", x, 0) for x in v)
     if name == "signal":
         if v not in SIGNALS or type(v) is not str:
             raise MessageError(f"signal must be one of {SIGNALS}")

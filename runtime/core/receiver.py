@@ -1,5 +1,7 @@
 """The gen (decode, receiver) actions: allocate blocks, take a receive slot, advertise it to ctx,
 wait for ctx's report, unpack into the blocks, verify every block's checksum, release the slot.
+Zero-copy: advertise the blocks themselves (the slot is a credit without memory) and checksum
+them in place after ctx's DONE instead of the unpack; where the slot is poisoned, so are they.
 
 Which action runs when is the gen table in ``states.py``; these are its leaf functions.
 The rules they keep: an advertised receive slot is a remote write target. It is released only
@@ -51,7 +53,9 @@ class GenCore(CoreBase):
         rec.blocks = alloc.blocks
         rec.nbytes = len(rec.blocks) * self.block_nbytes
         self.emit("blocks.allocated", f.rid, blocks=rec.blocks)
-        self.tm.start_transfer(f.rid, [])  # gen blocks are written by Unpack only: no pin
+        # gen blocks are written by Unpack only (zero-copy: by ctx's WRITE, and then held by the
+        # request until ctx's final word proves quiescence, or poisoned): no pin.
+        self.tm.start_transfer(f.rid, [])
         self._unready.add(f.rid)
         self.emit("transfer.started", f.rid, role="gen", peer=self.peer_name)
 
@@ -67,6 +71,16 @@ class GenCore(CoreBase):
         rec.physical = "active"  # a remote write target from now on
         self._out.append(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes)))
         self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.peer_name)
+
+    def a_advertise_blocks(self, f: Fire) -> None:
+        """Zero-copy: the request's KV blocks are the remote write target (the slot is the
+        credit that bounds the transfers in flight)."""
+        rec = self.reqs[f.rid]
+        rec.physical = "active"
+        self._out.append(io.SendControl(Advertise(f.rid, rec.slot, rec.nbytes, b"",
+                                                  tuple(rec.blocks))))
+        self.emit("transfer.advertised", f.rid, slot=rec.slot, peer=self.peer_name,
+                  blocks=rec.blocks)
 
     # -- Abandon and its retries ----------------------------------------------------------------
     def a_send_abandon(self, f: Fire) -> None:

@@ -1,5 +1,7 @@
 """The ctx (prefill, sender) actions: allocate and fill KV, pin, wait for gen's request info, take
 a send slot, signal ready, pack, post one WRITE, watch it to DONE/ERR, report, release.
+Zero-copy: checksum the blocks in place instead of the pack, and WRITE from the blocks (pinned
+until the transfer ends) instead of the slot (then a credit without memory).
 
 Which action runs when is the ctx table in ``states.py``; these are its leaf functions.
 The rules they keep: a send slot is released only after the handle's terminal state was observed
@@ -24,6 +26,11 @@ _REASON_OF_WORD = {"abandon": "abandoned", "shutdown": "shutdown", "force": "shu
                    "evicted": "evicted", "arrive_closed": "shutdown",
                    "arrive_queue_full": "shed", "advertise": "finished", "shed": "shed",
                    "worker_error": "worker_error"}
+
+
+def _runs(blocks: list[int]) -> int:
+    """Runs of consecutive block ids: the local descriptors of a zero-copy WRITE."""
+    return sum(1 for i, b in enumerate(blocks) if i == 0 or b != blocks[i - 1] + 1)
 
 
 def _refusal(rid: str) -> Completion:
@@ -157,10 +164,22 @@ class CtxCore(CoreBase):
         rec = self.reqs[f.rid]
         self._out.append(io.PostWrite(f.rid, rec.slot, rec.nbytes, rec.remote_desc, Landed(f.rid)))
 
+    def a_post_blocks(self, f: Fire) -> None:
+        """Zero-copy: one WRITE from the request's (pinned) KV blocks into the blocks gen
+        advertised; the slot goes along as the credit it holds."""
+        rec = self.reqs[f.rid]
+        self._out.append(io.PostWrite(f.rid, rec.slot, rec.nbytes, rec.remote_desc,
+                                      Landed(f.rid), tuple(rec.blocks)))
+
     def a_record_handle(self, f: Fire) -> None:
         rec = self.reqs[f.rid]
         rec.handle = f.inp.handle
         self.by_handle[rec.handle] = f.rid
+        if self.zero_copy:
+            # The WRITE reads these blocks: the detectors hold their unpin/free to its end.
+            self.emit("xfer.posted", f.rid, handle=rec.handle, op="WRITE", bytes=rec.nbytes,
+                      descs=_runs(rec.blocks), slot=rec.slot, blocks=rec.blocks)
+            return
         self.emit("xfer.posted", f.rid, handle=rec.handle, op="WRITE", bytes=rec.nbytes,
                   descs=1, slot=rec.slot)
 

@@ -15,9 +15,26 @@ KV blocks (``admission``) and for a staging slot; ``ended`` means the transfer's
 the user has been answered, and waits for the status poll that terminates it. The JOINT rules are
 derived steps the machine fires whenever their condition holds (the head of a queue can be served).
 
+Zero-copy (``WorkerConfig.zero_copy``; ``ZERO_COPY_ACTIONS``). Where both sides' KV layouts
+match, ctx WRITEs its KV blocks straight into gen's KV blocks (one NIXL descriptor per run of
+consecutive blocks each side, as vLLM's connector does): the same tables, with a few actions put
+in place of the staging ones. A *slot* is then a credit with no memory: it bounds the transfers in
+flight (``send_slots``/``recv_slots``) and follows every slot rule of the tables unchanged (taken
+before ready/advertise, released only on proof of quiescence, poisoned when in doubt: a WRITE in
+doubt may still be in flight, so it still holds its credit). The memory a WRITE touches is the
+request's KV blocks: ctx's are pinned from allocation until the transfer ends (after DONE/ERR, or
+when nothing was posted), gen's are advertised instead of a slot; wherever the staging path
+poisons a slot, zero-copy poisons the request's blocks too (``poison_blocks``): they never return
+to the pool (the request drops its pins and references; the pool keeps them out), except on the
+supervisor's proof that the peer process was reaped (``MACHINE_RULES``). ``packing`` is then ctx
+checksumming its blocks in place before the WRITE (answered ``packed``) and ``unpacking`` is gen
+checksumming its blocks in place after ctx's DONE (answered ``unpacked``). The staging path stays
+the default: it is where the slot rules guard real memory.
+
 The rules the tables must keep (checked by the exhaustive explorer, ``replay/explore.py``):
 - A staging slot, or KV memory, goes back to a pool only when nothing may still touch it: the WRITE
-  reached DONE/ERR, or it was never posted. Otherwise it is poisoned (in doubt), never reused.
+  reached DONE/ERR, or it was never posted. Otherwise it is poisoned (in doubt), never reused
+  (zero-copy: the KV blocks of both sides, and the credit).
 - Every advert gets an answer and every ``Abandon`` gets an answer: ctx's final word on that request
   (``not_ready``: nothing was or will be written; ``cancelled``: a WRITE was given up in flight, in
   doubt; or the ``Completion`` of the WRITE). ctx repeats it from a closed request.
@@ -226,6 +243,19 @@ gen cancelling    abandon_retry  cancelling     -
 ctx in_flight    cancel|abandon|shutdown|timeout  closed  release_handle poison_slot signal_cancelled end terminate
 """,
 })
+# Configuration, not a bug: zero-copy (``WorkerConfig.zero_copy``) is the same rows (hardened or a
+# mutant's) with these actions in place of the staging ones; the slot actions stay (a slot is a
+# credit without memory, see the module docstring).
+ZERO_COPY_ACTIONS = MappingProxyType({
+    "pack": ("checksum",),  # ctx: its blocks' checksums in place, before the WRITE reads them
+    "post": ("post_blocks",),  # ctx: one WRITE from its KV blocks into gen's advertised blocks
+    "advertise": ("advertise_blocks",),  # gen: its KV blocks are the write target
+    "unpack": ("checksum",),  # gen: ctx's DONE proves the bytes landed; checksum in place
+    # In doubt: the credit, and the memory the WRITE may still read (ctx) or write (gen).
+    "poison_slot": ("poison_slot", "poison_blocks"),
+})
+ZERO_COPY = "zero_copy"  # the flag ``table`` takes for it
+
 # Mutant behaviour that is not a row: gen_poll_blocks (the status poll itself waits: machine.py)
 # and deferred_termination_dropped (end_transfer forgets a deferred termination: machine.py).
 
@@ -279,13 +309,22 @@ def inputs(side: str) -> tuple[str, ...]:
 
 def table(flags: frozenset[str] = frozenset()) -> MappingProxyType:
     """The hardened table with the rows of ``flags`` (mutant policy flags, configuration
-    options) put in place."""
+    options) put in place; with ``ZERO_COPY`` among them, every row's staging actions replaced
+    as ``ZERO_COPY_ACTIONS`` says."""
     if not flags:
         return HARDENED
     rows = dict(HARDENED)
     for flag in sorted(flags):
         rows.update(OVERRIDES.get(flag, {}))
+    if ZERO_COPY in flags:
+        rows = {key: zero_copy_row(row) for key, row in rows.items()}
     return MappingProxyType(rows)
+
+
+def zero_copy_row(row: Row) -> Row:
+    """``row`` with its staging actions replaced by their zero-copy ones."""
+    acts = tuple(a for act in row.actions for a in ZERO_COPY_ACTIONS.get(act, (act,)))
+    return row if acts == row.actions else Row(row.next, acts)
 
 
 # --- machine-level rules: inputs about the peer, not about one request ------------------------
@@ -316,8 +355,11 @@ MACHINE_RULES = (
     ("peer_rejoined", "reaped (the supervisor saw the dead process reaped) and not shutting down",
      "every poisoned slot back to the free list, each recorded as quarantine.released "
      "reason=peer_reaped (with the reason it was poisoned)"),
+    ("peer_rejoined", "reaped and not shutting down, zero-copy",
+     "every poisoned KV block back to the pool (free, or cached if it holds a prefix), recorded "
+     "as one blocks.unpoisoned reason=peer_reaped"),
     ("peer_rejoined", "not reaped",
-     "poisoned slots stay poisoned (no proof of quiescence)"),
+     "poisoned slots (and zero-copy's poisoned blocks) stay poisoned (no proof of quiescence)"),
 )
 
 # --- joint (state-triggered) rules: (side, state, condition, input) --------------------------
@@ -366,6 +408,14 @@ def markdown() -> str:
     out += ["## Machine-level rules (the peer, not one request)", "",
             REJOIN_WHY, "", "| input | when | then |", "| --- | --- | --- |"]
     out += [f"| {inp} | {when} | {then} |" for inp, when, then in MACHINE_RULES]
+    out += [""]
+    out += ["## Zero-copy (`WorkerConfig.zero_copy`): these actions in place of the staging "
+            "ones, in every row", "",
+            "A slot is a credit without memory (it bounds the transfers in flight and keeps "
+            "every slot rule); the memory a WRITE touches is the request's KV blocks, poisoned "
+            "wherever the slot is. `packing`/`unpacking` are the checksums in place.", "",
+            "| staging action | zero-copy actions |", "| --- | --- |"]
+    out += [f"| {old} | {' '.join(new)} |" for old, new in ZERO_COPY_ACTIONS.items()]
     out += [""]
     out += ["## Mutants and options (rows put in place of the hardened ones)", "",
             "| flag | side | state | input | next | actions |",
