@@ -16,14 +16,19 @@ Breadth-first with state hashing (the cores' ``snapshot()``, TLC/Stateright styl
 reachable world is visited once, and the first violation found has a shortest input sequence.
 
 Checked at every world (safety): each core's own ``check()`` (one owner per block and slot, queue
-and record consistency); no slot reused while a WRITE that may touch it is unfinished (the send
-slot and the receive slot of every posted WRITE that has not reached DONE/ERR are held by its
-request or poisoned); no unpack of bytes that are not the request's (KV corruption); no promise
-fulfilled twice. Checked once inputs stop, from every world (liveness): a fair run to quiescence
-(deliver everything, finish every operation, poll, let time run through every deadline, clients
-give up on what is left) must end with every request closed on every live side, every promise
-fulfilled exactly once, every slot free or poisoned with a reason (none poisoned on a path without
-faults), every block free or cached, no deferred termination left, every advert and every
+and record consistency); no slot reused while a WRITE that may touch it is unfinished (the send slot
+and the receive slot of every posted WRITE that has not reached DONE/ERR are held by its request or
+poisoned); no unpack of bytes that are not the request's (KV corruption); no promise fulfilled
+twice. Zero-copy scenarios (``zc_*``: ``WorkerConfig.zero_copy``; a slot is then a credit and keeps
+the slot rules) add the memory itself: every KV block an unfinished WRITE reads (ctx) is still
+pinned by its request's transfer or poisoned, every block it may write (gen) is still held by its
+request or poisoned, and gen's in-place checksum must find every block holding the request's own
+bytes. Checked once inputs stop, from every world (liveness): a fair run to quiescence (deliver
+everything, finish every operation, poll, let time run through every deadline, clients give up on
+what is left) must end with every request closed on every live side, every promise fulfilled exactly
+once, every slot free or poisoned with a reason (none poisoned on a path without faults, or, with
+``cancel_poisons``, without a fault or a client cancel), every block free, cached or (zero-copy)
+poisoned with a reason, on the same terms, no deferred termination left, every advert and every
 ``Abandon`` answered by ctx, and no early record still holding an unanswered advert; after a
 restart, a request that arrived at both sides after the rejoin ends ok on both without a client
 cancel (nothing the dead incarnation left behind, a poisoned slot of a one-slot pool included,
@@ -83,6 +88,8 @@ class Scenario:
     restart: bool = False  # after a death is noticed, the dead side may be restarted
     rejoin_requests: tuple[str, ...] = ()  # arrive (at both sides) only after the restart
     reaped: bool = True  # the supervisor confirms the dead process was reaped (else: it could not)
+    # release_on_cancel: a client cancel of a WRITE in flight poisons (in doubt) by design.
+    cancel_poisons: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -128,6 +135,20 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "second request, which must complete.", requests=("r1",),
              rejoin_requests=("r2",), kill=True, restart=True),
 )}
+# Zero-copy (WRITEs from KV blocks into KV blocks; a slot is a credit): the same scenarios where
+# the memory a WRITE touches matters (cancels, asynchronous checksums, failures, deaths,
+# restarts), plus in-flight cancels that release the handle (release_on_cancel), whose blocks
+# must be poisoned on both sides.
+ZERO_COPY_OF = ("storm", "async", "faults", "death", "restart")
+SCENARIOS.update({f"zc_{n}": replace(
+    SCENARIOS[n], name=f"zc_{n}", doc="Zero-copy: " + SCENARIOS[n].doc,
+    config={**SCENARIOS[n].config, "zero_copy": True}) for n in ZERO_COPY_OF})
+SCENARIOS["zc_release"] = Scenario(
+    "zc_release", "Zero-copy, 2 requests, two credits a side, cancels anywhere, an in-flight "
+    "cancel releasing the handle at once (release_on_cancel): the WRITE is in doubt, so both "
+    "sides poison the request's blocks (and its credit); the other request still completes.",
+    requests=("r1", "r2"), cancel_poisons=True,
+    config={"zero_copy": True, "release_on_cancel": True, "send_slots": 2, "recv_slots": 2})
 
 
 @dataclass(slots=True)
@@ -138,6 +159,8 @@ class Op:
     state: str = "PROC"  # at the transport
     seen: str = "PROC"  # what the driver last fed the core
     released: bool = False
+    src_blocks: tuple[int, ...] = ()  # zero-copy: ctx's KV blocks the WRITE reads
+    dst_blocks: tuple[int, ...] = ()  # zero-copy: gen's KV blocks it writes
 
 
 @dataclass(slots=True)
@@ -145,8 +168,8 @@ class World:
     cores: dict[str, CoreBase]
     net: dict[str, list[Any]]  # direction ("ctx", "gen" = to that side) -> messages in flight
     ops: dict[int, Op]
-    packs: list[io.Pack]
-    unpacks: list[io.Unpack]
+    packs: list[io.Pack | io.Checksum]  # zero-copy: ctx's checksums in place
+    unpacks: list[io.Unpack | io.Checksum]  # zero-copy: gen's checksums in place
     next_arrival: dict[str, int]
     cancelled: frozenset[tuple[str, str]]
     dead: str | None = None
@@ -160,6 +183,7 @@ class World:
     next_handle: int = 1
     now: int = 0
     content: dict[int, str] = field(default_factory=dict)  # gen slot -> whose bytes
+    kv: dict[int, str] = field(default_factory=dict)  # zero-copy: gen KV block -> whose bytes
     fulfils: Counter = field(default_factory=Counter)
     owed: dict[str, frozenset[str]] = field(default_factory=dict)  # what ctx must answer
     violation: str | None = None
@@ -172,18 +196,19 @@ class World:
                      self.duplicated, self.noticed, self.restarted, self.missed,
                      self.drops_left, self.ticks_left,
                      self.faulted, self.next_handle, self.now,
-                     dict(self.content), Counter(self.fulfils), dict(self.owed))
+                     dict(self.content), dict(self.kv), Counter(self.fulfils), dict(self.owed))
 
     def key(self) -> int:
         return hash((tuple(c.snapshot() for c in self.cores.values()),
                      tuple(tuple(m) for m in self.net.values()),
-                     tuple((h, op.rid, op.src, op.dst, op.state, op.seen, op.released)
-                           for h, op in self.ops.items()),
+                     tuple((h, op.rid, op.src, op.dst, op.state, op.seen, op.released,
+                            op.src_blocks, op.dst_blocks) for h, op in self.ops.items()),
                      tuple(self.packs), tuple(self.unpacks), tuple(self.next_arrival.items()),
                      self.cancelled, self.dead, self.duplicated, self.noticed, self.restarted,
                      self.missed, self.drops_left,
                      self.ticks_left, self.faulted,
                      self.now, tuple(sorted(self.content.items())),
+                     tuple(sorted(self.kv.items())),
                      tuple(sorted(self.fulfils.items())),
                      tuple(sorted(self.owed.items()))))
 
@@ -302,6 +327,8 @@ class Harness:
             op.state = state
             if state == "DONE":
                 w.content[op.dst] = op.rid  # the bytes land, released handle or not
+                for b in op.dst_blocks:  # zero-copy: straight into gen's KV blocks
+                    w.kv[b] = op.rid
                 if w.dead is None:
                     w.net["gen"].append(Landed(op.rid))
             else:
@@ -317,10 +344,18 @@ class Harness:
                                           w.now))
         elif what == "unpacked":
             eff = w.unpacks.pop(step[1])
-            whose = w.content.get(eff.slot, "?")
-            if whose != eff.request_id:
-                w.violation = (f"kv corruption: gen unpacked {eff.request_id} from slot "
-                               f"{eff.slot}, which holds {whose}'s bytes")
+            if isinstance(eff, io.Checksum):  # zero-copy: the blocks themselves
+                owners = {w.kv.get(b, "?") for b in eff.blocks}
+                whose = owners.pop() if len(owners) == 1 else "?"
+                if whose != eff.request_id:
+                    w.violation = (f"kv corruption: gen checksummed {eff.request_id}'s blocks "
+                                   f"{list(eff.blocks)}, which hold "
+                                   f"{sorted(w.kv.get(b, '?') for b in eff.blocks)}'s bytes")
+            else:
+                whose = w.content.get(eff.slot, "?")
+                if whose != eff.request_id:
+                    w.violation = (f"kv corruption: gen unpacked {eff.request_id} from slot "
+                                   f"{eff.slot}, which holds {whose}'s bytes")
             self.feed(w, "gen", io.Unpacked(eff.request_id, _sums(whose, len(eff.blocks)),
                                             w.now))
         elif what == "poll":
@@ -377,6 +412,7 @@ class Harness:
             w.ops.clear()  # every WRITE was the dead ctx's
         else:
             w.content.clear()  # the new gen's memory is fresh
+            w.kv.clear()
         if dead == "ctx":
             w.packs.clear()
         else:
@@ -419,11 +455,11 @@ class Harness:
 
     def _effect(self, w: World, side: str, eff: Any) -> list[Any]:
         core = w.cores[side]
-        if isinstance(eff, io.Pack):
+        if isinstance(eff, io.Pack) or (isinstance(eff, io.Checksum) and side == "ctx"):
             w.packs.append(eff)
             if not self.sc.async_driver:  # the Worker packs in the same step
                 self.apply(w, ("packed", len(w.packs) - 1))
-        elif isinstance(eff, io.Unpack):
+        elif isinstance(eff, (io.Unpack, io.Checksum)):
             w.unpacks.append(eff)
             if not self.sc.async_driver:
                 self.apply(w, ("unpacked", len(w.unpacks) - 1))
@@ -436,7 +472,9 @@ class Harness:
                 return out
             h = w.next_handle
             w.next_handle += 1
-            w.ops[h] = Op(eff.request_id, eff.slot, int(eff.remote_desc))
+            slot, _, blocks = eff.remote_desc.decode().partition(":")
+            w.ops[h] = Op(eff.request_id, eff.slot, int(slot), src_blocks=eff.blocks,
+                          dst_blocks=tuple(int(b) for b in blocks.split(",") if b))
             return core.feed(io.Posted(eff.request_id, h, w.now))
         elif isinstance(eff, io.Release):
             op = w.ops[eff.handle]
@@ -446,7 +484,10 @@ class Harness:
         elif isinstance(eff, io.SendControl):
             msg = eff.msg
             if isinstance(msg, Advertise):  # the driver fills the descriptor: its slot
-                msg = Advertise(msg.request_id, msg.slot, msg.nbytes, str(msg.slot).encode())
+                desc = str(msg.slot)  # (zero-copy: and its blocks, the WRITE's target)
+                if msg.blocks:
+                    desc += ":" + ",".join(map(str, msg.blocks))
+                msg = replace(msg, desc=desc.encode())
             if side == "ctx":
                 self._answered(w, msg)
             to = "gen" if side == "ctx" else "ctx"
@@ -484,6 +525,18 @@ class Harness:
                                         or op.dst in gen.pool.poisoned):
                 return (f"gen receive slot {op.dst} reused while {op.rid}'s WRITE (handle {h}) "
                         "may still write it")
+            if op.src_blocks and w.dead != "ctx":  # zero-copy: the memory itself
+                pinned = set(ctx.tm.pinned(op.rid)) | set(ctx.blocks.poisoned)
+                loose = sorted(set(op.src_blocks) - pinned)
+                if loose:
+                    return (f"ctx blocks {loose} unpinned while {op.rid}'s WRITE (handle {h}) "
+                            "may still read them")
+            if op.dst_blocks and w.dead != "gen":
+                held = set(gen.blocks.held(op.rid)) | set(gen.blocks.poisoned)
+                loose = sorted(set(op.dst_blocks) - held)
+                if loose:
+                    return (f"gen blocks {loose} free or reused while {op.rid}'s WRITE "
+                            f"(handle {h}) may still write them")
         return None
 
     def liveness(self, w: World) -> tuple[str | None, list[Step]]:
@@ -538,10 +591,14 @@ class Harness:
                 return f"{side}: deferred terminations never carried out: {core.tm.pending()}"
             if core.pool.holder:
                 return f"{side}: slots still held: {core.pool.holder}"
-            if not all(core.pool.poisoned.values()):
-                return f"{side}: a slot poisoned without a reason"
-            if core.pool.poisoned and not w.faulted and not q.faulted:
+            poisoned_blocks = core.blocks.poisoned
+            if not all(core.pool.poisoned.values()) or not all(poisoned_blocks.values()):
+                return f"{side}: a slot or block poisoned without a reason"
+            excused = w.faulted or q.faulted or (self.sc.cancel_poisons and bool(q.cancelled))
+            if core.pool.poisoned and not excused:
                 return f"{side}: slots poisoned on a path without faults: {core.pool.poisoned}"
+            if poisoned_blocks and not excused:
+                return f"{side}: blocks poisoned on a path without faults: {poisoned_blocks}"
             if core.blocks.occupancy()["referenced"]:
                 return f"{side}: blocks still referenced: {core.blocks.occupancy()}"
             first = len(self.sc.requests) if side == q.restarted else 0
