@@ -5,7 +5,11 @@ launch, NIXL VRAM WRITE, fused unpack + checksums, ledger on) against, in the sa
            a credit back (plain_staged "blocks", no checksums): the issue's baseline (>= 0.9);
   staged   the staging path by hand (plain_staged "staged": the runtime's own KVDataPath calls,
            raw NIXL, no ledger, no lifecycle): what the data path itself costs;
+  blocks   the block-to-block loop with the checksums (plain_staged "blocks", verify): what the
+           zero-copy mode does by hand;
   copy     a device-to-device copy_ of the same bytes in this process (the memory's ceiling).
+The runtime runs twice a round: staging path (the default) and zero-copy mode (``zero_copy``:
+KV blocks WRITten into KV blocks, checksums in place, quiescence-gated frees).
 ctx runs on cuda:0 and gen on cuda:1, or both on cuda:0 where there is one GPU.
 
     python bench/bench_gpu_runtime.py [--sizes-mib 64 256] [--requests N] [--slots S]
@@ -55,14 +59,15 @@ def copy_gb_s(size: int, n: int) -> float:
     return size * n / (time.perf_counter() - t) / 1e9
 
 
-def gpu_configs(size: int, slots: int, depth: int):
-    ctx_cfg, gen_cfg = configs(size, slots, depth)
+def gpu_configs(size: int, slots: int, depth: int, zero_copy: bool = False):
+    ctx_cfg, gen_cfg = configs(size, slots, depth, zero_copy)
     return (dataclasses.replace(ctx_cfg, device="cuda:0"),
             dataclasses.replace(gen_cfg, device=gen_device()))
 
 
-def runtime_seconds(size: int, n: int, slots: int, depth: int) -> tuple[float, int]:
-    ctx_cfg, gen_cfg = gpu_configs(size, slots, depth)
+def runtime_seconds(size: int, n: int, slots: int, depth: int,
+                    zero_copy: bool = False) -> tuple[float, int]:
+    ctx_cfg, gen_cfg = gpu_configs(size, slots, depth, zero_copy)
     specs = list(same_prefix_burst(n + 1).requests)
     with tempfile.TemporaryDirectory(prefix="kvl-gpu-bench-") as out:
         ctx, gen = start_pair(ctx_cfg, gen_cfg, out)
@@ -87,10 +92,13 @@ def measure(size: int, n: int, slots: int, depth: int, rounds: int) -> dict:
     for r in range(rounds):  # interleaved, best of
         got = {"nixl": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots, verify=False,
                                         gen_device=gen_device())["seconds"],
+               "blocks": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots, verify=True,
+                                          gen_device=gen_device())["seconds"],
                "staged": plain_staged.run(ctx_cfg, n, mode="staged", slots=slots,
                                           gen_device=gen_device())["seconds"]}
         got["runtime"], b = runtime_seconds(size, n, slots, depth)
-        bad += b
+        got["zero_copy"], b2 = runtime_seconds(size, n, slots, depth, zero_copy=True)
+        bad += b + b2
         for k, v in got.items():
             best[k] = min(best.get(k, float("inf")), v)
         say(f"{size // MiB} MiB round {r}: " + ", ".join(
@@ -102,6 +110,8 @@ def measure(size: int, n: int, slots: int, depth: int, rounds: int) -> dict:
             "us_per_request": {k: round(v / n * 1e6, 1) for k, v in best.items()},
             "ratio_vs_nixl_alone": round(gbs["runtime"] / gbs["nixl"], 3),
             "ratio_vs_plain_staged": round(gbs["runtime"] / gbs["staged"], 3),
+            "zero_copy_vs_nixl_alone": round(gbs["zero_copy"] / gbs["nixl"], 3),
+            "zero_copy_vs_plain_blocks": round(gbs["zero_copy"] / gbs["blocks"], 3),
             "staged_vs_nixl_alone": round(gbs["staged"] / gbs["nixl"], 3),
             "checksum_failures": bad}
 
@@ -124,7 +134,9 @@ def main() -> int:
     for r in rows:
         print(f"{r['size_mib']} MiB requests, {r['slots']} slots, depth {r['depth']}: GB/s "
               f"{r['gb_s']}; runtime / NIXL alone {r['ratio_vs_nixl_alone']}, / plain staged "
-              f"{r['ratio_vs_plain_staged']}; staged / NIXL alone {r['staged_vs_nixl_alone']}")
+              f"{r['ratio_vs_plain_staged']}; staged / NIXL alone {r['staged_vs_nixl_alone']}; "
+              f"zero-copy runtime / NIXL alone {r['zero_copy_vs_nixl_alone']}, / plain blocks "
+              f"(checked) {r['zero_copy_vs_plain_blocks']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -19,11 +19,13 @@ pytestmark = [
 ]
 
 
-def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path) -> None:
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["staging", "zero-copy"])
+def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "kvledger", "run", "--device", "cuda", "--requests", "24",
-         "--cancel-rate", "0.3", "--out", str(out), "--json"],
+         "--cancel-rate", "0.3", "--out", str(out), "--json"]
+        + (["--zero-copy"] if zero_copy else []),
         capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
@@ -41,5 +43,10 @@ def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path) -> None:
     devices = {e.stream: e.attrs["config"]["device"] for e in opened}
     assert all(d.startswith("cuda") for d in devices.values()), devices
     # Both halves of quiescence are in the ledger: device fences behind pack (ctx) and unpack
-    # (gen), beside the transport's terminal xfer.polled.
-    assert {e.attrs["op"] for e in fences} == {"pack", "unpack"}
+    # (gen), beside the transport's terminal xfer.polled. Zero-copy: ctx fences its in-place
+    # checksum (the WRITE reads the blocks next); gen's checksum only reads what NIXL wrote.
+    ops = {(e.stream[:3], e.attrs["op"]) for e in fences}  # ctx0 -> ctx
+    if zero_copy:
+        assert ops == {("ctx", "checksum")}, ops
+    else:
+        assert ops == {("ctx", "pack"), ("gen", "unpack")}, ops
