@@ -21,6 +21,15 @@ last one's, closed loop of ``depth`` outstanding requests with ``slots`` slots a
 Measured (2026-12-02, one H200, ctx and gen processes both on cuda:0, 2 slots, depth 4), GB/s:
   64 MiB:   NIXL alone 1523, staged by hand 54, runtime 28, copy_ 1856 (runtime / NIXL alone
             0.019, / staged by hand 0.52); 1 GiB: 2044, 443, 327, 2112 (0.16, 0.74).
+Measured again (2026-12-02, same host and settings, 24 requests, best of 2), with zero-copy:
+  GB/s        NIXL alone  blocks checked  staged  runtime  zero-copy runtime  copy_
+  64 MiB        1168          71.5          40.5    41.5        64.8          1905
+  256 MiB        538         231           132     127         239           1941
+  1 GiB         2017         754           420     391         629           2125
+  runtime / staged by hand 1.03 / 0.97 / 0.93; zero-copy runtime / blocks checked by hand
+  0.91 / 1.03 / 0.83; zero-copy runtime / NIXL alone 0.055 / 0.44 / 0.31. The checked loop by
+  hand is itself 0.06-0.43 of NIXL alone: both sides read every byte for the checksums, and two
+  processes' kernels take turns on one GPU (938 us a 64 MiB request against NIXL's 57 us).
   The staging path by hand reaches only 0.04-0.22 of NIXL alone on one GPU: it moves every byte
   three times and reads it twice more (pack, WRITE, unpack, two checksums), and the two
   processes' kernels take turns on the GPU (two CUDA contexts time-slice one device; a WRITE
