@@ -78,6 +78,9 @@ class Worker:
         # views of pool and arena (``_host``: the replayer reads its high-water block).
         self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes)
         self._host = self._data.host
+        # Read once: a tensor's ``device.type`` is a torch call (~1 us), and every pack and
+        # unpack asks whether it must fence (``_fenced``).
+        self._on_cuda = self.pool.device.type == "cuda"
         core_cls = CtxCore if c.role == "ctx" else GenCore
         self.core: CoreBase = core_cls(c, emit, policy)
         self.results: dict[str, str] = {}
@@ -285,7 +288,7 @@ class Worker:
         The checksums above already waited for the stream (they return host integers); the fence
         makes that fact explicit and checked rather than a side effect. On the CPU the copy is
         complete when it returns, so nothing is recorded (ledgers stay as before)."""
-        if self.pool.device.type != "cuda":
+        if not self._on_cuda:
             return
         fence = DeviceFence.after(self.pool)
         fence.wait()
@@ -362,7 +365,7 @@ class Worker:
     def idle(self) -> bool:
         """Nothing live, nothing in flight, nothing awaiting a poll."""
         c = self.core
-        return not c.reqs and not self._watch and not c.ready and not c.tm.pending()
+        return not c.reqs and not self._watch and not c.ready and not c.tm.pending_count()
 
     def state(self) -> dict[str, Any]:
         s = self.core.state()
