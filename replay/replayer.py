@@ -112,9 +112,11 @@ class Recorder:
         self.stream = stream
         self.clock = clock
         self.items: list[tuple[int, str, str | None, dict[str, Any]]] = []
+        self._append = self.items.append  # bound once: emit runs per event
+        self._now = clock.now_ns
 
     def emit(self, kind: str, request_id: str | None = None, **attrs: Any) -> None:
-        self.items.append((self.clock.now_ns(), kind, request_id, attrs))
+        self._append((self._now(), kind, request_id, attrs))
 
     def events(self) -> list[Event]:
         """Validate, encode and chain the items as the ledger writer does (``encode_events``:
@@ -379,16 +381,21 @@ class Replay:
         order = self._order if self.rng.random() >= 0.5 else self._order_reversed
         short = self.opts.short_steps and not self.opts.step_idle
         killed = self.faults.killed_at
+        workers, transports = self.workers, self.transports
+        wakes_of, first_wake = self._wakes, self._first_wake
+        settle_ns, heartbeat_ns = self.opts.settle_ns, self.opts.heartbeat_ns
+        grid = self.trace.step_grid_ns
         work = 0
         for stream in order:
             if stream not in due:
                 continue
-            t_killed = killed.get(stream)
-            if t_killed is not None and now >= t_killed:
-                continue
+            if killed:
+                t_killed = killed.get(stream)
+                if t_killed is not None and now >= t_killed:
+                    continue
             self._current = stream
-            w = self.workers[stream]
-            t = self.transports[stream]
+            w = workers[stream]
+            t = transports[stream]
             # A step that would find nothing is taken the short way (Worker.idle_step): the
             # same ledger, a fraction of the cost. Most steps are such steps.
             if short and not t.has_input() and w.idle_step(now, t.unchanged):
@@ -396,33 +403,28 @@ class Replay:
             else:
                 did = w.step(now)
             self.worker_steps += 1
-            wakes = self._own_times(w, now, did)
-            self._wakes[stream] = wakes
+            # When it must step again on its own account: its next request timeout and, with
+            # obligations pending, its progress deadline (a live loop notices one at its first
+            # step after it: on the capture's grid), a settle step after work, a heartbeat
+            # while busy. Valid until it steps again: nothing but its own steps changes its
+            # core, and an input or a delivery makes it due anyway.
+            wakes: list[int] = []
+            wake = w.core.next_wake_ns()
+            if wake is not None:
+                wakes.append(wake)
+            if did:
+                wakes.append(now + settle_ns)
+            if not w.idle():
+                wakes.append(now + heartbeat_ns)
+            if grid != 1:
+                wakes = [_align(x, grid) for x in wakes]
+            wakes_of[stream] = wakes
             if wakes:
-                self._first_wake[stream] = min(wakes)
+                first_wake[stream] = min(wakes)
             else:
-                self._first_wake.pop(stream, None)
+                first_wake.pop(stream, None)
             work += did
         return work
-
-    def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
-        """When the worker just stepped at ``now`` must step again on its own account: its
-        next request timeout and, with obligations pending, its progress deadline (a live loop
-        notices one at its first step after it: on the capture's grid), a settle step after
-        work, a heartbeat while busy. Valid until it steps again: nothing but its own steps
-        changes its core, and an input or a delivery makes it due anyway."""
-        out: list[int] = []
-        wake = w.core.next_wake_ns()
-        if wake is not None:
-            out.append(wake)
-        if did:
-            out.append(now + self.opts.settle_ns)
-        if not w.idle():
-            out.append(now + self.opts.heartbeat_ns)
-        grid = self.trace.step_grid_ns
-        if grid != 1:
-            out = [_align(t, grid) for t in out]
-        return out
 
     def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
         best: int | None = None
