@@ -180,6 +180,8 @@ class Params:
 
 
 _SEQ = attrgetter("seq")
+_TS = attrgetter("ts_ns")
+_KIND = attrgetter("kind")
 
 
 class _Req:
@@ -211,9 +213,14 @@ class _Stream:
     def __init__(self, name: str, events: list[Event]) -> None:
         self.name = name
         self.events = events
-        self.closed: Event | None = next((e for e in events if e.kind == "ledger.closed"), None)
-        self.first_ts = min(e.ts_ns for e in events)
-        self.end_ts = max(e.ts_ns for e in events)
+        # The first ledger.closed, the earliest and the latest time: each a pass in C (map)
+        # rather than a generator's (an index is built per verdict, forensics and replay).
+        kinds = list(map(_KIND, events))
+        self.closed: Event | None = (events[kinds.index("ledger.closed")]
+                                     if "ledger.closed" in kinds else None)
+        ts = list(map(_TS, events))
+        self.first_ts = min(ts)
+        self.end_ts = max(ts)
         self.requests: dict[str, _Req] = {}
         self.index: dict[str, _Stream] = {name: self}  # every stream of the ledger (peers)
         requests = self.requests
@@ -555,8 +562,11 @@ def _span(r: _Req, opened: Event, closers: list[Event], pred: Callable[[Event], 
 def _holds(s: _Stream, end: int) -> list[_Span]:
     out = []
     for r in s.requests.values():
+        acquired = r.of("buffer.acquired")
+        if not acquired:  # most requests of a stream: no slot (and no walk of its releases)
+            continue
         gone = r.of("buffer.released", "buffer.poisoned")
-        for a in r.of("buffer.acquired"):
+        for a in acquired:
             pool, slot = _slot(a)
             out.append(_span(r, a, gone, lambda g, k=(pool, slot): _slot(g) == k, end, pool,
                              slot))
