@@ -397,11 +397,19 @@ class Replay:
             w = workers[stream]
             t = transports[stream]
             # A step that would find nothing is taken the short way (Worker.idle_step): the
-            # same ledger, a fraction of the cost. Most steps are such steps.
-            if short and not t.has_input() and w.idle_step(now, t.unchanged):
-                did = 0
+            # same ledger, a fraction of the cost. Most steps are such steps. The core's next
+            # wake, read for it, is the same after such a step (nothing it depends on moved).
+            core = w.core
+            if short and not t.has_input():
+                wake = core.next_wake_ns()
+                if w.idle_step(now, t.unchanged, wake):
+                    did = 0
+                else:
+                    did = w.step(now)
+                    wake = core.next_wake_ns()
             else:
                 did = w.step(now)
+                wake = core.next_wake_ns()
             self.worker_steps += 1
             # When it must step again on its own account: its next request timeout and, with
             # obligations pending, its progress deadline (a live loop notices one at its first
@@ -409,7 +417,6 @@ class Replay:
             # while busy. Valid until it steps again: nothing but its own steps changes its
             # core, and an input or a delivery makes it due anyway.
             wakes: list[int] = []
-            wake = w.core.next_wake_ns()
             if wake is not None:
                 wakes.append(wake)
             if did:

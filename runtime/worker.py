@@ -47,6 +47,9 @@ from .workload import RequestSpec
 log = logging.getLogger(__name__)
 
 
+_UNSET: Any = object()  # an optional argument not given (None is a value)
+
+
 class _Watch:
     __slots__ = ("request_id", "polls", "state")
 
@@ -161,6 +164,10 @@ class Worker:
 
     def _poll(self, at_least: int, now_ns: int) -> tuple[str, ...]:
         effects = self.core.feed(io.Poll(at_least, now_ns))
+        if len(effects) == 1 and type(effects[0]) is io.Polled:
+            # The common answer (every step polls; most polls find nothing): the answer alone,
+            # whose execution does nothing (``_execute``).
+            return effects[0].returned
         returned = next((e.returned for e in effects if isinstance(e, io.Polled)), ())
         self._run(effects, now_ns)
         return returned
@@ -173,11 +180,14 @@ class Worker:
             self.emit("control.rejected", None, peer=str(peer)[:256] if peer is not None
                       else None, reason=reason[:512], bytes=nbytes)
 
-    def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool]) -> bool:
+    def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool],
+                  wake_ns: Any = _UNSET) -> bool:
         """Take the step at ``now_ns`` the short way when it is known to find nothing; False
         (nothing done) otherwise, and the caller steps. For a driver that knows its transport
         has no control message for this worker (the replayer): ``unchanged(handle, state)``
         says the transport would report ``state`` again for that handle, without raising.
+        ``wake_ns``: ``core.next_wake_ns()`` as the caller just read it, if it did (a short
+        step changes nothing it depends on, so the caller reuses it for its own schedule).
 
         Then ``step`` would only re-poll the watched handles (each one's poll count goes up),
         provided the core holds no work and nothing time-driven is due (its own public time
@@ -185,7 +195,7 @@ class Worker:
         c = self.core
         if c.holds_work() or c.last_progress_ns is None:
             return False
-        wake = c.next_wake_ns()
+        wake = c.next_wake_ns() if wake_ns is _UNSET else wake_ns
         if wake is not None and wake <= now_ns:
             return False
         watch = self._watch
