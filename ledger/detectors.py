@@ -345,6 +345,9 @@ def block_pin_leak(s: _Stream, p: Params) -> Iterator[Finding]:
 
 def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
+        by_kind = r.by_kind
+        if "xfer.posted" not in by_kind and "transfer.advertised" not in by_kind:
+            continue  # no handle and no advertised slot: no free below can find a reason
         frees = r.of("buffer.released", "blocks.unpinned", "blocks.freed")
         if not frees:
             continue

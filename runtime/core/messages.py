@@ -151,7 +151,9 @@ _INT64 = 1 << 63
 def _check_text(name: str, v: Any, limit: int, empty: bool = True) -> str:
     if type(v) is not str:
         raise MessageError(f"{name} must be a string")
-    if len(v) > limit or len(v.encode("utf-8", "surrogatepass")) > limit:
+    # UTF-8 (surrogatepass) takes at most 4 bytes a code point: a short string needs no encode.
+    if len(v) > limit or (4 * len(v) > limit
+                          and len(v.encode("utf-8", "surrogatepass")) > limit):
         raise MessageError(f"{name} longer than {limit} bytes")
     if not empty and not v:
         raise MessageError(f"{name} is empty")
@@ -219,7 +221,7 @@ def decode(raw: bytes) -> Message:
     if cls is None:
         raise MessageError(f"unknown control message type {str(t)[:40]!r}")
     fields = _FIELDS[cls]
-    unknown = set(d) - set(fields)
+    unknown = d.keys() - _FIELD_NAMES[cls]
     if unknown:
         raise MessageError(f"{cls.__name__}: unknown fields {sorted(map(str, unknown))[:5]}")
     kwargs = {}
@@ -234,3 +236,4 @@ def decode(raw: bytes) -> Message:
 
 _FIELDS = {cls: {f.name: f.default is dataclasses.MISSING for f in dataclasses.fields(cls)}
            for cls in _TYPES.values()}
+_FIELD_NAMES = {cls: frozenset(fields) for cls, fields in _FIELDS.items()}
