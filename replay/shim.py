@@ -184,7 +184,10 @@ def classify(msg: bytes) -> tuple[str | None, str | None]:
     if msg[:2] != b'{"':
         return default_classify(msg)
     try:
-        obj = _DECODER.decode(msg.decode("utf-8", "surrogatepass"))
+        text = msg.decode("utf-8", "surrogatepass")
+        obj, end = _DECODER.raw_decode(text)  # decode() without its regex when nothing follows
+        if end != len(text):
+            obj = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError):
         return None, None
     if type(obj) is not dict:

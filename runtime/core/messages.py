@@ -209,7 +209,13 @@ def decode(raw: bytes) -> Message:
         if raw[:1] == b"{" and raw[1:2] not in (b"", b"\x00"):
             # What json.loads does with these bytes (its detect_encoding says UTF-8 for them),
             # without the detection: one message per request and protocol step.
-            d = _DECODER.decode(bytes(raw).decode("utf-8", "surrogatepass"))
+            text = bytes(raw).decode("utf-8", "surrogatepass")
+            # decode() is raw_decode() after the leading whitespace (none: "{" is first), then
+            # a check for extra data; its two regex matches are skipped when the object ends
+            # the text, and decode() itself says what the rest is otherwise.
+            d, end = _DECODER.raw_decode(text)
+            if end != len(text):
+                d = _DECODER.decode(text)
         else:
             d = json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -30,6 +30,8 @@ FRAMES = [
     '{"t":"Landed","request_id":"a"}'.encode("utf-16"),
     '{"t":"Landed","request_id":"a"}'.encode("utf-16-le"),
     b'{"t":"L\\ud800","request_id":"\\u0041"}',
+    b'{"t":"Landed","request_id":"a"} \n', b'{"t":"Landed","request_id":"a"}x',
+    b'{"t":"Landed","request_id":"a"}{"t":"Abandon"}',
 ]
 
 
