@@ -825,9 +825,16 @@ def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
     by_stream: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_stream[e.stream].append(e)
+    for evs in by_stream.values():
+        evs.sort(key=_SEQ)
+    return index_sorted_streams(by_stream)
+
+
+def index_sorted_streams(by_stream: dict[str, list[Event]]) -> dict[str, _Stream]:
+    """``index_streams`` of a ledger already grouped: stream -> its events in seq order (each
+    list is the index's from then on; the replayer's recorders hand theirs over as they are)."""
     out: dict[str, _Stream] = {}
     for name, evs in sorted(by_stream.items()):
-        evs.sort(key=_SEQ)
         out[name] = _Stream(name, evs)
     for st in out.values():
         st.index = out

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 from kvledger.ledger.clock import VirtualClock
-from kvledger.ledger.detectors import index_streams
+from kvledger.ledger.detectors import index_sorted_streams, index_streams
 from kvledger.ledger.events import SCHEMA_VERSION, Event
 from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
@@ -322,8 +322,10 @@ class Replay:
         if self.crash is None:  # a crashed worker's stream is left as a crash leaves it
             self._close_streams()
         sim_s = time.perf_counter() - t0  # the runtime driven through the trace
-        events = [e for s in sorted(self.recorders) for e in self.recorders[s].events()]
-        verdict = self._verdict(events, end, time.perf_counter() - t0)
+        by_stream = {s: self.recorders[s].events() for s in sorted(self.recorders)}
+        events = [e for evs in by_stream.values() for e in evs]
+        verdict = self._verdict(events, end, time.perf_counter() - t0,
+                                index_sorted_streams(by_stream))
         verdict.stats["sim_s"] = round(sim_s, 6)
         verdict.stats["verdict_s"] = round(time.perf_counter() - t0 - sim_s, 6)
         written: list[str] = []
@@ -464,10 +466,13 @@ class Replay:
                 rec.emit("ledger.closed", None, events=len(rec.items) + 1)
 
     # -- output -----------------------------------------------------------------------------
-    def _verdict(self, events: list[Event], end_ns: int, wall_s: float) -> Verdict:
+    def _verdict(self, events: list[Event], end_ns: int, wall_s: float,
+                 streams: dict[str, Any] | None = None) -> Verdict:
         # One grouping of the replay ledger per stream and request, shared by the detectors,
-        # the wedge report and the divergences (each built its own before).
-        streams = index_streams(events)
+        # the wedge report and the divergences (each built its own before); ``streams``: built
+        # from the recorders' per-stream lists (each already in seq order), when given.
+        if streams is None:
+            streams = index_streams(events)
         findings = run_detectors(events, end_ns, streams)
         if self.crash is not None:
             findings.insert(0, self.crash)
