@@ -47,7 +47,7 @@ blake2b chain and building the ``Event``s, about a third each), the verdict ~20%
 the wedge report's projection ~5%, the index ~3%, digest and divergences ~2%), control frames
 ~10% (encode, the shim's classification, decode), the KV data path ~8%, this loop ~8%. No one
 part dominates: each is already one pass over the events in Python, so the replay runs at about
-20 us an event (~110k instructions) on a 2-core VM.
+18 us an event (~100k instructions) on a 2-core VM.
 """
 
 from __future__ import annotations
