@@ -1,4 +1,4 @@
-"""Replay benchmarks (issue 4): virtual-mode speed, live-mode input lateness, minimizer cost.
+"""Replay benchmarks (issues 4, 14): virtual-mode speed, live-mode input lateness, minimizer cost.
 
 1. Virtual speed: a 64- and a 256-request burst is captured live (two worker processes over real
    NIXL, ``runtime.load.run_load``); each trace is replayed under a virtual clock (best of 3) and
@@ -18,7 +18,30 @@
 
 Run: ``python bench/bench_replay.py [--skip-live] [--trace64 DIR --trace256 DIR]``; prints a
 table and writes bench-replay.json. Timings depend on the machine's load: compare ratios within
-one run.
+one run. Section 1 also gives each replay's process CPU time (best and first), which a busy
+machine disturbs less than the wall time.
+
+Measured (issue 14, section 1, on the shared 2-core VM the sessions run on: Python 3.11, torch
+CPU; bursts captured there over NIXL: 64 requests, 2127 events, 3.75 s of wall, 0.88 s active;
+256 requests, 8491 events, 2.83 s of wall, 1.40 s active). Other sessions' test runs kept the
+load average at 3-9: the same code's best of 3 moved by 30-60% from one run to the next, so the
+change is judged by instructions (cachegrind, one warm replay, deterministic) and by runs of
+the old and the new code interleaved. Digests, findings and whole verdicts are unchanged (every
+scenario under hardened and its mutant, with and without data, and both bursts, compared).
+
+  - instructions per warm replay: 256-burst 947.5M before, 870.5M after (-8.1%); 64-burst
+    247.4M before, 231.4M after (-6.5%).
+  - the quietest interleaved runs (load average ~2; best of 3, in brackets of the active
+    window; first replay of the trace in the process): before, 64-burst 0.035 s = 106x (25x),
+    first 0.074 s; 256-burst 0.162 s = 17.4x (8.6x), first 0.192 s, driving the runtime alone
+    0.089 s. After, 64-burst 0.035 s = 108x (25x), first 0.068 s; 256-burst 0.155 s = 18.2x
+    (9.1x), first 0.192 s, driving the runtime alone 0.082 s. The difference is within what
+    the next run moves.
+  - so the 64-burst meets the targets (>= 50x of the wall, >= 10x of the active window) and the
+    256-burst does not (~18x and ~9x at best): 50x of its wall is 57 ms, 6.7 us an event for
+    the runtime, the data path, the ledger's encoding and chain and the verdict together, where
+    one pass over the events in Python costs ~1-3 us and the replay makes ~10 of them. Where
+    the time goes: ``replay/replayer.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -57,10 +80,13 @@ def bench_speed(path: str, label: str) -> dict:
     trace = load_trace(path)
     best = sim = None
     cold = None
+    cpu: list[float] = []  # process CPU time per replay: less at the mercy of a busy machine
     for seed in range(3):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         result = replay(trace, HARDENED, ReplayOptions(seed=seed))
         dt = time.perf_counter() - t0
+        cpu.append(time.process_time() - c0)
         cold = dt if cold is None else cold
         if best is None or dt < best:
             best, sim = dt, result.verdict.stats["sim_s"]
@@ -73,6 +99,9 @@ def bench_speed(path: str, label: str) -> dict:
            "trace_s": trace.end_ns / 1e9, "active_s": active / 1e9, "replay_s": best,
            "speed_x": trace.end_ns / 1e9 / best, "speed_active_x": active / 1e9 / best,
            "replay_first_s": cold, "replay_no_data_s": no_data,
+           "replay_cpu_s": min(cpu), "replay_first_cpu_s": cpu[0],
+           "speed_cpu_x": trace.end_ns / 1e9 / min(cpu),
+           "speed_active_cpu_x": active / 1e9 / min(cpu),
            "speed_no_data_x": trace.end_ns / 1e9 / no_data,
            "sim_s": sim, "speed_sim_x": trace.end_ns / 1e9 / sim,
            "steps": steps[0], "worker_steps": steps[1], "post_sim_s": best - sim,
@@ -84,7 +113,9 @@ def bench_speed(path: str, label: str) -> dict:
           f"driving the runtime alone {sim:.3f} s -> {row['speed_sim_x']:.1f}x; "
           f"--no-data {no_data:.3f} s -> {row['speed_no_data_x']:.1f}x; first replay of the "
           f"trace in this process {cold:.3f} s; {steps[0]} instants, {steps[1]} worker steps; "
-          f"setup + ledger encoding + verdict {best - sim:.3f} s")
+          f"setup + ledger encoding + verdict {best - sim:.3f} s; CPU time: best "
+          f"{min(cpu):.3f} s -> {row['speed_cpu_x']:.1f}x ({row['speed_active_cpu_x']:.1f}x of "
+          f"the active window), first {cpu[0]:.3f} s")
     return row
 
 

@@ -26,6 +26,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+try:  # np.einsum without its Python wrapper (a few us a call; a replay checksums ~1000 times)
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:  # pragma: no cover - numpy 1.x
+    try:
+        from numpy.core.multiarray import c_einsum as _einsum
+    except ImportError:
+        _einsum = np.einsum
+
 # Checksum of one block: its bytes as little-endian 64-bit words u_j (32-bit words, sign-extended,
 # when the block is not a multiple of 8 bytes), cut into rows of CHECKSUM_ROW_WORDS words (fewer
 # when that does not divide the block); R_k = sum of row k's words; checksum = sum over rows of
@@ -310,8 +318,9 @@ class HostKV:
         ids = self._ids(block_ids, -self.num_blocks)
         if not ids:
             return []
-        nb = self.num_blocks
-        ids = [b + nb if b < 0 else b for b in ids]
+        if min(ids) < 0:
+            nb = self.num_blocks
+            ids = [b + nb if b < 0 else b for b in ids]
         runs = _runs(ids)
         if len(runs) > 1 and len(ids) * self.block_nbytes <= HOST_GATHER_CHECKSUM_BYTES_MAX:
             return self._sums(self._words.take(ids, axis=0))  # the method: no np.take wrapper
@@ -323,8 +332,8 @@ class HostKV:
     def _sums(self, words: np.ndarray) -> list[int]:
         if self._wide:
             words = words.astype(np.int64)
-        return np.einsum("ijk,j->i", words.reshape(len(words), *self._rows),
-                         self._weights).tolist()
+        return _einsum("ijk,j->i", words.reshape(len(words), *self._rows),
+                       self._weights).tolist()
 
     def fill(self, block: int, content: np.ndarray) -> None:
         """Block ``block`` := ``content`` (its bytes, uint8)."""

@@ -185,6 +185,8 @@ class Params:
 
 
 _SEQ = attrgetter("seq")
+_TS = attrgetter("ts_ns")
+_KIND = attrgetter("kind")
 
 
 class _Req:
@@ -216,9 +218,14 @@ class _Stream:
     def __init__(self, name: str, events: list[Event]) -> None:
         self.name = name
         self.events = events
-        self.closed: Event | None = next((e for e in events if e.kind == "ledger.closed"), None)
-        self.first_ts = min(e.ts_ns for e in events)
-        self.end_ts = max(e.ts_ns for e in events)
+        # The first ledger.closed, the earliest and the latest time: each a pass in C (map)
+        # rather than a generator's (an index is built per verdict, forensics and replay).
+        kinds = list(map(_KIND, events))
+        self.closed: Event | None = (events[kinds.index("ledger.closed")]
+                                     if "ledger.closed" in kinds else None)
+        ts = list(map(_TS, events))
+        self.first_ts = min(ts)
+        self.end_ts = max(ts)
         self.requests: dict[str, _Req] = {}
         self.index: dict[str, _Stream] = {name: self}  # every stream of the ledger (peers)
         requests = self.requests
@@ -351,6 +358,9 @@ def _quiescence_proofs(r: _Req) -> list[Event]:
 
 def free_before_quiescence(s: _Stream, p: Params) -> Iterator[Finding]:
     for r in s.requests.values():
+        by_kind = r.by_kind
+        if "xfer.posted" not in by_kind and "transfer.advertised" not in by_kind:
+            continue  # no handle and no advertised slot: no free below can find a reason
         frees = r.of("buffer.released", "blocks.unpinned", "blocks.freed")
         if not frees:
             continue
@@ -580,8 +590,11 @@ def _span(r: _Req, opened: Event, closers: list[Event], pred: Callable[[Event], 
 def _holds(s: _Stream, end: int) -> list[_Span]:
     out = []
     for r in s.requests.values():
+        acquired = r.of("buffer.acquired")
+        if not acquired:  # most requests of a stream: no slot (and no walk of its releases)
+            continue
         gone = r.of("buffer.released", "buffer.poisoned")
-        for a in r.of("buffer.acquired"):
+        for a in acquired:
             pool, slot = _slot(a)
             out.append(_span(r, a, gone, lambda g, k=(pool, slot): _slot(g) == k, end, pool,
                              slot))
@@ -837,9 +850,16 @@ def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
     by_stream: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_stream[e.stream].append(e)
+    for evs in by_stream.values():
+        evs.sort(key=_SEQ)
+    return index_sorted_streams(by_stream)
+
+
+def index_sorted_streams(by_stream: dict[str, list[Event]]) -> dict[str, _Stream]:
+    """``index_streams`` of a ledger already grouped: stream -> its events in seq order (each
+    list is the index's from then on; the replayer's recorders hand theirs over as they are)."""
     out: dict[str, _Stream] = {}
     for name, evs in sorted(by_stream.items()):
-        evs.sort(key=_SEQ)
         out[name] = _Stream(name, evs)
     for st in out.values():
         st.index = out

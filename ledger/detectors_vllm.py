@@ -66,10 +66,15 @@ def _finding(*a: Any) -> Finding:
 
 
 def _is_tap(s: _Stream) -> bool:
-    """Did the kvledger tap write this stream (its latest ledger.opened says so)?"""
-    opened = [e for e in s.events if e.kind == "ledger.opened"]
-    return bool(opened) and \
-        (opened[-1].attrs.get("config") or {}).get("tap_mapping_version") is not None
+    """Did the kvledger tap write this stream (its latest ledger.opened says so)? Worked out
+    once per stream index (every detector here asks, and the answer is a scan of the stream)."""
+    got = s.__dict__.get("_vllm_tap")
+    if got is None:
+        opened = [e for e in s.events if e.kind == "ledger.opened"]
+        got = bool(opened) and \
+            (opened[-1].attrs.get("config") or {}).get("tap_mapping_version") is not None
+        s._vllm_tap = got  # type: ignore[attr-defined]  # the index is read only: its events too
+    return got
 
 
 def _end(s: _Stream, p: Params) -> int:

@@ -358,13 +358,15 @@ def encode_events(
     stream: str, seq: int, prev_hash: str, items: list[tuple],
 ) -> tuple[list[Event], SchemaError | None]:
     """``encode_group``, returning the stored events (``to_event`` of each row, without the
-    decode: attrs are the emitted dict less its None values) instead of rows. The validation,
-    encoding and chaining are ``encode_group``'s own (one definition of the chain); an in-memory
-    ledger (the replayer's) pays the Event per event, so the frozen ``Event`` is built slot by
-    slot (its ``__init__`` goes through ``object.__setattr__`` per field; the same object).
-    ``test_store_mapper`` holds these equal to ``encode_group``'s rows."""
-    rows, bad = encode_group(stream, seq, prev_hash, items)
+    decode: attrs are the emitted dict less its None values) instead of rows: the valid prefix,
+    and the SchemaError of the first invalid item (None if all are valid). The validation,
+    encoding and chaining are ``encode_group``'s, written out in the same one loop that builds
+    the events (an in-memory ledger, the replayer's, pays this per event: building the rows'
+    columns first and zipping them back into events cost a third again). The frozen ``Event``
+    is built slot by slot (its ``__init__`` goes through ``object.__setattr__`` per field; the
+    same object). ``test_store_mapper`` holds these equal to ``encode_group``'s rows."""
     if _EVENT_SETTERS is None:  # pragma: no cover - Event's layout changed: the plain way
+        rows, bad = encode_group(stream, seq, prev_hash, items)
         return [Event(r[0], r[1], r[2], r[3], r[4],
                       {k: v for k, v in it[3].items() if v is not None}, r[6], r[7])
                 for r, it in zip(rows, items, strict=False)], bad
@@ -372,23 +374,36 @@ def encode_events(
     new = object.__new__
     out: list[Event] = []
     append = out.append
-    # rows are the valid prefix of items (all of them unless ``bad``)
-    for (_, sq, ts_ns, kind, rid, _, prev, h), (_, _, _, attrs) in zip(rows, items,
-                                                                       strict=False):
+    fast = _FAST.get
+    fresh = _hasher(None).copy
+    mid = f"\x1f{stream}\x1f"
+    for ts_ns, kind, rid, attrs in items:
+        f = fast(kind)
+        aj = f(rid, attrs) if f is not None else None
+        if aj is None:
+            try:
+                check_event(kind, rid, attrs)
+            except SchemaError as exc:
+                return out, exc
+            aj = encode_attrs(attrs)
+        seq += 1
+        hasher = fresh()
+        hasher.update(f"{prev_hash}{mid}{seq}\x1f{ts_ns}\x1f{kind}\x1f"
+                      f"{'' if rid is None else rid}\x1f{aj}".encode())
         if None in attrs.values():  # stored without its None-valued attributes
             attrs = {k: v for k, v in attrs.items() if v is not None}
         e = new(Event)
         s0(e, stream)
-        s1(e, sq)
+        s1(e, seq)
         s2(e, ts_ns)
         s3(e, kind)
         s4(e, rid)
         s5(e, attrs)
-        s6(e, prev)
-        s7(e, h)
+        s6(e, prev_hash)
+        s7(e, prev_hash := hasher.hexdigest())
         s8(e, None)
         append(e)
-    return out, bad
+    return out, None
 
 
 def encode_row(

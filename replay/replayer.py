@@ -24,9 +24,10 @@ of each watched handle) without running it; the ledger is byte for byte the same
 (``short_steps=False`` runs every due step in full, for comparison).
 
 The replay ledger is recorded in memory (the runtime's ``emit`` appends a tuple, as ``Ledger.emit``
-does) and encoded, validated and chained once at the end (the writer's ``encode_group``), then
-written as a real ledger file. The ``ledger.opened`` wall anchor is the trace's, not the
-machine's, so nothing in it varies by run.
+does) and encoded, validated and chained once at the end (``encode_events``: the writer's
+``encode_group`` building the events in the same loop), then written as a real ledger file.
+The ``ledger.opened`` wall anchor is the trace's, not the machine's, so nothing in it varies by
+run.
 
 Cost (measured by bench/bench_replay.py): no cyclic GC runs during a replay; the workers' zeroed
 pool and arena tensors are recycled across replays (re-zeroed only as far as a replay wrote
@@ -36,8 +37,17 @@ its cost on blocks of a few KiB). What remains is the runtime's own work per eve
 it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
 mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
 (~2 us an event), and the detectors and the wedge report's projection over the replay ledger
-(the detectors' per-stream, per-request index of it is built once and shared with the wedge
-report and the divergences).
+(the detectors' per-stream, per-request index of it is built once, from the recorders'
+per-stream lists, and shared with the wedge report and the divergences).
+
+Where a warm replay of a 256-request burst spends its time (issue 14; py-spy samples, shares of
+``Replay.run``): the runtime's own steps and inputs ~40% (the cores' firings, effects, status
+polls, timers), encoding and chaining the replay ledger ~17% (JSON of the attributes, the
+blake2b chain and building the ``Event``s, about a third each), the verdict ~20% (detectors ~9%,
+the wedge report's projection ~5%, the index ~3%, digest and divergences ~2%), control frames
+~10% (encode, the shim's classification, decode), the KV data path ~8%, this loop ~8%. No one
+part dominates: each is already one pass over the events in Python, so the replay runs at about
+18 us an event (~100k instructions) on a 2-core VM.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from typing import Any
 
 import torch
 from kvledger.ledger.clock import VirtualClock
-from kvledger.ledger.detectors import index_streams
+from kvledger.ledger.detectors import index_sorted_streams, index_streams
 from kvledger.ledger.events import SCHEMA_VERSION, Event
 from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
@@ -112,9 +122,11 @@ class Recorder:
         self.stream = stream
         self.clock = clock
         self.items: list[tuple[int, str, str | None, dict[str, Any]]] = []
+        self._append = self.items.append  # bound once: emit runs per event
+        self._now = clock.now_ns
 
     def emit(self, kind: str, request_id: str | None = None, **attrs: Any) -> None:
-        self.items.append((self.clock.now_ns(), kind, request_id, attrs))
+        self._append((self._now(), kind, request_id, attrs))
 
     def events(self) -> list[Event]:
         """Validate, encode and chain the items as the ledger writer does (``encode_events``:
@@ -320,8 +332,10 @@ class Replay:
         if self.crash is None:  # a crashed worker's stream is left as a crash leaves it
             self._close_streams()
         sim_s = time.perf_counter() - t0  # the runtime driven through the trace
-        events = [e for s in sorted(self.recorders) for e in self.recorders[s].events()]
-        verdict = self._verdict(events, end, time.perf_counter() - t0)
+        by_stream = {s: self.recorders[s].events() for s in sorted(self.recorders)}
+        events = [e for evs in by_stream.values() for e in evs]
+        verdict = self._verdict(events, end, time.perf_counter() - t0,
+                                index_sorted_streams(by_stream))
         verdict.stats["sim_s"] = round(sim_s, 6)
         verdict.stats["verdict_s"] = round(time.perf_counter() - t0 - sim_s, 6)
         written: list[str] = []
@@ -379,50 +393,57 @@ class Replay:
         order = self._order if self.rng.random() >= 0.5 else self._order_reversed
         short = self.opts.short_steps and not self.opts.step_idle
         killed = self.faults.killed_at
+        workers, transports = self.workers, self.transports
+        wakes_of, first_wake = self._wakes, self._first_wake
+        settle_ns, heartbeat_ns = self.opts.settle_ns, self.opts.heartbeat_ns
+        grid = self.trace.step_grid_ns
         work = 0
         for stream in order:
             if stream not in due:
                 continue
-            t_killed = killed.get(stream)
-            if t_killed is not None and now >= t_killed:
-                continue
+            if killed:
+                t_killed = killed.get(stream)
+                if t_killed is not None and now >= t_killed:
+                    continue
             self._current = stream
-            w = self.workers[stream]
-            t = self.transports[stream]
+            w = workers[stream]
+            t = transports[stream]
             # A step that would find nothing is taken the short way (Worker.idle_step): the
-            # same ledger, a fraction of the cost. Most steps are such steps.
-            if short and not t.has_input() and w.idle_step(now, t.unchanged):
-                did = 0
+            # same ledger, a fraction of the cost. Most steps are such steps. The core's next
+            # wake, read for it, is the same after such a step (nothing it depends on moved).
+            core = w.core
+            if short and not t.has_input():
+                wake = core.next_wake_ns()
+                if w.idle_step(now, t.unchanged, wake):
+                    did = 0
+                else:
+                    did = w.step(now)
+                    wake = core.next_wake_ns()
             else:
                 did = w.step(now)
+                wake = core.next_wake_ns()
             self.worker_steps += 1
-            wakes = self._own_times(w, now, did)
-            self._wakes[stream] = wakes
+            # When it must step again on its own account: its next request timeout and, with
+            # obligations pending, its progress deadline (a live loop notices one at its first
+            # step after it: on the capture's grid), a settle step after work, a heartbeat
+            # while busy. Valid until it steps again: nothing but its own steps changes its
+            # core, and an input or a delivery makes it due anyway.
+            wakes: list[int] = []
+            if wake is not None:
+                wakes.append(wake)
+            if did:
+                wakes.append(now + settle_ns)
+            if not w.idle():
+                wakes.append(now + heartbeat_ns)
+            if grid != 1:
+                wakes = [_align(x, grid) for x in wakes]
+            wakes_of[stream] = wakes
             if wakes:
-                self._first_wake[stream] = min(wakes)
+                first_wake[stream] = min(wakes)
             else:
-                self._first_wake.pop(stream, None)
+                first_wake.pop(stream, None)
             work += did
         return work
-
-    def _own_times(self, w: Worker, now: int, did: int) -> list[int]:
-        """When the worker just stepped at ``now`` must step again on its own account: its
-        next request timeout and, with obligations pending, its progress deadline (a live loop
-        notices one at its first step after it: on the capture's grid), a settle step after
-        work, a heartbeat while busy. Valid until it steps again: nothing but its own steps
-        changes its core, and an input or a delivery makes it due anyway."""
-        out: list[int] = []
-        wake = w.core.next_wake_ns()
-        if wake is not None:
-            out.append(wake)
-        if did:
-            out.append(now + self.opts.settle_ns)
-        if not w.idle():
-            out.append(now + self.opts.heartbeat_ns)
-        grid = self.trace.step_grid_ns
-        if grid != 1:
-            out = [_align(t, grid) for t in out]
-        return out
 
     def _next_ns(self, now: int, work: int, fault_times: list[int]) -> int | None:
         best: int | None = None
@@ -455,10 +476,13 @@ class Replay:
                 rec.emit("ledger.closed", None, events=len(rec.items) + 1)
 
     # -- output -----------------------------------------------------------------------------
-    def _verdict(self, events: list[Event], end_ns: int, wall_s: float) -> Verdict:
+    def _verdict(self, events: list[Event], end_ns: int, wall_s: float,
+                 streams: dict[str, Any] | None = None) -> Verdict:
         # One grouping of the replay ledger per stream and request, shared by the detectors,
-        # the wedge report and the divergences (each built its own before).
-        streams = index_streams(events)
+        # the wedge report and the divergences (each built its own before); ``streams``: built
+        # from the recorders' per-stream lists (each already in seq order), when given.
+        if streams is None:
+            streams = index_streams(events)
         findings = run_detectors(events, end_ns, streams)
         if self.crash is not None:
             findings.insert(0, self.crash)

@@ -176,6 +176,8 @@ class FaultPlan:
         # delay / fail shape the WRITE's recorded timing and outcome: the TimingModel has them.
 
     def take_drop(self, agent: str, msg_type: str | None, rid: str | None) -> bool:
+        if not self.drops:  # most traces record none
+            return False
         for key in ((agent, msg_type, rid), (agent, msg_type, None), (agent, None, rid)):
             if self.drops.get(key, 0) > 0:
                 self.drops[key] -= 1
@@ -183,13 +185,39 @@ class FaultPlan:
         return False
 
     def stalled(self, agent: str, now: int) -> bool:
-        return any(a <= now < b for a, b in self.stalls.get(agent, ()))
+        windows = self.stalls.get(agent)
+        if not windows:  # asked at every step and delivery; most agents never stall
+            return False
+        return any(a <= now < b for a, b in windows)
 
     def times(self) -> list[int]:
         """Times at which something changes without any operation (the replayer steps there)."""
         out = [t for t, _ in self.lost_at.values()] + list(self.killed_at.values())
         out += [t for w in self.stalls.values() for pair in w for t in pair]
         return sorted(out)
+
+
+_DECODER = json.JSONDecoder()  # json.loads's own default decoder's settings
+
+
+def classify(msg: bytes) -> tuple[str | None, str | None]:
+    """``default_classify(msg)``, without ``json.loads``'s encoding detection for a frame that
+    starts with ``{"`` (the runtime's encoder writes every control frame and notification so):
+    such bytes are UTF-8 to that detection, and ``json.loads`` then decodes the text with its
+    default decoder, as here. Anything else goes through ``default_classify`` itself."""
+    if msg[:2] != b'{"':
+        return default_classify(msg)
+    try:
+        text = msg.decode("utf-8", "surrogatepass")
+        obj, end = _DECODER.raw_decode(text)  # decode() without its regex when nothing follows
+        if end != len(text):
+            obj = _DECODER.decode(text)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if type(obj) is not dict:
+        return None, None
+    rid = obj.get("rid", obj.get("request_id"))
+    return obj.get("type", obj.get("t")), (str(rid) if rid is not None else None)
 
 
 def _other(trace: Trace, stream: str) -> str | None:
@@ -365,7 +393,7 @@ class ShimTransport:
               notif: bytes) -> int:
         self._raise_if_lost("post_write")
         assert local_region in self.regions, f"region {local_region} not registered"
-        _, rid = default_classify(notif) if notif else (None, None)
+        _, rid = classify(notif) if notif else (None, None)
         rid = rid or "?"
         k = self._ordinal.get(rid, 0)
         self._ordinal[rid] = k + 1
@@ -420,7 +448,7 @@ class ShimTransport:
     def send_control(self, peer: str, msg: bytes) -> None:
         self._raise_if_lost("send_control")
         f = self.fabric
-        mtype, rid = default_classify(msg)
+        mtype, rid = classify(msg)
         if f.faults.take_drop(self.name, mtype, rid):
             f.stats["dropped"] += 1
             return

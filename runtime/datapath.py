@@ -22,16 +22,33 @@ import torch
 
 from ..cuda import ops
 
-# Recently generated block contents by (seed, shape, dtype), least recently used out.
-# Each entry: the block tensor and its bytes as a numpy array (the CPU fill copies those).
-_FILL_CACHE: OrderedDict[tuple, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
+# Recently generated block contents by (seed, block kind), least recently used out; a block
+# kind is a small int standing for one (shape, dtype) (``_kind``): a key of two ints hashes in a
+# fraction of the time of one holding the shape tuple and a torch.dtype (a cache hit is per
+# filled block). Each entry: the block tensor and its bytes as a numpy array (the CPU fill
+# copies those).
+_FILL_CACHE: OrderedDict[tuple[int, int], tuple[torch.Tensor, np.ndarray]] = OrderedDict()
 FILL_CACHE_BYTES_MAX = 32 << 20
 _fill_cache_bytes = [0]  # bytes held by _FILL_CACHE
+_KINDS: dict[tuple[tuple[int, ...], torch.dtype], int] = {}
+
+
+def _kind(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    k = _KINDS.get((shape, dtype))
+    if k is None:
+        k = _KINDS[(shape, dtype)] = len(_KINDS)
+    return k
 
 
 def block_content(seed: int, shape: tuple[int, ...],
                   dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
-    key = (seed, shape, dtype)
+    """Block contents from ``seed``: a seeded randn (float32, then ``dtype``); cached."""
+    return _block_content(seed, _kind(shape, dtype), shape, dtype)
+
+
+def _block_content(seed: int, kind: int, shape: tuple[int, ...],
+                   dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    key = (seed, kind)
     hit = _FILL_CACHE.get(key)
     if hit is not None:
         _FILL_CACHE.move_to_end(key)
@@ -75,13 +92,23 @@ class KVDataPath:
         # block_checksums, a fraction of the per-call cost).
         self.host = (ops.HostKV(pool, arena, slot_nbytes) if pool.device.type == "cpu"
                      else None)
+        # A block's shape and dtype (the fill cache's key), read from the tensor once.
+        self._block_shape, self._dtype = tuple(pool.shape[1:]), pool.dtype
+        self._kind = _kind(self._block_shape, self._dtype)
 
     def slot(self, slot: int) -> torch.Tensor:
         n = self.slot_nbytes
         return self.arena[slot * n:(slot + 1) * n]
 
     def fill(self, blocks: tuple[int, ...], seeds: tuple[int, ...]) -> None:
-        fill_blocks(self.pool, blocks, seeds, self.host)
+        host = self.host
+        if host is None:
+            fill_blocks(self.pool, blocks, seeds)
+            return
+        # fill_blocks' CPU loop, with the block's shape, dtype and kind read once (not per call)
+        shape, dtype, kind, fill = self._block_shape, self._dtype, self._kind, host.fill
+        for b, seed in zip(blocks, seeds, strict=True):
+            fill(b, _block_content(seed, kind, shape, dtype)[1])
 
     def pack(self, blocks: tuple[int, ...], slot: int) -> tuple[int, ...]:
         """Blocks -> slot; the blocks' checksums (GPU: the pack has finished on return)."""

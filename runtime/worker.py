@@ -48,6 +48,9 @@ from .workload import RequestSpec
 log = logging.getLogger(__name__)
 
 
+_UNSET: Any = object()  # an optional argument not given (None is a value)
+
+
 class _Watch:
     __slots__ = ("request_id", "polls", "state")
 
@@ -81,6 +84,9 @@ class Worker:
         # views of pool and arena (``_host``: the replayer reads its high-water block).
         self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes)
         self._host = self._data.host
+        # Read once: a tensor's ``device.type`` is a torch call (~1 us), and every pack and
+        # unpack asks whether it must fence (``_fenced``).
+        self._on_cuda = self.pool.device.type == "cuda"
         core_cls = CtxCore if c.role == "ctx" else GenCore
         self.core: CoreBase = core_cls(c, emit, policy)
         self.results: dict[str, str] = {}
@@ -161,6 +167,10 @@ class Worker:
 
     def _poll(self, at_least: int, now_ns: int) -> tuple[str, ...]:
         effects = self.core.feed(io.Poll(at_least, now_ns))
+        if len(effects) == 1 and type(effects[0]) is io.Polled:
+            # The common answer (every step polls; most polls find nothing): the answer alone,
+            # whose execution does nothing (``_execute``).
+            return effects[0].returned
         returned = next((e.returned for e in effects if isinstance(e, io.Polled)), ())
         self._run(effects, now_ns)
         return returned
@@ -173,11 +183,14 @@ class Worker:
             self.emit("control.rejected", None, peer=str(peer)[:256] if peer is not None
                       else None, reason=reason[:512], bytes=nbytes)
 
-    def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool]) -> bool:
+    def idle_step(self, now_ns: int, unchanged: Callable[[int, str], bool],
+                  wake_ns: Any = _UNSET) -> bool:
         """Take the step at ``now_ns`` the short way when it is known to find nothing; False
         (nothing done) otherwise, and the caller steps. For a driver that knows its transport
         has no control message for this worker (the replayer): ``unchanged(handle, state)``
         says the transport would report ``state`` again for that handle, without raising.
+        ``wake_ns``: ``core.next_wake_ns()`` as the caller just read it, if it did (a short
+        step changes nothing it depends on, so the caller reuses it for its own schedule).
 
         Then ``step`` would only re-poll the watched handles (each one's poll count goes up),
         provided the core holds no work and nothing time-driven is due (its own public time
@@ -185,7 +198,7 @@ class Worker:
         c = self.core
         if c.holds_work() or c.last_progress_ns is None:
             return False
-        wake = c.next_wake_ns()
+        wake = c.next_wake_ns() if wake_ns is _UNSET else wake_ns
         if wake is not None and wake <= now_ns:
             return False
         watch = self._watch
@@ -297,7 +310,7 @@ class Worker:
         The checksums above already waited for the stream (they return host integers); the fence
         makes that fact explicit and checked rather than a side effect. On the CPU the copy is
         complete when it returns, so nothing is recorded (ledgers stay as before)."""
-        if self.pool.device.type != "cuda":
+        if not self._on_cuda:
             return
         fence = DeviceFence.after(self.pool)
         fence.wait()
@@ -374,7 +387,7 @@ class Worker:
     def idle(self) -> bool:
         """Nothing live, nothing in flight, nothing awaiting a poll."""
         c = self.core
-        return not c.reqs and not self._watch and not c.ready and not c.tm.pending()
+        return not c.reqs and not self._watch and not c.ready and not c.tm.pending_count()
 
     def state(self) -> dict[str, Any]:
         s = self.core.state()

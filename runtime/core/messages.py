@@ -153,7 +153,9 @@ _INT64 = 1 << 63
 def _check_text(name: str, v: Any, limit: int, empty: bool = True) -> str:
     if type(v) is not str:
         raise MessageError(f"{name} must be a string")
-    if len(v) > limit or len(v.encode("utf-8", "surrogatepass")) > limit:
+    # UTF-8 (surrogatepass) takes at most 4 bytes a code point: a short string needs no encode.
+    if len(v) > limit or (4 * len(v) > limit
+                          and len(v.encode("utf-8", "surrogatepass")) > limit):
         raise MessageError(f"{name} longer than {limit} bytes")
     if not empty and not v:
         raise MessageError(f"{name} is empty")
@@ -213,7 +215,13 @@ def decode(raw: bytes) -> Message:
         if raw[:1] == b"{" and raw[1:2] not in (b"", b"\x00"):
             # What json.loads does with these bytes (its detect_encoding says UTF-8 for them),
             # without the detection: one message per request and protocol step.
-            d = _DECODER.decode(bytes(raw).decode("utf-8", "surrogatepass"))
+            text = bytes(raw).decode("utf-8", "surrogatepass")
+            # decode() is raw_decode() after the leading whitespace (none: "{" is first), then
+            # a check for extra data; its two regex matches are skipped when the object ends
+            # the text, and decode() itself says what the rest is otherwise.
+            d, end = _DECODER.raw_decode(text)
+            if end != len(text):
+                d = _DECODER.decode(text)
         else:
             d = json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -225,7 +233,7 @@ def decode(raw: bytes) -> Message:
     if cls is None:
         raise MessageError(f"unknown control message type {str(t)[:40]!r}")
     fields = _FIELDS[cls]
-    unknown = set(d) - set(fields)
+    unknown = d.keys() - _FIELD_NAMES[cls]
     if unknown:
         raise MessageError(f"{cls.__name__}: unknown fields {sorted(map(str, unknown))[:5]}")
     kwargs = {}
@@ -240,3 +248,4 @@ def decode(raw: bytes) -> Message:
 
 _FIELDS = {cls: {f.name: f.default is dataclasses.MISSING for f in dataclasses.fields(cls)}
            for cls in _TYPES.values()}
+_FIELD_NAMES = {cls: frozenset(fields) for cls, fields in _FIELDS.items()}

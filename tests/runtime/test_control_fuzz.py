@@ -133,3 +133,25 @@ def test_no_peer_message_stops_a_core(side: str, script: list) -> None:
             run(core.feed(io.ControlIn(item[1], now)))
         core.check()
     assert core.violations == sum(1 for k, _ in events if k == "protocol.violation")
+
+
+def test_decode_reads_what_follows_the_object_as_json_loads_does() -> None:
+    """The decoder skips json's trailing-data regex only when the object ends the frame: what
+    follows it (whitespace, more data) is judged as ``json.loads`` judges it."""
+    frame = encode(ReadySignal("r1", "not_ready", "timeout"))
+    want = decode(frame)
+    for tail in (b" ", b"\n\t ", b"\r\n"):
+        assert decode(frame + tail) == want
+    for tail in (b"x", b" {}", b"{}", b",", b"\x00"):
+        try:
+            json.loads(frame + tail)
+        except ValueError as exc:
+            loads_error = str(exc)
+        else:  # pragma: no cover - json accepts none of these
+            raise AssertionError(tail)
+        try:
+            decode(frame + tail)
+        except MessageError as exc:
+            assert loads_error in str(exc)
+        else:
+            raise AssertionError(f"{tail!r} after a frame was accepted")
