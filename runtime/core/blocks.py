@@ -29,26 +29,6 @@ def block_hashes(tokens: list[int], block_tokens: int) -> list[tuple[bytes, bool
 _BLAKE16 = hashlib.blake2b(digest_size=16)  # copied per block: cheaper than the constructor
 
 
-# The decimal text of every token id of the workload's vocabulary (``str(t)``), made on first
-# use (3 MB): str() of each token of each block was a third of hashing a prompt.
-_TEXT_IDS = 1 << 15
-_text: dict[int, str] = {}
-
-
-def _token_texts(tokens: tuple[int, ...]) -> list[str]:
-    if not _text:
-        _text.update((t, str(t)) for t in range(_TEXT_IDS))
-    try:
-        if set(map(type, tokens)) <= _INT:
-            return list(map(_text.__getitem__, tokens))
-    except KeyError:  # an id outside the vocabulary
-        pass
-    return list(map(str, tokens))
-
-
-_INT = {int}
-
-
 # Recent token sequences' hash chains (a pure function): a replayed trace presents the same
 # prompts again on every replay, and hashing them (a string of every token per block) was ~3 us
 # a block. Each block's fill seed (``seed_of``) comes with it; all blocks but a partial last one
@@ -58,16 +38,17 @@ def _chain(tokens: tuple[int, ...], block_tokens: int) -> tuple[tuple[bytes, ...
                                                                  tuple[int, ...]]:
     """(the chain hash of each block, how many blocks are full, each block's fill seed)."""
     hashes: list[bytes] = []
+    seeds: list[int] = []
     prev = b""
     fresh = _BLAKE16.copy
-    text = _token_texts(tokens)
     join = ",".join
     for start in range(0, len(tokens), block_tokens):
         h = fresh()
-        h.update(prev + b"|" + join(text[start:start + block_tokens]).encode())
+        h.update(prev + b"|" + join(map(str, tokens[start:start + block_tokens])).encode())
         prev = h.digest()
         hashes.append(prev)
-    return tuple(hashes), len(tokens) // block_tokens, tuple(map(seed_of, hashes))
+        seeds.append(int.from_bytes(prev[:8], "little") & _SEED_MASK)  # seed_of(prev)
+    return tuple(hashes), len(tokens) // block_tokens, tuple(seeds)
 
 
 _SEED_MASK = (1 << 63) - 1
