@@ -24,6 +24,7 @@ from ..policy import Policy, policy_by_name
 from ..workload import RequestSpec
 from . import io
 from .blocks import Allocation, BlockManager
+from .fastinit import fast_init
 from .messages import Abandon, Advertise, Completion, Landed, Message
 from .slots import SlotPool
 from .states import (
@@ -137,6 +138,7 @@ class Early:
     advert: Advertise | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Final:
     """A closed request: what is remembered after termination."""
