@@ -3,17 +3,33 @@ events going to a no-op emit and to a real Ledger (SQLite), and events per reque
 
     python bench/bench_core.py [--requests N] [--json]
     python bench/bench_core.py --once N [--emit noop|ledger]   # one run, for callgrind/cProfile
+    python bench/bench_core.py --against TREE [--requests N]   # vs another checkout, one process
     bench/bench_core_instructions.sh                           # instructions per request
 
 
 The core is driven by an instant in-memory driver (every effect answered at once), so the time is
 the runtime's bookkeeping: tables, blocks, slots, termination, events. The baseline in the same
 run is the same loop with a no-op emit; the ratio shows what the ledger's hot path adds.
+
+Measured (issue 14) on the shared 2-core VM, whose load (3-9, other work) moves one run's wall
+and CPU times by up to 2x: compare within one process, or count instructions. Before the hot-path
+work: 152 us a request with the no-op emit (the issue's figure), 969k instructions a request
+(bench_core_instructions.sh, main with zero-copy). After it: 842k instructions (-13 %); in one
+process (``--against`` a checkout of main, 12-16 runs of 1000 requests each, interleaved): fresh
+token seeds 124-128 -> 100-106 us median (0.83-0.85x); token ids cached (a replay) 90 -> 69 us
+median (0.78x).
+Slotted cores, each side with its own copy of the shared methods, and rows compiled from the
+table took most of it. Where a request's time goes now (py-spy, 6000 requests): ctx's token ids
+and block hash chain ~20 % (a Mersenne Twister seeded per request, str() of 64 token ids,
+blake2b per block), this driver ~12 %, the table's dispatch (feed, _fire, the compiled rows)
+~11 %, blocks ~11 %, building ~50 frozen inputs, effects and messages ~8 %, cyclic GC 5-9 %,
+the 38 events' keyword dicts in every emit.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -22,6 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from kvledger.ledger.ledger import Ledger
 from kvledger.runtime.config import WorkerConfig
@@ -32,11 +49,15 @@ from kvledger.runtime.core.sender import CtxCore
 from kvledger.runtime.workload import RequestSpec
 
 
-def drive(n: int, emit_ctx, emit_gen) -> float:
-    """Run n requests through a ctx and a gen core; returns seconds."""
+def drive(n: int, emit_ctx, emit_gen, tree: SimpleNamespace | None = None,
+          seed0: int = 0) -> float:
+    """Run n requests through a ctx and a gen core; returns seconds. ``tree``: the classes of
+    another kvledger tree (``_tree``, for --against); ``seed0``: the first token seed."""
+    t = tree or _THIS
+    io, Advertise, RequestSpec, WorkerConfig = t.io, t.Advertise, t.RequestSpec, t.WorkerConfig
     cfg = dict(num_blocks=4096, send_slots=1, recv_slots=1)
-    ctx = CtxCore(WorkerConfig(role="ctx", peer="gen", **cfg), emit_ctx)
-    gen = GenCore(WorkerConfig(role="gen", peer="ctx", **cfg), emit_gen)
+    ctx = t.CtxCore(WorkerConfig(role="ctx", peer="gen", **cfg), emit_ctx)
+    gen = t.GenCore(WorkerConfig(role="gen", peer="ctx", **cfg), emit_gen)
     to_ctx: list = []
     to_gen: list = []
     handles = [0]
@@ -63,7 +84,7 @@ def drive(n: int, emit_ctx, emit_gen) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         now[0] += 1000
-        s = RequestSpec(f"r{i}", now[0], 64, 1 if i % 2 else -1, 32 if i % 2 else 0, i)
+        s = RequestSpec(f"r{i}", now[0], 64, 1 if i % 2 else -1, 32 if i % 2 else 0, seed0 + i)
         run(ctx, ctx.feed(io.Arrive(s, now[0])), to_gen)
         run(gen, gen.feed(io.Arrive(s, now[0])), to_ctx)
         for _ in range(3):
@@ -76,6 +97,59 @@ def drive(n: int, emit_ctx, emit_gen) -> float:
     dt = time.perf_counter() - t0
     assert not ctx.reqs and not gen.reqs, "requests left over"
     return dt
+
+
+_THIS = SimpleNamespace(io=io, Advertise=Advertise, RequestSpec=RequestSpec,
+                        WorkerConfig=WorkerConfig, CtxCore=CtxCore, GenCore=GenCore)
+
+
+def _tree(path: str) -> SimpleNamespace:
+    """What ``drive`` needs from the kvledger tree at ``path`` (another checkout: the code
+    before a change), imported beside this one under another package name."""
+    d = tempfile.mkdtemp(prefix="bench_core_against_")
+    os.symlink(os.path.abspath(path), os.path.join(d, "kvledger_against"))
+    sys.path.insert(0, d)
+
+    def mod(name: str):
+        return importlib.import_module(f"kvledger_against.{name}")
+
+    return SimpleNamespace(io=mod("runtime.core.io"),
+                           Advertise=mod("runtime.core.messages").Advertise,
+                           RequestSpec=mod("runtime.workload").RequestSpec,
+                           WorkerConfig=mod("runtime.config").WorkerConfig,
+                           CtxCore=mod("runtime.core.sender").CtxCore,
+                           GenCore=mod("runtime.core.receiver").GenCore)
+
+
+def _against(a: argparse.Namespace) -> int:
+    """This tree and the tree at ``a.against`` driven alternately in one process, fresh token
+    seeds every run: on a loaded machine, the ratio of the two is what holds still."""
+
+    def noop(kind, request_id=None, **attrs):
+        return None
+
+    trees = {"this": _THIS, "against": _tree(a.against)}
+    for t in trees.values():
+        drive(200, noop, noop, t)
+    runs: dict[str, list[float]] = {k: [] for k in trees}
+    seed = 1 << 20
+    for r in range(a.repeats):
+        for k in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+            c0 = time.process_time()
+            drive(a.requests, noop, noop, trees[k], seed)
+            runs[k].append((time.process_time() - c0) / a.requests * 1e6)
+            seed += a.requests
+    med = statistics.median
+    out = {f"core_cpu_us_per_request_noop_emit_{k}": {"median": round(med(v), 2),
+                                                      "best": round(min(v), 2)}
+           for k, v in runs.items()}
+    out["ratio_this_to_against_median"] = round(
+        med([x / y for x, y in zip(runs["this"], runs["against"], strict=True)]), 3)
+    out["requests"], out["repeats"] = a.requests, a.repeats
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
+    for k, v in out.items():
+        sys.stdout.write(f"{k}: {v}\n")
+    return 0
 
 
 def _ledgers(d: Path, writer: str | None) -> tuple[Ledger, Ledger]:
@@ -132,9 +206,14 @@ def main() -> int:
                     help="with --once: the events' sink")
     ap.add_argument("--profile", choices=("cprofile",), default=None,
                     help="with --once: print the top of a cProfile of the N requests")
+    ap.add_argument("--against", metavar="TREE", default=None,
+                    help="drive this tree's cores and those of the kvledger tree TREE (another "
+                    "checkout) alternately in one process; --requests each, --repeats times")
     a = ap.parse_args()
     if a.once is not None:
         return _once(a)
+    if a.against is not None:
+        return _against(a)
     counts: Counter = Counter()
 
     def noop(kind, request_id=None, **attrs):

@@ -12,6 +12,7 @@ The load driver (``runtime/load.py``), the in-process runner and the replayer co
 
 from __future__ import annotations
 
+import _random
 import functools
 import hashlib
 import json
@@ -51,22 +52,32 @@ class RequestSpec:
                 "timeout_ms": self.timeout_ms}
 
 
-def _rng(*key: object) -> random.Random:
+def _rng(*key: object) -> _random.Random:
+    """A generator seeded from ``key``. The C base of ``random.Random``: seeded from an int it
+    is the same generator (``Random.seed`` hands an int to it), without two Python frames."""
     digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "little"))
+    return _random.Random(int.from_bytes(digest, "little"))
 
 
-_SHIFTS = tuple(_TOKEN_BITS * i for i in range(_CHUNK))
+_CHUNK_BYTES = _TOKEN_BITS * _CHUNK // 8  # 120
+_GROUP_BYTES = _TOKEN_BITS  # 8 tokens of 15 bits: 15 whole bytes
+assert _TOKEN_BITS == 15 and _CHUNK % 8 == 0
 
 
-def _draw(rng: random.Random, n: int) -> list[int]:
+def _draw(rng: _random.Random, n: int) -> list[int]:
     # One big random integer cut into 15-bit tokens: ~10x faster than n randrange calls.
     # Drawn in fixed chunks so that the first n tokens never depend on n (prefix property).
+    # Token i of a chunk is bits [15 i, 15 i + 15) of its integer, taken 8 at a time from the
+    # 120-bit integer of 15 bytes (shifts of a 960-bit integer were most of the cost).
     out: list[int] = []
-    mask = VOCAB_SIZE - 1
+    m = VOCAB_SIZE - 1
+    from_bytes = int.from_bytes
     while len(out) < n:
-        big = rng.getrandbits(_TOKEN_BITS * _CHUNK)
-        out += [(big >> s) & mask for s in _SHIFTS]
+        raw = rng.getrandbits(_TOKEN_BITS * _CHUNK).to_bytes(_CHUNK_BYTES, "little")
+        for o in range(0, _CHUNK_BYTES, _GROUP_BYTES):
+            v = from_bytes(raw[o:o + _GROUP_BYTES], "little")
+            out += (v & m, v >> 15 & m, v >> 30 & m, v >> 45 & m, v >> 60 & m, v >> 75 & m,
+                    v >> 90 & m, v >> 105)
     return out[:n]
 
 

@@ -22,26 +22,33 @@ from dataclasses import dataclass
 
 def block_hashes(tokens: list[int], block_tokens: int) -> list[tuple[bytes, bool]]:
     """(chain hash, is_full) per block of ``tokens``: hash_i covers all tokens up to block i."""
-    return list(_block_hashes(tuple(tokens), block_tokens))
+    hashes, nfull, _seeds = _chain(tuple(tokens), block_tokens)
+    return [(h, i < nfull) for i, h in enumerate(hashes)]
 
 
 _BLAKE16 = hashlib.blake2b(digest_size=16)  # copied per block: cheaper than the constructor
 
 
-# Recent token sequences' hashes (a pure function): a replayed trace presents the same prompts
-# again on every replay, and hashing them (a string of every token per block) was ~3 us a block.
+# Recent token sequences' hash chains (a pure function): a replayed trace presents the same
+# prompts again on every replay, and hashing them (a string of every token per block) was ~3 us
+# a block. Each block's fill seed (``seed_of``) comes with it; all blocks but a partial last one
+# are full.
 @functools.lru_cache(maxsize=2048)
-def _block_hashes(tokens: tuple[int, ...], block_tokens: int) -> tuple[tuple[bytes, bool], ...]:
-    out: list[tuple[bytes, bool]] = []
+def _chain(tokens: tuple[int, ...], block_tokens: int) -> tuple[tuple[bytes, ...], int,
+                                                                 tuple[int, ...]]:
+    """(the chain hash of each block, how many blocks are full, each block's fill seed)."""
+    hashes: list[bytes] = []
+    seeds: list[int] = []
     prev = b""
     fresh = _BLAKE16.copy
+    join = ",".join
     for start in range(0, len(tokens), block_tokens):
-        chunk = tokens[start:start + block_tokens]
         h = fresh()
-        h.update(prev + b"|" + ",".join(map(str, chunk)).encode())
+        h.update(prev + b"|" + join(map(str, tokens[start:start + block_tokens])).encode())
         prev = h.digest()
-        out.append((prev, len(chunk) == block_tokens))
-    return tuple(out)
+        hashes.append(prev)
+        seeds.append(int.from_bytes(prev[:8], "little") & _SEED_MASK)  # seed_of(prev)
+    return tuple(hashes), len(tokens) // block_tokens, tuple(seeds)
 
 
 _SEED_MASK = (1 << 63) - 1
@@ -83,9 +90,11 @@ class BlockManager:
     def allocate(self, request_id: str, tokens: list[int] | int) -> Allocation | None:
         """Reference blocks for ``tokens`` (prefix hits reused); None if the pool cannot fit it.
         A token count instead of tokens: fresh blocks only, no hashes, no seeds (gen side)."""
-        assert request_id not in self._held, f"{request_id} already holds blocks"
+        held = self._held
+        assert request_id not in held, f"{request_id} already holds blocks"
         free = self._free
         ref = self._ref
+        pin = self._pin
         if isinstance(tokens, int):
             # gen: fresh private blocks only (no reuse, so nothing is ever cached or evicted):
             # the general loop below, without its per-block hash and cache work.
@@ -97,24 +106,28 @@ class BlockManager:
                 popleft = free.popleft
                 fresh = [popleft() for _ in range(need)]
                 for b in fresh:
-                    assert ref[b] == 0 and self._pin[b] == 0
+                    assert ref[b] == 0 and pin[b] == 0
                     ref[b] = 1
-                self._held[request_id] = list(fresh)
+                held[request_id] = fresh[:]
                 return Allocation([], fresh, [0] * need, [])
-            hashes = [(b"", False)] * need
+            hashes: tuple[bytes, ...] = (b"",) * need
+            nfull, seeds = 0, (0,) * need
         else:
-            hashes = block_hashes(tokens, self.block_tokens)
+            hashes, nfull, seeds = _chain(tuple(tokens), self.block_tokens)
+        n = len(hashes)
         hits: list[int] = []
         lru = self._lru
         reuse = self.reuse
         cache = self._cache
         if reuse:
-            for h, full in hashes:
-                b = cache.get(h) if full else None
+            get = cache.get
+            for i in range(nfull):  # full blocks only are cached
+                b = get(hashes[i])
                 if b is None:
                     break
                 hits.append(b)
-        need = len(hashes) - len(hits)
+        nhit = len(hits)
+        need = n - nhit
         evictable = len(lru) - sum(1 for b in hits if b in lru) if hits else len(lru)
         if need > len(free) + evictable:
             return None
@@ -122,23 +135,23 @@ class BlockManager:
             lru.pop(b, None)
             ref[b] += 1
         evicted: list[int] = []
-        fresh: list[int] = []
-        seeds: list[int] = []
-        pin = self._pin
-        for h, full in hashes[len(hits):] if hits else hashes:
+        fresh = []
+        hash_of = self._hash
+        popleft = free.popleft
+        for i in range(nhit, n):
             if not free:
                 evicted.append(self._evict_one())
-            b = free.popleft()
+            b = popleft()
             assert ref[b] == 0 and pin[b] == 0
             ref[b] = 1
-            if reuse and full and h not in cache:
-                cache[h] = b
-                self._hash[b] = h
+            if reuse and i < nfull:
+                h = hashes[i]
+                if h not in cache:
+                    cache[h] = b
+                    hash_of[b] = h
             fresh.append(b)
-            # seed_of(h), written out (a call per block)
-            seeds.append(int.from_bytes(h[:8], "little") & _SEED_MASK if h else 0)
-        self._held[request_id] = hits + fresh
-        return Allocation(hits, fresh, seeds, evicted)
+        held[request_id] = hits + fresh
+        return Allocation(hits, fresh, list(seeds[nhit:]), evicted)
 
     def _evict_one(self) -> int:
         b, _ = self._lru.popitem(last=False)
@@ -155,39 +168,43 @@ class BlockManager:
 
     # -- pins and frees --------------------------------------------------------------------------
     def pin(self, blocks: list[int]) -> None:
+        ref, pin = self._ref, self._pin
         for b in blocks:
-            assert self._ref[b] > 0 or self._pin[b] > 0, f"pin of unreferenced block {b}"
-            self._pin[b] += 1
+            p = pin[b]
+            assert ref[b] > 0 or p > 0, f"pin of unreferenced block {b}"
+            pin[b] = p + 1
 
     # unpin and free write out "the block goes idle" (cached if it has a hash, else free): a
     # call per block was a tenth of their cost.
     def unpin(self, blocks: list[int]) -> None:
         ref, pin, hashes, poisoned = self._ref, self._pin, self._hash, self._poisoned
         for b in blocks:
-            assert pin[b] > 0, f"unpin of unpinned block {b}"
-            pin[b] -= 1
-            if not (ref[b] or pin[b]):
+            p = pin[b]
+            assert p > 0, f"unpin of unpinned block {b}"
+            pin[b] = p = p - 1
+            if not p and not ref[b]:
                 if poisoned and b in poisoned:
                     continue  # in doubt: kept out of service
-                if hashes[b] is not None:
-                    self._lru[b] = None  # cached: reusable until evicted
-                else:
+                if hashes[b] is None:
                     self._free.append(b)
+                else:
+                    self._lru[b] = None  # cached: reusable until evicted
 
     def free(self, request_id: str) -> list[int]:
         """Drop the request's references (exactly once). Returns the blocks it referenced."""
         blocks = self._held.pop(request_id)
         ref, pin, hashes, poisoned = self._ref, self._pin, self._hash, self._poisoned
         for b in blocks:
-            assert ref[b] > 0, f"double free of block {b} by {request_id}"
-            ref[b] -= 1
-            if not (ref[b] or pin[b]):
+            r = ref[b]
+            assert r > 0, f"double free of block {b} by {request_id}"
+            ref[b] = r = r - 1
+            if not r and not pin[b]:
                 if poisoned and b in poisoned:
                     continue  # in doubt: kept out of service
-                if hashes[b] is not None:
-                    self._lru[b] = None  # cached: reusable until evicted
-                else:
+                if hashes[b] is None:
                     self._free.append(b)
+                else:
+                    self._lru[b] = None  # cached: reusable until evicted
         return blocks
 
     # -- poison (zero-copy: memory a WRITE in doubt may still touch) -----------------------------

@@ -14,6 +14,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from types import FunctionType
 from typing import Any, NamedTuple
 
 from ...ledger.events import CANCEL_RESULTS
@@ -23,6 +24,7 @@ from ..policy import Policy, policy_by_name
 from ..workload import RequestSpec
 from . import io
 from .blocks import Allocation, BlockManager
+from .fastinit import fast_init
 from .messages import Abandon, Advertise, Completion, Landed, Message
 from .slots import SlotPool
 from .states import (
@@ -57,6 +59,39 @@ _DONE_WITH = frozenset({"ended", "closed"})
 # reused only when not exposed or quiesced.
 PHYSICAL = ("not_exposed", "active", "quiescing", "quiesced_ok", "quiesced_failed", "in_doubt")
 REUSABLE = frozenset({"not_exposed", "quiesced_ok", "quiesced_failed"})
+
+
+# Every input class and the name of the machine's handler for it: the one dispatch table of
+# ``feed`` (each side binds it to its own copies of the handlers: ``_door``).
+_DOOR: dict[type, str] = {
+    io.Arrive: "_on_arrive",
+    io.Cancel: "_on_cancel",
+    io.ControlIn: "_on_controlin",
+    io.XferState: "_on_xferstate",
+    io.Packed: "_on_packed",
+    io.Posted: "_on_posted",
+    io.PostFailed: "_on_postfailed",
+    io.Unpacked: "_on_unpacked",
+    io.WorkerError: "_on_workererror",
+    io.Tick: "_on_tick",
+    io.Poll: "_on_poll",
+    io.PeerLost: "_on_peerlost",
+    io.PeerRejoined: "_on_peerrejoined",
+    io.Shutdown: "_on_shutdown",
+}
+assert set(_DOOR) == set(io.Input.__args__), "an input class without a handler"  # type: ignore
+
+
+def _own_copy(fn: FunctionType) -> FunctionType:
+    """``fn`` with a code object of its own (its own specialisation caches), else the same."""
+    new = FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                       fn.__closure__)
+    assert new.__code__ is not fn.__code__
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__, new.__doc__, new.__module__ = fn.__qualname__, fn.__doc__, fn.__module__
+    new.__annotations__ = fn.__annotations__
+    new.__dict__.update(fn.__dict__)
+    return new
 
 
 @dataclass(slots=True)
@@ -103,6 +138,7 @@ class Early:
     advert: Advertise | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Final:
     """A closed request: what is remembered after termination."""
@@ -144,6 +180,27 @@ class CoreBase:
     side = ""
     pool_name = ""
     poll_kind = ""
+    # Slots, not a __dict__: a core has over 30 attributes, past what CPython 3.11 keeps as a
+    # shared-key (inline values) instance dict, and every ``self.x`` of the hot path then took
+    # the generic lookup (about twice the cost). Subclasses may add attributes (their __dict__).
+    __slots__ = ("cfg", "policy", "emit", "blocks", "pool", "tm", "reqs", "early", "finished",
+                 "futures", "ready", "admission", "slot_wait", "by_handle", "quarantined",
+                 "leaked", "_deadlines", "_deadline_n", "healthy", "health_reason", "peer_lost",
+                 "peer_name", "closing", "violations", "last_progress_ns", "now_ns", "_out",
+                 "_stalled", "_blocked_since", "_unready", "_rows", "_fires", "block_nbytes",
+                 "_door", "zero_copy", "__dict__", "__weakref__")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each side gets its own copy of the shared methods (same code, a code object of its
+        own). CPython specialises a function's attribute loads for the one class it sees there;
+        one copy run alternately by a ctx and a gen core (the replayer, the explorer, bench_core)
+        missed on every other call and fell back to the generic lookup."""
+        super().__init_subclass__(**kwargs)
+        for name, fn in vars(CoreBase).items():
+            if isinstance(fn, FunctionType) and getattr(cls, name) is fn \
+                    and name != "__init_subclass__":
+                setattr(cls, name, _own_copy(fn))
+        cls._door_of = {icls: getattr(cls, name) for icls, name in _DOOR.items()}
 
     def __init__(self, cfg: WorkerConfig, emit: Emit, policy: Policy | None = None) -> None:
         assert cfg.role == self.side, f"{type(self).__name__} needs role {self.side}"
@@ -189,8 +246,9 @@ class CoreBase:
         self.zero_copy = cfg.zero_copy
         if cfg.zero_copy:
             flags |= {ZERO_COPY}
-        self._rows = self._bind(table(flags))
+        self._rows, self._fires = _bound(type(self), flags)
         self.block_nbytes = cfg.block_nbytes  # a computed property of the (frozen) config
+        self._door = type(self)._door_of  # an instance slot: a class attribute's load is slow
 
     # -- the table, bound to this side's actions ------------------------------------------------
     @classmethod
@@ -216,6 +274,64 @@ class CoreBase:
                                          source, row.next in _GONE)
         return bound
 
+    @classmethod
+    def _compile(cls, state: str, word: str, b: Bound) -> Callable:
+        """The row as one function ``fire(core, rid, inp, rec)`` (``rec``: the live record before
+        the firing, or None), written out from the row: the actions called in order, the cancel
+        bookkeeping only where the row has it, the state change for its next state. What
+        ``_fire`` did per firing, from the row's fields, with a loop over the actions. Compiled
+        on the row's first firing (all rows at once cost ~25 ms a side and policy)."""
+        ns: dict[str, Any] = {"_new": object.__new__, "Fire": Fire}
+        body = []
+        if b.actions or b.cancel_source is not None:
+            # Fire(rid, word, inp, state) without its __init__ call
+            body += ["f = _new(Fire)", "f.rid = rid", f"f.word = {word!r}", "f.inp = inp",
+                     f"f.state = {state!r}"]
+        if b.cancel_source is not None:
+            body.append(f"self.emit('cancel.requested', rid, source={b.cancel_source!r})")
+        if b.source is not None:
+            body.append("if rec is not None and rec.cancel_source is None:")
+            body.append(f"    rec.cancel_source = {b.source!r}")
+        for i, fn in enumerate(b.actions):
+            ns[f"_a{i}"] = fn
+            body.append(f"_a{i}(self, f)")
+        # The state change (the actions may have created, replaced or removed the record).
+        nxt = b.next
+        body.append("rec = self.reqs.get(rid)")
+        if b.gone:
+            body += [
+                "assert rec is None or self.policy.gen_init_not_idempotent, \\",
+                f"    f'{{self.side}}: {{rid}} {state} -> {nxt} still holds a live record'",
+                "assert rid not in self.early, \\",
+                f"    f'{{self.side}}: {{rid}} -> {nxt} still holds a record'"]
+        else:
+            body.append("if rec is not None:")
+            if nxt == "ended":
+                body += ["    if rec.state != 'ended':",
+                         "        self._unready.discard(rid)",
+                         "        self.ready.append(rid)"]
+            body += [f"    rec.state = {nxt!r}",
+                     "else:",
+                     "    early = self.early.get(rid)",
+                     "    assert early is not None, \\",
+                     f"        f'{{self.side}}: {{rid}} -> {nxt} without a record'",
+                     f"    early.state = {nxt!r}"]
+        if b.cancel_source is not None:
+            body.append(f"self._cancel_result(f, {nxt!r})")
+        src = "def fire(self, rid, inp, rec):\n" + "".join(f"    {x}\n" for x in body)
+        exec(compile(src, f"<{cls.__name__} row {state} {word}>", "exec"), ns)  # noqa: S102
+        fire = ns["fire"]
+        fire.__qualname__ = f"{cls.__name__}.fire[{state} {word}]"
+        return fire
+
+    def _fire_missing(self, rid: str, word: str, state: str) -> Callable | None:
+        """A row's firing function on its first use (None: the table has no such row)."""
+        hit = self._rows.get((state, word))
+        if hit is None:
+            return None
+        fire = self._fires.setdefault(state, {})[word] = self._compile(state, word, hit)
+        return fire
+
     def row(self, state: str, word: str) -> Row | None:
         hit = self._rows.get((state, word))
         return hit.row if hit else None
@@ -229,12 +345,30 @@ class CoreBase:
             self.now_ns = now
         else:
             assert cls is io.Tick, "time went backwards"
+        if self._blocked_since is not None or self.last_progress_ns is None:
+            return self._feed_rare(inp, cls)
+        if cls is _POLL and not self.ready and not (
+                self.policy.gen_poll_blocks and self._unready):
+            return [_NOTHING_POLLED]  # the executor polls every step; most polls find nothing
+        out = self._out = []
+        self._door[cls](self, inp)
+        # The joint rules, only when a queue they serve holds someone (most steps: none).
+        if self.admission or self.slot_wait or (self.closing and self.early):
+            self._pump()
+        self._out = []
+        if self._stalled and self._blocked_since is None:
+            while self._stalled:  # the executor runs again: it handles what queued up, now
+                out += self.feed(replace(self._stalled.popleft(), now_ns=self.now_ns))
+        return out
+
+    def _feed_rare(self, inp: Any, cls: type) -> list[Any]:
+        """``feed`` for its first input and while a status poll blocks (a mutant)."""
         if self.last_progress_ns is None:
             self.last_progress_ns = self.now_ns
         blocked = self._blocked_since is not None
         if cls is _POLL and not self.ready and not blocked and not (
                 self.policy.gen_poll_blocks and self._unready):
-            return [_NOTHING_POLLED]  # the executor polls every step; most polls find nothing
+            return [_NOTHING_POLLED]
         if blocked and cls in _HELD_WHILE_BLOCKED:
             # The executor thread is stuck in a blocking poll: it handles nothing else.
             if cls is not io.Tick:
@@ -242,13 +376,12 @@ class CoreBase:
             self._out = []
             return []
         self._out = []
-        _DOOR[cls](self, inp)
-        # The joint rules, only when a queue they serve holds someone (most steps: none).
+        self._door[cls](self, inp)
         if self.admission or self.slot_wait or (self.closing and self.early):
             self._pump()
         out, self._out = self._out, []
         if self._blocked_since is None:
-            while self._stalled:  # the executor runs again: it handles what queued up, now
+            while self._stalled:
                 out += self.feed(replace(self._stalled.popleft(), now_ns=self.now_ns))
         return out
 
@@ -263,44 +396,22 @@ class CoreBase:
         return "closed" if rid in self.finished else "absent"
 
     def _fire(self, rid: str, word: str, inp: Any = None) -> None:
-        # The hottest function of the runtime (every input, ~15 firings a request): state_of and
-        # the state change (_enter) are written out here, and the row carries what was derived
-        # from it once (_bind).
-        reqs = self.reqs
-        rec = reqs.get(rid)
+        # The hottest function of the runtime (every input, ~15 firings a request): state_of is
+        # written out here, and the row is a function compiled from the table (``_compile``).
+        rec = self.reqs.get(rid)
         state = rec.state if rec is not None else self.state_of(rid)
-        hit = self._rows.get((state, word))
-        if hit is None:
-            if word in PEER_INPUTS[self.side]:
-                self._violation(rid, state, word, "no row for this message in this state")
-                return
-            raise LifecycleError(
-                f"can't handle input {word!r} when side={self.side} and state={state}")
-        nxt, actions, _row, cancel_source, source, gone = hit
-        f = Fire(rid, word, inp, state)
-        if cancel_source is not None:
-            self.emit("cancel.requested", rid, source=cancel_source)
-        if source is not None and rec is not None and rec.cancel_source is None:
-            rec.cancel_source = source
-        for action in actions:
-            action(self, f)
-        # The state change (the actions may have created, replaced or removed the record).
-        rec = reqs.get(rid)
-        if gone:
-            assert rec is None or self.policy.gen_init_not_idempotent, \
-                f"{self.side}: {rid} {state} -> {nxt} still holds a live record"
-            assert rid not in self.early, f"{self.side}: {rid} -> {nxt} still holds a record"
-        elif rec is not None:
-            if nxt == "ended" and rec.state != nxt:
-                self._unready.discard(rid)
-                self.ready.append(rid)
-            rec.state = nxt
-        else:
-            early = self.early.get(rid)
-            assert early is not None, f"{self.side}: {rid} -> {nxt} without a record"
-            early.state = nxt
-        if cancel_source is not None:
-            self._cancel_result(f, nxt)
+        try:
+            fire = self._fires[state][word]
+        except KeyError:
+            fire = self._fire_missing(rid, word, state)
+            if fire is None:
+                if word in PEER_INPUTS[self.side]:
+                    self._violation(rid, state, word, "no row for this message in this state")
+                    return
+                raise LifecycleError(
+                    f"can't handle input {word!r} when side={self.side} and state={state}"
+                ) from None
+        fire(self, rid, inp, rec)
 
     def _violation(self, rid: str, state: str, word: str, detail: str) -> None:
         """A well-formed message from the peer that makes no sense here: recorded, ignored."""
@@ -926,6 +1037,8 @@ class CoreBase:
         """An independent copy of this core (sharing only immutable parts: config, policy,
         bound table); ``emit`` replaces the event sink."""
         c = object.__new__(type(self))
+        for name in _CORE_SLOTS:
+            object.__setattr__(c, name, getattr(self, name))
         c.__dict__.update(self.__dict__)
         c.emit = emit if emit is not None else self.emit
         c.blocks, c.pool, c.tm = self.blocks.clone(), self.pool.clone(), self.tm.clone()
@@ -986,7 +1099,21 @@ class CoreBase:
         assert len(self.early) <= limits.EARLY_RECORDS_MAX
 
 
+# A side's rows and compiled firings per (class, flags): built once, shared by every core of
+# that class and policy (the explorer and replayer make many).
+_BOUND: dict[tuple[type, frozenset[str]], tuple[dict, dict]] = {}
+
+
+def _bound(cls: type[CoreBase], flags: frozenset[str]) -> tuple[dict, dict]:
+    hit = _BOUND.get((cls, flags))
+    if hit is None:
+        rows = cls._bind(table(flags))
+        hit = _BOUND[(cls, flags)] = (rows, {})  # firings compiled as rows are first used
+    return hit
+
+
 _REQ_FIELDS = Req.__slots__
+_CORE_SLOTS = tuple(n for n in CoreBase.__slots__ if n not in ("__dict__", "__weakref__"))
 
 
 def _copy_req(r: Req) -> Req:
@@ -1022,22 +1149,5 @@ _HELD_WHILE_BLOCKED = frozenset({io.Arrive, io.Cancel, io.Tick})
 _POLL = io.Poll
 _NOTHING_POLLED = io.Polled(())
 # Every input class and the machine's handler for it: the one dispatch table of ``feed``.
-_DOOR: dict[type, Callable[[CoreBase, Any], None]] = {
-    io.Arrive: CoreBase._on_arrive,
-    io.Cancel: CoreBase._on_cancel,
-    io.ControlIn: CoreBase._on_controlin,
-    io.XferState: CoreBase._on_xferstate,
-    io.Packed: CoreBase._on_packed,
-    io.Posted: CoreBase._on_posted,
-    io.PostFailed: CoreBase._on_postfailed,
-    io.Unpacked: CoreBase._on_unpacked,
-    io.WorkerError: CoreBase._on_workererror,
-    io.Tick: CoreBase._on_tick,
-    io.Poll: CoreBase._on_poll,
-    io.PeerLost: CoreBase._on_peerlost,
-    io.PeerRejoined: CoreBase._on_peerrejoined,
-    io.Shutdown: CoreBase._on_shutdown,
-}
-assert set(_DOOR) == set(io.Input.__args__), "an input class without a handler"  # type: ignore
 
 __all__ = ["ARRIVALS", "Abandon", "CoreBase", "Early", "Final", "Fire", "Landed", "Req"]

@@ -177,3 +177,27 @@ def test_every_send_slot_poisoned_fails_waiters_loudly():
     assert shed == ["every send slot poisoned"]
     outcomes = {r: a["outcome"] for k, r, a in d.events if k == "transfer.completed"}
     assert outcomes == {"a": "cancelled", "b": "failed"}
+
+
+def test_each_side_runs_its_own_copy_of_the_shared_methods_and_compiled_rows():
+    """The speed-ups of issue 14 keep the table the one source: each side's copies are the same
+    code as the shared methods, a subclass's own methods win, and a compiled row fires the
+    row's actions and next state."""
+    from kvledger.runtime.core.machine import CoreBase
+    from kvledger.runtime.core.receiver import GenCore
+
+    for name in ("feed", "_fire", "a_end", "_on_poll"):
+        shared = vars(CoreBase)[name]
+        ctx_fn, gen_fn = vars(CtxCore)[name], vars(GenCore)[name]
+        assert ctx_fn.__code__ is not gen_fn.__code__ is not shared.__code__
+        assert ctx_fn.__code__.co_code == shared.__code__.co_code == gen_fn.__code__.co_code
+
+    class Mine(CtxCore):
+        def _allocate(self, rec):
+            return None  # never fits: stays queued
+
+    assert vars(Mine).get("feed") is None and Mine.feed is CtxCore.feed
+    core = Mine(WorkerConfig(role="ctx", peer="gen"), lambda *a, **k: None)
+    core.feed(io.Arrive(RequestSpec("a", 0, 16), 1))
+    assert core.state_of("a") == "admission" and list(core.admission) == ["a"]
+    assert core.row("admission", "admitted").next == "queued"
