@@ -159,6 +159,23 @@ def runtime_throughput(size: int, n: int, slots: int = 1, depth: int = 2,
             "events_per_request_total": round(sum(per_stream.values()) / (n + 1), 1)}
 
 
+def plain_blocks_seconds(ctx_cfg: WorkerConfig, n: int, slots: int) -> dict[str, float]:
+    """The block-to-block loop with its checksums ("blocks") and without (plain NIXL)."""
+    import plain_staged
+
+    return {"blocks": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
+                                       verify=True)["seconds"],
+            "nixl": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
+                                     verify=False)["seconds"]}
+
+
+def keep_best(best: dict[str, float], got: dict[str, float], label: str, n: int) -> None:
+    """Fold one round into the best of each kind and say where it stands."""
+    for k, v in got.items():
+        best[k] = min(best.get(k, float("inf")), v)
+    say(f"{label}: " + ", ".join(f"{k} {v / n * 1e6:.0f} us/req" for k, v in best.items()))
+
+
 def plain_nixl(size: int, n: int) -> dict[str, Any]:
     """The same bytes with a plain NIXL loop: initialize_xfer + transfer(notif) + poll + release
     per request, from a registered tensor here into a registered region of another process."""
@@ -352,17 +369,9 @@ def throughput(sizes: list[int], n_for: dict[int, int], rounds: int, slots: int,
 
         for r in range(rounds):  # interleaved, best of: this box is shared and noisy
             rt = runtime_throughput(size, n, slots, depth)
-            got = {
-                "staged": plain_staged.run(ctx_cfg, n, mode="staged", slots=slots)["seconds"],
-                "runtime": rt["seconds"],
-                "blocks": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
-                                           verify=True)["seconds"],
-                "nixl": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
-                                         verify=False)["seconds"]}
-            for k, v in got.items():
-                best[k] = min(best.get(k, float("inf")), v)
-            say(f"{size // KiB} KiB round {r}: " + ", ".join(
-                f"{k} {v / n * 1e6:.0f} us/req" for k, v in best.items()))
+            got = {"staged": plain_staged.run(ctx_cfg, n, mode="staged", slots=slots)["seconds"],
+                   "runtime": rt["seconds"], **plain_blocks_seconds(ctx_cfg, n, slots)}
+            keep_best(best, got, f"{size // KiB} KiB round {r}", n)
         cpu_rt = inprocess_runtime_cpu(size, n, slots, depth, ledger=True)
         cpu_nl = inprocess_runtime_cpu(size, n, slots, depth, ledger=False)
         cpu_pl = plain_staged.run_inprocess(ctx_cfg, n, mode="staged", slots=slots)
@@ -408,16 +417,8 @@ def zero_copy_throughput(sizes: list[int], n_for: dict[int, int], rounds: int, s
         ctx_cfg, _ = configs(size, slots, depth, zero_copy=True)
         for r in range(rounds):
             rt = runtime_throughput(size, n, slots, depth, zero_copy=True)
-            got = {
-                "runtime_zero_copy": rt["seconds"],
-                "blocks": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
-                                           verify=True)["seconds"],
-                "nixl": plain_staged.run(ctx_cfg, n, mode="blocks", slots=slots,
-                                         verify=False)["seconds"]}
-            for k, v in got.items():
-                best[k] = min(best.get(k, float("inf")), v)
-            say(f"zero-copy {size // KiB} KiB round {r}: " + ", ".join(
-                f"{k} {v / n * 1e6:.0f} us/req" for k, v in best.items()))
+            got = {"runtime_zero_copy": rt["seconds"], **plain_blocks_seconds(ctx_cfg, n, slots)}
+            keep_best(best, got, f"zero-copy {size // KiB} KiB round {r}", n)
         cpu_rt = inprocess_runtime_cpu(size, n, slots, depth, ledger=True, zero_copy=True)
         cpu_nl = inprocess_runtime_cpu(size, n, slots, depth, ledger=False, zero_copy=True)
         cpu_pl = plain_staged.run_inprocess(ctx_cfg, n, mode="blocks", slots=slots,
