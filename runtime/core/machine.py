@@ -1099,16 +1099,20 @@ class CoreBase:
         assert len(self.early) <= limits.EARLY_RECORDS_MAX
 
 
-# A side's rows and compiled firings per (class, flags): built once, shared by every core of
-# that class and policy (the explorer and replayer make many).
-_BOUND: dict[tuple[type, frozenset[str]], tuple[dict, dict]] = {}
+# A side's rows and compiled firings per (class, table, actions): built once, shared by every
+# core of that class and table (the explorer and replayer make many). Keyed by the table's rows
+# and the action functions they name, not by the flags that chose them: a table or an action
+# patched in place (a test's monkeypatch) is another binding, as when every core bound its own.
+_BOUND: dict[tuple, tuple[dict, dict]] = {}
 
 
 def _bound(cls: type[CoreBase], flags: frozenset[str]) -> tuple[dict, dict]:
-    hit = _BOUND.get((cls, flags))
+    rows = table(flags)
+    names = {name for row in rows.values() for name in row.actions}
+    key = (cls, tuple(rows.items()), tuple(getattr(cls, "a_" + n, None) for n in sorted(names)))
+    hit = _BOUND.get(key)
     if hit is None:
-        rows = cls._bind(table(flags))
-        hit = _BOUND[(cls, flags)] = (rows, {})  # firings compiled as rows are first used
+        hit = _BOUND[key] = (cls._bind(rows), {})  # firings compiled as rows are first used
     return hit
 
 
