@@ -81,8 +81,19 @@ def test_peer_killed_mid_transfer_fails_the_transfer_and_turns_health_unhealthy(
             gen.kill()  # ... and now it dies, mid-transfer
             seen["killed"] = True
 
-    res = run_load(wl, str(tmp_path), ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
-                   env={"UCX_TLS": "tcp"}, faults=faults, drain_s=30, during=during)
+    # The stop lands just after the post: now and then (loaded CI, 2 of 5 runs seen) the 8 MiB
+    # WRITE completes first and the premise, a WRITE in flight when gen dies, does not hold.
+    # Such a run is not the case under test: it is run again (a fresh folder), at most 3 times.
+    root = tmp_path
+    for attempt in range(3):
+        tmp_path = root / f"attempt{attempt}"
+        seen.update(killed=False, unhealthy=False)
+        res = run_load(wl, str(tmp_path), ctx_cfg=ctx_cfg, gen_cfg=gen_cfg,
+                       env={"UCX_TLS": "tcp"}, faults=faults, drain_s=30, during=during)
+        done = [e.attrs["outcome"]
+                for e in _events(tmp_path, "ctx", victim, "transfer.completed")]
+        if done != ["ok"]:
+            break
     story = [(e.kind, e.attrs) for e in _events(tmp_path, "ctx", victim)]
     assert seen["killed"] and res.dead == ["gen"], (seen, res.summary(), story)
     assert res.drained, ("ctx did not end every request after its peer died", res.summary())
