@@ -147,25 +147,48 @@ def _store_only_rate(url: str, n: int) -> float:
     return n / dt
 
 
-def _encode_only_rate(n: int) -> float:
-    """The writer's validate+encode+hash (``mapper.encode_group``) over groups of 1024."""
-    from kvledger.ledger.mapper import GENESIS_HASH, encode_group
+def _encode_only_rate(n: int, pure: bool = False) -> float:
+    """The writer's validate+encode+hash (``mapper.encode_group``, or with ``pure`` the Python
+    loop that is its definition, ``encode_group_py``) over groups of 1024."""
+    from kvledger.ledger.mapper import GENESIS_HASH, encode_group, encode_group_py
 
+    encode = encode_group_py if pure else encode_group
     items = [(i, *_workload(i)) for i in range(n)]
     seq, prev = 0, GENESIS_HASH
     t0 = time.perf_counter()
     for k in range(0, n, 1024):
-        rows, _bad = encode_group("s", seq, prev, items[k:k + 1024])
-        seq, prev = rows[-1][1], rows[-1][7]
+        rows, _bad = encode("s", seq, prev, items[k:k + 1024])
+        seq, prev = rows.last_seq, rows.last_hash
     return n / (time.perf_counter() - t0)
 
 
+def _pure_python_writer(url: str, n: int) -> dict[str, Any]:
+    """``_append_rate`` with the writer process on the Python encoder (KVLEDGER_PURE_PYTHON in
+    its environment): the same-run baseline of the compiled one."""
+    old = os.environ.get("KVLEDGER_PURE_PYTHON")
+    os.environ["KVLEDGER_PURE_PYTHON"] = "1"
+    try:
+        return _append_rate(url, n)
+    finally:
+        if old is None:
+            del os.environ["KVLEDGER_PURE_PYTHON"]
+        else:
+            os.environ["KVLEDGER_PURE_PYTHON"] = old
+
+
 def bench_sqlite(n: int, tmp: Path) -> None:
+    from kvledger.ledger.mapper import ACCELERATED
+
     res = _append_rate(str(tmp / "rate.sqlite"), n)
+    pure = _pure_python_writer(str(tmp / "rate_py.sqlite"), n)
+    res["pure_python_events_per_s"] = pure["events_per_s"]
+    res["pure_python_writer_cpu_us_per_event"] = pure["writer_process_cpu_us_per_event"]
     res["thread_writer_events_per_s"] = _append_rate(str(tmp / "rate1.sqlite"), n,
                                                      writer="thread")["events_per_s"]
     res["store_only_events_per_s"] = _store_only_rate(str(tmp / "base.sqlite"), n)
     res["encode_only_events_per_s"] = _encode_only_rate(n)
+    res["encode_only_pure_python_events_per_s"] = _encode_only_rate(n, pure=True)
+    res["compiled_encoder"] = ACCELERATED
     res["synchronous"] = "FULL"
     RESULTS["sqlite"] = res
 
@@ -195,6 +218,16 @@ def bench_postgres(n: int, admin_url: str) -> None:
         return
     try:
         res = _append_rate(url, n)
+        url2, handle2 = _pg_database(admin_url)
+        try:
+            pure = _pure_python_writer(url2, n)
+        finally:
+            _pg_drop(handle2)
+        res["pure_python_events_per_s"] = pure["events_per_s"]
+        res["pure_python_writer_cpu_us_per_event"] = pure["writer_process_cpu_us_per_event"]
+        from kvledger.ledger.mapper import ACCELERATED
+
+        res["compiled_encoder"] = ACCELERATED
         res["store_only_events_per_s"] = _store_only_rate(url, n)
         RESULTS["postgres"] = res
     finally:
@@ -484,6 +517,11 @@ def print_table() -> None:
         line(f"{name} runtime process CPU per event (us)", f"{r['cpu_us_per_event']:.2f}")
         line(f"{name} writer process CPU per event (us)",
              f"{r['writer_process_cpu_us_per_event']:.2f}")
+        if "pure_python_events_per_s" in r:
+            line(f"{name} same, Python encoder (events/s)", f"{r['pure_python_events_per_s']:,.0f}",
+                 f"compiled encoder: {r['compiled_encoder']}")
+            line(f"{name}   its writer CPU per event (us)",
+                 f"{r['pure_python_writer_cpu_us_per_event']:.2f}")
         if "thread_writer_events_per_s" in r:
             line(f"{name} writer=thread (events/s)", f"{r['thread_writer_events_per_s']:,.0f}")
         line(f"{name} store-only baseline (events/s)", f"{r['store_only_events_per_s']:,.0f}")
@@ -491,6 +529,8 @@ def print_table() -> None:
              f"{r['events_per_s'] / r['store_only_events_per_s']:.2f}")
         if "encode_only_events_per_s" in r:
             line("validate+encode+hash only (events/s)", f"{r['encode_only_events_per_s']:,.0f}")
+            line("  the same in Python (events/s)",
+                 f"{r['encode_only_pure_python_events_per_s']:,.0f}")
     r = RESULTS.get("fold")
     if r:
         if "skipped" in r:

@@ -257,6 +257,8 @@ def validate(kind: str, request_id: str | None, attrs: dict[str, Any]) -> None:
         raise SchemaError(f"{kind}: request_id is required")
     if not spec.request_scoped and request_id is not None:
         raise SchemaError(f"{kind}: worker-level event must not carry request_id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise SchemaError(f"{kind}: request_id must be a str, got {request_id!r}")
     for name in attrs:
         if name not in spec.attrs:
             raise SchemaError(f"{kind}: unknown attribute {name!r}")

@@ -664,7 +664,7 @@ class Ledger:
                 take(item)
             rows, bad = encode_group(stream, self._enc_seq, self._enc_hash, items, self._key)
             if rows:
-                self._enc_seq, self._enc_hash = rows[-1][1], rows[-1][7]
+                self._enc_seq, self._enc_hash = rows.last_seq, rows.last_hash
             self._progress.set()  # an emit waiting in _backpressure may go on
             put((rows, marks, bad))
             if bad is not None:
@@ -677,7 +677,7 @@ class Ledger:
             except BaseException as exc:
                 self._fail_marks_list(marks, exc)
                 raise
-            self._seq, self._hash = rows[-1][1], rows[-1][7]
+            self._seq, self._hash = rows.last_seq, rows.last_hash
             self.committed += len(rows)
             self.groups += 1
             if self._subscribers:

@@ -131,7 +131,7 @@ def _make_checker(kind: str) -> Callable[[str | None, dict[str, Any]], bool]:
     allowed = frozenset(spec.attrs)
     required = frozenset(spec.required())
     lines = ["def check(rid, a):"]
-    lines.append("    if rid is None: return False" if spec.request_scoped
+    lines.append("    if type(rid) is not str: return False" if spec.request_scoped
                  else "    if rid is not None: return False")
     lines.append("    k = a.keys()")
     if required == allowed:
@@ -199,7 +199,7 @@ def _make_fast(kind: str) -> Callable[[str | None, dict[str, Any]], str | None]:
     allowed = frozenset(spec.attrs)
     required = frozenset(spec.required())
     lines = ["def fast(rid, a):"]
-    lines.append("    if rid is None: return None" if spec.request_scoped
+    lines.append("    if type(rid) is not str: return None" if spec.request_scoped
                  else "    if rid is not None: return None")
     lines.append("    k = a.keys()")
     if required == allowed:
@@ -238,6 +238,7 @@ def _make_fast(kind: str) -> Callable[[str | None, dict[str, Any]], str | None]:
 
 
 _FAST = {k: _make_fast(k) for k in EVENT_KINDS}
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1  # a stored ts_ns is an Arrow int64
 
 
 def check_event(kind: str, request_id: str | None, attrs: dict[str, Any]) -> None:
@@ -252,37 +253,96 @@ class EncodedRows(Sequence):
 
     A sequence of ``encode_row``-shaped tuples (``(stream, seq, ts_ns, kind, request_id,
     attrs, prev_hash, hash)``, built on access) whose columns the store turns into its batch
-    directly: transposing tuples back into columns cost the writer ~0.8 us an event.
-    Consecutive seqs from ``seq0``; each ``prev_hash`` is the hash before it."""
+    directly (``columns``): transposing tuples back into columns cost the writer ~0.8 us an
+    event. Consecutive seqs from ``seq0``; each ``prev_hash`` is the hash before it.
 
-    __slots__ = ("stream", "seq0", "prev0", "ts", "kind", "rid", "attrs", "hash")
+    Two forms, one behaviour: Python lists (the Python loop appends to them), or Arrow arrays
+    (the C encoder's buffers, wrapped without a Python object per event; the lists are built
+    only if someone asks for rows)."""
+
+    __slots__ = ("stream", "seq0", "prev0", "_lists", "_arrays")
 
     def __init__(self, stream: str, seq0: int, prev0: str, ts: list[int], kind: list[str],
                  rid: list[str | None], attrs: list[str], hashes: list[str]) -> None:
         self.stream, self.seq0, self.prev0 = stream, seq0, prev0
-        self.ts, self.kind, self.rid, self.attrs, self.hash = ts, kind, rid, attrs, hashes
+        self._lists: tuple[list, ...] | None = (ts, kind, rid, attrs, hashes)
+        self._arrays: tuple[Any, ...] | None = None
+
+    @classmethod
+    def from_arrays(cls, stream: str, seq0: int, prev0: str,
+                    arrays: tuple[Any, ...]) -> EncodedRows:
+        """The Arrow form: ``arrays`` are the ts, kind, request_id, attrs and hash columns."""
+        out = cls.__new__(cls)
+        out.stream, out.seq0, out.prev0 = stream, seq0, prev0
+        out._lists, out._arrays = None, arrays
+        return out
+
+    def _column(self, i: int) -> list:
+        if self._lists is None:
+            self._lists = tuple(a.to_pylist() for a in self._arrays)  # type: ignore[union-attr]
+        return self._lists[i]
+
+    ts = property(lambda self: self._column(0))
+    kind = property(lambda self: self._column(1))
+    rid = property(lambda self: self._column(2))
+    attrs = property(lambda self: self._column(3))
+    hash = property(lambda self: self._column(4))
 
     def __len__(self) -> int:
-        return len(self.hash)
+        if self._lists is not None:
+            return len(self._lists[4])
+        return len(self._arrays[4])  # type: ignore[index]
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last row (``seq0 - 1`` when empty)."""
+        return self.seq0 + len(self) - 1
+
+    @property
+    def last_hash(self) -> str:
+        """The hash of the last row (``prev0`` when empty): the chain's next ``prev_hash``."""
+        if self._lists is not None:
+            h = self._lists[4]
+            return h[-1] if h else self.prev0
+        h = self._arrays[4]  # type: ignore[index]
+        return h[len(h) - 1].as_py() if len(h) else self.prev0
 
     def prev_hashes(self) -> list[str]:
-        return [self.prev0, *self.hash[:-1]] if self.hash else []
+        return [self.prev0, *self.hash[:-1]] if len(self) else []
+
+    def columns(self) -> list[Any]:
+        """The stored batch's columns (``store.payload_schema`` order) as Arrow arrays."""
+        import numpy as np
+        import pyarrow as pa
+
+        n = len(self)
+        seq = pa.array(np.arange(self.seq0, self.seq0 + n, dtype=np.int64))
+        if self._arrays is None:
+            i64, st = pa.int64(), pa.string()
+            ts, kind, rid, attrs, h = self._lists  # type: ignore[misc]
+            return [seq, pa.array(ts, i64), pa.array(kind, st), pa.array(rid, st),
+                    pa.array(attrs, st), pa.array(self.prev_hashes(), st), pa.array(h, st)]
+        ts, kind, rid, attrs, h = self._arrays
+        prev = pa.concat_arrays([pa.array([self.prev0], pa.string()), h.slice(0, n - 1)]) \
+            if n else h
+        return [seq, ts, kind, rid, attrs, prev, h]
 
     def __iter__(self) -> Iterator[tuple]:
-        n = len(self.hash)
+        n = len(self)
         return zip(itertools.repeat(self.stream, n), range(self.seq0, self.seq0 + n), self.ts,
                    self.kind, self.rid, self.attrs, self.prev_hashes(), self.hash, strict=True)
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return list(self)[i]
-        n = len(self.hash)
+        n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(i)
+        h = self.hash
         return (self.stream, self.seq0 + i, self.ts[i], self.kind[i], self.rid[i],
-                self.attrs[i], self.prev0 if i == 0 else self.hash[i - 1], self.hash[i])
+                self.attrs[i], self.prev0 if i == 0 else h[i - 1], h[i])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):
@@ -295,15 +355,112 @@ class EncodedRows(Sequence):
         return f"EncodedRows({self.stream!r}, seq {self.seq0}.., {len(self)} rows)"
 
 
+# -- the compiled encoder ------------------------------------------------------------------------
+# ledger/_fastenc.c does encode_group_py's loop for plain events (exact ints/strs/bools, lists of
+# them, a known kind) and stops at the first event that is not; the Python loop encodes that one
+# (or raises its SchemaError), then C goes on. Optional: a source tree without the built module,
+# or KVLEDGER_PURE_PYTHON=1, runs the Python loop only. tests/ledger/test_fastenc.py holds the
+# two byte-equal on random events.
+def _load_fastenc() -> Any:
+    import os
+
+    if os.environ.get("KVLEDGER_PURE_PYTHON"):
+        return None
+    try:
+        from . import _fastenc  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _fastenc.set_kinds({
+        kind: (spec.request_scoped,
+               tuple((name, typ.rstrip("?"), typ.endswith("?"))
+                     for name, typ in sorted(spec.attrs.items())))
+        for kind, spec in EVENT_KINDS.items()})
+    return _fastenc
+
+
+_fastenc = _load_fastenc()
+ACCELERATED = _fastenc is not None  # whether the writer's encoder is the compiled one
+
+
+def _c_arrays(res: tuple) -> tuple[Any, ...]:
+    """The C encoder's buffers -> Arrow arrays (ts, kind, request_id, attrs, hash)."""
+    import numpy as np
+    import pyarrow as pa
+
+    _stop, _seq, _prev, ts, kind_off, kind, rid_valid, rid_off, rid, attrs_off, attrs, h = res
+    n = len(ts) // 8
+    buf, st = pa.py_buffer, pa.string()
+    hash_off = buf(np.arange(0, 32 * (n + 1), 32, dtype=np.int32))
+    return (pa.Array.from_buffers(pa.int64(), n, [None, buf(ts)]),
+            pa.Array.from_buffers(st, n, [None, buf(kind_off), buf(kind)]),
+            pa.Array.from_buffers(st, n, [None if rid_valid is None else buf(rid_valid),
+                                          buf(rid_off), buf(rid)]),
+            pa.Array.from_buffers(st, n, [None, buf(attrs_off), buf(attrs)]),
+            pa.Array.from_buffers(st, n, [None, hash_off, buf(h)]))
+
+
+def _py_arrays(rows: EncodedRows) -> tuple[Any, ...]:
+    import pyarrow as pa
+
+    i64, st = pa.int64(), pa.string()
+    return (pa.array(rows.ts, i64), pa.array(rows.kind, st), pa.array(rows.rid, st),
+            pa.array(rows.attrs, st), pa.array(rows.hash, st))
+
+
+def _c_takes(stream: str, seq: int, prev_hash: str, key: bytes | None) -> bool:
+    """Whether the C encoder takes a group that starts so (else all of it is the Python loop's)."""
+    return (type(stream) is str and type(seq) is int and 0 <= seq < 1 << 62
+            and type(prev_hash) is str and len(prev_hash) == 32 and prev_hash.isascii()
+            and (key is None or len(key) <= 64))
+
+
 def encode_group(
     stream: str, seq: int, prev_hash: str, items: list[tuple], key: bytes | None = None,
 ) -> tuple[EncodedRows, SchemaError | None]:
     """Validate, encode and chain emitted ``(ts_ns, kind, request_id, attrs)`` items.
 
     Returns the store rows (``EncodedRows``, ``encode_row``'s shape) of the valid prefix, and
-    the SchemaError of the first invalid item (None if all are valid). One loop with everything
-    bound locally: per event this is the writer's whole Python cost, so ``chain_hash`` and the
-    fast encoders are inlined here (``test_store_mapper`` holds the rows equal to ``encode_row``).
+    the SchemaError of the first invalid item (None if all are valid). The compiled encoder
+    does the plain events; ``encode_group_py`` is the definition and does the rest."""
+    if _fastenc is None or not _c_takes(stream, seq, prev_hash, key):
+        return encode_group_py(stream, seq, prev_hash, items, key)
+    seq0, prev0 = seq + 1, prev_hash
+    chunks: list[tuple[Any, ...]] = []
+    bad: SchemaError | None = None
+    start, n = 0, len(items)
+    while start < n:
+        res = _fastenc.encode(stream, seq, prev_hash, items, start, key or b"")
+        stop = res[0]
+        if stop > start:
+            chunks.append(_c_arrays(res))
+            seq, prev_hash = res[1], res[2]
+        if stop >= n:
+            break
+        one, bad = encode_group_py(stream, seq, prev_hash, [items[stop]], key)
+        if len(one):
+            chunks.append(_py_arrays(one))
+            seq, prev_hash = one.last_seq, one.last_hash
+        if bad is not None:
+            break
+        start = stop + 1
+    if not chunks:
+        return EncodedRows(stream, seq0, prev0, [], [], [], [], []), bad
+    if len(chunks) == 1:
+        return EncodedRows.from_arrays(stream, seq0, prev0, chunks[0]), bad
+    import pyarrow as pa
+
+    arrays = tuple(pa.concat_arrays([c[i] for c in chunks]) for i in range(5))
+    return EncodedRows.from_arrays(stream, seq0, prev0, arrays), bad
+
+
+def encode_group_py(
+    stream: str, seq: int, prev_hash: str, items: list[tuple], key: bytes | None = None,
+) -> tuple[EncodedRows, SchemaError | None]:
+    """``encode_group`` in Python: the definition the C encoder is held to.
+
+    One loop with everything bound locally: per event this is the writer's whole cost where the
+    C encoder is not built, so ``chain_hash`` and the fast encoders are inlined here
+    (``test_store_mapper`` holds the rows equal to ``encode_row``).
     """
     ts_l: list[int] = []
     kind_l: list[str] = []
@@ -325,6 +482,8 @@ def encode_group(
             except SchemaError as exc:
                 return out, exc
             aj = encode_attrs(attrs)
+        if type(ts_ns) is not int or not _I64_MIN <= ts_ns <= _I64_MAX:
+            return out, SchemaError(f"{kind}: ts_ns must be a 64-bit int, got {ts_ns!r}")
         seq += 1
         hasher = fresh()
         hasher.update(f"{prev_hash}{mid}{seq}\x1f{ts_ns}\x1f{kind}\x1f"
@@ -357,7 +516,50 @@ _EVENT_SETTERS = _event_setters()
 def encode_events(
     stream: str, seq: int, prev_hash: str, items: list[tuple],
 ) -> tuple[list[Event], SchemaError | None]:
-    """``encode_group``, returning the stored events (``to_event`` of each row, without the
+    """``encode_events_py`` with the check, encoding and chain hash of the plain events done by
+    the compiled encoder (``encode_group``'s split): only the ``Event``s are built here."""
+    if _fastenc is None or _EVENT_SETTERS is None or not _c_takes(stream, seq, prev_hash, None):
+        return encode_events_py(stream, seq, prev_hash, items)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _EVENT_SETTERS
+    new = object.__new__
+    out: list[Event] = []
+    append = out.append
+    start, n = 0, len(items)
+    while start < n:
+        res = _fastenc.encode(stream, seq, prev_hash, items, start, b"")
+        stop, hashes = res[0], res[11].decode("ascii")
+        for j in range(start, stop):
+            ts_ns, kind, rid, attrs = items[j]
+            if None in attrs.values():  # stored without its None-valued attributes
+                attrs = {k: v for k, v in attrs.items() if v is not None}
+            seq += 1
+            e = new(Event)
+            s0(e, stream)
+            s1(e, seq)
+            s2(e, ts_ns)
+            s3(e, kind)
+            s4(e, rid)
+            s5(e, attrs)
+            s6(e, prev_hash)
+            k = 32 * (j - start)
+            s7(e, prev_hash := hashes[k:k + 32])
+            s8(e, None)
+            append(e)
+        if stop >= n:
+            break
+        one, bad = encode_events_py(stream, seq, prev_hash, [items[stop]])
+        out += one
+        if bad is not None:
+            return out, bad
+        seq, prev_hash = one[-1].seq, one[-1].hash
+        start = stop + 1
+    return out, None
+
+
+def encode_events_py(
+    stream: str, seq: int, prev_hash: str, items: list[tuple],
+) -> tuple[list[Event], SchemaError | None]:
+    """``encode_group_py``, returning the stored events (``to_event`` of each row, without the
     decode: attrs are the emitted dict less its None values) instead of rows: the valid prefix,
     and the SchemaError of the first invalid item (None if all are valid). The validation,
     encoding and chaining are ``encode_group``'s, written out in the same one loop that builds
@@ -386,6 +588,8 @@ def encode_events(
             except SchemaError as exc:
                 return out, exc
             aj = encode_attrs(attrs)
+        if type(ts_ns) is not int or not _I64_MIN <= ts_ns <= _I64_MAX:
+            return out, SchemaError(f"{kind}: ts_ns must be a 64-bit int, got {ts_ns!r}")
         seq += 1
         hasher = fresh()
         hasher.update(f"{prev_hash}{mid}{seq}\x1f{ts_ns}\x1f{kind}\x1f"

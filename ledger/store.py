@@ -120,14 +120,8 @@ def encode_payload(rows: Sequence[RowTuple]) -> bytes:
     stored bytes of their batch."""
     pa = _pa()
     i64, st = pa.int64(), pa.string()
-    if hasattr(rows, "hash"):  # mapper.EncodedRows: consecutive seqs, columns as lists
-        import numpy as np
-
-        n = len(rows)
-        cols = [pa.array(np.arange(rows.seq0, rows.seq0 + n, dtype=np.int64)),  # type: ignore[attr-defined]
-                pa.array(rows.ts, i64), pa.array(rows.kind, st),  # type: ignore[attr-defined]
-                pa.array(rows.rid, st), pa.array(rows.attrs, st),  # type: ignore[attr-defined]
-                pa.array(rows.prev_hashes(), st), pa.array(rows.hash, st)]  # type: ignore[attr-defined]
+    if hasattr(rows, "columns"):  # mapper.EncodedRows: its columns are the batch's
+        cols = rows.columns()  # type: ignore[attr-defined]
     else:
         _, seq, ts, kind, rid, attrs, prev, h = zip(*rows, strict=True)
         cols = [pa.array(seq, i64), pa.array(ts, i64), pa.array(kind, st), pa.array(rid, st),
@@ -297,9 +291,13 @@ class EventStore:
         """
         if not rows:
             return None
-        stream, grp, n = rows[0][0], rows[0][1], len(rows)
+        n = len(rows)
+        if hasattr(rows, "columns"):  # the writer's EncodedRows: one stream, consecutive seqs
+            stream, grp = rows.stream, rows.seq0  # type: ignore[attr-defined]
+        else:
+            stream, grp = rows[0][0], rows[0][1]
         lo = grp
-        if not hasattr(rows, "hash"):  # tuples, not the writer's EncodedRows: check them all
+        if not hasattr(rows, "columns"):  # tuples: check them all
             if any(r[0] != stream for r in rows):
                 raise ValueError("append takes one stream's rows (a group is one stream's)")
             seqs = [r[1] for r in rows]

@@ -218,7 +218,7 @@ class _Writer:
                                                   self.cfg.get("key"))
                     if rows:
                         store.append(rows)
-                        seq, prev = rows[-1][1], rows[-1][7]
+                        seq, prev = rows.last_seq, rows.last_hash
                         if self.send_rows:
                             self.send(b"R", list(rows))
                         self.send(b"H", (seq, prev, len(rows)))

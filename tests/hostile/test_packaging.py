@@ -153,10 +153,12 @@ def test_the_wheel_installs_and_runs_demo_and_replay(tmp_path: Path) -> None:
         return subprocess.run([str(venv / "bin" / "kvledger"), *argv], cwd=work, env=env,
                               capture_output=True, text=True, timeout=400)
 
-    where = subprocess.run([str(py), "-c", "import kvledger, kvledger.runtime.core; "
-                            "print(kvledger.__file__)"], cwd=work, env=env, check=True,
-                           capture_output=True, text=True).stdout.strip()
+    where, accelerated = subprocess.run(
+        [str(py), "-c", "import kvledger, kvledger.runtime.core, kvledger.ledger.mapper as m; "
+         "print(kvledger.__file__); print(m.ACCELERATED)"], cwd=work, env=env, check=True,
+        capture_output=True, text=True).stdout.split()
     assert where.startswith(purelib), f"kvledger imported from {where}, not from the wheel"
+    assert accelerated == "True", "the wheel lacks the compiled encoder (ledger/_fastenc.c)"
 
     demo = kvledger("demo", "--out", str(work / "demo"))
     assert demo.returncode == 0, demo.stdout + demo.stderr

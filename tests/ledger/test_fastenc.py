@@ -1,0 +1,229 @@
+"""The compiled encoder (ledger/_fastenc.c) is byte-equal to the Python loop it accelerates.
+
+``mapper.encode_group_py`` is the definition; ``encode_group`` runs the C code on plain events
+and hands anything else to the Python loop. These tests draw groups of mostly valid events (so
+the C code runs long stretches) with hostile strings and shapes mixed in (so it must stop at
+the right event), keyed and unkeyed, and hold every row, every stored column and every error
+equal. The BLAKE2b inside the C code is held to ``hashlib.blake2b``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kvledger.ledger import mapper
+from kvledger.ledger.events import EVENT_KINDS
+from kvledger.ledger.mapper import GENESIS_HASH, encode_group, encode_group_py
+
+if os.environ.get("KVLEDGER_PURE_PYTHON"):
+    pytest.skip("KVLEDGER_PURE_PYTHON is set: the C encoder is off on purpose",
+                allow_module_level=True)
+
+
+def test_the_c_encoder_is_built() -> None:
+    """``pip install -e .`` (the README's set-up) builds it; a silent fall-back to the Python
+    loop would leave the writer at half speed and these tests comparing the loop to itself."""
+    assert mapper.ACCELERATED, "kvledger.ledger._fastenc is not built: run `make venv` again"
+
+
+pytestmark = pytest.mark.skipif(not mapper.ACCELERATED, reason="the C encoder is not built")
+
+TEXT = st.one_of(
+    st.text(max_size=6),
+    st.text(alphabet='"\\/\x00\x01\x1f\x7f\n\r\t\b\fü€😀\u2028 ab', max_size=8),
+)
+BIG = st.sampled_from([0, -1, (1 << 63) - 1, -(1 << 63), 1 << 63, -(1 << 63) - 1, 10**30])
+PLAIN = {
+    "int": st.one_of(st.integers(-(10**12), 10**12), BIG),
+    "str": TEXT,
+    "bool": st.booleans(),
+    "ints": st.one_of(st.lists(st.integers(-3, 1 << 40), max_size=6),
+                      st.lists(st.integers(0, 9), max_size=5).map(tuple)),
+    "strs": st.one_of(st.lists(TEXT, max_size=3), st.lists(TEXT, max_size=3).map(tuple)),
+    "json": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+}
+C_PLAIN = {**PLAIN, "int": st.integers(-(1 << 63), (1 << 63) - 1),
+           "ints": st.lists(st.integers(-(1 << 63), (1 << 63) - 1), max_size=6)}
+ODD = st.one_of(  # shapes the C code must refuse (the Python loop decides)
+    st.none(), st.floats(allow_nan=False, width=16), st.just(True), st.just(1),
+    st.just("\ud800"), st.just([1, True]), st.just(["a", 1]), st.just({"x": 1}),
+    st.just(b"bytes"),
+)
+
+
+C_KINDS = sorted(k for k, spec in EVENT_KINDS.items()
+                 if all(t.rstrip("?") != "json" for t in spec.attrs.values()))
+
+
+@st.composite
+def plain_event(draw: st.DrawFn, c_only: bool = False) -> tuple:
+    """A valid event of a random kind; ``c_only``: one the C code takes (no json attributes,
+    ints within 64 bits)."""
+    kind = draw(st.sampled_from(C_KINDS if c_only else sorted(EVENT_KINDS)))
+    spec = EVENT_KINDS[kind]
+    attrs = {}
+    for name, typ in spec.attrs.items():
+        base = typ.rstrip("?")
+        if typ.endswith("?"):
+            choice = draw(st.integers(0, 2))
+            if choice == 0:
+                continue
+            if choice == 1:
+                attrs[name] = None
+                continue
+        attrs[name] = draw(C_PLAIN[base] if c_only else PLAIN[base])
+    rid = draw(TEXT) if spec.request_scoped else None
+    return (draw(st.integers(0, 1 << 62)), kind, rid, attrs)
+
+
+@st.composite
+def hostile_event(draw: st.DrawFn) -> tuple:
+    ts, kind, rid, attrs = draw(plain_event())
+    how = draw(st.integers(0, 7))
+    if how == 0 and attrs:
+        attrs[draw(st.sampled_from(sorted(attrs)))] = draw(ODD)
+    elif how == 1:
+        attrs["bogus"] = 1
+    elif how == 2:
+        rid = draw(st.sampled_from([None, "r", 7, "\ud800"]))
+    elif how == 3:
+        kind = draw(st.sampled_from(["no.such.kind", kind.upper(), 3]))
+    elif how == 4:
+        ts = draw(st.sampled_from([1 << 64, -1, 1.5, "7"]))
+    elif how == 5 and attrs:
+        del attrs[draw(st.sampled_from(sorted(attrs)))]
+    elif how == 6:
+        return [ts, kind, rid, attrs]  # a list, not a tuple
+    return (ts, kind, rid, attrs)
+
+
+GROUPS = st.lists(st.one_of(plain_event(), plain_event(), plain_event(), hostile_event()),
+                  max_size=12)
+
+
+def _both(items: list, key: bytes | None, seq: int = 41, prev: str = GENESIS_HASH) -> tuple:
+    def run(fn):  # noqa: ANN001, ANN202
+        try:
+            rows, bad = fn("ctx-0", seq, prev, items, key)
+        except Exception as exc:  # noqa: BLE001 - the same exception is the expected behaviour
+            return "raised", type(exc), str(exc)
+        return rows, bad
+    return run(encode_group), run(encode_group_py)
+
+
+def _same(got: tuple, want: tuple) -> None:
+    if want[0] == "raised" or got[0] == "raised":
+        assert got == want
+        return
+    (rows, bad), (rows_py, bad_py) = got, want
+    assert list(rows) == list(rows_py)
+    assert (type(bad), str(bad)) == (type(bad_py), str(bad_py))
+    assert (rows.last_seq, rows.last_hash) == (rows_py.last_seq, rows_py.last_hash)
+    if len(rows_py):
+        schema = pa.schema([(n, t) for n, t in zip(
+            ["seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash", "hash"],
+            [pa.int64(), pa.int64()] + [pa.string()] * 5, strict=True)])
+        a = pa.record_batch(rows.columns(), schema=schema)
+        b = pa.record_batch(rows_py.columns(), schema=schema)
+        a.validate(full=True)
+        assert a.equals(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(GROUPS, st.sampled_from([None, b"k" * 32, bytes(range(64))]))
+def test_c_and_python_encode_the_same_groups(items: list, key: bytes | None) -> None:
+    _same(*_both(items, key))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(plain_event(c_only=True), min_size=1, max_size=40))
+def test_plain_groups_are_encoded_by_c_in_one_stretch(items: list) -> None:
+    """Plain events are not handed back one by one: such a group is one C call."""
+    calls = []
+    real = mapper._fastenc
+
+    class Counting:
+        def encode(self, *args):  # noqa: ANN002, ANN201
+            calls.append(args[4])
+            return real.encode(*args)
+
+    mapper._fastenc = Counting()
+    try:
+        got = _both(items, None)
+    finally:
+        mapper._fastenc = real
+    _same(*got)
+    assert calls == [0] and got[0][1] is None and len(got[0][0]) == len(items)
+
+
+def test_a_group_continues_after_an_event_c_hands_back() -> None:
+    ok = (5, "xfer.polled", "r", {"handle": 1, "state": "PROC", "polls": 2})
+    odd = (6, "xfer.polled", "r", {"handle": 1 << 70, "state": "PROC", "polls": 2})  # valid
+    items = [ok, odd, ok, ok]
+    got, want = _both(items, None)
+    _same(got, want)
+    assert len(got[0]) == 4 and got[1] is None
+    bad = (7, "xfer.polled", "r", {"handle": 1, "state": "PROC"})  # polls missing
+    got, want = _both([ok, ok, bad, ok], None)
+    _same(got, want)
+    assert len(got[0]) == 2 and "polls" in str(got[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=600), st.sampled_from([b"", b"k", bytes(range(64))]))
+def test_blake2b_is_hashlibs(data: bytes, key: bytes) -> None:
+    assert mapper._fastenc.blake2b16(data, key) == \
+        hashlib.blake2b(data, digest_size=16, key=key).hexdigest()
+
+
+def test_hostile_arguments_are_refused_cleanly() -> None:
+    enc = mapper._fastenc.encode
+    with pytest.raises(ValueError):
+        enc("s", 0, "short", [], 0, b"")
+    with pytest.raises(ValueError):
+        enc("s", 0, GENESIS_HASH, [], 0, b"k" * 65)
+    with pytest.raises(TypeError):
+        enc("s", 0, GENESIS_HASH, 5, 0, b"")
+    assert enc("s", 0, GENESIS_HASH, [], 0, b"")[0] == 0
+    assert enc("s", 0, GENESIS_HASH, [(1, "no.kind", None, {})], 0, b"")[0] == 0
+
+
+def test_hash_each_is_each_strings_hash_and_refuses_bad_buffers() -> None:
+    texts = ["a", "\x1f" * 200, "ü€" * 50, "x" * 128, "y" * 129]
+    arr = pa.array(["pad", *texts], pa.string()).slice(1)
+    offsets, data = arr.buffers()[1], arr.buffers()[2]
+    out = mapper._fastenc.hash_each(offsets, data, arr.offset, len(arr))
+    assert [out[i * 32:(i + 1) * 32].decode() for i in range(len(texts))] == \
+        [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts]
+    keyed = mapper._fastenc.hash_each(offsets, data, arr.offset, 1, b"key")
+    assert keyed.decode() == hashlib.blake2b(b"a", digest_size=16, key=b"key").hexdigest()
+    import struct
+
+    for bad_offsets, n in [(struct.pack("<3i", 0, 5, 99), 2), (struct.pack("<3i", 0, 3, 2), 2),
+                           (struct.pack("<2i", -1, 2), 1), (struct.pack("<2i", 0, 1), 5),
+                           (struct.pack("<2i", 0, 0), 1)]:
+        with pytest.raises(ValueError):
+            mapper._fastenc.hash_each(bad_offsets, b"abcd", 0, n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(GROUPS)
+def test_replay_events_are_the_python_loops(items: list) -> None:
+    """``encode_events`` (the replayer's in-memory ledger) with the C hash equals its Python
+    loop: every field of every Event, and the error."""
+    def run(fn):  # noqa: ANN001, ANN202
+        try:
+            return fn("ctx-0", 41, GENESIS_HASH, items)
+        except Exception as exc:  # noqa: BLE001 - the same exception is the expected behaviour
+            return "raised", type(exc), str(exc)
+    got, want = run(mapper.encode_events), run(mapper.encode_events_py)
+    if want[0] == "raised" or got[0] == "raised":
+        assert got == want
+        return
+    assert got[0] == want[0]
+    assert (type(got[1]), str(got[1])) == (type(want[1]), str(want[1]))
