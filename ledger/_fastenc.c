@@ -13,6 +13,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -622,6 +623,144 @@ done:
     return out;
 }
 
+/* -- the emit hot path ------------------------------------------------------------------------ */
+/* Emitter(now, append, queue, bound, overflow): a callable ``emit(kind, request_id=None,
+ * **attrs)`` that does what ``Ledger._make_emit``'s closure does (append ``(now(), kind,
+ * request_id, attrs)``; call ``overflow()`` once ``len(queue) > bound``) as a builtin called
+ * through vectorcall: the keyword arguments arrive as a vector and become the attrs dict here,
+ * without the Python frame and **kwargs packing of a Python-level emit. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *now, *append, *queue, *overflow;
+    Py_ssize_t bound;
+    vectorcallfunc vectorcall;
+} Emitter;
+
+static PyObject *request_id_str = NULL; /* interned "request_id" */
+static PyObject *kind_str = NULL;       /* interned "kind" */
+
+static PyObject *emitter_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames) {
+    Emitter *self = (Emitter *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "emit() takes 1 or 2 positional arguments (kind, "
+                     "request_id) but %zd were given", nargs);
+        return NULL;
+    }
+    PyObject *kind = args[0], *rid = nargs == 2 ? args[1] : Py_None;
+    PyObject *attrs = PyDict_New();
+    if (!attrs) return NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (name == request_id_str || PyUnicode_Compare(name, request_id_str) == 0) {
+            if (nargs == 2) {
+                PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument "
+                                "'request_id'");
+                goto fail;
+            }
+            rid = args[nargs + i];
+            continue;
+        }
+        if (name == kind_str || PyUnicode_Compare(name, kind_str) == 0) {
+            PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument 'kind'");
+            goto fail;
+        }
+        if (PyDict_SetItem(attrs, name, args[nargs + i]) < 0) goto fail;
+    }
+    PyObject *ts = PyObject_CallNoArgs(self->now);
+    if (!ts) goto fail;
+    PyObject *item = PyTuple_New(4);
+    if (!item) {
+        Py_DECREF(ts);
+        goto fail;
+    }
+    Py_INCREF(kind);
+    Py_INCREF(rid);
+    PyTuple_SET_ITEM(item, 0, ts);
+    PyTuple_SET_ITEM(item, 1, kind);
+    PyTuple_SET_ITEM(item, 2, rid);
+    PyTuple_SET_ITEM(item, 3, attrs); /* the tuple owns attrs now */
+    PyObject *r = PyObject_CallOneArg(self->append, item);
+    Py_DECREF(item);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_ssize_t n = PyObject_Size(self->queue);
+    if (n < 0) return NULL;
+    if (n > self->bound) {
+        r = PyObject_CallNoArgs(self->overflow);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(attrs);
+    return NULL;
+}
+
+static PyObject *emitter_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *now, *append, *queue, *overflow;
+    Py_ssize_t bound;
+    static char *names[] = {"now", "append", "queue", "bound", "overflow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOnO", names, &now, &append, &queue, &bound,
+                                     &overflow))
+        return NULL;
+    if (!PyCallable_Check(now) || !PyCallable_Check(append) || !PyCallable_Check(overflow)) {
+        PyErr_SetString(PyExc_TypeError, "now, append and overflow must be callable");
+        return NULL;
+    }
+    Emitter *self = (Emitter *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    Py_INCREF(now);
+    Py_INCREF(append);
+    Py_INCREF(queue);
+    Py_INCREF(overflow);
+    self->now = now;
+    self->append = append;
+    self->queue = queue;
+    self->overflow = overflow;
+    self->bound = bound;
+    self->vectorcall = emitter_vectorcall;
+    return (PyObject *)self;
+}
+
+static int emitter_traverse(Emitter *self, visitproc visit, void *arg) {
+    Py_VISIT(self->now);
+    Py_VISIT(self->append);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->overflow);
+    return 0;
+}
+
+static int emitter_clear(Emitter *self) {
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->overflow);
+    return 0;
+}
+
+static void emitter_dealloc(Emitter *self) {
+    PyObject_GC_UnTrack(self);
+    emitter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject EmitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvledger.ledger._fastenc.Emitter",
+    .tp_doc = "emit(kind, request_id=None, **attrs): the ledger's hot path as a builtin.",
+    .tp_basicsize = sizeof(Emitter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = emitter_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Emitter, vectorcall),
+    .tp_traverse = (traverseproc)emitter_traverse,
+    .tp_clear = (inquiry)emitter_clear,
+    .tp_dealloc = (destructor)emitter_dealloc,
+};
+
 static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
@@ -635,4 +774,17 @@ static struct PyModuleDef module = {
     methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastenc(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastenc(void) {
+    request_id_str = PyUnicode_InternFromString("request_id");
+    kind_str = PyUnicode_InternFromString("kind");
+    if (!request_id_str || !kind_str || PyType_Ready(&EmitterType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EmitterType);
+    if (PyModule_AddObject(m, "Emitter", (PyObject *)&EmitterType) < 0) {
+        Py_DECREF(&EmitterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import writer_proc
+from . import mapper, writer_proc
 from .clock import Clock, MonotonicClock
 from .errors import CorruptLedgerError, LedgerError, WriterError
 from .events import SCHEMA_VERSION, Event, SchemaError
@@ -265,6 +265,10 @@ class Ledger:
             bound, overflow = PACK_EVENTS - 1, self._pack
         else:
             bound, overflow = self.queue_max, self._backpressure
+        if mapper._fastenc is not None:
+            # The same closure as a builtin (ledger/_fastenc.c): keyword arguments reach it as a
+            # vector, without a Python frame and **kwargs packing (~70 % of emit's own cost).
+            return mapper._fastenc.Emitter(now, append, q, bound, overflow)
 
         def emit(kind: str, request_id: str | None = None, **attrs: Any) -> None:
             append((now(), kind, request_id, attrs))

@@ -227,3 +227,59 @@ def test_replay_events_are_the_python_loops(items: list) -> None:
         return
     assert got[0] == want[0]
     assert (type(got[1]), str(got[1])) == (type(want[1]), str(want[1]))
+
+
+def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noqa: ANN001
+    """``Ledger.emit`` is the C ``Emitter`` where built: the same items, the same overflow
+    calls, the same errors as the Python closure it replaces; and a ledger written through it
+    reads back the same."""
+    from collections import deque
+
+    from kvledger.ledger import Ledger
+
+    ticks = iter(range(10**6))
+
+    def calls(emit):  # noqa: ANN001, ANN202
+        out = []
+        for args, kw in [(("request.arrived", "r1"), {"prompt_tokens": 3}),
+                         (("poll.context",), {"at_least": 1, "returned": [], "skipped": 0,
+                                              "elapsed_ns": 5}),
+                         (("xfer.polled",), {"request_id": "r2", "handle": 1, "state": "PROC",
+                                             "polls": 1, "error": None}),
+                         ((), {}), (("a", "r", "x"), {}), (("a", "r"), {"request_id": "q"}),
+                         (("a",), {"kind": "b"})]:
+            try:
+                emit(*args, **kw)
+            except TypeError:
+                out.append("TypeError")
+        return out
+
+    def python_emit(kind, request_id=None, **attrs):  # noqa: ANN001, ANN003, ANN202
+        q.append((next(ticks), kind, request_id, attrs))
+        if len(q) > 1:
+            overflow.append(len(q))
+
+    q, overflow = deque(), []
+    errors_py = calls(python_emit)
+    want, want_overflow = list(q), overflow
+    ticks = iter(range(10**6))
+    q, overflow = deque(), []
+    c_emit = mapper._fastenc.Emitter(lambda: next(ticks), q.append, q, 1,
+                                     lambda: overflow.append(len(q)))
+    assert calls(c_emit) == errors_py == ["TypeError"] * 4
+    assert list(q) == want and overflow == want_overflow
+
+    led = Ledger(str(tmp_path / "e.sqlite"), "s")
+    assert type(led.emit) is mapper._fastenc.Emitter
+    led.emit("buffer.acquired", "r1", pool="send", slot=3)
+    led.emit("xfer.polled", request_id="r1", handle=1, state="PROC", polls=2, error=None)
+    led.close()
+    from kvledger.ledger.store import EventStore
+
+    store = EventStore(str(tmp_path / "e.sqlite"))
+    try:
+        got = [(r["kind"], r["request_id"], r["attrs"]) for r in store.rows()][1:3]
+    finally:
+        store.close()
+    assert got == [("buffer.acquired", "r1", '{"pool":"send","slot":3}'),
+                   ("xfer.polled", "r1", '{"handle":1,"polls":2,"state":"PROC"}')]
