@@ -1,7 +1,9 @@
 """Envelope <-> row: canonical encoding and the per-stream hash chain (off the hot path).
 
 Only this module knows how attributes are encoded (canonical JSON) and how the chain is computed,
-so the writer, ``verify`` and the Parquet export agree byte for byte.
+so the writer, ``verify`` and the Parquet export agree byte for byte. Its compiled twin,
+``_fastenc.c``, does the same for the writer's plain events (and ``emit``, and ``verify``'s hash
+loop); the Python code here stays the definition, and the tests hold the two byte-equal.
 """
 
 from __future__ import annotations
