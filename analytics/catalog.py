@@ -234,13 +234,23 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_paths: Sequence[str],
     con.execute("SET lock_configuration = true")
 
 
+# What a query that reads prev_hash/hash gets from tables loaded without them
+# (``source.collect(hashes=False)``): an error, never a wrong answer. DuckDB evaluates a column
+# only when a query uses it, so every other query runs as if they were there.
+HASHES_NOT_LOADED = "kvledger: the hash columns are not loaded"
+
+
 def attach_sources(con: duckdb.DuckDBPyConnection, sources: Sources) -> None:
     """Create ``_ledger_rows``: every loaded event, envelope columns only."""
     cols = ", ".join(COLUMNS)
     parts = []
     for i, table in enumerate(sources.tables):
         con.register(f"_src_{i}", table)
-        parts.append(f"SELECT {cols} FROM _src_{i}")
+        have = set(table.schema.names)
+        sel = ", ".join(c if c in have else
+                        f"CAST(error({_quote(HASHES_NOT_LOADED)}) AS VARCHAR) AS {c}"
+                        for c in COLUMNS)
+        parts.append(f"SELECT {sel} FROM _src_{i}")
     if sources.parquet_files:
         files = ", ".join("'" + f.replace("'", "''") + "'" for f in sources.parquet_files)
         parts.append(f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = true, "

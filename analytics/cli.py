@@ -142,14 +142,17 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
                    "say TAMPERED)")
 
 
-def _session(args: argparse.Namespace):  # noqa: ANN202 - readonly.QuerySession
+def _session(args: argparse.Namespace, hashes: bool = False):  # noqa: ANN202 - QuerySession
+    """The sandboxed session over ``args.ledgers``; the SQL ledgers without their chain hash
+    columns unless ``hashes`` (no canned query or view but ``events`` reads them; see
+    ``source.collect``)."""
     from kvledger.cli import CliError
 
     from .readonly import QuerySession
     from .source import SourceError, collect
 
     try:
-        sources = collect(args.ledgers)
+        sources = collect(args.ledgers, hashes=hashes)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     return QuerySession(sources, memory_limit=args.memory_limit, threads=args.threads,
@@ -167,8 +170,25 @@ def cmd_sql(args: argparse.Namespace) -> int:
         cur = con.execute(args.query)
         return [d[0] for d in cur.description], cur.fetchall()
 
-    with _session(args) as session:
-        names, data = session.run(query)
+    from .catalog import HASHES_NOT_LOADED
+    from .readonly import QueryError
+
+    def run(hashes: bool) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with _session(args, hashes=hashes) as session:
+            return session.run(query)
+
+    try:
+        names, data = run(hashes=False)
+    except QueryError as exc:
+        # The query reads prev_hash/hash: load the ledgers again with them and rerun it (the
+        # first load's tables are gone by now: one load's memory at a time).
+        if HASHES_NOT_LOADED not in str(exc):
+            raise
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+        log.info("the query reads the chain hashes: loading them")
+        names, data = run(hashes=True)
     if args.json:
         print_json([dict(zip(names, r, strict=True)) for r in data])
     elif args.csv:

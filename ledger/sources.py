@@ -376,6 +376,13 @@ class _ReadOnlyStore(EventStore):
                 f"({SCHEMA_VERSION}); upgrade kvledger")
         self.schema_version = version
 
+    def reader_engine(self) -> sa.Engine:
+        """Another read-only connection (a second reader thread of ``arrow_table``)."""
+        if self._snapshot is not None:
+            return sa.create_engine("sqlite://", creator=self._snapshot.connect,
+                                    poolclass=sa.pool.StaticPool)
+        return _read_only_pg_engine(self.url)
+
     def close(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
@@ -418,8 +425,14 @@ class SqlSource(LedgerSource):
         for row in self.store.rows(stream=stream, request_id=request_id, kinds=kinds):
             yield _event(row, self.target)
 
-    def arrow_table(self) -> pa.Table:
-        table = self.store.arrow_table(_arrow_schema())
+    def arrow_table(self, hashes: bool = True, parts: int = 1) -> pa.Table:
+        """Every event in position order; without the chain hash columns when ``hashes`` is
+        false (what forensics' queries read: a third of the bytes and of the time to load a
+        run folder); ``parts``: position ranges read at once (``EventStore.arrow_table``)."""
+        schema = _arrow_schema()
+        if not hashes:
+            schema = pa.schema([f for f in schema if f.name not in ("prev_hash", "hash")])
+        table = self.store.arrow_table(schema, parts=parts)
         check_kinds(pc.unique(table["kind"]).to_pylist(), self.target)
         return table
 

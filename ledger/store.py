@@ -440,14 +440,60 @@ class EventStore:
         batch = decode_payload(row[2], row[1], f"{self.shown} position {row[0]}")
         return int(batch.column(0)[-1].as_py()), int(row[3]), int(row[4]), int(have)
 
-    def arrow_table(self, schema: Any) -> Any:
+    def arrow_table(self, schema: Any, parts: int = 1) -> Any:
         """Every event in position order as a pyarrow Table with ``schema``'s columns (names
         from ``EVENT_COLUMNS``, types as ``event_schema`` gives them): ``page_tables``
-        concatenated, one chunk per page."""
-        tables = list(self.page_tables(schema))
+        concatenated, one chunk per page.
+
+        ``parts`` > 1 reads that many position ranges at once, each on a thread and a
+        connection of its own (``reader_engine``; where a store has no second reader, one
+        range): reading is mostly SQLite's page reads, copies and Arrow's decoding, which run
+        without the GIL, so the largest ledger of a run folder no longer sets the load time
+        alone (ctx, 5.0M of a run's 8.0M events: 3.6 s on one thread)."""
+        ranges = self._position_ranges(parts) if parts > 1 else []
+        if len(ranges) < 2:
+            tables = list(self.page_tables(schema))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            ph = "?" if self.dialect == "sqlite" else "%s"
+
+            def read(k: int) -> list[Any]:
+                lo, hi = ranges[k]
+                engine = self.engine if k == 0 else self.reader_engine()
+                try:
+                    return list(self.page_tables(schema, f"position >= {ph} AND position <= {ph}",
+                                                 (lo, hi), engine=engine))
+                finally:
+                    if engine is not self.engine:
+                        engine.dispose()
+
+            with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+                tables = [t for got in pool.map(read, range(len(ranges))) for t in got]
         if not tables:
             return schema.empty_table()
         return _pa().concat_tables(tables)
+
+    def reader_engine(self) -> Engine:
+        """A second engine over the same database for a reader on another thread (the caller
+        disposes of it)."""
+        return make_engine(self.url)
+
+    def _position_ranges(self, parts: int) -> list[tuple[int, int]]:
+        """Up to ``parts`` position ranges of about equally many stored rows, in order."""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT count(*), min(position), max(position) "
+                                        "FROM event_groups").fetchone()
+        count, lo, hi = rows if rows else (0, None, None)
+        if not count or count < 2 * _PAGE_ROWS or lo is None:
+            return []
+        step = (int(hi) - int(lo) + parts) // parts
+        out, start = [], int(lo)
+        for k in range(parts):
+            end = int(hi) if k == parts - 1 else start + step - 1
+            out.append((start, end))
+            start = end + 1
+        return out
 
     def stream_tables(self, stream: str, schema: Any) -> Iterator[Any]:
         """One stream's events in stored seq order, a page of stored rows per Table (what
@@ -456,7 +502,7 @@ class EventStore:
         return self.page_tables(schema, f"stream = {ph}", (stream,), "seq0")
 
     def page_tables(self, schema: Any, where: str = "", params: tuple = (),
-                    order: str = "position") -> Iterator[Any]:
+                    order: str = "position", engine: Engine | None = None) -> Iterator[Any]:
         """The events of the rows matching ``where`` (a condition) in ``order`` (a unique
         column of them), as one Table (one chunk) per page of 1,024 stored rows, with
         ``schema``'s columns. Each page is its own query, keyed by ``order`` (never skips a
@@ -466,8 +512,10 @@ class EventStore:
         A page's payloads are read as one IPC stream, validated before anything reads them,
         and made one chunk: DuckDB scans an Arrow table chunk by chunk, and the ~150-event
         batches of 10 ms groups made forensics' queries 3x slower. The row columns (position,
-        stream, group) are built for the page at once with numpy."""
+        stream, group) are built for the page at once with numpy. ``engine``: another
+        connection's (``reader_engine``), for a reader on another thread."""
         pa = _pa()
+        engine = self.engine if engine is None else engine
         ps = payload_schema()
         schema_msg = ps.serialize().to_pybytes()
         ph = "?" if self.dialect == "sqlite" else "%s"
@@ -476,7 +524,7 @@ class EventStore:
                f"WHERE {cond}{order} > {ph} ORDER BY {order} LIMIT {_PAGE_ROWS}")
         cursor = -(1 << 62)
         while True:
-            with self.engine.connect() as conn:
+            with engine.connect() as conn:
                 page = conn.exec_driver_sql(sql, (*params, cursor)).fetchall()
             if not page:
                 return
