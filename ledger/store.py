@@ -89,7 +89,10 @@ _TOP_SQL = "SELECT position + n - 1 FROM event_groups ORDER BY position DESC LIM
 _LAST_SQL = ("SELECT seq0 + n - 1 FROM event_groups WHERE stream = {ph} "
              "ORDER BY seq0 DESC LIMIT 1")
 _INSERT_SQL = ("INSERT INTO event_groups (position, stream, seq0, n, grp, grp_n, payload) "
-               "VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph})")
+               "VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {bin})")
+# PostgreSQL: the payload goes as a binary parameter (psycopg's ``%b``), not as hex text the
+# server parses back: 2x fewer bytes on the wire and no escaping on either side.
+_PH = {"sqlite": {"ph": "?", "bin": "?"}, "postgresql": {"ph": "%s", "bin": "%b"}}
 
 
 # -- the payload: one Arrow record batch per row ----------------------------------------------
@@ -262,7 +265,23 @@ class EventStore:
                         sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar()
                     if existing is None:
                         conn.execute(meta_table.insert(), {"key": key, "value": value})
+        if create and self.dialect == "postgresql":
+            self._payload_uncompressed()
         self.schema_version = self._schema_version()
+
+    def _payload_uncompressed(self) -> None:
+        """Store payloads out of line *uncompressed* (``STORAGE EXTERNAL``). PostgreSQL's default
+        for a bytea over ~2 kB is to compress it with pglz first: on an Arrow batch that is
+        mostly hashes it saves little and cost the server more CPU than everything else in an
+        append (store-only appends: 99k -> 240k events/s on the 2-core VM). Applied to a ledger
+        made before this too, once (the ALTER is a catalog change, no rewrite)."""
+        with self.engine.begin() as conn:
+            storage = conn.exec_driver_sql(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'event_groups'::regclass "
+                "AND attname = 'payload'").scalar()
+            if storage != "e":
+                conn.exec_driver_sql(
+                    "ALTER TABLE event_groups ALTER COLUMN payload SET STORAGE EXTERNAL")
 
     def _schema_version(self) -> int:
         with self.engine.connect() as conn:
@@ -315,17 +334,17 @@ class EventStore:
                 # The driver's own cursor for the three statements: SQLAlchemy's per-statement
                 # work was a third of an append's CPU (one append a commit: the writer's path).
                 cur = conn.connection.driver_connection.cursor()
-                ph = "?" if self.dialect == "sqlite" else "%s"
+                ph = _PH[self.dialect]
                 cur.execute(_TOP_SQL)
                 row = cur.fetchone()
                 top = int(row[0]) if row is not None else 0
-                cur.execute(_LAST_SQL.format(ph=ph), (stream,))
+                cur.execute(_LAST_SQL.format(**ph), (stream,))
                 row = cur.fetchone()
                 if row is not None and int(row[0]) >= lo:
                     raise AppendConflictError(
                         f"append conflict on stream {stream!r} at seq {grp}..{grp + n - 1}: "
                         f"those seqs exist already (another writer on this stream?)")
-                cur.execute(_INSERT_SQL.format(ph=ph),
+                cur.execute(_INSERT_SQL.format(**ph),
                             (top + 1, stream, grp, n, grp, n, payload))
                 cur.close()
             return top + 1
