@@ -192,44 +192,105 @@ class _Writer:
             return frames
 
     def run(self, store: Any, seq: int, prev: str) -> None:
+        """Decode and encode groups here; commit them on the committer thread, one group
+        behind. SQLite and PostgreSQL release the GIL while they write and sync, so the next
+        group's marshal + check + canonical JSON + hash overlap this one's commit (on 2
+        cores the writer had been one thread doing both in turn)."""
+        committer = _Committer(self, store)
+        try:
+            while True:
+                frames = self.take()
+                if frames is None:
+                    return
+                items: list[tuple] = []
+                tokens: list[int] = []
+                for tag, payload in frames:
+                    if tag == b"B":
+                        items.extend(marshal.loads(payload))
+                    elif tag == b"P":
+                        items.extend(pickle.loads(payload))  # noqa: S301 - our own parent's
+                    elif tag == b"F":
+                        tokens.append(marshal.loads(payload))
+                    elif tag == b"S":
+                        committer.put(("rows_wanted", None))
+                if not self.failed:
+                    try:
+                        cap = self.cfg.get("group_max") or len(items) or 1
+                        for k in range(0, len(items), cap):
+                            rows, bad = self.encode_group(self.stream, seq, prev,
+                                                          items[k:k + cap], self.cfg.get("key"))
+                            if rows:
+                                committer.put(("rows", rows))
+                                seq, prev = rows.last_seq, rows.last_hash
+                            if bad is not None:
+                                raise bad
+                    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                        self.failed = True
+                        committer.put(("error", exc))
+                # Acknowledged once everything queued before them is durable (or has failed:
+                # the parent already has the error then, and a flush raises it).
+                committer.put(("acks", tokens))
+        finally:
+            committer.close()
+
+
+class _Committer:
+    """The writer's second thread: commits encoded groups in order, then reports progress and
+    acknowledges flushes. The only thread that writes to the parent after start-up, so frames
+    never interleave. After the first failure (a commit's or an encode's) it commits nothing
+    more: every later group was chained onto what failed."""
+
+    # Groups encoded ahead of the commit in flight: two bound the writer's memory to about
+    # three groups (GROUP_BYTES_MAX of frames each) and keep the next one ready.
+    DEPTH = 2
+
+    def __init__(self, writer: _Writer, store: Any) -> None:
+        import queue
+
+        self.w = writer
+        self.store = store
+        self.q: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self.reported = False
+        self.thread = threading.Thread(target=self._loop, name="ledger-writer-commit",
+                                       daemon=True)
+        self.thread.start()
+
+    def put(self, msg: tuple[str, Any]) -> None:
+        self.q.put(msg)
+
+    def close(self) -> None:
+        self.q.put(("stop", None))
+        self.thread.join()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.w.failed = True
+        if not self.reported:
+            self.reported = True
+            log.error("ledger %s: writer failed: %s", self.w.stream, exc)
+            self.w.send(b"E", (type(exc).__name__, str(exc)))
+
+    def _loop(self) -> None:
+        w = self.w
         while True:
-            frames = self.take()
-            if frames is None:
+            what, arg = self.q.get()
+            if what == "stop":
                 return
-            items: list[tuple] = []
-            tokens: list[int] = []
-            for tag, payload in frames:
-                if tag == b"B":
-                    items.extend(marshal.loads(payload))
-                elif tag == b"P":
-                    items.extend(pickle.loads(payload))  # noqa: S301 - our own parent's frames
-                elif tag == b"F":
-                    tokens.append(marshal.loads(payload))
-                elif tag == b"S":
-                    self.send_rows = True
-            if self.failed:
-                for t in tokens:
-                    self.send(b"A", t)  # the parent already has the error; a flush raises it
-                continue
-            try:
-                cap = self.cfg.get("group_max") or len(items) or 1
-                for k in range(0, len(items), cap):
-                    rows, bad = self.encode_group(self.stream, seq, prev, items[k:k + cap],
-                                                  self.cfg.get("key"))
-                    if rows:
-                        store.append(rows)
-                        seq, prev = rows.last_seq, rows.last_hash
-                        if self.send_rows:
-                            self.send(b"R", list(rows))
-                        self.send(b"H", (seq, prev, len(rows)))
-                    if bad is not None:
-                        raise bad
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                self.failed = True
-                log.error("ledger %s: writer failed: %s", self.stream, exc)
-                self.send(b"E", (type(exc).__name__, str(exc)))
-            for t in tokens:
-                self.send(b"A", t)
+            if what == "acks":
+                for t in arg:
+                    w.send(b"A", t)
+            elif what == "rows_wanted":
+                w.send_rows = True
+            elif what == "error":
+                self._fail(arg)
+            elif not self.reported:  # rows
+                try:
+                    self.store.append(arg)
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    self._fail(exc)
+                    continue
+                if w.send_rows:
+                    w.send(b"R", list(arg))
+                w.send(b"H", (arg.last_seq, arg.last_hash, len(arg)))
 
 
 def _quiet_gc() -> None:
