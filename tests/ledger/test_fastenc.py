@@ -268,6 +268,24 @@ def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noq
                                      lambda: overflow.append(len(q)))
     assert calls(c_emit) == errors_py == ["TypeError"] * 4
     assert list(q) == want and overflow == want_overflow
+    # What waits in the queue is out of the cyclic collector's sight (the item and its attrs
+    # dict), yet freed by reference counting once the shipper drops it; a list inside attrs
+    # stays tracked on its own.
+    import gc
+    import weakref
+
+    class Probe:
+        pass
+
+    probe = Probe()
+    gone = weakref.ref(probe)
+    c_emit("poll.context", None, returned=[probe], at_least=1)
+    item = q[-1]
+    assert not gc.is_tracked(item) and not gc.is_tracked(item[3])
+    assert gc.is_tracked(item[3]["returned"])
+    del item, probe
+    q.clear()
+    assert gone() is None
 
     led = Ledger(str(tmp_path / "e.sqlite"), "s")
     assert type(led.emit) is mapper._fastenc.Emitter
