@@ -21,9 +21,13 @@ Protocol (both directions: a 1-byte tag, a 4-byte little-endian length, a marsha
 
 Groups grow with the backlog: everything received while a commit was in flight is the next
 group (up to ``GROUP_BYTES_MAX`` of frames), so a store whose commits take 100 ms still keeps up
-with 100k+ events/s. Memory is bounded by ``INBOX_BYTES_MAX`` (32 MiB): past it the reader stops
-taking frames, the pipe fills, the parent's shipper keeps frames, and the parent's own bound
-(``backlog_bytes_max``, ``Ledger._backpressure``) decides, which records ``ledger.backpressure``.
+with 100k+ events/s. Three threads: the reader drains the pipe, the main thread decodes and
+encodes groups, the committer (``_Committer``) commits them in order and answers the parent;
+at most ``_Committer.DEPTH`` encoded groups wait for it (a few times ``GROUP_BYTES_MAX`` of
+memory on top of the inbox). The inbox is bounded by ``INBOX_BYTES_MAX`` (32 MiB): past it the
+reader stops taking frames, the pipe fills, the parent's shipper keeps frames, and the parent's
+own bound (``backlog_bytes_max``, ``Ledger._backpressure``) decides, which records
+``ledger.backpressure``.
 
 The runtime dying (SIGKILL) closes the pipe: the writer commits every frame it had received and
 exits without ``ledger.closed``. A second writer of the same stream (a reopen right after a kill)
