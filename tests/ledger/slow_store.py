@@ -25,3 +25,20 @@ class SlowStore(EventStore):
             time.sleep(0.005)
         time.sleep(self.delay_s)
         super().append(rows)
+
+
+class FailingStore(EventStore):
+    """A disk that fails once: the ``fail_at``-th append (1-based) raises, later ones would
+    succeed (so a writer that went on after the failure would leave a gap in the stream:
+    everything after a failed group chains onto it)."""
+
+    def __init__(self, url: str, synchronous: str = "FULL", fail_at: int = 3) -> None:
+        super().__init__(url, synchronous=synchronous)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def append(self, rows: Any) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(f"disk failed at append {self.calls}")
+        super().append(rows)

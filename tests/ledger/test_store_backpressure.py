@@ -151,6 +151,31 @@ def test_writer_process_failure_surfaces_on_flush_then_on_emit(tmp_path: Path) -
         led.close()
 
 
+def test_a_failed_commit_ends_the_stream_there_with_no_gap(tmp_path: Path) -> None:
+    """The writer process commits groups on a thread of its own while it encodes the next
+    ones: when the third commit fails, groups already encoded behind it are dropped (they chain
+    onto it), never stored after a gap, though the store would take them; the failure reaches
+    flush and close, once each, naming the disk's error."""
+    url = str(tmp_path / "w.sqlite")
+    led = Ledger(url, "ctx0", store_factory="tests.ledger.slow_store:FailingStore",
+                 store_kwargs={"fail_at": 3}, group_max=10)
+    for i in range(400):
+        led.emit("xfer.polled", "r1", handle=i, state="PROC", polls=i & 7)
+    with pytest.raises(WriterError, match="disk failed at append 3"):
+        led.flush()
+    with pytest.raises(WriterError, match="disk failed at append 3"):
+        led.close()
+    store = EventStore(url, create=False)
+    try:
+        seqs = [r["seq"] for r in store.rows()]
+    finally:
+        store.close()
+    # ledger.opened + 19 events in two groups of 10, then nothing: no gap, no later group.
+    assert seqs == list(range(1, 21))
+    with open_source(url) as src:
+        assert src.streams() == ["ctx0"]
+
+
 def test_a_killed_runtime_keeps_what_it_shipped_and_a_reopen_waits_for_it(
         tmp_path: Path) -> None:
     """The runtime dies without flushing: its writer commits every frame it received, and a
