@@ -216,3 +216,121 @@ def test_whole_table_read_names_the_bad_row(tmp_path: Path) -> None:
     with open_source(path) as src, pytest.raises(BadLedgerError) as info:
         src.arrow_table()
     assert f"at position {pos}" in str(info.value) and "holds" in str(info.value)
+
+
+# -- compressed payloads ----------------------------------------------------------------------
+def _payloads(path: Path) -> list[bytes]:
+    con = sqlite3.connect(path)
+    try:
+        return [r[0] for r in con.execute("SELECT payload FROM event_groups ORDER BY position")]
+    finally:
+        con.close()
+
+
+def _set_payload(path: Path, blob: bytes) -> None:
+    con = sqlite3.connect(path)
+    con.execute("UPDATE event_groups SET payload = ? WHERE position = (SELECT position FROM "
+                "event_groups ORDER BY position LIMIT 1 OFFSET 1)", (blob,))
+    con.commit()
+    con.close()
+
+
+def _store_rows(path: Path, rows: list[tuple], compress: bool,
+                monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvledger.ledger import store as store_mod
+
+    monkeypatch.setattr(store_mod, "COMPRESS_PAYLOADS", compress)
+    store = EventStore(str(path))
+    try:
+        for k in range(0, len(rows), 50):
+            store.append(rows[k:k + 50])
+    finally:
+        store.close()
+
+
+def _chain(n: int, big: str = "") -> list[tuple]:
+    from kvledger.ledger.mapper import GENESIS_HASH, encode_row
+
+    rows, prev = [], GENESIS_HASH
+    for i in range(n):
+        attrs = {"handle": i, "state": "PROC", "polls": i % 7}
+        if big:
+            attrs["error"] = big
+        row = encode_row("ctx0", i + 1, 1000 + i, "xfer.polled", f"r{i % 9}", attrs, prev)
+        prev = row[-1]
+        rows.append(row)
+    return rows
+
+
+def test_payloads_are_compressed_and_older_uncompressed_ones_still_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvledger.ledger.store import ZSTD_MAGIC
+
+    rows = _chain(200)
+    new, old = tmp_path / "new.sqlite", tmp_path / "old.sqlite"
+    _store_rows(new, rows, True, monkeypatch)
+    _store_rows(old, rows, False, monkeypatch)
+    assert all(p[:4] == ZSTD_MAGIC for p in _payloads(new))
+    assert not any(p[:4] == ZSTD_MAGIC for p in _payloads(old))
+    assert sum(map(len, _payloads(new))) * 2 < sum(map(len, _payloads(old)))
+    assert _events(new) == _events(old)
+    assert [tuple(e[k] for k in ("seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash",
+                                 "hash")) for e in _events(new)] == [r[1:] for r in rows]
+    for path in (new, old):
+        with open_source(path) as src:
+            assert verify_source(src).ok
+            assert src.arrow_table().column("hash").to_pylist() == [r[-1] for r in rows]
+
+
+def test_what_would_inflate_past_the_readers_bound_is_stored_uncompressed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvledger.ledger.store import ZSTD_MAGIC
+
+    path = tmp_path / "w.sqlite"
+    rows = _chain(100, big="x" * 20_000)  # compresses ~1000x: more than a reader accepts
+    _store_rows(path, rows, True, monkeypatch)
+    assert not any(p[:4] == ZSTD_MAGIC for p in _payloads(path))
+    assert [e["hash"] for e in _events(path)] == [r[-1] for r in rows]
+
+
+def _hostile_blobs(good: bytes) -> dict[str, bytes]:
+    import struct
+
+    import pyarrow as pa
+    from kvledger.ledger.store import ZSTD_MAGIC, inflate_payload
+
+    assert good[:4] == ZSTD_MAGIC  # what the writer stored: a compressed batch
+    msg = inflate_payload(good, "test").to_pybytes()
+    z = good[8:]
+    bomb = pa.compress(b"\0" * (8 << 20), codec="zstd", asbytes=True)
+    return {
+        "cut": ZSTD_MAGIC + b"\1\0",
+        "header only": ZSTD_MAGIC + struct.pack("<I", 10),
+        "claims too much": ZSTD_MAGIC + struct.pack("<I", 0xFFFFFFFF) + z,
+        "claims one byte more": ZSTD_MAGIC + struct.pack("<I", len(msg) + 1) + z,
+        "claims one byte less": ZSTD_MAGIC + struct.pack("<I", len(msg) - 1) + z,
+        "a bomb": ZSTD_MAGIC + struct.pack("<I", 8 << 20) + bomb,
+        "not zstd": ZSTD_MAGIC + struct.pack("<I", len(msg)) + msg,
+        "frame cut": good[:len(good) // 2],
+    }
+
+
+@pytest.mark.parametrize("case", ["cut", "header only", "claims too much", "claims one byte more",
+                                  "claims one byte less", "a bomb", "not zstd", "frame cut"])
+def test_hostile_compressed_payloads_are_one_clear_error(tmp_path: Path, case: str) -> None:
+    """A compressed payload that is cut, lies about its size, is not zstd, or would inflate past
+    the bound: one BadLedgerError naming the event group, from every reader, and from the CLI
+    exit 2 with one line; never a crash, never the bomb's bytes in memory."""
+    path = _ledger(tmp_path / "w.sqlite")
+    blob = _hostile_blobs(_payloads(path)[1])[case]
+    _set_payload(path, blob)
+    with pytest.raises(BadLedgerError, match="unreadable event group") as exc:
+        _events(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(BadLedgerError, match="unreadable event group"), open_source(path) as src:
+        src.arrow_table()
+    proc = subprocess.run([sys.executable, "-m", "kvledger", "verify", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "unreadable event group" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
