@@ -233,20 +233,49 @@ typedef struct {
     PyObject *name; /* the attribute name (a str; strong reference) */
     char *key;      /* '"name":' as the encoder writes it */
     Py_ssize_t keylen;
+    const char *raw; /* the name's UTF-8 (owned by ``name``) */
+    Py_ssize_t rawlen;
     int type, optional;
 } attr_spec;
 
 typedef struct {
     int scoped, supported, nattrs;
     attr_spec *attrs; /* sorted by name: the canonical key order */
+    PyObject *name;   /* the kind (a str; strong reference) */
+    const char *raw;  /* its UTF-8 (owned by ``name``) */
+    Py_ssize_t rawlen;
 } kind_spec;
 
 static PyObject *kind_index = NULL; /* kind str -> int index into kinds */
 static kind_spec *kinds = NULL;
 static Py_ssize_t nkinds = 0;
 
+/* Kinds by their UTF-8 bytes (the marshal reader has bytes, not str objects): open addressing,
+ * a power-of-two table of kind indexes + 1 (0: empty). */
+static Py_ssize_t *kind_slots = NULL;
+static size_t kind_mask = 0;
+
+static inline size_t fnv1a(const char *s, Py_ssize_t n) {
+    size_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static const kind_spec *kind_by_bytes(const char *s, Py_ssize_t n) {
+    for (size_t h = fnv1a(s, n) & kind_mask;; h = (h + 1) & kind_mask) {
+        Py_ssize_t k = kind_slots[h];
+        if (!k) return NULL;
+        const kind_spec *ks = &kinds[k - 1];
+        if (ks->rawlen == n && memcmp(ks->raw, s, (size_t)n) == 0) return ks;
+    }
+}
+
 static void free_kinds(void) {
+    PyMem_Free(kind_slots);
+    kind_slots = NULL;
+    kind_mask = 0;
     for (Py_ssize_t i = 0; i < nkinds; i++) {
+        Py_XDECREF(kinds[i].name);
         for (int j = 0; j < kinds[i].nattrs; j++) {
             Py_XDECREF(kinds[i].attrs[j].name);
             PyMem_Free(kinds[i].attrs[j].key);
@@ -287,6 +316,10 @@ static PyObject *set_kinds(PyObject *self, PyObject *table) {
             goto bad;
         kind_spec *k = &kinds[i];
         nkinds = i + 1;
+        Py_INCREF(kind);
+        k->name = kind;
+        k->raw = PyUnicode_AsUTF8AndSize(kind, &k->rawlen);
+        if (!k->raw) goto fail;
         k->scoped = scoped;
         k->supported = 1;
         k->nattrs = (int)PyTuple_GET_SIZE(attrs);
@@ -303,6 +336,8 @@ static PyObject *set_kinds(PyObject *self, PyObject *table) {
             a->name = name;
             a->type = type_code(typ);
             a->optional = optional;
+            a->raw = PyUnicode_AsUTF8AndSize(name, &a->rawlen);
+            if (!a->raw) goto fail;
             if (a->type == T_OTHER) k->supported = 0;
             Py_ssize_t len;
             const char *s = PyUnicode_AsUTF8AndSize(name, &len);
@@ -322,6 +357,16 @@ static PyObject *set_kinds(PyObject *self, PyObject *table) {
         }
         Py_DECREF(idx);
         i++;
+    }
+    size_t size = 16;
+    while (size < 4 * (size_t)nkinds) size *= 2;
+    kind_slots = PyMem_Calloc(size, sizeof(Py_ssize_t));
+    if (!kind_slots) goto fail;
+    kind_mask = size - 1;
+    for (Py_ssize_t j = 0; j < nkinds; j++) {
+        size_t h = fnv1a(kinds[j].raw, kinds[j].rawlen) & kind_mask;
+        while (kind_slots[h]) h = (h + 1) & kind_mask;
+        kind_slots[h] = j + 1;
     }
     Py_RETURN_NONE;
 bad:
@@ -419,6 +464,42 @@ static void columns_free(columns *c) {
 
 static PyObject *as_bytes(const buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", b->n); }
 
+/* The rest of one event once its attrs are in ``c->attrs`` from ``mark`` on: the chain hash and
+ * every other column. STOP (with the attrs taken back) past 32-bit offsets. */
+static int put_row(columns *c, long long seq, const b2_start *st, const char *prev,
+                   const char *mid, Py_ssize_t midlen, char *hash_out, Py_ssize_t row,
+                   int *any_null, long long ts_ns, const char *kind_s, Py_ssize_t kind_len,
+                   const char *rid_s, Py_ssize_t rid_len, int scoped, Py_ssize_t mark) {
+    if (c->attrs.n > INT32_MAX || c->kind.n + kind_len > INT32_MAX ||
+        c->rid.n + rid_len > INT32_MAX) {
+        c->attrs.n = mark;
+        return STOP; /* beyond 32-bit offsets: the Python path and pyarrow's own checks */
+    }
+    /* The chain input: prev \x1f stream \x1f seq \x1f ts \x1f kind \x1f rid \x1f attrs */
+    buf *m = &c->msg;
+    m->n = 0;
+    if (buf_put(m, prev, 32) < 0 || buf_put(m, mid, midlen) < 0 || buf_put_i64(m, seq) < 0 ||
+        buf_putc(m, '\x1f') < 0 || buf_put_i64(m, ts_ns) < 0 || buf_putc(m, '\x1f') < 0 ||
+        buf_put(m, kind_s, kind_len) < 0 || buf_putc(m, '\x1f') < 0 ||
+        buf_put(m, rid_s, rid_len) < 0 || buf_putc(m, '\x1f') < 0 ||
+        buf_put(m, c->attrs.p + mark, c->attrs.n - mark) < 0)
+        return -1;
+    b2_hex16(st, (const uint8_t *)m->p, (size_t)m->n, hash_out);
+    int64_t ts64 = ts_ns;
+    if (buf_put(&c->ts, &ts64, 8) < 0 || buf_put(&c->kind, kind_s, kind_len) < 0 ||
+        buf_put_i32(&c->kind_off, (int32_t)c->kind.n) < 0 ||
+        buf_put(&c->rid, rid_s, rid_len) < 0 || buf_put_i32(&c->rid_off, (int32_t)c->rid.n) < 0 ||
+        buf_put_i32(&c->attrs_off, (int32_t)c->attrs.n) < 0 || buf_put(&c->hash, hash_out, 32) < 0)
+        return -1;
+    if (row % 8 == 0 && buf_putc(&c->rid_valid, 0) < 0) return -1;
+    if (scoped)
+        c->rid_valid.p[row / 8] |= (char)(1 << (row % 8));
+    else
+        *any_null = 1;
+    return 0;
+}
+
+
 /* Encode one event into the columns; STOP leaves them as they were. */
 static int encode_one(columns *c, PyObject *item, long long seq, const b2_start *st,
                       const char *prev, const char *mid, Py_ssize_t midlen, char *hash_out,
@@ -460,33 +541,67 @@ static int encode_one(columns *c, PyObject *item, long long seq, const b2_start 
         c->attrs.n = mark;
         return rc;
     }
-    if (c->attrs.n > INT32_MAX || c->kind.n + kind_len > INT32_MAX ||
-        c->rid.n + rid_len > INT32_MAX) {
-        c->attrs.n = mark;
-        return STOP; /* beyond 32-bit offsets: the Python path and pyarrow's own checks */
+    return put_row(c, seq, st, prev, mid, midlen, hash_out, row, any_null, ts_ns, kind_s,
+                   kind_len, rid_s, rid_len, k->scoped, mark);
+}
+
+/* -- a group's state, shared by ``encode`` and ``encode_marshal`` ------------------------------- */
+typedef struct {
+    b2_start st;
+    columns c;
+    char prev[32], hash[32];
+    buf mid; /* \x1f stream \x1f */
+    int any_null;
+    long long seq; /* the last encoded event's seq */
+} group;
+
+static int group_begin(group *g, PyObject *stream, long long seq, PyObject *prev_obj,
+                       PyObject *key) {
+    memset(g, 0, sizeof *g);
+    if (!kind_index) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
+        return -1;
     }
-    /* The chain input: prev \x1f stream \x1f seq \x1f ts \x1f kind \x1f rid \x1f attrs */
-    buf *m = &c->msg;
-    m->n = 0;
-    if (buf_put(m, prev, 32) < 0 || buf_put(m, mid, midlen) < 0 || buf_put_i64(m, seq) < 0 ||
-        buf_putc(m, '\x1f') < 0 || buf_put_i64(m, ts_ns) < 0 || buf_putc(m, '\x1f') < 0 ||
-        buf_put(m, kind_s, kind_len) < 0 || buf_putc(m, '\x1f') < 0 ||
-        buf_put(m, rid_s, rid_len) < 0 || buf_putc(m, '\x1f') < 0 ||
-        buf_put(m, c->attrs.p + mark, c->attrs.n - mark) < 0)
+    if (PyBytes_GET_SIZE(key) > 64) {
+        PyErr_SetString(PyExc_ValueError, "a BLAKE2b key is at most 64 bytes");
         return -1;
-    b2_hex16(st, (const uint8_t *)m->p, (size_t)m->n, hash_out);
-    int64_t ts64 = ts_ns;
-    if (buf_put(&c->ts, &ts64, 8) < 0 || buf_put(&c->kind, kind_s, kind_len) < 0 ||
-        buf_put_i32(&c->kind_off, (int32_t)c->kind.n) < 0 ||
-        buf_put(&c->rid, rid_s, rid_len) < 0 || buf_put_i32(&c->rid_off, (int32_t)c->rid.n) < 0 ||
-        buf_put_i32(&c->attrs_off, (int32_t)c->attrs.n) < 0 || buf_put(&c->hash, hash_out, 32) < 0)
+    }
+    Py_ssize_t prev_len, stream_len;
+    const char *prev0 = PyUnicode_AsUTF8AndSize(prev_obj, &prev_len);
+    const char *stream_s = prev0 ? PyUnicode_AsUTF8AndSize(stream, &stream_len) : NULL;
+    if (!stream_s) return -1;
+    if (prev_len != 32) {
+        PyErr_SetString(PyExc_ValueError, "prev_hash is not a 32-character hash");
         return -1;
-    if (row % 8 == 0 && buf_putc(&c->rid_valid, 0) < 0) return -1;
-    if (k->scoped)
-        c->rid_valid.p[row / 8] |= (char)(1 << (row % 8));
-    else
-        *any_null = 1;
+    }
+    b2_init(&g->st, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), 16);
+    memcpy(g->prev, prev0, 32);
+    g->seq = seq;
+    if (buf_putc(&g->mid, '\x1f') < 0 || buf_put(&g->mid, stream_s, stream_len) < 0 ||
+        buf_putc(&g->mid, '\x1f') < 0 || buf_put_i32(&g->c.kind_off, 0) < 0 ||
+        buf_put_i32(&g->c.rid_off, 0) < 0 || buf_put_i32(&g->c.attrs_off, 0) < 0)
+        return -1;
     return 0;
+}
+
+static void group_free(group *g) {
+    PyMem_Free(g->mid.p);
+    columns_free(&g->c);
+}
+
+/* The encoded event became the chain's head. */
+static inline void group_advance(group *g) {
+    g->seq += 1;
+    memcpy(g->prev, g->hash, 32);
+}
+
+static PyObject *group_result(group *g, Py_ssize_t stop) {
+    columns *c = &g->c;
+    PyObject *valid = g->any_null ? as_bytes(&c->rid_valid) : (Py_INCREF(Py_None), Py_None);
+    return Py_BuildValue("nLs#NNNNNNNNN", stop, g->seq, g->prev, (Py_ssize_t)32,
+                         as_bytes(&c->ts), as_bytes(&c->kind_off), as_bytes(&c->kind), valid,
+                         as_bytes(&c->rid_off), as_bytes(&c->rid), as_bytes(&c->attrs_off),
+                         as_bytes(&c->attrs), as_bytes(&c->hash));
 }
 
 /* encode(stream, seq, prev_hash, items, start, key) -> (stop, seq, prev_hash, ts, kind_off, kind,
@@ -502,59 +617,378 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!LO!OnO!", &PyUnicode_Type, &stream, &seq, &PyUnicode_Type,
                           &prev_obj, &items_in, &start, &PyBytes_Type, &key))
         return NULL;
-    if (!kind_index) {
-        PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
-        return NULL;
-    }
-    if (PyBytes_GET_SIZE(key) > 64) {
-        PyErr_SetString(PyExc_ValueError, "a BLAKE2b key is at most 64 bytes");
-        return NULL;
-    }
-    Py_ssize_t prev_len, stream_len;
-    const char *prev0 = PyUnicode_AsUTF8AndSize(prev_obj, &prev_len);
-    const char *stream_s = prev0 ? PyUnicode_AsUTF8AndSize(stream, &stream_len) : NULL;
-    if (!stream_s) return NULL;
-    if (prev_len != 32) {
-        PyErr_SetString(PyExc_ValueError, "prev_hash is not a 32-character hash");
-        return NULL;
-    }
-    PyObject *items = PySequence_Fast(items_in, "items must be a sequence");
-    if (!items) return NULL;
-
-    b2_start st;
-    b2_init(&st, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), 16);
-    columns c = {0};
-    PyObject *result = NULL;
-    char prev[32], hash[32];
-    memcpy(prev, prev0, 32);
-    buf mid = {0};
-    if (buf_putc(&mid, '\x1f') < 0 || buf_put(&mid, stream_s, stream_len) < 0 ||
-        buf_putc(&mid, '\x1f') < 0)
-        goto done;
-    if (buf_put_i32(&c.kind_off, 0) < 0 || buf_put_i32(&c.rid_off, 0) < 0 ||
-        buf_put_i32(&c.attrs_off, 0) < 0)
-        goto done;
-    int any_null = 0;
+    group g;
+    PyObject *result = NULL, *items = NULL;
+    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
+    items = PySequence_Fast(items_in, "items must be a sequence");
+    if (!items) goto done;
     Py_ssize_t i = start < 0 ? 0 : start, row = 0;
     for (; i < PySequence_Fast_GET_SIZE(items); i++, row++) {
         PyObject *item = PySequence_Fast_GET_ITEM(items, i);
         Py_INCREF(item);
-        int rc = encode_one(&c, item, seq + 1, &st, prev, mid.p, mid.n, hash, row, &any_null);
+        int rc = encode_one(&g.c, item, g.seq + 1, &g.st, g.prev, g.mid.p, g.mid.n, g.hash, row,
+                            &g.any_null);
         Py_DECREF(item);
         if (rc < 0) goto done;
         if (rc == STOP) break;
-        seq += 1;
-        memcpy(prev, hash, 32);
+        group_advance(&g);
     }
-    PyObject *valid = any_null ? as_bytes(&c.rid_valid) : (Py_INCREF(Py_None), Py_None);
-    result = Py_BuildValue("nLs#NNNNNNNNN", i, seq, prev, (Py_ssize_t)32, as_bytes(&c.ts),
-                           as_bytes(&c.kind_off), as_bytes(&c.kind), valid, as_bytes(&c.rid_off),
-                           as_bytes(&c.rid), as_bytes(&c.attrs_off), as_bytes(&c.attrs),
-                           as_bytes(&c.hash));
+    result = group_result(&g, i);
 done:
-    PyMem_Free(mid.p);
-    columns_free(&c);
-    Py_DECREF(items);
+    group_free(&g);
+    Py_XDECREF(items);
+    return result;
+}
+
+/* -- straight from the writer's frames: a reader of marshal's format ------------------------------
+ * The parent ships ``marshal.dumps(list of (ts_ns, kind, request_id, attrs))``; loading that
+ * into Python objects cost the writer as much as encoding them did. ``encode_marshal`` reads the
+ * bytes in place (marshal version 4: the types ``marshal.dumps`` writes for ints, strs, None,
+ * bools, tuples, lists, dicts, and its back-references) and encodes plain events exactly as
+ * ``encode`` does; at the first event that is not plain, or anything it does not read, it stops
+ * and the caller hands the rest of the frame to ``marshal.loads`` and the object path. */
+enum { M_NULL, M_NONE, M_TRUE, M_FALSE, M_INT, M_STR, M_TUPLE, M_LIST, M_DICT, M_OTHER };
+#define M_FLAG_REF 0x80
+#define M_DEPTH_MAX 8
+
+typedef struct {
+    const uint8_t *start, *end;
+    const uint8_t **refs; /* where each back-referable object starts, in marshal's order */
+    Py_ssize_t nrefs, cap;
+} mframe;
+
+typedef struct {
+    int t;
+    int big;          /* M_INT: beyond int64 */
+    long long i;      /* M_INT */
+    const char *s;    /* M_STR: UTF-8 bytes */
+    Py_ssize_t len;   /* M_STR: bytes; M_TUPLE/M_LIST: items */
+    int surrogate;    /* M_STR: holds a lone surrogate (marshal writes them "surrogatepass") */
+    const uint8_t *body; /* M_TUPLE/M_LIST/M_DICT: the first item */
+} mval;
+
+static inline int m_u32(const uint8_t **p, const uint8_t *end, uint32_t *out) {
+    if (end - *p < 4) return -1;
+    *out = (uint32_t)(*p)[0] | ((uint32_t)(*p)[1] << 8) | ((uint32_t)(*p)[2] << 16) |
+           ((uint32_t)(*p)[3] << 24);
+    *p += 4;
+    return 0;
+}
+
+static int m_has_surrogate(const char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        if ((unsigned char)s[i] == 0xED && ((unsigned char)s[i + 1] & 0xE0) == 0xA0) return 1;
+    return 0;
+}
+
+/* Read one object at *p (advancing past it), registering back-references when ``reg``. -1: not
+ * something this reader takes (the caller stops there); memory errors set an exception. */
+static int m_read(mframe *f, const uint8_t **p, mval *v, int reg, int depth) {
+    const uint8_t *end = f->end, *at = *p;
+    if (depth > M_DEPTH_MAX || at >= end) return -1;
+    int code = *at & ~M_FLAG_REF, flag = *at & M_FLAG_REF;
+    *p = at + 1;
+    if (code == 'r') {
+        uint32_t idx;
+        if (m_u32(p, end, &idx) < 0 || idx >= (uint32_t)f->nrefs) return -1;
+        const uint8_t *q = f->refs[idx];
+        return m_read(f, &q, v, 0, depth + 1); /* read again where it was, registering nothing */
+    }
+    if (flag && reg) {
+        if (f->nrefs == f->cap) {
+            Py_ssize_t cap = f->cap ? 2 * f->cap : 64;
+            const uint8_t **r = PyMem_Realloc(f->refs, (size_t)cap * sizeof *r);
+            if (!r) {
+                PyErr_NoMemory();
+                return -2;
+            }
+            f->refs = r;
+            f->cap = cap;
+        }
+        f->refs[f->nrefs++] = at;
+    }
+    memset(v, 0, sizeof *v);
+    uint32_t n;
+    switch (code) {
+        case '0': v->t = M_NULL; return 0;
+        case 'N': v->t = M_NONE; return 0;
+        case 'T': v->t = M_TRUE; return 0;
+        case 'F': v->t = M_FALSE; return 0;
+        case 'i':
+            if (m_u32(p, end, &n) < 0) return -1;
+            v->t = M_INT;
+            v->i = (int32_t)n;
+            return 0;
+        case 'l': {
+            if (m_u32(p, end, &n) < 0) return -1;
+            int32_t nd = (int32_t)n;
+            uint32_t digits = nd < 0 ? 0U - (uint32_t)nd : (uint32_t)nd;
+            if ((uint32_t)(end - *p) / 2 < digits) return -1;
+            unsigned __int128 x = 0;
+            for (uint32_t k = 0; k < digits; k++) {
+                unsigned d = (unsigned)(*p)[2 * k] | ((unsigned)(*p)[2 * k + 1] << 8);
+                if (d >= (1U << 15)) return -1;
+                if (k < 8) x |= (unsigned __int128)d << (15 * k);
+                else if (d) v->big = 1;
+            }
+            *p += 2 * (size_t)digits;
+            v->t = M_INT;
+            if (digits > 8 || x > ((unsigned __int128)1 << 63) ||
+                (nd > 0 && x == ((unsigned __int128)1 << 63)))
+                v->big = 1;
+            else
+                v->i = nd < 0 ? (long long)(0ULL - (unsigned long long)x) : (long long)x;
+            return 0;
+        }
+        case 'z':
+        case 'Z':
+            if (*p >= end) return -1;
+            n = **p;
+            *p += 1;
+            goto str;
+        case 'a':
+        case 'A':
+        case 'u':
+        case 't':
+            if (m_u32(p, end, &n) < 0) return -1;
+        str:
+            if ((uint32_t)(end - *p) < n) return -1;
+            v->t = M_STR;
+            v->s = (const char *)*p;
+            v->len = n;
+            v->surrogate = (code == 'u' || code == 't') && m_has_surrogate(v->s, v->len);
+            *p += n;
+            return 0;
+        case ')':
+            if (*p >= end) return -1;
+            n = **p;
+            *p += 1;
+            v->t = M_TUPLE;
+            goto seq;
+        case '(':
+        case '[':
+            if (m_u32(p, end, &n) < 0) return -1;
+            v->t = code == '(' ? M_TUPLE : M_LIST;
+        seq:
+            v->len = n;
+            v->body = *p;
+            for (uint32_t k = 0; k < n; k++) {
+                mval e;
+                int rc = m_read(f, p, &e, reg, depth + 1);
+                if (rc < 0) return rc;
+                if (e.t == M_NULL) return -1;
+            }
+            return 0;
+        case '{':
+            v->t = M_DICT;
+            v->body = *p;
+            for (;;) {
+                mval k, e;
+                int rc = m_read(f, p, &k, reg, depth + 1);
+                if (rc < 0) return rc;
+                if (k.t == M_NULL) return 0;
+                rc = m_read(f, p, &e, reg, depth + 1);
+                if (rc < 0) return rc;
+                if (e.t == M_NULL) return -1;
+            }
+    }
+    return -1; /* floats, bytes, sets, code...: not a plain event's; the Python path reads it */
+}
+
+/* Read again an object already read once (its back-references registered). */
+static inline int m_reread(mframe *f, const uint8_t *at, mval *v) {
+    const uint8_t *q = at;
+    return m_read(f, &q, v, 0, 0);
+}
+
+static int m_put_value(mframe *f, buf *b, const mval *v, int type) {
+    switch (type) {
+        case T_INT:
+            if (v->t != M_INT || v->big) return STOP;
+            return buf_put_i64(b, v->i);
+        case T_STR:
+            if (v->t != M_STR || v->surrogate) return STOP;
+            return buf_put_json_str(b, v->s, v->len);
+        case T_BOOL:
+            if (v->t == M_TRUE) return buf_put(b, "true", 4);
+            if (v->t == M_FALSE) return buf_put(b, "false", 5);
+            return STOP;
+        case T_INTS:
+        case T_STRS: {
+            if (v->t != M_LIST && v->t != M_TUPLE) return STOP;
+            if (buf_putc(b, '[') < 0) return -1;
+            const uint8_t *q = v->body;
+            for (Py_ssize_t k = 0; k < v->len; k++) {
+                mval e;
+                int rc = m_read(f, &q, &e, 0, 1);
+                if (rc == -2) return -1;
+                if (rc < 0) return STOP;
+                if (k && buf_putc(b, ',') < 0) return -1;
+                rc = m_put_value(f, b, &e, type == T_INTS ? T_INT : T_STR);
+                if (rc) return rc;
+            }
+            return buf_putc(b, ']');
+        }
+    }
+    return STOP;
+}
+
+#define M_ATTRS_MAX 32
+
+/* The dict at *q (its '{' read): keys and where each value starts, read once with their
+ * back-references registered; then the values in the kind's key order. */
+static int m_put_attrs(mframe *f, buf *b, const kind_spec *k, const uint8_t **q) {
+    mval keys[M_ATTRS_MAX];
+    const uint8_t *vals[M_ATTRS_MAX];
+    int n = 0;
+    for (;;) {
+        mval key, skip;
+        int rc = m_read(f, q, &key, 1, 2);
+        if (rc == -2) return -1;
+        if (rc < 0) return STOP;
+        if (key.t == M_NULL) break;
+        if (key.t != M_STR || n == M_ATTRS_MAX) return STOP;
+        keys[n] = key;
+        vals[n++] = *q;
+        rc = m_read(f, q, &skip, 1, 2);
+        if (rc == -2) return -1;
+        if (rc < 0 || skip.t == M_NULL) return STOP;
+    }
+    int found = 0, first = 1;
+    if (buf_putc(b, '{') < 0) return -1;
+    for (int j = 0; j < k->nattrs; j++) {
+        const attr_spec *a = &k->attrs[j];
+        int at = -1;
+        for (int i = 0; i < n; i++)
+            if (keys[i].len == a->rawlen && memcmp(keys[i].s, a->raw, (size_t)a->rawlen) == 0) {
+                at = i;
+                break;
+            }
+        if (at < 0) {
+            if (!a->optional) return STOP;
+            continue;
+        }
+        found++;
+        mval v;
+        int rc = m_reread(f, vals[at], &v);
+        if (rc == -2) return -1;
+        if (rc < 0) return STOP;
+        if (v.t == M_NONE) {
+            if (!a->optional) return STOP;
+            continue;
+        }
+        if (!first && buf_putc(b, ',') < 0) return -1;
+        first = 0;
+        if (buf_put(b, a->key, a->keylen) < 0) return -1;
+        rc = m_put_value(f, b, &v, a->type);
+        if (rc) return rc;
+    }
+    /* A key the kind does not have, or one given twice (a dict never is; a forged frame). */
+    if (found != n) return STOP;
+    return buf_putc(b, '}');
+}
+
+/* One item at *q, read once (registering its back-references) and encoded; *q ends past it.
+ * A STOP leaves *q anywhere: the caller hands the rest of the frame to Python. */
+static int m_encode_one(mframe *f, group *g, const uint8_t **q, Py_ssize_t row) {
+    mval ts, kind, rid;
+    const uint8_t *at = *q;
+    if (at >= f->end) return STOP;
+    int code = *at & ~M_FLAG_REF;
+    /* A tuple, read once here. One marshal flagged (the same tuple emitted twice) or a
+     * back-reference to one: rare, and Python's. */
+    if ((code != ')' && code != '(') || (*at & M_FLAG_REF)) return STOP;
+    uint32_t n;
+    *q = at + 1;
+    if (code == ')') {
+        if (*q >= f->end) return STOP;
+        n = **q;
+        *q += 1;
+    } else if (m_u32(q, f->end, &n) < 0) {
+        return STOP;
+    }
+    if (n != 4) return STOP;
+    int rc;
+    if ((rc = m_read(f, q, &ts, 1, 1)) < 0 || (rc = m_read(f, q, &kind, 1, 1)) < 0 ||
+        (rc = m_read(f, q, &rid, 1, 1)) < 0)
+        return rc == -2 ? -1 : STOP;
+    if (ts.t != M_INT || ts.big || kind.t != M_STR || kind.surrogate) return STOP;
+    if (*q >= f->end || (**q & ~M_FLAG_REF) != '{') return STOP; /* attrs: a dict */
+    if (**q & M_FLAG_REF) return STOP; /* a dict emitted twice: Python's */
+    *q += 1;
+    const kind_spec *k = kind_by_bytes(kind.s, kind.len);
+    if (!k || !k->supported) return STOP;
+    const char *rid_s = "";
+    Py_ssize_t rid_len = 0;
+    if (k->scoped) {
+        if (rid.t != M_STR || rid.surrogate) return STOP;
+        rid_s = rid.s;
+        rid_len = rid.len;
+    } else if (rid.t != M_NONE) {
+        return STOP;
+    }
+    columns *c = &g->c;
+    Py_ssize_t mark = c->attrs.n;
+    rc = m_put_attrs(f, &c->attrs, k, q);
+    if (rc) {
+        c->attrs.n = mark;
+        return rc;
+    }
+    return put_row(c, g->seq + 1, &g->st, g->prev, g->mid.p, g->mid.n, g->hash, row,
+                   &g->any_null, ts.i, kind.s, kind.len, rid_s, rid_len, k->scoped, mark);
+}
+
+/* encode_marshal(stream, seq, prev_hash, frame, key) -> (stop, count, <encode's result less
+ *   its stop>): ``frame`` is ``marshal.dumps(items)``; items 0 .. stop - 1 were encoded, the
+ *   frame holds ``count`` (-1 where its list header is not one this reads: nothing encoded). */
+static PyObject *encode_marshal(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream, *prev_obj, *key;
+    Py_buffer frame;
+    long long seq;
+    if (!PyArg_ParseTuple(args, "O!LO!y*O!", &PyUnicode_Type, &stream, &seq, &PyUnicode_Type,
+                          &prev_obj, &frame, &PyBytes_Type, &key))
+        return NULL;
+    group g;
+    mframe f = {frame.buf, (const uint8_t *)frame.buf + frame.len, NULL, 0, 0};
+    PyObject *result = NULL, *head = NULL;
+    Py_ssize_t count = -1, i = 0;
+    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
+    const uint8_t *q = f.start;
+    uint32_t n;
+    /* The list itself: '[' (or with FLAG_REF, which takes back-reference 0) and its length. */
+    if (q < f.end && (*q & ~M_FLAG_REF) == '[') {
+        int flag = *q & M_FLAG_REF;
+        q += 1;
+        if (m_u32(&q, f.end, &n) == 0) {
+            count = n;
+            if (flag) {
+                f.refs = PyMem_Malloc(64 * sizeof *f.refs);
+                if (!f.refs) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                f.cap = 64;
+                f.refs[f.nrefs++] = f.start;
+            }
+        }
+    }
+    for (; i < count; i++) {
+        int rc = m_encode_one(&f, &g, &q, i);
+        if (rc < 0) goto done;
+        if (rc == STOP) break;
+        group_advance(&g);
+    }
+    if (count < 0) count = -1;
+    head = group_result(&g, i);
+    if (head) {
+        result = Py_BuildValue("nnO", i, count, head);
+        Py_DECREF(head);
+    }
+done:
+    group_free(&g);
+    PyMem_Free(f.refs);
+    PyBuffer_Release(&frame);
     return result;
 }
 
@@ -771,6 +1205,7 @@ static PyTypeObject EmitterType = {
 static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
+    {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events from marshal.dumps(items) in place."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},
     {NULL, NULL, 0, NULL},

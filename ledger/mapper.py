@@ -279,6 +279,10 @@ class EncodedRows(Sequence):
         out._lists, out._arrays = None, arrays
         return out
 
+    def arrays(self) -> tuple[Any, ...]:
+        """(ts, kind, request_id, attrs, hash) as Arrow arrays."""
+        return self._arrays if self._arrays is not None else _py_arrays(self)
+
     def _column(self, i: int) -> list:
         if self._lists is None:
             self._lists = tuple(a.to_pylist() for a in self._arrays)  # type: ignore[union-attr]
@@ -445,14 +449,53 @@ def encode_group(
         if bad is not None:
             break
         start = stop + 1
+    return _joined(stream, seq0, prev0, chunks), bad
+
+
+def encode_frames(
+    stream: str, seq: int, prev_hash: str, frames: list[bytes], key: bytes | None = None,
+) -> tuple[EncodedRows, SchemaError | None]:
+    """``encode_group`` of the items of ``frames`` (each ``marshal.dumps`` of a list of items,
+    as the writer process receives them), in order, as one group.
+
+    The compiled encoder reads each frame in place (``_fastenc.encode_marshal``: no Python
+    object per event); from the first item it does not take, the rest of that frame is
+    ``marshal.loads``-ed and goes through ``encode_group``. The same rows and the same error as
+    ``encode_group`` of all the items loaded (tests/ledger/test_fastenc.py)."""
+    import marshal
+
+    if _fastenc is None or not _c_takes(stream, seq, prev_hash, key):
+        return encode_group(stream, seq, prev_hash,
+                            [it for f in frames for it in marshal.loads(f)], key)
+    seq0, prev0 = seq + 1, prev_hash
+    chunks: list[tuple[Any, ...]] = []
+    bad: SchemaError | None = None
+    for frame in frames:
+        stop, count, res = _fastenc.encode_marshal(stream, seq, prev_hash, frame, key or b"")
+        if stop:
+            chunks.append(_c_arrays(res))
+            seq, prev_hash = res[1], res[2]
+        if stop == count:
+            continue
+        rest, bad = encode_group(stream, seq, prev_hash, marshal.loads(frame)[stop:], key)
+        if len(rest):
+            chunks.append(rest.arrays())
+            seq, prev_hash = rest.last_seq, rest.last_hash
+        if bad is not None:
+            break
+    return _joined(stream, seq0, prev0, chunks), bad
+
+
+def _joined(stream: str, seq0: int, prev0: str, chunks: list[tuple[Any, ...]]) -> EncodedRows:
+    """One EncodedRows of consecutive chunks of (ts, kind, request_id, attrs, hash) arrays."""
     if not chunks:
-        return EncodedRows(stream, seq0, prev0, [], [], [], [], []), bad
+        return EncodedRows(stream, seq0, prev0, [], [], [], [], [])
     if len(chunks) == 1:
-        return EncodedRows.from_arrays(stream, seq0, prev0, chunks[0]), bad
+        return EncodedRows.from_arrays(stream, seq0, prev0, chunks[0])
     import pyarrow as pa
 
     arrays = tuple(pa.concat_arrays([c[i] for c in chunks]) for i in range(5))
-    return EncodedRows.from_arrays(stream, seq0, prev0, arrays), bad
+    return EncodedRows.from_arrays(stream, seq0, prev0, arrays)
 
 
 def encode_group_py(

@@ -123,12 +123,13 @@ def stream_lock(url: str, stream: str, wait_s: float = LOCK_WAIT_S_DEFAULT) -> s
 # -- the writer ---------------------------------------------------------------------------------
 class _Writer:
     def __init__(self, cfg: dict[str, Any], out_fd: int) -> None:
-        from .mapper import encode_group
+        from .mapper import encode_frames, encode_group
 
         self.cfg = cfg
         self.stream = cfg["stream"]
         self.out = out_fd
         self.encode_group = encode_group
+        self.encode_frames = encode_frames
         self.inbox: deque[tuple[bytes, bytes]] = deque()
         self.inbox_bytes = 0
         self.inbox_max = cfg.get("inbox_bytes_max") or INBOX_BYTES_MAX
@@ -206,23 +207,22 @@ class _Writer:
                 frames = self.take()
                 if frames is None:
                     return
-                items: list[tuple] = []
+                batches: list[bytes] = []  # the B frames' marshalled item lists
                 tokens: list[int] = []
+                pickled = False
                 for tag, payload in frames:
                     if tag == b"B":
-                        items.extend(marshal.loads(payload))
+                        batches.append(payload)
                     elif tag == b"P":
-                        items.extend(pickle.loads(payload))  # noqa: S301 - our own parent's
+                        batches.append(payload)
+                        pickled = True
                     elif tag == b"F":
                         tokens.append(marshal.loads(payload))
                     elif tag == b"S":
                         committer.put(("rows_wanted", None))
                 if not self.failed:
                     try:
-                        cap = self.cfg.get("group_max") or len(items) or 1
-                        for k in range(0, len(items), cap):
-                            rows, bad = self.encode_group(self.stream, seq, prev,
-                                                          items[k:k + cap], self.cfg.get("key"))
+                        for rows, bad in self._encode(frames, batches, pickled, seq, prev):
                             if rows:
                                 committer.put(("rows", rows))
                                 seq, prev = rows.last_seq, rows.last_hash
@@ -236,6 +236,32 @@ class _Writer:
                 committer.put(("acks", tokens))
         finally:
             committer.close()
+
+
+    def _encode(self, frames: list, batches: list[bytes], pickled: bool, seq: int,
+                prev: str) -> Any:
+        """The groups of one take: (rows, SchemaError | None) pairs. Where every batch is
+        marshalled and groups are not capped (always, outside tests), one group encoded from
+        the frames' bytes in place (``encode_frames``); else the items loaded, in groups of at
+        most ``group_max``."""
+        key = self.cfg.get("key")
+        cap = self.cfg.get("group_max")
+        if not pickled and not cap:
+            yield self.encode_frames(self.stream, seq, prev, batches, key)
+            return
+        items: list[tuple] = []
+        for tag, payload in frames:
+            if tag == b"B":
+                items.extend(marshal.loads(payload))
+            elif tag == b"P":
+                items.extend(pickle.loads(payload))  # noqa: S301 - our own parent's frames
+        cap = cap or len(items) or 1
+        for k in range(0, len(items), cap):
+            rows, bad = self.encode_group(self.stream, seq, prev, items[k:k + cap], key)
+            yield rows, bad
+            if bad is not None:
+                return
+            seq, prev = rows.last_seq, rows.last_hash
 
 
 class _Committer:

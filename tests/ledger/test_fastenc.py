@@ -174,6 +174,93 @@ def test_a_group_continues_after_an_event_c_hands_back() -> None:
     assert len(got[0]) == 2 and "polls" in str(got[1])
 
 
+# -- the writer's frames, read in place (``encode_frames``, ``_fastenc.encode_marshal``) ---------
+@st.composite
+def framed_groups(draw: st.DrawFn) -> tuple[list, list[bytes]]:
+    """Items as the writer receives them: split into marshal frames, some objects shared (the
+    same tuple, attrs dict, list or string twice: marshal writes back-references for them)."""
+    import marshal
+
+    items = draw(GROUPS)
+    for i in range(1, len(items)):
+        how = draw(st.integers(0, 9))
+        prev, cur = items[i - 1], items[i]
+        if how == 0:
+            items[i] = prev  # the same tuple again
+        elif how == 1 and type(cur) is tuple and type(prev) is tuple:
+            items[i] = (cur[0], prev[1], prev[2], prev[3])  # the same kind, request, attrs
+        elif how == 2 and type(cur) is tuple and isinstance(cur[3], dict):
+            shared = [v for v in (prev[3] if isinstance(prev, tuple | list) and
+                                  isinstance(prev[3], dict) else {}).values()
+                      if isinstance(v, list | str)]
+            if shared and cur[3]:
+                k = draw(st.sampled_from(sorted(cur[3])))
+                cur[3][k] = shared[0]
+    cuts = sorted(draw(st.lists(st.integers(0, len(items)), max_size=3)))
+    bounds = [0, *cuts, len(items)]
+    frames = [marshal.dumps(items[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return items, frames
+
+
+def _frames_run(frames: list[bytes], key: bytes | None) -> tuple:
+    try:
+        rows, bad = mapper.encode_frames("ctx-0", 41, GENESIS_HASH, frames, key)
+    except Exception as exc:  # noqa: BLE001 - the same exception is the expected behaviour
+        return "raised", type(exc), str(exc)
+    return rows, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(framed_groups(), st.sampled_from([None, b"k" * 32]))
+def test_frames_read_in_place_encode_what_their_items_encode(group: tuple,
+                                                             key: bytes | None) -> None:
+    items, frames = group
+    want = _both(items, key)[1]  # the Python loop over the loaded items: the definition
+    _same(_frames_run(frames, key), want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(plain_event(c_only=True), min_size=1, max_size=40))
+def test_plain_frames_are_read_in_place_with_no_marshal_loads(items: list) -> None:
+    import marshal
+
+    frame = marshal.dumps(items)
+    stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frame, b"")
+    assert stop == count == len(items)
+    want, bad = encode_group_py("ctx-0", 41, GENESIS_HASH, items)
+    assert bad is None and (res[1], res[2]) == (want.last_seq, want.last_hash)
+
+
+@settings(max_examples=400, deadline=None)
+@given(framed_groups(), st.data())
+def test_damaged_frames_never_crash_the_reader(group: tuple, data: st.DataObject) -> None:
+    """Frames come from the writer's own parent, but the reader must still never read out of
+    bounds or crash on bytes that are not what marshal wrote: cut, flipped or garbage. Where
+    marshal itself reads the damaged frame, the rows are what its items encode to."""
+    import marshal
+
+    items, frames = group
+    frame = bytearray(frames[0])
+    how = data.draw(st.integers(0, 2))
+    if how == 0 and frame:
+        frame = frame[:data.draw(st.integers(0, len(frame) - 1))]
+    elif how == 1 and frame:
+        frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+    else:
+        frame = bytearray(data.draw(st.binary(max_size=64)))
+    frame = bytes(frame)
+    stop, count, _res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frame, b"")
+    assert 0 <= stop and (count == -1 and stop == 0 or stop <= count)
+    try:
+        loaded = marshal.loads(frame)
+    except Exception:  # noqa: BLE001 - marshal refuses it: nothing to compare with
+        return
+    if not isinstance(loaded, list):
+        return
+    want = _both(loaded, None)[1]
+    _same(_frames_run([frame], None), want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=600), st.sampled_from([b"", b"k", bytes(range(64))]))
 def test_blake2b_is_hashlibs(data: bytes, key: bytes) -> None:
