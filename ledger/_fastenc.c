@@ -663,7 +663,7 @@ typedef struct {
     long long i;      /* M_INT */
     const char *s;    /* M_STR: UTF-8 bytes */
     Py_ssize_t len;   /* M_STR: bytes; M_TUPLE/M_LIST: items */
-    int surrogate;    /* M_STR: holds a lone surrogate (marshal writes them "surrogatepass") */
+    int not_plain;    /* M_STR: not plain text (``m_not_plain``): the Python path's */
     const uint8_t *body; /* M_TUPLE/M_LIST/M_DICT: the first item */
 } mval;
 
@@ -675,9 +675,50 @@ static inline int m_u32(const uint8_t **p, const uint8_t *end, uint32_t *out) {
     return 0;
 }
 
-static int m_has_surrogate(const char *s, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i + 1 < n; i++)
-        if ((unsigned char)s[i] == 0xED && ((unsigned char)s[i + 1] & 0xE0) == 0xA0) return 1;
+/* Whether ``s`` is not plain text as ``str.encode()`` gives it: ``ascii`` bytes with the top bit
+ * set (marshal's one-byte string types hold ASCII only), or UTF-8 that is invalid or holds a
+ * surrogate (marshal writes lone surrogates "surrogatepass"). Such a string is the Python
+ * path's (it raises, or decodes what marshal would). */
+static int m_not_plain(const char *s, Py_ssize_t n, int ascii) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (ascii) return 1;
+        int len;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c == 0xE0) { len = 3; lo = 0xA0; }
+        else if (c == 0xED) { len = 3; hi = 0x9F; } /* no surrogates */
+        else if (c >= 0xE1 && c <= 0xEF) len = 3;
+        else if (c == 0xF0) { len = 4; lo = 0x90; }
+        else if (c >= 0xF1 && c <= 0xF3) len = 4;
+        else if (c == 0xF4) { len = 4; hi = 0x8F; }
+        else return 1;
+        if (end - p < len || p[1] < lo || p[1] > hi) return 1;
+        for (int k = 2; k < len; k++)
+            if ((p[k] & 0xC0) != 0x80) return 1;
+        p += len;
+    }
+    return 0;
+}
+
+/* Note where a back-referable object starts (-1: out of memory, an exception set). */
+static int m_register(mframe *f, const uint8_t *at) {
+    if (f->nrefs == f->cap) {
+        Py_ssize_t cap = f->cap ? 2 * f->cap : 64;
+        const uint8_t **r = PyMem_Realloc(f->refs, (size_t)cap * sizeof *r);
+        if (!r) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->refs = r;
+        f->cap = cap;
+    }
+    f->refs[f->nrefs++] = at;
     return 0;
 }
 
@@ -694,19 +735,7 @@ static int m_read(mframe *f, const uint8_t **p, mval *v, int reg, int depth) {
         const uint8_t *q = f->refs[idx];
         return m_read(f, &q, v, 0, depth + 1); /* read again where it was, registering nothing */
     }
-    if (flag && reg) {
-        if (f->nrefs == f->cap) {
-            Py_ssize_t cap = f->cap ? 2 * f->cap : 64;
-            const uint8_t **r = PyMem_Realloc(f->refs, (size_t)cap * sizeof *r);
-            if (!r) {
-                PyErr_NoMemory();
-                return -2;
-            }
-            f->refs = r;
-            f->cap = cap;
-        }
-        f->refs[f->nrefs++] = at;
-    }
+    if (flag && reg && m_register(f, at) < 0) return -2;
     memset(v, 0, sizeof *v);
     uint32_t n;
     switch (code) {
@@ -756,7 +785,7 @@ static int m_read(mframe *f, const uint8_t **p, mval *v, int reg, int depth) {
             v->t = M_STR;
             v->s = (const char *)*p;
             v->len = n;
-            v->surrogate = (code == 'u' || code == 't') && m_has_surrogate(v->s, v->len);
+            v->not_plain = m_not_plain(v->s, v->len, code != 'u' && code != 't');
             *p += n;
             return 0;
         case ')':
@@ -807,7 +836,7 @@ static int m_put_value(mframe *f, buf *b, const mval *v, int type) {
             if (v->t != M_INT || v->big) return STOP;
             return buf_put_i64(b, v->i);
         case T_STR:
-            if (v->t != M_STR || v->surrogate) return STOP;
+            if (v->t != M_STR || v->not_plain) return STOP;
             return buf_put_json_str(b, v->s, v->len);
         case T_BOOL:
             if (v->t == M_TRUE) return buf_put(b, "true", 4);
@@ -895,9 +924,10 @@ static int m_encode_one(mframe *f, group *g, const uint8_t **q, Py_ssize_t row) 
     const uint8_t *at = *q;
     if (at >= f->end) return STOP;
     int code = *at & ~M_FLAG_REF;
-    /* A tuple, read once here. One marshal flagged (the same tuple emitted twice) or a
-     * back-reference to one: rare, and Python's. */
-    if ((code != ')' && code != '(') || (*at & M_FLAG_REF)) return STOP;
+    /* A tuple, read once here (a back-reference to an earlier one, the same tuple emitted
+     * twice: rare, and Python's). */
+    if (code != ')' && code != '(') return STOP;
+    if ((*at & M_FLAG_REF) && m_register(f, at) < 0) return -1;
     uint32_t n;
     *q = at + 1;
     if (code == ')') {
@@ -912,16 +942,16 @@ static int m_encode_one(mframe *f, group *g, const uint8_t **q, Py_ssize_t row) 
     if ((rc = m_read(f, q, &ts, 1, 1)) < 0 || (rc = m_read(f, q, &kind, 1, 1)) < 0 ||
         (rc = m_read(f, q, &rid, 1, 1)) < 0)
         return rc == -2 ? -1 : STOP;
-    if (ts.t != M_INT || ts.big || kind.t != M_STR || kind.surrogate) return STOP;
+    if (ts.t != M_INT || ts.big || kind.t != M_STR || kind.not_plain) return STOP;
     if (*q >= f->end || (**q & ~M_FLAG_REF) != '{') return STOP; /* attrs: a dict */
-    if (**q & M_FLAG_REF) return STOP; /* a dict emitted twice: Python's */
+    if ((**q & M_FLAG_REF) && m_register(f, *q) < 0) return -1;
     *q += 1;
     const kind_spec *k = kind_by_bytes(kind.s, kind.len);
     if (!k || !k->supported) return STOP;
     const char *rid_s = "";
     Py_ssize_t rid_len = 0;
     if (k->scoped) {
-        if (rid.t != M_STR || rid.surrogate) return STOP;
+        if (rid.t != M_STR || rid.not_plain) return STOP;
         rid_s = rid.s;
         rid_len = rid.len;
     } else if (rid.t != M_NONE) {
@@ -938,57 +968,79 @@ static int m_encode_one(mframe *f, group *g, const uint8_t **q, Py_ssize_t row) 
                    &g->any_null, ts.i, kind.s, kind.len, rid_s, rid_len, k->scoped, mark);
 }
 
-/* encode_marshal(stream, seq, prev_hash, frame, key) -> (stop, count, <encode's result less
- *   its stop>): ``frame`` is ``marshal.dumps(items)``; items 0 .. stop - 1 were encoded, the
- *   frame holds ``count`` (-1 where its list header is not one this reads: nothing encoded). */
-static PyObject *encode_marshal(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *stream, *prev_obj, *key;
-    Py_buffer frame;
-    long long seq;
-    if (!PyArg_ParseTuple(args, "O!LO!y*O!", &PyUnicode_Type, &stream, &seq, &PyUnicode_Type,
-                          &prev_obj, &frame, &PyBytes_Type, &key))
-        return NULL;
-    group g;
-    mframe f = {frame.buf, (const uint8_t *)frame.buf + frame.len, NULL, 0, 0};
-    PyObject *result = NULL, *head = NULL;
-    Py_ssize_t count = -1, i = 0;
-    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
+/* Encode one frame's items into ``g`` from its first on, rows numbered from *row. Returns
+ * the index of the item it stopped at (the item count when none), -1 on an error set, or -2
+ * when the frame is not a list this reads (nothing of it encoded). */
+static Py_ssize_t m_encode_frame(group *g, const uint8_t *start, Py_ssize_t len,
+                                 Py_ssize_t *row, Py_ssize_t *count) {
+    mframe f = {start, start + len, NULL, 0, 0};
     const uint8_t *q = f.start;
     uint32_t n;
-    /* The list itself: '[' (or with FLAG_REF, which takes back-reference 0) and its length. */
-    if (q < f.end && (*q & ~M_FLAG_REF) == '[') {
-        int flag = *q & M_FLAG_REF;
-        q += 1;
-        if (m_u32(&q, f.end, &n) == 0) {
-            count = n;
-            if (flag) {
-                f.refs = PyMem_Malloc(64 * sizeof *f.refs);
-                if (!f.refs) {
-                    PyErr_NoMemory();
-                    goto done;
-                }
-                f.cap = 64;
-                f.refs[f.nrefs++] = f.start;
-            }
+    *count = -1;
+    if (q >= f.end || (*q & ~M_FLAG_REF) != '[') return -2;
+    int flag = *q & M_FLAG_REF;
+    q += 1;
+    if (m_u32(&q, f.end, &n) < 0) return -2;
+    *count = n;
+    if (flag) { /* the list itself takes back-reference 0 */
+        f.refs = PyMem_Malloc(64 * sizeof *f.refs);
+        if (!f.refs) {
+            PyErr_NoMemory();
+            return -1;
         }
+        f.cap = 64;
+        f.refs[f.nrefs++] = f.start;
     }
-    for (; i < count; i++) {
-        int rc = m_encode_one(&f, &g, &q, i);
-        if (rc < 0) goto done;
+    Py_ssize_t i = 0;
+    for (; i < (Py_ssize_t)n; i++) {
+        int rc = m_encode_one(&f, g, &q, *row);
+        if (rc < 0) {
+            i = -1;
+            break;
+        }
         if (rc == STOP) break;
-        group_advance(&g);
+        group_advance(g);
+        *row += 1;
     }
-    if (count < 0) count = -1;
-    head = group_result(&g, i);
+    PyMem_Free(f.refs);
+    return i;
+}
+
+/* encode_marshal(stream, seq, prev_hash, frames, key) -> (frame, stop, count, <encode's result
+ *   less its stop>): ``frames`` is a list of ``marshal.dumps(items)``; encoded, as one group,
+ *   every item of frames 0 .. frame - 1 and items 0 .. stop - 1 of frame ``frame`` (of its
+ *   ``count``; -1 where its list header is not one this reads). frame == len(frames): all. */
+static PyObject *encode_marshal(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream, *prev_obj, *frames, *key;
+    long long seq;
+    if (!PyArg_ParseTuple(args, "O!LO!O!O!", &PyUnicode_Type, &stream, &seq, &PyUnicode_Type,
+                          &prev_obj, &PyList_Type, &frames, &PyBytes_Type, &key))
+        return NULL;
+    group g;
+    PyObject *result = NULL, *head = NULL;
+    Py_ssize_t fi = 0, stop = 0, count = 0, row = 0;
+    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
+    for (; fi < PyList_GET_SIZE(frames); fi++) {
+        PyObject *frame = PyList_GET_ITEM(frames, fi);
+        if (!PyBytes_Check(frame)) {
+            PyErr_SetString(PyExc_TypeError, "frames must be bytes");
+            goto done;
+        }
+        stop = m_encode_frame(&g, (const uint8_t *)PyBytes_AS_STRING(frame),
+                              PyBytes_GET_SIZE(frame), &row, &count);
+        if (stop == -1) goto done;
+        if (stop == -2) stop = 0;
+        if (stop != count) break;
+    }
+    if (fi == PyList_GET_SIZE(frames)) stop = count = 0;
+    head = group_result(&g, row);
     if (head) {
-        result = Py_BuildValue("nnO", i, count, head);
+        result = Py_BuildValue("nnnO", fi, stop, count, head);
         Py_DECREF(head);
     }
 done:
     group_free(&g);
-    PyMem_Free(f.refs);
-    PyBuffer_Release(&frame);
     return result;
 }
 
@@ -1205,7 +1257,7 @@ static PyTypeObject EmitterType = {
 static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
-    {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events from marshal.dumps(items) in place."},
+    {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events of marshal.dumps(items) frames in place."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},
     {NULL, NULL, 0, NULL},

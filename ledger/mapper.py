@@ -470,19 +470,22 @@ def encode_frames(
     seq0, prev0 = seq + 1, prev_hash
     chunks: list[tuple[Any, ...]] = []
     bad: SchemaError | None = None
-    for frame in frames:
-        stop, count, res = _fastenc.encode_marshal(stream, seq, prev_hash, frame, key or b"")
-        if stop:
+    frames = list(frames)
+    while frames:
+        at, stop, _count, res = _fastenc.encode_marshal(stream, seq, prev_hash, frames,
+                                                        key or b"")
+        if res[0]:  # rows encoded
             chunks.append(_c_arrays(res))
             seq, prev_hash = res[1], res[2]
-        if stop == count:
-            continue
-        rest, bad = encode_group(stream, seq, prev_hash, marshal.loads(frame)[stop:], key)
+        if at == len(frames):
+            break
+        rest, bad = encode_group(stream, seq, prev_hash, marshal.loads(frames[at])[stop:], key)
         if len(rest):
             chunks.append(rest.arrays())
             seq, prev_hash = rest.last_seq, rest.last_hash
         if bad is not None:
             break
+        frames = frames[at + 1:]
     return _joined(stream, seq0, prev0, chunks), bad
 
 

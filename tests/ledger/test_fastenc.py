@@ -224,9 +224,10 @@ def test_frames_read_in_place_encode_what_their_items_encode(group: tuple,
 def test_plain_frames_are_read_in_place_with_no_marshal_loads(items: list) -> None:
     import marshal
 
-    frame = marshal.dumps(items)
-    stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frame, b"")
-    assert stop == count == len(items)
+    half = len(items) // 2
+    frames = [marshal.dumps(items[:half]), marshal.dumps(items[half:])]
+    at, stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frames, b"")
+    assert (at, res[0]) == (2, len(items))  # every frame, every item, in one call
     want, bad = encode_group_py("ctx-0", 41, GENESIS_HASH, items)
     assert bad is None and (res[1], res[2]) == (want.last_seq, want.last_hash)
 
@@ -249,8 +250,10 @@ def test_damaged_frames_never_crash_the_reader(group: tuple, data: st.DataObject
     else:
         frame = bytearray(data.draw(st.binary(max_size=64)))
     frame = bytes(frame)
-    stop, count, _res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frame, b"")
-    assert 0 <= stop and (count == -1 and stop == 0 or stop <= count)
+    at, stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, [frame],
+                                                          b"")
+    assert at == 1 or (at == 0 and 0 <= stop == res[0] and (count == -1 and stop == 0 or
+                                                            stop < count))
     try:
         loaded = marshal.loads(frame)
     except Exception:  # noqa: BLE001 - marshal refuses it: nothing to compare with
