@@ -7,7 +7,7 @@ event: a SQL row costs 1-3 us to insert and to read back (SQLite tops out near 8
 sqlite3, ~360k with our indexes), which made the writer the runtime's largest cost and
 forensics pay Python per row; a batch costs one insert and one ``read_record_batch`` whatever
 its size, and what comes back is already Arrow (DuckDB scans it as it is). A batch is stored
-zstd-compressed as a whole where that pays (``encode_payload``; about 4x on a real run).
+LZ4-compressed as a whole where that pays (``encode_payload``; 2.4x on a real run).
 
 ``position`` is the global order: a row's events have positions ``position .. position + n -
 1``. It equals commit order: SQLite serialises writers (``BEGIN IMMEDIATE``), and on PostgreSQL
@@ -120,20 +120,36 @@ def payload_schema() -> Any:
     return _PAYLOAD_SCHEMA
 
 
-# A stored batch is zstd-compressed as a whole: ``ZSTD_MAGIC``, its IPC size (uint32 LE), then
-# the zstd frame. Whole, not Arrow's per-buffer compression, because a batch's prev_hash column
-# is its hash column shifted by one: 175 -> 40 bytes an event on a real run (4.4x; Arrow's
-# per-column zstd would not see the repeat), at ~0.2 us an event on the committer thread,
-# which writes 4x fewer bytes into SQLite's WAL and again at checkpoint. An IPC message never
-# starts with these bytes (0xFFFFFFFF, or a little-endian metadata length), so the payloads
-# of ledgers written before, uncompressed, read as they always did.
-ZSTD_MAGIC = b"KVZS"
+# A stored batch is compressed as a whole: a 4-byte magic naming the codec, its IPC size
+# (uint32 LE), then the compressed bytes. Whole, not Arrow's per-buffer compression, because a
+# batch's prev_hash column is its hash column shifted by one, a repeat only a whole-blob
+# compressor sees. On a real run's ledger (175 bytes an event raw): LZ4 72 bytes at ~0.15 us
+# an event to compress and ~0.05 us to decompress, zstd 40 bytes at ~0.3 us and ~0.18 us (and a
+# fresh zstd context per call in pyarrow, 70 us a row): LZ4, since every forensic command pays
+# the decompression and the writer's committer thread the compression; zstd payloads are read
+# too. An IPC message never starts with these bytes (0xFFFFFFFF, or a little-endian metadata
+# length), so the payloads of ledgers written before, uncompressed, read as they always did.
+LZ4_MAGIC, ZSTD_MAGIC = b"KVL4", b"KVZS"
+_CODEC_OF = {LZ4_MAGIC: "lz4", ZSTD_MAGIC: "zstd"}
+WRITE_MAGIC = LZ4_MAGIC
 _ZHEAD = struct.Struct("<4sI")
 # Readers refuse a payload claiming to inflate more than this (a ledger file is hostile: a
 # small blob must not become gigabytes in memory); the writer stores uncompressed whatever
-# would compress better than that, so it never writes what a reader refuses.
+# would compress better than that, so it never writes what a reader refuses. A payload that
+# claims more than it holds (within the bound) reads as the events it holds: the IPC message
+# says its own length, and the chain, not the framing, is what tamper evidence rests on.
 INFLATE_MAX = 32
 COMPRESS_PAYLOADS = True  # tests turn it off to write the uncompressed form older builds wrote
+_CODECS: dict[bytes, Any] = {}
+
+
+def _codec(magic: bytes) -> Any:
+    """One codec object per kind for the process (``pa.compress``/``pa.decompress`` make a
+    fresh one per call)."""
+    codec = _CODECS.get(magic)
+    if codec is None:
+        codec = _CODECS[magic] = _pa().Codec(_CODEC_OF[magic])
+    return codec
 
 
 def encode_payload(rows: Sequence[RowTuple]) -> bytes:
@@ -149,16 +165,17 @@ def encode_payload(rows: Sequence[RowTuple]) -> bytes:
                 pa.array(attrs, st), pa.array(prev, st), pa.array(h, st)]
     raw = pa.record_batch(cols, schema=payload_schema()).serialize()
     if COMPRESS_PAYLOADS and raw.size < (1 << 32):
-        z = pa.compress(raw, codec="zstd", asbytes=True)
+        z = _codec(WRITE_MAGIC).compress(raw, asbytes=True)
         if len(z) * INFLATE_MAX >= raw.size and len(z) + _ZHEAD.size < raw.size:
-            return _ZHEAD.pack(ZSTD_MAGIC, raw.size) + z
+            return _ZHEAD.pack(WRITE_MAGIC, raw.size) + z
     return raw.to_pybytes()
 
 
 def inflate_payload(blob: bytes, where: str) -> Any:
     """A stored payload's IPC message (a buffer): itself, or decompressed where it is
     compressed; BadLedgerError where a compressed one is damaged or claims too much."""
-    if blob[:4] != ZSTD_MAGIC:
+    magic = bytes(blob[:4])
+    if magic not in _CODEC_OF:
         return blob
     pa = _pa()
     if len(blob) <= _ZHEAD.size:
@@ -168,8 +185,8 @@ def inflate_payload(blob: bytes, where: str) -> Any:
         raise BadLedgerError(f"{where}: unreadable event group: claims to inflate "
                              f"{len(blob) - _ZHEAD.size} bytes to {size}")
     try:
-        return pa.decompress(pa.py_buffer(blob).slice(_ZHEAD.size), decompressed_size=size,
-                             codec="zstd")
+        return _codec(magic).decompress(pa.py_buffer(blob).slice(_ZHEAD.size),
+                                        decompressed_size=size)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise BadLedgerError(f"{where}: unreadable event group: {_first_line(exc)}") from None
 
@@ -179,17 +196,29 @@ def decode_payload(blob: bytes, n: int, where: str) -> Any:
     input: a crafted batch must be refused, never read out of bounds). BadLedgerError if it
     is not a batch of ``n`` events in the payload's columns."""
     pa = _pa()
+    batch = _read_batch(blob, n, where)
+    try:
+        batch.validate(full=True)
+    except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
+        raise BadLedgerError(f"{where}: unreadable event group: {_first_line(exc)}") from None
+    if n and batch.column(0).null_count:
+        raise BadLedgerError(f"{where}: event group has events without a seq")
+    return batch
+
+
+def _read_batch(blob: bytes, n: int, where: str) -> Any:
+    """``decode_payload`` less the full validation (a page's readers validate the page's table
+    at once): the batch of ``n`` events, or BadLedgerError."""
+    pa = _pa()
     msg = inflate_payload(blob, where)
     try:
-        batch = pa.ipc.read_record_batch(pa.py_buffer(msg), payload_schema())
-        batch.validate(full=True)
+        batch = pa.ipc.read_record_batch(msg if isinstance(msg, pa.Buffer) else pa.py_buffer(msg),
+                                         payload_schema())
     except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
         raise BadLedgerError(f"{where}: unreadable event group: {_first_line(exc)}") from None
     if batch.num_rows != n:
         raise BadLedgerError(f"{where}: event group holds {batch.num_rows} events, its row "
                              f"says {n}")
-    if n and batch.column(0).null_count:
-        raise BadLedgerError(f"{where}: event group has events without a seq")
     return batch
 
 
@@ -233,6 +262,23 @@ def with_row_columns(payload: Any, heads: Sequence[tuple], schema: Any) -> Any:
             cols[name] = payload.column(name)
     table = pa.Table.from_arrays([cols[n] for n in schema.names], names=schema.names)
     return table if table.schema.equals(schema) else table.cast(schema)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector off while a ledger is loaded: a load makes millions of short-lived
+    acyclic objects (each page's rows) and the collections over them were a tenth of
+    ``kvledger sql``'s first command. Process-wide; back on afterwards if it was on (another
+    thread's pause ending first turns it on early, which is only slower)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -512,6 +558,10 @@ class EventStore:
         range): reading is mostly SQLite's page reads, copies and Arrow's decoding, which run
         without the GIL, so the largest ledger of a run folder no longer sets the load time
         alone (ctx, 5.0M of a run's 8.0M events: 3.6 s on one thread)."""
+        with gc_paused():
+            return self._arrow_table(schema, parts)
+
+    def _arrow_table(self, schema: Any, parts: int) -> Any:
         ranges = self._position_ranges(parts) if parts > 1 else []
         if len(ranges) < 2:
             tables = list(self.page_tables(schema))
@@ -579,7 +629,6 @@ class EventStore:
         pa = _pa()
         engine = self.engine if engine is None else engine
         ps = payload_schema()
-        schema_msg = ps.serialize().to_pybytes()
         ph = "?" if self.dialect == "sqlite" else "%s"
         cond = f"{where} AND " if where else ""
         sql = (f"SELECT position, stream, grp, grp_n, n, payload, {order} FROM event_groups "
@@ -591,7 +640,7 @@ class EventStore:
             if not page:
                 return
             cursor = page[-1][6]
-            got = self._read_page(page, schema_msg)
+            got = self._read_page(page)
             kept = [b for b, r in zip(got, page, strict=True) if r[4]]
             heads = [r[:5] for r in page if r[4]]
             if kept:
@@ -608,23 +657,12 @@ class EventStore:
             if len(page) < _PAGE_ROWS:
                 return
 
-    def _read_page(self, page: Sequence[tuple], schema_msg: bytes) -> list[Any]:
-        """The batches of a page of stored rows, read as one IPC stream (their payloads
-        after the schema message: one C++ call instead of one ``read_record_batch`` each).
-        Any disagreement (a payload that is not exactly one batch of its row's ``n`` events)
-        is found again row by row, for the precise error."""
-        pa = _pa()
-        try:
-            msgs = [inflate_payload(r[5], f"{self.shown}: stream {r[1]!r} at position {r[0]}")
-                    for r in page]
-            got = pa.ipc.open_stream(b"".join([schema_msg, *msgs])).read_all()
-            batches = got.to_batches()
-            if len(batches) == len(page) and all(
-                    b.num_rows == r[4] for b, r in zip(batches, page, strict=True)):
-                return batches
-        except (pa.ArrowException, ValueError, TypeError, OSError):
-            pass
-        return [decode_payload(r[5], r[4], f"{self.shown}: stream {r[1]!r} at position {r[0]}")
+    def _read_page(self, page: Sequence[tuple]) -> list[Any]:
+        """The batches of a page of stored rows, each read in place from its (decompressed)
+        payload; BadLedgerError naming the row of any payload that is not exactly one batch of
+        its row's ``n`` events. (Joining a page's payloads into one IPC stream saved C++ calls
+        but copied every byte once more: with compressed payloads each row is a call anyway.)"""
+        return [_read_batch(r[5], r[4], f"{self.shown}: stream {r[1]!r} at position {r[0]}")
                 for r in page]
 
     def count(self) -> int:

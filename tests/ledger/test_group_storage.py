@@ -236,10 +236,12 @@ def _set_payload(path: Path, blob: bytes) -> None:
 
 
 def _store_rows(path: Path, rows: list[tuple], compress: bool,
-                monkeypatch: pytest.MonkeyPatch) -> None:
+                monkeypatch: pytest.MonkeyPatch, magic: bytes | None = None) -> None:
     from kvledger.ledger import store as store_mod
 
     monkeypatch.setattr(store_mod, "COMPRESS_PAYLOADS", compress)
+    if magic is not None:
+        monkeypatch.setattr(store_mod, "WRITE_MAGIC", magic)
     store = EventStore(str(path))
     try:
         for k in range(0, len(rows), 50):
@@ -262,16 +264,20 @@ def _chain(n: int, big: str = "") -> list[tuple]:
     return rows
 
 
+@pytest.mark.parametrize("magic", [b"KVL4", b"KVZS"])
 def test_payloads_are_compressed_and_older_uncompressed_ones_still_read(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvledger.ledger.store import ZSTD_MAGIC
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, magic: bytes) -> None:
+    """LZ4 is what the writer stores; zstd payloads read too; so do uncompressed ones (every
+    ledger written before compression)."""
+    from kvledger.ledger.store import WRITE_MAGIC
 
+    assert WRITE_MAGIC == b"KVL4"
     rows = _chain(200)
     new, old = tmp_path / "new.sqlite", tmp_path / "old.sqlite"
-    _store_rows(new, rows, True, monkeypatch)
+    _store_rows(new, rows, True, monkeypatch, magic)
     _store_rows(old, rows, False, monkeypatch)
-    assert all(p[:4] == ZSTD_MAGIC for p in _payloads(new))
-    assert not any(p[:4] == ZSTD_MAGIC for p in _payloads(old))
+    assert all(p[:4] == magic for p in _payloads(new))
+    assert not any(p[:4] in (b"KVL4", b"KVZS") for p in _payloads(old))
     assert sum(map(len, _payloads(new))) * 2 < sum(map(len, _payloads(old)))
     assert _events(new) == _events(old)
     assert [tuple(e[k] for k in ("seq", "ts_ns", "kind", "request_id", "attrs", "prev_hash",
@@ -284,12 +290,10 @@ def test_payloads_are_compressed_and_older_uncompressed_ones_still_read(
 
 def test_what_would_inflate_past_the_readers_bound_is_stored_uncompressed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvledger.ledger.store import ZSTD_MAGIC
-
     path = tmp_path / "w.sqlite"
-    rows = _chain(100, big="x" * 20_000)  # compresses ~1000x: more than a reader accepts
+    rows = _chain(100, big="x" * 20_000)  # compresses ~250x: more than a reader accepts
     _store_rows(path, rows, True, monkeypatch)
-    assert not any(p[:4] == ZSTD_MAGIC for p in _payloads(path))
+    assert not any(p[:4] == b"KVL4" for p in _payloads(path))
     assert [e["hash"] for e in _events(path)] == [r[-1] for r in rows]
 
 
@@ -297,30 +301,34 @@ def _hostile_blobs(good: bytes) -> dict[str, bytes]:
     import struct
 
     import pyarrow as pa
-    from kvledger.ledger.store import ZSTD_MAGIC, inflate_payload
+    from kvledger.ledger.store import WRITE_MAGIC, inflate_payload
 
-    assert good[:4] == ZSTD_MAGIC  # what the writer stored: a compressed batch
+    assert good[:4] == WRITE_MAGIC  # what the writer stored: a compressed batch
     msg = inflate_payload(good, "test").to_pybytes()
     z = good[8:]
-    bomb = pa.compress(b"\0" * (8 << 20), codec="zstd", asbytes=True)
+    bomb = pa.Codec("lz4").compress(b"\0" * (8 << 20), asbytes=True)
+    head = WRITE_MAGIC
     return {
-        "cut": ZSTD_MAGIC + b"\1\0",
-        "header only": ZSTD_MAGIC + struct.pack("<I", 10),
-        "claims too much": ZSTD_MAGIC + struct.pack("<I", 0xFFFFFFFF) + z,
-        "claims one byte more": ZSTD_MAGIC + struct.pack("<I", len(msg) + 1) + z,
-        "claims one byte less": ZSTD_MAGIC + struct.pack("<I", len(msg) - 1) + z,
-        "a bomb": ZSTD_MAGIC + struct.pack("<I", 8 << 20) + bomb,
-        "not zstd": ZSTD_MAGIC + struct.pack("<I", len(msg)) + msg,
+        "cut": head + b"\1\0",
+        "header only": head + struct.pack("<I", 10),
+        "claims too much": head + struct.pack("<I", 0xFFFFFFFF) + z,
+        "claims one byte less": head + struct.pack("<I", len(msg) - 1) + z,
+        "a bomb": head + struct.pack("<I", 8 << 20) + bomb,
+        "not compressed": head + struct.pack("<I", len(msg)) + msg,
         "frame cut": good[:len(good) // 2],
+        "zstd label on lz4": b"KVZS" + good[4:],
     }
 
 
-@pytest.mark.parametrize("case", ["cut", "header only", "claims too much", "claims one byte more",
-                                  "claims one byte less", "a bomb", "not zstd", "frame cut"])
+CASES = ["cut", "header only", "claims too much", "claims one byte less", "a bomb",
+         "not compressed", "frame cut", "zstd label on lz4"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_hostile_compressed_payloads_are_one_clear_error(tmp_path: Path, case: str) -> None:
-    """A compressed payload that is cut, lies about its size, is not zstd, or would inflate past
-    the bound: one BadLedgerError naming the event group, from every reader, and from the CLI
-    exit 2 with one line; never a crash, never the bomb's bytes in memory."""
+    """A compressed payload that is cut, lies about its size, is not what its label says, or
+    would inflate past the bound: one BadLedgerError naming the event group, from every reader,
+    and from the CLI exit 2 with one line; never a crash, never the bomb's bytes in memory."""
     path = _ledger(tmp_path / "w.sqlite")
     blob = _hostile_blobs(_payloads(path)[1])[case]
     _set_payload(path, blob)
@@ -334,3 +342,18 @@ def test_hostile_compressed_payloads_are_one_clear_error(tmp_path: Path, case: s
     assert proc.returncode == 2, proc.stderr
     assert "unreadable event group" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_payload_claiming_more_than_it_holds_reads_as_what_it_holds(tmp_path: Path) -> None:
+    """Within the bound, a size header larger than the batch (LZ4 cannot tell) reads as the
+    events the batch holds: the IPC message says its own length; the chain is the evidence."""
+    import struct
+
+    path = _ledger(tmp_path / "w.sqlite")
+    before = _events(path)
+    good = _payloads(path)[1]
+    size = struct.unpack_from("<I", good, 4)[0]
+    _set_payload(path, good[:4] + struct.pack("<I", size + 64) + good[8:])
+    assert _events(path) == before
+    with open_source(path) as src:
+        assert verify_source(src).ok
