@@ -226,7 +226,23 @@ def test_replay_events_are_the_python_loops(items: list) -> None:
         assert got == want
         return
     assert got[0] == want[0]
+    assert [type(e) for e in got[0]] == [type(e) for e in want[0]]
+    # The events the C loop built share nothing mutable with the items beyond the attrs dict
+    # (the emitted one when it has no None value, as the Python loop keeps it).
+    for e, it in zip(got[0], items, strict=False):
+        assert (e.attrs is it[3]) == (None not in it[3].values())
     assert (type(got[1]), str(got[1])) == (type(want[1]), str(want[1]))
+
+
+def test_replay_events_are_built_in_c_where_built() -> None:
+    """The replayer's encode_events builds its Events in C (``_fastenc.events``) where the
+    extension has it."""
+    assert mapper._EVENTS_C is not None
+    items = [(5, "xfer.polled", "r", {"handle": 1, "state": "DONE", "polls": 2, "error": None}),
+             (6, "xfer.polled", "r", {"handle": 1, "state": "ERR", "polls": 3, "error": "e"})]
+    got, bad = mapper._encode_events_c("s", 0, GENESIS_HASH, items)
+    want, bad2 = mapper.encode_events_py("s", 0, GENESIS_HASH, items)
+    assert got == want and len(got) == 2 and bad is None and bad2 is None
 
 
 def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noqa: ANN001
