@@ -685,6 +685,74 @@ done:
     return result;
 }
 
+/* digest(events) -> hex: BLAKE2b-16 of "{stream}\x1f{seq}\x1f{hash}\n" of each event, one after
+ * another (the replay verdict's ``ledger_digest`` of events already in order, its definition);
+ * None when an event's stream or hash is not a str or its seq not an int (the caller's Python
+ * then says what it says). */
+static PyObject *digest(PyObject *self, PyObject *events_in) {
+    (void)self;
+    static PyObject *n_stream = NULL, *n_seq = NULL, *n_hash = NULL;
+    if (!n_stream) {
+        n_stream = PyUnicode_InternFromString("stream");
+        n_seq = PyUnicode_InternFromString("seq");
+        n_hash = PyUnicode_InternFromString("hash");
+        if (!n_stream || !n_seq || !n_hash) return NULL;
+    }
+    PyObject *evs = PySequence_Fast(events_in, "events must be a sequence");
+    if (!evs) return NULL;
+    buf b = {0};
+    PyObject *result = NULL;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(evs) && plain; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(evs, i);
+        PyObject *st = PyObject_GetAttr(e, n_stream);
+        PyObject *sq = st ? PyObject_GetAttr(e, n_seq) : NULL;
+        PyObject *h = sq ? PyObject_GetAttr(e, n_hash) : NULL;
+        int rc = 0;
+        if (!h) {
+            rc = -1;
+        } else if (!PyUnicode_CheckExact(st) || !PyLong_CheckExact(sq) ||
+                   !PyUnicode_CheckExact(h)) {
+            plain = 0;
+        } else {
+            Py_ssize_t ns, nh;
+            const char *ss = PyUnicode_AsUTF8AndSize(st, &ns);
+            const char *hs = ss ? PyUnicode_AsUTF8AndSize(h, &nh) : NULL;
+            int ovf;
+            long long q = hs ? PyLong_AsLongLongAndOverflow(sq, &ovf) : 0;
+            if (!hs) {
+                PyErr_Clear();
+                plain = 0;
+            } else if (ovf || (q == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                plain = 0;
+            } else if (buf_put(&b, ss, ns) < 0 || buf_putc(&b, '\x1f') < 0 ||
+                       buf_put_i64(&b, q) < 0 || buf_putc(&b, '\x1f') < 0 ||
+                       buf_put(&b, hs, nh) < 0 || buf_putc(&b, '\n') < 0) {
+                rc = -1;
+            }
+        }
+        Py_XDECREF(st);
+        Py_XDECREF(sq);
+        Py_XDECREF(h);
+        if (rc < 0) goto done;
+    }
+    if (!plain) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    b2_start s2;
+    b2_init(&s2, (const uint8_t *)"", 0, 16);
+    char out[32];
+    b2_hex16(&s2, (const uint8_t *)(b.p ? b.p : ""), (size_t)b.n, out);
+    result = PyUnicode_FromStringAndSize(out, 32);
+done:
+    PyMem_Free(b.p);
+    Py_DECREF(evs);
+    return result;
+}
+
 /* blake2b16(data, key=b"") -> hex: the module's BLAKE2b, for the tests against hashlib. */
 static PyObject *blake2b16(PyObject *self, PyObject *args) {
     (void)self;
@@ -892,6 +960,7 @@ static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
     {"events", events, METH_VARARGS, "Check, encode and chain plain events into stored Events."},
+    {"digest", digest, METH_O, "BLAKE2b-16 of each event's stream, seq and hash lines (ledger_digest)."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},
     {NULL, NULL, 0, NULL},

@@ -299,3 +299,21 @@ def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noq
         store.close()
     assert got == [("buffer.acquired", "r1", '{"pool":"send","slot":3}'),
                    ("xfer.polled", "r1", '{"handle":1,"polls":2,"state":"PROC"}')]
+
+
+def test_replay_digest_in_c_is_the_python_definition() -> None:
+    """The replay verdict's ledger digest computed in C (``_fastenc.digest``) is its Python
+    definition's, and anything but plain str/int fields is left to the definition."""
+    from kvledger.ledger.events import Event
+    from kvledger.replay import verdict
+
+    assert verdict._DIGEST_C is not None
+    evs = [Event("ctx-ü", i, 7 * i, "k", None, {}, "", f"{i:032x}") for i in range(300)]
+    evs.append(Event("gen", -5, 0, "k", None, {}, "", "h" * 40))
+    evs.append(Event("gen", 2**70, 0, "k", None, {}, "", ""))
+    assert verdict.ledger_digest(evs, ordered=True) == verdict.ledger_digest_py(evs)
+    assert verdict._DIGEST_C(evs[:1]) == verdict.ledger_digest_py(evs[:1])
+    odd = [Event("s", True, 0, "k", None, {}, "", "x")]  # a bool seq: not C's
+    assert verdict._DIGEST_C(odd) is None
+    assert verdict.ledger_digest(odd, ordered=True) == verdict.ledger_digest_py(odd)
+    assert verdict.ledger_digest([]) == verdict.ledger_digest_py([])
