@@ -37,7 +37,7 @@ path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispat
 its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
 it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
 mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
-(~2 us an event), and the detectors and the wedge report's projection over the replay ledger
+(~1 us an event), and the detectors and the wedge report's projection over the replay ledger
 (the detectors' per-stream, per-request index of it is built once, from the recorders'
 per-stream lists, and shared with the wedge report and the divergences).
 
@@ -47,15 +47,15 @@ of the frame's bytes, remembered by them (``shim.decode_frame``), and a trace's 
 N, the minimizer's hundreds) send the same frames again.
 
 Where a warm replay of a 256-request burst spends its time (issue 14, after its second round:
-~72k instructions an event, callgrind; cProfile and per-part CPU shares): the runtime's own
-steps and inputs ~45-50% (the cores' firings, effects, status polls, timers, object churn of
-inputs, effects and requests; interpreted Python, no part over ~5%), the verdict ~20%
-(detectors with their index ~10%, the wedge report's projection ~6%, digest, divergences),
-encoding, chaining and building the replay ledger's ``Event``s in C ~9% (of it the BLAKE2b
-chain ~4%), this loop ~8%, the KV data path ~8% (numpy copies and checksums: real bytes), the
-remaining control-frame work (encode, delivery) ~3%. Nothing dominates: each part is already
-one pass over the events, so the cost of a replay is its event count times ~11-13 us of CPU
-on a 2-core VM, whatever the trace's wall time.
+~72k instructions an event by callgrind; shares of CPU time per part): the runtime's own steps
+and inputs ~40-45% (the cores' firings, effects, status polls, timers, the object churn of
+inputs, effects and requests: interpreted Python, no one part over ~5%), the verdict ~17%
+(detectors ~9%, the wedge report's projection ~5%, the index ~2%, digest and divergences ~2%),
+the KV data path ~9% (numpy copies and checksums: real bytes), this loop ~8%, encoding,
+chaining and building the replay ledger's ``Event``s (C) ~6%, control frames ~4% (encode and
+the remembered classify/decode), the fabric ~2%, setting up and giving back the workers ~3%.
+Nothing dominates: each part is already one pass over the events, so the cost of a replay is
+its event count times ~11-13 us of CPU on a 2-core VM, whatever the trace's wall time.
 """
 
 from __future__ import annotations
