@@ -1044,6 +1044,201 @@ done:
     return result;
 }
 
+/* events(stream, seq, prev_hash, items, start, etype, setters) -> (stop, seq, prev_hash, events)
+ * ``encode``'s check, encoding and chain of items from ``start`` on, up to the first one that is
+ * not plain (``stop``), returned as stored ``Event``s instead of Arrow buffers: each built as
+ * ``object.__new__(etype)`` and its slots set through ``setters`` (its 9 member descriptors, in
+ * field order: stream, seq, ts_ns, kind, request_id, attrs, prev_hash, hash, position), attrs
+ * being the emitted dict less its None values (the same dict when it has none). An in-memory
+ * ledger (the replayer's) pays this per event: ``mapper.encode_events`` is its definition. */
+static PyObject *events(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream, *prev_obj, *items_in, *setters;
+    PyTypeObject *etype;
+    long long seq;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!LO!OnO!O!", &PyUnicode_Type, &stream, &seq, &PyUnicode_Type,
+                          &prev_obj, &items_in, &start, &PyType_Type, &etype, &PyTuple_Type,
+                          &setters))
+        return NULL;
+    if (!kind_index) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(setters) != 9) {
+        PyErr_SetString(PyExc_ValueError, "events: 9 slot descriptors expected");
+        return NULL;
+    }
+    descrsetfunc set[9];
+    for (int j = 0; j < 9; j++) {
+        set[j] = Py_TYPE(PyTuple_GET_ITEM(setters, j))->tp_descr_set;
+        if (!set[j]) {
+            PyErr_SetString(PyExc_TypeError, "events: a setter is not a data descriptor");
+            return NULL;
+        }
+    }
+    Py_ssize_t prev_len, stream_len;
+    const char *prev0 = PyUnicode_AsUTF8AndSize(prev_obj, &prev_len);
+    const char *stream_s = prev0 ? PyUnicode_AsUTF8AndSize(stream, &stream_len) : NULL;
+    if (!stream_s) return NULL;
+    if (prev_len != 32) {
+        PyErr_SetString(PyExc_ValueError, "prev_hash is not a 32-character hash");
+        return NULL;
+    }
+    PyObject *items = PySequence_Fast(items_in, "items must be a sequence");
+    if (!items) return NULL;
+    b2_start st;
+    b2_init(&st, (const uint8_t *)"", 0, 16);
+    columns c = {0};
+    PyObject *result = NULL, *out = PyList_New(0);
+    PyObject *prev_str = prev_obj;
+    Py_INCREF(prev_str);
+    char prev[32], hash[32];
+    memcpy(prev, prev0, 32);
+    buf mid = {0};
+    if (!out || buf_putc(&mid, '\x1f') < 0 || buf_put(&mid, stream_s, stream_len) < 0 ||
+        buf_putc(&mid, '\x1f') < 0)
+        goto done;
+    if (buf_put_i32(&c.kind_off, 0) < 0 || buf_put_i32(&c.rid_off, 0) < 0 ||
+        buf_put_i32(&c.attrs_off, 0) < 0)
+        goto done;
+    int any_null = 0;
+    Py_ssize_t i = start < 0 ? 0 : start;
+    for (; i < PySequence_Fast_GET_SIZE(items); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
+        Py_INCREF(item);
+        /* The columns are only scratch here: emptied before each event (row 0 each time). */
+        c.ts.n = c.kind.n = c.rid.n = c.attrs.n = c.hash.n = c.rid_valid.n = 0;
+        c.kind_off.n = c.rid_off.n = c.attrs_off.n = 4;
+        int rc = encode_one(&c, item, seq + 1, &st, prev, mid.p, mid.n, hash, 0, &any_null);
+        if (rc < 0 || rc == STOP) {
+            Py_DECREF(item);
+            if (rc < 0) goto done;
+            break;
+        }
+        seq += 1;
+        memcpy(prev, hash, 32);
+        PyObject *attrs = PyTuple_GET_ITEM(item, 3);
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int has_none = 0;
+        while (PyDict_Next(attrs, &pos, &k, &v))
+            if (v == Py_None) {
+                has_none = 1;
+                break;
+            }
+        if (has_none) {
+            PyObject *kept = PyDict_New();
+            if (!kept) {
+                Py_DECREF(item);
+                goto done;
+            }
+            pos = 0;
+            while (PyDict_Next(attrs, &pos, &k, &v))
+                if (v != Py_None && PyDict_SetItem(kept, k, v) < 0) {
+                    Py_DECREF(kept);
+                    Py_DECREF(item);
+                    goto done;
+                }
+            attrs = kept;
+        } else {
+            Py_INCREF(attrs);
+        }
+        PyObject *seq_o = PyLong_FromLongLong(seq);
+        PyObject *hash_o = PyUnicode_FromStringAndSize(hash, 32);
+        PyObject *e = (seq_o && hash_o) ? etype->tp_alloc(etype, 0) : NULL;
+        PyObject *vals[9] = {stream, seq_o, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1),
+                             PyTuple_GET_ITEM(item, 2), attrs, prev_str, hash_o, Py_None};
+        int bad = e == NULL;
+        for (int j = 0; j < 9 && !bad; j++)
+            bad = set[j](PyTuple_GET_ITEM(setters, j), e, vals[j]) < 0;
+        if (!bad) bad = PyList_Append(out, e) < 0;
+        Py_XDECREF(e);
+        Py_XDECREF(seq_o);
+        Py_DECREF(attrs);
+        Py_DECREF(item);
+        Py_DECREF(prev_str);
+        prev_str = hash_o; /* the next event's prev_hash: the same str object */
+        if (bad) goto done;
+    }
+    result = Py_BuildValue("nLOO", i, seq, prev_str, out);
+done:
+    Py_XDECREF(prev_str);
+    Py_XDECREF(out);
+    PyMem_Free(mid.p);
+    columns_free(&c);
+    Py_DECREF(items);
+    return result;
+}
+
+/* digest(events) -> hex: BLAKE2b-16 of "{stream}\x1f{seq}\x1f{hash}\n" of each event, one after
+ * another (the replay verdict's ``ledger_digest`` of events already in order, its definition);
+ * None when an event's stream or hash is not a str or its seq not an int (the caller's Python
+ * then says what it says). */
+static PyObject *digest(PyObject *self, PyObject *events_in) {
+    (void)self;
+    static PyObject *n_stream = NULL, *n_seq = NULL, *n_hash = NULL;
+    if (!n_stream) {
+        n_stream = PyUnicode_InternFromString("stream");
+        n_seq = PyUnicode_InternFromString("seq");
+        n_hash = PyUnicode_InternFromString("hash");
+        if (!n_stream || !n_seq || !n_hash) return NULL;
+    }
+    PyObject *evs = PySequence_Fast(events_in, "events must be a sequence");
+    if (!evs) return NULL;
+    buf b = {0};
+    PyObject *result = NULL;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(evs) && plain; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(evs, i);
+        PyObject *st = PyObject_GetAttr(e, n_stream);
+        PyObject *sq = st ? PyObject_GetAttr(e, n_seq) : NULL;
+        PyObject *h = sq ? PyObject_GetAttr(e, n_hash) : NULL;
+        int rc = 0;
+        if (!h) {
+            rc = -1;
+        } else if (!PyUnicode_CheckExact(st) || !PyLong_CheckExact(sq) ||
+                   !PyUnicode_CheckExact(h)) {
+            plain = 0;
+        } else {
+            Py_ssize_t ns, nh;
+            const char *ss = PyUnicode_AsUTF8AndSize(st, &ns);
+            const char *hs = ss ? PyUnicode_AsUTF8AndSize(h, &nh) : NULL;
+            int ovf;
+            long long q = hs ? PyLong_AsLongLongAndOverflow(sq, &ovf) : 0;
+            if (!hs) {
+                PyErr_Clear();
+                plain = 0;
+            } else if (ovf || (q == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                plain = 0;
+            } else if (buf_put(&b, ss, ns) < 0 || buf_putc(&b, '\x1f') < 0 ||
+                       buf_put_i64(&b, q) < 0 || buf_putc(&b, '\x1f') < 0 ||
+                       buf_put(&b, hs, nh) < 0 || buf_putc(&b, '\n') < 0) {
+                rc = -1;
+            }
+        }
+        Py_XDECREF(st);
+        Py_XDECREF(sq);
+        Py_XDECREF(h);
+        if (rc < 0) goto done;
+    }
+    if (!plain) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    b2_start s2;
+    b2_init(&s2, (const uint8_t *)"", 0, 16);
+    char out[32];
+    b2_hex16(&s2, (const uint8_t *)(b.p ? b.p : ""), (size_t)b.n, out);
+    result = PyUnicode_FromStringAndSize(out, 32);
+done:
+    PyMem_Free(b.p);
+    Py_DECREF(evs);
+    return result;
+}
+
 /* blake2b16(data, key=b"") -> hex: the module's BLAKE2b, for the tests against hashlib. */
 static PyObject *blake2b16(PyObject *self, PyObject *args) {
     (void)self;
@@ -1258,6 +1453,8 @@ static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
     {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events of marshal.dumps(items) frames in place."},
+    {"events", events, METH_VARARGS, "Check, encode and chain plain events into stored Events."},
+    {"digest", digest, METH_O, "BLAKE2b-16 of each event's stream, seq and hash lines (ledger_digest)."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},
     {NULL, NULL, 0, NULL},

@@ -559,6 +559,10 @@ def _event_setters() -> tuple | None:
 
 
 _EVENT_SETTERS = _event_setters()
+# The slots' descriptors themselves, for the compiled twin of encode_events' loop.
+_EVENT_DESCRIPTORS = tuple(getattr(Event, n) for n in Event.__slots__) \
+    if _EVENT_SETTERS is not None else None
+_EVENTS_C = getattr(_fastenc, "events", None) if _EVENT_SETTERS is not None else None
 
 
 def encode_events(
@@ -568,6 +572,8 @@ def encode_events(
     the compiled encoder (``encode_group``'s split): only the ``Event``s are built here."""
     if _fastenc is None or _EVENT_SETTERS is None or not _c_takes(stream, seq, prev_hash, None):
         return encode_events_py(stream, seq, prev_hash, items)
+    if _EVENTS_C is not None:
+        return _encode_events_c(stream, seq, prev_hash, items)
     s0, s1, s2, s3, s4, s5, s6, s7, s8 = _EVENT_SETTERS
     new = object.__new__
     out: list[Event] = []
@@ -593,6 +599,32 @@ def encode_events(
             s7(e, prev_hash := hashes[k:k + 32])
             s8(e, None)
             append(e)
+        if stop >= n:
+            break
+        one, bad = encode_events_py(stream, seq, prev_hash, [items[stop]])
+        out += one
+        if bad is not None:
+            return out, bad
+        seq, prev_hash = one[-1].seq, one[-1].hash
+        start = stop + 1
+    return out, None
+
+
+def _encode_events_c(
+    stream: str, seq: int, prev_hash: str, items: list[tuple],
+) -> tuple[list[Event], SchemaError | None]:
+    """``encode_events`` with the ``Event``s built by the compiled encoder too
+    (``_fastenc.events``: the same objects, slot by slot); an item it does not take goes
+    through ``encode_events_py``, as there."""
+    events, setters = _EVENTS_C, _EVENT_DESCRIPTORS
+    out: list[Event] = []
+    start, n = 0, len(items)
+    while start < n:
+        stop, seq, prev_hash, got = events(stream, seq, prev_hash, items, start, Event, setters)
+        if out:
+            out += got
+        else:
+            out = got
         if stop >= n:
             break
         one, bad = encode_events_py(stream, seq, prev_hash, [items[stop]])

@@ -25,7 +25,8 @@ of each watched handle) without running it; the ledger is byte for byte the same
 
 The replay ledger is recorded in memory (the runtime's ``emit`` appends a tuple, as ``Ledger.emit``
 does) and encoded, validated and chained once at the end (``encode_events``: the writer's
-``encode_group`` building the events in the same loop), then written as a real ledger file.
+``encode_group`` building the events in the same loop; in C where the extension is built,
+``_fastenc.events``), then written as a real ledger file.
 The ``ledger.opened`` wall anchor is the trace's, not the machine's, so nothing in it varies by
 run.
 
@@ -36,18 +37,25 @@ path runs on numpy views of the tensors (``ops.HostKV``: torch's per-call dispat
 its cost on blocks of a few KiB). What remains is the runtime's own work per event (most of
 it), the KV data path (fill, pack, unpack, checksums, copies: real bytes, on by default; now
 mostly memory traffic over a pool larger than the caches), the ledger encoding and chaining
-(~2 us an event), and the detectors and the wedge report's projection over the replay ledger
+(~1 us an event), and the detectors and the wedge report's projection over the replay ledger
 (the detectors' per-stream, per-request index of it is built once, from the recorders'
 per-stream lists, and shared with the wedge report and the divergences).
 
-Where a warm replay of a 256-request burst spends its time (issue 14; py-spy samples, shares of
-``Replay.run``): the runtime's own steps and inputs ~40% (the cores' firings, effects, status
-polls, timers), encoding and chaining the replay ledger ~17% (JSON of the attributes, the
-blake2b chain and building the ``Event``s, about a third each), the verdict ~20% (detectors ~9%,
-the wedge report's projection ~5%, the index ~3%, digest and divergences ~2%), control frames
-~10% (encode, the shim's classification, decode), the KV data path ~8%, this loop ~8%. No one
-part dominates: each is already one pass over the events in Python, so the replay runs at about
-18 us an event (~100k instructions) on a 2-core VM.
+Control frames are classified (the shim) and decoded (the worker, through
+``ShimTransport.decode_control``) once per process, not once per replay: both are pure functions
+of the frame's bytes, remembered by them (``shim.decode_frame``), and a trace's replays (best of
+N, the minimizer's hundreds) send the same frames again.
+
+Where a warm replay of a 256-request burst spends its time (issue 14, after its second round:
+~72k instructions an event by callgrind; shares of CPU time per part): the runtime's own steps
+and inputs ~40-45% (the cores' firings, effects, status polls, timers, the object churn of
+inputs, effects and requests: interpreted Python, no one part over ~5%), the verdict ~17%
+(detectors ~9%, the wedge report's projection ~5%, the index ~2%, digest and divergences ~2%),
+the KV data path ~9% (numpy copies and checksums: real bytes), this loop ~8%, encoding,
+chaining and building the replay ledger's ``Event``s (C) ~6%, control frames ~4% (encode and
+the remembered classify/decode), the fabric ~2%, setting up and giving back the workers ~3%.
+Nothing dominates: each part is already one pass over the events, so the cost of a replay is
+its event count times ~11-13 us of CPU on a 2-core VM, whatever the trace's wall time.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from kvledger.runtime.core.messages import decode
 from kvledger.runtime.faults import default_classify
 from kvledger.runtime.transport import PeerLostError, TransportError, XferStatus, block_ranges
 
@@ -220,6 +221,43 @@ def classify(msg: bytes) -> tuple[str | None, str | None]:
     return obj.get("type", obj.get("t")), (str(rid) if rid is not None else None)
 
 
+# Control frames seen by earlier replays, by their bytes: what ``classify`` and the runtime's
+# ``decode`` made of them. Both are pure functions of the bytes (and a decoded message is a
+# frozen value), and the replays of one trace (best of N, the minimizer's hundreds) send the
+# same frames again: each is parsed and validated once per process, not once per replay. A
+# frame ``decode`` refuses is not remembered (it raises each time, as it would). Bounded:
+# emptied when full.
+FRAMES_REMEMBERED_MAX = 1 << 16
+_CLASSIFIED: dict[bytes, tuple[str | None, str | None]] = {}
+_DECODED: dict[bytes, Any] = {}
+
+
+def classify_frame(msg: bytes) -> tuple[str | None, str | None]:
+    """``classify(msg)``, remembered across replays (``_CLASSIFIED``)."""
+    got = _CLASSIFIED.get(msg) if type(msg) is bytes else None
+    if got is None:
+        got = classify(msg)
+        if type(msg) is bytes:
+            if len(_CLASSIFIED) >= FRAMES_REMEMBERED_MAX:
+                _CLASSIFIED.clear()
+            _CLASSIFIED[msg] = got
+    return got
+
+
+def decode_frame(data: bytes) -> Any:
+    """The runtime's ``decode(data)`` (the message, or its MessageError), remembered across
+    replays (``_DECODED``): what ``ShimTransport.decode_control`` answers the worker with."""
+    if type(data) is not bytes:
+        return decode(data)
+    got = _DECODED.get(data)
+    if got is None:
+        got = decode(data)  # MessageError: raised, not remembered
+        if len(_DECODED) >= FRAMES_REMEMBERED_MAX:
+            _DECODED.clear()
+        _DECODED[data] = got
+    return got
+
+
 def _other(trace: Trace, stream: str) -> str | None:
     others = [s for s in trace.streams if s != stream]
     return others[0] if len(others) == 1 else None
@@ -393,7 +431,7 @@ class ShimTransport:
               notif: bytes) -> int:
         self._raise_if_lost("post_write")
         assert local_region in self.regions, f"region {local_region} not registered"
-        _, rid = classify(notif) if notif else (None, None)
+        _, rid = classify_frame(notif) if notif else (None, None)
         rid = rid or "?"
         k = self._ordinal.get(rid, 0)
         self._ordinal[rid] = k + 1
@@ -448,11 +486,16 @@ class ShimTransport:
     def send_control(self, peer: str, msg: bytes) -> None:
         self._raise_if_lost("send_control")
         f = self.fabric
-        mtype, rid = classify(msg)
+        mtype, rid = classify_frame(msg)
         if f.faults.take_drop(self.name, mtype, rid):
             f.stats["dropped"] += 1
             return
         f.deliver(self.name, peer, msg, f.timing.control_delay(self.name, mtype, rid) + f.jitter())
+
+    def decode_control(self, data: bytes) -> Any:
+        """What the runtime's ``decode`` makes of a frame this transport delivered (the worker
+        asks its transport, where it has this method): ``decode_frame``."""
+        return decode_frame(data)
 
     def poll_control(self) -> list[tuple[str, bytes]]:
         # A lost peer shows on the next operation towards it (check, post, send), not here:

@@ -316,7 +316,23 @@ def test_replay_events_are_the_python_loops(items: list) -> None:
         assert got == want
         return
     assert got[0] == want[0]
+    assert [type(e) for e in got[0]] == [type(e) for e in want[0]]
+    # The events the C loop built share nothing mutable with the items beyond the attrs dict
+    # (the emitted one when it has no None value, as the Python loop keeps it).
+    for e, it in zip(got[0], items, strict=False):
+        assert (e.attrs is it[3]) == (None not in it[3].values())
     assert (type(got[1]), str(got[1])) == (type(want[1]), str(want[1]))
+
+
+def test_replay_events_are_built_in_c_where_built() -> None:
+    """The replayer's encode_events builds its Events in C (``_fastenc.events``) where the
+    extension has it."""
+    assert mapper._EVENTS_C is not None
+    items = [(5, "xfer.polled", "r", {"handle": 1, "state": "DONE", "polls": 2, "error": None}),
+             (6, "xfer.polled", "r", {"handle": 1, "state": "ERR", "polls": 3, "error": "e"})]
+    got, bad = mapper._encode_events_c("s", 0, GENESIS_HASH, items)
+    want, bad2 = mapper.encode_events_py("s", 0, GENESIS_HASH, items)
+    assert got == want and len(got) == 2 and bad is None and bad2 is None
 
 
 def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noqa: ANN001
@@ -391,3 +407,21 @@ def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noq
         store.close()
     assert got == [("buffer.acquired", "r1", '{"pool":"send","slot":3}'),
                    ("xfer.polled", "r1", '{"handle":1,"polls":2,"state":"PROC"}')]
+
+
+def test_replay_digest_in_c_is_the_python_definition() -> None:
+    """The replay verdict's ledger digest computed in C (``_fastenc.digest``) is its Python
+    definition's, and anything but plain str/int fields is left to the definition."""
+    from kvledger.ledger.events import Event
+    from kvledger.replay import verdict
+
+    assert verdict._DIGEST_C is not None
+    evs = [Event("ctx-ü", i, 7 * i, "k", None, {}, "", f"{i:032x}") for i in range(300)]
+    evs.append(Event("gen", -5, 0, "k", None, {}, "", "h" * 40))
+    evs.append(Event("gen", 2**70, 0, "k", None, {}, "", ""))
+    assert verdict.ledger_digest(evs, ordered=True) == verdict.ledger_digest_py(evs)
+    assert verdict._DIGEST_C(evs[:1]) == verdict.ledger_digest_py(evs[:1])
+    odd = [Event("s", True, 0, "k", None, {}, "", "x")]  # a bool seq: not C's
+    assert verdict._DIGEST_C(odd) is None
+    assert verdict.ledger_digest(odd, ordered=True) == verdict.ledger_digest_py(odd)
+    assert verdict.ledger_digest([]) == verdict.ledger_digest_py([])

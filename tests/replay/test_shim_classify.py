@@ -48,3 +48,38 @@ def test_classify_is_default_classify_on_known_frames() -> None:
                            st.sampled_from([b'"r1"', b"2", b"null", b"[1]", b'"\\ud800"']))))
 def test_classify_is_default_classify_on_any_bytes(frame: bytes) -> None:
     assert classify(frame) == default_classify(frame)
+
+
+def test_remembered_frames_are_what_classify_and_decode_make_of_them() -> None:
+    """``classify_frame`` / ``decode_frame`` (remembered across replays) answer what
+    ``classify`` / the runtime's ``decode`` answer, the second time too; a frame decode
+    refuses raises each time and is not remembered."""
+    from kvledger.replay import shim
+    from kvledger.runtime.core.messages import MessageError, decode
+
+    for _ in range(2):
+        for frame in FRAMES:
+            assert shim.classify_frame(frame) == classify(frame), frame
+            try:
+                want = decode(frame)
+            except MessageError as exc:
+                try:
+                    shim.decode_frame(frame)
+                except MessageError as again:
+                    assert str(again) == str(exc)
+                else:
+                    raise AssertionError(f"{frame!r} decoded")
+                assert frame not in shim._DECODED
+                continue
+            got = shim.decode_frame(frame)
+            assert got == want and type(got) is type(want), frame
+    full = dict.fromkeys(range(shim.FRAMES_REMEMBERED_MAX))
+    saved = dict(shim._DECODED)
+    try:
+        shim._DECODED.clear()
+        shim._DECODED.update(full)
+        assert shim.decode_frame(FRAMES[0]) == decode(FRAMES[0])
+        assert len(shim._DECODED) == 1  # emptied when full
+    finally:
+        shim._DECODED.clear()
+        shim._DECODED.update(saved)
