@@ -133,10 +133,24 @@ LEFT JOIN _obligation_stream_ends AS e USING (stream)
 LEFT JOIN _obligation_requests AS req USING (stream, request_id)
 WHERE o.opens;
 
+-- Helper: the keys (stream, request, obligation, resource) with more opening than closing
+-- steps, with their last opening step (obligations_open without its per-request columns; the
+-- forensic summary counts these per stream).
+CREATE VIEW _obligations_open_keys AS
+SELECT
+  stream, request_id, obligation, resource,
+  max(ts_ns) FILTER (WHERE opens) AS ts_ns,
+  max(seq) FILTER (WHERE opens) AS seq,
+  count(*) FILTER (WHERE opens) - count(*) FILTER (WHERE NOT opens) AS open_count
+FROM _obligation_steps
+GROUP BY stream, request_id, obligation, resource
+HAVING open_count > 0;
+
 -- Open cleanup obligations only, one row per (stream, request, obligation, resource) that has
 -- more opening than closing steps: the same answer as obligations WHERE dur_ns = -1 for
 -- alternating open/close sequences, computed with one group-by instead of a window (the
--- forensic summary reads this on every run).
+-- forensic summary reads this on every run). The per-request columns are looked up for the
+-- open keys' requests only (few), not grouped for every request of the ledger.
 CREATE VIEW obligations_open (
   -- Worker stream that owes the obligation.
   stream,
@@ -162,14 +176,18 @@ CREATE VIEW obligations_open (
   request_finished
 ) AS
 WITH k AS (
+  SELECT * FROM _obligations_open_keys
+),
+req AS (
   SELECT
-    stream, request_id, obligation, resource,
-    max(ts_ns) FILTER (WHERE opens) AS ts_ns,
-    max(seq) FILTER (WHERE opens) AS seq,
-    count(*) FILTER (WHERE opens) - count(*) FILTER (WHERE NOT opens) AS open_count
-  FROM _obligation_steps
-  GROUP BY stream, request_id, obligation, resource
-  HAVING open_count > 0
+    stream, request_id,
+    arg_max(json_extract_string(attrs, '$.reason'), seq)
+      FILTER (WHERE kind = 'termination.deferred') AS deferred_reason,
+    bool_or(kind = 'request.finished') AS finished
+  FROM events
+  SEMI JOIN (SELECT DISTINCT stream, request_id FROM k) AS kr USING (stream, request_id)
+  WHERE kind IN ('termination.deferred', 'request.finished')
+  GROUP BY stream, request_id
 )
 SELECT
   k.stream,
@@ -185,4 +203,4 @@ SELECT
   coalesce(req.finished, false)
 FROM k
 LEFT JOIN _obligation_stream_ends AS e USING (stream)
-LEFT JOIN _obligation_requests AS req USING (stream, request_id);
+LEFT JOIN req USING (stream, request_id);
