@@ -43,12 +43,21 @@ on a 1.9M-event run and two synthetic faulty folders. CPU s before -> after: eve
 stuck 3.44 -> 1.28, poisoned 0.53 -> 0.29, pool_peaks 1.01 -> 0.69, in_flight_peak 0.26 ->
 0.16, ownership_open 1.75 -> 0.96. What did it: stream and kind handed to DuckDB as Arrow
 dictionaries (every scan, kind filter and group-by by stream got 25-60% cheaper; 0.3 s CPU
-of encoding at load, and 70 MB less peak RSS), the obligations' lag window over the blocks
+of encoding at load), the obligations' lag window over the blocks
 steps only, open obligations' per-request columns looked up for the open keys only, stuck
 folding only its own requests' transfers, cancels aggregating the four kinds it needs for
 the cancelled requests only (not the requests view), progress evaluating contains() on
-xfer.polled rows only, and ownership reading events once instead of three times. Loading
-the folder in-session: 6.8-6.9 s CPU (before 7.9-8.0), 1.62 GB peak RSS (before 1.69-1.71).
+xfer.polled rows only, and ownership reading events once instead of three times. Loading:
+the dictionary encoding costs 0.3 s CPU (timed alone); whole in-session loads varied 6.4-8.0
+s CPU before and 6.7-7.9 s after (3.8 s vs 4.2-4.7 s wall when the box was quiet), peak RSS
+1.65-1.71 GB both. In a quieter moment (load ~1.5, both threads working), best of 2 wall s
+before -> after: events_by_kind 0.11 -> 0.03, streams 0.34 -> 0.16, requests_by_outcome
+0.78 -> 0.77, transfer_latency 0.26 -> 0.23, poisoned 0.25 -> 0.17 (every summary query
+<= 1 s), cancel_outcomes 1.89 -> 1.86, open_obligations 0.75 -> 0.61, progress 1.53 ->
+0.88, stuck 1.64 -> 0.68, pool_peaks 0.47 -> 0.35, in_flight_peak 0.14 -> 0.08,
+ownership_open 0.78 -> 0.38 (CPU there: cancel_outcomes 3.66 -> 3.53, requests_by_outcome
+1.47 -> 1.43, progress 2.98 -> 1.71, stuck 3.15 -> 1.27: the busy-box cancel gain above is
+mostly noise).
 Left: requests_by_outcome is one group-by of every request event into 1.14M (stream,
 request) groups (~1.2 s CPU of its 1.45: the "summary" over its 1 s target on CPU, about
 0.75 s on 2 idle cores); cancel_outcomes is two row_number windows over 1.09M cancels and
