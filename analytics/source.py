@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def collect(targets: Sequence[str], hashes: bool = True) -> Sources:
             parts = 2 if len(sql_leaves) <= 2 else 1
             with ThreadPoolExecutor(max_workers=min(4, len(sql_leaves) or 1)) as pool:
                 out.tables += list(pool.map(
-                    lambda leaf: _envelope(_read_leaf(leaf, hashes, parts)), sql_leaves))
+                    lambda leaf: _dictionary_columns(_envelope(_read_leaf(leaf, hashes, parts))),
+                    sql_leaves))
     except (LedgerError, ValueError) as exc:
         raise SourceError(_first_line(exc)) from None
     if not out:
@@ -134,6 +136,23 @@ def _envelope(table: pa.Table) -> pa.Table:
     """The envelope columns (``COLUMNS``, those of them the table has) with ``SCHEMA``'s types."""
     names = [c for c in COLUMNS if c in table.column_names]
     return table.select(names).cast(pa.schema([SCHEMA.field(c) for c in names]))
+
+
+# Low-cardinality columns handed to DuckDB dictionary-encoded (a few dozen kinds, a stream or
+# two per ledger). DuckDB reads an Arrow dictionary as VARCHAR (the same values and types in
+# every view), but its scans, filters (kind IN (...)) and group-bys then work on the small
+# dictionary instead of every row's string: on a 1.9M-event run folder the canned queries took
+# 25-60% less CPU (events_by_kind 0.05 -> 0.02 s, obligations 0.35 -> 0.19 s), for 0.08 s
+# of encoding; the Arrow tables also shrink by the strings they no longer repeat.
+DICTIONARY_COLUMNS = ("stream", "kind")
+
+
+def _dictionary_columns(table: pa.Table) -> pa.Table:
+    for name in DICTIONARY_COLUMNS:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
+    return table
 
 
 def _first_line(exc: BaseException) -> str:

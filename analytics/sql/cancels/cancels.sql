@@ -1,5 +1,4 @@
 -- INCLUDE events.events
--- INCLUDE requests.requests
 
 -- One row per cancel.requested: its source, the structured result and action of the matching
 -- cancel.result (the n-th result of the request on the stream answers its n-th cancel), and
@@ -35,6 +34,9 @@ CREATE VIEW cancels (
   -- cancel.requested to resources.freed in ns; -1 while not freed.
   dur_ns
 ) AS
+-- The request's facts (transfer_outcome .. resources_freed_ts_ns) are those of the requests view,
+-- aggregated here from the four kinds they come from and only for requests with a cancel: the
+-- requests view groups every event of every request.
 WITH c AS (
   SELECT
     stream, request_id, ts_ns, seq,
@@ -51,6 +53,21 @@ r AS (
     row_number() OVER (PARTITION BY stream, request_id ORDER BY seq) AS n
   FROM events
   WHERE kind = 'cancel.result'
+),
+q AS (
+  SELECT
+    stream,
+    request_id,
+    json_extract_string(arg_max(attrs, seq) FILTER (WHERE kind = 'transfer.completed'),
+                        '$.outcome') AS transfer_outcome,
+    json_extract_string(arg_max(attrs, seq) FILTER (WHERE kind = 'request.finished'),
+                        '$.outcome') AS outcome,
+    min(ts_ns) FILTER (WHERE kind = 'termination.done') AS termination_done_ts_ns,
+    min(ts_ns) FILTER (WHERE kind = 'resources.freed') AS resources_freed_ts_ns
+  FROM events
+  SEMI JOIN (SELECT DISTINCT stream, request_id FROM c) AS k USING (stream, request_id)
+  WHERE kind IN ('transfer.completed', 'request.finished', 'termination.done', 'resources.freed')
+  GROUP BY stream, request_id
 )
 SELECT
   c.stream,
@@ -74,4 +91,4 @@ SELECT
   coalesce(q.resources_freed_ts_ns - c.ts_ns, -1)
 FROM c
 LEFT JOIN r USING (stream, request_id, n)
-LEFT JOIN requests AS q USING (stream, request_id);
+LEFT JOIN q USING (stream, request_id);

@@ -25,6 +25,7 @@ CREATE VIEW forensics_progress (
   -- Open obligations of the stream at its end.
   open_obligations
 ) AS
+-- contains() only on xfer.polled rows (CASE: an AND would evaluate it on every event).
 WITH p AS (
   SELECT
     stream,
@@ -38,13 +39,15 @@ WITH p AS (
       kind NOT IN ('poll.context', 'poll.generation', 'buffer.exhausted', 'health.changed',
                    'ledger.opened', 'ledger.closed', 'ledger.spilled', 'ledger.backpressure',
                    'ledger.tail_truncated', 'fault.injected', 'vllm.call', 'vllm.request_call')
-        AND NOT (kind = 'xfer.polled' AND contains(attrs, '"state":"PROC"')) AS progress
+        AND NOT CASE
+          WHEN kind = 'xfer.polled' THEN contains(attrs, '"state":"PROC"') ELSE false
+        END AS progress
     FROM events
   )
   GROUP BY stream
 ),
 o AS (
-  SELECT stream, count(*) AS n FROM obligations_open GROUP BY stream
+  SELECT stream, count(*) AS n FROM _obligations_open_keys GROUP BY stream
 )
 SELECT
   p.stream,
@@ -101,6 +104,34 @@ WITH o AS (
     min(resource) FILTER (WHERE obligation = 'slot') AS slot
   FROM obligations_open
   GROUP BY stream, request_id
+),
+-- The transfers view's columns used below, folded for these requests only (few) instead of
+-- every transfer of the ledger (DuckDB does not push the join below the view's group-by).
+t AS (
+  SELECT
+    stream,
+    request_id,
+    json_extract_string(started_attrs, '$.role') AS role,
+    json_extract_string(started_attrs, '$.peer') AS peer,
+    posted AS posted_ts_ns,
+    CAST(coalesce(json_extract(posted_attrs, '$.handle'),
+                  json_extract(polled_attrs, '$.handle')) AS BIGINT) AS handle,
+    json_extract_string(polled_attrs, '$.state') AS xfer_state
+  FROM (
+    SELECT
+      stream,
+      request_id,
+      min(ts_ns) FILTER (WHERE kind = 'transfer.started') AS started,
+      arg_min(attrs, seq) FILTER (WHERE kind = 'transfer.started') AS started_attrs,
+      min(ts_ns) FILTER (WHERE kind = 'xfer.posted') AS posted,
+      arg_max(attrs, seq) FILTER (WHERE kind = 'xfer.posted') AS posted_attrs,
+      arg_max(attrs, seq) FILTER (WHERE kind = 'xfer.polled') AS polled_attrs
+    FROM events
+    SEMI JOIN o USING (stream, request_id)
+    WHERE kind IN ('transfer.started', 'xfer.posted', 'xfer.polled')
+    GROUP BY stream, request_id
+  )
+  WHERE started IS NOT NULL
 )
 SELECT
   o.stream,
@@ -131,7 +162,7 @@ SELECT
   o.finished,
   o.closed
 FROM o
-LEFT JOIN transfers AS t USING (stream, request_id);
+LEFT JOIN t USING (stream, request_id);
 
 -- Poisoned buffer slots: each buffer.poisoned, the slot that never returns to its pool unless
 -- the peer that could touch it was reaped (a restart): then the first later quarantine.released

@@ -24,25 +24,26 @@ CREATE VIEW ownership (
   -- Length of the holding in ns; -1 while held.
   dur_ns
 ) AS
+-- One scan: each taking/giving-up event with the list of resources it concerns (one slot or
+-- handle, or the event's blocks), unnested.
 WITH steps AS (
   SELECT
-    stream, request_id, seq, ts_ns, kind, 'slot' AS resource_type,
-    json_extract_string(attrs, '$.pool') || ':' || json_extract_string(attrs, '$.slot')
-      AS resource
+    stream, request_id, seq, ts_ns, kind,
+    CASE
+      WHEN kind GLOB 'buffer.*' THEN 'slot'
+      WHEN kind GLOB 'xfer.*' THEN 'handle'
+      ELSE 'block'
+    END AS resource_type,
+    unnest(CASE
+      WHEN kind GLOB 'buffer.*'
+        THEN [json_extract_string(attrs, '$.pool') || ':' || json_extract_string(attrs, '$.slot')]
+      WHEN kind GLOB 'xfer.*' THEN ['handle:' || json_extract_string(attrs, '$.handle')]
+      ELSE list_transform(CAST(json_extract(attrs, '$.blocks') AS BIGINT[]),
+                          lambda b: 'block:' || CAST(b AS VARCHAR))
+    END) AS resource
   FROM events
-  WHERE kind IN ('buffer.acquired', 'buffer.released', 'buffer.poisoned')
-  UNION ALL
-  SELECT
-    stream, request_id, seq, ts_ns, kind, 'handle',
-    'handle:' || json_extract_string(attrs, '$.handle')
-  FROM events
-  WHERE kind IN ('xfer.posted', 'xfer.released')
-  UNION ALL
-  SELECT
-    stream, request_id, seq, ts_ns, kind, 'block',
-    'block:' || CAST(unnest(CAST(json_extract(attrs, '$.blocks') AS BIGINT[])) AS VARCHAR)
-  FROM events
-  WHERE kind IN ('blocks.allocated', 'blocks.reused', 'blocks.freed')
+  WHERE kind IN ('buffer.acquired', 'buffer.released', 'buffer.poisoned', 'xfer.posted',
+                 'xfer.released', 'blocks.allocated', 'blocks.reused', 'blocks.freed')
 ),
 paired AS (
   SELECT
