@@ -568,46 +568,12 @@ _EVENTS_C = getattr(_fastenc, "events", None) if _EVENT_SETTERS is not None else
 def encode_events(
     stream: str, seq: int, prev_hash: str, items: list[tuple],
 ) -> tuple[list[Event], SchemaError | None]:
-    """``encode_events_py`` with the check, encoding and chain hash of the plain events done by
-    the compiled encoder (``encode_group``'s split): only the ``Event``s are built here."""
-    if _fastenc is None or _EVENT_SETTERS is None or not _c_takes(stream, seq, prev_hash, None):
+    """``encode_events_py`` with the check, encoding, chain hash and ``Event`` building of the
+    plain events done by the compiled encoder (``_fastenc.events``, ``encode_group``'s split);
+    the Python loop where it is not built."""
+    if _EVENTS_C is None or not _c_takes(stream, seq, prev_hash, None):
         return encode_events_py(stream, seq, prev_hash, items)
-    if _EVENTS_C is not None:
-        return _encode_events_c(stream, seq, prev_hash, items)
-    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _EVENT_SETTERS
-    new = object.__new__
-    out: list[Event] = []
-    append = out.append
-    start, n = 0, len(items)
-    while start < n:
-        res = _fastenc.encode(stream, seq, prev_hash, items, start, b"")
-        stop, hashes = res[0], res[11].decode("ascii")
-        for j in range(start, stop):
-            ts_ns, kind, rid, attrs = items[j]
-            if None in attrs.values():  # stored without its None-valued attributes
-                attrs = {k: v for k, v in attrs.items() if v is not None}
-            seq += 1
-            e = new(Event)
-            s0(e, stream)
-            s1(e, seq)
-            s2(e, ts_ns)
-            s3(e, kind)
-            s4(e, rid)
-            s5(e, attrs)
-            s6(e, prev_hash)
-            k = 32 * (j - start)
-            s7(e, prev_hash := hashes[k:k + 32])
-            s8(e, None)
-            append(e)
-        if stop >= n:
-            break
-        one, bad = encode_events_py(stream, seq, prev_hash, [items[stop]])
-        out += one
-        if bad is not None:
-            return out, bad
-        seq, prev_hash = one[-1].seq, one[-1].hash
-        start = stop + 1
-    return out, None
+    return _encode_events_c(stream, seq, prev_hash, items)
 
 
 def _encode_events_c(
