@@ -124,8 +124,8 @@ def payload_schema() -> Any:
 # (uint32 LE), then the compressed bytes. Whole, not Arrow's per-buffer compression, because a
 # batch's prev_hash column is its hash column shifted by one, a repeat only a whole-blob
 # compressor sees. On a real run's ledger (175 bytes an event raw): LZ4 72 bytes at ~0.15 us
-# an event to compress and ~0.05 us to decompress, zstd 40 bytes at ~0.3 us and ~0.18 us (and a
-# fresh zstd context per call in pyarrow, 70 us a row): LZ4, since every forensic command pays
+# an event to compress and ~0.05 us to decompress, zstd 40 bytes at ~0.3 us and ~0.18 us (pyarrow
+# also makes a fresh zstd context per call, ~15% of that): LZ4, since every forensic command pays
 # the decompression and the writer's committer thread the compression; zstd payloads are read
 # too. An IPC message never starts with these bytes (0xFFFFFFFF, or a little-endian metadata
 # length), so the payloads of ledgers written before, uncompressed, read as they always did.
