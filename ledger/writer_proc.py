@@ -207,22 +207,15 @@ class _Writer:
                 frames = self.take()
                 if frames is None:
                     return
-                batches: list[bytes] = []  # the B frames' marshalled item lists
                 tokens: list[int] = []
-                pickled = False
                 for tag, payload in frames:
-                    if tag == b"B":
-                        batches.append(payload)
-                    elif tag == b"P":
-                        batches.append(payload)
-                        pickled = True
-                    elif tag == b"F":
+                    if tag == b"F":
                         tokens.append(marshal.loads(payload))
                     elif tag == b"S":
                         committer.put(("rows_wanted", None))
                 if not self.failed:
                     try:
-                        for rows, bad in self._encode(frames, batches, pickled, seq, prev):
+                        for rows, bad in self._encode(frames, seq, prev):
                             if rows:
                                 committer.put(("rows", rows))
                                 seq, prev = rows.last_seq, rows.last_hash
@@ -237,16 +230,15 @@ class _Writer:
         finally:
             committer.close()
 
-
-    def _encode(self, frames: list, batches: list[bytes], pickled: bool, seq: int,
-                prev: str) -> Any:
+    def _encode(self, frames: list, seq: int, prev: str) -> Any:
         """The groups of one take: (rows, SchemaError | None) pairs. Where every batch is
         marshalled and groups are not capped (always, outside tests), one group encoded from
         the frames' bytes in place (``encode_frames``); else the items loaded, in groups of at
         most ``group_max``."""
         key = self.cfg.get("key")
         cap = self.cfg.get("group_max")
-        if not pickled and not cap:
+        if not cap and not any(tag == b"P" for tag, _ in frames):
+            batches = [payload for tag, payload in frames if tag == b"B"]
             yield self.encode_frames(self.stream, seq, prev, batches, key)
             return
         items: list[tuple] = []
