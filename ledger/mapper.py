@@ -573,15 +573,8 @@ def encode_events(
     the Python loop where it is not built."""
     if _EVENTS_C is None or not _c_takes(stream, seq, prev_hash, None):
         return encode_events_py(stream, seq, prev_hash, items)
-    return _encode_events_c(stream, seq, prev_hash, items)
-
-
-def _encode_events_c(
-    stream: str, seq: int, prev_hash: str, items: list[tuple],
-) -> tuple[list[Event], SchemaError | None]:
-    """``encode_events`` with the ``Event``s built by the compiled encoder too
-    (``_fastenc.events``: the same objects, slot by slot); an item it does not take goes
-    through ``encode_events_py``, as there."""
+    # The Events are built slot by slot in C; an item it does not take goes through
+    # encode_events_py, and C goes on after it.
     events, setters = _EVENTS_C, _EVENT_DESCRIPTORS
     out: list[Event] = []
     start, n = 0, len(items)

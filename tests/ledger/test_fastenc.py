@@ -330,7 +330,7 @@ def test_replay_events_are_built_in_c_where_built() -> None:
     assert mapper._EVENTS_C is not None
     items = [(5, "xfer.polled", "r", {"handle": 1, "state": "DONE", "polls": 2, "error": None}),
              (6, "xfer.polled", "r", {"handle": 1, "state": "ERR", "polls": 3, "error": "e"})]
-    got, bad = mapper._encode_events_c("s", 0, GENESIS_HASH, items)
+    got, bad = mapper.encode_events("s", 0, GENESIS_HASH, items)  # C: _EVENTS_C is set
     want, bad2 = mapper.encode_events_py("s", 0, GENESIS_HASH, items)
     assert got == want and len(got) == 2 and bad is None and bad2 is None
 
