@@ -232,30 +232,29 @@ _CLASSIFIED: dict[bytes, tuple[str | None, str | None]] = {}
 _DECODED: dict[bytes, Any] = {}
 
 
+def _remembered(table: dict[bytes, Any], frame: bytes, parse: Any) -> Any:
+    """``parse(frame)``, from ``table`` where an earlier replay parsed these bytes (only exact
+    ``bytes`` are remembered; an exception is raised each time, never remembered)."""
+    if type(frame) is not bytes:
+        return parse(frame)
+    got = table.get(frame)
+    if got is None:
+        got = parse(frame)
+        if len(table) >= FRAMES_REMEMBERED_MAX:
+            table.clear()
+        table[frame] = got
+    return got
+
+
 def classify_frame(msg: bytes) -> tuple[str | None, str | None]:
     """``classify(msg)``, remembered across replays (``_CLASSIFIED``)."""
-    got = _CLASSIFIED.get(msg) if type(msg) is bytes else None
-    if got is None:
-        got = classify(msg)
-        if type(msg) is bytes:
-            if len(_CLASSIFIED) >= FRAMES_REMEMBERED_MAX:
-                _CLASSIFIED.clear()
-            _CLASSIFIED[msg] = got
-    return got
+    return _remembered(_CLASSIFIED, msg, classify)
 
 
 def decode_frame(data: bytes) -> Any:
     """The runtime's ``decode(data)`` (the message, or its MessageError), remembered across
     replays (``_DECODED``): what ``ShimTransport.decode_control`` answers the worker with."""
-    if type(data) is not bytes:
-        return decode(data)
-    got = _DECODED.get(data)
-    if got is None:
-        got = decode(data)  # MessageError: raised, not remembered
-        if len(_DECODED) >= FRAMES_REMEMBERED_MAX:
-            _DECODED.clear()
-        _DECODED[data] = got
-    return got
+    return _remembered(_DECODED, data, decode)
 
 
 def _other(trace: Trace, stream: str) -> str | None:
