@@ -117,8 +117,8 @@ static void b2_init(b2_start *st, const uint8_t *key, size_t keylen, size_t outl
 
 static const char HEX[] = "0123456789abcdef";
 
-/* BLAKE2b of msg[0:n] (n > 0) from ``st``; the 16-byte digest written as 32 hex chars. */
-static void b2_hex16(const b2_start *st, const uint8_t *msg, size_t n, char *out) {
+/* BLAKE2b of msg[0:n] (n > 0) from ``st``; the 16-byte digest into out. */
+static void b2_digest16(const b2_start *st, const uint8_t *msg, size_t n, uint8_t out[16]) {
     uint64_t h[8];
     uint64_t t = st->t;
     memcpy(h, st->h, sizeof h);
@@ -132,10 +132,16 @@ static void b2_hex16(const b2_start *st, const uint8_t *msg, size_t n, char *out
     memcpy(block, msg, n);
     t += n;
     b2_compress(h, block, t, 1);
+    for (int i = 0; i < 16; i++) out[i] = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
+}
+
+/* The same digest written as 32 hex chars. */
+static void b2_hex16(const b2_start *st, const uint8_t *msg, size_t n, char *out) {
+    uint8_t d[16];
+    b2_digest16(st, msg, n, d);
     for (int i = 0; i < 16; i++) {
-        uint8_t b = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
-        out[2 * i] = HEX[b >> 4];
-        out[2 * i + 1] = HEX[b & 15];
+        out[2 * i] = HEX[d[i] >> 4];
+        out[2 * i + 1] = HEX[d[i] & 15];
     }
 }
 
@@ -1304,6 +1310,231 @@ done:
     return out;
 }
 
+/* -- the runtime core's prompt hash chain -------------------------------------------------------
+ * A request's token ids are drawn from Python's Mersenne Twister (``runtime/workload.py``: a
+ * ``_random.Random`` seeded from a 64-bit int, 960 bits a chunk by ``getrandbits``, cut into
+ * 15-bit tokens) and its KV blocks are named by a BLAKE2b chain over them
+ * (``runtime/core/blocks.py``: block i's hash covers "prev|t1,t2,..."). Both Python loops stay
+ * the definitions (tests/runtime/test_fastchain.py holds this code equal to them); here the two
+ * run without a Python int, str or bytes per token: they were a fifth of the core's cost per
+ * request. The generator below is CPython's (Modules/_randommodule.c), so the tokens are the
+ * ones ``_random.Random(seed).getrandbits`` gives. */
+#define MT_N 624
+#define MT_M 397
+
+typedef struct {
+    uint32_t mt[MT_N];
+    int index;
+} mt_state;
+
+static void mt_init_genrand(mt_state *s, uint32_t seed) {
+    uint32_t *mt = s->mt;
+    mt[0] = seed;
+    for (int i = 1; i < MT_N; i++) mt[i] = 1812433253U * (mt[i - 1] ^ (mt[i - 1] >> 30)) + (uint32_t)i;
+    s->index = MT_N;
+}
+
+/* random.seed(n) for 0 <= n < 2**64: init_by_array over n's 32-bit words, low word first (one
+ * word when n < 2**32, as CPython counts them). */
+static void mt_seed(mt_state *s, uint64_t n) {
+    uint32_t key[2] = {(uint32_t)n, (uint32_t)(n >> 32)};
+    size_t keylen = key[1] ? 2 : 1;
+    uint32_t *mt = s->mt;
+    mt_init_genrand(s, 19650218U);
+    size_t i = 1, j = 0;
+    for (size_t k = MT_N > keylen ? MT_N : keylen; k; k--) {
+        mt[i] = (mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1664525U)) + key[j] + (uint32_t)j;
+        i++;
+        j++;
+        if (i >= MT_N) {
+            mt[0] = mt[MT_N - 1];
+            i = 1;
+        }
+        if (j >= keylen) j = 0;
+    }
+    for (size_t k = MT_N - 1; k; k--) {
+        mt[i] = (mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1566083941U)) - (uint32_t)i;
+        i++;
+        if (i >= MT_N) {
+            mt[0] = mt[MT_N - 1];
+            i = 1;
+        }
+    }
+    mt[0] = 0x80000000U;
+}
+
+/* The next output. CPython twists all 624 words when it runs out; word kk's twist reads only
+ * words kk + 1 and kk + 397 (mod 624) as they are at that point of the in-order pass, so
+ * twisting each word just before it is output gives the same words: a request draws ~30 of them,
+ * and the other ~590 twists were as much work as the seeding. */
+static uint32_t mt_next(mt_state *s) {
+    static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
+    uint32_t *mt = s->mt, y;
+    if (s->index >= MT_N) s->index = 0;
+    int kk = s->index++;
+    y = (mt[kk] & 0x80000000U) | (mt[kk + 1 < MT_N ? kk + 1 : 0] & 0x7fffffffU);
+    mt[kk] = mt[kk + MT_M < MT_N ? kk + MT_M : kk + MT_M - MT_N] ^ (y >> 1) ^ mag01[y & 1U];
+    y = mt[kk];
+    y ^= (y >> 11);
+    y ^= (y << 7) & 0x9d2c5680U;
+    y ^= (y << 15) & 0xefc60000U;
+    y ^= (y >> 18);
+    return y;
+}
+
+#define TOKEN_BITS 15
+#define CHUNK_TOKENS 64 /* workload._CHUNK: 960 bits, 30 words of getrandbits, a chunk */
+
+/* The first n tokens the generator seeded with ``seed`` gives (workload._draw). */
+static void mt_tokens(uint64_t seed, int32_t *out, Py_ssize_t n) {
+    mt_state s;
+    mt_seed(&s, seed);
+    uint8_t raw[TOKEN_BITS * CHUNK_TOKENS / 8 + 4];
+    for (Py_ssize_t at = 0; at < n; at += CHUNK_TOKENS) {
+        /* getrandbits(960): 30 words, least significant first, as little-endian bytes. */
+        for (int w = 0; w < TOKEN_BITS * CHUNK_TOKENS / 32; w++) {
+            uint32_t r = mt_next(&s);
+            for (int b = 0; b < 4; b++) raw[4 * w + b] = (uint8_t)(r >> (8 * b));
+        }
+        memset(raw + TOKEN_BITS * CHUNK_TOKENS / 8, 0, 4);
+        Py_ssize_t take = n - at < CHUNK_TOKENS ? n - at : CHUNK_TOKENS;
+        for (Py_ssize_t t = 0; t < take; t++) {
+            size_t bit = (size_t)t * TOKEN_BITS;
+            uint32_t x = (uint32_t)raw[bit / 8] | (uint32_t)raw[bit / 8 + 1] << 8 |
+                         (uint32_t)raw[bit / 8 + 2] << 16;
+            out[at + t] = (int32_t)((x >> (bit % 8)) & ((1U << TOKEN_BITS) - 1));
+        }
+    }
+}
+
+/* u64 of a Python int in [0, 2**64), or -1 with an exception set. */
+static int as_u64(PyObject *o, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* draw_tokens(seed, n) -> list[int]: workload._draw(_random.Random(seed), n), 0 <= seed < 2**64. */
+static PyObject *draw_tokens(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *seed_obj;
+    Py_ssize_t n;
+    uint64_t seed;
+    if (!PyArg_ParseTuple(args, "On", &seed_obj, &n) || as_u64(seed_obj, &seed) < 0) return NULL;
+    if (n < 0 || n > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "token count out of range");
+        return NULL;
+    }
+    int32_t *tok = PyMem_Malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    if (!tok) return PyErr_NoMemory();
+    mt_tokens(seed, tok, n);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *v = PyLong_FromLong(tok[i]);
+        if (!v) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, v);
+    }
+    PyMem_Free(tok);
+    return out;
+}
+
+/* workload._seed("tokens", token_seed): BLAKE2b-8 of the key's repr, a little-endian int. */
+static uint64_t tokens_seed(long long token_seed) {
+    char key[48];
+    int len = snprintf(key, sizeof key, "('tokens', %lld)", token_seed);
+    b2_start st;
+    b2_init(&st, NULL, 0, 8);
+    uint8_t d[16];
+    b2_digest16(&st, (const uint8_t *)key, (size_t)len, d);
+    uint64_t seed = 0;
+    for (int b = 7; b >= 0; b--) seed = seed << 8 | d[b];
+    return seed;
+}
+
+/* spec_chain(head, token_seed, n, block_tokens) -> (hashes, nfull, seeds): blocks._chain of the
+ * n tokens that are the ints of the tuple ``head`` (a shared prefix) followed by the first
+ * n - len(head) tokens of the generator workload._rng("tokens", token_seed) (an int of 64 bits
+ * at most: OverflowError otherwise). Each hash is 16 bytes; each seed its first 8 bytes as a
+ * little-endian int, less the top bit (blocks.seed_of). */
+static PyObject *spec_chain(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *head;
+    Py_ssize_t n, bt;
+    long long token_seed;
+    if (!PyArg_ParseTuple(args, "O!Lnn", &PyTuple_Type, &head, &token_seed, &n, &bt)) return NULL;
+    uint64_t seed = tokens_seed(token_seed);
+    Py_ssize_t nh = PyTuple_GET_SIZE(head);
+    if (n <= 0 || n > (1 << 24) || bt <= 0 || bt > (1 << 20) || nh > n) {
+        PyErr_SetString(PyExc_ValueError, "token or block count out of range");
+        return NULL;
+    }
+    PyObject *hashes = NULL, *seeds = NULL, *result = NULL;
+    int32_t *tok = PyMem_Malloc(sizeof(int32_t) * (size_t)n);
+    /* One block's message: 16 bytes of the previous hash, '|', and up to 20 chars a token. */
+    char *msg = PyMem_Malloc(17 + 21 * (size_t)bt);
+    if (!tok || !msg) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        long long t = PyLong_AsLongLong(PyTuple_GET_ITEM(head, i));
+        if (t == -1 && PyErr_Occurred()) goto done;
+        if (t < 0 || t > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "a prefix token out of range");
+            goto done;
+        }
+        tok[i] = (int32_t)t;
+    }
+    mt_tokens(seed, tok + nh, n - nh);
+    Py_ssize_t nblocks = (n + bt - 1) / bt;
+    hashes = PyTuple_New(nblocks);
+    seeds = PyTuple_New(nblocks);
+    if (!hashes || !seeds) goto done;
+    b2_start st;
+    b2_init(&st, NULL, 0, 16);
+    uint8_t prev[16];
+    size_t prevlen = 0;
+    for (Py_ssize_t blk = 0; blk < nblocks; blk++) {
+        size_t m = 0;
+        memcpy(msg, prev, prevlen);
+        m = prevlen;
+        msg[m++] = '|';
+        Py_ssize_t end = (blk + 1) * bt < n ? (blk + 1) * bt : n;
+        for (Py_ssize_t i = blk * bt; i < end; i++) {
+            if (i > blk * bt) msg[m++] = ',';
+            char digits[12];
+            int nd = 0;
+            uint32_t v = (uint32_t)tok[i];
+            do {
+                digits[nd++] = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            while (nd) msg[m++] = digits[--nd];
+        }
+        b2_digest16(&st, (const uint8_t *)msg, m, prev);
+        prevlen = 16;
+        PyObject *h = PyBytes_FromStringAndSize((const char *)prev, 16);
+        uint64_t s64 = 0;
+        for (int b = 7; b >= 0; b--) s64 = s64 << 8 | prev[b];
+        PyObject *sd = PyLong_FromUnsignedLongLong(s64 & 0x7fffffffffffffffULL);
+        if (!h || !sd) {
+            Py_XDECREF(h);
+            Py_XDECREF(sd);
+            goto done;
+        }
+        PyTuple_SET_ITEM(hashes, blk, h);
+        PyTuple_SET_ITEM(seeds, blk, sd);
+    }
+    result = Py_BuildValue("(OnO)", hashes, n / bt, seeds);
+done:
+    Py_XDECREF(hashes);
+    Py_XDECREF(seeds);
+    PyMem_Free(tok);
+    PyMem_Free(msg);
+    return result;
+}
+
 /* -- the emit hot path ------------------------------------------------------------------------ */
 /* Emitter(now, append, queue, bound, overflow): a callable ``emit(kind, request_id=None,
  * **attrs)`` that does what ``Ledger._make_emit``'s closure does (append ``(now(), kind,
@@ -1457,6 +1688,8 @@ static PyMethodDef methods[] = {
     {"digest", digest, METH_O, "BLAKE2b-16 of each event's stream, seq and hash lines (ledger_digest)."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},
+    {"draw_tokens", draw_tokens, METH_VARARGS, "workload._draw(_random.Random(seed), n)."},
+    {"spec_chain", spec_chain, METH_VARARGS, "blocks._chain of a prefix's tokens and a seed's."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -82,30 +82,31 @@ def _draw(rng: _random.Random, n: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _prefix_tokens(prefix_id: int, n: int) -> tuple[int, ...]:
+def prefix_token_ids(prefix_id: int, n: int) -> tuple[int, ...]:
+    """``prefix_tokens_for`` as a tuple (cached: the same tuple every time)."""
     return tuple(_draw(_rng("prefix", prefix_id), n))
 
 
 def prefix_tokens_for(prefix_id: int, n: int) -> list[int]:
     """The first ``n`` tokens of shared prefix ``prefix_id`` (a prefix of a longer one, too).
     Cached: a few prefixes are shared by many requests (seeding their generator is the cost)."""
-    return list(_prefix_tokens(prefix_id, n))
+    return list(prefix_token_ids(prefix_id, n))
 
 
 def tokens_for(spec: RequestSpec) -> list[int]:
     """The request's token ids, deterministic from its spec."""
-    return list(_tokens(spec.prefix_id, spec.prefix_tokens, spec.token_seed, spec.prompt_tokens))
+    return list(token_ids(spec.prefix_id, spec.prefix_tokens, spec.token_seed, spec.prompt_tokens))
 
 
 # Recently drawn requests' tokens: seeding a generator and cutting its bits into tokens is ~15 us
 # per request, and every replay of a trace (seeds, policies, a minimizer's candidates) draws the
 # same requests again. A pure function of its arguments: a hit is the same tokens.
 @functools.lru_cache(maxsize=2048)
-def _tokens(prefix_id: int, prefix_tokens: int, token_seed: int,
-            prompt_tokens: int) -> tuple[int, ...]:
+def token_ids(prefix_id: int, prefix_tokens: int, token_seed: int,
+              prompt_tokens: int) -> tuple[int, ...]:
+    """``tokens_for`` of a spec of this shape, as a tuple."""
     head = prefix_tokens_for(prefix_id, prefix_tokens) if prefix_tokens else []
     return tuple(head + _draw(_rng("tokens", token_seed), prompt_tokens - len(head)))
-
 
 @dataclass(frozen=True, slots=True)
 class Workload:

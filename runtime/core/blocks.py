@@ -19,6 +19,9 @@ import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from ...ledger.mapper import _fastenc
+from ..workload import RequestSpec, prefix_token_ids, token_ids
+
 
 def block_hashes(tokens: list[int], block_tokens: int) -> list[tuple[bytes, bool]]:
     """(chain hash, is_full) per block of ``tokens``: hash_i covers all tokens up to block i."""
@@ -52,6 +55,25 @@ def _chain(tokens: tuple[int, ...], block_tokens: int) -> tuple[tuple[bytes, ...
 
 
 _SEED_MASK = (1 << 63) - 1
+
+
+def spec_chain(spec: RequestSpec, block_tokens: int) -> tuple[tuple[bytes, ...], int,
+                                                                tuple[int, ...]]:
+    """``_chain`` of the request's tokens (``tokens_for(spec)``), without the tokens as Python
+    objects where the compiled chain is there (ledger/_fastenc.c: ``spec_chain`` draws and
+    hashes them in C; tests/runtime/test_fastchain.py holds it equal to this definition)."""
+    return _spec_chain(spec.prefix_id, spec.prefix_tokens, spec.token_seed, spec.prompt_tokens,
+                       block_tokens)
+
+
+@functools.lru_cache(maxsize=2048)  # a replay presents the same requests again
+def _spec_chain(prefix_id: int, prefix_tokens: int, token_seed: int, prompt_tokens: int,
+                block_tokens: int) -> tuple[tuple[bytes, ...], int, tuple[int, ...]]:
+    if _fastenc is not None and type(token_seed) is int and -(1 << 63) <= token_seed < (1 << 63):
+        head = prefix_token_ids(prefix_id, prefix_tokens) if prefix_tokens else ()
+        return _fastenc.spec_chain(head, token_seed, prompt_tokens, block_tokens)
+    tokens = token_ids(prefix_id, prefix_tokens, token_seed, prompt_tokens)
+    return _chain(tokens, block_tokens)
 
 
 def seed_of(h: bytes) -> int:
@@ -90,30 +112,41 @@ class BlockManager:
     def allocate(self, request_id: str, tokens: list[int] | int) -> Allocation | None:
         """Reference blocks for ``tokens`` (prefix hits reused); None if the pool cannot fit it.
         A token count instead of tokens: fresh blocks only, no hashes, no seeds (gen side)."""
+        if isinstance(tokens, int):
+            return self._allocate_private(request_id, tokens)
+        return self.allocate_chain(request_id, _chain(tuple(tokens), self.block_tokens))
+
+    def _allocate_private(self, request_id: str, tokens: int) -> Allocation | None:
+        # gen: fresh private blocks only (no reuse, so nothing is ever cached or evicted): the
+        # general loop of allocate_chain, without its per-block hash and cache work.
+        assert not self.reuse
+        need = -(-tokens // self.block_tokens)
+        free = self._free
+        if need > len(free) + len(self._lru):
+            return None
+        if need > len(free):
+            return self.allocate_chain(request_id, ((b"",) * need, 0, (0,) * need))
+        held = self._held
+        assert request_id not in held, f"{request_id} already holds blocks"
+        ref, pin = self._ref, self._pin
+        popleft = free.popleft
+        fresh = [popleft() for _ in range(need)]
+        for b in fresh:
+            assert ref[b] == 0 and pin[b] == 0
+            ref[b] = 1
+        held[request_id] = fresh[:]
+        return Allocation([], fresh, [0] * need, [])
+
+    def allocate_chain(self, request_id: str,
+                       chain: tuple[tuple[bytes, ...], int, tuple[int, ...]]) -> Allocation | None:
+        """``allocate`` given the tokens' ``_chain`` (or ``spec_chain``): (each block's chain
+        hash, how many blocks are full, each block's fill seed)."""
         held = self._held
         assert request_id not in held, f"{request_id} already holds blocks"
         free = self._free
         ref = self._ref
         pin = self._pin
-        if isinstance(tokens, int):
-            # gen: fresh private blocks only (no reuse, so nothing is ever cached or evicted):
-            # the general loop below, without its per-block hash and cache work.
-            assert not self.reuse
-            need = -(-tokens // self.block_tokens)
-            if need > len(free) + len(self._lru):
-                return None
-            if need <= len(free):
-                popleft = free.popleft
-                fresh = [popleft() for _ in range(need)]
-                for b in fresh:
-                    assert ref[b] == 0 and pin[b] == 0
-                    ref[b] = 1
-                held[request_id] = fresh[:]
-                return Allocation([], fresh, [0] * need, [])
-            hashes: tuple[bytes, ...] = (b"",) * need
-            nfull, seeds = 0, (0,) * need
-        else:
-            hashes, nfull, seeds = _chain(tuple(tokens), self.block_tokens)
+        hashes, nfull, seeds = chain
         n = len(hashes)
         hits: list[int] = []
         lru = self._lru

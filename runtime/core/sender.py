@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 
 from .. import limits
-from ..workload import tokens_for
 from . import io
-from .blocks import Allocation
+from .blocks import Allocation, spec_chain
 from .machine import CoreBase, Early, Final, Fire, Req
 from .messages import Abandon, Advertise, Completion, Landed, Message, ReadySignal
 
@@ -51,7 +50,7 @@ class CtxCore(CoreBase):
         return None
 
     def _allocate(self, rec: Req) -> Allocation | None:
-        return self.blocks.allocate(rec.rid, tokens_for(rec.spec))
+        return self.blocks.allocate_chain(rec.rid, spec_chain(rec.spec, self.cfg.block_tokens))
 
     def _reason(self, f: Fire) -> str:
         rec = self.reqs.get(f.rid)
