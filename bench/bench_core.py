@@ -24,6 +24,19 @@ and block hash chain ~20 % (a Mersenne Twister seeded per request, str() of 64 t
 blake2b per block), this driver ~12 %, the table's dispatch (feed, _fire, the compiled rows)
 ~11 %, blocks ~11 %, building ~50 frozen inputs, effects and messages ~8 %, cyclic GC 5-9 %,
 the 38 events' keyword dicts in every emit.
+
+2026-12-03: the prompt chain in C (``_fastenc.spec_chain``: the Mersenne Twister draw, 15-bit
+tokens and the BLAKE2b chain without a Python object per token; ctx allocates from the chain).
+Instructions a request (noop emit): 835,300 -> 613,725 -> 603,009 (init_genrand's start state
+made once): -28 %. ``--against`` main before it (fresh seeds, 12 x 1000 requests, load ~1):
+110.4 -> 87.0 us median (0.78x). Note that the default mode's repeats draw the same seeds
+again, so its later runs hit the chain cache (2048 entries): use ``--against`` or the
+instruction count for the core's cost on fresh requests. What is left (py-spy, fresh seeds):
+seeding the generator ~9 % (1,247 serial steps of init_by_array: the definition of the
+tokens), this driver ~14 %, then a flat spread over the table's dispatch, the actions, blocks,
+slots and termination, each 1-5 %. ~390 calls a request, ~150 of them Python functions;
+the cyclic GC no longer matters (gc off or frozen: the same time within noise). 40 us would
+need about half of those calls gone: batching the firings of a request, or the core compiled.
 """
 
 from __future__ import annotations
