@@ -66,10 +66,16 @@ def spec_chain(spec: RequestSpec, block_tokens: int) -> tuple[tuple[bytes, ...],
                        block_tokens)
 
 
+# What the compiled chain takes (it refuses more); anything else goes the Python way.
+_C_TOKENS_MAX, _C_BLOCK_TOKENS_MAX = 1 << 24, 1 << 20
+
+
 @functools.lru_cache(maxsize=2048)  # a replay presents the same requests again
 def _spec_chain(prefix_id: int, prefix_tokens: int, token_seed: int, prompt_tokens: int,
                 block_tokens: int) -> tuple[tuple[bytes, ...], int, tuple[int, ...]]:
-    if _fastenc is not None and type(token_seed) is int and -(1 << 63) <= token_seed < (1 << 63):
+    if (_fastenc is not None and type(token_seed) is int and -(1 << 63) <= token_seed < (1 << 63)
+            and 0 <= prefix_tokens <= prompt_tokens <= _C_TOKENS_MAX
+            and 0 < block_tokens <= _C_BLOCK_TOKENS_MAX):
         head = prefix_token_ids(prefix_id, prefix_tokens) if prefix_tokens else ()
         return _fastenc.spec_chain(head, token_seed, prompt_tokens, block_tokens)
     tokens = token_ids(prefix_id, prefix_tokens, token_seed, prompt_tokens)

@@ -100,3 +100,9 @@ def test_spec_chain_refuses_bad_arguments(args: tuple) -> None:
 def test_draw_tokens_refuses_bad_arguments(args: tuple) -> None:
     with pytest.raises((ValueError, OverflowError)):
         C.draw_tokens(*args)
+
+
+def test_shapes_the_compiled_chain_refuses_go_the_python_way() -> None:
+    """A block of more tokens than the C code takes is still chained (by the definition)."""
+    spec = RequestSpec("r", 0, 40, NO_PREFIX, 0, 7)
+    assert spec_chain(spec, (1 << 20) + 1) == _chain(tuple(tokens_for(spec)), (1 << 20) + 1)
