@@ -1323,12 +1323,15 @@ static PyObject *request_id_str = NULL; /* interned "request_id" */
 static PyObject *kind_str = NULL;       /* interned "kind" */
 
 /* Whether the keyword ``name`` is the interned ``word``. Keyword names are almost always
- * interned (a call's names come from its code object), so identity settles it; the length test
- * keeps the rest from a full PyUnicode_Compare per keyword (callgrind: ~270 instructions an
- * event, twice per attribute, all spent on names that were neither). */
+ * interned (a call's names come from its code object), and two interned strs are equal only if
+ * they are the same object, so identity settles it; the length test keeps the rest from a full
+ * PyUnicode_Compare (callgrind: ~270 instructions an event had gone to comparing every keyword
+ * with both words). */
 static inline int is_name(PyObject *name, PyObject *word) {
-    return name == word || (PyUnicode_GET_LENGTH(name) == PyUnicode_GET_LENGTH(word) &&
-                            PyUnicode_Compare(name, word) == 0);
+    return name == word ||
+           (!PyUnicode_CHECK_INTERNED(name) &&
+            PyUnicode_GET_LENGTH(name) == PyUnicode_GET_LENGTH(word) &&
+            PyUnicode_Compare(name, word) == 0);
 }
 
 static PyObject *emitter_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -1468,14 +1471,15 @@ static PyTypeObject EmitterType = {
  * (its item count patched after every event). While it is filled, the emitter itself stands
  * in the queue as its last item, in the frame's place, so the queue still holds everything
  * not yet packed, in order (and is not empty while an event waits); sealing the frame puts its
- * bytes there. Profiled (callgrind,
- * bench_core), the tuple + dict + marshal.dumps of an event had cost the runtime ~2.4k
- * instructions, ~1.6k of them in marshal (its reference table of v4).
+ * bytes there. Profiled (callgrind, bench_core), the tuple + dict + marshal.dumps of an event
+ * had cost the runtime ~2.4k instructions, ~1.6k of them in marshal (v4's reference table).
  *
- * The bytes are marshal's own types without back-references (version-2 style, so one event's
- * bytes can follow another's): ints ('i', or 'l' in 15-bit digits), strs ('z'/'a' ASCII, 'u'
- * UTF-8), None, bools, floats ('g'), and tuples, lists and str-keyed dicts of those (a few
- * levels deep). ``marshal.loads`` and the writer's ``encode_marshal`` read them as they read
+ * The bytes are marshal's own types: ints ('i', or 'l' in 15-bit digits), strs ('z'/'a' ASCII,
+ * 'u' UTF-8), None, bools, floats ('g'), and tuples, lists and str-keyed dicts of those (a few
+ * levels deep). The kind and the keyword names refer back ('r') to their first use in the
+ * frame, as marshal.dumps's references did; nothing else is flagged referable, so an event
+ * written by ``marshal.dumps(item, 2)`` (no references at all) can sit among them.
+ * ``marshal.loads`` and the writer's ``encode_marshal`` read them as they read
  * ``marshal.dumps(items)`` (tests/ledger/test_fastenc.py). An event with anything else (a
  * subclass, bytes, a big int, a lone surrogate...) is written as ``marshal.dumps(item, 2)``;
  * one marshal refuses is queued as its tuple after the frame is sealed, and ``Ledger._pack``
@@ -1486,9 +1490,8 @@ static PyTypeObject EmitterType = {
  * cyclic collector could start a collection for (whose finalizers could let another thread
  * in), until the event's bytes are in the frame and counted: an event is written whole or not
  * at all, whatever other threads emit. The slow path builds its tuple before it touches the
- * frame. ``put`` (seal the frame, queue an object: flush marks,
- * subscriber requests, backpressure events) and ``take`` (seal, pop everything queued) are
- * atomic the same way. */
+ * frame. ``put`` (seal the frame, queue an object: flush marks, subscriber requests,
+ * backpressure events) and ``take`` (seal, pop everything queued) are atomic the same way. */
 typedef struct {
     PyObject_HEAD
     PyObject *now, *queue, *append, *pop, *popleft, *overflow;
@@ -1497,6 +1500,13 @@ typedef struct {
     Py_ssize_t pending;   /* events emitted since the last take() */
     Py_ssize_t bound;
     int monotonic;        /* now is time.monotonic_ns: read the clock here */
+    /* This frame's back-references (marshal's 'r'): the kind and keyword-name strs written
+     * so far, by index (held, so that an address stays the same str until the frame is
+     * sealed), found through a direct-mapped table of their addresses (index + 1; a slot
+     * taken by another str writes this one in full: bytes, never a wrong reference). */
+    PyObject *refs[255];
+    int nrefs;
+    uint8_t ref_slot[256];
     vectorcallfunc vectorcall;
 } FrameEmitter;
 
@@ -1590,6 +1600,38 @@ static int f_put_str(buf *b, PyObject *v) {
     return 0;
 }
 
+static inline size_t f_slot(PyObject *s) {
+    return (size_t)(((uintptr_t)s >> 4) * 0x9E3779B97F4A7C15ULL >> 56) & 0xff;
+}
+
+/* A kind or keyword name: 'r' and its index where this frame has it already, else in full,
+ * flagged as referable (FLAG_REF: marshal.loads and encode_marshal number the flagged objects
+ * in the order they read them, which is the order written). A kind and its keys are ~25 of an
+ * event's ~70 bytes written in full. */
+static int f_put_name(FrameEmitter *self, buf *b, PyObject *s) {
+    size_t h = f_slot(s);
+    int e = self->ref_slot[h];
+    if (e && self->refs[e - 1] == s) return f_u32(b, 'r', (uint32_t)(e - 1));
+    Py_ssize_t at = b->n;
+    int rc = f_put_str(b, s);
+    if (rc || e || self->nrefs == (int)(sizeof self->refs / sizeof self->refs[0])) return rc;
+    b->p[at] = (char)(b->p[at] | 0x80);
+    Py_INCREF(s);
+    self->refs[self->nrefs++] = s;
+    self->ref_slot[h] = (uint8_t)self->nrefs;
+    return 0;
+}
+
+/* Forget the references from ``keep`` on (an event taken back, or the frame sealed). No
+ * Python code runs: the caller, or the frame's queue, holds every str still in use... */
+static void f_refs_drop(FrameEmitter *self, int keep) {
+    while (self->nrefs > keep) {
+        PyObject *s = self->refs[--self->nrefs];
+        self->ref_slot[f_slot(s)] = 0;
+        Py_DECREF(s); /* ...and a str's deallocation runs none either */
+    }
+}
+
 /* One value, as marshal.dumps writes it but without back-references. 0: written; STOP: a value
  * this does not take (the caller hands the whole event to marshal); -1: an error set. Calls no
  * Python code: only exact builtin types are read. */
@@ -1664,6 +1706,7 @@ static int f_counted(FrameEmitter *self) {
         PyObject *r = PyObject_CallOneArg(self->append, (PyObject *)self);
         if (!r) {
             self->frame.n = 0;
+            f_refs_drop(self, 0);
             return -1;
         }
         Py_DECREF(r);
@@ -1701,6 +1744,7 @@ static int f_seal(FrameEmitter *self) {
     Py_DECREF(r);
     self->frame.n = 0;
     self->open_n = 0;
+    f_refs_drop(self, 0);
     if (self->frame.cap > F_KEEP_BYTES) { /* a backlog's frame: give its memory back */
         PyMem_Free(self->frame.p);
         self->frame.p = NULL;
@@ -1800,18 +1844,19 @@ static PyObject *frame_emitter_vectorcall(PyObject *op, PyObject *const *args, s
     buf *b = &self->frame;
     if (f_open(self) < 0) goto fail;
     Py_ssize_t mark = b->n;
+    int refs_mark = self->nrefs;
     if (buf_grow(b, 2) < 0) goto undo;
     b->p[b->n++] = ')';
     b->p[b->n++] = 4;
     if ((rc = f_put_int(b, t)) != 0 ||
-        (rc = Py_TYPE(kind) == &PyUnicode_Type ? f_put_str(b, kind) : STOP) != 0 ||
+        (rc = Py_TYPE(kind) == &PyUnicode_Type ? f_put_name(self, b, kind) : STOP) != 0 ||
         (rc = f_put_value(b, rid, F_DEPTH_MAX)) != 0 || /* a scalar */
         (rc = buf_putc(b, '{')) != 0)
         goto check;
     for (Py_ssize_t i = 0; i < nkw; i++) {
         if (i == skip) continue;
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if ((rc = Py_TYPE(name) == &PyUnicode_Type ? f_put_str(b, name) : STOP) != 0 ||
+        if ((rc = Py_TYPE(name) == &PyUnicode_Type ? f_put_name(self, b, name) : STOP) != 0 ||
             (rc = f_put_value(b, vals[i], 1)) != 0)
             goto check;
     }
@@ -1820,6 +1865,7 @@ static PyObject *frame_emitter_vectorcall(PyObject *op, PyObject *const *args, s
     goto written;
 check:
     b->n = self->open_n ? mark : 0; /* the event's bytes out; a frame it opened closed */
+    f_refs_drop(self, refs_mark);
     if (rc < 0) goto fail;
 slow:
     if (!ts && !(ts = PyLong_FromLongLong(t))) goto fail;
@@ -1834,6 +1880,7 @@ written:
     Py_RETURN_NONE;
 undo:
     b->n = self->open_n ? mark : 0;
+    f_refs_drop(self, refs_mark);
 fail:
     Py_XDECREF(ts);
     return NULL;
@@ -1919,10 +1966,11 @@ static int frame_emitter_traverse(FrameEmitter *self, visitproc visit, void *arg
     Py_VISIT(self->pop);
     Py_VISIT(self->popleft);
     Py_VISIT(self->overflow);
-    return 0;
+    return 0; /* refs: strs only, which can be in no cycle */
 }
 
 static int frame_emitter_clear(FrameEmitter *self) {
+    f_refs_drop(self, 0);
     Py_CLEAR(self->now);
     Py_CLEAR(self->queue);
     Py_CLEAR(self->append);
