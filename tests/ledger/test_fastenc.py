@@ -551,6 +551,18 @@ def test_frame_emitter_frames_store_what_marshalled_items_store(items: list,
     _same(_both(loaded, key)[1], want)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(plain_event(c_only=True), min_size=1, max_size=40))
+def test_frame_emitter_frames_of_plain_events_are_read_in_place(items: list) -> None:
+    """The writer reads the C frames of plain events in place, all of them in one call (no
+    marshal.loads, no Python loop): the frames cost it no more than marshal.dumps's did."""
+    _, _, frames = _emit_both([*items[:len(items) // 2], _TAKE, *items[len(items) // 2:]])
+    at, stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frames, b"")
+    assert (at, res[0]) == (len(frames), len(items))
+    want, bad = encode_group_py("ctx-0", 41, GENESIS_HASH, items)
+    assert bad is None and (res[1], res[2]) == (want.last_seq, want.last_hash)
+
+
 def test_frame_emitter_events_from_many_threads_are_whole_and_in_each_threads_order() -> None:
     """Threads emitting (through a Python clock, where the GIL changes hands) while another
     takes and puts marks: every frame loads, every event is there once, in its thread's
