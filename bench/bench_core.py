@@ -37,6 +37,19 @@ tokens), this driver ~14 %, then a flat spread over the table's dispatch, the ac
 slots and termination, each 1-5 %. ~390 calls a request, ~150 of them Python functions;
 the cyclic GC no longer matters (gc off or frozen: the same time within noise). 40 us would
 need about half of those calls gone: batching the firings of a request, or the core compiled.
+
+Issue 13 (the recorder's cost in the runtime process), callgrind instructions a request
+(bench_core_instructions.sh 200 1200; the ledger runs move by +-20k with the shipper's ticks and
+OpenBLAS's idle threads): noop 836k; ledger 918-928k before (1.10-1.12x). Per request, the
+ledger run's extra went to marshal.dumps of the 128-event batches (~63k: v4's reference table
+for every interned kind and key, the 64-bit timestamps' digits), the C Emitter's keyword-name
+compares (~17k), the clock's int objects (~4k), building and freeing the tuples and dicts.
+After (``_fastenc.FrameEmitter``: each event's marshal bytes written straight into the frame,
+kinds and keys as back-references): 794-836k, 0.95-1.0x, ~870 instructions an event of emit
+proper; the emit now costs about what this bench's Python no-op (a function taking **attrs)
+does. CPU time of the runtime process with/without the ledger, same runs (load 3 on 2 cores):
+1.10-1.22x, median 1.125 (main: 1.27-1.31x, median 1.29); what is left there is mostly not
+instructions of the emit (the writer processes share the cores, the shipper's wake-ups).
 """
 
 from __future__ import annotations

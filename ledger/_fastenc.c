@@ -13,9 +13,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <marshal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* -- BLAKE2b (RFC 7693) ------------------------------------------------------------------------ */
 static const uint64_t B2_IV[8] = {
@@ -1555,6 +1557,18 @@ typedef struct {
 static PyObject *request_id_str = NULL; /* interned "request_id" */
 static PyObject *kind_str = NULL;       /* interned "kind" */
 
+/* Whether the keyword ``name`` is the interned ``word``. Keyword names are almost always
+ * interned (a call's names come from its code object), and two interned strs are equal only if
+ * they are the same object, so identity settles it; the length test keeps the rest from a full
+ * PyUnicode_Compare (callgrind: ~270 instructions an event had gone to comparing every keyword
+ * with both words). */
+static inline int is_name(PyObject *name, PyObject *word) {
+    return name == word ||
+           (!PyUnicode_CHECK_INTERNED(name) &&
+            PyUnicode_GET_LENGTH(name) == PyUnicode_GET_LENGTH(word) &&
+            PyUnicode_Compare(name, word) == 0);
+}
+
 static PyObject *emitter_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                     PyObject *kwnames) {
     Emitter *self = (Emitter *)op;
@@ -1570,7 +1584,7 @@ static PyObject *emitter_vectorcall(PyObject *op, PyObject *const *args, size_t 
     if (!attrs) return NULL;
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (name == request_id_str || PyUnicode_Compare(name, request_id_str) == 0) {
+        if (is_name(name, request_id_str)) {
             if (nargs == 2) {
                 PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument "
                                 "'request_id'");
@@ -1579,7 +1593,7 @@ static PyObject *emitter_vectorcall(PyObject *op, PyObject *const *args, size_t 
             rid = args[nargs + i];
             continue;
         }
-        if (name == kind_str || PyUnicode_Compare(name, kind_str) == 0) {
+        if (is_name(name, kind_str)) {
             PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument 'kind'");
             goto fail;
         }
@@ -1684,6 +1698,565 @@ static PyTypeObject EmitterType = {
     .tp_dealloc = (destructor)emitter_dealloc,
 };
 
+/* -- the emit hot path, process mode: events written as marshal bytes -------------------------
+ * FrameEmitter(now, queue, bound, overflow): ``emit(kind, request_id=None, **attrs)`` for a
+ * process-mode ``Ledger``. Instead of a (ts, kind, request_id, attrs) tuple and a dict per
+ * event, marshalled 128 at a time by ``Ledger._pack``, it writes each event's marshal bytes
+ * straight into the frame being filled: a buffer holding ``marshal.dumps(list of items)``
+ * (its item count patched after every event). While it is filled, the emitter itself stands
+ * in the queue as its last item, in the frame's place, so the queue still holds everything
+ * not yet packed, in order (and is not empty while an event waits); sealing the frame puts its
+ * bytes there. Profiled (callgrind, bench_core), the tuple + dict + marshal.dumps of an event
+ * had cost the runtime ~2.4k instructions, ~1.6k of them in marshal (v4's reference table).
+ *
+ * The bytes are marshal's own types: ints ('i', or 'l' in 15-bit digits), strs ('z'/'a' ASCII,
+ * 'u' UTF-8), None, bools, floats ('g'), and tuples, lists and str-keyed dicts of those (a few
+ * levels deep). The kind and the keyword names refer back ('r') to their first use in the
+ * frame, as marshal.dumps's references did; nothing else is flagged referable, so an event
+ * written by ``marshal.dumps(item, 2)`` (no references at all) can sit among them.
+ * ``marshal.loads`` and the writer's ``encode_marshal`` read them as they read
+ * ``marshal.dumps(items)`` (tests/ledger/test_fastenc.py). An event with anything else (a
+ * subclass, bytes, a big int, a lone surrogate...) is written as ``marshal.dumps(item, 2)``;
+ * one marshal refuses is queued as its tuple after the frame is sealed, and ``Ledger._pack``
+ * pickles it as before.
+ *
+ * Threads: ``now()`` may run Python code (and so let another thread in); from there on an
+ * emit calls no Python code, raises nothing (but MemoryError) and allocates no object the
+ * cyclic collector could start a collection for (whose finalizers could let another thread
+ * in), until the event's bytes are in the frame and counted: an event is written whole or not
+ * at all, whatever other threads emit. The slow path builds its tuple before it touches the
+ * frame. ``put`` (seal the frame, queue an object: flush marks, subscriber requests,
+ * backpressure events) and ``take`` (seal, pop everything queued) are atomic the same way. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *now, *queue, *append, *pop, *popleft, *overflow;
+    buf frame;            /* the frame being filled: '[', count, events; empty: none open */
+    Py_ssize_t open_n;    /* events in it */
+    Py_ssize_t pending;   /* events emitted since the last take() */
+    Py_ssize_t bound;
+    int monotonic;        /* now is time.monotonic_ns: read the clock here */
+    /* This frame's back-references (marshal's 'r'): the kind and keyword-name strs written
+     * so far, by index (held, so that an address stays the same str until the frame is
+     * sealed), found through a direct-mapped table of their addresses (index + 1; a slot
+     * taken by another str writes this one in full: bytes, never a wrong reference). */
+    PyObject *refs[255];
+    int nrefs;
+    uint8_t ref_slot[256];
+    vectorcallfunc vectorcall;
+} FrameEmitter;
+
+#define F_DEPTH_MAX 4
+#define F_FRAME_HEAD 5           /* '[' and the item count */
+#define F_KEEP_BYTES (256 << 10) /* a sealed frame's buffer larger than this is freed */
+
+static inline void f_le32(char *p, uint32_t n) {
+    p[0] = (char)(n & 0xff);
+    p[1] = (char)((n >> 8) & 0xff);
+    p[2] = (char)((n >> 16) & 0xff);
+    p[3] = (char)((n >> 24) & 0xff);
+}
+
+static inline int f_u32(buf *b, char code, uint32_t n) {
+    if (buf_grow(b, 5) < 0) return -1;
+    b->p[b->n] = code;
+    f_le32(b->p + b->n + 1, n);
+    b->n += 5;
+    return 0;
+}
+
+/* An int64 as marshal writes it: 'i' where it fits 32 bits, else 'l', the digit count (negative
+ * for a negative number) and the magnitude's 15-bit digits, least significant first. */
+static int f_put_int(buf *b, long long x) {
+    if (x >= INT32_MIN && x <= INT32_MAX) return f_u32(b, 'i', (uint32_t)(int32_t)x);
+    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+    uint16_t d[5];
+    int nd = 0;
+    while (u) {
+        d[nd++] = (uint16_t)(u & 0x7fff);
+        u >>= 15;
+    }
+    if (f_u32(b, 'l', (uint32_t)(x < 0 ? -nd : nd)) < 0 || buf_grow(b, 2 * nd) < 0) return -1;
+    for (int k = 0; k < nd; k++) {
+        b->p[b->n++] = (char)(d[k] & 0xff);
+        b->p[b->n++] = (char)(d[k] >> 8);
+    }
+    return 0;
+}
+
+/* One exact str: 'z' (ASCII, < 256 bytes), 'a' (ASCII) or 'u' (UTF-8, encoded here from the
+ * code points: no Python call, no exception, no UTF-8 copy cached on the str). STOP: a lone
+ * surrogate (marshal writes it "surrogatepass": the slow path's). */
+static int f_put_str(buf *b, PyObject *v) {
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(v) < 0) return -1;
+#endif
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    const void *data = PyUnicode_DATA(v);
+    if (PyUnicode_IS_ASCII(v)) {
+        if (n < 256) {
+            if (buf_grow(b, n + 2) < 0) return -1;
+            b->p[b->n++] = 'z';
+            b->p[b->n++] = (char)n;
+            memcpy(b->p + b->n, data, (size_t)n);
+            b->n += n;
+            return 0;
+        }
+        if (n > INT32_MAX) return STOP;
+        if (f_u32(b, 'a', (uint32_t)n) < 0) return -1;
+        return buf_put(b, data, n);
+    }
+    if (n > INT32_MAX / 4) return STOP;
+    if (f_u32(b, 'u', 0) < 0 || buf_grow(b, 4 * n) < 0) return -1;
+    Py_ssize_t len_at = b->n - 4;
+    int kind = PyUnicode_KIND(v);
+    unsigned char *o = (unsigned char *)b->p + b->n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            *o++ = (unsigned char)c;
+        } else if (c < 0x800) {
+            *o++ = (unsigned char)(0xC0 | (c >> 6));
+            *o++ = (unsigned char)(0x80 | (c & 0x3F));
+        } else if (c >= 0xD800 && c <= 0xDFFF) {
+            return STOP;
+        } else if (c < 0x10000) {
+            *o++ = (unsigned char)(0xE0 | (c >> 12));
+            *o++ = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+            *o++ = (unsigned char)(0x80 | (c & 0x3F));
+        } else {
+            *o++ = (unsigned char)(0xF0 | (c >> 18));
+            *o++ = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+            *o++ = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+            *o++ = (unsigned char)(0x80 | (c & 0x3F));
+        }
+    }
+    b->n = (Py_ssize_t)((char *)o - b->p);
+    f_le32(b->p + len_at, (uint32_t)(b->n - len_at - 4));
+    return 0;
+}
+
+static inline size_t f_slot(PyObject *s) {
+    return (size_t)(((uintptr_t)s >> 4) * 0x9E3779B97F4A7C15ULL >> 56) & 0xff;
+}
+
+/* A kind or keyword name: 'r' and its index where this frame has it already, else in full,
+ * flagged as referable (FLAG_REF: marshal.loads and encode_marshal number the flagged objects
+ * in the order they read them, which is the order written). A kind and its keys are ~25 of an
+ * event's ~70 bytes written in full. */
+static int f_put_name(FrameEmitter *self, buf *b, PyObject *s) {
+    size_t h = f_slot(s);
+    int e = self->ref_slot[h];
+    if (e && self->refs[e - 1] == s) return f_u32(b, 'r', (uint32_t)(e - 1));
+    Py_ssize_t at = b->n;
+    int rc = f_put_str(b, s);
+    if (rc || e || self->nrefs == (int)(sizeof self->refs / sizeof self->refs[0])) return rc;
+    b->p[at] = (char)(b->p[at] | 0x80);
+    Py_INCREF(s);
+    self->refs[self->nrefs++] = s;
+    self->ref_slot[h] = (uint8_t)self->nrefs;
+    return 0;
+}
+
+/* Forget the references from ``keep`` on (an event taken back, or the frame sealed). No
+ * Python code runs: the caller, or the frame's queue, holds every str still in use... */
+static void f_refs_drop(FrameEmitter *self, int keep) {
+    while (self->nrefs > keep) {
+        PyObject *s = self->refs[--self->nrefs];
+        self->ref_slot[f_slot(s)] = 0;
+        Py_DECREF(s); /* ...and a str's deallocation runs none either */
+    }
+}
+
+/* One value, as marshal.dumps writes it but without back-references. 0: written; STOP: a value
+ * this does not take (the caller hands the whole event to marshal); -1: an error set. Calls no
+ * Python code: only exact builtin types are read. */
+static int f_put_value(buf *b, PyObject *v, int depth) {
+    PyTypeObject *t = Py_TYPE(v);
+    if (v == Py_None) return buf_putc(b, 'N');
+    if (v == Py_True) return buf_putc(b, 'T');
+    if (v == Py_False) return buf_putc(b, 'F');
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return STOP;
+        if (x == -1 && PyErr_Occurred()) return -1;
+        return f_put_int(b, x);
+    }
+    if (t == &PyUnicode_Type) return f_put_str(b, v);
+    if (t == &PyFloat_Type) {
+        if (buf_grow(b, 9) < 0) return -1;
+        b->p[b->n++] = 'g';
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), b->p + b->n, 1) < 0) return -1;
+        b->n += 8;
+        return 0;
+    }
+    if (depth >= F_DEPTH_MAX) return STOP;
+    if (t == &PyTuple_Type || t == &PyList_Type) {
+        Py_ssize_t n = Py_SIZE(v);
+        PyObject **items = t == &PyTuple_Type ? ((PyTupleObject *)v)->ob_item
+                                              : ((PyListObject *)v)->ob_item;
+        if (n > INT32_MAX) return STOP;
+        int rc;
+        if (t == &PyTuple_Type && n < 256) {
+            if (buf_grow(b, 2) < 0) return -1;
+            b->p[b->n++] = ')';
+            b->p[b->n++] = (char)n;
+        } else if (f_u32(b, t == &PyTuple_Type ? '(' : '[', (uint32_t)n) < 0) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((rc = f_put_value(b, items[i], depth + 1)) != 0) return rc;
+        return 0;
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *val;
+        int rc;
+        if (buf_putc(b, '{') < 0) return -1;
+        while (PyDict_Next(v, &pos, &key, &val)) {
+            if (Py_TYPE(key) != &PyUnicode_Type) return STOP;
+            if ((rc = f_put_str(b, key)) != 0 || (rc = f_put_value(b, val, depth + 1)) != 0)
+                return rc;
+        }
+        return buf_putc(b, '0');
+    }
+    return STOP;
+}
+
+/* Open a frame (its head written) unless one is. */
+static inline int f_open(FrameEmitter *self) {
+    if (self->frame.n) return 0;
+    if (buf_grow(&self->frame, F_FRAME_HEAD) < 0) return -1;
+    memset(self->frame.p, 0, F_FRAME_HEAD);
+    self->frame.p[0] = '[';
+    self->frame.n = F_FRAME_HEAD;
+    self->open_n = 0;
+    return 0;
+}
+
+/* One event's bytes are in the frame from ``at`` on: count it; the frame's first event puts
+ * the emitter in the queue in the frame's place (deque.append: C, runs no Python code). */
+static int f_counted(FrameEmitter *self) {
+    if (self->open_n == 0) {
+        PyObject *r = PyObject_CallOneArg(self->append, (PyObject *)self);
+        if (!r) {
+            self->frame.n = 0;
+            f_refs_drop(self, 0);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    self->open_n++;
+    f_le32(self->frame.p + 1, (uint32_t)self->open_n);
+    return 0;
+}
+
+/* Seal the frame being filled: its bytes take the emitter's place in the queue (its last
+ * item). No Python code runs (bytes are not collector-tracked; deque.pop and append are C). */
+static int f_seal(FrameEmitter *self) {
+    if (!self->frame.n) return 0;
+    PyObject *data = PyBytes_FromStringAndSize(self->frame.p, self->frame.n);
+    if (!data) return -1;
+    PyObject *last = PyObject_CallNoArgs(self->pop);
+    if (!last) {
+        Py_DECREF(data);
+        return -1;
+    }
+    if (last != (PyObject *)self) {
+        /* Someone else popped the queue: put back what we took, lose nothing. */
+        PyObject *r = PyObject_CallOneArg(self->append, last);
+        Py_DECREF(last);
+        Py_XDECREF(r);
+        Py_DECREF(data);
+        if (r) PyErr_SetString(PyExc_RuntimeError, "FrameEmitter: the frame being filled "
+                               "is not the queue's last item (only put() may add to it)");
+        return -1;
+    }
+    Py_DECREF(last);
+    PyObject *r = PyObject_CallOneArg(self->append, data);
+    Py_DECREF(data);
+    if (!r) return -1; /* out of memory in deque.append: the frame is lost, and said so */
+    Py_DECREF(r);
+    self->frame.n = 0;
+    self->open_n = 0;
+    f_refs_drop(self, 0);
+    if (self->frame.cap > F_KEEP_BYTES) { /* a backlog's frame: give its memory back */
+        PyMem_Free(self->frame.p);
+        self->frame.p = NULL;
+        self->frame.cap = 0;
+    }
+    return 0;
+}
+
+/* Seal the frame and queue ``obj`` behind it (in this order, atomically). */
+static int f_put(FrameEmitter *self, PyObject *obj) {
+    if (f_seal(self) < 0) return -1;
+    PyObject *r = PyObject_CallOneArg(self->append, obj);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The slow path: the event as the tuple the Python emit queues; its marshal.dumps(item, 2)
+ * goes into the frame, or, where marshal refuses it, the tuple itself behind the frame. */
+static int f_emit_object(FrameEmitter *self, PyObject *ts, PyObject *kind, PyObject *rid,
+                         PyObject *const *vals, PyObject *kwnames, Py_ssize_t nkw,
+                         Py_ssize_t skip) {
+    PyObject *attrs = PyDict_New(), *item = NULL, *data = NULL;
+    int rc = -1;
+    if (!attrs) return -1;
+    for (Py_ssize_t i = 0; i < nkw; i++)
+        if (i != skip && PyDict_SetItem(attrs, PyTuple_GET_ITEM(kwnames, i), vals[i]) < 0)
+            goto done;
+    if (!(item = PyTuple_Pack(4, ts, kind, rid, attrs))) goto done;
+    data = PyMarshal_WriteObjectToString(item, 2);
+    if (data) {
+        /* No Python code from here to the count (bytes are not collector-tracked). */
+        if (f_open(self) < 0 ||
+            buf_put(&self->frame, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0)
+            goto done;
+        rc = f_counted(self);
+    } else if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        rc = f_put(self, item);
+    }
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(item);
+    Py_DECREF(attrs);
+    return rc;
+}
+
+static PyObject *frame_emitter_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames) {
+    FrameEmitter *self = (FrameEmitter *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "emit() takes 1 or 2 positional arguments (kind, "
+                     "request_id) but %zd were given", nargs);
+        return NULL;
+    }
+    PyObject *kind = args[0], *rid = nargs == 2 ? args[1] : Py_None;
+    PyObject *const *vals = args + nargs;
+    Py_ssize_t skip = -1; /* the keyword that was request_id */
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (is_name(name, request_id_str)) {
+            if (nargs == 2 || skip >= 0) {
+                PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument "
+                                "'request_id'");
+                return NULL;
+            }
+            rid = vals[i];
+            skip = i;
+        } else if (is_name(name, kind_str)) {
+            PyErr_SetString(PyExc_TypeError, "emit() got multiple values for argument 'kind'");
+            return NULL;
+        }
+    }
+    long long t = 0;
+    PyObject *ts = NULL;
+    int rc;
+    if (self->monotonic) { /* what time.monotonic_ns reads, without an int object */
+        struct timespec tp;
+        if (clock_gettime(CLOCK_MONOTONIC, &tp) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        t = (long long)tp.tv_sec * 1000000000LL + tp.tv_nsec;
+    } else {
+        /* Python code may run here (a VirtualClock's now_ns); nothing is written yet. */
+        if (!(ts = PyObject_CallNoArgs(self->now))) return NULL;
+        int overflow = 1;
+        if (Py_TYPE(ts) == &PyLong_Type) {
+            t = PyLong_AsLongLongAndOverflow(ts, &overflow);
+            if (t == -1 && PyErr_Occurred()) goto fail;
+        }
+        if (overflow) goto slow; /* not an int64: the slow path writes what now() gave */
+    }
+    /* The fast path, straight into the frame: no Python code from here to the count. */
+    buf *b = &self->frame;
+    if (f_open(self) < 0) goto fail;
+    Py_ssize_t mark = b->n;
+    int refs_mark = self->nrefs;
+    if (buf_grow(b, 2) < 0) goto undo;
+    b->p[b->n++] = ')';
+    b->p[b->n++] = 4;
+    if ((rc = f_put_int(b, t)) != 0 ||
+        (rc = Py_TYPE(kind) == &PyUnicode_Type ? f_put_name(self, b, kind) : STOP) != 0 ||
+        (rc = f_put_value(b, rid, F_DEPTH_MAX)) != 0 || /* a scalar */
+        (rc = buf_putc(b, '{')) != 0)
+        goto check;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (i == skip) continue;
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if ((rc = Py_TYPE(name) == &PyUnicode_Type ? f_put_name(self, b, name) : STOP) != 0 ||
+            (rc = f_put_value(b, vals[i], 1)) != 0)
+            goto check;
+    }
+    if ((rc = buf_putc(b, '0')) != 0) goto check;
+    if (f_counted(self) < 0) goto fail;
+    goto written;
+check:
+    b->n = self->open_n ? mark : 0; /* the event's bytes out; a frame it opened closed */
+    f_refs_drop(self, refs_mark);
+    if (rc < 0) goto fail;
+slow:
+    if (!ts && !(ts = PyLong_FromLongLong(t))) goto fail;
+    if (f_emit_object(self, ts, kind, rid, vals, kwnames, nkw, skip) < 0) goto fail;
+written:
+    Py_XDECREF(ts);
+    if (++self->pending > self->bound) {
+        PyObject *r = PyObject_CallNoArgs(self->overflow);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+undo:
+    b->n = self->open_n ? mark : 0;
+    f_refs_drop(self, refs_mark);
+fail:
+    Py_XDECREF(ts);
+    return NULL;
+}
+
+static PyObject *frame_emitter_put(FrameEmitter *self, PyObject *obj) {
+    if (f_put(self, obj) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* take() -> list: everything queued, in order, the frame being filled sealed. The list is
+ * made first: from then on no Python code runs until the queue is empty, so no other
+ * thread's event can land in a frame already taken. */
+static PyObject *frame_emitter_take(FrameEmitter *self, PyObject *unused) {
+    (void)unused;
+    PyObject *items = PyList_New(0);
+    if (!items) return NULL;
+    if (f_seal(self) < 0) goto fail;
+    for (;;) {
+        Py_ssize_t n = PyObject_Size(self->queue);
+        if (n < 0) goto fail;
+        if (n == 0) break;
+        PyObject *it = PyObject_CallNoArgs(self->popleft);
+        if (!it) goto fail;
+        int rc = PyList_Append(items, it);
+        Py_DECREF(it);
+        if (rc < 0) goto fail;
+    }
+    self->pending = 0;
+    return items;
+fail:
+    Py_DECREF(items);
+    return NULL;
+}
+
+static PyObject *frame_emitter_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *now, *queue, *overflow;
+    Py_ssize_t bound;
+    static char *names[] = {"now", "queue", "bound", "overflow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnO", names, &now, &queue, &bound, &overflow))
+        return NULL;
+    if (!PyCallable_Check(now) || !PyCallable_Check(overflow)) {
+        PyErr_SetString(PyExc_TypeError, "now and overflow must be callable");
+        return NULL;
+    }
+    PyObject *time_mod = PyImport_ImportModule("time");
+    if (!time_mod) return NULL;
+    PyObject *mono = PyObject_GetAttrString(time_mod, "monotonic_ns");
+    Py_DECREF(time_mod);
+    if (!mono) return NULL;
+    int monotonic = now == mono;
+    Py_DECREF(mono);
+    PyObject *append = PyObject_GetAttrString(queue, "append");
+    if (!append) return NULL;
+    PyObject *pop = PyObject_GetAttrString(queue, "pop");
+    PyObject *popleft = pop ? PyObject_GetAttrString(queue, "popleft") : NULL;
+    FrameEmitter *self = popleft ? (FrameEmitter *)type->tp_alloc(type, 0) : NULL;
+    if (!self) {
+        Py_DECREF(append);
+        Py_XDECREF(pop);
+        Py_XDECREF(popleft);
+        return NULL;
+    }
+    Py_INCREF(now);
+    Py_INCREF(queue);
+    Py_INCREF(overflow);
+    self->now = now;
+    self->queue = queue;
+    self->append = append;
+    self->pop = pop;
+    self->popleft = popleft;
+    self->overflow = overflow;
+    self->bound = bound;
+    self->monotonic = monotonic;
+    self->vectorcall = frame_emitter_vectorcall;
+    return (PyObject *)self;
+}
+
+static int frame_emitter_traverse(FrameEmitter *self, visitproc visit, void *arg) {
+    Py_VISIT(self->now);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->append);
+    Py_VISIT(self->pop);
+    Py_VISIT(self->popleft);
+    Py_VISIT(self->overflow);
+    return 0; /* refs: strs only, which can be in no cycle */
+}
+
+static int frame_emitter_clear(FrameEmitter *self) {
+    f_refs_drop(self, 0);
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->pop);
+    Py_CLEAR(self->popleft);
+    Py_CLEAR(self->overflow);
+    return 0;
+}
+
+static void frame_emitter_dealloc(FrameEmitter *self) {
+    PyObject_GC_UnTrack(self);
+    frame_emitter_clear(self);
+    PyMem_Free(self->frame.p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *frame_emitter_pending(FrameEmitter *self, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(self->pending);
+}
+
+static PyMethodDef frame_emitter_methods[] = {
+    {"put", (PyCFunction)frame_emitter_put, METH_O,
+     "Seal the frame being filled and queue obj behind it."},
+    {"take", (PyCFunction)frame_emitter_take, METH_NOARGS,
+     "Seal the frame being filled; pop and return everything queued, in order."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef frame_emitter_getset[] = {
+    {"pending", (getter)frame_emitter_pending, NULL, "events emitted since the last take()",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FrameEmitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvledger.ledger._fastenc.FrameEmitter",
+    .tp_doc = "emit(kind, request_id=None, **attrs) writing marshal frames (process mode).",
+    .tp_basicsize = sizeof(FrameEmitter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = frame_emitter_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(FrameEmitter, vectorcall),
+    .tp_traverse = (traverseproc)frame_emitter_traverse,
+    .tp_clear = (inquiry)frame_emitter_clear,
+    .tp_dealloc = (destructor)frame_emitter_dealloc,
+    .tp_methods = frame_emitter_methods,
+    .tp_getset = frame_emitter_getset,
+};
+
 static PyMethodDef methods[] = {
     {"set_kinds", set_kinds, METH_O, "Install the kind table: {kind: (scoped, ((name, type, optional), ...))}."},
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
@@ -1706,12 +2279,20 @@ PyMODINIT_FUNC PyInit__fastenc(void) {
     mt_init_genrand(&mt_start, 19650218U);
     request_id_str = PyUnicode_InternFromString("request_id");
     kind_str = PyUnicode_InternFromString("kind");
-    if (!request_id_str || !kind_str || PyType_Ready(&EmitterType) < 0) return NULL;
+    if (!request_id_str || !kind_str || PyType_Ready(&EmitterType) < 0 ||
+        PyType_Ready(&FrameEmitterType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&EmitterType);
     if (PyModule_AddObject(m, "Emitter", (PyObject *)&EmitterType) < 0) {
         Py_DECREF(&EmitterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&FrameEmitterType);
+    if (PyModule_AddObject(m, "FrameEmitter", (PyObject *)&FrameEmitterType) < 0) {
+        Py_DECREF(&FrameEmitterType);
         Py_DECREF(m);
         return NULL;
     }

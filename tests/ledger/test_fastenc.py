@@ -393,7 +393,7 @@ def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noq
     q.clear()
     assert gone() is None
 
-    led = Ledger(str(tmp_path / "e.sqlite"), "s")
+    led = Ledger(str(tmp_path / "e.sqlite"), "s", writer="thread")
     assert type(led.emit) is mapper._fastenc.Emitter
     led.emit("buffer.acquired", "r1", pool="send", slot=3)
     led.emit("xfer.polled", request_id="r1", handle=1, state="PROC", polls=2, error=None)
@@ -407,6 +407,302 @@ def test_the_c_emit_queues_what_the_python_emit_queues(tmp_path) -> None:  # noq
         store.close()
     assert got == [("buffer.acquired", "r1", '{"pool":"send","slot":3}'),
                    ("xfer.polled", "r1", '{"handle":1,"polls":2,"state":"PROC"}')]
+
+
+# -- process mode's emit: marshal bytes written straight into frames (``FrameEmitter``) ---------
+class _Odd(int):
+    """An int subclass: marshal refuses it (the event goes as its tuple, then a pickle)."""
+
+
+_EMITTED = st.one_of(  # attribute values beyond the schema's: what the runtime could hand emit
+    st.integers(-(1 << 70), 1 << 70),
+    st.sampled_from([0, -1, (1 << 31) - 1, 1 << 31, -(1 << 31), -(1 << 31) - 1, (1 << 63) - 1,
+                     -(1 << 63), 1 << 63, 1 << 15, 1 << 30, 1 << 45, 1 << 60]),
+    st.floats(allow_nan=False), st.booleans(), st.none(), TEXT,
+    st.text(min_size=250, max_size=300), st.text(alphabet="ab", min_size=255, max_size=257),
+    st.just("\ud800x"), st.binary(max_size=3), st.just(_Odd(5)),
+    st.lists(st.one_of(st.integers(), TEXT, st.none()), max_size=4),
+    st.lists(st.integers(), max_size=4).map(tuple),
+    st.lists(st.integers(0, 9), min_size=256, max_size=300).map(tuple),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.integers(), TEXT,
+                                                   st.lists(st.integers(), max_size=2)),
+                    max_size=3),
+    st.just([[[[[1]]]]]), st.just({1: "x"}), st.just({"a": {"b": {"c": {"d": [1]}}}}),
+    st.just(frozenset({1})),
+)
+
+
+@st.composite
+def emitted_event(draw: st.DrawFn) -> tuple:
+    """(ts, kind, request_id, attrs) as the runtime emits them, odd ones mixed in; keyword
+    names only (never ``kind`` or ``request_id``)."""
+    ts, kind, rid, attrs = tuple(draw(st.one_of(plain_event(), hostile_event())))
+    if draw(st.integers(0, 3)) == 0:
+        attrs[draw(st.text(min_size=1, max_size=4))] = draw(_EMITTED)
+    if draw(st.integers(0, 5)) == 0:
+        ts = draw(st.sampled_from([1 << 64, -5, 1.5, 0, 1 << 31]))
+    if draw(st.integers(0, 7)) == 0:
+        rid = draw(st.sampled_from(["é", "\ud800", 7, (1,), b"r"]))
+    if not isinstance(attrs, dict):
+        attrs = {}
+    attrs = {k: v for k, v in attrs.items() if k not in ("kind", "request_id")}
+    return ts, kind, rid, attrs
+
+
+_MARK = object()  # a flush mark in the emitted sequence
+_TAKE = object()  # the shipper packing what is queued
+
+
+def _strict(x: object) -> object:
+    """x with every value's type spelled out: 1 == True == 1.0, but not as stored rows."""
+    if isinstance(x, dict):
+        return ("dict", [(_strict(k), _strict(v)) for k, v in x.items()])
+    if isinstance(x, list | tuple):
+        return (type(x).__name__, [_strict(v) for v in x])
+    if isinstance(x, float):
+        return ("float", x.hex())
+    return (type(x).__name__, x)
+
+
+def _flatten(taken: list) -> list:
+    """Items as the writer gets them: every frame's events loaded, marks where they were."""
+    import marshal
+
+    out: list = []
+    for it in taken:
+        if type(it) is bytes:
+            loaded = marshal.loads(it)
+            assert type(loaded) is list and loaded  # a frame holds at least one event
+            out.extend(("event", _strict(e)) for e in loaded)
+        elif type(it) is tuple:
+            out.append(("event", _strict(it)))
+        else:
+            out.append(("mark", it))
+    return out
+
+
+def _emit_both(script: list) -> tuple[list, list, list]:
+    """``script`` (events, _MARK and _TAKE) through the Python emit (the definition) and the C
+    ``FrameEmitter``: (what each queued, taken in order, flattened; the C side's frames)."""
+    from collections import deque
+
+    def run(c: bool) -> tuple[list, list]:
+        q: deque = deque()
+        clock = iter([ev[0] for ev in script if type(ev) is tuple])
+        taken: list = []
+        frames: list = []
+        if c:
+            emit = mapper._fastenc.FrameEmitter(lambda: next(clock), q, 3, lambda: None)
+            put, take = emit.put, emit.take
+        else:
+            def emit(kind, request_id=None, **attrs):  # noqa: ANN001, ANN003, ANN202
+                q.append((next(clock), kind, request_id, attrs))
+
+            put = q.append
+
+            def take() -> list:
+                return [q.popleft() for _ in range(len(q))]
+        for n, ev in enumerate(script):
+            if ev is _MARK:
+                put(f"mark{n}")
+            elif ev is _TAKE:
+                taken.extend(take())
+            else:
+                _, kind, rid, attrs = ev
+                emit(kind, rid, **attrs)
+        taken.extend(take())
+        assert not q
+        frames = [it for it in taken if type(it) is bytes]
+        return _flatten(taken), frames
+
+    (py, _), (c, frames) = run(False), run(True)
+    return py, c, frames
+
+
+SCRIPTS = st.lists(st.one_of(emitted_event(), emitted_event(), emitted_event(),
+                             st.just(_MARK), st.just(_TAKE)), max_size=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(SCRIPTS)
+def test_frame_emitter_queues_what_the_python_emit_queues(script: list) -> None:
+    """Every event, loaded back from the C frames, is the Python emit's tuple (value for value,
+    type for type), in the same order with the flush marks where they were."""
+    py, c, _ = _emit_both(script)
+    assert c == py
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(plain_event(), plain_event(), hostile_event()).map(tuple),
+                max_size=30), st.sampled_from([None, b"k" * 32]))
+def test_frame_emitter_frames_store_what_marshalled_items_store(items: list,
+                                                                key: bytes | None) -> None:
+    """The writer encodes the C frames, read in place (``encode_marshal``) or loaded, to the
+    rows (and the error) that the Python emit's items encode to: byte-equal stored rows."""
+    import marshal
+
+    items = [it for it in items if isinstance(it[3], dict) and
+             not {"kind", "request_id"} & set(it[3])]
+    _, _, frames = _emit_both(list(items))
+    loaded = [it for f in frames for it in marshal.loads(f)]
+    assert [_strict(x) for x in loaded] == [_strict(x) for x in items]
+    want = _both(items, key)[1]
+    _same(_frames_run(frames, key), want)
+    _same(_both(loaded, key)[1], want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(plain_event(c_only=True), min_size=1, max_size=40))
+def test_frame_emitter_frames_of_plain_events_are_read_in_place(items: list) -> None:
+    """The writer reads the C frames of plain events in place, all of them in one call (no
+    marshal.loads, no Python loop): the frames cost it no more than marshal.dumps's did."""
+    _, _, frames = _emit_both([*items[:len(items) // 2], _TAKE, *items[len(items) // 2:]])
+    at, stop, count, res = mapper._fastenc.encode_marshal("ctx-0", 41, GENESIS_HASH, frames, b"")
+    assert (at, res[0]) == (len(frames), len(items))
+    want, bad = encode_group_py("ctx-0", 41, GENESIS_HASH, items)
+    assert bad is None and (res[1], res[2]) == (want.last_seq, want.last_hash)
+
+
+def test_frame_emitter_events_from_many_threads_are_whole_and_in_each_threads_order() -> None:
+    """Threads emitting (through a Python clock, where the GIL changes hands) while another
+    takes and puts marks: every frame loads, every event is there once, in its thread's
+    order, and each mark follows everything its thread emitted before it."""
+    import marshal
+    import sys
+    import threading
+    from collections import deque
+
+    q: deque = deque()
+    taken: list = []
+    emit = mapper._fastenc.FrameEmitter(lambda: sum(range(20)), q, 50, lambda: None)
+    n, threads = 3000, 4
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def work(t: int) -> None:
+            for i in range(n):
+                emit("k", f"t{t}", i=i, s="é" * (i % 3), f=[t] * (i % 4))
+                if i % 500 == 0:
+                    emit.put(("mark", t, i))
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in ts:
+            th.start()
+        while any(th.is_alive() for th in ts):
+            taken.extend(emit.take())
+        for th in ts:
+            th.join()
+        taken.extend(emit.take())
+    finally:
+        sys.setswitchinterval(old)
+    seen: dict[int, list[int]] = {t: [] for t in range(threads)}
+    for it in taken:
+        if type(it) is bytes:
+            for _, _, rid, attrs in marshal.loads(it):
+                t = int(rid[1:])
+                seen[t].append(attrs["i"])
+                assert attrs == {"i": attrs["i"], "s": "é" * (attrs["i"] % 3),
+                                 "f": [t] * (attrs["i"] % 4)}
+        else:
+            _, t, i = it
+            assert seen[t] == list(range(i + 1))
+    assert seen == {t: list(range(n)) for t in range(threads)}
+    assert not q and emit.pending == 0
+
+
+def test_frame_emitter_reads_the_monotonic_clock_itself_and_checks_its_arguments() -> None:
+    import marshal
+    import time
+    from collections import deque
+
+    q: deque = deque()
+    over: list = []
+    emit = mapper._fastenc.FrameEmitter(time.monotonic_ns, q, 1, lambda: over.append(len(q)))
+    t0 = time.monotonic_ns()
+    emit("request.arrived", "r1", prompt_tokens=3)
+    assert list(q) == [emit] and emit.pending == 1 and not over  # the frame being filled
+    emit("xfer.polled", request_id="r2", handle=1, state="PROC", polls=1, error=None)
+    t1 = time.monotonic_ns()
+    assert over == [1] and emit.pending == 2
+    for args, kw in [((), {}), (("a", "r", "x"), {}), (("a", "r"), {"request_id": "q"}),
+                     (("a",), {"kind": "b"})]:
+        with pytest.raises(TypeError):
+            emit(*args, **kw)
+    taken = emit.take()
+    assert emit.pending == 0 and not q and len(taken) == 1
+    (ts1, *rest1), (ts2, *rest2) = marshal.loads(taken[0])
+    assert t0 <= ts1 <= ts2 <= t1
+    assert rest1 == ["request.arrived", "r1", {"prompt_tokens": 3}]
+    assert rest2 == ["xfer.polled", "r2", {"handle": 1, "state": "PROC", "polls": 1,
+                                           "error": None}]
+    assert emit.take() == []
+    # A clock that fails, and one that is no int, go no further than the Python emit would.
+    emit = mapper._fastenc.FrameEmitter(lambda: 1 / 0, q, 10, lambda: None)
+    with pytest.raises(ZeroDivisionError):
+        emit("k")
+    assert not q and emit.pending == 0
+    emit = mapper._fastenc.FrameEmitter(lambda: "t", q, 10, lambda: None)
+    emit("k", None, a=1)
+    assert marshal.loads(emit.take()[0]) == [("t", "k", None, {"a": 1})]
+    # The kind and keyword names refer back to their first use in the frame; an event taken
+    # back for the slow path (bytes: not written here) takes its references back with it.
+    emit = mapper._fastenc.FrameEmitter(lambda: 1, q, 10, lambda: None)
+    script = [("kind.one", {"name_a": b"x"}), ("kind.one", {"name_a": 1, "name_b": 2}),
+              ("kind.two", {"name_b": 3, "name_c": frozenset()}),
+              ("kind.two", {"name_c": 4, "name_a": "v"}), ("kind.one", {"name_b": 5})]
+    for kind, attrs in script:
+        emit(kind, "r", **attrs)
+    (frame,) = emit.take()
+    assert marshal.loads(frame) == [(1, k, "r", a) for k, a in script]
+    assert frame.count(b"kind.one") == 2 and frame.count(b"name_c") == 2  # slow path's own
+    assert frame.count(b"name_a") == 2 and frame.count(b"kind.two") == 2
+
+
+def test_process_ledger_emits_through_the_frame_emitter(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A process-mode Ledger's emit is the ``FrameEmitter``; what it stores, odd attributes
+    and flushes in between included, is row for row (hashes too) what the Python emit stores."""
+    import time
+    from http import HTTPStatus
+
+    from kvledger.ledger import Ledger
+    from kvledger.ledger.clock import VirtualClock
+    from kvledger.ledger.store import EventStore
+
+    monkeypatch.setattr(time, "time_ns", lambda: 7)  # ledger.opened's wall clock: chained
+
+    def write(path: str, c: bool) -> list:
+        saved = mapper._fastenc
+        if not c:
+            mapper._fastenc = None  # the Python emit (the writer process has its own copy)
+        try:
+            led = Ledger(path, "s", clock=VirtualClock(10**12), group_ms=1)
+        finally:
+            mapper._fastenc = saved
+        assert (type(led.emit) is mapper._fastenc.FrameEmitter) == c
+        seen = []
+        led.subscribe(lambda ev: seen.append(ev.seq))
+        for i in range(700):
+            led.clock.advance(1 + (i << 20))
+            led.emit("xfer.polled", f"r{i % 5}", handle=i, state="PROC", polls=i & 7,
+                     error=None if i % 3 else "é")
+            if i % 97 == 0:
+                led.emit("fault.injected", None, fault="f", target=None,
+                         params={"x": [1, 2], "y": 1.5, "z": HTTPStatus.OK} if i % 2
+                         else {"a": 1})  # an IntEnum: marshal refuses it, pickle carries it
+            if i % 250 == 0:
+                led.flush()
+        led.close()
+        assert seen == list(range(seen[0], seen[0] + len(seen))) and len(seen) > 700
+        store = EventStore(path)
+        try:
+            return [tuple(r) for r in store.rows()]
+        finally:
+            store.close()
+
+    got = write(str(tmp_path / "c.sqlite"), True)
+    want = write(str(tmp_path / "py.sqlite"), False)
+    assert len(got) == len(want) > 700
+    assert got == want
 
 
 def test_replay_digest_in_c_is_the_python_definition() -> None:
