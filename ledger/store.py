@@ -136,9 +136,8 @@ WRITE_MAGIC = LZ4_MAGIC
 _ZHEAD = struct.Struct("<4sI")
 # Readers refuse a payload claiming to inflate more than this (a ledger file is hostile: a
 # small blob must not become gigabytes in memory); the writer stores uncompressed whatever
-# would compress better than that, so it never writes what a reader refuses. A payload that
-# claims more than it holds (within the bound) reads as the events it holds: the IPC message
-# says its own length, and the chain, not the framing, is what tamper evidence rests on.
+# would compress better than that, so it never writes what a reader refuses. A payload whose
+# frame inflates to more or fewer bytes than its header says is refused too.
 INFLATE_MAX = 32
 COMPRESS_PAYLOADS = True  # tests turn it off to write the uncompressed form older builds wrote
 _CODECS: dict[bytes, Any] = {}
@@ -185,11 +184,21 @@ def inflate_payload(blob: bytes, where: str) -> Any:
     if size > INFLATE_MAX * (len(blob) - _ZHEAD.size):
         raise BadLedgerError(f"{where}: unreadable event group: claims to inflate "
                              f"{len(blob) - _ZHEAD.size} bytes to {size}")
+    # Read as a stream, one byte past what the header says, never into a buffer of the header's
+    # size: Codec.decompress(decompressed_size=n) hands back n bytes whatever the frame held,
+    # the tail past what LZ4 wrote being whatever that memory held before (the allocator's
+    # last use: another group's bytes, read as this one's). A frame holding more or less than
+    # its header says is refused; the read stops at the bound either way.
     try:
-        return _codec(magic).decompress(pa.py_buffer(blob).slice(_ZHEAD.size),
-                                        decompressed_size=size)
+        frame = pa.BufferReader(pa.py_buffer(blob).slice(_ZHEAD.size))
+        msg = pa.CompressedInputStream(frame, _CODEC_OF[magic]).read_buffer(size + 1)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise BadLedgerError(f"{where}: unreadable event group: {_first_line(exc)}") from None
+    if msg.size != size:
+        raise BadLedgerError(f"{where}: unreadable event group: compressed payload holds "
+                             f"{'more than' if msg.size > size else msg.size} bytes, its "
+                             f"header says {size}")
+    return msg
 
 
 def decode_payload(blob: bytes, n: int, where: str) -> Any:
