@@ -4,10 +4,11 @@
 # their difference divided by the difference in requests is the per-request cost, the
 # interpreter's start-up, imports and warm-up excluded.
 #
-#   bench/bench_core_instructions.sh [SMALL] [LARGE] [noop|ledger]
+#   bench/bench_core_instructions.sh [SMALL] [LARGE] [noop|cnoop|ledger]
 #
 # ledger: the real Ledger's emit in this process (its shipper thread's marshalling included;
-# the writer process is a child callgrind does not follow).
+# the writer process is a child callgrind does not follow). cnoop: a builtin that does nothing
+# with its arguments (``"".format``), the floor under the Python no-op's frame and dict.
 set -eu
 SMALL=${1:-200}
 LARGE=${2:-1200}
