@@ -148,6 +148,18 @@ static void b2_hex16(const b2_start *st, const uint8_t *msg, size_t n, char *out
 }
 
 /* -- growable byte buffers --------------------------------------------------------------------- */
+/* Out of memory: MemoryError where this thread holds the GIL; where it does not (encode_marshal
+ * encodes its frames without it), noted here and raised once the caller has it back. Buffers
+ * and back-reference tables use the raw allocator (malloc), which needs no GIL. */
+static _Thread_local int no_memory_pending = 0;
+
+static void no_memory(void) {
+    if (PyGILState_Check())
+        PyErr_NoMemory();
+    else
+        no_memory_pending = 1;
+}
+
 typedef struct {
     char *p;
     Py_ssize_t n, cap;
@@ -158,14 +170,14 @@ static int buf_grow(buf *b, Py_ssize_t extra) {
     Py_ssize_t cap = b->cap ? b->cap : 256;
     while (cap < b->n + extra) {
         if (cap > PY_SSIZE_T_MAX / 2) {
-            PyErr_NoMemory();
+            no_memory();
             return -1;
         }
         cap *= 2;
     }
-    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    char *p = PyMem_RawRealloc(b->p, (size_t)cap);
     if (!p) {
-        PyErr_NoMemory();
+        no_memory();
         return -1;
     }
     b->p = p;
@@ -286,7 +298,7 @@ static void free_kinds(void) {
         Py_XDECREF(kinds[i].name);
         for (int j = 0; j < kinds[i].nattrs; j++) {
             Py_XDECREF(kinds[i].attrs[j].name);
-            PyMem_Free(kinds[i].attrs[j].key);
+            PyMem_RawFree(kinds[i].attrs[j].key);
         }
         PyMem_Free(kinds[i].attrs);
     }
@@ -352,7 +364,7 @@ static PyObject *set_kinds(PyObject *self, PyObject *table) {
             if (!s) goto fail;
             buf kb = {0};
             if (buf_put_json_str(&kb, s, len) < 0 || buf_putc(&kb, ':') < 0) {
-                PyMem_Free(kb.p);
+                PyMem_RawFree(kb.p);
                 goto fail;
             }
             a->key = kb.p;
@@ -467,7 +479,7 @@ typedef struct {
 static void columns_free(columns *c) {
     buf *all[] = {&c->ts, &c->kind_off, &c->kind, &c->rid_valid, &c->rid_off, &c->rid,
                   &c->attrs_off, &c->attrs, &c->hash, &c->msg};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) PyMem_Free(all[i]->p);
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) PyMem_RawFree(all[i]->p);
 }
 
 static PyObject *as_bytes(const buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", b->n); }
@@ -593,7 +605,7 @@ static int group_begin(group *g, PyObject *stream, long long seq, PyObject *prev
 }
 
 static void group_free(group *g) {
-    PyMem_Free(g->mid.p);
+    PyMem_RawFree(g->mid.p);
     columns_free(&g->c);
 }
 
@@ -718,9 +730,9 @@ static int m_not_plain(const char *s, Py_ssize_t n, int ascii) {
 static int m_register(mframe *f, const uint8_t *at) {
     if (f->nrefs == f->cap) {
         Py_ssize_t cap = f->cap ? 2 * f->cap : 64;
-        const uint8_t **r = PyMem_Realloc(f->refs, (size_t)cap * sizeof *r);
+        const uint8_t **r = PyMem_RawRealloc(f->refs, (size_t)cap * sizeof *r);
         if (!r) {
-            PyErr_NoMemory();
+            no_memory();
             return -1;
         }
         f->refs = r;
@@ -991,9 +1003,9 @@ static Py_ssize_t m_encode_frame(group *g, const uint8_t *start, Py_ssize_t len,
     if (m_u32(&q, f.end, &n) < 0) return -2;
     *count = n;
     if (flag) { /* the list itself takes back-reference 0 */
-        f.refs = PyMem_Malloc(64 * sizeof *f.refs);
+        f.refs = PyMem_RawMalloc(64 * sizeof *f.refs);
         if (!f.refs) {
-            PyErr_NoMemory();
+            no_memory();
             return -1;
         }
         f.cap = 64;
@@ -1010,7 +1022,7 @@ static Py_ssize_t m_encode_frame(group *g, const uint8_t *start, Py_ssize_t len,
         group_advance(g);
         *row += 1;
     }
-    PyMem_Free(f.refs);
+    PyMem_RawFree(f.refs);
     return i;
 }
 
@@ -1028,20 +1040,38 @@ static PyObject *encode_marshal(PyObject *self, PyObject *args) {
     group g;
     PyObject *result = NULL, *head = NULL;
     Py_ssize_t fi = 0, stop = 0, count = 0, row = 0;
-    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
-    for (; fi < PyList_GET_SIZE(frames); fi++) {
-        PyObject *frame = PyList_GET_ITEM(frames, fi);
-        if (!PyBytes_Check(frame)) {
+    /* The frames as a tuple of our own: nothing another thread does to the list reaches them. */
+    PyObject *held = PyList_AsTuple(frames);
+    if (!held) return NULL;
+    Py_ssize_t nf = PyTuple_GET_SIZE(held);
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(held, i))) {
             PyErr_SetString(PyExc_TypeError, "frames must be bytes");
-            goto done;
+            Py_DECREF(held);
+            return NULL;
         }
+    }
+    if (group_begin(&g, stream, seq, prev_obj, key) < 0) goto done;
+    /* Without the GIL, once for the whole take: the frames are immutable bytes objects held
+     * here, and the encoding reads them and writes C buffers only (the kind table is set once,
+     * at import). The writer's committer thread compresses and commits the previous group
+     * meanwhile; holding the GIL through a take (milliseconds) had it wait for the encoder. */
+    Py_BEGIN_ALLOW_THREADS
+    for (; fi < nf; fi++) {
+        PyObject *frame = PyTuple_GET_ITEM(held, fi);
         stop = m_encode_frame(&g, (const uint8_t *)PyBytes_AS_STRING(frame),
                               PyBytes_GET_SIZE(frame), &row, &count);
-        if (stop == -1) goto done;
+        if (stop == -1) break;
         if (stop == -2) stop = 0;
         if (stop != count) break;
     }
-    if (fi == PyList_GET_SIZE(frames)) stop = count = 0;
+    Py_END_ALLOW_THREADS
+    if (stop == -1) {
+        no_memory_pending = 0;
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (fi == nf) stop = count = 0;
     head = group_result(&g, row);
     if (head) {
         result = Py_BuildValue("nnnO", fi, stop, count, head);
@@ -1049,6 +1079,7 @@ static PyObject *encode_marshal(PyObject *self, PyObject *args) {
     }
 done:
     group_free(&g);
+    Py_DECREF(held);
     return result;
 }
 
@@ -1173,7 +1204,7 @@ static PyObject *events(PyObject *self, PyObject *args) {
 done:
     Py_XDECREF(prev_str);
     Py_XDECREF(out);
-    PyMem_Free(mid.p);
+    PyMem_RawFree(mid.p);
     columns_free(&c);
     Py_DECREF(items);
     return result;
@@ -1242,7 +1273,7 @@ static PyObject *digest(PyObject *self, PyObject *events_in) {
     b2_hex16(&s2, (const uint8_t *)(b.p ? b.p : ""), (size_t)b.n, out);
     result = PyUnicode_FromStringAndSize(out, 32);
 done:
-    PyMem_Free(b.p);
+    PyMem_RawFree(b.p);
     Py_DECREF(evs);
     return result;
 }
@@ -1981,7 +2012,7 @@ static int f_seal(FrameEmitter *self) {
     self->open_n = 0;
     f_refs_drop(self, 0);
     if (self->frame.cap > F_KEEP_BYTES) { /* a backlog's frame: give its memory back */
-        PyMem_Free(self->frame.p);
+        PyMem_RawFree(self->frame.p);
         self->frame.p = NULL;
         self->frame.cap = 0;
     }
@@ -2218,7 +2249,7 @@ static int frame_emitter_clear(FrameEmitter *self) {
 static void frame_emitter_dealloc(FrameEmitter *self) {
     PyObject_GC_UnTrack(self);
     frame_emitter_clear(self);
-    PyMem_Free(self->frame.p);
+    PyMem_RawFree(self->frame.p);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

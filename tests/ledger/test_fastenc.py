@@ -721,3 +721,41 @@ def test_replay_digest_in_c_is_the_python_definition() -> None:
     assert verdict._DIGEST_C(odd) is None
     assert verdict.ledger_digest(odd, ordered=True) == verdict.ledger_digest_py(odd)
     assert verdict.ledger_digest([]) == verdict.ledger_digest_py([])
+
+
+def test_frames_are_encoded_without_the_gil() -> None:
+    """The writer's committer thread compresses and commits one group while the main thread
+    encodes the next: ``encode_marshal`` lets other threads run while it reads the frames
+    (holding the GIL through a take's milliseconds had the committer wait for it). With a
+    switch interval longer than the call, another thread advances during it only if the call
+    lets go of the GIL."""
+    import marshal
+    import sys
+    import threading
+    import time
+
+    items = [(1_000 + i, "xfer.polled", f"r{i % 97}", {"handle": i, "state": "PROC", "polls": i})
+             for i in range(200_000)]
+    frames = [marshal.dumps(items[k:k + 128]) for k in range(0, len(items), 128)]
+    counter, stop = [0], threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(2.0)  # no forced hand-over of the GIL during the call
+    t = threading.Thread(target=count)
+    try:
+        t.start()
+        time.sleep(0.01)
+        before = counter[0]
+        at, _stop, _count, res = mapper._fastenc.encode_marshal("ctx-0", 0, GENESIS_HASH,
+                                                                frames, b"")
+        during = counter[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        t.join()
+    assert at == len(frames) and res[1] == len(items)  # all encoded, seq of the last
+    assert during > 1_000, f"the other thread ran {during} steps during the encode"
