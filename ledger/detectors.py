@@ -147,6 +147,16 @@ PROGRESS_KINDS = frozenset({
     "buffer.poisoned", "blocks.unpinned", "blocks.freed", "termination.done", "resources.freed",
     "request.finished",
 })
+#: Every kind a detector here or in ``detectors_vllm`` reads. An index of only these kinds
+#: (``ledger.lean_index``: a run's verdict on millions of events) finds what the full one finds;
+#: a test holds the list to the kinds named in both modules' code.
+KINDS_READ = PROGRESS_KINDS | frozenset({
+    "transfer.started", "quarantine.entered", "quarantine.left", *POLL_KINDS,
+    "blocks.pinned", "blocks.allocated", "blocks.reused", "blocks.poisoned",
+    "buffer.exhausted", "termination.requested", "termination.deferred", "kv.checksum_failed",
+    "health.changed", "peer.lost", "peer.rejoined", "ledger.opened", "ledger.closed",
+    "vllm.transfer_result", "vllm.blocks_invalid",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +222,26 @@ class _Req:
         return bool(self.by_kind.get(kind))
 
 
-class _Stream:
-    """One stream (worker): its events in seq order, per-request index, end and close."""
+@dataclass(frozen=True, slots=True)
+class StreamBounds:
+    """What the detectors need of a stream's every event when the index holds only those of
+    ``KINDS_READ`` (``ledger.lean_index``): its first and last event (seq order), its earliest
+    and latest ts_ns."""
 
-    def __init__(self, name: str, events: list[Event]) -> None:
+    first: Event
+    last: Event
+    first_ts: int
+    end_ts: int
+
+
+class _Stream:
+    """One stream (worker): its events in seq order, per-request index, end and close.
+
+    ``bounds``: given when ``events`` holds only the kinds of ``KINDS_READ`` (the stream's
+    first and last event and its time span are then the whole stream's, not the list's)."""
+
+    def __init__(self, name: str, events: list[Event], bounds: StreamBounds | None = None,
+                 ) -> None:
         self.name = name
         self.events = events
         # The first ledger.closed, the earliest and the latest time: each a pass in C (map)
@@ -223,9 +249,12 @@ class _Stream:
         kinds = list(map(_KIND, events))
         self.closed: Event | None = (events[kinds.index("ledger.closed")]
                                      if "ledger.closed" in kinds else None)
-        ts = list(map(_TS, events))
-        self.first_ts = min(ts)
-        self.end_ts = max(ts)
+        if bounds is None:
+            ts = list(map(_TS, events))
+            bounds = StreamBounds(events[0], events[-1], min(ts), max(ts))
+        self.first, self.last = bounds.first, bounds.last
+        self.first_ts = bounds.first_ts
+        self.end_ts = bounds.end_ts
         self.requests: dict[str, _Req] = {}
         self.index: dict[str, _Stream] = {name: self}  # every stream of the ledger (peers)
         requests = self.requests
@@ -710,7 +739,7 @@ def _silent_gaps(s: _Stream, deadline_ns: int, end: int) -> list[tuple[int, int,
     """(start ts, seq of the point that opens it, end ts) of each gap of more than
     ``deadline_ns`` between consecutive progress points (the spec's), in order."""
     out = []
-    first = s.events[0]
+    first = s.first
     prev_ts, prev_seq = (None, None) if first.kind in PROGRESS_KINDS else (first.ts_ns, first.seq)
     progress = PROGRESS_KINDS
     for e in s.events:
@@ -757,7 +786,7 @@ def died_holding(s: _Stream, p: Params) -> Iterator[Finding]:
     if not lost:
         return
     seen = min(lost, key=lambda e: (e.ts_ns, e.stream, e.seq))
-    last = s.events[-1]
+    last = s.last
     holds = [h for h in _holds(s, s.end_ts) if h.end_seq is None]
     xfers = [t for t in _transfers(s, s.end_ts) if t.end_seq is None]
     resources = tuple(sorted({f"{h.what}:{h.slot}" for h in holds}))
@@ -855,12 +884,14 @@ def index_streams(events: Iterable[Event]) -> dict[str, _Stream]:
     return index_sorted_streams(by_stream)
 
 
-def index_sorted_streams(by_stream: dict[str, list[Event]]) -> dict[str, _Stream]:
+def index_sorted_streams(by_stream: dict[str, list[Event]],
+                         bounds: dict[str, StreamBounds] | None = None) -> dict[str, _Stream]:
     """``index_streams`` of a ledger already grouped: stream -> its events in seq order (each
-    list is the index's from then on; the replayer's recorders hand theirs over as they are)."""
+    list is the index's from then on; the replayer's recorders hand theirs over as they are).
+    ``bounds``: per stream, when its list holds only the kinds of ``KINDS_READ``."""
     out: dict[str, _Stream] = {}
     for name, evs in sorted(by_stream.items()):
-        out[name] = _Stream(name, evs)
+        out[name] = _Stream(name, evs, None if bounds is None else bounds[name])
     for st in out.values():
         st.index = out
     return out

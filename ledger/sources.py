@@ -45,8 +45,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .errors import BadLedgerError, SchemaVersionError
-from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError
-from .mapper import to_event
+from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError, validate
+from .mapper import decode_attrs, to_event
 from .store import (
     VERIFY_COLUMNS,
     EventStore,
@@ -150,10 +150,64 @@ def _table_events(table: pa.Table, where: str = "") -> Iterator[Event]:
             yield _event(row, where)
 
 
+#: The columns of ``stream_pages``: what the detectors and the projection read (no chain hashes,
+#: two 32-character strings an event: verify reads those, through ``verify_tables``).
+PAGE_COLUMNS = ("seq", "ts_ns", "kind", "request_id", "attrs")
+
+
+#: Attribute texts up to this long are parsed once per (kind, text) in ``page_events``...
+SHARED_ATTRS_CHARS = 64
+#: ... for up to this many distinct ones (a run's repeated attrs are a few thousand: outcomes,
+#: signals, reasons, pools and slots; the rest are one of a kind).
+SHARED_ATTRS_MAX = 1 << 16
+
+
+def page_events(page: pa.Table, stream: str, where: str, names: dict) -> list[Event]:
+    """A page of ``stream_pages`` as Events, each validated as ``events()`` validates it.
+
+    What a verdict over millions of events holds is shared through ``names`` (a dict the caller
+    keeps across pages): one str object per distinct kind, request id, attribute name and
+    string value instead of one per event, and one attrs dict per distinct short attrs text of
+    a kind (read only, as every Event's attrs are to their readers): measured with tracemalloc
+    on a run's ledgers, ~990 bytes an event as ``events()`` makes them, ~345 with the strings
+    shared; sharing the dicts also parses and validates the most frequent texts only once."""
+    cols = [page.column(c).to_pylist() for c in PAGE_COLUMNS]
+    share = names.setdefault
+    parsed = names.setdefault(_PARSED, {})
+    out: list[Event] = []
+    append = out.append
+    for seq, ts_ns, kind, rid, text in zip(*cols, strict=True):
+        attrs = parsed.get((kind, text)) if text is not None else None
+        if attrs is None:
+            try:
+                attrs = decode_attrs(text)
+                attrs = {share(k, k): share(v, v) if type(v) is str else v
+                         for k, v in attrs.items()}
+                validate(kind, rid, attrs)
+            except SchemaError:
+                raise
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise BadLedgerError(f"{where}: stream {stream!r} seq {seq}: corrupt row "
+                                     f"({type(exc).__name__}: {exc})") from None
+            if text is not None and len(text) <= SHARED_ATTRS_CHARS \
+                    and len(parsed) < SHARED_ATTRS_MAX:
+                parsed[(kind, text)] = attrs
+        elif (rid is None) == EVENT_KINDS[kind].request_scoped:
+            validate(kind, rid, attrs)  # the text was valid for this kind, the envelope is not
+        append(Event(stream, seq, ts_ns, share(kind, kind),
+                     None if rid is None else share(rid, rid), attrs))
+    return out
+
+
+_PARSED = object()  # page_events' key in ``names`` for the attrs dicts it shares
+
+
 class LedgerSource:
     """A read-only view of one or more ledgers. Use as a context manager or call ``close()``."""
 
     target: str
+    #: Rows a page of the in-memory ``stream_pages`` holds.
+    PAGE_ROWS = 50_000
 
     def streams(self) -> list[str]:
         raise NotImplementedError
@@ -170,6 +224,14 @@ class LedgerSource:
     def verify_tuples(self, stream: str) -> Iterator[tuple]:
         """One stream's rows in seq order as tuples in ``VERIFY_COLUMNS`` order."""
         raise NotImplementedError
+
+    def stream_pages(self, stream: str) -> Iterator[pa.Table]:
+        """One stream's events in stored seq order as Tables of ``PAGE_COLUMNS``, a page at a
+        time (``page_events`` makes them Events): a SQL ledger is read page by page, never
+        whole; a Parquet tree is already in memory."""
+        table = _filter_table(self.arrow_table(), stream, None, None)
+        for batch in table.select(list(PAGE_COLUMNS)).to_batches(max_chunksize=self.PAGE_ROWS):
+            yield pa.Table.from_batches([batch])
 
     def leaves(self) -> list[LedgerSource]:
         """The single-store / single-tree sources this one is made of (itself if it is one)."""
@@ -448,6 +510,11 @@ class SqlSource(LedgerSource):
         each): what verify's vectorised pass reads."""
         return self.store.stream_tables(stream, event_schema(VERIFY_COLUMNS))
 
+    def stream_pages(self, stream: str) -> Iterator[pa.Table]:
+        for page in self.store.stream_tables(stream, event_schema(PAGE_COLUMNS)):
+            check_kinds(pc.unique(page["kind"]).to_pylist(), self.target)
+            yield page
+
     def close(self) -> None:
         self.store.close()
 
@@ -589,6 +656,9 @@ class MultiSource(LedgerSource):
 
     def verify_tuples(self, stream: str) -> Iterator[tuple]:
         return self._owners()[stream].verify_tuples(stream)
+
+    def stream_pages(self, stream: str) -> Iterator[pa.Table]:
+        return self._owners()[stream].stream_pages(stream)
 
     def verify_tables(self, stream: str) -> Iterator[pa.Table] | None:
         tables_of = getattr(self._owners()[stream], "verify_tables", None)

@@ -7,49 +7,84 @@ state (``run``/``demo``/tests).
 from __future__ import annotations
 
 from collections import Counter
+from operator import attrgetter
 from typing import Any
 
 from ..ledger.detectors import LIVENESS, detect, finding_dict, liveness_verdict
+from ..ledger.events import Event
+from ..ledger.lean_index import index_source
 from ..ledger.projections import Projection
 from ..ledger.sources import open_source
 
 _POOL = {"ctx": "send", "gen": "recv"}
+_KIND = attrgetter("kind")
+
+
+class _Tally:
+    """One stream's counts for the verdict, kept as its events go by (``index_source``)."""
+
+    __slots__ = ("kinds", "outcomes", "client_cancels", "blocks_poisoned", "releases_in_flight")
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.client_cancels = self.blocks_poisoned = self.releases_in_flight = 0
+
+    def add(self, events: list[Event]) -> None:
+        self.kinds.update(map(_KIND, events))
+        for e in events:
+            k = e.kind
+            if k == "request.finished":
+                self.outcomes[e.attrs["outcome"]] += 1
+            elif k == "cancel.requested":
+                self.client_cancels += e.attrs.get("source") == "client"
+            elif k == "blocks.poisoned":
+                self.blocks_poisoned += len(e.attrs["blocks"])
+            elif k == "xfer.released":
+                self.releases_in_flight += not e.attrs.get("quiescent")
+
+    def summary(self) -> dict[str, Any]:
+        kinds = self.kinds
+        return {
+            "events": sum(kinds.values()),
+            "requests": kinds["request.arrived"],
+            "client_cancels": self.client_cancels,
+            "timeouts": kinds["request.timed_out"],
+            "finished": dict(sorted(self.outcomes.items())),
+            "resources_freed": kinds["resources.freed"],
+            "blocks_freed": kinds["blocks.freed"],
+            "slots_released": kinds["buffer.released"],
+            "slots_poisoned": kinds["buffer.poisoned"],
+            "blocks_poisoned": self.blocks_poisoned,
+            "releases_in_flight": self.releases_in_flight,
+            "checksum_failures": kinds["kv.checksum_failed"],
+            "faults_injected": kinds["fault.injected"],
+            "closed": kinds["ledger.closed"] > 0,
+        }
 
 
 def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] | None = None,
                    ) -> dict[str, Any]:
-    """Read every stream under ``target`` (a run's output folder, a file or a URL)."""
+    """Read every stream under ``target`` (a run's output folder, a file or a URL) in one pass,
+    a page at a time: the counts and the projection's fold see every event, the detectors'
+    index keeps only what they read (``ledger.lean_index``), so a run of millions of events
+    is judged in a fraction of the memory its events would take as objects."""
+    projection = Projection()
+    tallies: dict[str, _Tally] = {}
+
+    def consume(events: list[Event]) -> None:
+        projection.fold(events)
+        stream = events[0].stream
+        tally = tallies.get(stream)
+        if tally is None:
+            tally = tallies[stream] = _Tally()
+        tally.add(events)
+
     with open_source(target) as src:
-        events = list(src.events())
-    kinds: Counter[tuple[str, str]] = Counter((e.stream, e.kind) for e in events)
-    streams = sorted({e.stream for e in events})
-    per_stream: dict[str, Any] = {}
-    for s in streams:
-        outcomes = Counter(e.attrs["outcome"] for e in events
-                           if e.stream == s and e.kind == "request.finished")
-        per_stream[s] = {
-            "events": sum(n for (st, _), n in kinds.items() if st == s),
-            "requests": kinds[(s, "request.arrived")],
-            "client_cancels": sum(1 for e in events if e.stream == s
-                                  and e.kind == "cancel.requested"
-                                  and e.attrs.get("source") == "client"),
-            "timeouts": kinds[(s, "request.timed_out")],
-            "finished": dict(sorted(outcomes.items())),
-            "resources_freed": kinds[(s, "resources.freed")],
-            "blocks_freed": kinds[(s, "blocks.freed")],
-            "slots_released": kinds[(s, "buffer.released")],
-            "slots_poisoned": kinds[(s, "buffer.poisoned")],
-            "blocks_poisoned": sum(len(e.attrs["blocks"]) for e in events
-                                   if e.stream == s and e.kind == "blocks.poisoned"),
-            "releases_in_flight": sum(1 for e in events if e.stream == s
-                                      and e.kind == "xfer.released"
-                                      and not e.attrs.get("quiescent")),
-            "checksum_failures": kinds[(s, "kv.checksum_failed")],
-            "faults_injected": kinds[(s, "fault.injected")],
-            "closed": kinds[(s, "ledger.closed")] > 0,
-        }
-    findings = detect(events)
-    snapshot = Projection.rebuild(events).snapshot()
+        streams = index_source(src, consume)
+    per_stream = {s: tallies[s].summary() for s in sorted(tallies)}
+    findings = detect((), streams=streams)
+    snapshot = projection.snapshot()
     mismatches, notes = compare_state(snapshot, runtime_state) if runtime_state else ([], [])
     rows = [finding_dict(f) for f in findings]
     word = liveness_verdict(f.detector for f in findings)
