@@ -653,7 +653,10 @@ class EventStore:
             kept = [b for b, r in zip(got, page, strict=True) if r[4]]
             heads = [r[:5] for r in page if r[4]]
             if kept:
-                t = pa.Table.from_batches(kept, ps)
+                # Only the payload columns asked for are validated and copied into one chunk
+                # (the chain hashes are a third of a page's bytes; most readers never ask).
+                t = pa.Table.from_batches(kept, ps).select(
+                    [c for c in ps.names if c in schema.names or c == "seq"])
                 try:
                     t.validate(full=True)  # before anything reads the buffers
                 except (pa.ArrowException, ValueError) as exc:
