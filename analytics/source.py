@@ -74,6 +74,7 @@ def collect(targets: Sequence[str], hashes: bool = True) -> Sources:
     load them and run the query again (``kvledger sql`` does)."""
     from kvledger.ledger.errors import LedgerError
     from kvledger.ledger.sources import ParquetSource, open_sources
+    from kvledger.ledger.store import use_bulk_read_pool
 
     if not targets:
         raise SourceError("no LEDGER given")
@@ -95,6 +96,7 @@ def collect(targets: Sequence[str], hashes: bool = True) -> Sources:
             # 6.1 s wall / 10.2 s CPU on average, one thread a ledger 5.5 s / 8.2 s (and
             # one after the other 6.8 s / 6.8 s).
             parts = 2 if len(sql_leaves) == 1 else 1
+            use_bulk_read_pool()  # before the threads start allocating
             with ThreadPoolExecutor(max_workers=min(4, len(sql_leaves) or 1)) as pool:
                 out.tables += list(pool.map(
                     lambda leaf: _dictionary_columns(_envelope(_read_leaf(leaf, hashes, parts))),

@@ -273,6 +273,30 @@ def with_row_columns(payload: Any, heads: Sequence[tuple], schema: Any) -> Any:
     return table if table.schema.equals(schema) else table.cast(schema)
 
 
+_BULK_POOL_SET = False
+
+
+def use_bulk_read_pool() -> None:
+    """Arrow allocates from jemalloc from now on in this process, where this pyarrow has it.
+
+    A bulk load builds ~1 GB of columns out of ~3 GB of short-lived page buffers; with
+    pyarrow's default mimalloc, which asks for transparent huge pages, the kernel zeroed pages
+    faulted in again and again: ``clear_page_erms`` was 36% of loading a 6.0M-event ledger
+    (perf), 2.5 s of its 5.6 s as system time. jemalloc reuses them: 0.64-0.8 s of system
+    time, 2.9-4.1 s wall, 50 MB less peak RSS (2-core VM, alternating runs). Tables already
+    made keep their pool; only where Arrow's memory comes from changes."""
+    global _BULK_POOL_SET
+    if _BULK_POOL_SET:
+        return
+    _BULK_POOL_SET = True
+    pa = _pa()
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, AttributeError, OSError):  # a build without jemalloc
+        log.debug("pyarrow has no jemalloc pool; bulk reads use %s",
+                  pa.default_memory_pool().backend_name)
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """The cyclic collector off while a ledger is loaded: a load makes millions of short-lived
@@ -571,6 +595,7 @@ class EventStore:
             return self._arrow_table(schema, parts)
 
     def _arrow_table(self, schema: Any, parts: int) -> Any:
+        use_bulk_read_pool()
         ranges = self._position_ranges(parts) if parts > 1 else []
         if len(ranges) < 2:
             tables = list(self.page_tables(schema))
