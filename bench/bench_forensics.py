@@ -84,6 +84,17 @@ memory_limit 1536MB: every canned query within target on CPU/2 (summary 0.02-0.8
 whole forensic summary 8.3 s CPU/2; peak RSS 1375 MB; Parquet 45.4 bytes/event (random hashes
 are most of it), SQLite 184 bytes/event; SQLite -> Parquet 48k events/s through
 ledger.sources, 73k events/s through plain sqlite3.
+
+Measured 2026-12-03 with ``--run-dir`` on a fresh 9.84M-event folder (610k requests, ctx 6.03M
++ gen 3.82M events, 742 MB; the box otherwise quiet but its page cache small, so reads wait on
+the disk now and then), before -> after a run folder's ledgers were read one thread each
+(not two position ranges each) and Arrow's bulk-read memory came from jemalloc: ``sql select
+1`` 7.91 s wall / 12.75 s CPU / 1,587 MB -> 5.81 s / 8.13 s / 1,482 MB (separate runs of the
+same: 5.1-6.5 s); ``forensics`` 55.3 s / 2,094 MB -> 46.0 s / 1,894 MB; ``report`` 61.4 s /
+2,103 MB -> 57.6 s / 2,025 MB (1,902 MB with ``--memory-limit 1GB``, same time); the folder
+unchanged. Still above the 5 s target for a first command at 10M events: loading is ~0.5 us
+of CPU an event on one thread (LZ4, IPC reads, validation, one copy into a chunk per page),
+more with two threads on two cores, and the ctx ledger (6M events) alone takes 2.9-4.1 s.
 """
 
 from __future__ import annotations
