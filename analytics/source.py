@@ -131,15 +131,16 @@ def _read_one(target: str) -> pa.Table:
 
 
 def _read_leaf(leaf, hashes: bool, parts: int) -> pa.Table:  # noqa: ANN001 - a SqlSource
-    if hashes and parts == 1:
-        return leaf.arrow_table()
-    return leaf.arrow_table(hashes=hashes, parts=parts)
+    return leaf.arrow_table(hashes=hashes, parts=parts, dictionary=DICTIONARY_COLUMNS)
 
 
 def _envelope(table: pa.Table) -> pa.Table:
-    """The envelope columns (``COLUMNS``, those of them the table has) with ``SCHEMA``'s types."""
+    """The envelope columns (``COLUMNS``, those of them the table has) with ``SCHEMA``'s types
+    (a column already dictionary-encoded stays so: DuckDB reads it as the same VARCHAR)."""
     names = [c for c in COLUMNS if c in table.column_names]
-    return table.select(names).cast(pa.schema([SCHEMA.field(c) for c in names]))
+    fields = [table.schema.field(c) if pa.types.is_dictionary(table.schema.field(c).type)
+              else SCHEMA.field(c) for c in names]
+    return table.select(names).cast(pa.schema(fields))
 
 
 # Low-cardinality columns handed to DuckDB dictionary-encoded (a few dozen kinds, a stream or

@@ -245,7 +245,9 @@ def with_row_columns(payload: Any, heads: Sequence[tuple], schema: Any) -> Any:
     """Stored batches' payload columns (a Table, the rows' events in order) plus the row
     columns ``schema`` asks for (position: the row's position plus the event's index in it;
     stream, grp, grp_n: the row's), as one Table of ``schema``. ``heads``: each row's
-    ``(position, stream, grp, grp_n, n)``."""
+    ``(position, stream, grp, grp_n, n)``. A string column ``schema`` types as a dictionary
+    comes dictionary-encoded, here, a page at a time (stream: straight from the rows' codes,
+    never spelled out per event)."""
     pa = _pa()
     import numpy as np
 
@@ -262,15 +264,23 @@ def with_row_columns(payload: Any, heads: Sequence[tuple], schema: Any) -> Any:
             names = sorted(set(streams))
             code = {s: i for i, s in enumerate(names)}
             idx = np.array([code[s] for s in streams], dtype=np.int32)[owner]
-            cols[name] = pa.DictionaryArray.from_arrays(
-                pa.array(idx), pa.array(names, pa.string())).cast(pa.string())
+            codes = pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names, pa.string()))
+            cols[name] = codes if _is_dictionary(schema, name) else codes.cast(pa.string())
         elif name in ("grp", "grp_n"):
             vals = grps if name == "grp" else grp_ns
             cols[name] = pa.array(np.array(vals, dtype=np.int64)[owner])
+        elif _is_dictionary(schema, name):
+            import pyarrow.compute as pc
+
+            cols[name] = pc.dictionary_encode(payload.column(name))
         else:
             cols[name] = payload.column(name)
     table = pa.Table.from_arrays([cols[n] for n in schema.names], names=schema.names)
     return table if table.schema.equals(schema) else table.cast(schema)
+
+
+def _is_dictionary(schema: Any, name: str) -> bool:
+    return _pa().types.is_dictionary(schema.field(name).type)
 
 
 _BULK_POOL_SET = False
