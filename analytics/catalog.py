@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -35,7 +36,13 @@ from pathlib import Path
 
 import duckdb
 
-from .limits import MEMORY_LIMIT_DEFAULT, SPILL_LIMIT_DEFAULT, THREADS_DEFAULT
+from .limits import (
+    AUTO_MEMORY_LIMIT_MIN_BYTES,
+    MEMORY_LIMIT_DEFAULT,
+    PROCESS_MEMORY_BUDGET_BYTES,
+    SPILL_LIMIT_DEFAULT,
+    THREADS_DEFAULT,
+)
 from .source import COLUMNS, Sources
 
 log = logging.getLogger(__name__)
@@ -212,7 +219,7 @@ def connect(memory_limit: str = MEMORY_LIMIT_DEFAULT, threads: int = THREADS_DEF
     if temp_directory is None:
         temp_directory = spill_dir()
         atexit.register(shutil.rmtree, temp_directory, True)
-    config = {"memory_limit": memory_limit, "threads": threads,
+    config = {"memory_limit": resolve_memory_limit(memory_limit), "threads": threads,
               "temp_directory": temp_directory, "max_temp_directory_size": spill_limit,
               "autoinstall_known_extensions": False, "autoload_known_extensions": False}
     con = duckdb.connect(":memory:", config=config)
@@ -307,14 +314,43 @@ def _load_one(con: duckdb.DuckDBPyConnection, mod: Module) -> None:
         raise
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def resolve_memory_limit(memory_limit: str, sources: Sources | None = None) -> str:
+    """A DuckDB memory_limit for ``memory_limit``: itself, or for ``"auto"`` what
+    ``PROCESS_MEMORY_BUDGET_BYTES`` leaves after what this process holds now (the loaded
+    ledgers among it; where that cannot be read, the tables' own bytes plus a quarter GiB for
+    the interpreter), at least ``AUTO_MEMORY_LIMIT_MIN_BYTES``."""
+    if memory_limit != "auto":
+        return memory_limit
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()  # the load's page buffers, no longer needed
+    held = resident_bytes()
+    if held is None:
+        held = sum(t.nbytes for t in sources.tables) if sources else 0
+        held += 256 << 20
+    limit = max(AUTO_MEMORY_LIMIT_MIN_BYTES, PROCESS_MEMORY_BUDGET_BYTES - held)
+    log.info("DuckDB memory_limit %d MiB (process budget %d MiB, %d MiB held after the load)",
+             limit >> 20, PROCESS_MEMORY_BUDGET_BYTES >> 20, held >> 20)
+    return f"{limit >> 20}MiB"
+
+
 def open_catalog(sources: Sources, memory_limit: str = MEMORY_LIMIT_DEFAULT,
                  threads: int = THREADS_DEFAULT, strict: bool = False,
                  temp_directory: str | None = None, spill_limit: str = SPILL_LIMIT_DEFAULT,
                  sandbox: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the ledgers attached and every catalog view created; with
     ``sandbox`` it is then locked down (``lock_down``) before anyone else's SQL runs on it."""
-    con = connect(memory_limit=memory_limit, threads=threads, temp_directory=temp_directory,
-                  spill_limit=spill_limit)
+    con = connect(memory_limit=resolve_memory_limit(memory_limit, sources), threads=threads,
+                  temp_directory=temp_directory, spill_limit=spill_limit)
     try:
         attach_sources(con, sources)
         load_modules(con, strict=strict)

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from .forensics import Integrity
 
 from .limits import (
+    AUTO_MEMORY_LIMIT_MIN_BYTES,
     MEMORY_LIMIT_DEFAULT,
     MEMORY_LIMIT_MIN_BYTES,
+    PROCESS_MEMORY_BUDGET_BYTES,
     SPILL_LIMIT_DEFAULT,
     SPILL_LIMIT_MIN_BYTES,
     STUCK_MS_DEFAULT,
@@ -54,6 +56,8 @@ def size_arg(min_bytes: int, max_bytes: Any, what: str) -> Any:
     spelling of it in bytes."""
 
     def parse(text: str) -> str:
+        if text == MEMORY_LIMIT_DEFAULT and min_bytes == MEMORY_LIMIT_MIN_BYTES:
+            return text  # sized once the ledgers are loaded (catalog.resolve_memory_limit)
         m = _SIZE.match(text)
         if m is None:
             raise argparse.ArgumentTypeError(
@@ -73,7 +77,10 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", default=MEMORY_LIMIT_DEFAULT,
                    type=size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
                                  "at most this machine's memory"),
-                   help=f"DuckDB memory_limit (default {MEMORY_LIMIT_DEFAULT})")
+                   help=f"DuckDB memory_limit, a size or 'auto' (default {MEMORY_LIMIT_DEFAULT}: "
+                   f"what a {PROCESS_MEMORY_BUDGET_BYTES >> 20} MiB process budget leaves "
+                   "after the loaded ledgers, at least "
+                   f"{AUTO_MEMORY_LIMIT_MIN_BYTES >> 20} MiB)")
     p.add_argument("--threads", type=int_in(1, cpu_count, "the cores this process may use"),
                    default=min(THREADS_DEFAULT, cpu_count()),
                    help=f"DuckDB threads (default {THREADS_DEFAULT}; at most the cores)")

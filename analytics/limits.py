@@ -2,9 +2,15 @@
 
 from ..ledger.detectors import WEDGE_DEADLINE_NS
 
-# A 10M-event ledger needs ~1.3 GB for the widest view (obligations); the process stays under
-# 2 GB peak RSS with this limit (bench/bench_forensics.py measures it).
-MEMORY_LIMIT_DEFAULT = "1536MB"
+# DuckDB's memory_limit bounds only DuckDB's own buffers; ledgers read from SQLite/PostgreSQL
+# are pyarrow tables outside it (~100 bytes an event: ~1 GB at 10M events). "auto" (the
+# default) gives DuckDB what PROCESS_MEMORY_BUDGET leaves once the ledgers are loaded (the
+# process's resident memory then: tables, interpreter, libraries), never less than
+# AUTO_MEMORY_LIMIT_MIN; past its limit DuckDB spills to the private spill folder. With a
+# fixed 1536MB, ``report`` on a 9.84M-event run folder peaked at 2,025 MB.
+MEMORY_LIMIT_DEFAULT = "auto"
+PROCESS_MEMORY_BUDGET_BYTES = 1800 << 20
+AUTO_MEMORY_LIMIT_MIN_BYTES = 256 << 20
 # The target machine has 2 cores; set explicitly rather than left to DuckDB's detection
 # (--threads may not exceed the cores this process may use).
 THREADS_DEFAULT = 2
