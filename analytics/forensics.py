@@ -209,24 +209,40 @@ def verify_ledgers(targets: list[str], halt: threading.Event | None = None) -> d
     return out
 
 
-def _liveness(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Every liveness detector view's rows (in time order) in ``detectors.finding_dict``'s shape
-    (``end_ns`` None while still open), with ``until_ns``: the end, or the stream's last event
-    while still open (where a timeline draws it to)."""
-    views = set(detector_views(con))
-    parts = [f"SELECT * FROM detector_{n}" for n in LIVENESS if f"detector_{n}" in views]
-    if not parts:
-        return []
+# What _liveness adds to a liveness view's own columns.
+_LIVENESS_EXTRA = ("end_ns", "until_ns")
+
+
+def _liveness(con: duckdb.DuckDBPyConnection,
+              views: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(every liveness detector view's rows (in time order) in ``detectors.finding_dict``'s
+    shape (``end_ns`` None while still open), with ``until_ns``: the end, or the stream's last
+    event while still open (where a timeline draws it to); each of those views' ``_top``
+    answer, ``{"count", "rows"}`` by view name, from the same rows). The liveness views are
+    the costliest (wedge_interval ~6 s of a 10M-event run's summary): each is run once."""
+    views = detector_views(con) if views is None else views
+    names = [n for n in LIVENESS if f"detector_{n}" in views]
+    if not names:
+        return [], {}
+    parts = [f"SELECT * FROM detector_{n}" for n in names]
     found = rows(con, f"""
         SELECT d.*, CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns END AS end_ns,
                CASE WHEN d.dur_ns >= 0 THEN d.ts_ns + d.dur_ns ELSE s.last_ts_ns END
                  AS until_ns
         FROM ({' UNION ALL '.join(parts)}) AS d JOIN events_streams AS s USING (stream)
         ORDER BY d.ts_ns, d.stream, d.detector, d.seq""")
+    tops = {}
+    for n in names:
+        mine = sorted((r for r in found if r["detector"] == n),
+                      key=lambda r: (r["stream"], r["seq"]))
+        tops[f"detector_{n}"] = {
+            "count": len(mine),
+            "rows": [{k: v for k, v in r.items() if k not in _LIVENESS_EXTRA}
+                     for r in mine[:ROWS_MAX]]}
     for r in found:
         for k in ("holders", "resources", "waiters"):
             r[k] = list(r[k] or [])
-    return found
+    return found, tops
 
 
 def _wedged_requests(liveness: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -282,13 +298,15 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
                               "age_ns DESC", [stuck_ms * 1_000_000])
     leaks, leaks_total = _top(con, "forensics_stuck WHERE category = 'leak'", "age_ns DESC")
     poisoned, poisoned_total = _top(con, "forensics_poisoned", "stream, ts_ns")
-    detectors = {}
-    for view in detector_views(con):
-        found, count = _top(con, view, "stream, seq")
-        detectors[view] = {"count": count, "rows": found}
+    views = detector_views(con)
+    liveness, detectors = _liveness(con, views)
+    for view in views:
+        if view not in detectors:
+            found, count = _top(con, view, "stream, seq")
+            detectors[view] = {"count": count, "rows": found}
+    detectors = dict(sorted(detectors.items()))
     wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
               and w["idle_ns"] >= wedge_ms * 1_000_000]
-    liveness = _liveness(con)
     died = {r["stream"] for r in liveness if r["detector"] == "died_holding"}
     for w in workers:
         w["wedged"] = w["stream"] in wedged

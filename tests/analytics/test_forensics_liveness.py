@@ -130,3 +130,26 @@ def test_a_broken_chain_is_tampered_first(clean_run, tmp_path, capsys):
 def test_a_clean_report_exits_0(clean_run, tmp_path, capsys):
     assert main(["report", clean_run, "-o", str(tmp_path / "r.html")]) == 0
     assert "verdict CLEAN" in capsys.readouterr().out
+
+
+def test_summary_runs_each_liveness_view_once_with_the_same_answers(tidied_wedge, monkeypatch):
+    """summarize takes the liveness detectors' entries (count and first rows) from the one
+    liveness query: they equal what the view itself answers, every detector view has its
+    entry, and no liveness view is queried on its own."""
+    from kvledger.analytics import catalog, forensics, source
+
+    con = catalog.open_catalog(source.collect([tidied_wedge], hashes=False), strict=True)
+    views = forensics.detector_views(con)
+    want = {v: dict(zip(("rows", "count"), forensics._top(con, v, "stream, seq"),
+                        strict=True)) for v in views}
+    asked: list[str] = []
+    real_top = forensics._top
+    monkeypatch.setattr(forensics, "_top", lambda c, src, *a: asked.append(src.split()[0])
+                        or real_top(c, src, *a))
+    got = forensics.summarize(con)["detectors"]
+    assert list(got) == views
+    assert got == want
+    live = {f"detector_{n}" for n in forensics.LIVENESS}
+    assert want["detector_wedge_interval"]["count"] == 1
+    assert want["detector_unhealthy_interval"]["count"] == 1
+    assert not live & set(asked) and set(views) - live <= set(asked)
