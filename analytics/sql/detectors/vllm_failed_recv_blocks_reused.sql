@@ -19,20 +19,20 @@ CREATE VIEW detector_vllm_failed_recv_blocks_reused (
 ) AS
 WITH inv AS (
     SELECT stream, seq, unnest(blocks) AS block
-    FROM _detector_ev WHERE kind = 'vllm.blocks_invalid'
+    FROM _vllm_ev WHERE kind = 'vllm.blocks_invalid'
 ), pin_ends AS (
     SELECT e.stream, e.request_id, e.seq, e.blocks,
-           (SELECT min(x.seq) FROM _detector_ev x
+           (SELECT min(x.seq) FROM _vllm_ev x
             WHERE x.stream = e.stream AND x.request_id = e.request_id
               AND x.kind = 'transfer.completed' AND x.seq > e.seq
               AND json_extract_string(x.attrs, '$.outcome') IN ('ok', 'failed')) AS end_seq
-    FROM _detector_ev e
+    FROM _vllm_ev e
     WHERE e.kind = 'blocks.pinned' AND e.request_id IS NOT NULL
 ), pins AS (
     SELECT stream, request_id, seq, end_seq, unnest(blocks) AS block FROM pin_ends
 ), allocs AS (
     SELECT stream, request_id, seq, unnest(blocks) AS block
-    FROM _detector_ev
+    FROM _vllm_ev
     WHERE kind IN ('blocks.allocated', 'blocks.reused') AND request_id IS NOT NULL
 ), hits AS (
     SELECT a.stream, a.request_id, a.seq, a.block, p.request_id AS owner, p.seq AS pin_seq

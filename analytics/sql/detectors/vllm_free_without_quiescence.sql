@@ -19,19 +19,19 @@ CREATE VIEW detector_vllm_free_without_quiescence (
 WITH x AS (
     SELECT e.stream, e.request_id, e.seq,
            coalesce(TRY_CAST(json_extract(e.attrs, '$.reads') AS BIGINT), 0) AS reads
-    FROM _detector_ev e JOIN _vllm_streams USING (stream)
+    FROM _vllm_ev e JOIN _vllm_streams USING (stream)
     WHERE e.kind = 'vllm.transfer_result'
       AND json_extract_string(e.attrs, '$.outcome') = 'lease_expired'
 ), held AS (
     SELECT x.stream, x.request_id, x.seq, max(d.seq) AS held_seq
-    FROM x JOIN _detector_ev d
+    FROM x JOIN _vllm_ev d
       ON d.stream = x.stream AND d.request_id = x.request_id
      AND d.kind = 'termination.deferred' AND d.seq < x.seq
     GROUP BY x.stream, x.request_id, x.seq
 ), freed AS (
     SELECT x.stream, x.request_id, x.seq, arg_min(u.blocks, u.seq) AS blocks,
            min(u.seq) AS freed_seq
-    FROM x JOIN _detector_ev u
+    FROM x JOIN _vllm_ev u
       ON u.stream = x.stream AND u.request_id = x.request_id
      AND u.kind = 'blocks.unpinned' AND u.seq > x.seq
     GROUP BY x.stream, x.request_id, x.seq

@@ -16,6 +16,14 @@ CREATE VIEW _vllm_streams AS
 SELECT stream FROM _stream_opened
 WHERE json_extract(attrs, '$.config.tap_mapping_version') IS NOT NULL;
 
+-- _detector_ev of those streams only: what every vLLM detector reads. Each detector's rows
+-- were joined to _vllm_streams only at the end, after its self-joins over every event; with
+-- no tapped stream (a kvledger run) this semi-join is empty before any event is read (DuckDB
+-- skips a join's probe side when its build side is empty): failed_recv_blocks_reused on a
+-- 10M-event run, 2.1 -> 0.6 s.
+CREATE VIEW _vllm_ev AS
+SELECT * FROM _detector_ev WHERE stream IN (SELECT stream FROM _vllm_streams);
+
 -- Each termination.deferred of a vLLM delay-free (reason vllm.delay_free.*) with no later
 -- termination.done: its reason, the request's latest pinned blocks up to it, its age at the end
 -- (now_ns or the stream's last ts_ns) and whether it is judged (stream closed or age over limit).
@@ -23,16 +31,16 @@ CREATE VIEW _vllm_deferred AS
 WITH d AS (
     SELECT e.stream, e.request_id, e.seq, e.ts_ns,
            json_extract_string(e.attrs, '$.reason') AS reason
-    FROM _detector_ev e
+    FROM _vllm_ev e
     WHERE e.kind = 'termination.deferred'
       AND json_extract_string(e.attrs, '$.reason') IN ('vllm.delay_free.send',
                                                        'vllm.delay_free.recv')
-      AND NOT EXISTS (SELECT 1 FROM _detector_ev x
+      AND NOT EXISTS (SELECT 1 FROM _vllm_ev x
                       WHERE x.stream = e.stream AND x.request_id = e.request_id
                         AND x.kind = 'termination.done' AND x.seq > e.seq)
 ), pinned AS (
     SELECT d.stream, d.request_id, d.seq, arg_max(x.blocks, x.seq) AS blocks
-    FROM d JOIN _detector_ev x
+    FROM d JOIN _vllm_ev x
       ON x.stream = d.stream AND x.request_id = d.request_id AND x.kind = 'blocks.pinned'
      AND x.seq <= d.seq
     GROUP BY d.stream, d.request_id, d.seq

@@ -18,15 +18,15 @@ CREATE VIEW detector_vllm_stuck_waiting_remote_kv (
 ) AS
 WITH t AS (
     SELECT e.stream, e.request_id, e.seq, e.ts_ns, json_extract_string(e.attrs, '$.peer') AS peer
-    FROM _detector_ev e
+    FROM _vllm_ev e
     WHERE e.kind = 'transfer.started' AND json_extract_string(e.attrs, '$.role') = 'gen'
-      AND NOT EXISTS (SELECT 1 FROM _detector_ev x
+      AND NOT EXISTS (SELECT 1 FROM _vllm_ev x
                       WHERE x.stream = e.stream AND x.request_id = e.request_id
                         AND x.kind IN ('transfer.completed', 'termination.deferred')
                         AND x.seq > e.seq)
 ), pinned AS (
     SELECT t.stream, t.request_id, t.seq, arg_max(x.blocks, x.seq) AS blocks
-    FROM t JOIN _detector_ev x
+    FROM t JOIN _vllm_ev x
       ON x.stream = t.stream AND x.request_id = t.request_id AND x.kind = 'blocks.pinned'
     GROUP BY t.stream, t.request_id, t.seq
 )
