@@ -96,17 +96,17 @@ unchanged. Still above the 5 s target for a first command at 10M events: loading
 of CPU an event on one thread (LZ4, IPC reads, validation, one copy into a chunk per page),
 more with two threads on two cores, and the ctx ledger (6M events) alone takes 2.9-4.1 s.
 
-Measured 2026-12-04 on a fresh 10.09M-event folder (760k requests, ctx 6.39M + gen 3.70M
-events, 558 MB), the default ``--memory-limit auto`` (DuckDB gets what an 1800 MiB process
-budget leaves after the load), stream and kind dictionary-encoded page by page, each liveness
-view run once: ``sql select 1`` 6.42 s wall / 8.96 s CPU / 1,351 MB; each canned summary 5.75-7.82
-s / 8.1-11.3 s / <= 1,629 MB; ``forensics`` 67.5 s / 1,797 MB; ``report`` 84.0 s / 1,752 MB
-(the box busy with an install: single runs of ``forensics --no-verify`` took 46-47 s there
-and then); the folder unchanged. Before (the previous commit, same folder, single
-interleaved runs): ``select 1`` 6.9-7.4 s / 1.55 GiB, ``forensics`` 51.0 s / 1,960 MiB, ``report``
-57.1 s / 1,906 MiB: every command under 2 GB now, the first one still over 5 s (the load: ~0.5
-us of CPU an event, a third of it the kernel zeroing fresh pages on this VM; imports 0.6 s,
-views 0.4 s).
+Measured 2026-12-04 on a fresh 10.09M-event folder (760k requests, ctx 6.39M + gen 3.70M events,
+558 MB), the default ``--memory-limit auto`` (DuckDB gets what an 1800 MiB process budget leaves
+after the load), stream and kind dictionary-encoded page by page, each liveness view run once:
+``sql select 1`` 6.42 s wall / 8.96 s CPU / 1,351 MB; each canned summary 5.75-7.82 s / 8.1-11.3 s
+/ <= 1,629 MB; ``forensics`` 67.5 s / 1,797 MB; ``report`` 84.0 s / 1,752 MB (the box busy with an
+install; on the quiet box, /usr/bin/time, ``forensics`` 50.7 s / 1,763 MiB, ``report`` 57.3 s /
+1,775 MiB, ``forensics --no-verify`` 46-47 s); the folder unchanged. Before (the previous commit,
+same folder, single interleaved runs): ``select 1`` 6.9-7.4 s / 1.55 GiB, ``forensics`` 51.0 s /
+1,960 MiB, ``report`` 57.1 s / 1,906 MiB: every command under 2 GB now, the first one still over 5
+s (the load: ~0.5 us of CPU an event, a third of it the kernel zeroing fresh pages on this VM;
+imports 0.6 s, views 0.4 s).
 """
 
 from __future__ import annotations
