@@ -56,8 +56,6 @@ def size_arg(min_bytes: int, max_bytes: Any, what: str) -> Any:
     spelling of it in bytes."""
 
     def parse(text: str) -> str:
-        if text == MEMORY_LIMIT_DEFAULT and min_bytes == MEMORY_LIMIT_MIN_BYTES:
-            return text  # sized once the ledgers are loaded (catalog.resolve_memory_limit)
         m = _SIZE.match(text)
         if m is None:
             raise argparse.ArgumentTypeError(
@@ -73,10 +71,20 @@ def size_arg(min_bytes: int, max_bytes: Any, what: str) -> Any:
     return parse
 
 
+def memory_limit_arg(text: str) -> str:
+    """--memory-limit: ``auto`` (sized once the ledgers are loaded:
+    ``catalog.resolve_memory_limit``) or a size within [the minimum, this machine's memory]."""
+    if text == "auto":
+        return text
+    return size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
+                    "at most this machine's memory")(text)
+
+
+memory_limit_arg.__name__ = "size or auto"
+
+
 def _add_db_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--memory-limit", default=MEMORY_LIMIT_DEFAULT,
-                   type=size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
-                                 "at most this machine's memory"),
+    p.add_argument("--memory-limit", default=MEMORY_LIMIT_DEFAULT, type=memory_limit_arg,
                    help=f"DuckDB memory_limit, a size or 'auto' (default {MEMORY_LIMIT_DEFAULT}: "
                    f"what a {PROCESS_MEMORY_BUDGET_BYTES >> 20} MiB process budget leaves "
                    "after the loaded ledgers, at least "
