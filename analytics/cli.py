@@ -76,6 +76,9 @@ def memory_limit_arg(text: str) -> str:
     ``catalog.resolve_memory_limit``) or a size within [the minimum, this machine's memory]."""
     if text == "auto":
         return text
+    if _SIZE.match(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a size such as 1536MB or 4GiB, not {text!r}")
     return size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
                     "at most this machine's memory")(text)
 
