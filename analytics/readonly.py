@@ -182,6 +182,9 @@ class QuerySession:
                 self.sources, memory_limit=self.memory_limit, threads=self.threads,
                 strict=self.strict, temp_directory=self.spill_dir,
                 spill_limit=self.spill_limit, sandbox=True))
+            # What "auto" came to: an out-of-memory error names it.
+            self.memory_limit = self.con.execute(
+                "SELECT current_setting('memory_limit')").fetchone()[0]
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -243,6 +246,11 @@ class QuerySession:
             err = result["error"]
             if isinstance(err, duckdb.InterruptException):
                 raise QueryTimeout("interrupted") from None
+            if isinstance(err, duckdb.OutOfMemoryException):
+                # DuckDB's own advice is SET statements, which the sandbox refuses.
+                raise QueryError(f"{_first_line(err)}; DuckDB had --memory-limit "
+                                 f"{self.memory_limit}: pass a larger one (or fewer --threads)"
+                                 ) from None
             if isinstance(err, duckdb.Error):
                 raise QueryError(_first_line(err)) from None
             raise err

@@ -73,6 +73,20 @@ def test_sql_bad_ledger_and_memory_limit(tmp_path, faulty_run, capsys):
     assert row.endswith(",1") and ("286" in row or "300" in row)
 
 
+def test_out_of_memory_names_the_limit_and_the_option(faulty_run, capsys):
+    """A query that needs more than DuckDB's limit fails in one line that says what the limit
+    was and which option raises it (DuckDB's own advice, SET memory_limit, is refused in the
+    sandbox); with more memory the same query answers."""
+    q = "SELECT length(string_agg(CAST(range AS VARCHAR), ',')) AS n FROM range(30000000)"
+    assert main(["sql", faulty_run, q, "--memory-limit", "80MB", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Out of Memory" in err
+    assert "DuckDB had --memory-limit 76" in err and "pass a larger one" in err
+    assert "SET" not in err
+    assert main(["sql", faulty_run, q, "--memory-limit", "1GB", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == str(len(",".join(map(str, range(30000000)))))
+
+
 def test_forensics_clean_exit_0(clean_run, capsys):
     assert main(["forensics", clean_run]) == 0
     out = capsys.readouterr().out
