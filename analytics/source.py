@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def collect(targets: Sequence[str], hashes: bool = True) -> Sources:
             use_bulk_read_pool()  # before the threads start allocating
             with ThreadPoolExecutor(max_workers=min(4, len(sql_leaves) or 1)) as pool:
                 out.tables += list(pool.map(
-                    lambda leaf: _dictionary_columns(_envelope(_read_leaf(leaf, hashes, parts))),
+                    lambda leaf: _envelope(_read_leaf(leaf, hashes, parts)),
                     sql_leaves))
     except (LedgerError, ValueError) as exc:
         raise SourceError(_first_line(exc)) from None
@@ -148,16 +147,9 @@ def _envelope(table: pa.Table) -> pa.Table:
 # every view), but its scans, filters (kind IN (...)) and group-bys then work on the small
 # dictionary instead of every row's string: on a 1.9M-event run folder the canned queries took
 # 25-60% less CPU (events_by_kind 0.05 -> 0.02 s, obligations 0.35 -> 0.19 s), for 0.08 s
-# of encoding; the Arrow tables also shrink by the strings they no longer repeat.
+# of encoding; the Arrow tables also shrink by the strings they no longer repeat. The SQL
+# ledgers' readers encode them page by page (``SqlSource.arrow_table(dictionary=...)``).
 DICTIONARY_COLUMNS = ("stream", "kind")
-
-
-def _dictionary_columns(table: pa.Table) -> pa.Table:
-    for name in DICTIONARY_COLUMNS:
-        i = table.schema.get_field_index(name)
-        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
-            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
-    return table
 
 
 def _first_line(exc: BaseException) -> str:
