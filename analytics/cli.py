@@ -71,16 +71,19 @@ def size_arg(min_bytes: int, max_bytes: Any, what: str) -> Any:
     return parse
 
 
+_memory_size = size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
+                        "at most this machine's memory")
+
+
 def memory_limit_arg(text: str) -> str:
     """--memory-limit: ``auto`` (sized once the ledgers are loaded:
     ``catalog.resolve_memory_limit``) or a size within [the minimum, this machine's memory]."""
     if text == "auto":
         return text
-    if _SIZE.match(text) is None:
+    if _SIZE.match(text) is None:  # size_arg's own message would not name auto
         raise argparse.ArgumentTypeError(
             f"expected auto or a size such as 1536MB or 4GiB, not {text!r}")
-    return size_arg(MEMORY_LIMIT_MIN_BYTES, _physical_memory_bytes,
-                    "at most this machine's memory")(text)
+    return _memory_size(text)
 
 
 memory_limit_arg.__name__ = "size or auto"

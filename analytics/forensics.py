@@ -299,12 +299,14 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
     leaks, leaks_total = _top(con, "forensics_stuck WHERE category = 'leak'", "age_ns DESC")
     poisoned, poisoned_total = _top(con, "forensics_poisoned", "stream, ts_ns")
     views = detector_views(con)
-    liveness, detectors = _liveness(con, views)
+    liveness, live_tops = _liveness(con, views)
+    detectors = {}
     for view in views:
-        if view not in detectors:
+        if view in live_tops:
+            detectors[view] = live_tops[view]
+        else:
             found, count = _top(con, view, "stream, seq")
             detectors[view] = {"count": count, "rows": found}
-    detectors = dict(sorted(detectors.items()))
     wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
               and w["idle_ns"] >= wedge_ms * 1_000_000]
     died = {r["stream"] for r in liveness if r["detector"] == "died_holding"}
