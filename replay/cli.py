@@ -205,6 +205,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   f"{', '.join(lv['signature']) or 'clean'}; {lv['inputs']} inputs injected, "
                   f"lateness p50 {_ms(lv['lateness_p50_ns'])} p99 {_ms(late)} (injection "
                   f"alone p99 {_ms(lv['injection_lateness_p99_ns'])}); "
+                  f"{lv['anchor_waited']} held for their anchor (max "
+                  f"{_ms(lv['anchor_wait_max_ns'])}), {lv['unanchored']} applied without it; "
                   f"ledgers in {lv['out_dir']}")
     if result.verdict.finding or (args.live and report["live"]["finding"]):
         raise Finding

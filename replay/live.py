@@ -1,16 +1,18 @@
 """``kvledger replay --live``: the trace's inputs in real time against real worker processes.
 
-The same inputs as the virtual replay (arrivals, client cancels, per stream, at their recorded times
-from a common start), driven into a ctx and a gen worker process over real NIXL (``runtime.procs``,
-as ``kvledger run`` starts them). The inputs are sent ahead of time as timed commands and each
-worker's own loop applies them at their due time (one CLOCK_MONOTONIC for every process), so pipe
-and supervisor delays do not make them late. Recorded faults are injected again: WRITE and control
-faults that name a request (delay / fail / drop) by ``FaultyTransport`` inside the worker; a stall
-of a worker's own transport (``target="self"``: the worker kept taking inputs while its transport
-was silent) by that worker's wrapper at the recorded time; a stall that stopped the peer process
-by the supervisor as a SIGSTOP/SIGCONT of that process; a kill as a SIGKILL of the victim, after
-which the survivor is told its peer is lost (as an orchestrator would, and as ``runtime.load``
-does).
+The same inputs as the virtual replay (arrivals, client cancels, per stream, at their recorded
+times from a common start), driven into a ctx and a gen worker process over real NIXL
+(``runtime.procs``, as ``kvledger run`` starts them). The inputs are sent ahead of time as timed
+commands and each worker's own loop applies them at their due time (one CLOCK_MONOTONIC for every
+process), so pipe and supervisor delays do not make them late; an input is also held until its
+worker has recorded, for its request, what the recorded run had when the input came (its anchor,
+``_anchors``), so a race the trace caught is met in the same state on a busy host. Recorded faults
+are injected again: WRITE and control faults that name a request (delay / fail / drop) by
+``FaultyTransport`` inside the worker; a stall of a worker's own transport (``target="self"``: the
+worker kept taking inputs while its transport was silent) by that worker's wrapper at the recorded
+time; a stall that stopped the peer process by the supervisor as a SIGSTOP/SIGCONT of that process;
+a kill as a SIGKILL of the victim, after which the survivor is told its peer is lost (as an
+orchestrator would, and as ``runtime.load`` does).
 
 Live replay is not deterministic (ledger-anchors §2, limit): it confirms a finding on the real
 process topology. Findings are taken as of the end of the replayed window (``_as_of``), before
@@ -21,6 +23,7 @@ its scheduled time; both are CLOCK_MONOTONIC) is reported.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import tempfile
 import time
@@ -42,6 +45,10 @@ from .trace import FaultObservation, Trace, load_trace
 log = logging.getLogger(__name__)
 
 LEAD_NS = 200_000_000  # inputs start this long after the workers are connected
+# An input held for its anchor is applied without it at the next recorded time (another input,
+# a stall, a kill: holding it longer would reorder it after that), and at most this long after
+# its due time (the live run went elsewhere before it: another policy, a lost peer).
+ANCHOR_WAIT_MAX_NS = 1_000_000_000
 DRAIN_S = 1.0  # past the cut the verdict is taken already: the drain only closes cleanly
 SETTLE_S = 2.0
 REQUEST_FAULTS = ("delay", "fail", "drop")
@@ -69,6 +76,11 @@ class LiveResult:
     # of the ledger lateness is the runtime holding the input (e.g. a blocked executor queueing
     # it: the gen_poll_blocks mutant).
     injection_lateness_ns: list[int] = field(default_factory=list)
+    # Per injected input: how long its worker held it past its due time for its anchor (the
+    # request's recorded state, ``_anchors``); and how many were applied without their anchor met
+    # (after ANCHOR_WAIT_MAX_NS: the live run went elsewhere before them).
+    anchor_wait_ns: list[int] = field(default_factory=list)
+    unanchored: int = 0
 
     @property
     def finding(self) -> bool:
@@ -86,7 +98,10 @@ class LiveResult:
                 "lateness_p99_ns": self.lateness_pct(0.99),
                 "injection_lateness_p50_ns": _pct(inj, 0.5),
                 "injection_lateness_p99_ns": _pct(inj, 0.99),
-                "injection_lateness_max_ns": max(inj, default=None)}
+                "injection_lateness_max_ns": max(inj, default=None),
+                "anchor_waited": sum(1 for w in self.anchor_wait_ns if w),
+                "anchor_wait_max_ns": max(self.anchor_wait_ns, default=None),
+                "unanchored": self.unanchored}
 
 
 @dataclass(order=True)
@@ -126,16 +141,55 @@ def _self_stalls(trace: Trace, t0: int) -> dict[str, list[Fault]]:
     return out
 
 
-def _inputs(trace: Trace, t0: int) -> dict[str, list[tuple[int, tuple[Any, ...]]]]:
-    """Arrivals and client cancels per stream as timed commands (due ns, command), in order."""
+def _inputs(trace: Trace, t0: int
+            ) -> dict[str, list[tuple[int, tuple[Any, ...], list[str], int]]]:
+    """Arrivals and client cancels per stream as timed commands (due ns, command, anchor,
+    until ns), in order. An input's anchor is the set of event kinds its stream had recorded for
+    its request before it in the trace (``_anchors``); it is held for it until the next recorded
+    time after its own (ANCHOR_WAIT_MAX_NS)."""
+    anchors = _anchors(trace)
     out: dict[str, list[tuple[int, int, tuple[Any, ...]]]] = {s: [] for s in trace.streams}
     for r in trace.requests.values():
         spec = RequestSpec(r.request_id, 0, **r.shape)
         for stream, t, seq in r.arrivals:
-            out[stream].append((t0 + t, seq, ("submit", [asdict(replace(spec, arrive_ns=t))])))
+            out[stream].append((t, seq, ("submit", [asdict(replace(spec, arrive_ns=t))])))
         for stream, t, seq in r.cancels:
-            out[stream].append((t0 + t, seq, ("cancel", r.request_id, "client")))
-    return {s: [(due, cmd) for due, _, cmd in sorted(items)] for s, items in out.items()}
+            out[stream].append((t, seq, ("cancel", r.request_id, "client")))
+    # Every time the replay acts at: the inputs', and the recorded stalls' and kills'.
+    times = sorted({t for items in out.values() for t, _, _ in items}
+                   | {a.t_ns for a in _schedule(trace)}
+                   | {f.t_ns for f in trace.faults if _is_self_stall(f)})
+
+    def until(t: int) -> int:
+        later = times[bisect.bisect_right(times, t):]
+        return t0 + min(later[:1] + [t + ANCHOR_WAIT_MAX_NS])
+
+    return {s: [(t0 + t, cmd, anchors(s, _command_request(cmd), seq), until(t))
+                for t, seq, cmd in sorted(items)] for s, items in out.items()}
+
+
+def _command_request(cmd: tuple[Any, ...]) -> str:
+    return cmd[1][0]["request_id"] if cmd[0] == "submit" else cmd[1]
+
+
+def _anchors(trace: Trace) -> Callable[[str, str, int], list[str]]:
+    """``anchor(stream, request id, seq)``: the kinds ``stream`` recorded for the request before
+    its event ``seq``, sorted.
+
+    Due times alone do not reproduce a race on a busy host: a cancel recorded 20 ms after ctx
+    posted its WRITE reached a live ctx before the advert did (the advert was 30 ms late), and
+    the mutant's bug never ran. The worker holds an anchored input until it has recorded those
+    kinds for the request too (``runtime.procs``), so the input meets the request in the state
+    it met it in the recorded run, at its due time or as soon after as the run gets there."""
+    by_request: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for e in trace.events:
+        if e.request_id is not None:
+            by_request.setdefault((e.stream, e.request_id), []).append((e.seq, e.kind))
+
+    def anchor(stream: str, request_id: str, seq: int) -> list[str]:
+        return sorted({k for s, k in by_request.get((stream, request_id), ()) if s < seq})
+
+    return anchor
 
 
 def _schedule(trace: Trace) -> list[_Act]:
@@ -158,9 +212,11 @@ def _schedule(trace: Trace) -> list[_Act]:
 
 
 def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
-                progress: Callable[[float], None] | None = None) -> LiveResult:
+                progress: Callable[[float], None] | None = None,
+                anchored: bool = True) -> LiveResult:
     """Run the trace's inputs in real time against real worker processes; see the docstring.
-    ``progress(seconds)`` is called as the replayed window advances (for a progress bar)."""
+    ``progress(seconds)`` is called as the replayed window advances (for a progress bar).
+    ``anchored=False`` applies every input at its due time alone (no anchors)."""
     t_start = time.monotonic()
     out_dir = str(Path(opts.out_dir) / "live") if opts.out_dir else tempfile.mkdtemp(
         prefix="kvledger-live-")
@@ -178,7 +234,7 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
     for stream, stalls in _self_stalls(trace, t0).items():
         workers[stream].send("faults", [f.to_json() for f in stalls])
     for stream, items in _inputs(trace, t0).items():
-        workers[stream].send("at", items)
+        workers[stream].send("at", items if anchored else [(d, c, [], d) for d, c, _, _ in items])
     dead: list[str] = []
     try:
         _run(_schedule(trace), workers, t0, dead)
@@ -198,10 +254,12 @@ def replay_live(trace: Trace, policy: Policy, opts: ReplayOptions,
                 w.shutdown(drain_s=DRAIN_S)
     live = load_trace(out_dir)
     found = detect(_as_of(live.events, cut_ns, dead))
-    lateness, injection = _lateness(live, [(w.stream, *a) for w in workers.values()
-                                           for a in w.applied])
+    applied = [(w.stream, *a) for w in workers.values() for a in w.applied]
+    lateness, injection = _lateness(live, applied)
     return LiveResult(sorted({f.detector for f in found}), [asdict(f) for f in found],
-                      lateness, out_dir, round(time.monotonic() - t_start, 3), dead, injection)
+                      lateness, out_dir, round(time.monotonic() - t_start, 3), dead, injection,
+                      anchor_wait_ns=[a[6] for a in applied],
+                      unanchored=sum(1 for a in applied if not a[7]))
 
 
 def _run(acts: list[_Act], workers: dict[str, WorkerProcess], t0: int,
@@ -274,11 +332,12 @@ def _as_of(events: tuple[Event, ...], cut_ns: int, dead: Sequence[str] = ()) -> 
     return kept
 
 
-def _lateness(live: Trace, applied: list[tuple[str, str, str, int, int, int]]
+def _lateness(live: Trace, applied: list[tuple[str, str, str, int, int, int, int, bool]]
               ) -> tuple[list[int], list[int]]:
     """Per input the workers applied ((stream, command, request id, due, applied at, ns its
-    runtime ran past due), in order): its time in the worker's ledger minus its due time, and
-    its injection lateness (applied at - due - that runtime time)."""
+    runtime ran past due, ns it waited for its anchor, anchor met), in order): its time in the
+    worker's ledger minus its due time, and its injection lateness (applied at - due - the
+    anchor wait - that runtime time)."""
     # Injected cancels are the client's: a cancel ctx records for gen's Abandon has source peer.
     seen: dict[tuple[str, str, str], list[int]] = {}
     for e in live.events:
@@ -287,9 +346,9 @@ def _lateness(live: Trace, applied: list[tuple[str, str, str, int, int, int]]
             seen.setdefault((e.stream, e.kind, e.request_id), []).append(e.ts_ns)
     late: list[int] = []
     injection: list[int] = []
-    for stream, cmd, rid, due, at, held in applied:
+    for stream, cmd, rid, due, at, held, waited, _ in applied:
         times = seen.get((stream, _LEDGER_KIND[cmd], rid))
         if times:
             late.append(times.pop(0) - due)
-            injection.append(max(0, at - due - held))
+            injection.append(max(0, at - due - waited - held))
     return late, injection

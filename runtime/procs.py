@@ -7,11 +7,13 @@ hands it to the other (``connect_pair``); region descriptors travel later, per r
 runtime's own control messages. The pipe is also the command channel (submit, cancel, peer_lost,
 rejoin: a restarted peer's next incarnation, its metadata, incarnation and the pair's new key,
 state, shutdown; ``at``: any of those applied by the worker's own loop at a given CLOCK_MONOTONIC
-time, so a replay's inputs land on time; ``faults``: arm more faults in the worker's wrapper)
-and carries results back (``results`` pushes: futures and ``request.finished``
-outcomes; ``cancel_result``); a reader thread per pipe drains it so neither side can block the
-other on a full pipe. Stall and kill are signals to the child's pid (SIGSTOP/SIGCONT, SIGKILL): a
-stalled worker answers nothing at all; commands for it wait in ``backlog`` until it resumes.
+time, so a replay's inputs land on time, each optionally anchored: held until the worker has
+recorded, for that request, the event kinds it had in the recorded run; ``faults``: arm more faults
+in the worker's wrapper) and carries results back (``results`` pushes: futures and
+``request.finished`` outcomes; ``cancel_result``); a reader thread per pipe drains it so neither
+side can block the other on a full pipe. Stall and kill are signals to the child's pid
+(SIGSTOP/SIGCONT, SIGKILL): a stalled worker answers nothing at all; commands for it wait in
+``backlog`` until it resumes.
 
 ``spawn_peer`` starts a bare transport peer (a NIXL agent with one registered region that answers
 commands over a pipe): the counterpart for transport tests and the plain-NIXL baseline of the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import collections
 import gc
 import heapq
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -236,11 +239,16 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
 
     finished: list[tuple[str, str]] = []
     ledger_emit = ledger.emit
+    # Request id -> the kinds this worker has recorded for it, kept only while an anchored timed
+    # input for that request is pending (empty outside a live replay: one falsy check per event).
+    recorded: dict[str | None, set[str]] = {}
 
     def emit(kind: str, request_id: str | None = None, **attrs: Any) -> None:
         # The one tap on the hot path: request ends go to the load driver as they happen.
         if kind == "request.finished":
             finished.append((request_id, attrs["outcome"]))
+        if recorded and request_id in recorded:
+            recorded[request_id].add(kind)
         ledger_emit(kind, request_id, **attrs)
 
     transport: Any = nixl
@@ -258,9 +266,16 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     # Everything allocated so far (torch, NIXL, the pools) lives as long as the process: out of
     # the collector's sight, so that a full collection mid-burst does not stall the loop for ms.
     gc.freeze()
-    # Timed inputs ("at" commands): (due ns, order, message), applied by this loop at their due
-    # time, so that a replay's inputs land on time however busy the driver or the pipe is.
-    timed: list[tuple[int, int, tuple[Any, ...]]] = []
+    # Timed inputs ("at" commands): (due ns, order, message, anchor, until ns), applied by this
+    # loop at their due time, so that a replay's inputs land on time however busy the driver or
+    # the pipe is; and, where the input names an anchor (the kinds its worker had recorded for
+    # the request when the input came in the recorded run), not before this worker has recorded
+    # them too, unless ``until`` passes first (then it is applied without: reported unmet).
+    timed: list[tuple[int, int, tuple[Any, ...], frozenset[str], int]] = []
+    waiting: list[tuple[int, int, tuple[Any, ...], frozenset[str], int]] = []  # due
+    tickets = itertools.count()  # a timed input's order among equal due times, and its name
+    anchor_waited: set[int] = set()  # orders of the waiting inputs held back at least once
+    anchor_refs: collections.Counter[str | None] = collections.Counter()  # anchored inputs
 
     # Recent windows (start, end ns) in which the runtime itself ran (a step, a submit, a
     # cancel): the part of a timed input's lateness the runtime, not the injection, caused.
@@ -287,8 +302,15 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         elif cmd == "cancel":
             conn.send(("cancel_result", msg[1], worker.cancel(msg[1], now, msg[2])))
         elif cmd == "at":
-            for due, inner in msg[1]:
-                heapq.heappush(timed, (due, len(timed), tuple(inner)))
+            for item in msg[1]:
+                due, inner = item[0], tuple(item[1])
+                anchor = frozenset(item[2]) if len(item) > 2 else frozenset()
+                until = item[3] if len(item) > 3 else due
+                if anchor:
+                    rid = _input_request(inner)
+                    recorded.setdefault(rid, set())
+                    anchor_refs[rid] += 1
+                heapq.heappush(timed, (due, next(tickets), inner, anchor, until))
         elif cmd == "faults":
             if transport is nixl:
                 log.error("%s: faults sent to a worker started without a fault wrapper",
@@ -310,7 +332,8 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
         elif cmd == "peer_lost":
             worker.peer_lost(msg[1], now)
         elif cmd == "state":
-            conn.send(("state", worker.state(), worker.idle(), _rss_bytes()))
+            conn.send(("state", worker.state(), worker.idle() and not (timed or waiting),
+                       _rss_bytes()))
         elif cmd == "shutdown":
             final = _drain(worker, clock, msg[1])
             if worker.results.new or finished:
@@ -330,17 +353,37 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
     while True:
         now = clock.now_ns()
         work = 0
-        if timed and timed[0][0] <= now:
-            applied = []
+        if (timed and timed[0][0] <= now) or waiting:
             while timed and timed[0][0] <= now:
-                due, _, msg = heapq.heappop(timed)
+                waiting.append(heapq.heappop(timed))
+            applied = []
+            held_back: list[tuple[int, int, tuple[Any, ...], frozenset[str], int]] = []
+            blocked: set[str | None] = set()  # a request's inputs stay in their recorded order
+            for item in waiting:
+                due, order, msg, anchor, until = item
+                rid = _input_request(msg)
+                met = anchor <= recorded.get(rid, anchor)
+                if rid in blocked or (not met and now < until):
+                    held_back.append(item)
+                    blocked.add(rid)
+                    continue
                 at = clock.now_ns()
-                held = _overlap(busy, due, at)
+                # An input that waited for its anchor was due when the anchor was met: the
+                # wait is the runtime's pace, not the injection's (reported apart).
+                waited = at - due if order in anchor_waited else 0
+                anchor_waited.discard(order)
+                held = _overlap(busy, due + waited, at)
                 handle(msg, at)
-                rid = msg[1][0]["request_id"] if msg[0] == "submit" else msg[1]
-                applied.append((msg[0], rid, due, at, held))
+                applied.append((msg[0], rid, due, at, held, waited, met))
+                if anchor:
+                    anchor_refs[rid] -= 1
+                    if not anchor_refs[rid]:
+                        del anchor_refs[rid], recorded[rid]
                 work += 1
-            conn.send(("applied", applied))
+            anchor_waited.update(item[1] for item in held_back)
+            waiting[:] = held_back
+            if applied:
+                conn.send(("applied", applied))
             now = clock.now_ns()  # inputs were fed at later times: the core's clock is monotonic
         work += worker.step(now)
         end = clock.now_ns()
@@ -360,11 +403,20 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             # poll() sleeps in whole milliseconds: spin through the last TIMED_SPIN_NS.
             left = timed[0][0] - clock.now_ns() - TIMED_SPIN_NS
             wait_s = min(wait_s, max(0.0, left / 1e9))
+        if waiting:  # an anchor is met by a step of this loop: keep stepping
+            wait_s = min(wait_s, IDLE_POLL_S)
         if not conn.poll(wait_s):
             continue
         idle = 0
         if not handle(conn.recv(), clock.now_ns()):
             return
+
+
+def _input_request(msg: tuple[Any, ...]) -> str | None:
+    """The request a timed input is for (a submit's first request), None for other commands."""
+    if msg[0] == "submit":
+        return msg[1][0]["request_id"]
+    return msg[1] if msg[0] == "cancel" else None
 
 
 def _overlap(windows: collections.deque[tuple[int, int]], start: int, end: int) -> int:
@@ -415,8 +467,9 @@ class WorkerProcess:
     incarnation: int = 0  # its transport's incarnation
     # Request ids sent to a later incarnation (None: every request of the run was sent to it).
     only: set[str] | None = None
-    # Timed inputs as applied: (command, request id, due ns, applied ns, ns held by a step).
-    applied: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    # Timed inputs as applied: (command, request id, due ns, applied ns, ns held by a step, ns
+    # waited for the input's anchor, whether the anchor was met).
+    applied: list[tuple[str, str, int, int, int, int, bool]] = field(default_factory=list)
 
     def send(self, *msg: Any) -> None:
         if self.stopped:

@@ -38,9 +38,13 @@ def test_inputs_are_timed_per_stream_in_order(tmp_path: Path, synthetic) -> None
     inputs = _inputs(trace, T0)
     assert set(inputs) == {"ctx", "gen"}
     for items in inputs.values():
-        dues = [due for due, _ in items]
+        dues = [due for due, _, _, _ in items]
         assert dues == sorted(dues) and dues[0] >= T0
     # r1 is cancelled by its client: an arrival and a cancel, in that order.
     ctx = [(cmd[0], cmd[1] if cmd[0] == "cancel" else cmd[1][0]["request_id"])
-           for _, cmd in inputs["ctx"]]
+           for _, cmd, _, _ in inputs["ctx"]]
     assert ctx.index(("submit", "r1")) < ctx.index(("cancel", "r1"))
+    # An arrival is the first thing a stream records for its request: it waits for nothing.
+    assert all(anchor == [] for _, cmd, anchor, _ in inputs["ctx"] if cmd[0] == "submit")
+    (cancel_anchor,) = [a for _, cmd, a, _ in inputs["ctx"] if cmd[0] == "cancel"]
+    assert "request.arrived" in cancel_anchor and cancel_anchor == sorted(cancel_anchor)

@@ -281,7 +281,72 @@ def test_live_replay_reproduces_the_virtual_finding(tmp_path: Path) -> None:
     assert (tmp_path / "live" / "ctx.sqlite").exists()
 
 
-LIVE_ATTEMPTS = 2  # live replay is real time on real processes (not deterministic): one retry
+def test_an_input_is_anchored_on_what_its_stream_had_recorded_for_the_request(traces) -> None:
+    from kvledger.replay.live import _inputs
+
+    trace = traces["sender_cancel_drops_promise"]
+    inputs = _inputs(trace, 0)
+    by_kind = {(s, cmd[0]): anchor for s, items in inputs.items() for _, cmd, anchor, _ in items}
+    assert by_kind[("ctx", "submit")] == [] and by_kind[("gen", "submit")] == []
+    # ctx's client cancel came after its WRITE was posted: that is what the mutant's bug needs.
+    ctx_cancel = set(by_kind[("ctx", "cancel")])
+    assert {"request.arrived", "transfer.ready_signal", "xfer.posted"} <= ctx_cancel
+    assert not ctx_cancel & {"cancel.requested", "xfer.polled", "request.finished"}
+    assert "transfer.advertised" in by_kind[("gen", "cancel")]
+
+
+def test_an_input_is_held_for_its_anchor_no_later_than_the_next_recorded_time(traces) -> None:
+    from kvledger.replay.live import ANCHOR_WAIT_MAX_NS, _inputs
+
+    def timed(mutant: str) -> dict[tuple[str, str, str], tuple[int, int]]:
+        return {(s, cmd[0], cmd[1] if cmd[0] == "cancel" else cmd[1][0]["request_id"]):
+                (due, until) for s, items in _inputs(traces[mutant], 0).items()
+                for due, cmd, _, until in items}
+
+    # The cancels are the last inputs and nothing is scheduled after them: the cap.
+    one = timed("sender_cancel_drops_promise")
+    due, until = one[("ctx", "cancel", "r1")]
+    assert until == due + ANCHOR_WAIT_MAX_NS
+    assert one[("ctx", "submit", "r1")][1] == due  # the arrival: until the cancel's time
+    # gen's own transport goes silent at a recorded time after the cancel: no later than that.
+    two = timed("release_is_quiescence")
+    (stall,) = [f.t_ns for f in traces["release_is_quiescence"].faults if f.fault == "stall"]
+    for stream in ("ctx", "gen"):
+        due, until = two[(stream, "cancel", "r1")]
+        assert due < until == stall < two[(stream, "submit", "r2")][0]
+
+
+@pytest.mark.nixl
+def test_anchors_reproduce_the_race_when_the_host_is_slow(traces, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """ctx's transport silent for the first 150 ms of the replay (a busy host: gen's advert
+    reaches ctx late, as in a CI run that missed the bug): ctx's cancel, due at 20 ms, finds no
+    WRITE posted and the mutant's bug never runs, unless the cancel waits for its anchor (ctx
+    had posted the WRITE when the cancel came in the recorded run)."""
+    from kvledger.replay import live as live_mod
+
+    real = live_mod._self_stalls
+
+    def slow_ctx(trace: Trace, t0: int) -> dict[str, list[Fault]]:
+        out = real(trace, t0)
+        out.setdefault("ctx", []).append(
+            Fault("stall", at_ns=t0 - 50 * MS, delay_ms=200, target="self"))
+        return out
+
+    monkeypatch.setattr(live_mod, "_self_stalls", slow_ctx)
+    trace = traces["sender_cancel_drops_promise"]
+    policy = policy_by_name("sender_cancel_drops_promise")
+    plain = live_mod.replay_live(trace, policy, ReplayOptions(out_dir=str(tmp_path / "plain")),
+                                 anchored=False)
+    assert plain.signature == [], plain.findings
+    held = live_mod.replay_live(trace, policy, ReplayOptions(out_dir=str(tmp_path / "held")))
+    assert held.signature == ["broken_promise"], held.to_dict()
+    assert held.unanchored == 0
+    assert max(held.anchor_wait_ns) > 100 * MS  # ctx's cancel waited for the advert's WRITE
+    assert all(x >= 0 for x in held.injection_lateness_ns)
+
+
+LIVE_ATTEMPTS = 3  # live replay is real time on real processes (not deterministic): two retries
 
 
 @pytest.mark.nixl
