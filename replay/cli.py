@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_minimize)
 
-    from kvledger.replay.explore import SCENARIOS, STATES_MAX_DEFAULT
+    from kvledger.replay.explore_scenarios import SCENARIOS, STATES_MAX_DEFAULT
 
     e = sub.add_parser("explore", help="check the protocol over every interleaving",
                        description="Drive the real ctx and gen cores through every interleaving "

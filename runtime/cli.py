@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 from ..cli import CliError, Finding, float_in, int_in, print_json
-from ..ledger.detectors import LIVENESS, liveness_line
 from .faults import FAULT_SPEC_HELP, FaultSpec, FaultSpecError, parse_fault_spec
 from .policy import MUTANTS, policy_by_name
 
@@ -280,6 +279,8 @@ def execute(args: argparse.Namespace, ledgers: list[str] | None = None) -> dict[
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:
+    from ..ledger.detectors import LIVENESS, liveness_line  # here: every command builds parsers
+
     v = summary["ledger"]
     if as_json:
         print_json(summary)
