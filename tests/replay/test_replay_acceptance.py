@@ -281,6 +281,29 @@ def test_live_replay_reproduces_the_virtual_finding(tmp_path: Path) -> None:
     assert (tmp_path / "live" / "ctx.sqlite").exists()
 
 
+@pytest.mark.nixl
+def test_cli_replay_live_reports_agreement_lateness_and_anchors(tmp_path: Path,
+                                                               capsys) -> None:
+    capture(SLOW_CANCEL, str(tmp_path / "trace"), tick_ns=1 * MS)
+    args = ["replay", str(tmp_path / "trace"), "--policy", "sender_cancel_drops_promise",
+            "--live"]
+    assert main([*args, "--json", "--out", str(tmp_path / "a")]) == 1  # a finding
+    report = json.loads(capsys.readouterr().out)
+    live = report["live"]
+    assert live["signature"] == ["broken_promise"] and report["live_agrees"]
+    assert live["inputs"] == 4 and live["unanchored"] == 0
+    assert 0 <= live["anchor_waited"] <= live["inputs"]
+    assert live["out_dir"] == str(tmp_path / "a" / "live")
+    # The same out folder again: its live ledgers are refused, one line, exit 2.
+    assert main([*args, "--out", str(tmp_path / "a"), "--overwrite"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main([*args, "--out", str(tmp_path / "b")]) == 1
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("live replay (real processes, NIXL) agrees with virtual: "
+                           "broken_promise; 4 inputs injected"), line
+    assert "applied without it" in line
+
+
 def test_an_input_is_anchored_on_what_its_stream_had_recorded_for_the_request(traces) -> None:
     from kvledger.replay.live import _inputs
 
