@@ -152,4 +152,7 @@ def test_summary_runs_each_liveness_view_once_with_the_same_answers(tidied_wedge
     live = {f"detector_{n}" for n in forensics.LIVENESS}
     assert want["detector_wedge_interval"]["count"] == 1
     assert want["detector_unhealthy_interval"]["count"] == 1
-    assert not live & set(asked) and set(views) - live <= set(asked)
+    # No stream here was written by a vLLM tap: the vLLM views' (empty) answers are known.
+    tap = {v for v in views if v.startswith("detector_vllm_")}
+    assert tap and all(want[v] == {"rows": [], "count": 0} for v in tap)
+    assert not (live | tap) & set(asked) and set(views) - live - tap <= set(asked)
