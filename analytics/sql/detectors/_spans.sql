@@ -23,29 +23,34 @@ FROM x JOIN _detector_streams s USING (stream)
 WHERE x.kind = 'buffer.acquired';
 
 -- Waits: a buffer.exhausted until the request's first later buffer.acquired of that pool or
--- request.finished (two windows over one pass: by pool for the acquisitions, by request for the
--- finish; request.finished has no pool, so it never meets the first).
+-- request.finished. A join of each wait to its request's later acquisitions and finishes, not
+-- two windows over every acquisition and finish (which sorted ~480k rows of a 3.6M-event run
+-- for ~8.6k waits): 0.29 -> 0.10 s there, and wedge_interval reads the waits twice. The holds
+-- and transfers stay windows: as joins they were slower (one window each, over fewer rows).
 CREATE VIEW _detector_waits AS
 WITH x AS (
-  SELECT stream, request_id, seq, ts_ns, kind, pool,
-         min(seq) FILTER (WHERE kind = 'buffer.acquired') OVER by_pool AS acq_seq,
-         arg_min(ts_ns, seq) FILTER (WHERE kind = 'buffer.acquired') OVER by_pool AS acq_ts,
-         min(seq) FILTER (WHERE kind = 'request.finished') OVER by_req AS fin_seq,
-         arg_min(ts_ns, seq) FILTER (WHERE kind = 'request.finished') OVER by_req AS fin_ts
+  SELECT stream, request_id, seq, ts_ns, pool
   FROM _detector_ev
-  WHERE kind IN ('buffer.exhausted', 'buffer.acquired', 'request.finished')
-    AND request_id IS NOT NULL
-  WINDOW by_pool AS (PARTITION BY stream, request_id, pool ORDER BY seq
-                     ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING),
-         by_req AS (PARTITION BY stream, request_id ORDER BY seq
-                    ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)
+  WHERE kind = 'buffer.exhausted' AND request_id IS NOT NULL
+), nxt AS (
+  SELECT x.stream, x.request_id, x.seq,
+         min(e.seq) FILTER (WHERE e.kind = 'buffer.acquired') AS acq_seq,
+         arg_min(e.ts_ns, e.seq) FILTER (WHERE e.kind = 'buffer.acquired') AS acq_ts,
+         min(e.seq) FILTER (WHERE e.kind = 'request.finished') AS fin_seq,
+         arg_min(e.ts_ns, e.seq) FILTER (WHERE e.kind = 'request.finished') AS fin_ts
+  FROM x JOIN _detector_ev e
+    ON e.stream = x.stream AND e.request_id = x.request_id AND e.seq > x.seq
+   AND (e.kind = 'request.finished'
+        OR (e.kind = 'buffer.acquired' AND e.pool IS NOT DISTINCT FROM x.pool))
+  GROUP BY x.stream, x.request_id, x.seq
 )
 SELECT x.stream, x.request_id, x.seq, x.ts_ns AS start_ts, x.pool,
-       least(x.acq_seq, x.fin_seq) AS end_seq,
-       coalesce(CASE WHEN x.fin_seq IS NULL OR x.acq_seq < x.fin_seq THEN x.acq_ts
-                     ELSE x.fin_ts END, s.judge_end_ts) AS end_ts
-FROM x JOIN _detector_streams s USING (stream)
-WHERE x.kind = 'buffer.exhausted';
+       least(n.acq_seq, n.fin_seq) AS end_seq,
+       coalesce(CASE WHEN n.fin_seq IS NULL OR n.acq_seq < n.fin_seq THEN n.acq_ts
+                     ELSE n.fin_ts END, s.judge_end_ts) AS end_ts
+FROM x
+LEFT JOIN nxt n USING (stream, request_id, seq)
+JOIN _detector_streams s USING (stream);
 
 -- Transfers: a transfer.started until the request's first later transfer.completed.
 CREATE VIEW _detector_transfers AS
