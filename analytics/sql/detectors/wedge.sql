@@ -16,14 +16,17 @@ CREATE VIEW detector_wedge (
   -- One line: why it fired.
   reason
 ) AS
-WITH pending AS (
+WITH req AS MATERIALIZED (  -- grouped once, not once per branch below
+    SELECT stream, request_id, last_completed_seq, last_done_seq, last_finished_seq
+    FROM _detector_requests
+), pending AS (
     SELECT e.stream, e.request_id, e.seq, 'transfer in flight' AS what
-    FROM _detector_ev e JOIN _detector_requests r USING (stream, request_id)
+    FROM _detector_ev e JOIN req r USING (stream, request_id)
     WHERE e.kind = 'transfer.started'
       AND (r.last_completed_seq IS NULL OR r.last_completed_seq < e.seq)
     UNION ALL
     SELECT e.stream, e.request_id, e.seq, 'deferred termination'
-    FROM _detector_ev e JOIN _detector_requests r USING (stream, request_id)
+    FROM _detector_ev e JOIN req r USING (stream, request_id)
     WHERE e.kind = 'termination.deferred'
       AND (r.last_done_seq IS NULL OR r.last_done_seq < e.seq)
     UNION ALL
@@ -32,7 +35,7 @@ WITH pending AS (
     WHERE kind = 'buffer.acquired' AND (last_gone_seq IS NULL OR last_gone_seq < seq)
     UNION ALL
     SELECT x.stream, x.request_id, x.seq, 'waiting for a ' || x.pool || ' slot'
-    FROM _detector_ev x JOIN _detector_requests r USING (stream, request_id)
+    FROM _detector_ev x JOIN req r USING (stream, request_id)
     WHERE x.kind = 'buffer.exhausted'
       AND (r.last_finished_seq IS NULL OR r.last_finished_seq < x.seq)
       AND NOT EXISTS (SELECT 1 FROM _detector_ev a
