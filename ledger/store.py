@@ -84,7 +84,12 @@ STORAGE = "arrow-groups-1"
 
 # Any constant works: it names "the events table's append lock" among this database's locks.
 _PG_APPEND_LOCK = 0x6B766C6564676572 & 0x7FFFFFFFFFFFFFFF
-_PAGE_ROWS = 1024  # stored rows a reader takes per query (~130k events of a busy run)
+_PAGE_ROWS = 1024  # the most stored rows a reader takes per query ...
+# ... and about this many events: a busy run's groups grow with the backlog (~480 events each on
+# average in a 760k-request run, up to ~3,000), and 1,024 of them made pages of ~0.5M events
+# (verify's transient arrays were ~0.5 GB). The next page's row count follows the last one's.
+_PAGE_EVENTS = 131_072
+_PAGE_ROWS_MIN = 16
 # append's statements (``ph``: the driver's placeholder). The last position in use is the
 # primary key's last row (one seek); a stream's last seq is its last row's header.
 _TOP_SQL = "SELECT position + n - 1 FROM event_groups ORDER BY position DESC LIMIT 1"
@@ -660,10 +665,10 @@ class EventStore:
     def page_tables(self, schema: Any, where: str = "", params: tuple = (),
                     order: str = "position", engine: Engine | None = None) -> Iterator[Any]:
         """The events of the rows matching ``where`` (a condition) in ``order`` (a unique
-        column of them), as one Table (one chunk) per page of 1,024 stored rows, with
-        ``schema``'s columns. Each page is its own query, keyed by ``order`` (never skips a
-        committed row), on a connection held only while it runs: a reader left half-way
-        (a closed pipe) holds nothing open.
+        column of them), as one Table (one chunk) per page of at most 1,024 stored rows and
+        about ``_PAGE_EVENTS`` events, with ``schema``'s columns. Each page is its own query,
+        keyed by ``order`` (never skips a committed row), on a connection held only while it
+        runs: a reader left half-way (a closed pipe) holds nothing open.
 
         A page's payloads are read as one IPC stream, validated before anything reads them,
         and made one chunk: DuckDB scans an Arrow table chunk by chunk, and the ~150-event
@@ -676,14 +681,19 @@ class EventStore:
         ph = _PH[self.dialect]["ph"]
         cond = f"{where} AND " if where else ""
         sql = (f"SELECT position, stream, grp, grp_n, n, payload, {order} FROM event_groups "
-               f"WHERE {cond}{order} > {ph} ORDER BY {order} LIMIT {_PAGE_ROWS}")
+               f"WHERE {cond}{order} > {ph} ORDER BY {order} LIMIT ")
         cursor = -(1 << 62)
+        limit = min(_PAGE_ROWS, _PAGE_ROWS_MIN)  # a first page small whatever its groups hold
         while True:
             with engine.connect() as conn:
-                page = conn.exec_driver_sql(sql, (*params, cursor)).fetchall()
+                page = conn.exec_driver_sql(sql + str(limit), (*params, cursor)).fetchall()
             if not page:
                 return
             cursor = page[-1][6]
+            full = len(page) == limit
+            events = sum(r[4] for r in page)
+            limit = min(_PAGE_ROWS,
+                        max(_PAGE_ROWS_MIN, _PAGE_EVENTS * len(page) // max(1, events)))
             got = self._read_page(page)
             kept = [b for b, r in zip(got, page, strict=True) if r[4]]
             heads = [r[:5] for r in page if r[4]]
@@ -701,7 +711,7 @@ class EventStore:
                     raise BadLedgerError(f"{self.shown}: an event group has events without "
                                          "a seq")
                 yield with_row_columns(t.combine_chunks(), heads, schema)
-            if len(page) < _PAGE_ROWS:
+            if not full:
                 return
 
     def _read_page(self, page: Sequence[tuple]) -> list[Any]:
