@@ -211,6 +211,18 @@ def _hash_each(joined: Any, k: int) -> Any:
     return pa.Array.from_buffers(pa.string(), k, [None, offsets, pa.py_buffer(out)])
 
 
+# Events checked at once by ``clean_stream``: its chain inputs, casts and hashes of a whole
+# page (~130k events) at once are ~150 MB more of ``kvledger verify``'s peak RSS (9.7M-event run
+# folder: 606 -> 454 MB).
+VERIFY_SLICE_ROWS = 32_768
+
+
+def _slices(tables: Iterable[Any]) -> Iterator[Any]:
+    for table in tables:
+        for offset in range(0, table.num_rows, VERIFY_SLICE_ROWS):
+            yield table.slice(offset, VERIFY_SLICE_ROWS)
+
+
 def clean_stream(stream: str, tables: Iterable[Any]) -> StreamReport | None:
     """The report of a stream that ``verify_stream`` would find clean, or None.
 
@@ -227,7 +239,7 @@ def clean_stream(stream: str, tables: Iterable[Any]) -> StreamReport | None:
     fresh = _blake2b(digest_size=16).copy
     rows, last_hash, last_pos = 0, GENESIS_HASH, None
     last_grp = last_grp_n = 0
-    for table in tables:
+    for table in _slices(tables):
         k = table.num_rows
         if not k:
             continue

@@ -91,14 +91,22 @@ def test_cli_exit_code_in_a_real_process(tmp_path: Path) -> None:
     assert "gap: stream ctx0 seq 6" in proc.stdout
 
 
-def test_vectorised_pass_agrees_with_the_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("small", [False, True], ids=["pages", "small-pages-and-slices"])
+def test_vectorised_pass_agrees_with_the_loop(tmp_path: Path, monkeypatch, small: bool) -> None:
     """``clean_stream`` vouches only for what ``verify_stream`` finds clean, with the same
     report, whatever the pieces it reads; on a tampered stream it stands aside (None) and
-    the loop reports."""
+    the loop reports. ``small``: pages of about 20 events (each of a few stored rows) and
+    slices of 3 events, so every check spans page and slice edges."""
     from dataclasses import asdict
 
     import pyarrow as pa
+    from kvledger.ledger import store, verify
     from kvledger.ledger.verify import clean_stream, verify_stream
+
+    if small:
+        monkeypatch.setattr(store, "_PAGE_EVENTS", 20)
+        monkeypatch.setattr(store, "_PAGE_ROWS_MIN", 1)
+        monkeypatch.setattr(verify, "VERIFY_SLICE_ROWS", 3)
 
     path = _ledger(tmp_path / "w.sqlite", n=200, group_max=16)
     with Ledger(str(path), "gen0", group_max=5) as led:  # a second stream, other groups
@@ -110,7 +118,10 @@ def test_vectorised_pass_agrees_with_the_loop(tmp_path: Path) -> None:
             slow = verify_stream(stream, src.verify_tuples(stream))
             assert slow.findings == []
             assert asdict(clean_stream(stream, src.verify_tables(stream))) == asdict(slow)
-            whole = pa.concat_tables(list(src.verify_tables(stream)))
+            pages = list(src.verify_tables(stream))
+            if small:  # ~20 events a page once the first page told the group size
+                assert len(pages) >= 3 and max(p.num_rows for p in pages[1:-1]) <= 2 * 20
+            whole = pa.concat_tables(pages)
             pieces = [whole.slice(i, 7) for i in range(0, whole.num_rows, 7)]
             assert asdict(clean_stream(stream, pieces)) == asdict(slow)
     for sql in ("UPDATE events SET attrs = '{}' WHERE seq = 30 AND stream = 'ctx0'",
