@@ -107,6 +107,16 @@ same folder, single interleaved runs): ``select 1`` 6.9-7.4 s / 1.55 GiB, ``fore
 1,960 MiB, ``report`` 57.1 s / 1,906 MiB: every command under 2 GB now, the first one still over 5
 s (the load: ~0.5 us of CPU an event, a third of it the kernel zeroing fresh pages on this VM;
 imports 0.6 s, views 0.4 s).
+
+Measured 2026-12-04 (later, another VM, faster at first touches of memory) on a fresh 9.69M-event
+folder (760k requests, ctx 6.18M + gen 3.51M, 627 MB), /usr/bin/time, old and new code alternated
+in one shell. Pages of about 131k events instead of 1,024 stored rows (a busy run's groups hold
+~480 events, so pages were ~0.5M events and forensics' verification thread held ~600 MB during
+the load, leaving DuckDB auto's 256 MiB floor), verify in 32k-event slices, the vLLM views
+skipped without a tapped stream, waits as a join, wedge's requests grouped once: ``forensics``
+35.0-37.0 s / 2.01-2.02 GB -> 22.1-23.5 s / 1.66-1.72 GB (same JSON); ``report`` 41.9 s /
+2.13 GB -> 29.7 s / 1.72 GB; ``sql select count(*)`` 3.9-4.1 s / 1.45 GB (before the paging) ->
+3.1-3.8 s / 1.26-1.36 GB; ``verify`` 907-917 -> 450 MB.
 """
 
 from __future__ import annotations
