@@ -36,7 +36,7 @@ from kvledger.ledger.detectors import detect
 from kvledger.ledger.events import Event
 from kvledger.runtime.faults import Fault
 from kvledger.runtime.policy import Policy
-from kvledger.runtime.procs import WorkerProcess, start_pair
+from kvledger.runtime.procs import WorkerProcess, input_request, start_pair
 from kvledger.runtime.workload import RequestSpec
 
 from .replayer import ReplayOptions, config_for
@@ -161,18 +161,15 @@ def _inputs(trace: Trace, t0: int
                    | {f.t_ns for f in trace.faults if _is_self_stall(f)})
 
     def until(t: int) -> int:
-        later = times[bisect.bisect_right(times, t):]
-        return t0 + min(later[:1] + [t + ANCHOR_WAIT_MAX_NS])
+        i = bisect.bisect_right(times, t)  # the first recorded time after t, if any
+        cap = t + ANCHOR_WAIT_MAX_NS
+        return t0 + (min(times[i], cap) if i < len(times) else cap)
 
-    return {s: [(t0 + t, cmd, anchors(s, _command_request(cmd), seq), until(t))
+    return {s: [(t0 + t, cmd, anchors(s, input_request(cmd), seq), until(t))
                 for t, seq, cmd in sorted(items)] for s, items in out.items()}
 
 
-def _command_request(cmd: tuple[Any, ...]) -> str:
-    return cmd[1][0]["request_id"] if cmd[0] == "submit" else cmd[1]
-
-
-def _anchors(trace: Trace) -> Callable[[str, str, int], list[str]]:
+def _anchors(trace: Trace) -> Callable[[str, str | None, int], list[str]]:
     """``anchor(stream, request id, seq)``: the kinds ``stream`` recorded for the request before
     its event ``seq``, sorted.
 
@@ -186,7 +183,7 @@ def _anchors(trace: Trace) -> Callable[[str, str, int], list[str]]:
         if e.request_id is not None:
             by_request.setdefault((e.stream, e.request_id), []).append((e.seq, e.kind))
 
-    def anchor(stream: str, request_id: str, seq: int) -> list[str]:
+    def anchor(stream: str, request_id: str | None, seq: int) -> list[str]:
         return sorted({k for s, k in by_request.get((stream, request_id), ()) if s < seq})
 
     return anchor

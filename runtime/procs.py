@@ -307,7 +307,7 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
                 anchor = frozenset(item[2]) if len(item) > 2 else frozenset()
                 until = item[3] if len(item) > 3 else due
                 if anchor:
-                    rid = _input_request(inner)
+                    rid = input_request(inner)
                     recorded.setdefault(rid, set())
                     anchor_refs[rid] += 1
                 heapq.heappush(timed, (due, next(tickets), inner, anchor, until))
@@ -361,7 +361,7 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             blocked: set[str | None] = set()  # a request's inputs stay in their recorded order
             for item in waiting:
                 due, order, msg, anchor, until = item
-                rid = _input_request(msg)
+                rid = input_request(msg)
                 met = anchor <= recorded.get(rid, anchor)
                 if rid in blocked or (not met and now < until):
                     held_back.append(item)
@@ -412,8 +412,9 @@ def _worker_main(conn: Connection, cfg_dict: dict[str, Any], ledger_url: str,
             return
 
 
-def _input_request(msg: tuple[Any, ...]) -> str | None:
-    """The request a timed input is for (a submit's first request), None for other commands."""
+def input_request(msg: tuple[Any, ...]) -> str | None:
+    """The request a timed input is for (a submit's first request), None for other commands
+    (also how ``replay.live`` names the request an input's anchor is about)."""
     if msg[0] == "submit":
         return msg[1][0]["request_id"]
     return msg[1] if msg[0] == "cancel" else None
