@@ -1214,6 +1214,376 @@ done:
  * another (the replay verdict's ``ledger_digest`` of events already in order, its definition);
  * None when an event's stream or hash is not a str or its seq not an int (the caller's Python
  * then says what it says). */
+/* -- reading: a page of stored columns -> Events ------------------------------------------------ */
+/* The stored attrs text of a plain event is the canonical JSON ``put_attrs`` writes: the kind's
+ * attributes in name order, no whitespace, ints without leading zeros, strings with only '"',
+ * '\\' and control characters escaped. ``parse_attrs`` accepts exactly that form where no string
+ * holds an escape, and builds the dict json.loads would; a text it does not accept is handed to
+ * the Python definition (sources.page_events_py), which decodes, validates, and raises what it
+ * raises. So anything accepted here is a text json.loads reads as this dict and ``validate``
+ * passes (every attribute the kind's, each of its type, none missing, none null). */
+static int parse_int(const char *s, Py_ssize_t n, Py_ssize_t *i, long long *out) {
+    Py_ssize_t j = *i;
+    int neg = 0;
+    if (j < n && s[j] == '-') {
+        neg = 1;
+        j++;
+    }
+    Py_ssize_t d0 = j;
+    unsigned long long u = 0;
+    while (j < n && s[j] >= '0' && s[j] <= '9') {
+        if (j - d0 >= 19) return STOP; /* past int64 (or 19 digits near it): the Python path */
+        u = u * 10 + (unsigned long long)(s[j] - '0');
+        j++;
+    }
+    if (j == d0) return STOP;
+    if (s[d0] == '0' && (j - d0 > 1 || neg)) return STOP; /* leading zero, or "-0" */
+    if (u > (unsigned long long)LLONG_MAX) return STOP;
+    *out = neg ? -(long long)u : (long long)u;
+    *i = j;
+    return 0;
+}
+
+/* A string at s[*i] ('"' ... '"') with no escape and no control character: a new str. */
+static int parse_str(const char *s, Py_ssize_t n, Py_ssize_t *i, PyObject **out) {
+    Py_ssize_t j = *i;
+    if (j >= n || s[j] != '"') return STOP;
+    Py_ssize_t a = ++j;
+    while (j < n && s[j] != '"') {
+        unsigned char c = (unsigned char)s[j];
+        if (c < 0x20 || c == '\\') return STOP;
+        j++;
+    }
+    if (j >= n) return STOP;
+    PyObject *str = PyUnicode_DecodeUTF8(s + a, j - a, NULL);
+    if (!str) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+        PyErr_Clear();
+        return STOP;
+    }
+    *out = str;
+    *i = j + 1;
+    return 0;
+}
+
+static int parse_value(const char *s, Py_ssize_t n, Py_ssize_t *i, int type, PyObject **out) {
+    switch (type) {
+        case T_INT: {
+            long long x;
+            int rc = parse_int(s, n, i, &x);
+            if (rc) return rc;
+            *out = PyLong_FromLongLong(x);
+            return *out ? 0 : -1;
+        }
+        case T_STR:
+            return parse_str(s, n, i, out);
+        case T_BOOL:
+            if (n - *i >= 4 && memcmp(s + *i, "true", 4) == 0) {
+                *i += 4;
+                *out = Py_NewRef(Py_True);
+                return 0;
+            }
+            if (n - *i >= 5 && memcmp(s + *i, "false", 5) == 0) {
+                *i += 5;
+                *out = Py_NewRef(Py_False);
+                return 0;
+            }
+            return STOP;
+        case T_INTS:
+        case T_STRS: {
+            if (*i >= n || s[*i] != '[') return STOP;
+            PyObject *list = PyList_New(0);
+            if (!list) return -1;
+            Py_ssize_t j = *i + 1;
+            if (j < n && s[j] == ']') {
+                *i = j + 1;
+                *out = list;
+                return 0;
+            }
+            for (;;) {
+                PyObject *e = NULL;
+                int rc = parse_value(s, n, &j, type == T_INTS ? T_INT : T_STR, &e);
+                if (rc) {
+                    Py_DECREF(list);
+                    return rc;
+                }
+                rc = PyList_Append(list, e);
+                Py_DECREF(e);
+                if (rc < 0) {
+                    Py_DECREF(list);
+                    return -1;
+                }
+                if (j < n && s[j] == ',') {
+                    j++;
+                    continue;
+                }
+                if (j < n && s[j] == ']') break;
+                Py_DECREF(list);
+                return STOP;
+            }
+            *i = j + 1;
+            *out = list;
+            return 0;
+        }
+    }
+    return STOP;
+}
+
+/* The attrs dict of canonical text s[0:n] for kind k; STOP (nothing raised) where the text is
+ * not in the accepted form. Top-level str values are shared through ``names`` (as the Python
+ * definition shares them); attribute names are the kind table's own str objects. */
+static int parse_attrs(const kind_spec *k, const char *s, Py_ssize_t n, PyObject *names,
+                       PyObject **out) {
+    if (n < 2 || s[0] != '{') return STOP;
+    PyObject *d = PyDict_New();
+    if (!d) return -1;
+    Py_ssize_t i = 1;
+    int first = 1, rc = 0;
+    for (int j = 0; j < k->nattrs; j++) {
+        const attr_spec *a = &k->attrs[j];
+        Py_ssize_t at = i + (first ? 0 : 1);
+        int here = (first || (i < n && s[i] == ',')) && n - at >= a->keylen &&
+                   memcmp(s + at, a->key, (size_t)a->keylen) == 0;
+        if (!here) {
+            if (a->optional) continue;
+            rc = STOP;
+            goto out;
+        }
+        i = at + a->keylen;
+        PyObject *v = NULL;
+        rc = parse_value(s, n, &i, a->type, &v);
+        if (rc) goto out;
+        if (a->type == T_STR) {
+            PyObject *shared = PyDict_SetDefault(names, v, v);
+            Py_XINCREF(shared);
+            Py_DECREF(v);
+            if (!shared) {
+                rc = -1;
+                goto out;
+            }
+            v = shared;
+        }
+        rc = PyDict_SetItem(d, a->name, v);
+        Py_DECREF(v);
+        if (rc < 0) goto out;
+        first = 0;
+    }
+    if (i != n - 1 || s[i] != '}') rc = STOP;
+out:
+    if (rc) {
+        Py_DECREF(d);
+        return rc;
+    }
+    *out = d;
+    return 0;
+}
+
+typedef struct {
+    Py_buffer b;
+    int held;
+} view;
+
+static int view_get(PyObject *o, view *v) {
+    v->held = 0;
+    if (o == Py_None) {
+        v->b.buf = NULL;
+        v->b.len = 0;
+        return 0;
+    }
+    if (PyObject_GetBuffer(o, &v->b, PyBUF_SIMPLE) < 0) return -1;
+    v->held = 1;
+    return 0;
+}
+
+static void view_release(view *v) {
+    if (v->held) PyBuffer_Release(&v->b);
+    v->held = 0;
+}
+
+static inline int bit_set(const view *v, Py_ssize_t i) {
+    return v->b.buf == NULL || ((const uint8_t *)v->b.buf)[i >> 3] >> (i & 7) & 1;
+}
+
+/* One string of an Arrow string array (int32 offsets) at logical index i (its offset applied):
+ * 0 with s/len set, STOP where a bound is broken (the Python path reads it instead). */
+static int str_at(const view *off, const view *data, Py_ssize_t i, const char **s,
+                  Py_ssize_t *len) {
+    if ((i + 2) * 4 > off->b.len) return STOP;
+    const int32_t *o = (const int32_t *)off->b.buf;
+    int32_t a = o[i], b = o[i + 1];
+    if (a < 0 || b < a || b > data->b.len) return STOP;
+    *s = (const char *)data->b.buf + a;
+    *len = b - a;
+    return 0;
+}
+
+/* page_events(stream, n, offsets, buffers, etype, setters, names, parsed, shared_max,
+ *             shared_chars, slow) -> list of Event
+ * ``sources.page_events_py``'s loop over one record batch of PAGE_COLUMNS (seq, ts_ns, kind,
+ * request_id, attrs), read from the Arrow buffers in place: ``offsets`` the five arrays' offsets,
+ * ``buffers`` (seq values, ts values, kind offsets, kind data, rid validity or None, rid offsets,
+ * rid data, attrs validity or None, attrs offsets, attrs data). A row it does not take (an
+ * unknown kind, an envelope or text not in the accepted form, a null text) is ``slow(i)``: the
+ * Python definition for row i, which returns its Event or raises. Strings are shared through
+ * ``names`` and short attrs dicts through ``parsed`` keyed (kind, text), as the definition
+ * does. */
+static PyObject *page_events(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream, *offs, *bufs, *setters, *names, *parsed, *slow;
+    PyTypeObject *etype;
+    Py_ssize_t n, shared_max, shared_chars;
+    if (!PyArg_ParseTuple(args, "O!nO!O!O!O!O!O!nnO", &PyUnicode_Type, &stream, &n,
+                          &PyTuple_Type, &offs, &PyTuple_Type, &bufs, &PyType_Type, &etype,
+                          &PyTuple_Type, &setters, &PyDict_Type, &names, &PyDict_Type, &parsed,
+                          &shared_max, &shared_chars, &slow))
+        return NULL;
+    if (!kind_index) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(setters) != 9 || PyTuple_GET_SIZE(offs) != 5 ||
+        PyTuple_GET_SIZE(bufs) != 10 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "page_events: 9 setters, 5 offsets, 10 buffers");
+        return NULL;
+    }
+    descrsetfunc set[9];
+    for (int j = 0; j < 9; j++) {
+        set[j] = Py_TYPE(PyTuple_GET_ITEM(setters, j))->tp_descr_set;
+        if (!set[j]) {
+            PyErr_SetString(PyExc_TypeError, "page_events: a setter is not a data descriptor");
+            return NULL;
+        }
+    }
+    Py_ssize_t off[5];
+    for (int j = 0; j < 5; j++) {
+        off[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, j));
+        if (off[j] == -1 && PyErr_Occurred()) return NULL;
+        if (off[j] < 0) {
+            PyErr_SetString(PyExc_ValueError, "page_events: a negative offset");
+            return NULL;
+        }
+    }
+    view v[10];
+    int got = 0;
+    PyObject *out = NULL, *empty = PyUnicode_New(0, 0);
+    if (!empty) return NULL;
+    for (; got < 10; got++)
+        if (view_get(PyTuple_GET_ITEM(bufs, got), &v[got]) < 0) goto done;
+    if (!v[0].b.buf || !v[1].b.buf || (off[0] + n) * 8 > v[0].b.len ||
+        (off[1] + n) * 8 > v[1].b.len || (v[4].b.buf && (off[3] + n + 7) / 8 > v[4].b.len) ||
+        (v[7].b.buf && (off[4] + n + 7) / 8 > v[7].b.len)) {
+        PyErr_SetString(PyExc_ValueError, "page_events: a buffer is shorter than its rows");
+        goto done;
+    }
+    const int64_t *seqs = (const int64_t *)v[0].b.buf + off[0];
+    const int64_t *tss = (const int64_t *)v[1].b.buf + off[1];
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = NULL, *rid = NULL, *attrs = NULL, *seq_o = NULL, *ts_o = NULL;
+        const kind_spec *k = NULL;
+        const char *ks, *rs, *as;
+        Py_ssize_t kl, rl, al;
+        int rc = str_at(&v[2], &v[3], off[2] + i, &ks, &kl);
+        if (!rc) {
+            k = kind_by_bytes(ks, kl);
+            if (!k || !k->supported) rc = STOP;
+        }
+        if (!rc && !bit_set(&v[7], off[4] + i)) rc = STOP; /* a null text */
+        if (!rc && bit_set(&v[4], off[3] + i) != k->scoped) rc = STOP; /* the envelope */
+        if (!rc && k->scoped) {
+            rc = str_at(&v[5], &v[6], off[3] + i, &rs, &rl);
+            if (!rc) {
+                PyObject *r = PyUnicode_DecodeUTF8(rs, rl, NULL);
+                if (!r) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto row_fail;
+                    PyErr_Clear();
+                    rc = STOP;
+                } else {
+                    rid = PyDict_SetDefault(names, r, r);
+                    Py_XINCREF(rid);
+                    Py_DECREF(r);
+                    if (!rid) goto row_fail;
+                }
+            }
+        }
+        if (!rc) rc = str_at(&v[8], &v[9], off[4] + i, &as, &al);
+        if (!rc) {
+            PyObject *key = NULL;
+            if (al <= 4 * shared_chars) { /* possibly short enough to share (chars, not bytes) */
+                PyObject *text = PyUnicode_DecodeUTF8(as, al, NULL);
+                if (!text) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto row_fail;
+                    PyErr_Clear();
+                    rc = STOP;
+                } else if (PyUnicode_GET_LENGTH(text) <= shared_chars) {
+                    key = PyTuple_Pack(2, k->name, text);
+                    Py_DECREF(text);
+                    if (!key) goto row_fail;
+                    attrs = PyDict_GetItemWithError(parsed, key);
+                    if (attrs) {
+                        Py_INCREF(attrs);
+                    } else if (PyErr_Occurred()) {
+                        Py_DECREF(key);
+                        goto row_fail;
+                    }
+                } else {
+                    Py_DECREF(text);
+                }
+            }
+            if (!rc && !attrs) {
+                rc = parse_attrs(k, as, al, names, &attrs);
+                if (rc < 0) {
+                    Py_XDECREF(key);
+                    goto row_fail;
+                }
+                if (!rc && key && PyDict_GET_SIZE(parsed) < shared_max &&
+                    PyDict_SetItem(parsed, key, attrs) < 0) {
+                    Py_DECREF(key);
+                    goto row_fail;
+                }
+            }
+            Py_XDECREF(key);
+        }
+        if (rc) { /* the Python definition for this row */
+            Py_CLEAR(rid);
+            Py_CLEAR(attrs);
+            e = PyObject_CallFunction(slow, "n", i);
+            if (!e) goto row_fail;
+            PyList_SET_ITEM(out, i, e);
+            continue;
+        }
+        seq_o = PyLong_FromLongLong(seqs[i]);
+        ts_o = PyLong_FromLongLong(tss[i]);
+        e = (seq_o && ts_o) ? etype->tp_alloc(etype, 0) : NULL;
+        if (!e) goto row_fail;
+        {
+            PyObject *vals[9] = {stream, seq_o, ts_o, k->name, rid ? rid : Py_None, attrs,
+                                 empty, empty, Py_None};
+            for (int j = 0; j < 9; j++)
+                if (set[j](PyTuple_GET_ITEM(setters, j), e, vals[j]) < 0) goto row_fail;
+        }
+        PyList_SET_ITEM(out, i, e);
+        Py_DECREF(seq_o);
+        Py_DECREF(ts_o);
+        Py_XDECREF(rid);
+        Py_DECREF(attrs);
+        continue;
+    row_fail:
+        Py_XDECREF(e);
+        Py_XDECREF(seq_o);
+        Py_XDECREF(ts_o);
+        Py_XDECREF(rid);
+        Py_XDECREF(attrs);
+        Py_CLEAR(out);
+        goto done;
+    }
+done:
+    for (int j = 0; j < got; j++) view_release(&v[j]);
+    Py_DECREF(empty);
+    return out;
+}
+
 static PyObject *digest(PyObject *self, PyObject *events_in) {
     (void)self;
     static PyObject *n_stream = NULL, *n_seq = NULL, *n_hash = NULL;
@@ -2293,6 +2663,7 @@ static PyMethodDef methods[] = {
     {"encode", encode, METH_VARARGS, "Check, encode and chain a group's plain events into Arrow buffers."},
     {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events of marshal.dumps(items) frames in place."},
     {"events", events, METH_VARARGS, "Check, encode and chain plain events into stored Events."},
+    {"page_events", page_events, METH_VARARGS, "Stored columns of a page -> Events (sources.page_events_py)."},
     {"digest", digest, METH_O, "BLAKE2b-16 of each event's stream, seq and hash lines (ledger_digest)."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},

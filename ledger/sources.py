@@ -41,12 +41,13 @@ import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
 from .errors import BadLedgerError, SchemaVersionError
 from .events import EVENT_KINDS, SCHEMA_VERSION, Event, SchemaError, validate
-from .mapper import decode_attrs, to_event
+from .mapper import _EVENT_DESCRIPTORS, _fastenc, decode_attrs, to_event
 from .store import (
     VERIFY_COLUMNS,
     EventStore,
@@ -155,6 +156,16 @@ def _table_events(table: pa.Table, where: str = "") -> Iterator[Event]:
 PAGE_COLUMNS = ("seq", "ts_ns", "kind", "request_id", "attrs")
 
 
+@functools.cache
+def _page_types() -> list:
+    return [pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string()]
+
+# The compiled reader of a page (see page_events); None where _fastenc is not built, Event's
+# layout is not the one it sets slot by slot, or KVLEDGER_PURE_PYTHON=1.
+_PAGE_EVENTS_C = getattr(_fastenc, "page_events", None) \
+    if _EVENT_DESCRIPTORS is not None else None
+
+
 #: Attribute texts up to this long are parsed once per (kind, text) in ``page_events``...
 SHARED_ATTRS_CHARS = 64
 #: ... for up to this many distinct ones (a run's repeated attrs are a few thousand: outcomes,
@@ -170,33 +181,71 @@ def page_events(page: pa.Table, stream: str, where: str, names: dict) -> list[Ev
     string value instead of one per event, and one attrs dict per distinct short attrs text of
     a kind (read only, as every Event's attrs are to their readers): measured with tracemalloc
     on a run's ledgers, ~990 bytes an event as ``events()`` makes them, ~345 with the strings
-    shared; sharing the dicts also parses and validates the most frequent texts only once."""
+    shared; sharing the dicts also parses and validates the most frequent texts only once.
+
+    ``page_events_py`` is the definition. The compiled reader (``_fastenc.page_events``) reads
+    the Arrow buffers in place and takes every row whose attrs text is in the canonical form
+    the writer stores; any other row is the definition's (tests/ledger/test_page_events.py
+    holds the two equal, errors included)."""
+    if _PAGE_EVENTS_C is None:
+        return page_events_py(page, stream, where, names)
+    out: list[Event] = []
+    for batch in page.select(list(PAGE_COLUMNS)).to_batches():
+        out += _page_events_c(batch, stream, where, names)
+    return out
+
+
+def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict) -> list[Event]:
+    cols = batch.columns
+    if [c.type for c in cols] != _page_types() or \
+            cols[0].null_count or cols[1].null_count or cols[2].null_count:
+        return page_events_py(batch, stream, where, names)
+    parsed = names.setdefault(_PARSED, {})
+    share = names.setdefault
+
+    def slow(i: int) -> Event:
+        return _row_event(*(c[i].as_py() for c in cols), stream, where, share, parsed)
+
+    seq, ts, kind, rid, text = cols
+    bufs = (seq.buffers()[1], ts.buffers()[1], *kind.buffers()[1:], *rid.buffers(),
+            *text.buffers())
+    # Strings shared through ``names`` must be the definition's keys too: both use setdefault.
+    return _PAGE_EVENTS_C(stream, len(batch), tuple(c.offset for c in cols), bufs, Event,
+                          _EVENT_DESCRIPTORS, names, parsed, SHARED_ATTRS_MAX,
+                          SHARED_ATTRS_CHARS, slow)
+
+
+def page_events_py(page: pa.Table | pa.RecordBatch, stream: str, where: str,
+                   names: dict) -> list[Event]:
+    """``page_events``' definition: one row at a time through ``_row_event``."""
     cols = [page.column(c).to_pylist() for c in PAGE_COLUMNS]
     share = names.setdefault
     parsed = names.setdefault(_PARSED, {})
-    out: list[Event] = []
-    append = out.append
-    for seq, ts_ns, kind, rid, text in zip(*cols, strict=True):
-        attrs = parsed.get((kind, text)) if text is not None else None
-        if attrs is None:
-            try:
-                attrs = decode_attrs(text)
-                attrs = {share(k, k): share(v, v) if type(v) is str else v
-                         for k, v in attrs.items()}
-                validate(kind, rid, attrs)
-            except SchemaError:
-                raise
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise BadLedgerError(f"{where}: stream {stream!r} seq {seq}: corrupt row "
-                                     f"({type(exc).__name__}: {exc})") from None
-            if text is not None and len(text) <= SHARED_ATTRS_CHARS \
-                    and len(parsed) < SHARED_ATTRS_MAX:
-                parsed[(kind, text)] = attrs
-        elif (rid is None) == EVENT_KINDS[kind].request_scoped:
-            validate(kind, rid, attrs)  # the text was valid for this kind, the envelope is not
-        append(Event(stream, seq, ts_ns, share(kind, kind),
-                     None if rid is None else share(rid, rid), attrs))
-    return out
+    return [_row_event(seq, ts_ns, kind, rid, text, stream, where, share, parsed)
+            for seq, ts_ns, kind, rid, text in zip(*cols, strict=True)]
+
+
+def _row_event(seq: int, ts_ns: int, kind: str, rid: str | None, text: str | None, stream: str,
+               where: str, share: Any, parsed: dict) -> Event:
+    attrs = parsed.get((kind, text)) if text is not None else None
+    if attrs is None:
+        try:
+            attrs = decode_attrs(text)
+            attrs = {share(k, k): share(v, v) if type(v) is str else v
+                     for k, v in attrs.items()}
+            validate(kind, rid, attrs)
+        except SchemaError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BadLedgerError(f"{where}: stream {stream!r} seq {seq}: corrupt row "
+                                 f"({type(exc).__name__}: {exc})") from None
+        if text is not None and len(text) <= SHARED_ATTRS_CHARS \
+                and len(parsed) < SHARED_ATTRS_MAX:
+            parsed[(kind, text)] = attrs
+    elif (rid is None) == EVENT_KINDS[kind].request_scoped:
+        validate(kind, rid, attrs)  # the text was valid for this kind, the envelope is not
+    return Event(stream, seq, ts_ns, share(kind, kind), None if rid is None else share(rid, rid),
+                 attrs)
 
 
 _PARSED = object()  # page_events' key in ``names`` for the attrs dicts it shares
