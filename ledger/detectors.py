@@ -122,6 +122,7 @@ from operator import attrgetter
 from types import MappingProxyType
 
 from .events import Event
+from .gc_pause import gc_paused
 
 # --- limits ------------------------------------------------------------------------------------
 #: A status poll may not take longer than this: TensorRT-LLM's C1 fix caps every wait_for slice
@@ -890,11 +891,23 @@ def index_sorted_streams(by_stream: dict[str, list[Event]],
     list is the index's from then on; the replayer's recorders hand theirs over as they are).
     ``bounds``: per stream, when its list holds only the kinds of ``KINDS_READ``."""
     out: dict[str, _Stream] = {}
-    for name, evs in sorted(by_stream.items()):
-        out[name] = _Stream(name, evs, None if bounds is None else bounds[name])
+    # Without the collector: each _Stream makes a few objects per request, and the full
+    # collections they trigger rescan every event the index holds (a 10.3M-event run's
+    # verdict spent 36.7 s here with it, 5.8 s without).
+    with gc_paused():
+        for name, evs in sorted(by_stream.items()):
+            out[name] = _Stream(name, evs, None if bounds is None else bounds[name])
     for st in out.values():
         st.index = out
     return out
+
+
+def release_index(streams: dict[str, _Stream]) -> None:
+    """Break the streams' references to one another (each ``_Stream.index`` is the dict that
+    holds it): the index is then freed by reference counting as soon as it is dropped, instead
+    of waiting for a collection that walks every event it holds."""
+    for st in streams.values():
+        st.index = {}
 
 
 def detect(
@@ -916,8 +929,9 @@ def detect(
     if streams is None:
         streams = index_streams(events)
     findings: list[Finding] = []
-    for _, s in sorted(streams.items()):
-        for n in names:
-            findings.extend(DETECTORS[n].fn(s, params))
+    with gc_paused():  # the index's millions of objects are what a collection would rescan
+        for _, s in sorted(streams.items()):
+            for n in names:
+                findings.extend(DETECTORS[n].fn(s, params))
     findings.sort(key=lambda f: (f.stream, f.seq, f.detector, f.request_id or ""))
     return findings

@@ -12,12 +12,12 @@ are kept as ``StreamBounds``. Detectors given this index find what they find on 
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from operator import attrgetter
 
 from .detectors import KINDS_READ, StreamBounds, _Stream, index_sorted_streams
 from .events import Event
+from .gc_pause import gc_paused
 from .sources import LedgerSource, page_events
 
 _SEQ = attrgetter("seq")
@@ -32,17 +32,12 @@ def index_source(source: LedgerSource,
     names: dict[str, str] = {}
     # Millions of objects kept and none in a cycle: the collector's passes over them would only
     # cost time (as in Projection.fold).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for stream in source.streams():
             got = _index_stream(source, stream, consume, names)
             if got is not None:
                 kept[stream], bounds[stream] = got
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return index_sorted_streams(kept, bounds)
+        return index_sorted_streams(kept, bounds)
 
 
 def _index_stream(source: LedgerSource, stream: str,

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .events import EVENT_KINDS, Event
+from .gc_pause import gc_paused
 
 # Resource classes of a request, in the order ``RequestState.owners`` stores them.
 RESOURCES = ("request", "blocks", "slots", "handles")
@@ -330,13 +331,8 @@ class Projection:
         # generation's passes kept rescanning the open requests: ~10-25% of a rebuild's time
         # (bench_ledger fold, 1M events). The fold makes no reference cycles: what it drops is
         # freed by reference counting at once.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             self._fold(events)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
 
     def _fold(self, events: Iterable[Event]) -> None:
         table = self._dispatch

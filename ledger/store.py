@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 
 from .errors import AppendConflictError, BadLedgerError, LedgerError, SchemaVersionError
 from .events import SCHEMA_VERSION
+from .gc_pause import gc_paused  # noqa: F401 - readers pause it around a load
 
 log = logging.getLogger(__name__)
 
@@ -310,23 +311,6 @@ def use_bulk_read_pool() -> None:
     except (NotImplementedError, AttributeError, OSError):  # a build without jemalloc
         log.debug("pyarrow has no jemalloc pool; bulk reads use %s",
                   pa.default_memory_pool().backend_name)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic collector off while a ledger is loaded: a load makes millions of short-lived
-    acyclic objects (each page's rows) and the collections over them were a tenth of
-    ``kvledger sql``'s first command. Process-wide; back on afterwards if it was on (another
-    thread's pause ending first turns it on early, which is only slower)."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _first_line(exc: BaseException) -> str:

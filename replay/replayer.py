@@ -61,7 +61,6 @@ its event count times ~11-13 us of CPU on a 2-core VM, whatever the trace's wall
 from __future__ import annotations
 
 import bisect
-import gc
 import logging
 import random
 import time
@@ -72,6 +71,7 @@ import torch
 from kvledger.ledger.clock import VirtualClock
 from kvledger.ledger.detectors import index_sorted_streams, index_streams
 from kvledger.ledger.events import SCHEMA_VERSION, Event
+from kvledger.ledger.gc_pause import gc_paused
 from kvledger.ledger.mapper import GENESIS_HASH, encode_events
 from kvledger.runtime.config import WorkerConfig
 from kvledger.runtime.core import io
@@ -561,16 +561,13 @@ def replay(trace: Trace, policy: Policy, opts: ReplayOptions | None = None) -> R
     # the collections they trigger scan the caller's heap too (the loaded trace's events): 5%
     # of a replay, and a full collection now and then that alone took longer than the replay.
     # What the replay leaves behind is collected once it has returned.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        r = Replay(trace, policy, opts or ReplayOptions())
-        try:
-            return r.run()
-        finally:
-            # r is dropped here: its workers' tensors are free
-            r.buffers.give_back(_Buffers.written(r.workers.values()))
+        with gc_paused():
+            r = Replay(trace, policy, opts or ReplayOptions())
+            try:
+                return r.run()
+            finally:
+                # r is dropped here: its workers' tensors are free
+                r.buffers.give_back(_Buffers.written(r.workers.values()))
     finally:
-        if gc_was_enabled:
-            gc.enable()
         torch.set_num_threads(threads)

@@ -10,8 +10,9 @@ from collections import Counter
 from operator import attrgetter
 from typing import Any
 
-from ..ledger.detectors import LIVENESS, detect, finding_dict, liveness_verdict
+from ..ledger.detectors import LIVENESS, detect, finding_dict, liveness_verdict, release_index
 from ..ledger.events import Event
+from ..ledger.gc_pause import gc_paused
 from ..ledger.lean_index import index_source
 from ..ledger.projections import Projection
 from ..ledger.sources import open_source
@@ -80,10 +81,15 @@ def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] 
             tally = tallies[stream] = _Tally()
         tally.add(events)
 
-    with open_source(target) as src:
-        streams = index_source(src, consume)
+    # One pause of the collector for the whole pass (index_source and detect pause it too):
+    # between them it would rescan the index's millions of young objects once it is back on.
+    with gc_paused():
+        with open_source(target) as src:
+            streams = index_source(src, consume)
+        findings = detect((), streams=streams)
+        release_index(streams)
+        del streams
     per_stream = {s: tallies[s].summary() for s in sorted(tallies)}
-    findings = detect((), streams=streams)
     snapshot = projection.snapshot()
     mismatches, notes = compare_state(snapshot, runtime_state) if runtime_state else ([], [])
     rows = [finding_dict(f) for f in findings]
