@@ -274,7 +274,12 @@ def execute(args: argparse.Namespace, ledgers: list[str] | None = None) -> dict[
     summary["seed"] = args.seed
     # The files this run wrote, not whatever else the folder holds.
     target: Any = [p for p in ledgers if os.path.exists(p)] if ledgers else args.out
-    summary["ledger"] = ledger_verdict(target, state)
+    from tqdm import tqdm
+
+    # A 10M-event run's ledgers take tens of seconds to judge: a bar on a terminal, not silence.
+    with tqdm(desc="verdict: reading the ledgers", unit=" events", unit_scale=True,
+              file=sys.stderr, disable=None, leave=False) as bar:
+        summary["ledger"] = ledger_verdict(target, state, progress=bar.update)
     return summary
 
 

@@ -7,6 +7,7 @@ state (``run``/``demo``/tests).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -65,11 +66,12 @@ class _Tally:
 
 
 def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] | None = None,
-                   ) -> dict[str, Any]:
+                   progress: Callable[[int], object] | None = None) -> dict[str, Any]:
     """Read every stream under ``target`` (a run's output folder, a file or a URL) in one pass,
     a page at a time: the counts and the projection's fold see every event, the detectors'
     index keeps only what they read (``ledger.lean_index``), so a run of millions of events
-    is judged in a fraction of the memory its events would take as objects."""
+    is judged in a fraction of the memory its events would take as objects. ``progress`` is
+    given each page's event count as it is read (a progress bar's ``update``)."""
     projection = Projection()
     tallies: dict[str, _Tally] = {}
 
@@ -80,6 +82,8 @@ def ledger_verdict(target: str, runtime_state: dict[str, dict[str, Any] | None] 
         if tally is None:
             tally = tallies[stream] = _Tally()
         tally.add(events)
+        if progress is not None:
+            progress(len(events))
 
     # One pause of the collector for the whole pass (index_source and detect pause it too):
     # between them it would rescan the index's millions of young objects once it is back on.

@@ -217,3 +217,12 @@ def test_page_events_refuse_a_bad_row_in_one_line(text, error, match):
     with pytest.raises(error, match=match) as got:
         page_events(_page([(1, 1, "request.finished", "r1", text)]), "ctx", "ctx.sqlite", {})
     assert "\n" not in str(got.value)
+
+
+def test_a_verdicts_progress_counts_every_event_once(tmp_path):
+    url = str(tmp_path / "l.sqlite")
+    write_ledger(url, random_pair(11, n_requests=30, faults=True))
+    seen: list[int] = []
+    v = ledger_verdict(url, progress=seen.append)
+    assert seen and all(n > 0 for n in seen)
+    assert sum(seen) == sum(s["events"] for s in v["streams"].values())
