@@ -70,7 +70,7 @@ def _is_tap(s: _Stream) -> bool:
     once per stream index (every detector here asks, and the answer is a scan of the stream)."""
     got = s.__dict__.get("_vllm_tap")
     if got is None:
-        opened = [e for e in s.events if e.kind == "ledger.opened"]
+        opened = s.worker.get("ledger.opened", [])  # worker-level, in seq order: no scan
         got = bool(opened) and \
             (opened[-1].attrs.get("config") or {}).get("tap_mapping_version") is not None
         s._vllm_tap = got  # type: ignore[attr-defined]  # the index is read only: its events too
