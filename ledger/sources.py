@@ -173,7 +173,8 @@ SHARED_ATTRS_CHARS = 64
 SHARED_ATTRS_MAX = 1 << 16
 
 
-def page_events(page: pa.Table, stream: str, where: str, names: dict) -> list[Event]:
+def page_events(page: pa.Table, stream: str, where: str, names: dict,
+                share_attrs: bool = True) -> list[Event]:
     """A page of ``stream_pages`` as Events, each validated as ``events()`` validates it.
 
     What a verdict over millions of events holds is shared through ``names`` (a dict the caller
@@ -186,21 +187,32 @@ def page_events(page: pa.Table, stream: str, where: str, names: dict) -> list[Ev
     ``page_events_py`` is the definition. The compiled reader (``_fastenc.page_events``) reads
     the Arrow buffers in place and takes every row whose attrs text is in the canonical form
     the writer stores; any other row is the definition's (tests/ledger/test_page_events.py
-    holds the two equal, errors included)."""
+    holds the two equal, errors included).
+
+    ``share_attrs=False``: every Event gets an attrs dict of its own (for Events whose attrs a
+    reader may change, a trace's); strings are shared all the same."""
     if _PAGE_EVENTS_C is None:
-        return page_events_py(page, stream, where, names)
+        return page_events_py(page, stream, where, names, share_attrs)
     out: list[Event] = []
     for batch in page.select(list(PAGE_COLUMNS)).to_batches():
-        out += _page_events_c(batch, stream, where, names)
+        out += _page_events_c(batch, stream, where, names, share_attrs)
     return out
 
 
-def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict) -> list[Event]:
+class _Unshared(dict):
+    """A ``parsed`` that keeps nothing: each row's attrs are its own."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict,
+                   share_attrs: bool) -> list[Event]:
     cols = batch.columns
     if [c.type for c in cols] != _page_types() or \
             cols[0].null_count or cols[1].null_count or cols[2].null_count:
-        return page_events_py(batch, stream, where, names)
-    parsed = names.setdefault(_PARSED, {})
+        return page_events_py(batch, stream, where, names, share_attrs)
+    parsed = names.setdefault(_PARSED, {}) if share_attrs else _Unshared()
     share = names.setdefault
 
     def slow(i: int) -> Event:
@@ -211,16 +223,17 @@ def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict) 
             *text.buffers())
     # Strings shared through ``names`` must be the definition's keys too: both use setdefault.
     return _PAGE_EVENTS_C(stream, len(batch), tuple(c.offset for c in cols), bufs, Event,
-                          _EVENT_DESCRIPTORS, names, parsed, SHARED_ATTRS_MAX,
-                          SHARED_ATTRS_CHARS, slow)
+                          _EVENT_DESCRIPTORS, names, parsed,
+                          SHARED_ATTRS_MAX if share_attrs else 0,
+                          SHARED_ATTRS_CHARS if share_attrs else -1, slow)
 
 
 def page_events_py(page: pa.Table | pa.RecordBatch, stream: str, where: str,
-                   names: dict) -> list[Event]:
+                   names: dict, share_attrs: bool = True) -> list[Event]:
     """``page_events``' definition: one row at a time through ``_row_event``."""
     cols = [page.column(c).to_pylist() for c in PAGE_COLUMNS]
     share = names.setdefault
-    parsed = names.setdefault(_PARSED, {})
+    parsed = names.setdefault(_PARSED, {}) if share_attrs else _Unshared()
     return [_row_event(seq, ts_ns, kind, rid, text, stream, where, share, parsed)
             for seq, ts_ns, kind, rid, text in zip(*cols, strict=True)]
 
@@ -596,6 +609,10 @@ class ParquetSource(LedgerSource):
                 try:
                     pf = pq.ParquetFile(f)
                     _check_parquet_version(f, pf)
+                    missing = sorted(set(_full_schema().names) - set(pf.schema_arrow.names))
+                    if missing:
+                        raise BadLedgerError(f"{f}: not a kvledger Parquet segment (no column "
+                                             f"{', '.join(missing)})")
                     parts.append(pf.read(columns=_full_schema().names).cast(_full_schema()))
                 except (OSError, pa.ArrowException, KeyError) as exc:
                     raise BadLedgerError(f"unreadable Parquet segment {f}: {exc}") from None

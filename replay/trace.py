@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from kvledger.ledger.errors import BadLedgerError, SchemaVersionError
 from kvledger.ledger.events import SCHEMA_VERSION, Event, SchemaError
+from kvledger.ledger.gc_pause import gc_paused
 from kvledger.ledger.mapper import GENESIS_HASH, encode_attrs, row_hash, to_event, to_row
 from kvledger.ledger.store import EventStore
 
@@ -186,25 +187,28 @@ class Trace:
 def load_trace(target: str | os.PathLike[str]) -> Trace:
     """Load and validate a trace (SQLite file, folder of ledgers / Parquet, or URL)."""
     target = str(target)
-    rows = _read_rows(target)
-    if not rows:
+    table = _read_table(target)
+    if not table.num_rows:
         raise TraceError(f"{target}: trace holds no events")
-    events = _rows_to_events(rows, target)
+    with gc_paused():  # millions of Events and attrs dicts, none in a cycle (ledger.gc_pause)
+        events = _table_events(table, target)
+    if events is None:  # the definition: row by row, saying exactly what is wrong
+        events = _rows_to_events(table.to_pylist(), target)
     from kvledger.ledger.sources import mask_url
 
     return build_trace(events, mask_url(target))  # the source is shown: never its password
 
 
-def _read_rows(target: str) -> list[dict[str, Any]]:
+def _read_table(target: str) -> Any:
     """Every row of the trace through the ledger package's one loader (read-only opens; a
-    stream or file given twice is refused)."""
+    stream or file given twice is refused), as one Arrow table."""
     from kvledger.ledger.sources import open_sources
 
     if "://" not in target and not os.path.lexists(target):
         raise TraceError(f"no such trace: {target}")
     try:
         with open_sources([target]) as src:
-            return src.arrow_table().to_pylist()
+            return src.arrow_table()
     except (SchemaVersionError, TraceError):
         raise
     except SchemaError as exc:
@@ -214,6 +218,62 @@ def _read_rows(target: str) -> list[dict[str, Any]]:
     except (sa.exc.DatabaseError, OSError) as exc:
         detail = getattr(exc, "orig", None) or exc
         raise TraceError(f"{target}: unreadable trace (truncated or corrupt?): {detail}") from None
+
+
+def _table_events(table: Any, target: str) -> list[Event] | None:
+    """``_rows_to_events`` of a trace every stream of which ``verify`` finds clean, at Arrow
+    speed, or None: each stream's checks as vectors (``verify.clean_stream``: gapless seq from
+    1, the chain from genesis, every row's hash, positions in order; here also ts_ns never
+    going backwards), its Events built by the compiled page reader (each with attrs of its own:
+    a trace's readers may change them) and their hashes and positions set. On any doubt the
+    caller runs the definition, which names the first bad row; tests/replay/test_trace_load.py
+    holds the two equal. A 1.16M-event run folder: 12.8 s -> ~2.5 s before ``build_trace``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from kvledger.ledger.mapper import _EVENT_SETTERS
+    from kvledger.ledger.sources import PAGE_COLUMNS, page_events
+    from kvledger.ledger.store import VERIFY_COLUMNS
+    from kvledger.ledger.verify import clean_stream
+
+    names = set(table.column_names)
+    if _EVENT_SETTERS is None or \
+            not set(VERIFY_COLUMNS) - {"grp", "grp_n"} | {"stream"} <= names:
+        return None
+    by_position = table.column("position").null_count == 0
+    if not by_position and table.column("position").null_count != table.num_rows:
+        return None  # some positions and not others: the definition's sort decides
+    set_prev, set_hash, set_pos = _EVENT_SETTERS[6], _EVENT_SETTERS[7], _EVENT_SETTERS[8]
+    shared: dict = {}
+    events: list[Event] = []
+    try:
+        for stream in sorted(pc.unique(table.column("stream")).to_pylist()):
+            part = table.filter(pc.equal(table.column("stream"), stream))
+            if by_position:
+                part = part.take(pc.sort_indices(part, [("position", "ascending")]))
+            ts = part.column("ts_ns").to_numpy()
+            if len(ts) > 1 and not (np.diff(ts) >= 0).all():
+                return None
+            # A trace is judged without its storage groups (the definition does not read
+            # them): one group of all the stream's events passes clean_stream's group checks.
+            k = part.num_rows
+            grouped = part.append_column("grp", pa.array(np.ones(k, np.int64))) \
+                .append_column("grp_n", pa.array(np.full(k, k, np.int64)))
+            if clean_stream(stream, [grouped.select(list(VERIFY_COLUMNS))]) is None:
+                return None
+            evs = page_events(part.select(list(PAGE_COLUMNS)), stream, target, shared,
+                              share_attrs=False)
+            positions = part.column("position").to_pylist()
+            for e, prev, h, pos in zip(evs, part.column("prev_hash").to_pylist(),
+                                       part.column("hash").to_pylist(), positions, strict=True):
+                set_prev(e, prev)
+                set_hash(e, h)
+                set_pos(e, pos)
+            events += evs
+    except Exception:  # noqa: BLE001 - any doubt at all: the definition reads it and says why
+        log.debug("trace %s: read row by row", target, exc_info=True)
+        return None
+    return events
 
 
 def _rows_to_events(rows: Sequence[dict[str, Any]], target: str) -> list[Event]:
@@ -226,6 +286,9 @@ def _rows_to_events(rows: Sequence[dict[str, Any]], target: str) -> list[Event]:
         prev_hash, prev_seq, prev_ts = GENESIS_HASH, 0, None
         stream_rows = by_stream[stream]
         if "position" in stream_rows[0] and stream_rows[0].get("position") is not None:
+            if any(r.get("position") is None for r in stream_rows):
+                raise TraceError(f"{target}: stream {stream!r}: some events have no position "
+                                 "(corrupt trace)")
             stream_rows.sort(key=lambda r: r["position"])
         seqs = [r["seq"] for r in stream_rows]
         if seqs != sorted(seqs):
