@@ -134,7 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forensics", help="canned queries -> incident summary (exit 1 on findings)",
                        description="Verify the hash chains, then run the canned queries and "
                        "the detectors. Verdict: TAMPERED, DIED, WEDGED, UNHEALTHY, STUCK, LEAKS, "
-                       "FINDINGS (exit 1) or CLEAN (exit 0).")
+                       "FINDINGS, UNVERIFIED (a target's chains could not be read; exit 1) or "
+                       "CLEAN (exit 0).")
     p.add_argument("ledgers", nargs="+", metavar="LEDGER")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     _add_thresholds(p)

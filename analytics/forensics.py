@@ -7,7 +7,10 @@ question), then the liveness verdicts judged over the ledger's time (``ledger.de
 work waited on a holder that could no longer progress, or a live worker made no progress past the
 wedge deadline while obligations are open, ``UNHEALTHY`` a worker said it could not serve), then
 ``STUCK`` (open obligations older than the stuck threshold), ``LEAKS`` (obligations nothing can
-discharge any more), ``FINDINGS`` (another detector view returned rows) or ``CLEAN``.
+discharge any more), ``FINDINGS`` (another detector view returned rows), ``UNVERIFIED`` (nothing
+fired, but a target's hash chains could not be read at all: its evidence is unchecked, so the
+queries' silence proves nothing) or ``CLEAN``. ``--no-verify`` asks for no check: its summary
+says so ("hash chains: not checked") and can be CLEAN.
 A wedge tidied up at shutdown is still a wedge: its interval, holder and waiters are in
 ``liveness`` and its requests in ``wedged_requests`` (the stuck table of the report shows both).
 Poisoned slots are reported but are not a finding: poisoning is the one rule working.
@@ -335,6 +338,7 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
     if callable(integrity):
         integrity = integrity()
     tampered = bool(integrity and integrity["tampered"])
+    unverified = bool(integrity and integrity["unverified"])
     live_word = liveness_verdict([r["detector"] for r in liveness] + (["wedge"] if wedged else []))
     if tampered:
         verdict = "TAMPERED"
@@ -346,11 +350,13 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
         verdict = "LEAKS"
     elif fired:
         verdict = "FINDINGS"
+    elif unverified:
+        verdict = "UNVERIFIED"
     else:
         verdict = "CLEAN"
     return {
         "verdict": verdict,
-        "findings": bool(tampered or wedged or stuck or leaks or fired or liveness),
+        "findings": bool(tampered or wedged or stuck or leaks or fired or liveness or unverified),
         "integrity": integrity,
         "thresholds": {"stuck_ms": stuck_ms, "wedge_ms": wedge_ms},
         "workers": workers,
@@ -382,8 +388,12 @@ def render_text(s: dict[str, Any]) -> str:
     """The short human summary printed by ``kvledger forensics``."""
     out = [f"verdict: {s['verdict']}"]
     integrity = s.get("integrity")
-    if integrity is not None:
-        state = "BROKEN" if integrity["tampered"] else "ok"
+    if integrity is None:
+        out.append("hash chains: not checked")
+    else:
+        state = "BROKEN" if integrity["tampered"] else \
+            "NOT VERIFIED" if integrity["unverified"] and not integrity["streams"] else \
+            "PARTLY VERIFIED" if integrity["unverified"] else "ok"
         out.append(f"hash chains: {state} ({integrity['streams']} streams, "
                    f"{integrity['events']} events verified)")
         for line in integrity["findings"][:ROWS_MAX]:

@@ -277,8 +277,9 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 h1{margin-bottom:4px} .verdict{font-size:28px;font-weight:700;padding:6px 12px;
 display:inline-block;border-radius:6px} .CLEAN{background:#d4f5d4} .WEDGED,.STUCK,.LEAKS,
-.FINDINGS,.DIED,.UNHEALTHY,.TAMPERED{background:#ffd6d6} .liveness{font-family:monospace;
-font-size:12px} table{border-collapse:collapse;font-size:12px;margin-bottom:12px}
+.FINDINGS,.DIED,.UNHEALTHY,.TAMPERED,.UNVERIFIED{background:#ffd6d6}
+.liveness{font-family:monospace;font-size:12px}
+table{border-collapse:collapse;font-size:12px;margin-bottom:12px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} th{background:#f2f2f2}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px} .none{color:#777}
 """

@@ -170,3 +170,42 @@ def test_forensics_error_exits_cleanly_while_verifying(tmp_path, faulty_run):
                                faulty_run], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "terminate" not in proc.stderr
+
+
+def _not_a_segment_tree(tmp_path, trace: str) -> str:
+    """A Parquet tree DuckDB reads but the ledger reader refuses (no chain to check): each
+    worker's events without the storage columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from kvledger.ledger.sources import open_source
+
+    with open_source(trace) as src:
+        table = src.arrow_table()
+    for stream in ("ctx", "gen"):
+        folder = tmp_path / "tree" / f"stream={stream}" / "window=000000"
+        folder.mkdir(parents=True)
+        part = table.filter(pc.equal(table.column("stream"), pa.scalar(stream)))
+        pq.write_table(part.drop_columns(["stream"]), folder / "part-0.parquet")
+    return str(tmp_path / "tree")
+
+
+def test_evidence_whose_chains_cannot_be_read_is_never_clean(tmp_path, capsys):
+    """Nothing fired, but nothing was verified either: UNVERIFIED, exit 1, and the chains'
+    line says so (it said "ok (0 streams, 0 events verified)" and CLEAN, exit 0)."""
+    from pathlib import Path
+
+    trace = str(Path(__file__).resolve().parents[2] / "examples" / "traces" / "burst-16")
+    assert main(["forensics", trace]) == 0
+    assert capsys.readouterr().out.startswith("verdict: CLEAN")
+    tree = _not_a_segment_tree(tmp_path, trace)
+    assert main(["forensics", tree]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("verdict: UNVERIFIED")
+    assert "hash chains: NOT VERIFIED" in out and "not a kvledger Parquet segment" in out
+    assert main(["forensics", tree, "--json"]) == 1
+    s = json.loads(capsys.readouterr().out)
+    assert s["verdict"] == "UNVERIFIED" and s["findings"] and s["integrity"]["unverified"]
+    # Asked not to verify: the user's choice, said as such, not a finding.
+    assert main(["forensics", tree, "--no-verify"]) == 0
+    assert capsys.readouterr().out.startswith("verdict: CLEAN\nhash chains: not checked\n")
