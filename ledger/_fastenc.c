@@ -1465,7 +1465,7 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
     }
     view v[10];
     int got = 0;
-    PyObject *out = NULL, *empty = PyUnicode_New(0, 0);
+    PyObject *out = NULL, *last_rid = NULL, *empty = PyUnicode_New(0, 0);
     if (!empty) return NULL;
     for (; got < 10; got++)
         if (view_get(PyTuple_GET_ITEM(bufs, got), &v[got]) < 0) goto done;
@@ -1475,6 +1475,9 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "page_events: a buffer is shorter than its rows");
         goto done;
     }
+    /* The last request id read (its bytes in the page's buffer and its shared str). */
+    const char *last_rs = NULL;
+    Py_ssize_t last_rl = -1;
     const int64_t *seqs = (const int64_t *)v[0].b.buf + off[0];
     const int64_t *tss = (const int64_t *)v[1].b.buf + off[1];
     out = PyList_New(n);
@@ -1493,7 +1496,9 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
         if (!rc && bit_set(&v[4], off[3] + i) != k->scoped) rc = STOP; /* the envelope */
         if (!rc && k->scoped) {
             rc = str_at(&v[5], &v[6], off[3] + i, &rs, &rl);
-            if (!rc) {
+            if (!rc && last_rid && rl == last_rl && memcmp(rs, last_rs, (size_t)rl) == 0) {
+                rid = Py_NewRef(last_rid); /* most events follow one of their own request */
+            } else if (!rc) {
                 PyObject *r = PyUnicode_DecodeUTF8(rs, rl, NULL);
                 if (!r) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto row_fail;
@@ -1504,6 +1509,9 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
                     Py_XINCREF(rid);
                     Py_DECREF(r);
                     if (!rid) goto row_fail;
+                    Py_XSETREF(last_rid, Py_NewRef(rid));
+                    last_rs = rs;
+                    last_rl = rl;
                 }
             }
         }
@@ -1580,6 +1588,7 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
     }
 done:
     for (int j = 0; j < got; j++) view_release(&v[j]);
+    Py_XDECREF(last_rid);
     Py_DECREF(empty);
     return out;
 }
