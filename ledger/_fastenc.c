@@ -1083,6 +1083,23 @@ done:
     return result;
 }
 
+/* The 9 slot setters of ``Event`` (its member descriptors, in field order), or -1 with an
+ * exception naming ``who``. */
+static int event_setters(PyObject *setters, descrsetfunc set[9], const char *who) {
+    if (PyTuple_GET_SIZE(setters) != 9) {
+        PyErr_Format(PyExc_ValueError, "%s: 9 slot descriptors expected", who);
+        return -1;
+    }
+    for (int j = 0; j < 9; j++) {
+        set[j] = Py_TYPE(PyTuple_GET_ITEM(setters, j))->tp_descr_set;
+        if (!set[j]) {
+            PyErr_Format(PyExc_TypeError, "%s: a setter is not a data descriptor", who);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* events(stream, seq, prev_hash, items, start, etype, setters) -> (stop, seq, prev_hash, events)
  * ``encode``'s check, encoding and chain of items from ``start`` on, up to the first one that is
  * not plain (``stop``), returned as stored ``Event``s instead of Arrow buffers: each built as
@@ -1104,18 +1121,8 @@ static PyObject *events(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(setters) != 9) {
-        PyErr_SetString(PyExc_ValueError, "events: 9 slot descriptors expected");
-        return NULL;
-    }
     descrsetfunc set[9];
-    for (int j = 0; j < 9; j++) {
-        set[j] = Py_TYPE(PyTuple_GET_ITEM(setters, j))->tp_descr_set;
-        if (!set[j]) {
-            PyErr_SetString(PyExc_TypeError, "events: a setter is not a data descriptor");
-            return NULL;
-        }
-    }
+    if (event_setters(setters, set, "events") < 0) return NULL;
     Py_ssize_t prev_len, stream_len;
     const char *prev0 = PyUnicode_AsUTF8AndSize(prev_obj, &prev_len);
     const char *stream_s = prev0 ? PyUnicode_AsUTF8AndSize(stream, &stream_len) : NULL;
@@ -1441,19 +1448,12 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(setters) != 9 || PyTuple_GET_SIZE(offs) != 5 ||
-        PyTuple_GET_SIZE(bufs) != 10 || n < 0) {
-        PyErr_SetString(PyExc_ValueError, "page_events: 9 setters, 5 offsets, 10 buffers");
+    if (PyTuple_GET_SIZE(offs) != 5 || PyTuple_GET_SIZE(bufs) != 10 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "page_events: 5 offsets and 10 buffers expected");
         return NULL;
     }
     descrsetfunc set[9];
-    for (int j = 0; j < 9; j++) {
-        set[j] = Py_TYPE(PyTuple_GET_ITEM(setters, j))->tp_descr_set;
-        if (!set[j]) {
-            PyErr_SetString(PyExc_TypeError, "page_events: a setter is not a data descriptor");
-            return NULL;
-        }
-    }
+    if (event_setters(setters, set, "page_events") < 0) return NULL;
     Py_ssize_t off[5];
     for (int j = 0; j < 5; j++) {
         off[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, j));

@@ -78,7 +78,6 @@ def test_every_page_of_a_real_ledger_reads_the_same(tmp_path, seed, zero_copy):
 
 _FINISHED = '{"outcome":"ok"}'
 _PINNED = '{"blocks":[1,2,30]}'
-_ARRIVED = None  # filled from a real stream below
 
 
 @pytest.mark.parametrize("kind, rid, text", [
