@@ -160,6 +160,7 @@ PAGE_COLUMNS = ("seq", "ts_ns", "kind", "request_id", "attrs")
 def _page_types() -> list:
     return [pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string()]
 
+
 # The compiled reader of a page (see page_events); None where _fastenc is not built, Event's
 # layout is not the one it sets slot by slot, or KVLEDGER_PURE_PYTHON=1.
 _PAGE_EVENTS_C = getattr(_fastenc, "page_events", None) \
@@ -221,7 +222,8 @@ def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict,
     seq, ts, kind, rid, text = cols
     bufs = (seq.buffers()[1], ts.buffers()[1], *kind.buffers()[1:], *rid.buffers(),
             *text.buffers())
-    # Strings shared through ``names`` must be the definition's keys too: both use setdefault.
+    # ``names`` and ``parsed`` are the definition's own dicts: what a row read by either path
+    # shares (a string, a short text's attrs), the other path's rows share too.
     return _PAGE_EVENTS_C(stream, len(batch), tuple(c.offset for c in cols), bufs, Event,
                           _EVENT_DESCRIPTORS, names, parsed,
                           SHARED_ATTRS_MAX if share_attrs else 0,

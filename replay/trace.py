@@ -227,7 +227,8 @@ def _table_events(table: Any, target: str) -> list[Event] | None:
     going backwards), its Events built by the compiled page reader (each with attrs of its own:
     a trace's readers may change them) and their hashes and positions set. On any doubt the
     caller runs the definition, which names the first bad row; tests/replay/test_trace_load.py
-    holds the two equal. A 1.16M-event run folder: 12.8 s -> ~2.5 s before ``build_trace``."""
+    holds the two equal. ``load_trace`` of a 1.16M-event run folder: 15.8 s / 2,080 MB ->
+    9.1 s / 1,356 MB (reading and checking the rows 12.8 s -> ~4 s; ``build_trace`` ~2.5 s)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
