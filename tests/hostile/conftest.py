@@ -46,6 +46,7 @@ _LAYOUT = {
     "foreign": "foreign/events-table.sqlite", "other": "foreign/someones.sqlite",
     "empty": "foreign/empty.sqlite", "garbage": "foreign/garbage.sqlite",
     "dup": "dup", "nothing": "nothing", "pq_ctx": "pq-ctx", "tampered": "tampered",
+    "notseg": "notseg",
 }
 
 
@@ -127,6 +128,18 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
     with event_rows(root / "tampered" / "ctx.sqlite") as con:
         con.exec_driver_sql("UPDATE events SET attrs = '{broken' WHERE seq = 3")
         con.exec_driver_sql("UPDATE events SET kind = 'warp.drive' WHERE seq = 5")
+    # A hive tree DuckDB reads but that is no kvledger segment: each worker's events without
+    # the storage columns, so there is no chain to check (forensics said CLEAN on it).
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for f in sorted((root / "pq").rglob("*.parquet")):
+        table = pq.read_table(f)
+        keep = [n for n in table.column_names if n not in ("grp", "grp_n", "stream")]
+        dst = root / "notseg" / f.relative_to(root / "pq").parent
+        dst.mkdir(parents=True)
+        pq.write_table(table.select(keep).filter(pc.is_valid(table.column("seq"))),
+                       dst / "part-0.parquet")
     # Left writable on purpose: a reader that writes must get the chance to, and be caught.
     return Evidence(root)
 

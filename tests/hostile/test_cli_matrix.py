@@ -19,8 +19,9 @@ BIG = str(10**30)
 LONG_QUERY = "SELECT count(*) FROM range(10000000000) t(i) WHERE md5(i::VARCHAR) = 'x'"
 
 # (argv, exit code). Placeholders: evidence {wal} {del} {crash} {pq} {wal_ctx} {foreign}
-# {other} {empty} {garbage} {dup} {nothing}; per case {out} (does not exist), {afile} (a file),
-# {adir} (a folder holding keep.txt), {theirs} (a folder holding someone's ctx.sqlite).
+# {other} {empty} {garbage} {dup} {nothing} {notseg}; per case {out} (does not exist),
+# {afile} (a file), {adir} (a folder holding keep.txt), {theirs} (a folder holding someone's
+# ctx.sqlite).
 CASES: list[tuple[list[str], int | set[int]]] = [
     # -- top level ---------------------------------------------------------------------------
     ([], 2),
@@ -35,6 +36,7 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["verify", "{other}"], 2),
     (["verify", "{nothing}"], 2),
     (["verify", "{dup}"], 2),
+    (["verify", "{notseg}"], 2),
     (["verify", "{afile}"], 2),
     (["verify", "sqlite:///:memory:"], 2),
     (["verify", "nosuchdriver://x/y"], 2),
@@ -48,6 +50,7 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["events", "{empty}"], 2),
     (["events", "{foreign}"], 2),
     (["events", "{tampered}"], 2),
+    (["events", "{notseg}"], 2),
     (["verify", "{tampered}"], 1),
     (["sql", "{tampered}", "SELECT count(*) FROM events"], 2),
     (["forensics", "{tampered}"], 2),
@@ -137,6 +140,7 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["forensics", "{wal}", "{pq}"], 2),
     (["forensics", "{dup}"], 2),
     (["forensics", "{other}"], 2),
+    (["forensics", "{notseg}"], 1),  # its chains cannot be read: UNVERIFIED, never CLEAN
     (["forensics", "postgresql://kv:s3cret-pw@127.0.0.1:1/nope"], 2),
     # -- report ---------------------------------------------------------------------------------
     (["report", "{wal}"], 2),
@@ -159,6 +163,7 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["replay", "{empty}"], 2),
     (["replay", "{dup}"], 2),
     (["replay", "{other}"], 2),
+    (["replay", "{notseg}"], 2),
     (["replay", "{wal}", "--ticks-max", "-1"], 2),
     (["replay", "{wal}", "--ticks-max", "0"], 2),
     (["replay", "{wal}", "--ticks-max", BIG], 2),
@@ -264,7 +269,7 @@ def test_bad_input(case: tuple[list[str], int | set[int]], ev: Evidence, traces:
     (work / "tmp").mkdir()
     names = {k: str(getattr(ev, k)) for k in ("wal", "delete", "crash", "pq", "wal_ctx",
                                                 "foreign", "other", "empty", "garbage", "dup",
-                                                "nothing", "tampered")}
+                                                "nothing", "tampered", "notseg")}
     names["del"] = names.pop("delete")
     names.update({k: str(v) for k, v in traces.items()})
     names.update(out=str(work / "out"), afile=str(work / "afile.txt"),
