@@ -208,7 +208,7 @@ class _Req:
     def __init__(self, rid: str) -> None:
         self.rid = rid
         self.events: list[Event] = []
-        self.by_kind: dict[str, list[Event]] = defaultdict(list)
+        self.by_kind: dict[str, list[Event]] = {}  # read with .get: no default needed
 
     def of(self, *kinds: str) -> list[Event]:
         """The request's events of these kinds in seq order (read only: may be the index's)."""
