@@ -66,15 +66,11 @@ def _finding(*a: Any) -> Finding:
 
 
 def _is_tap(s: _Stream) -> bool:
-    """Did the kvledger tap write this stream (its latest ledger.opened says so)? Worked out
-    once per stream index (every detector here asks, and the answer is a scan of the stream)."""
-    got = s.__dict__.get("_vllm_tap")
-    if got is None:
-        opened = s.worker.get("ledger.opened", [])  # worker-level, in seq order: no scan
-        got = bool(opened) and \
-            (opened[-1].attrs.get("config") or {}).get("tap_mapping_version") is not None
-        s._vllm_tap = got  # type: ignore[attr-defined]  # the index is read only: its events too
-    return got
+    """Did the kvledger tap write this stream (its latest ledger.opened says so)? Read off the
+    index's worker-level events (in seq order): a lookup, nothing to cache."""
+    opened = s.worker.get("ledger.opened")
+    return bool(opened) and \
+        (opened[-1].attrs.get("config") or {}).get("tap_mapping_version") is not None
 
 
 def _end(s: _Stream, p: Params) -> int:

@@ -225,9 +225,8 @@ def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict,
     # ``names`` and ``parsed`` are the definition's own dicts: what a row read by either path
     # shares (a string, a short text's attrs), the other path's rows share too.
     return _PAGE_EVENTS_C(stream, len(batch), tuple(c.offset for c in cols), bufs, Event,
-                          _EVENT_DESCRIPTORS, names, parsed,
-                          SHARED_ATTRS_MAX if share_attrs else 0,
-                          SHARED_ATTRS_CHARS if share_attrs else -1, slow)
+                          _EVENT_DESCRIPTORS, names, parsed, SHARED_ATTRS_MAX,
+                          SHARED_ATTRS_CHARS if share_attrs else -1, slow)  # -1: no text shared
 
 
 def page_events_py(page: pa.Table | pa.RecordBatch, stream: str, where: str,
