@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/kvledger: pyproject.toml ledger/_fastenc.c
+$(BIN)/kvledger: pyproject.toml ledger/_fastenc.c ledger/_fastfold.c
 	$(PY) -m venv $(VENV)
 	# torch==2.13.0 is the CPU build pip takes from this machine's disk (no CUDA download).
 	$(BIN)/pip install -q --upgrade pip

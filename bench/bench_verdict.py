@@ -59,8 +59,8 @@ def _child(way: str, target: str) -> None:
         v = ledger_verdict(target)
         findings, projection = v["findings"], v["projection"]
         events = sum(s["events"] for s in v["streams"].values())
-    elif way == "rebuild":
-        projection, events, phases = _rebuild(target)
+    elif way in ("rebuild", "rebuild-events"):
+        projection, events, phases = _rebuild(target, compiled=way == "rebuild")
     else:
         with open_source(target) as src:
             evs = list(src.events())
@@ -74,13 +74,17 @@ def _child(way: str, target: str) -> None:
                       "findings": None if findings is None else len(findings),
                       "digest": digest,
                       "projection": hash(json.dumps(projection, sort_keys=True, default=str)),
-                      **{f"{k}_s": round(x, 2) for k, x in phases.items()}}))
+                      **{k if k == "open_requests" else f"{k}_s": round(x, 2)
+                         for k, x in phases.items()}}))
 
 
-def _rebuild(target: str) -> tuple[dict, int, dict[str, float]]:
+def _rebuild(target: str, compiled: bool) -> tuple[dict, int, dict[str, float]]:
     """The projection alone, rebuilt from the ledgers page by page (issue 13's "10M-event
-    rebuild"): each page read (the stored groups inflated into Arrow columns), made Events
-    (``sources.page_events``) and folded (``Projection.fold``), each phase timed."""
+    rebuild"), each page read (the stored groups inflated into Arrow columns), then folded:
+    ``compiled``, by ``fold_pages.fold_page`` (what ``rebuild_source`` does); else made Events
+    (``sources.page_events``) and folded (``Projection.fold``), the definition. Each phase
+    timed."""
+    from kvledger.ledger.fold_pages import fold_page
     from kvledger.ledger.gc_pause import gc_paused
     from kvledger.ledger.projections import Projection
     from kvledger.ledger.sources import open_source, page_events
@@ -99,13 +103,20 @@ def _rebuild(target: str) -> tuple[dict, int, dict[str, float]]:
                 b = clock()
                 if page is None:
                     break
-                evs = page_events(page, stream, src.target, names)
-                c = clock()
-                p.fold(evs)
+                if compiled:
+                    events += fold_page(p, page, stream, src.target)
+                    c = b
+                else:
+                    evs = page_events(page, stream, src.target, names)
+                    c = clock()
+                    p.fold(evs)
+                    events += len(evs)
                 d = clock()
                 read, decode, fold = read + b - a, decode + c - b, fold + d - c
-                events += len(evs)
-    return p.snapshot()["workers"], events, {"read": read, "decode": decode, "fold": fold}
+    snap = p.snapshot()
+    # The open requests' count rides with the phases (a number of the run, not a time).
+    return snap["workers"], events, {"read": read, "decode": decode, "fold": fold,
+                                     "open_requests": sum(map(len, snap["requests"].values()))}
 
 
 def _run(way: str, target: str) -> dict:
@@ -120,9 +131,10 @@ def main() -> int:
     ap.add_argument("run_dir", nargs="?", help="a kvledger run's output folder")
     ap.add_argument("--requests", type=int, default=20_000,
                     help="without RUN_DIR: the burst to run first")
-    ap.add_argument("--ways", default="full,lean,rebuild",
-                    help="which of full, lean, rebuild to run (full holds every event: ~12 GB "
-                         "at 10M)")
+    ap.add_argument("--ways", default="full,lean,rebuild,rebuild-events",
+                    help="which of full, lean, rebuild (the compiled fold of the pages) and "
+                         "rebuild-events (its definition: Events, then the fold) to run (full "
+                         "holds every event: ~12 GB at 10M)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,24 +147,31 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "kvledger", "run", "--out", target, "--overwrite",
                         "--requests", str(args.requests), "--interarrival-us", "150"],
                        cwd=ROOT, check=True, capture_output=True)
-    ways = [w for w in ("full", "lean", "rebuild") if w in args.ways.split(",")]
+    ways = [w for w in ("full", "lean", "rebuild", "rebuild-events")
+            if w in args.ways.split(",")]
     got = {w: _run(w, target) for w in ways}
     same = len({r["projection"] for r in got.values()}) == 1 and \
-        len({r["digest"] for w, r in got.items() if w != "rebuild"}) <= 1
+        len({r["digest"] for w, r in got.items() if not w.startswith("rebuild")}) <= 1
     result: dict = {"events": next(iter(got.values()))["events"], **got, "same_verdict": same}
     if "full" in got and "lean" in got:
         full, lean = got["full"], got["lean"]
         result["time_ratio"] = round(lean["wall_s"] / max(full["wall_s"], 1e-9), 3)
         result["rss_ratio"] = round(lean["peak_rss_mb"] / max(full["peak_rss_mb"], 1), 3)
+    if "rebuild" in got and "rebuild-events" in got:
+        result["rebuild_ratio"] = round(got["rebuild"]["wall_s"] /
+                                        max(got["rebuild-events"]["wall_s"], 1e-9), 3)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['events']:,} events")
         for way, r in got.items():
-            more = (f"findings {r['findings']}" if way != "rebuild" else
+            more = (f"findings {r['findings']}" if not way.startswith("rebuild") else
                     f"read {r['read_s']} s, events {r['decode_s']} s, fold {r['fold_s']} s "
-                    f"({r['events'] / max(r['fold_s'], 1e-9) / 1e6:.2f}M events/s)")
-            print(f"  {way:7s} {r['wall_s']:8.1f} s  peak RSS {r['peak_rss_mb']:7,} MB  {more}")
+                    f"({r['events'] / max(r['decode_s'] + r['fold_s'], 1e-9) / 1e6:.2f}M "
+                    f"events/s), {r['open_requests']:.0f} requests open")
+            print(f"  {way:14s} {r['wall_s']:8.1f} s  peak RSS {r['peak_rss_mb']:7,} MB  {more}")
+        if "rebuild_ratio" in result:
+            print(f"  rebuild/rebuild-events: time {result['rebuild_ratio']}x")
         if "time_ratio" in result:
             print(f"  lean/full: time {result['time_ratio']}x, memory {result['rss_ratio']}x")
         print(f"  same findings and projection: {same}")

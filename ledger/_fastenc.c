@@ -14,6 +14,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <marshal.h>
+#include <structmember.h> /* PyMemberDef: the fold's slot offsets (_fastfold.c) */
+#undef T_INT /* structmember's type codes: the kind table below has a T_INT and a T_BOOL */
+#undef T_BOOL
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -267,6 +270,7 @@ typedef struct {
 } kind_spec;
 
 static PyObject *kind_index = NULL; /* kind str -> int index into kinds */
+static unsigned long kinds_generation = 0; /* set_kinds calls: what was set up for a table */
 static kind_spec *kinds = NULL;
 static Py_ssize_t nkinds = 0;
 
@@ -323,6 +327,7 @@ static PyObject *set_kinds(PyObject *self, PyObject *table) {
         return NULL;
     }
     free_kinds();
+    kinds_generation++;
     Py_ssize_t n = PyDict_Size(table);
     kinds = PyMem_Calloc((size_t)(n ? n : 1), sizeof(kind_spec));
     kind_index = PyDict_New();
@@ -1424,6 +1429,106 @@ static int str_at(const view *off, const view *data, Py_ssize_t i, const char **
     return 0;
 }
 
+/* A page's 5 offsets and 10 buffers (see page_events), checked against its n rows: 0 with every
+ * view held, or -1 with an exception naming ``who`` and none held (page_close them). */
+static int page_open(PyObject *offs, PyObject *bufs, Py_ssize_t n, Py_ssize_t off[5], view v[10],
+                     const char *who) {
+    for (int j = 0; j < 10; j++) v[j].held = 0;
+    if (PyTuple_GET_SIZE(offs) != 5 || PyTuple_GET_SIZE(bufs) != 10 || n < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: 5 offsets and 10 buffers expected", who);
+        return -1;
+    }
+    for (int j = 0; j < 5; j++) {
+        off[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, j));
+        if (off[j] == -1 && PyErr_Occurred()) return -1;
+        if (off[j] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: a negative offset", who);
+            return -1;
+        }
+    }
+    for (int j = 0; j < 10; j++)
+        if (view_get(PyTuple_GET_ITEM(bufs, j), &v[j]) < 0) return -1;
+    if (!v[0].b.buf || !v[1].b.buf || (off[0] + n) * 8 > v[0].b.len ||
+        (off[1] + n) * 8 > v[1].b.len || (v[4].b.buf && (off[3] + n + 7) / 8 > v[4].b.len) ||
+        (v[7].b.buf && (off[4] + n + 7) / 8 > v[7].b.len)) {
+        PyErr_Format(PyExc_ValueError, "%s: a buffer is shorter than its rows", who);
+        return -1;
+    }
+    return 0;
+}
+
+static void page_close(view v[10]) {
+    for (int j = 0; j < 10; j++) view_release(&v[j]);
+}
+
+/* The last request id a page reader read: its bytes in the page's buffer and its shared str. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+    PyObject *obj;
+} rid_cache;
+
+/* One row of a page, as far as the compiled readers take it. */
+typedef struct {
+    const kind_spec *k;
+    PyObject *rid;  /* borrowed from the rid_cache; NULL for a row with no request */
+    const char *as; /* the attrs text */
+    Py_ssize_t al;
+} page_row;
+
+/* Row i's kind and attrs text: 0; STOP where the definition must read the row (an unknown or
+ * unsupported kind, a null text, an envelope that is not the kind's, a bound broken). */
+static int page_row_kind(const view v[10], const Py_ssize_t off[5], Py_ssize_t i, page_row *r) {
+    const char *ks;
+    Py_ssize_t kl;
+    r->rid = NULL;
+    if (str_at(&v[2], &v[3], off[2] + i, &ks, &kl)) return STOP;
+    const kind_spec *k = r->k = kind_by_bytes(ks, kl);
+    if (!k || !k->supported) return STOP;
+    if (!bit_set(&v[7], off[4] + i)) return STOP; /* a null text */
+    if (bit_set(&v[4], off[3] + i) != k->scoped) return STOP; /* the envelope */
+    return str_at(&v[8], &v[9], off[4] + i, &r->as, &r->al);
+}
+
+/* A request-scoped row's request id, shared through ``names`` (the last one again when the row
+ * names it, as most events follow one of their own request): 0; STOP where it is not UTF-8 or a
+ * bound is broken; -1 on error. With ``check_only`` the id is only checked (r->rid stays NULL). */
+static int page_row_rid(const view v[10], const Py_ssize_t off[5], Py_ssize_t i,
+                        PyObject *names, rid_cache *c, page_row *r, int check_only) {
+    const char *rs;
+    Py_ssize_t rl;
+    if (!r->k->scoped) return 0;
+    if (str_at(&v[5], &v[6], off[3] + i, &rs, &rl)) return STOP;
+    if (c->obj && rl == c->n && memcmp(rs, c->s, (size_t)rl) == 0) {
+        r->rid = check_only ? NULL : c->obj;
+        return 0;
+    }
+    if (check_only) {
+        Py_ssize_t j = 0;
+        while (j < rl && !((unsigned char)rs[j] & 0x80)) j++;
+        if (j == rl) return 0; /* ASCII */
+    }
+    PyObject *str = PyUnicode_DecodeUTF8(rs, rl, NULL);
+    if (!str) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+        PyErr_Clear();
+        return STOP;
+    }
+    if (check_only) {
+        Py_DECREF(str);
+        return 0;
+    }
+    PyObject *shared = PyDict_SetDefault(names, str, str);
+    Py_XINCREF(shared);
+    Py_DECREF(str);
+    if (!shared) return -1;
+    Py_XSETREF(c->obj, shared);
+    c->s = rs;
+    c->n = rl;
+    r->rid = c->obj;
+    return 0;
+}
+
 /* page_events(stream, n, offsets, buffers, etype, setters, names, parsed, shared_max,
  *             shared_chars, slow) -> list of Event
  * ``sources.page_events_py``'s loop over one record batch of PAGE_COLUMNS (seq, ts_ns, kind,
@@ -1448,78 +1553,31 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "_fastenc.set_kinds was not called");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(offs) != 5 || PyTuple_GET_SIZE(bufs) != 10 || n < 0) {
-        PyErr_SetString(PyExc_ValueError, "page_events: 5 offsets and 10 buffers expected");
-        return NULL;
-    }
     descrsetfunc set[9];
     if (event_setters(setters, set, "page_events") < 0) return NULL;
     Py_ssize_t off[5];
-    for (int j = 0; j < 5; j++) {
-        off[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, j));
-        if (off[j] == -1 && PyErr_Occurred()) return NULL;
-        if (off[j] < 0) {
-            PyErr_SetString(PyExc_ValueError, "page_events: a negative offset");
-            return NULL;
-        }
-    }
     view v[10];
-    int got = 0;
-    PyObject *out = NULL, *last_rid = NULL, *empty = PyUnicode_New(0, 0);
+    rid_cache cache = {NULL, -1, NULL};
+    PyObject *out = NULL, *empty = PyUnicode_New(0, 0);
     if (!empty) return NULL;
-    for (; got < 10; got++)
-        if (view_get(PyTuple_GET_ITEM(bufs, got), &v[got]) < 0) goto done;
-    if (!v[0].b.buf || !v[1].b.buf || (off[0] + n) * 8 > v[0].b.len ||
-        (off[1] + n) * 8 > v[1].b.len || (v[4].b.buf && (off[3] + n + 7) / 8 > v[4].b.len) ||
-        (v[7].b.buf && (off[4] + n + 7) / 8 > v[7].b.len)) {
-        PyErr_SetString(PyExc_ValueError, "page_events: a buffer is shorter than its rows");
-        goto done;
-    }
-    /* The last request id read (its bytes in the page's buffer and its shared str). */
-    const char *last_rs = NULL;
-    Py_ssize_t last_rl = -1;
+    if (page_open(offs, bufs, n, off, v, "page_events") < 0) goto done;
     const int64_t *seqs = (const int64_t *)v[0].b.buf + off[0];
     const int64_t *tss = (const int64_t *)v[1].b.buf + off[1];
     out = PyList_New(n);
     if (!out) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *e = NULL, *rid = NULL, *attrs = NULL, *seq_o = NULL, *ts_o = NULL;
-        const kind_spec *k = NULL;
-        const char *ks, *rs, *as;
-        Py_ssize_t kl, rl, al;
-        int rc = str_at(&v[2], &v[3], off[2] + i, &ks, &kl);
-        if (!rc) {
-            k = kind_by_bytes(ks, kl);
-            if (!k || !k->supported) rc = STOP;
-        }
-        if (!rc && !bit_set(&v[7], off[4] + i)) rc = STOP; /* a null text */
-        if (!rc && bit_set(&v[4], off[3] + i) != k->scoped) rc = STOP; /* the envelope */
-        if (!rc && k->scoped) {
-            rc = str_at(&v[5], &v[6], off[3] + i, &rs, &rl);
-            if (!rc && last_rid && rl == last_rl && memcmp(rs, last_rs, (size_t)rl) == 0) {
-                rid = Py_NewRef(last_rid); /* most events follow one of their own request */
-            } else if (!rc) {
-                PyObject *r = PyUnicode_DecodeUTF8(rs, rl, NULL);
-                if (!r) {
-                    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto row_fail;
-                    PyErr_Clear();
-                    rc = STOP;
-                } else {
-                    rid = PyDict_SetDefault(names, r, r);
-                    Py_XINCREF(rid);
-                    Py_DECREF(r);
-                    if (!rid) goto row_fail;
-                    Py_XSETREF(last_rid, Py_NewRef(rid));
-                    last_rs = rs;
-                    last_rl = rl;
-                }
-            }
-        }
-        if (!rc) rc = str_at(&v[8], &v[9], off[4] + i, &as, &al);
+        page_row r;
+        int rc = page_row_kind(v, off, i, &r);
+        if (!rc) rc = page_row_rid(v, off, i, names, &cache, &r, 0);
+        if (rc < 0) goto row_fail;
+        const kind_spec *k = r.k;
+        rid = r.rid;
+        Py_XINCREF(rid);
         if (!rc) {
             PyObject *key = NULL;
-            if (al <= 4 * shared_chars) { /* possibly short enough to share (chars, not bytes) */
-                PyObject *text = PyUnicode_DecodeUTF8(as, al, NULL);
+            if (r.al <= 4 * shared_chars) { /* possibly short enough to share (chars, not bytes) */
+                PyObject *text = PyUnicode_DecodeUTF8(r.as, r.al, NULL);
                 if (!text) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto row_fail;
                     PyErr_Clear();
@@ -1540,7 +1598,7 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
                 }
             }
             if (!rc && !attrs) {
-                rc = parse_attrs(k, as, al, names, &attrs);
+                rc = parse_attrs(k, r.as, r.al, names, &attrs);
                 if (rc < 0) {
                     Py_XDECREF(key);
                     goto row_fail;
@@ -1587,11 +1645,13 @@ static PyObject *page_events(PyObject *self, PyObject *args) {
         goto done;
     }
 done:
-    for (int j = 0; j < got; j++) view_release(&v[j]);
-    Py_XDECREF(last_rid);
+    page_close(v);
+    Py_XDECREF(cache.obj);
     Py_DECREF(empty);
     return out;
 }
+
+#include "_fastfold.c" /* the projection's fold of a page: it reads pages as page_events does */
 
 static PyObject *digest(PyObject *self, PyObject *events_in) {
     (void)self;
@@ -2673,6 +2733,8 @@ static PyMethodDef methods[] = {
     {"encode_marshal", encode_marshal, METH_VARARGS, "encode, reading the events of marshal.dumps(items) frames in place."},
     {"events", events, METH_VARARGS, "Check, encode and chain plain events into stored Events."},
     {"page_events", page_events, METH_VARARGS, "Stored columns of a page -> Events (sources.page_events_py)."},
+    {"fold_setup", fold_setup, METH_VARARGS, "Install the projection's compiled handlers (ledger/fold_pages.py)."},
+    {"fold_page", fold_page, METH_VARARGS, "Fold a stored page into a projection's worker (Projection._fold)."},
     {"digest", digest, METH_O, "BLAKE2b-16 of each event's stream, seq and hash lines (ledger_digest)."},
     {"hash_each", hash_each, METH_VARARGS, "BLAKE2b-16 hex of each string of an Arrow string array."},
     {"blake2b16", blake2b16, METH_VARARGS, "BLAKE2b, 16-byte digest, optionally keyed (hex)."},

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 from kvledger.ledger.detectors import LIVENESS
+from kvledger.ledger.fold_pages import rebuild_source
 from kvledger.ledger.sources import open_source
 from kvledger.runtime.faults import Fault
 from kvledger.runtime.inprocess import pair_configs
 from kvledger.runtime.load import run_load
-from kvledger.runtime.verdict import ledger_verdict
+from kvledger.runtime.verdict import compare_state, ledger_verdict
 from kvledger.runtime.workload import WorkloadParams, generate
 
 pytestmark = [pytest.mark.nixl]
@@ -56,6 +57,11 @@ def test_burst_of_64_with_cancels_and_short_timeouts_ends_clean(tmp_path):
     verdict = ledger_verdict(str(tmp_path), res.state)
     assert verdict["findings"] == []
     assert verdict["mismatches"] == [] and verdict["projection_matches_runtime"] is True
+    # The compiled page fold (issue 13's rebuild) matches the runtime and the verdict's fold.
+    with open_source(str(tmp_path)) as src:
+        snap = rebuild_source(src).snapshot()
+    assert compare_state(snap, res.state)[0] == []
+    assert snap["workers"] == verdict["projection"]
     assert all(s["closed"] for s in verdict["streams"].values())
 
 
