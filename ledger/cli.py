@@ -1,4 +1,4 @@
-"""``kvledger verify | events | export | import | upgrade``: the ledger's own commands."""
+"""``kvledger verify | events | owners | export | import | upgrade``: the ledger's own commands."""
 
 from __future__ import annotations
 
@@ -40,6 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", metavar="N", type=int_in(0, LIMIT_MAX), help="at most N events")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("owners", help="who owns what: the projection rebuilt from the ledger",
+                       description="Fold every event of LEDGER into the projection and print "
+                       "each worker's pools and blocks and every request still open: who owns "
+                       "it (scheduler, kv_manager, transceiver, peer, transport, "
+                       "termination_manager, quarantine), what it holds and what it still owes. "
+                       "The last state the ledger records, as of its last event.")
+    p.add_argument("ledger", metavar="LEDGER")
+    p.add_argument("--request", metavar="R", help="only this request_id")
+    p.add_argument("--stream", metavar="S", help="only this stream (worker)")
+    p.add_argument("--json", action="store_true",
+                   help="print the projection's snapshot as JSON")
+    p.set_defaults(func=cmd_owners)
 
     p = sub.add_parser("export", help="export to Parquet segments or a Perfetto trace")
     p.add_argument("ledger", metavar="LEDGER")
@@ -137,6 +150,80 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
     return 0
+
+
+def cmd_owners(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .fold_pages import rebuild_source
+
+    with _open(args.ledger) as src, tqdm(desc="owners: folding the ledger", unit=" events",
+                                         unit_scale=True, file=sys.stderr, disable=None,
+                                         leave=False) as bar:
+        if args.stream is not None and args.stream not in src.streams():
+            raise CliError(f"no stream {args.stream!r} in {mask_password(args.ledger)} "
+                           f"(streams: {', '.join(src.streams()) or 'none'})")
+        snap = rebuild_source(src, progress=bar.update).snapshot()
+    workers = {s: w for s, w in snap["workers"].items() if args.stream in (None, s)}
+    requests = {s: {r: st for r, st in reqs.items() if args.request in (None, r)}
+                for s, reqs in snap["requests"].items() if args.stream in (None, s)}
+    requests = {s: reqs for s, reqs in requests.items() if reqs}
+    if args.json:
+        print_json({"workers": workers, "requests": requests})
+        return 0
+    if args.request is None:
+        for w in workers.values():
+            print(_worker_line(w))
+    n = sum(map(len, requests.values()))
+    print(f"{n} open request{'s' if n != 1 else ''}" +
+          (f" named {args.request!r}" if args.request is not None else ""))
+    for reqs in requests.values():
+        for st in reqs.values():
+            print(_request_line(st))
+    return 0
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _worker_line(w: dict[str, Any]) -> str:
+    pools = []
+    for name, p in w["pools"].items():
+        if p["size"] is None and not p["held"]:
+            continue  # a pool this worker does not have
+        text = f"{name} {p['held']} held/{_count(p['free'])} free"
+        if p["poisoned"]:
+            text += f"/{p['poisoned']} poisoned"
+        if p["waiting"]:
+            text += f" ({p['waiting']} waiting)"
+        pools.append(text)
+    b = w["blocks"]
+    blocks = f"{b['held']} held, {b['pinned']} pinned, {_count(b['free'])} free"
+    if b["poisoned"]:
+        blocks += f", {b['poisoned']} poisoned"
+    health = {True: "healthy", False: f"UNHEALTHY ({w['health_reason']})",
+              None: "health unknown"}[w["healthy"]]
+    return (f"{w['stream']} ({w['role'] or '?'}): slots {'; '.join(pools) or '-'}; blocks "
+            f"{blocks}; {len(w['in_flight'])} in flight, {len(w['quarantined'])} quarantined; "
+            f"{health}; {'closed' if w['closed'] else 'open'} at seq {w['last_seq']}")
+
+
+def _request_line(st: dict[str, Any]) -> str:
+    owners = " ".join(f"{k}={v or '-'}" for k, v in st["owners"].items())
+    held = []
+    if st["held_slots"]:
+        held.append("slots " + ",".join(f"{p}:{s}" for p, s in st["held_slots"]))
+    if st["held_blocks"]:
+        held.append(f"blocks {st['held_blocks']}")
+    if st["pinned_blocks"]:
+        held.append(f"pinned {st['pinned_blocks']}")
+    if st["held_handles"]:
+        held.append("handles " + ",".join(f"{h}:{s}" for h, s in st["held_handles"].items()))
+    if st["needs_termination"]:
+        held.append("termination owed" + (" (deferred)" if st["termination_deferred"] else ""))
+    return (f"  {st['stream']} {st['request_id']}: {owners}; transfer {st['transfer'] or '-'}; "
+            f"finished {st['finished'] or 'no'}; holds {'; '.join(held) or 'nothing'}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

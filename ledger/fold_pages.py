@@ -1,19 +1,23 @@
 """A stored ledger folded into a ``Projection`` page by page, without an Event per row.
 
 The definition is ``Projection.fold`` over ``sources.page_events``: every row made an Event (and
-validated), then folded. Rebuilding a 10M-event run folder that way took 14-18 s on the 2-core VM,
-~8 of them making Events the fold reads five fields of. ``fold_page`` hands a page's Arrow
-buffers to the compiled fold (``_fastenc.fold_page``, ledger/_fastfold.c), which runs the same
-handlers on the same state objects for every row whose attrs text the page reader takes
-(canonical, so exactly what the definition accepts). Any other row, or a kind whose handler is
-not one of those below, is folded by the definition, an Event at a time, in its place in the
-page: the two ways mix at any row. tests/ledger/test_fold_pages.py holds them equal on real
-ledgers, hostile rows and random lifecycles.
+validated), then folded. Rebuilding a 10.57M-event run folder that way took 14.3 s on the 2-core
+VM (read 2.4, Events 7.0, fold 4.7); this way 4.1-4.7 s (read 2.0-2.5, fold 2.0-2.1), the same
+projection (bench/bench_verdict.py, ways rebuild and rebuild-events).
+
+``fold_page`` hands a page's Arrow buffers to the compiled fold (``_fastenc.fold_page``,
+ledger/_fastfold.c), which runs the same handlers on the same state objects for every row whose
+attrs text the page reader takes (canonical, so exactly what the definition accepts). Any other
+row, or a kind whose handler is not one of those below, is folded by the definition, an Event
+at a time, in its place in the page: the two ways mix at any row.
+tests/ledger/test_fold_pages.py holds them equal on real ledgers, hostile rows and random
+lifecycles.
 
 Which kind runs which compiled handler is decided here from the projection's own kind table:
 by handler *function*, never by kind name, so a kind whose handler changes (or a subclass's
-projection) falls back to the definition rather than to a stale copy. A handler's C twin only
-reads attributes the schema makes required and typed as it expects (checked below).
+projection) falls back to the definition rather than to a stale copy. A C twin reads only the
+attributes its ``fold_reads`` names, and only where the schema makes them required and of the
+type it expects (``fold_setup`` checks; otherwise the definition folds the kind).
 
 On an error (a corrupt row: the definition's ``BadLedgerError``) the projection holds the rows
 before it: discard it, as after any failed fold.

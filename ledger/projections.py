@@ -2,7 +2,8 @@
 
 ``Projection.apply(event)`` is the incremental (live) fold, e.g. ``ledger.subscribe(p.apply)``;
 ``Projection.rebuild(events)`` folds a whole ledger from storage through ``fold``, a loop of its
-own (the per-event call of ``apply`` was a third of a rebuild) over the same handlers, so a
+own (the per-event call of ``apply`` was a third of a rebuild) over the same handlers (and
+``fold_pages.rebuild_source`` folds stored pages with those handlers compiled), so a
 projection rebuilt from the ledger equals the live one (tests/ledger/test_projections.py checks it
 for random lifecycles, including a round trip through a real SQLite ledger;
 tests/ledger/test_projections_fold.py compares their whole state on sequences in any order).

@@ -22,6 +22,7 @@ INPUTS = ("delete", "wal", "crash", "pq")
 COMMANDS = [
     ("verify", ["verify", "{in}"], {0}),
     ("events", ["events", "{in}"], {0}),
+    ("owners", ["owners", "{in}", "--json"], {0}),
     ("sql", ["sql", "{in}", "SELECT count(*) AS n FROM events", "--csv"], {0}),
     ("forensics", ["forensics", "{in}"], {0, 1}),
     ("report", ["report", "{in}", "-o", "{out}/r.html"], {0}),

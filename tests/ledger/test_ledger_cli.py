@@ -82,3 +82,36 @@ def test_bad_input_exits_2(argv: list[str], ledger: Path, tmp_path: Path,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kvledger {argv[0]}: error:") and err.count("\n") == 1
+
+
+_LEAK = Path(__file__).resolve().parents[2] / "examples" / "traces" / "not_ready_leaks_recv_slot"
+
+
+def test_owners_shows_who_holds_what_in_a_leaking_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # The example: gen's r1 was cancelled and finished, yet still holds its receive slot, and
+    # r2 waits for one (the not-ready leak the trace reproduces).
+    assert main(["owners", str(_LEAK), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    r1 = snap["requests"]["gen"]["r1"]
+    assert r1["finished"] == "cancelled" and r1["held_slots"] == [["recv", 0]]
+    recv = snap["workers"]["gen"]["pools"]["recv"]
+    assert recv["held_by"] == {"0": "r1"} and recv["free"] == 0 and recv["waiting"] == 1
+    assert main(["owners", str(_LEAK)]) == 0
+    text = capsys.readouterr().out
+    assert "gen (gen): slots recv 1 held/0 free (1 waiting)" in text
+    assert "3 open requests" in text
+    assert "  gen r1: " in text and "holds slots recv:0" in text
+    # Filters: one request, one stream.
+    assert main(["owners", str(_LEAK), "--request", "r1", "--stream", "gen"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1 open request named 'r1'" and lines[1].startswith("  gen r1: ")
+    assert len(lines) == 2
+
+
+def test_owners_of_a_clean_ledger_lists_no_open_request(
+        ledger: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["owners", str(ledger.parent), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["requests"] == {}
+    assert snap["workers"]["ctx0"]["pools"]["send"]["held"] == 0
+    assert snap["workers"]["gen0"]["last_seq"] == 3
