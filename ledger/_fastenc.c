@@ -1261,29 +1261,36 @@ static int parse_str(const char *s, Py_ssize_t n, Py_ssize_t *i, PyObject **out)
     Py_ssize_t j = *i;
     if (j >= n || s[j] != '"') return STOP;
     Py_ssize_t a = ++j;
+    int ascii = 1;
     while (j < n && s[j] != '"') {
         unsigned char c = (unsigned char)s[j];
         if (c < 0x20 || c == '\\') return STOP;
+        ascii &= c < 0x80;
         j++;
     }
     if (j >= n) return STOP;
-    PyObject *str = PyUnicode_DecodeUTF8(s + a, j - a, NULL);
-    if (!str) {
-        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
-        PyErr_Clear();
-        return STOP;
+    if (out || !ascii) { /* only checking: ASCII needs no decoding to be valid */
+        PyObject *str = PyUnicode_DecodeUTF8(s + a, j - a, NULL);
+        if (!str) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+            PyErr_Clear();
+            return STOP;
+        }
+        if (out) *out = str;
+        else Py_DECREF(str);
     }
-    *out = str;
     *i = j + 1;
     return 0;
 }
 
+/* A value of type ``type`` at s[*i]: 0 with *out a new reference, or with ``out`` NULL only
+ * checked (nothing made; the compiled fold checks rows it does not need the values of). */
 static int parse_value(const char *s, Py_ssize_t n, Py_ssize_t *i, int type, PyObject **out) {
     switch (type) {
         case T_INT: {
             long long x;
             int rc = parse_int(s, n, i, &x);
-            if (rc) return rc;
+            if (rc || !out) return rc;
             *out = PyLong_FromLongLong(x);
             return *out ? 0 : -1;
         }
@@ -1292,49 +1299,51 @@ static int parse_value(const char *s, Py_ssize_t n, Py_ssize_t *i, int type, PyO
         case T_BOOL:
             if (n - *i >= 4 && memcmp(s + *i, "true", 4) == 0) {
                 *i += 4;
-                *out = Py_NewRef(Py_True);
+                if (out) *out = Py_NewRef(Py_True);
                 return 0;
             }
             if (n - *i >= 5 && memcmp(s + *i, "false", 5) == 0) {
                 *i += 5;
-                *out = Py_NewRef(Py_False);
+                if (out) *out = Py_NewRef(Py_False);
                 return 0;
             }
             return STOP;
         case T_INTS:
         case T_STRS: {
             if (*i >= n || s[*i] != '[') return STOP;
-            PyObject *list = PyList_New(0);
-            if (!list) return -1;
+            PyObject *list = out ? PyList_New(0) : NULL;
+            if (out && !list) return -1;
             Py_ssize_t j = *i + 1;
+            int rc = 0;
             if (j < n && s[j] == ']') {
-                *i = j + 1;
-                *out = list;
-                return 0;
+                j++;
+                goto end;
             }
             for (;;) {
                 PyObject *e = NULL;
-                int rc = parse_value(s, n, &j, type == T_INTS ? T_INT : T_STR, &e);
-                if (rc) {
-                    Py_DECREF(list);
-                    return rc;
-                }
-                rc = PyList_Append(list, e);
-                Py_DECREF(e);
-                if (rc < 0) {
-                    Py_DECREF(list);
-                    return -1;
+                rc = parse_value(s, n, &j, type == T_INTS ? T_INT : T_STR, out ? &e : NULL);
+                if (rc) goto end;
+                if (list) {
+                    rc = PyList_Append(list, e);
+                    Py_DECREF(e);
+                    if (rc < 0) goto end;
                 }
                 if (j < n && s[j] == ',') {
                     j++;
                     continue;
                 }
                 if (j < n && s[j] == ']') break;
-                Py_DECREF(list);
-                return STOP;
+                rc = STOP;
+                goto end;
             }
-            *i = j + 1;
-            *out = list;
+            j++;
+        end:
+            if (rc) {
+                Py_XDECREF(list);
+                return rc;
+            }
+            *i = j;
+            if (out) *out = list;
             return 0;
         }
     }

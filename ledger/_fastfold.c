@@ -137,77 +137,6 @@ typedef struct {
     Py_ssize_t a, b;
 } span;
 
-/* parse_str's check of a str at s[*i], without making the str (non-ASCII text is decoded to
- * check it, then dropped). */
-static int scan_str(const char *s, Py_ssize_t n, Py_ssize_t *i) {
-    Py_ssize_t j = *i;
-    if (j >= n || s[j] != '"') return STOP;
-    Py_ssize_t a = ++j;
-    int ascii = 1;
-    while (j < n && s[j] != '"') {
-        unsigned char c = (unsigned char)s[j];
-        if (c < 0x20 || c == '\\') return STOP;
-        ascii &= c < 0x80;
-        j++;
-    }
-    if (j >= n) return STOP;
-    if (!ascii) {
-        PyObject *str = PyUnicode_DecodeUTF8(s + a, j - a, NULL);
-        if (!str) {
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
-            PyErr_Clear();
-            return STOP;
-        }
-        Py_DECREF(str);
-    }
-    *i = j + 1;
-    return 0;
-}
-
-/* parse_value's check, without making the value. */
-static int scan_value(const char *s, Py_ssize_t n, Py_ssize_t *i, int type) {
-    switch (type) {
-        case T_INT: {
-            long long x;
-            return parse_int(s, n, i, &x);
-        }
-        case T_STR:
-            return scan_str(s, n, i);
-        case T_BOOL:
-            if (n - *i >= 4 && memcmp(s + *i, "true", 4) == 0) {
-                *i += 4;
-                return 0;
-            }
-            if (n - *i >= 5 && memcmp(s + *i, "false", 5) == 0) {
-                *i += 5;
-                return 0;
-            }
-            return STOP;
-        case T_INTS:
-        case T_STRS: {
-            if (*i >= n || s[*i] != '[') return STOP;
-            Py_ssize_t j = *i + 1;
-            if (j < n && s[j] == ']') {
-                *i = j + 1;
-                return 0;
-            }
-            for (;;) {
-                int rc = scan_value(s, n, &j, type == T_INTS ? T_INT : T_STR);
-                if (rc) return rc;
-                if (j < n && s[j] == ',') {
-                    j++;
-                    continue;
-                }
-                if (j < n && s[j] == ']') break;
-                return STOP;
-            }
-            *i = j + 1;
-            return 0;
-        }
-    }
-    return STOP;
-}
-
 /* parse_attrs' check of the attrs text s[0:n] of kind k, without making the dict: each
  * attribute's value text in sp (k->nattrs of them, in the kind's order). */
 static int scan_attrs(const kind_spec *k, const char *s, Py_ssize_t n, span *sp) {
@@ -226,7 +155,7 @@ static int scan_attrs(const kind_spec *k, const char *s, Py_ssize_t n, span *sp)
         }
         i = at + a->keylen;
         sp[j].a = i;
-        int rc = scan_value(s, n, &i, a->type);
+        int rc = parse_value(s, n, &i, a->type, NULL);
         if (rc) return rc;
         sp[j].b = i;
         first = 0;

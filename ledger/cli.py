@@ -222,8 +222,11 @@ def _request_line(st: dict[str, Any]) -> str:
         held.append("handles " + ",".join(f"{h}:{s}" for h, s in st["held_handles"].items()))
     if st["needs_termination"]:
         held.append("termination owed" + (" (deferred)" if st["termination_deferred"] else ""))
+    holds = "; ".join(held) or "nothing"
+    if held and st["resources_freed"]:  # the claim and the fact disagree: the leak itself
+        holds += " (after resources.freed)"
     return (f"  {st['stream']} {st['request_id']}: {owners}; transfer {st['transfer'] or '-'}; "
-            f"finished {st['finished'] or 'no'}; holds {'; '.join(held) or 'nothing'}")
+            f"finished {st['finished'] or 'no'}; holds {holds}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -19,19 +19,11 @@ from kvledger.ledger.sources import open_source, page_events_py
 
 from tests.ledger.sequences import random_pair, random_stream, write_ledger
 from tests.ledger.test_page_events import HOSTILE_ROWS
+from tests.ledger.test_page_events import _page as _table
 from tests.ledger.test_projections_fold import chaos_events, deep_state
 
 pytestmark = pytest.mark.skipif(fold_pages._FOLD_C is None,
                                 reason="ledger/_fastenc.c is not built here")
-
-_SCHEMA = pa.schema([("seq", pa.int64()), ("ts_ns", pa.int64()), ("kind", pa.string()),
-                     ("request_id", pa.string()), ("attrs", pa.string())])
-
-
-def _table(rows: list[tuple]) -> pa.Table:
-    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(_SCHEMA.names)},
-                    schema=_SCHEMA)
-
 
 def _rows(events: list[Event]) -> list[tuple]:
     return [(e.seq, e.ts_ns, e.kind, e.request_id, mapper.encode_attrs(e.attrs)) for e in events]

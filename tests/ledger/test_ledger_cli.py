@@ -100,7 +100,7 @@ def test_owners_shows_who_holds_what_in_a_leaking_run(capsys: pytest.CaptureFixt
     text = capsys.readouterr().out
     assert "gen (gen): slots recv 1 held/0 free (1 waiting)" in text
     assert "3 open requests" in text
-    assert "  gen r1: " in text and "holds slots recv:0" in text
+    assert "  gen r1: " in text and "holds slots recv:0 (after resources.freed)" in text
     # Filters: one request, one stream.
     assert main(["owners", str(_LEAK), "--request", "r1", "--stream", "gen"]) == 0
     lines = capsys.readouterr().out.splitlines()
