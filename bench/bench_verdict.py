@@ -41,6 +41,13 @@ events), same folder, same shell: ``rebuild`` 4.1, 4.2, 4.5, 4.7 s wall (read 2.
 the attributes a handler reads made from their text, short strs from a cache), request ids made
 for rows that change nothing (now checked, not made). What is left is the read (SQLite pages,
 LZ4, Arrow) and ~190 ns a row of fold.
+
+Then the verdict itself (``ledger_verdict``) folds its projection from the pages the same way,
+counts kinds from the stored column, and makes Events only of the kinds the detectors and its
+counts read (``lean_index.index_source(on_page=...)``: arrivals, cancel results, sheds and
+queueing, half the run, are never objects). Same folder, this tree against a worktree of the
+commit before, one process each: 32.8 -> 22.7 s, 2,648 -> 2,631 MB peak, the verdict dicts
+equal (and on a synthetic faulty folder of 20k requests, WEDGED with 14 findings: equal).
 """
 
 from __future__ import annotations
