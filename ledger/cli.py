@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ledger", metavar="LEDGER")
     p.add_argument("--request", metavar="R", help="only this request_id")
     p.add_argument("--stream", metavar="S", help="only this stream (worker)")
+    p.add_argument("--limit", metavar="N", type=int_in(0, LIMIT_MAX),
+                   help="list at most N open requests (the count still says how many)")
     p.add_argument("--json", action="store_true",
                    help="print the projection's snapshot as JSON")
     p.set_defaults(func=cmd_owners)
@@ -168,15 +170,23 @@ def cmd_owners(args: argparse.Namespace) -> int:
     requests = {s: {r: st for r, st in reqs.items() if args.request in (None, r)}
                 for s, reqs in snap["requests"].items() if args.stream in (None, s)}
     requests = {s: reqs for s, reqs in requests.items() if reqs}
+    n = sum(map(len, requests.values()))
+    if args.limit is not None:  # the first N, stream by stream in order
+        left = args.limit
+        for s in list(requests):
+            requests[s] = dict(list(requests[s].items())[:left])
+            left -= len(requests[s])
+        requests = {s: reqs for s, reqs in requests.items() if reqs}
     if args.json:
         print_json({"workers": workers, "requests": requests})
         return 0
     if args.request is None:
         for w in workers.values():
             print(_worker_line(w))
-    n = sum(map(len, requests.values()))
+    shown = sum(map(len, requests.values()))
     print(f"{n} open request{'s' if n != 1 else ''}" +
-          (f" named {args.request!r}" if args.request is not None else ""))
+          (f" named {args.request!r}" if args.request is not None else "") +
+          (f" ({shown} listed: --limit)" if shown < n else ""))
     for reqs in requests.values():
         for st in reqs.values():
             print(_request_line(st))

@@ -59,6 +59,8 @@ CASES: list[tuple[list[str], int | set[int]]] = [
     (["owners", "{tampered}"], 2),
     (["owners", "{notseg}"], 2),
     (["owners", "{wal}", "--stream", "no-such-stream"], 2),
+    (["owners", "{wal}", "--limit", "-1"], 2),
+    (["owners", "{wal}", "--limit", BIG], 2),
     (["verify", "{tampered}"], 1),
     (["sql", "{tampered}", "SELECT count(*) FROM events"], 2),
     (["forensics", "{tampered}"], 2),

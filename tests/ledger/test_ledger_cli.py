@@ -106,6 +106,10 @@ def test_owners_shows_who_holds_what_in_a_leaking_run(capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "1 open request named 'r1'" and lines[1].startswith("  gen r1: ")
     assert len(lines) == 2
+    assert main(["owners", str(_LEAK), "--limit", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "3 open requests (1 listed: --limit)" in lines
+    assert sum(line.startswith("  ") for line in lines) == 1
 
 
 def test_owners_of_a_clean_ledger_lists_no_open_request(

@@ -157,14 +157,13 @@ def _real_texts() -> list[tuple[str, str | None, str]]:
 
 _TEXTS = _real_texts()
 _NOISE = list('{}[]",:-0123456789 \\tfalsenul') + ["\\u0041", "é", "\x01", "9" * 20]
+#: Up to three edits of a text (insert, delete or replace one character at a position), as
+#: hypothesis draws them: ``mutated`` applies them.
+EDITS = st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]),
+                           st.integers(0, 10**6), st.sampled_from(_NOISE)), max_size=3)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, len(_TEXTS) - 1), st.lists(
-    st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 10**6),
-              st.sampled_from(_NOISE)), max_size=3), st.booleans())
-def test_mutated_canonical_texts_read_as_the_definition_reads_them(i, edits, drop_rid):
-    kind, rid, text = _TEXTS[i]
+def mutated(text: str, edits: list[tuple[str, int, str]]) -> str:
     chars = list(text)
     for op, at, what in edits:
         at = at % (len(chars) + 1)
@@ -173,7 +172,14 @@ def test_mutated_canonical_texts_read_as_the_definition_reads_them(i, edits, dro
         elif chars:
             at = min(at, len(chars) - 1)
             chars[at:at + 1] = [] if op == "delete" else [what]
-    rows = [(1, 1, kind, None if drop_rid else rid, "".join(chars))]
+    return "".join(chars)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(_TEXTS) - 1), EDITS, st.booleans())
+def test_mutated_canonical_texts_read_as_the_definition_reads_them(i, edits, drop_rid):
+    kind, rid, text = _TEXTS[i]
+    rows = [(1, 1, kind, None if drop_rid else rid, mutated(text, edits))]
     rows.append((2, 2, kind, rid, text))  # the untouched text after it, sharing `names`
     _same(_page(rows))
 
