@@ -187,3 +187,40 @@ def test_rebuild_source_counts_every_row_and_equals_the_fold_of_its_events(tmp_p
         p = fold_pages.rebuild_source(src, progress=seen.append)
     assert sum(seen) == len(events)
     assert deep_state(p) == deep_state(Projection.rebuild(events))
+
+
+def _strings(values: list[bytes]) -> pa.Array:
+    """A string array over raw bytes, unvalidated (what a page would hold if a reader let
+    invalid UTF-8 through: the stores validate every batch, this checks the fold all the
+    same)."""
+    offsets = [0]
+    for v in values:
+        offsets.append(offsets[-1] + len(v))
+    return pa.Array.from_buffers(pa.string(), len(values), [
+        None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]),
+        pa.py_buffer(b"".join(values))])
+
+
+@pytest.mark.parametrize("kind, rid, text", [
+    (b"cancel.requested", b"r\xff", b'{"source":"client"}'),     # a row that changes nothing
+    (b"cancel.requested", b"r1", b'{"source":"cl\xffient"}'),
+    (b"cancel.requested", b"r\xc3\xa9", b'{"source":"client"}'),  # valid non-ASCII
+    (b"request.finished", b"r\xff", b'{"outcome":"ok"}'),        # a compiled handler's row
+    (b"request.finished", b"r1", b'{"outcome":"o\xffk"}'),
+    (b"request.finished", b"r1", b'{"outcome":"\xc3\xa9"}'),
+])
+def test_bytes_that_are_not_utf8_fold_as_the_definition_folds_them(kind, rid, text):
+    rows = _lifecycle()
+    n = len(rows) + 1
+    table = pa.table({
+        "seq": pa.array([r[0] for r in rows] + [n], pa.int64()),
+        "ts_ns": pa.array([r[1] for r in rows] + [10 * n], pa.int64()),
+        "kind": _strings([r[2].encode() for r in rows] + [kind]),
+        # Null where the lifecycle's worker-level rows have no request (the bytes below).
+        "request_id": pa.array([r[3] for r in rows] + ["x"], pa.string()),
+        "attrs": _strings([r[4].encode() for r in rows] + [text])})
+    rids = _strings([(r[3] or "").encode() for r in rows] + [rid])
+    table = table.set_column(3, "request_id", pa.Array.from_buffers(
+        pa.string(), len(table), [table.column(3).chunk(0).buffers()[0], *rids.buffers()[1:]]))
+    got = _same([("ctx", table)])
+    assert (got[0] == "raised") == (b"\xff" in rid + text)
