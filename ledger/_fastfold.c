@@ -764,6 +764,13 @@ static PyObject *fold_page(PyObject *self, PyObject *args) {
             PyObject *ok = PyObject_CallFunction(slow, "n", i);
             if (!ok) goto done;
             Py_DECREF(ok);
+            if (!fold.entry || fold.generation != kinds_generation) {
+                /* slow ran Python code that installed another kind table: the entries read
+                 * for the next row would not be this table's */
+                PyErr_SetString(PyExc_RuntimeError, "fold_page: the kind table changed during "
+                                                    "the fold (fold_setup again)");
+                goto done;
+            }
             continue;
         }
         if (e->code == F_NONE) continue;

@@ -174,6 +174,28 @@ def test_a_kind_table_installed_again_needs_the_fold_set_up_again():
     assert _same([("ctx", _table(_lifecycle()))])[0] == "ok"
 
 
+def test_a_kind_table_installed_by_the_definition_mid_fold_stops_the_fold():
+    # A row only the definition reads (ledger.opened) whose fold installs another kind table:
+    # the compiled fold must not read the next row with the old table's entries.
+    calls = []
+
+    def slow_that_reinstalls(i: int) -> None:
+        calls.append(i)
+        mapper._load_fastenc()
+
+    table = _table(_lifecycle())
+    cols = [c.chunk(0) for c in table.columns]
+    bufs = (cols[0].buffers()[1], cols[1].buffers()[1], *cols[2].buffers()[1:],
+            *cols[3].buffers(), *cols[4].buffers())
+    try:
+        with pytest.raises(RuntimeError, match="kind table changed"):
+            _fastenc.fold_page("ctx", WorkerState("ctx"), len(table),
+                               tuple(c.offset for c in cols), bufs, {}, slow_that_reinstalls)
+    finally:
+        fold_pages._setup()
+    assert calls == [0]
+
+
 def _same_raw() -> Any:
     p = Projection()
     return fold_pages.fold_page(p, _table(_lifecycle()), "ctx", "x")
