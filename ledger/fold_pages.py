@@ -43,7 +43,14 @@ from .projections import (
     _kind_table,
     _no_handler,
 )
-from .sources import _PARSED, PAGE_COLUMNS, LedgerSource, _page_types, _row_event, page_events
+from .sources import (
+    _PARSED,
+    PAGE_COLUMNS,
+    LedgerSource,
+    compiled_page,
+    page_events,
+    row_reader,
+)
 
 P = Projection
 #: handler -> its compiled twin in ledger/_fastfold.c (whose ``fold_reads`` says which attributes
@@ -131,29 +138,26 @@ def fold_page(p: Projection, page: pa.Table, stream: str, where: str) -> int:
 
 
 def _fold_batch(p: Projection, batch: pa.RecordBatch, stream: str, where: str) -> None:
-    cols = batch.columns
     if not len(batch):
         return
-    if [c.type for c in cols] != _page_types() or \
-            cols[0].null_count or cols[1].null_count or cols[2].null_count:
+    page = compiled_page(batch)
+    if page is None:
         p.fold(page_events(batch, stream, where, {}))  # its own checks and errors
         return
     names: dict = {}
-    share, parsed = names.setdefault, names.setdefault(_PARSED, {})
+    row = row_reader(batch, stream, where, names, names.setdefault(_PARSED, {}))
     fold_one = p._fold
 
     def slow(i: int) -> None:
-        fold_one([_row_event(*(c[i].as_py() for c in cols), stream, where, share, parsed)])
+        fold_one([row(i)])
 
     w = p.workers.get(stream)
     if w is None:
         w = p.workers[stream] = WorkerState(stream)
-    seq, ts, kind, rid, text = cols
-    bufs = (seq.buffers()[1], ts.buffers()[1], *kind.buffers()[1:], *rid.buffers(),
-            *text.buffers())
+    offsets, bufs = page
     with gc_paused():
-        _FOLD_C(stream, w, len(batch), tuple(c.offset for c in cols), bufs, names, slow)
-    w.last_seq = seq[-1].as_py()
+        _FOLD_C(stream, w, len(batch), offsets, bufs, names, slow)
+    w.last_seq = batch.column(0)[-1].as_py()
     p._last_stream, p._last_worker = stream, w
 
 

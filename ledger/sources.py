@@ -39,7 +39,7 @@ import stat
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,26 +207,45 @@ class _Unshared(dict):
         pass
 
 
-def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict,
-                   share_attrs: bool) -> list[Event]:
+def compiled_page(batch: pa.RecordBatch) -> tuple[tuple[int, ...], tuple] | None:
+    """A record batch of ``PAGE_COLUMNS`` as the compiled readers take it (``page_events``,
+    ``fold_pages.fold_page``): its columns' offsets and their buffers (seq values, ts values,
+    kind offsets and data, request id validity, offsets and data, attrs validity, offsets and
+    data); None where its column types or nulls are not theirs (the definition reads it)."""
     cols = batch.columns
     if [c.type for c in cols] != _page_types() or \
             cols[0].null_count or cols[1].null_count or cols[2].null_count:
-        return page_events_py(batch, stream, where, names, share_attrs)
-    parsed = names.setdefault(_PARSED, {}) if share_attrs else _Unshared()
+        return None
+    seq, ts, kind, rid, text = cols
+    return tuple(c.offset for c in cols), (seq.buffers()[1], ts.buffers()[1],
+                                           *kind.buffers()[1:], *rid.buffers(), *text.buffers())
+
+
+def row_reader(batch: pa.RecordBatch, stream: str, where: str, names: dict,
+               parsed: dict) -> Callable[[int], Event]:
+    """Row i of ``batch`` made an Event by the definition (``_row_event``), or its error: what a
+    compiled reader hands a row it does not take."""
+    cols = batch.columns
     share = names.setdefault
 
-    def slow(i: int) -> Event:
+    def row(i: int) -> Event:
         return _row_event(*(c[i].as_py() for c in cols), stream, where, share, parsed)
 
-    seq, ts, kind, rid, text = cols
-    bufs = (seq.buffers()[1], ts.buffers()[1], *kind.buffers()[1:], *rid.buffers(),
-            *text.buffers())
+    return row
+
+
+def _page_events_c(batch: pa.RecordBatch, stream: str, where: str, names: dict,
+                   share_attrs: bool) -> list[Event]:
+    page = compiled_page(batch)
+    if page is None:
+        return page_events_py(batch, stream, where, names, share_attrs)
+    parsed = names.setdefault(_PARSED, {}) if share_attrs else _Unshared()
+    offsets, bufs = page
     # ``names`` and ``parsed`` are the definition's own dicts: what a row read by either path
     # shares (a string, a short text's attrs), the other path's rows share too.
-    return _PAGE_EVENTS_C(stream, len(batch), tuple(c.offset for c in cols), bufs, Event,
-                          _EVENT_DESCRIPTORS, names, parsed, SHARED_ATTRS_MAX,
-                          SHARED_ATTRS_CHARS if share_attrs else -1, slow)  # -1: no text shared
+    return _PAGE_EVENTS_C(stream, len(batch), offsets, bufs, Event, _EVENT_DESCRIPTORS, names,
+                          parsed, SHARED_ATTRS_MAX, SHARED_ATTRS_CHARS if share_attrs else -1,
+                          row_reader(batch, stream, where, names, parsed))  # -1: no text shared
 
 
 def page_events_py(page: pa.Table | pa.RecordBatch, stream: str, where: str,

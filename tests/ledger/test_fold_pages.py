@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kvledger.ledger import _fastenc, fold_pages, mapper
 from kvledger.ledger.events import EVENT_KINDS, Event
 from kvledger.ledger.projections import Projection, RequestState, WorkerState
-from kvledger.ledger.sources import open_source, page_events_py
+from kvledger.ledger.sources import compiled_page, open_source, page_events_py
 
 from tests.ledger.sequences import random_pair, random_stream, write_ledger
 from tests.ledger.test_page_events import EDITS, HOSTILE_ROWS, mutated
@@ -143,13 +143,16 @@ def test_a_mutated_text_folds_as_the_definition_folds_it(i, edits):
     _same([("ctx", _table(rows))])
 
 
+def _buffers(table: pa.Table) -> tuple[tuple[int, ...], tuple]:
+    """A one-page table's (offsets, buffers), as the compiled readers take them."""
+    page = compiled_page(table.combine_chunks().to_batches()[0])
+    assert page is not None
+    return page
+
+
 def test_the_compiled_fold_refuses_objects_it_does_not_know():
     table = _table(_lifecycle())
-    cols = table.columns
-    args = ("ctx", tuple(c.chunk(0).offset for c in cols),
-            (cols[0].chunk(0).buffers()[1], cols[1].chunk(0).buffers()[1],
-             *cols[2].chunk(0).buffers()[1:], *cols[3].chunk(0).buffers(),
-             *cols[4].chunk(0).buffers()), {}, lambda i: None)
+    args = ("ctx", *_buffers(table), {}, lambda i: None)
     with pytest.raises(TypeError, match="WorkerState"):
         _fastenc.fold_page(args[0], object(), len(table), *args[1:])
     w = WorkerState("ctx")
@@ -184,13 +187,10 @@ def test_a_kind_table_installed_by_the_definition_mid_fold_stops_the_fold():
         mapper._load_fastenc()
 
     table = _table(_lifecycle())
-    cols = [c.chunk(0) for c in table.columns]
-    bufs = (cols[0].buffers()[1], cols[1].buffers()[1], *cols[2].buffers()[1:],
-            *cols[3].buffers(), *cols[4].buffers())
     try:
         with pytest.raises(RuntimeError, match="kind table changed"):
-            _fastenc.fold_page("ctx", WorkerState("ctx"), len(table),
-                               tuple(c.offset for c in cols), bufs, {}, slow_that_reinstalls)
+            _fastenc.fold_page("ctx", WorkerState("ctx"), len(table), *_buffers(table), {},
+                               slow_that_reinstalls)
     finally:
         fold_pages._setup()
     assert calls == [0]
