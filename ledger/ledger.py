@@ -13,6 +13,15 @@ Writer modes:
   the writer's few microseconds run on another core, outside the runtime's GIL. Groups grow with
   the backlog (everything that arrived during a commit is the next group), so a store whose
   commits take 100 ms never makes ``emit`` wait.
+  What wakes the runtime's threads is kept rare, because each wake of a thread of this process
+  takes the GIL from the runtime's own thread, which then waits until that thread has been
+  scheduled: while events keep coming, the runtime's thread writes its packed frames to the
+  pipe itself once a ``group_ms`` (``_pack``), so the shipper only wakes to see it did; the
+  writer reports its durable head at most every 100 ms except before a flush's
+  acknowledgement, and the acknowledgement thread reads what came in one read; the writer
+  process runs ``writer_nice`` (10) below the runtime, so its wakes never preempt the
+  runtime's threads. bench_core's timed thread: off its core ~16-20 us a request before,
+  ~7 after.
 - ``thread``: a writer thread in this process drains the deque in groups (at most every
   ``group_ms`` or ``group_max`` events) and a committer thread commits them (two groups in flight,
   so encoding overlaps the commit). Used when a ``store`` object is handed in (it cannot cross a
@@ -78,6 +87,9 @@ PIPE_BYTES = 1 << 20  # the runtime -> writer pipe's buffer
 # would take minutes to commit when the worker stops.
 SHIP_BYTES_MAX = 32 << 20
 PACK_EVENTS = 128  # process mode: emit packs the queue (seals its frame) every this many events
+# How much lower the writer process's priority is than the runtime's (its nice increment; 0:
+# the same). See writer_proc._lower_priority: the recorder yields the cores to the runtime.
+WRITER_NICE_DEFAULT = 10
 
 # The default writer mode for ledgers that do not name one ("process" or "thread").
 WRITER_ENV = "KVLEDGER_WRITER"
@@ -128,10 +140,14 @@ class Ledger:
         store_kwargs: dict[str, Any] | None = None,
         backlog_bytes_max: int = SHIP_BYTES_MAX,
         key: bytes | None = None,
+        writer_nice: int = WRITER_NICE_DEFAULT,
     ) -> None:
         # group_max None: groups grow with the backlog (process mode), GROUP_MAX_DEFAULT in
         # thread mode; a number caps every group (tests that want many small groups).
         cap = GROUP_MAX_DEFAULT if group_max is None else group_max
+        if type(writer_nice) is not int or not 0 <= writer_nice <= 19:
+            raise ValueError(f"writer_nice must be an int in [0, 19], not {writer_nice!r}")
+        self.writer_nice = writer_nice
         if not (group_ms > 0 and cap > 0 and queue_max >= cap):
             raise ValueError("need group_ms > 0, group_max > 0 and queue_max >= group_max")
         writer = writer or os.environ.get(WRITER_ENV) or None
@@ -195,6 +211,9 @@ class Ledger:
         self._packed_bytes = 0
         self._written_bytes = 0
         self._pack_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._shipped_at = 0.0  # time.monotonic() of the last write to the writer process
+        self._period = self.group_ms / 1000.0
         self.pipeline = pipeline
         # How the queue is filled and emptied: by the emit closure and these two, or, in
         # process mode where the C extension is built, by its FrameEmitter (``_make_emit``).
@@ -365,7 +384,8 @@ class Ledger:
                                "synchronous": synchronous, "seq": self._seq, "hash": self._hash,
                                "group_ms": self.group_ms, "group_max": group_max,
                                "inbox_bytes_max": self.backlog_bytes_max, "key": self._key,
-                               "lock_fd": lock.fileno(), "sys_path": list(sys.path)}
+                               "lock_fd": lock.fileno(), "sys_path": list(sys.path),
+                               "nice": self.writer_nice}
         if store_factory:
             cfg["store_factory"] = store_factory
             cfg["store_kwargs"] = dict(store_kwargs or {})
@@ -382,6 +402,7 @@ class Ledger:
         except (ImportError, AttributeError, OSError):
             pass
         writer_proc.write_frame(self._out, b"C", marshal.dumps(cfg))
+        os.set_blocking(self._out, False)  # from here on, frames wait here, never in a write
         self._acker = threading.Thread(target=self._ack_loop, name=f"ledger-ack-{self.stream}",
                                        daemon=True)
         self._acker.start()
@@ -392,13 +413,22 @@ class Ledger:
     def _ship_loop(self) -> None:
         """Shipper thread: every group_ms (or at once for a flush), pack what is queued and
         write the packed frames to the writer. The pipe is non-blocking: frames the writer has
-        not taken yet wait here as bytes (~50 per event), never in a blocked write."""
+        not taken yet wait here as bytes (~50 per event), never in a blocked write.
+        While the runtime emits, its own thread ships (``_pack``, every group_ms): this
+        thread then only wakes to see that it did, and sleeps again until group_ms after that
+        shipment. Each of its wakes takes the GIL from the runtime's thread, which then waits
+        until the shipper has been scheduled, on a core the writer processes may be using."""
         period = self.group_ms / 1000.0
-        os.set_blocking(self._out, False)
+        timeout = period
         try:
             while True:
-                self._wake.wait(period)
+                woken = self._wake.wait(timeout)
                 self._wake.clear()
+                left = self._shipped_at + period - time.monotonic()
+                if not woken and not self._closed and left > period / 20:
+                    timeout = left  # the runtime's thread shipped meanwhile
+                    continue
+                timeout = period
                 self._pack()
                 self._write_out()
                 if self._closed and (self._error is not None
@@ -434,6 +464,13 @@ class Ledger:
                     self._pack_mixed(items)
         if self._packed_bytes - self._written_bytes > self.backlog_bytes_max:
             self._backpressure()
+        elif self._writer is not None and time.monotonic() - self._shipped_at >= self._period:
+            # The runtime's thread ships what it packed itself, once a period: the shipper
+            # thread need not wake (and take the GIL) for it while events keep coming.
+            try:
+                self._write_out()
+            except OSError:  # the writer process is gone: the shipper finds out and says so
+                self._wake.set()
 
     def _take_py(self) -> list:
         """Pop everything queued (what ``FrameEmitter.take`` does where it fills the queue)."""
@@ -450,19 +487,21 @@ class Ledger:
         self._packed_bytes += len(data)  # only under _pack_lock
 
     def _write_out(self) -> None:
-        frames = self._packed
-        while frames:
-            data = frames[0]
-            try:
-                n = os.write(self._out, data)
-            except BlockingIOError:
-                break
-            self._written_bytes += n  # only the shipper writes this
-            if n == len(data):
-                frames.popleft()
-            else:
-                frames[0] = memoryview(data)[n:]
-                break
+        with self._write_lock:  # the shipper's, or the runtime thread's in _pack
+            self._shipped_at = time.monotonic()
+            frames = self._packed
+            while frames:
+                data = frames[0]
+                try:
+                    n = os.write(self._out, data)
+                except BlockingIOError:
+                    break
+                self._written_bytes += n  # only under _write_lock
+                if n == len(data):
+                    frames.popleft()
+                else:
+                    frames[0] = memoryview(data)[n:]
+                    break
         self._progress.set()  # an emit waiting in _backpressure may go on
 
     def _pack_mixed(self, items: list) -> None:
@@ -495,38 +534,42 @@ class Ledger:
 
     def _ack_loop(self) -> None:
         """Acknowledgement thread: the writer's progress, errors, flushes and committed rows."""
+        reader = writer_proc.FrameReader(self._in)
         while True:
             try:
-                frame = writer_proc.read_frame(self._in)
+                frames = reader.frames()
             except OSError:
-                frame = None
-            if frame is None:
+                frames = None
+            if frames is None:
                 break
-            tag, payload = frame
-            obj = marshal.loads(payload)
-            if tag == b"H":
-                self._seq, self._hash, n = obj
-                self.committed += n
-                self.groups += 1
-            elif tag == b"R":
-                if self._subscribers:
-                    self._publish(obj)
-            elif tag == b"A":
-                mark = self._marks.pop(obj, None)
-                if mark is not None:
-                    mark.error = self._error
-                    mark.done.set()
-            elif tag == b"E":
-                cls, msg = obj
-                if self._error is None:
-                    log.error("ledger %s: writer failed: %s: %s", self.stream, cls, msg)
-                    self._error = RemoteWriterError(msg)
-                self._progress.set()
+            for tag, payload in frames:
+                self._on_ack(tag, marshal.loads(payload))
         if self._error is None and not self._closed:
             self._error = RemoteWriterError(
                 f"writer process exited (code {self._proc.poll()})")  # type: ignore[union-attr]
         if self._error is not None:
             self._fail_process(self._error)
+
+    def _on_ack(self, tag: bytes, obj: Any) -> None:
+        """One frame from the writer process (the acknowledgement thread's)."""
+        if tag == b"H":
+            self._seq, self._hash, n, groups = obj
+            self.committed += n
+            self.groups += groups
+        elif tag == b"R":
+            if self._subscribers:
+                self._publish(obj)
+        elif tag == b"A":
+            mark = self._marks.pop(obj, None)
+            if mark is not None:
+                mark.error = self._error
+                mark.done.set()
+        elif tag == b"E":
+            cls, msg = obj
+            if self._error is None:
+                log.error("ledger %s: writer failed: %s: %s", self.stream, cls, msg)
+                self._error = RemoteWriterError(msg)
+            self._progress.set()
 
     def _fail_process(self, exc: BaseException) -> None:
         if self._error is None:

@@ -1,0 +1,189 @@
+"""The runtime <-> writer process traffic that wakes the runtime's threads: acknowledgements
+read in chunks (``FrameReader``), the durable head reported at most every HEAD_EVERY_S except
+where a flush needs it, the runtime's own thread shipping while it emits, and the writer
+process at a lower priority than the runtime (``writer_nice``)."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import threading
+import time
+
+import pytest
+from kvledger.ledger import writer_proc
+from kvledger.ledger.ledger import PACK_EVENTS, WRITER_NICE_DEFAULT, Ledger
+from kvledger.ledger.writer_proc import HEAD_EVERY_S, FrameReader, frame
+
+
+def _pipe_reader(chunks: list[bytes], pause_s: float = 0.0) -> list:
+    """What FrameReader returns, call by call, for ``chunks`` written in that order."""
+    r, w = os.pipe()
+    got: list = []
+
+    def write() -> None:
+        for c in chunks:
+            os.write(w, c)
+            time.sleep(pause_s)
+        os.close(w)
+
+    t = threading.Thread(target=write)
+    t.start()
+    reader = FrameReader(r)
+    while True:
+        frames = reader.frames()
+        got.append(frames)
+        if frames is None:
+            break
+    t.join()
+    os.close(r)
+    return got
+
+
+def test_frames_that_arrive_together_come_out_of_one_call() -> None:
+    data = b"".join(frame(b"H", marshal.dumps((i, "h", 1, 1))) for i in range(50))
+    got = _pipe_reader([data])
+    assert got[-1] is None
+    frames = [f for call in got[:-1] for f in call]
+    assert [(tag, marshal.loads(p)[0]) for tag, p in frames] == [(b"H", i) for i in range(50)]
+    assert len(got) == 2  # all fifty in the first call
+
+
+def test_a_frame_split_across_reads_and_empty_payloads() -> None:
+    whole = frame(b"A", marshal.dumps(7)) + frame(b"S", b"") + frame(b"R", b"x" * 100_000)
+    cuts = [whole[:3], whole[3:9], whole[9:5000], whole[5000:]]  # head, payload, body split
+    got = _pipe_reader(cuts, pause_s=0.02)
+    frames = [f for call in got[:-1] for f in call]
+    assert frames == [(b"A", marshal.dumps(7)), (b"S", b""), (b"R", b"x" * 100_000)]
+    assert got[-1] is None
+
+
+@pytest.mark.parametrize("tail", [b"", b"H", frame(b"H", b"abcdef")[:-2]])
+def test_end_of_file_and_a_frame_cut_short_end_the_stream(tail: bytes) -> None:
+    got = _pipe_reader([frame(b"A", marshal.dumps(1)) + tail])
+    assert got == [[(b"A", marshal.dumps(1))], None]
+
+
+def test_frame_reader_agrees_with_read_frame() -> None:
+    data = b"".join(frame(bytes([65 + i % 26]), os.urandom(i * 37 % 900)) for i in range(300))
+    r, w = os.pipe()
+    os.write(w, data[:60_000])
+    t = threading.Thread(target=lambda: (os.write(w, data[60_000:]), os.close(w)))
+    t.start()
+    reader = FrameReader(r)
+    mine = []
+    while (frames := reader.frames()) is not None:
+        mine += frames
+    t.join()
+    os.close(r)
+    r2, w2 = os.pipe()
+    t = threading.Thread(target=lambda: (os.write(w2, data), os.close(w2)))
+    t.start()
+    theirs = []
+    while (f := writer_proc.read_frame(r2)) is not None:
+        theirs.append(f)
+    t.join()
+    os.close(r2)
+    assert mine == theirs and len(mine) == 300
+
+
+def _ledger(tmp_path, **kw) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}", "s", role="ctx", writer="process", **kw)
+
+
+def test_the_head_catches_up_without_a_flush(tmp_path) -> None:
+    led = _ledger(tmp_path)
+    try:
+        led.flush()
+        base = led.last_seq
+        for i in range(500):
+            led.emit("request.scheduled", f"r{i}")
+        deadline = time.monotonic() + 10 * HEAD_EVERY_S + 5
+        while led.last_seq < base + 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Nothing flushed: the writer reported the head once it went quiet.
+        assert led.last_seq == base + 500
+    finally:
+        led.close()
+
+
+def test_head_frames_are_rationed_and_a_flush_makes_the_head_exact(tmp_path) -> None:
+    led = _ledger(tmp_path)
+    heads: list[tuple] = []
+    on_ack = led._on_ack
+
+    def counting(tag: bytes, obj) -> None:
+        if tag == b"H":
+            heads.append(obj)
+        on_ack(tag, obj)
+
+    try:
+        led.flush()
+        led._on_ack = counting  # the acknowledgement thread looks it up for every frame
+        seq0, committed0, groups0 = led.last_seq, led.committed, led.groups
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 0.6:  # ~60 of the writer's 10 ms groups
+            for _ in range(50):
+                led.emit("request.scheduled", f"r{n}")
+                n += 1
+            time.sleep(0.002)
+        led.flush()
+        elapsed = time.monotonic() - t0
+        assert led.last_seq == seq0 + n
+        assert led.committed - committed0 == n
+        # Every head frame is one the rule allows: one per HEAD_EVERY_S, one before the flush's
+        # acknowledgement, one when the writer went quiet.
+        assert len(heads) <= elapsed / HEAD_EVERY_S + 3
+        assert sum(h[2] for h in heads) == n
+        assert sum(h[3] for h in heads) == led.groups - groups0 >= len(heads)
+    finally:
+        led.close()
+
+
+def test_the_runtime_thread_ships_while_it_emits(tmp_path) -> None:
+    led = _ledger(tmp_path)
+    shippers: list[str] = []
+    write_out = led._write_out
+
+    def recording() -> None:
+        shippers.append(threading.current_thread().name)
+        write_out()
+
+    try:
+        led.flush()
+        led._write_out = recording
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 0.3:
+            for _ in range(PACK_EVENTS):
+                led.emit("request.scheduled", f"r{n}")
+                n += 1
+            time.sleep(0.0005)
+        led.flush()
+        assert led.last_seq == led.committed  # a fresh stream: seq 1 is ledger.opened
+        assert threading.current_thread().name in shippers
+    finally:
+        led.close()
+
+
+def test_the_writer_runs_below_the_runtime(tmp_path) -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    cases = ((None, min(19, mine + WRITER_NICE_DEFAULT)), (0, mine), (3, min(19, mine + 3)))
+    for nice, want in cases:
+        d = tmp_path / f"n{nice}"
+        d.mkdir()
+        led = _ledger(d) if nice is None else _ledger(d, writer_nice=nice)
+        try:
+            led.emit("request.scheduled", "r0")
+            led.flush()  # the writer is up and has committed (it lowers itself at start)
+            assert os.getpriority(os.PRIO_PROCESS, led._proc.pid) == want
+        finally:
+            led.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 20, "5", 2.0, True, None])
+def test_writer_nice_is_checked(tmp_path, bad) -> None:
+    with pytest.raises(ValueError, match="writer_nice"):
+        _ledger(tmp_path, writer_nice=bad)
+    assert not (tmp_path / "l.sqlite").exists()  # refused before anything was opened
