@@ -200,6 +200,7 @@ def _against(a: argparse.Namespace) -> int:
 
 
 BUSY_LOOP = "while True: pass"
+WARM_REQUESTS = 1000  # driven through a fresh pair of ledgers, untimed, before the timed drive
 
 
 def _interference(a: argparse.Namespace) -> int:
@@ -237,6 +238,59 @@ def _interference(a: argparse.Namespace) -> int:
     out["requests"], out["repeats"] = a.requests, a.repeats
     out["cpus"] = os.cpu_count()
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
+    if a.json:
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for k, v in out.items():
+            sys.stdout.write(f"{k}: {v}\n")
+    return 0
+
+
+def _pairs(a: argparse.Namespace) -> int:
+    """Issue 13's ratio from many short pairs: one pair of ledgers (writers up, steady), then
+    ``--pairs`` times a no-op drive and a ledger drive of ``--requests`` each, back to back, in
+    alternating order; the median of the pairs' ratios. The VM's speed drifts over seconds, so
+    two drives a few tens of milliseconds apart see nearly the same machine."""
+
+    def noop(kind, request_id=None, **attrs):
+        return None
+
+    drive(200, noop, noop)
+    walls: list[float] = []
+    cpus: list[float] = []
+    offs: list[float] = []
+    seed = 3 << 21
+    with tempfile.TemporaryDirectory() as d:
+        lc, lg = _ledgers(Path(d), a.writer)
+        drive(a.requests, lc.emit, lg.emit, seed0=seed)  # the writers' first groups
+        seed += a.requests
+        for r in range(a.pairs):
+            got = {}
+            for k in (("noop", "ledger") if r % 2 == 0 else ("ledger", "noop")):
+                sinks = (noop, noop) if k == "noop" else (lc.emit, lg.emit)
+                c0, u0 = time.process_time(), _thread_usage()
+                wall = drive(a.requests, *sinks, seed0=seed)
+                got[k] = (wall, time.process_time() - c0, _off_cpu(u0, _thread_usage(),
+                                                                   a.requests))
+                seed += a.requests
+                if k == "ledger":  # the writers' tail, untimed: not inside the next drive
+                    lc.flush()
+                    lg.flush()
+            walls.append(got["ledger"][0] / got["noop"][0])
+            cpus.append(got["ledger"][1] / got["noop"][1])
+            offs.append(got["ledger"][2]["off_cpu_us"])
+        lc.close()
+        lg.close()
+    med = statistics.median
+    q = statistics.quantiles
+    out = {"pairs": a.pairs, "requests": a.requests,
+           "wall_ratio_median": round(med(walls), 3),
+           "wall_ratio_quartiles": [round(x, 3) for x in q(walls, n=4)],
+           "runtime_process_cpu_ratio_median": round(med(cpus), 3),
+           "runtime_process_cpu_ratio_quartiles": [round(x, 3) for x in q(cpus, n=4)],
+           "main_thread_off_cpu_us_per_request_with_ledger": round(med(offs), 2),
+           "load_average_1m": round(os.getloadavg()[0], 2)}
     if a.json:
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -333,7 +387,14 @@ def main() -> int:
                     help="the no-op drive alone and beside a process spinning on another core, "
                     "--requests each, --repeats times: what the writers' CPU costs this core "
                     "whatever they do")
+    ap.add_argument("--pairs", type=int, metavar="N", default=None,
+                    help="one pair of ledgers, then N back-to-back no-op / ledger drives of "
+                    "--requests each: the median of the pairs' ratios")
     a = ap.parse_args()
+    if a.pairs is not None:
+        if not 2 <= a.pairs <= 10_000:
+            ap.error("--pairs must be in [2, 10000]")
+        return _pairs(a)
     if a.interference:
         return _interference(a)
     if a.once is not None:
@@ -367,6 +428,12 @@ def main() -> int:
             sub = Path(d) / f"r{r}"
             sub.mkdir()
             lc, lg = _ledgers(sub, a.writer)
+            # The recorder in its steady state, as it runs for a worker's life: its writers'
+            # first groups (first-call paths, a fresh heap and file) are not the events' cost;
+            # timed from their start they had added ~0.05-0.2 to the ratio.
+            drive(WARM_REQUESTS, lc.emit, lg.emit, seed0=1 << 22)
+            lc.flush()
+            lg.flush()
             w0 = [_proc_cpu_s(led) for led in (lc, lg)]
             c0, o0 = time.process_time(), _thread_usage()
             with_ledger = drive(a.requests, lc.emit, lg.emit)

@@ -2714,9 +2714,34 @@ static PyMethodDef frame_emitter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *frame_emitter_get_bound(FrameEmitter *self, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(self->bound);
+}
+
+/* The ledger's shipper sets it to 0 when the runtime went quiet (overflow() then runs at the
+ * next event, in the emitting thread, so the shipper need not wake to look) and back. */
+static int frame_emitter_set_bound(FrameEmitter *self, PyObject *v, void *closure) {
+    (void)closure;
+    if (!v || !PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "bound must be an int");
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "bound must be >= 0");
+        return -1;
+    }
+    self->bound = n;
+    return 0;
+}
+
 static PyGetSetDef frame_emitter_getset[] = {
     {"pending", (getter)frame_emitter_pending, NULL, "events emitted since the last take()",
      NULL},
+    {"bound", (getter)frame_emitter_get_bound, (setter)frame_emitter_set_bound,
+     "overflow() runs when an emit makes pending exceed this", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

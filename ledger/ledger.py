@@ -16,12 +16,13 @@ Writer modes:
   What wakes the runtime's threads is kept rare, because each wake of a thread of this process
   takes the GIL from the runtime's own thread, which then waits until that thread has been
   scheduled: while events keep coming, the runtime's thread writes its packed frames to the
-  pipe itself once a ``group_ms`` (``_pack``), so the shipper only wakes to see it did; the
-  writer reports its durable head at most every 100 ms except before a flush's
-  acknowledgement, and the acknowledgement thread reads what came in one read; the writer
-  process runs ``writer_nice`` (10) below the runtime, so its wakes never preempt the
-  runtime's threads. bench_core's timed thread: off its core ~16-20 us a request before,
-  ~7 after.
+  pipe itself about once a ``group_ms`` (``_pack``) and pushes back the shipper's timer
+  (``ShipTimer``, a timerfd), so the shipper sleeps; once a period brings nothing the timer
+  stops until the next event (``_go_quiet``); the writer reports its durable head at most every
+  100 ms except before a flush's acknowledgement, and the acknowledgement thread reads what
+  came in one read; the writer process runs ``writer_nice`` (10) below the runtime, so its
+  wakes do not preempt the runtime's threads. bench_core's timed thread: off its core 7-10 us
+  a request before, ~1-1.4 after (``--pairs``).
 - ``thread``: a writer thread in this process drains the deque in groups (at most every
   ``group_ms`` or ``group_max`` events) and a committer thread commits them (two groups in flight,
   so encoding overlaps the commit). Used when a ``store`` object is handed in (it cannot cross a
@@ -69,6 +70,7 @@ from .clock import Clock, MonotonicClock
 from .errors import CorruptLedgerError, LedgerError, WriterError
 from .events import SCHEMA_VERSION, Event, SchemaError
 from .mapper import KEY_FILE_ENV, chain_key_id, encode_group, load_key
+from .ship_timer import ShipTimer
 from .store import EventStore
 from .verify import verify_stream
 
@@ -214,6 +216,11 @@ class Ledger:
         self._write_lock = threading.Lock()
         self._shipped_at = 0.0  # time.monotonic() of the last write to the writer process
         self._period = self.group_ms / 1000.0
+        # Process mode: what the shipper blocks on (None: no timerfd here, a timed wait) and
+        # how often the runtime's thread ships itself while it emits (``_pack``).
+        self._timer: ShipTimer | None = None
+        self._ship_every = self._period
+        self._quiet = False  # the shipper's timer stopped until the next event (_go_quiet)
         self.pipeline = pipeline
         # How the queue is filled and emptied: by the emit closure and these two, or, in
         # process mode where the C extension is built, by its FrameEmitter (``_make_emit``).
@@ -329,7 +336,7 @@ class Ledger:
         self._raise_if_failed()
         mark = _FlushMark()
         self._put(mark)
-        self._wake.set()
+        self._wake_shipper()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         # Wait in slices: a writer that died after our check never sets the mark.
         while not mark.done.wait(0.05):
@@ -357,7 +364,7 @@ class Ledger:
         finally:
             # Stop the threads and release the store even when the writer failed.
             self._closed = True
-            self._wake.set()
+            self._wake_shipper()
             if self._writer is not None:
                 self._writer.join(timeout=10)
             if self._committer is not None:
@@ -406,36 +413,81 @@ class Ledger:
         self._acker = threading.Thread(target=self._ack_loop, name=f"ledger-ack-{self.stream}",
                                        daemon=True)
         self._acker.start()
+        self._timer = ShipTimer.create(int(self.group_ms * 1_000_000))
+        if self._timer is not None:
+            # A little under a period: the runtime's thread ships before the timer would fire
+            # (it looks every PACK_EVENTS events), so the shipper sleeps for as long as events
+            # keep coming.
+            self._ship_every = self._period * 0.9
         self._writer = threading.Thread(target=self._ship_loop,
                                         name=f"ledger-ship-{self.stream}", daemon=True)
         self._writer.start()
+
+    def _wake_shipper(self) -> None:
+        """Ship now (a flush, close, backpressure), not at the next period."""
+        self._wake.set()
+        if self._timer is not None:
+            self._timer.fire()
 
     def _ship_loop(self) -> None:
         """Shipper thread: every group_ms (or at once for a flush), pack what is queued and
         write the packed frames to the writer. The pipe is non-blocking: frames the writer has
         not taken yet wait here as bytes (~50 per event), never in a blocked write.
-        While the runtime emits, its own thread ships (``_pack``, every group_ms): this
-        thread then only wakes to see that it did, and sleeps again until group_ms after that
-        shipment. Each of its wakes takes the GIL from the runtime's thread, which then waits
-        until the shipper has been scheduled, on a core the writer processes may be using."""
+        While the runtime emits, its own thread ships (``_pack``): this thread then sleeps, on
+        a ``ShipTimer`` the runtime's thread pushes back whenever it ships, until it has not
+        for group_ms. Each wake of this thread takes the GIL from the runtime's thread, which
+        then waits until the shipper has been scheduled, on a core the writer processes may be
+        using. Without a timerfd it wakes every group_ms and sleeps again if the runtime's
+        thread shipped meanwhile."""
         period = self.group_ms / 1000.0
         timeout = period
+        timer = self._timer
         try:
             while True:
-                woken = self._wake.wait(timeout)
-                self._wake.clear()
-                left = self._shipped_at + period - time.monotonic()
-                if not woken and not self._closed and left > period / 20:
-                    timeout = left  # the runtime's thread shipped meanwhile
-                    continue
-                timeout = period
+                if timer is not None:
+                    timer.wait()
+                    self._wake.clear()
+                else:
+                    woken = self._wake.wait(timeout)
+                    self._wake.clear()
+                    left = self._shipped_at + period - time.monotonic()
+                    if not woken and not self._closed and left > period / 20:
+                        timeout = left  # the runtime's thread shipped meanwhile
+                        continue
+                    timeout = period
+                packed = self._packed_bytes
                 self._pack()
                 self._write_out()
                 if self._closed and (self._error is not None
                                      or not (self._queue or self._packed)):
                     return
+                if (timer is not None and self._framer is not None and not self._closed
+                        and self._packed_bytes == packed and not self._packed
+                        and self._error is None):
+                    self._go_quiet(timer)
         except BaseException as exc:  # noqa: BLE001 - the writer process is gone
             self._fail_process(exc)
+
+    def _go_quiet(self, timer: ShipTimer) -> None:
+        """A whole period brought nothing: stop the timer and let the next event restart it.
+        The FrameEmitter's bound drops to 0, so that event's emit calls ``_pack`` at once
+        (in the emitting thread), which restarts the timer (``_wake_up``). An idle runtime's
+        recorder then never wakes a thread of the runtime's process (it woke the shipper 100
+        times a second, each time taking the GIL from whatever the runtime was doing)."""
+        framer = self._framer
+        timer.stop()
+        self._quiet = True
+        framer.bound = 0
+        if framer.pending or self._queue:  # something came while we stopped: go on
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Undo ``_go_quiet`` (any thread; twice is harmless)."""
+        if self._quiet:
+            self._quiet = False
+            self._framer.bound = PACK_EVENTS - 1
+            if self._timer is not None:
+                self._timer.push()
 
     def _pack(self) -> None:
         """Marshal everything queued into frames (C speed, ~0.2 us/event). Called by ``emit``
@@ -444,6 +496,8 @@ class Ledger:
         for 10 ms cost the runtime more than the marshalling: cache misses and GC passes).
         With the ``FrameEmitter`` the events are marshal bytes already: this takes its sealed
         frames as they are, and checks the backlog's bound."""
+        if self._quiet:  # the first event after a quiet spell (FrameEmitter bound 0)
+            self._wake_up()
         if self._error is not None:  # the queue is left to grow: emit raises at its bound
             if self._queued() > self.queue_max:
                 self._backpressure()
@@ -464,13 +518,13 @@ class Ledger:
                     self._pack_mixed(items)
         if self._packed_bytes - self._written_bytes > self.backlog_bytes_max:
             self._backpressure()
-        elif self._writer is not None and time.monotonic() - self._shipped_at >= self._period:
+        elif self._writer is not None and time.monotonic() - self._shipped_at >= self._ship_every:
             # The runtime's thread ships what it packed itself, once a period: the shipper
             # thread need not wake (and take the GIL) for it while events keep coming.
             try:
                 self._write_out()
             except OSError:  # the writer process is gone: the shipper finds out and says so
-                self._wake.set()
+                self._wake_shipper()
 
     def _take_py(self) -> list:
         """Pop everything queued (what ``FrameEmitter.take`` does where it fills the queue)."""
@@ -502,6 +556,8 @@ class Ledger:
                 else:
                     frames[0] = memoryview(data)[n:]
                     break
+            if self._timer is not None:
+                self._timer.push()
         self._progress.set()  # an emit waiting in _backpressure may go on
 
     def _pack_mixed(self, items: list) -> None:
@@ -593,6 +649,8 @@ class Ledger:
                           "closing anyway", self.stream, self._packed_bytes - self._written_bytes,
                           WRITER_EXIT_S)
                 self._error = self._error or RemoteWriterError("writer too slow at close")
+            elif self._timer is not None:
+                self._timer.close()
         try:
             proc.stdin.close()  # type: ignore[union-attr]  # EOF: commit the rest and exit
         except OSError:
@@ -624,7 +682,7 @@ class Ledger:
         t0 = time.monotonic_ns()
         backlog = self._packed_bytes - self._written_bytes  # what made us wait
         deadline = t0 + int(self.backpressure_ms * 1_000_000)
-        self._wake.set()
+        self._wake_shipper()
         behind = self._behind
         # Sleep until the writer takes a group (it sets _progress), not in a polling loop: a
         # polling thread keeps taking the GIL from the very writer it waits for.

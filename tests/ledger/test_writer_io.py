@@ -13,6 +13,7 @@ import time
 import pytest
 from kvledger.ledger import writer_proc
 from kvledger.ledger.ledger import PACK_EVENTS, WRITER_NICE_DEFAULT, Ledger
+from kvledger.ledger.ship_timer import ShipTimer
 from kvledger.ledger.writer_proc import HEAD_EVERY_S, FrameReader, frame
 
 
@@ -187,3 +188,116 @@ def test_writer_nice_is_checked(tmp_path, bad) -> None:
     with pytest.raises(ValueError, match="writer_nice"):
         _ledger(tmp_path, writer_nice=bad)
     assert not (tmp_path / "l.sqlite").exists()  # refused before anything was opened
+
+
+# -- ShipTimer -----------------------------------------------------------------------------------
+def test_ship_timer_fires_every_period_unless_pushed_back() -> None:
+    timer = ShipTimer.create(20_000_000)  # 20 ms
+    assert timer is not None  # Linux: a timerfd
+    try:
+        t0 = time.monotonic()
+        assert timer.wait() >= 1
+        assert time.monotonic() - t0 >= 0.015
+        # Pushed back every 5 ms for 100 ms: it never fires meanwhile.
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            timer.push()
+            time.sleep(0.005)
+        got: list[float] = []
+        t1 = time.monotonic()
+        th = threading.Thread(target=lambda: got.append(timer.wait() and time.monotonic()))
+        th.start()
+        th.join()
+        assert got[0] - t1 >= 0.01  # a whole period after the last push, not at once
+        # fire(): at once, then every period again.
+        timer.fire()
+        t2 = time.monotonic()
+        assert timer.wait() >= 1 and time.monotonic() - t2 < 0.015
+    finally:
+        timer.close()
+    timer.push()  # after close: nothing, no error (the ledger's close races a late push)
+    timer.fire()
+    assert timer.closed
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_ship_timer_refuses_a_period_that_is_not_positive(bad: int) -> None:
+    with pytest.raises(ValueError, match="period_ns"):
+        ShipTimer.create(bad)
+
+
+def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
+    led = _ledger(tmp_path)
+    timer = led._timer
+    assert timer is not None
+    wakes: list[float] = []
+    wait = timer.wait
+
+    def counting() -> int:
+        n = wait()
+        wakes.append(time.monotonic())
+        return n
+
+    try:
+        led.flush()
+        timer.wait = counting  # looked up by the shipper on its next wait
+        led.flush()  # the shipper is in the counted wait from here on
+        wakes.clear()
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 0.5:
+            for _ in range(PACK_EVENTS):
+                led.emit("request.scheduled", f"r{n}")
+                n += 1
+        elapsed = time.monotonic() - t0
+        busy_wakes = len(wakes)
+        led.flush()
+        assert led.last_seq == led.committed
+        # A shipper that woke every period would have woken ~50 times.
+        assert busy_wakes <= elapsed / (led.group_ms / 1000) / 3, (busy_wakes, elapsed)
+        # Quiet, the timer fires every period again: what the runtime emits last is shipped.
+        wakes.clear()
+        want = led.last_seq + 1
+        led.emit("request.scheduled", "last")
+        deadline = time.monotonic() + 5
+        while led.last_seq < want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert led.last_seq == want and wakes, "the last event was not shipped without a flush"
+    finally:
+        led.close()
+
+
+def test_an_idle_ledger_stops_waking_and_the_next_event_starts_it_again(tmp_path) -> None:
+    led = _ledger(tmp_path)
+    timer = led._timer
+    assert timer is not None
+    wakes: list[float] = []
+    wait = timer.wait
+
+    def counting() -> int:
+        n = wait()
+        wakes.append(time.monotonic())
+        return n
+
+    try:
+        led.flush()
+        timer.wait = counting
+        led.flush()
+        time.sleep(0.1)  # a period or two: the shipper finds nothing and stops its timer
+        wakes.clear()
+        time.sleep(0.5)
+        assert len(wakes) <= 1, wakes  # 50 at one wake a period
+        assert led._framer.bound == 0
+        for round_ in range(3):  # quiet, one event, quiet again: each is shipped unflushed
+            want = led.last_seq + 1
+            led.emit("request.scheduled", f"after-quiet-{round_}")
+            assert led._framer.bound == PACK_EVENTS - 1  # the emit itself restarted it
+            deadline = time.monotonic() + 5
+            while led.last_seq < want and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert led.last_seq == want
+            time.sleep(0.1)
+            assert led._framer.bound == 0
+        led.flush()
+    finally:
+        led.close()
