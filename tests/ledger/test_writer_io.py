@@ -301,3 +301,30 @@ def test_an_idle_ledger_stops_waking_and_the_next_event_starts_it_again(tmp_path
         led.flush()
     finally:
         led.close()
+
+
+def test_the_frame_emitters_bound_can_be_moved_and_is_checked() -> None:
+    from collections import deque
+
+    from kvledger.ledger import mapper
+
+    if mapper._fastenc is None:
+        pytest.skip("the C extension is not built")
+    calls: list[int] = []
+    q: deque = deque()
+    framer = mapper._fastenc.FrameEmitter(time.monotonic_ns, q, 3, lambda: calls.append(1))
+    for i in range(3):
+        framer("request.scheduled", f"r{i}")
+    assert calls == [] and framer.bound == 3
+    framer.bound = 0
+    framer("request.scheduled", "r3")  # pending 4 > 0
+    assert calls == [1]
+    framer.take()
+    framer("request.scheduled", "r4")  # pending 1 > 0: the first event after a take
+    assert calls == [1, 1]
+    for bad, exc in ((-1, ValueError), ("3", TypeError), (None, TypeError), (2**70, OverflowError)):
+        with pytest.raises(exc):
+            framer.bound = bad
+    with pytest.raises(TypeError):
+        del framer.bound
+    assert framer.bound == 0
