@@ -262,7 +262,7 @@ def _pairs(a: argparse.Namespace) -> int:
     offs: list[float] = []
     seed = 3 << 21
     with tempfile.TemporaryDirectory() as d:
-        lc, lg = _ledgers(Path(d), a.writer)
+        lc, lg = _ledgers(Path(d), a.writer, a.writer_nice)
         drive(a.requests, lc.emit, lg.emit, seed0=seed)  # the writers' first groups
         seed += a.requests
         for r in range(a.pairs):
@@ -312,9 +312,10 @@ def _off_cpu(before: tuple, after: tuple, n: int) -> dict[str, float]:
             "involuntary_switches": invol / n}
 
 
-def _ledgers(d: Path, writer: str | None) -> tuple[Ledger, Ledger]:
-    lc = Ledger(f"sqlite:///{d / 'ctx.db'}", "ctx", role="ctx", writer=writer)
-    lg = Ledger(f"sqlite:///{d / 'gen.db'}", "gen", role="gen", writer=writer)
+def _ledgers(d: Path, writer: str | None, nice: int | None = None) -> tuple[Ledger, Ledger]:
+    kw = {} if nice is None else {"writer_nice": nice}
+    lc = Ledger(f"sqlite:///{d / 'ctx.db'}", "ctx", role="ctx", writer=writer, **kw)
+    lg = Ledger(f"sqlite:///{d / 'gen.db'}", "gen", role="gen", writer=writer, **kw)
     lc.flush()  # the writers are up (a process writer starts in ~0.3 s): steady state measured
     lg.flush()
     return lc, lg
@@ -340,7 +341,7 @@ def _once(a: argparse.Namespace) -> int:
     drive(200, noop, noop)
     with tempfile.TemporaryDirectory() as d:
         if a.emit == "ledger":
-            lc, lg = _ledgers(Path(d), a.writer)
+            lc, lg = _ledgers(Path(d), a.writer, a.writer_nice)
             sinks = (lc.emit, lg.emit)
         elif a.emit == "cnoop":
             # A builtin that takes any arguments and does nothing with them: the floor of a
@@ -372,6 +373,8 @@ def main() -> int:
                     help="interleaved no-op / ledger runs; the median ratio is reported")
     ap.add_argument("--writer", choices=("process", "thread"), default=None,
                     help="the ledger's writer mode (default: the Ledger default, process)")
+    ap.add_argument("--writer-nice", type=int, default=None, choices=range(20), metavar="N",
+                    help="the ledgers' writer_nice (default: the Ledger default)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--once", type=int, metavar="N", default=None,
                     help="warm up, then drive N requests once and exit (no report): the unit "
@@ -427,7 +430,7 @@ def main() -> int:
             base_off.append(_off_cpu(o0, _thread_usage(), a.requests))
             sub = Path(d) / f"r{r}"
             sub.mkdir()
-            lc, lg = _ledgers(sub, a.writer)
+            lc, lg = _ledgers(sub, a.writer, a.writer_nice)
             # The recorder in its steady state, as it runs for a worker's life: its writers'
             # first groups (first-call paths, a fresh heap and file) are not the events' cost;
             # timed from their start they had added ~0.05-0.2 to the ratio.

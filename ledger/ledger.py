@@ -91,7 +91,9 @@ SHIP_BYTES_MAX = 32 << 20
 PACK_EVENTS = 128  # process mode: emit packs the queue (seals its frame) every this many events
 # How much lower the writer process's priority is than the runtime's (its nice increment; 0:
 # the same). See writer_proc._lower_priority: the recorder yields the cores to the runtime.
+# $KVLEDGER_WRITER_NICE sets it for ledgers that do not name one.
 WRITER_NICE_DEFAULT = 10
+WRITER_NICE_ENV = "KVLEDGER_WRITER_NICE"
 
 # The default writer mode for ledgers that do not name one ("process" or "thread").
 WRITER_ENV = "KVLEDGER_WRITER"
@@ -142,11 +144,20 @@ class Ledger:
         store_kwargs: dict[str, Any] | None = None,
         backlog_bytes_max: int = SHIP_BYTES_MAX,
         key: bytes | None = None,
-        writer_nice: int = WRITER_NICE_DEFAULT,
+        writer_nice: int | None = None,
     ) -> None:
         # group_max None: groups grow with the backlog (process mode), GROUP_MAX_DEFAULT in
         # thread mode; a number caps every group (tests that want many small groups).
         cap = GROUP_MAX_DEFAULT if group_max is None else group_max
+        if writer_nice is None:
+            env = os.environ.get(WRITER_NICE_ENV, "")
+            try:
+                writer_nice = int(env) if env else WRITER_NICE_DEFAULT
+                ok = 0 <= writer_nice <= 19
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"${WRITER_NICE_ENV} must be an int in [0, 19], not {env!r}")
         if type(writer_nice) is not int or not 0 <= writer_nice <= 19:
             raise ValueError(f"writer_nice must be an int in [0, 19], not {writer_nice!r}")
         self.writer_nice = writer_nice

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from kvledger.ledger import writer_proc
-from kvledger.ledger.ledger import PACK_EVENTS, WRITER_NICE_DEFAULT, Ledger
+from kvledger.ledger.ledger import PACK_EVENTS, WRITER_NICE_DEFAULT, WRITER_NICE_ENV, Ledger
 from kvledger.ledger.ship_timer import ShipTimer
 from kvledger.ledger.writer_proc import HEAD_EVERY_S, FrameReader, frame
 
@@ -183,11 +183,27 @@ def test_the_writer_runs_below_the_runtime(tmp_path) -> None:
             led.close()
 
 
-@pytest.mark.parametrize("bad", [-1, 20, "5", 2.0, True, None])
+@pytest.mark.parametrize("bad", [-1, 20, "5", 2.0, True])
 def test_writer_nice_is_checked(tmp_path, bad) -> None:
     with pytest.raises(ValueError, match="writer_nice"):
         _ledger(tmp_path, writer_nice=bad)
     assert not (tmp_path / "l.sqlite").exists()  # refused before anything was opened
+
+
+def test_writer_nice_from_the_environment(tmp_path, monkeypatch) -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setenv(WRITER_NICE_ENV, "4")
+    led = _ledger(tmp_path)
+    try:
+        led.flush()
+        assert led.writer_nice == 4
+        assert os.getpriority(os.PRIO_PROCESS, led._proc.pid) == min(19, mine + 4)
+    finally:
+        led.close()
+    for bad in ("x", "-2", "25", "1.5"):
+        monkeypatch.setenv(WRITER_NICE_ENV, bad)
+        with pytest.raises(ValueError, match=WRITER_NICE_ENV):
+            _ledger(tmp_path / "no")
 
 
 # -- ShipTimer -----------------------------------------------------------------------------------
