@@ -253,7 +253,11 @@ def _interference(a: argparse.Namespace) -> int:
     out["requests"], out["repeats"] = a.requests, a.repeats
     out["cpus"] = os.cpu_count()
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
-    if a.json:
+    return _report(out, a.json)
+
+
+def _report(out: dict, as_json: bool) -> int:
+    if as_json:
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
@@ -306,13 +310,7 @@ def _pairs(a: argparse.Namespace) -> int:
            "runtime_process_cpu_ratio_quartiles": [round(x, 3) for x in q(cpus, n=4)],
            "main_thread_off_cpu_us_per_request_with_ledger": round(med(offs), 2),
            "load_average_1m": round(os.getloadavg()[0], 2)}
-    if a.json:
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for k, v in out.items():
-            sys.stdout.write(f"{k}: {v}\n")
-    return 0
+    return _report(out, a.json)
 
 
 def _thread_usage() -> tuple[float, float, int, int]:
@@ -503,13 +501,7 @@ def main() -> int:
         "events_per_request": {k: round(v / a.requests, 2) for k, v in counts.items()},
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    if a.json:
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for k, v in out.items():
-            sys.stdout.write(f"{k}: {v}\n")
-    return 0
+    return _report(out, a.json)
 
 
 if __name__ == "__main__":

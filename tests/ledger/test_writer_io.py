@@ -242,10 +242,10 @@ def test_ship_timer_refuses_a_period_that_is_not_positive(bad: int) -> None:
         ShipTimer.create(bad)
 
 
-def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
-    led = _ledger(tmp_path)
+def _count_shipper_wakes(led: Ledger) -> list[float]:
+    """The times the ledger's shipper wakes from its timer, from the next flush on."""
     timer = led._timer
-    assert timer is not None
+    assert timer is not None  # Linux: a timerfd
     wakes: list[float] = []
     wait = timer.wait
 
@@ -254,10 +254,16 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
         wakes.append(time.monotonic())
         return n
 
+    led.flush()
+    timer.wait = counting  # looked up by the shipper on its next wait
+    led.flush()  # the shipper is in the counted wait from here on
+    return wakes
+
+
+def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
+    led = _ledger(tmp_path)
     try:
-        led.flush()
-        timer.wait = counting  # looked up by the shipper on its next wait
-        led.flush()  # the shipper is in the counted wait from here on
+        wakes = _count_shipper_wakes(led)
         wakes.clear()
         t0 = time.monotonic()
         n = 0
@@ -285,20 +291,8 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
 
 def test_an_idle_ledger_stops_waking_and_the_next_event_starts_it_again(tmp_path) -> None:
     led = _ledger(tmp_path)
-    timer = led._timer
-    assert timer is not None
-    wakes: list[float] = []
-    wait = timer.wait
-
-    def counting() -> int:
-        n = wait()
-        wakes.append(time.monotonic())
-        return n
-
     try:
-        led.flush()
-        timer.wait = counting
-        led.flush()
+        wakes = _count_shipper_wakes(led)
         time.sleep(0.1)  # a period or two: the shipper finds nothing and stops its timer
         wakes.clear()
         time.sleep(0.5)
