@@ -58,9 +58,20 @@ def test_polls_of_an_in_flight_write_return_proc_without_blocking(tcp_pair):
 
 def test_release_in_flight_is_accepted_while_the_bytes_keep_moving(tcp_pair):
     tr, src, peer = tcp_pair
-    peer.call("fill", 0, BIG, 0)
-    h = tr.post_write("src", 0, BIG, "tcp-tgt", peer.descriptor, notif=b"big")
-    assert tr.check(h).state == "PROC"  # returned at once, with the WRITE in flight
+    # The case needs the WRITE still in flight at the first check. Under load UCX has been
+    # seen to finish all 256 MiB before it (full suite, 2-core VM): such a round is not the
+    # case under test; a fresh post is (at most three).
+    for _ in range(3):
+        peer.call("fill", 0, BIG, 0)
+        h = tr.post_write("src", 0, BIG, "tcp-tgt", peer.descriptor, notif=b"big")
+        state = tr.check(h).state  # returned at once
+        if state == "PROC":
+            break
+        assert state == "DONE"
+        assert tr.release(h) is True and tr.is_quiescent(h) is True
+        assert inbox_until(peer, 1, tick=tr.progress) == [("tcp-init", b"big")]  # its own
+    else:
+        pytest.fail("three 256 MiB WRITEs over tcp all finished before their first check")
     assert tr.release(h) is True  # "accepted" ...
     assert tr.is_quiescent(h) is False  # ... which is not quiescence
     assert tr.unquiesced() == [h]
