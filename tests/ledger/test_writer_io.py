@@ -264,6 +264,14 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
     led = _ledger(tmp_path)
     try:
         wakes = _count_shipper_wakes(led)
+        shipped: list[float] = []  # when each write to the writer ended (any thread)
+        write_out = led._write_out
+
+        def recording() -> None:
+            write_out()
+            shipped.append(time.monotonic())
+
+        led._write_out = recording
         wakes.clear()
         t0 = time.monotonic()
         n = 0
@@ -271,12 +279,17 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
             for _ in range(PACK_EVENTS):
                 led.emit("request.scheduled", f"r{n}")
                 n += 1
-        elapsed = time.monotonic() - t0
-        busy_wakes = len(wakes)
+        busy_wakes = list(wakes)
         led.flush()
         assert led.last_seq == led.committed
-        # A shipper that woke every period would have woken ~50 times.
-        assert busy_wakes <= elapsed / (led.group_ms / 1000) / 3, (busy_wakes, elapsed)
+        # The timer fires only a period after the last shipment (a loaded machine may stall
+        # this thread for that long, so wakes may come; never right after a shipment). A
+        # shipper on a plain period wakes at any phase of the runtime's shipments: about half
+        # of its ~50 wakes would come within half a period of one.
+        half = led.group_ms / 1000 / 2
+        early = [w for w in busy_wakes
+                 if any(0 <= w - e < half for e in shipped if e <= w)]
+        assert len(early) <= 1, (len(early), len(busy_wakes))
         # Quiet, the timer fires every period again: what the runtime emits last is shipped.
         wakes.clear()
         want = led.last_seq + 1
