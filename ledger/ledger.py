@@ -149,17 +149,16 @@ class Ledger:
         # group_max None: groups grow with the backlog (process mode), GROUP_MAX_DEFAULT in
         # thread mode; a number caps every group (tests that want many small groups).
         cap = GROUP_MAX_DEFAULT if group_max is None else group_max
+        nice_from = "writer_nice"
         if writer_nice is None:
             env = os.environ.get(WRITER_NICE_ENV, "")
+            nice_from = f"${WRITER_NICE_ENV}"
             try:
                 writer_nice = int(env) if env else WRITER_NICE_DEFAULT
-                ok = 0 <= writer_nice <= 19
             except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"${WRITER_NICE_ENV} must be an int in [0, 19], not {env!r}")
+                writer_nice = env  # refused just below, under the variable's name
         if type(writer_nice) is not int or not 0 <= writer_nice <= 19:
-            raise ValueError(f"writer_nice must be an int in [0, 19], not {writer_nice!r}")
+            raise ValueError(f"{nice_from} must be an int in [0, 19], not {writer_nice!r}")
         self.writer_nice = writer_nice
         if not (group_ms > 0 and cap > 0 and queue_max >= cap):
             raise ValueError("need group_ms > 0, group_max > 0 and queue_max >= group_max")
@@ -450,7 +449,7 @@ class Ledger:
         then waits until the shipper has been scheduled, on a core the writer processes may be
         using. Without a timerfd it wakes every group_ms and sleeps again if the runtime's
         thread shipped meanwhile."""
-        period = self.group_ms / 1000.0
+        period = self._period
         timeout = period
         timer = self._timer
         try:

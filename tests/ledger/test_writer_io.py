@@ -88,6 +88,32 @@ def test_frame_reader_agrees_with_read_frame() -> None:
     assert mine == theirs and len(mine) == 300
 
 
+def _spy(obj, name: str, record) -> None:
+    """``obj.name`` replaced (an instance attribute, which the ledger's threads look up on
+    every call) by one that calls the original, then ``record(*its arguments)``."""
+    original = getattr(obj, name)
+
+    def spy(*args):
+        result = original(*args)
+        record(*args)
+        return result
+
+    setattr(obj, name, spy)
+
+
+def _emit_for(led: Ledger, seconds: float, batch: int = PACK_EVENTS, pause_s: float = 0.0) -> int:
+    """Emit events in batches of ``batch`` (a pause between) for ``seconds``; how many."""
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < seconds:
+        for _ in range(batch):
+            led.emit("request.scheduled", f"r{n}")
+            n += 1
+        if pause_s:
+            time.sleep(pause_s)
+    return n
+
+
 def _ledger(tmp_path, **kw) -> Ledger:
     return Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}", "s", role="ctx", writer="process", **kw)
 
@@ -111,24 +137,12 @@ def test_the_head_catches_up_without_a_flush(tmp_path) -> None:
 def test_head_frames_are_rationed_and_a_flush_makes_the_head_exact(tmp_path) -> None:
     led = _ledger(tmp_path)
     heads: list[tuple] = []
-    on_ack = led._on_ack
-
-    def counting(tag: bytes, obj) -> None:
-        if tag == b"H":
-            heads.append(obj)
-        on_ack(tag, obj)
-
     try:
         led.flush()
-        led._on_ack = counting  # the acknowledgement thread looks it up for every frame
+        _spy(led, "_on_ack", lambda tag, obj: heads.append(obj) if tag == b"H" else None)
         seq0, committed0, groups0 = led.last_seq, led.committed, led.groups
         t0 = time.monotonic()
-        n = 0
-        while time.monotonic() - t0 < 0.6:  # ~60 of the writer's 10 ms groups
-            for _ in range(50):
-                led.emit("request.scheduled", f"r{n}")
-                n += 1
-            time.sleep(0.002)
+        n = _emit_for(led, 0.6, batch=50, pause_s=0.002)  # ~60 of the writer's 10 ms groups
         led.flush()
         elapsed = time.monotonic() - t0
         assert led.last_seq == seq0 + n
@@ -145,22 +159,10 @@ def test_head_frames_are_rationed_and_a_flush_makes_the_head_exact(tmp_path) -> 
 def test_the_runtime_thread_ships_while_it_emits(tmp_path) -> None:
     led = _ledger(tmp_path)
     shippers: list[str] = []
-    write_out = led._write_out
-
-    def recording() -> None:
-        shippers.append(threading.current_thread().name)
-        write_out()
-
     try:
         led.flush()
-        led._write_out = recording
-        t0 = time.monotonic()
-        n = 0
-        while time.monotonic() - t0 < 0.3:
-            for _ in range(PACK_EVENTS):
-                led.emit("request.scheduled", f"r{n}")
-                n += 1
-            time.sleep(0.0005)
+        _spy(led, "_write_out", lambda: shippers.append(threading.current_thread().name))
+        _emit_for(led, 0.3, pause_s=0.0005)
         led.flush()
         assert led.last_seq == led.committed  # a fresh stream: seq 1 is ledger.opened
         assert threading.current_thread().name in shippers
@@ -247,15 +249,8 @@ def _count_shipper_wakes(led: Ledger) -> list[float]:
     timer = led._timer
     assert timer is not None  # Linux: a timerfd
     wakes: list[float] = []
-    wait = timer.wait
-
-    def counting() -> int:
-        n = wait()
-        wakes.append(time.monotonic())
-        return n
-
     led.flush()
-    timer.wait = counting  # looked up by the shipper on its next wait
+    _spy(timer, "wait", lambda: wakes.append(time.monotonic()))  # used from the next wait on
     led.flush()  # the shipper is in the counted wait from here on
     return wakes
 
@@ -265,20 +260,9 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
     try:
         wakes = _count_shipper_wakes(led)
         shipped: list[float] = []  # when each write to the writer ended (any thread)
-        write_out = led._write_out
-
-        def recording() -> None:
-            write_out()
-            shipped.append(time.monotonic())
-
-        led._write_out = recording
+        _spy(led, "_write_out", lambda: shipped.append(time.monotonic()))
         wakes.clear()
-        t0 = time.monotonic()
-        n = 0
-        while time.monotonic() - t0 < 0.5:
-            for _ in range(PACK_EVENTS):
-                led.emit("request.scheduled", f"r{n}")
-                n += 1
+        _emit_for(led, 0.5)
         busy_wakes = list(wakes)
         led.flush()
         assert led.last_seq == led.committed
