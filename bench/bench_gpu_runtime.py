@@ -68,15 +68,16 @@ def copy_gb_s(size: int, n: int) -> float:
     return size * n / (time.perf_counter() - t) / 1e9
 
 
-def gpu_configs(size: int, slots: int, depth: int, zero_copy: bool = False):
-    ctx_cfg, gen_cfg = configs(size, slots, depth, zero_copy)
+def gpu_configs(size: int, slots: int, depth: int, zero_copy: bool = False,
+                checksums: bool = True):
+    ctx_cfg, gen_cfg = configs(size, slots, depth, zero_copy, checksums)
     return (dataclasses.replace(ctx_cfg, device="cuda:0"),
             dataclasses.replace(gen_cfg, device=gen_device()))
 
 
-def runtime_seconds(size: int, n: int, slots: int, depth: int,
-                    zero_copy: bool = False) -> tuple[float, int]:
-    ctx_cfg, gen_cfg = gpu_configs(size, slots, depth, zero_copy)
+def runtime_seconds(size: int, n: int, slots: int, depth: int, zero_copy: bool = False,
+                    checksums: bool = True) -> tuple[float, int]:
+    ctx_cfg, gen_cfg = gpu_configs(size, slots, depth, zero_copy, checksums)
     specs = list(same_prefix_burst(n + 1).requests)
     with tempfile.TemporaryDirectory(prefix="kvl-gpu-bench-") as out:
         ctx, gen = start_pair(ctx_cfg, gen_cfg, out)
@@ -107,6 +108,8 @@ def measure(size: int, n: int, slots: int, depth: int, rounds: int) -> dict:
                                           gen_device=gen_device())["seconds"]}
         got["runtime"], b = runtime_seconds(size, n, slots, depth)
         got["zero_copy"], b2 = runtime_seconds(size, n, slots, depth, zero_copy=True)
+        got["zero_copy_unchecked"], _ = runtime_seconds(size, n, slots, depth, zero_copy=True,
+                                                        checksums=False)
         bad += b + b2
         for k, v in got.items():
             best[k] = min(best.get(k, float("inf")), v)
@@ -121,6 +124,9 @@ def measure(size: int, n: int, slots: int, depth: int, rounds: int) -> dict:
             "ratio_vs_plain_staged": round(gbs["runtime"] / gbs["staged"], 3),
             "zero_copy_vs_nixl_alone": round(gbs["zero_copy"] / gbs["nixl"], 3),
             "zero_copy_vs_plain_blocks": round(gbs["zero_copy"] / gbs["blocks"], 3),
+            # The same WRITEs without checksums on either side: what NIXL alone does.
+            "zero_copy_unchecked_vs_nixl_alone": round(gbs["zero_copy_unchecked"] / gbs["nixl"],
+                                                       3),
             "staged_vs_nixl_alone": round(gbs["staged"] / gbs["nixl"], 3),
             "checksum_failures": bad}
 
@@ -145,7 +151,8 @@ def main() -> int:
               f"{r['gb_s']}; runtime / NIXL alone {r['ratio_vs_nixl_alone']}, / plain staged "
               f"{r['ratio_vs_plain_staged']}; staged / NIXL alone {r['staged_vs_nixl_alone']}; "
               f"zero-copy runtime / NIXL alone {r['zero_copy_vs_nixl_alone']}, / plain blocks "
-              f"(checked) {r['zero_copy_vs_plain_blocks']}")
+              f"(checked) {r['zero_copy_vs_plain_blocks']}; without checksums / NIXL alone "
+              f"{r['zero_copy_unchecked_vs_nixl_alone']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

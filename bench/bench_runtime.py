@@ -88,8 +88,8 @@ def parse_size(s: str) -> int:
     return int(s.rstrip("KM")) * mult
 
 
-def configs(size: int, slots: int = 1, depth: int = 2,
-            zero_copy: bool = False) -> tuple[WorkerConfig, WorkerConfig]:
+def configs(size: int, slots: int = 1, depth: int = 2, zero_copy: bool = False,
+            checksums: bool = True) -> tuple[WorkerConfig, WorkerConfig]:
     layers, heads, dim = GEOMETRY[size]
     # ctx reuses one prefix (BLOCKS_PER_REQUEST blocks); gen holds depth requests' blocks.
     blocks = max(2 * BLOCKS_PER_REQUEST, (depth + 1) * BLOCKS_PER_REQUEST)
@@ -97,7 +97,7 @@ def configs(size: int, slots: int = 1, depth: int = 2,
                        head_dim=dim, block_tokens=BLOCK_TOKENS,
                        max_request_blocks=BLOCKS_PER_REQUEST, num_blocks=blocks,
                        send_slots=slots, recv_slots=slots, progress_deadline_ms=120_000,
-                       zero_copy=zero_copy)
+                       zero_copy=zero_copy, checksums=checksums)
     assert ctx.slot_nbytes == size, (ctx.slot_nbytes, size)
     gen = WorkerConfig(**{**ctx.to_dict(), "role": "gen", "name": "gen", "peer": "ctx"})
     return ctx, gen
@@ -130,8 +130,8 @@ def closed_loop(ctx: Any, gen: Any, specs: list[RequestSpec], depth: int) -> Non
 
 def runtime_throughput(size: int, n: int, slots: int = 1, depth: int = 2,
                        cfgs: tuple[WorkerConfig, WorkerConfig] | None = None,
-                       zero_copy: bool = False) -> dict[str, Any]:
-    ctx_cfg, gen_cfg = cfgs or configs(size, slots, depth, zero_copy)
+                       zero_copy: bool = False, checksums: bool = True) -> dict[str, Any]:
+    ctx_cfg, gen_cfg = cfgs or configs(size, slots, depth, zero_copy, checksums)
     specs = list(same_prefix_burst(n + 1).requests)
     with tempfile.TemporaryDirectory(prefix="kvl-bench-") as out:
         ctx, gen = start_pair(ctx_cfg, gen_cfg, out)
@@ -406,7 +406,9 @@ def zero_copy_throughput(sizes: list[int], n_for: dict[int, int], rounds: int, s
     """Issue 14's zero-copy target: the runtime in zero-copy mode (ledger on, KV blocks to KV
     blocks, checksums in place, quiescence-gated frees) against the plain ``blocks`` loop doing
     the same (``verify=True``: the checksums) and plain NIXL (``verify=False``), in the same
-    run, rounds interleaved, best of each kind; plus CPU per request in one process."""
+    run, rounds interleaved, best of each kind; plus CPU per request in one process. The
+    runtime runs twice a round: with its checksums, and without (``checksums=False``, the
+    bytes vLLM's connector moves), the latter against plain NIXL."""
     import plain_staged
 
     rows = []
@@ -417,7 +419,11 @@ def zero_copy_throughput(sizes: list[int], n_for: dict[int, int], rounds: int, s
         ctx_cfg, _ = configs(size, slots, depth, zero_copy=True)
         for r in range(rounds):
             rt = runtime_throughput(size, n, slots, depth, zero_copy=True)
-            got = {"runtime_zero_copy": rt["seconds"], **plain_blocks_seconds(ctx_cfg, n, slots)}
+            unchecked = runtime_throughput(size, n, slots, depth, zero_copy=True,
+                                           checksums=False)
+            got = {"runtime_zero_copy": rt["seconds"],
+                   "runtime_zero_copy_unchecked": unchecked["seconds"],
+                   **plain_blocks_seconds(ctx_cfg, n, slots)}
             keep_best(best, got, f"zero-copy {size // KiB} KiB round {r}", n)
         cpu_rt = inprocess_runtime_cpu(size, n, slots, depth, ledger=True, zero_copy=True)
         cpu_nl = inprocess_runtime_cpu(size, n, slots, depth, ledger=False, zero_copy=True)
@@ -431,6 +437,9 @@ def zero_copy_throughput(sizes: list[int], n_for: dict[int, int], rounds: int, s
             "e2e_ratio_vs_plain_blocks_checked": round(best["blocks"] / best["runtime_zero_copy"],
                                                        3),
             "e2e_ratio_vs_plain_nixl": round(best["nixl"] / best["runtime_zero_copy"], 3),
+            # The same target without checksums on either side: NIXL's bytes and nothing else.
+            "e2e_ratio_unchecked_vs_plain_nixl": round(
+                best["nixl"] / best["runtime_zero_copy_unchecked"], 3),
             "e2e_gb_s": {k: round(size * n / v / 1e9, 3) for k, v in best.items()},
             "runtime_xfer_gb_s": round(rt["xfer_gb_s"], 3),
             "inproc_cpu_us": {"runtime_zero_copy": round(cpu_rt["cpu_us"], 1),

@@ -70,6 +70,10 @@ def register(sub: Any) -> None:
                    help="WRITE KV blocks straight into the peer's KV blocks (checksums in "
                    "place; --slots then bounds the transfers in flight, without memory); "
                    "default: the staging path")
+    p.add_argument("--no-checksums", dest="checksums", action="store_false",
+                   help="move KV bytes without the per-block checksums (ctx's of what it "
+                   "sends, gen's of what landed, compared by gen): two fewer passes over every "
+                   "byte, nothing verified; default: checksums on")
     p.add_argument("--progress-deadline-ms", type=int_in(1, MS_MAX), default=30_000,
                    help="a worker with open obligations and no progress this long turns "
                    "unhealthy")
@@ -156,6 +160,7 @@ def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
                         block_tokens=BLOCK_TOKENS, max_request_blocks=MAX_BLOCKS,
                         release_on_cancel=args.release_on_cancel, seed=args.seed,
                         zero_copy=getattr(args, "zero_copy", False),
+                        checksums=getattr(args, "checksums", True),
                         layers=args.layers, kv_heads=args.kv_heads, head_dim=args.head_dim,
                         progress_deadline_ms=getattr(args, "progress_deadline_ms", 30_000))
 

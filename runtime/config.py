@@ -53,6 +53,12 @@ class WorkerConfig:
     # memory that bound the transfers in flight. Both workers of a pair must agree, with the
     # same block layout (``pair_problem``). Off: the staging path, the default.
     zero_copy: bool = False
+    # Per-block checksums: ctx's of what it sends, gen's of what landed, compared by gen
+    # (``kv.checksum_failed``). Off, the data path moves bytes and reads none of them again,
+    # as vLLM's NixlConnector does: the price of checking is two more passes over every byte
+    # (the zero-copy mode's gap to NIXL alone, bench_runtime.py). Both workers must agree;
+    # the ledger's config says which a run had.
+    checksums: bool = True
     policy: str = "hardened"
     seed: int = 0
     # Where KV and slots live: "cpu", or "cuda" / "cuda:N" (NIXL registers VRAM; UCX's CUDA
@@ -79,8 +85,9 @@ class WorkerConfig:
             raise ValueError(f"metrics_port must be within 0..65535, not {self.metrics_port}")
         if self.max_request_blocks > self.num_blocks:
             raise ValueError("max_request_blocks must not exceed num_blocks")
-        if type(self.zero_copy) is not bool:  # a recorded "false" must not read as on
-            raise ValueError(f"zero_copy must be true or false, not {self.zero_copy!r}")
+        for f in ("zero_copy", "checksums", "block_reuse", "release_on_cancel"):
+            if type(getattr(self, f)) is not bool:  # a recorded "false" must not read as on
+                raise ValueError(f"{f} must be true or false, not {getattr(self, f)!r}")
 
     @property
     def stream(self) -> str:
@@ -132,6 +139,8 @@ def pair_problem(ctx: WorkerConfig, gen: WorkerConfig) -> str | None:
     ctx's blocks byte for byte into gen's: both must be in that mode, with one block layout."""
     if ctx.zero_copy != gen.zero_copy:
         return "zero_copy must be on for both workers or for neither"
+    if ctx.checksums != gen.checksums:
+        return "checksums must be on for both workers or for neither"
     if ctx.zero_copy:
         differ = [f for f in _LAYOUT if getattr(ctx, f) != getattr(gen, f)]
         if differ:

@@ -81,10 +81,13 @@ def fill_blocks(pool: torch.Tensor, blocks: tuple[int, ...], seeds: tuple[int, .
 
 class KVDataPath:
     """Fill, pack and unpack of one pool and slot arena; ``pack``/``unpack`` return the per-block
-    checksums of the pool blocks (what ctx sends, what gen verifies)."""
+    checksums of the pool blocks (what ctx sends, what gen verifies), or ``()`` when made with
+    ``checksums=False`` (the bytes are moved and not read again)."""
 
-    def __init__(self, pool: torch.Tensor, arena: torch.Tensor, slot_nbytes: int) -> None:
+    def __init__(self, pool: torch.Tensor, arena: torch.Tensor, slot_nbytes: int,
+                 checksums: bool = True) -> None:
         self.pool = pool
+        self.with_checksums = checksums
         self.arena = arena
         self.slot_nbytes = slot_nbytes
         self.device = pool.device
@@ -115,12 +118,18 @@ class KVDataPath:
         host = self.host
         if host is not None:
             host.pack(blocks, slot)
-            return tuple(host.checksums(blocks))
+            return tuple(host.checksums(blocks)) if self.with_checksums else ()
+        if not self.with_checksums:
+            ops.pack(self.pool, blocks, self.slot(slot))
+            self._finish()
+            return ()
         return tuple(ops.pack_checksums(self.pool, blocks, self.slot(slot)))
 
     def checksums(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
         """The blocks' checksums where they are (zero-copy: ctx before the WRITE reads them,
         gen after the WRITE wrote them)."""
+        if not self.with_checksums:
+            return ()
         if self.host is not None:
             return tuple(self.host.checksums(blocks))
         return tuple(ops.block_checksums(self.pool, blocks))
@@ -130,5 +139,13 @@ class KVDataPath:
         host = self.host
         if host is not None:
             host.unpack(slot, blocks)
-            return tuple(host.checksums(blocks))
+            return tuple(host.checksums(blocks)) if self.with_checksums else ()
+        if not self.with_checksums:
+            ops.unpack(self.slot(slot), self.pool, blocks)
+            self._finish()
+            return ()
         return tuple(ops.unpack_checksums(self.slot(slot), self.pool, blocks))
+
+    def _finish(self) -> None:
+        """GPU: the copy just launched has finished (what the checksums' host read implies)."""
+        torch.cuda.current_stream(self.device).synchronize()

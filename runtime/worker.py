@@ -92,7 +92,7 @@ class Worker:
             transport.register("slots", self.arena)
         # The KV data path (fill, pack + checksums, unpack + checksums); on the CPU through numpy
         # views of pool and arena (``_host``: the replayer reads its high-water block).
-        self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes)
+        self._data = KVDataPath(self.pool, self.arena, c.slot_nbytes, c.checksums)
         self._host = self._data.host
         # Read once: a tensor's ``device.type`` is a torch call (~1 us), and every pack and
         # unpack asks whether it must fence (``_fenced``).

@@ -19,13 +19,14 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("zero_copy", [False, True], ids=["staging", "zero-copy"])
-def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy) -> None:
+@pytest.mark.parametrize(("zero_copy", "checksums"), [(False, True), (True, True), (True, False)],
+                         ids=["staging", "zero-copy", "zero-copy-unchecked"])
+def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy, checksums) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "kvledger", "run", "--device", "cuda", "--requests", "24",
          "--cancel-rate", "0.3", "--out", str(out), "--json"]
-        + (["--zero-copy"] if zero_copy else []),
+        + (["--zero-copy"] if zero_copy else []) + ([] if checksums else ["--no-checksums"]),
         capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
@@ -42,6 +43,7 @@ def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy) -> None:
         opened = [e for e in src.events(kinds=["ledger.opened"])]
     devices = {e.stream: e.attrs["config"]["device"] for e in opened}
     assert all(d.startswith("cuda") for d in devices.values()), devices
+    assert {e.attrs["config"]["checksums"] for e in opened} == {checksums}
     # Both halves of quiescence are in the ledger: device fences behind pack (ctx) and unpack
     # (gen), beside the transport's terminal xfer.polled. Zero-copy: ctx fences its in-place
     # checksum (the WRITE reads the blocks next); gen's checksum only reads what NIXL wrote.
@@ -50,3 +52,22 @@ def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy) -> None:
         assert ops == {("ctx", "checksum")}, ops
     else:
         assert ops == {("ctx", "pack"), ("gen", "unpack")}, ops
+
+
+def test_the_gpu_data_path_without_checksums_moves_the_same_bytes() -> None:
+    """Pack and unpack without the fused checksums (plain Triton copies, then a stream sync)
+    leave the slot and the blocks byte for byte what the checked path leaves."""
+    from kvledger.runtime.datapath import KVDataPath
+
+    pool = torch.randn((16, 4, 2, 2, 16, 32), device="cuda").to(torch.bfloat16)
+    blocks = (9, 2, 14, 3)
+    n = len(blocks) * pool[0].numel() * pool.element_size()
+    paths = [KVDataPath(pool.clone(), torch.zeros(n, dtype=torch.uint8, device="cuda"), n,
+                        checksums=c) for c in (True, False)]
+    on, off = paths
+    assert len(on.pack(blocks, 0)) == 4 and off.pack(blocks, 0) == ()
+    assert torch.equal(on.arena, off.arena)
+    assert len(on.unpack(0, (0, 1, 5, 6))) == 4 and off.unpack(0, (0, 1, 5, 6)) == ()
+    assert torch.equal(on.pool, off.pool)
+    assert torch.equal(off.pool[[0, 1, 5, 6]], pool[[9, 2, 14, 3]])
+    assert off.checksums(blocks) == ()

@@ -93,3 +93,24 @@ def test_a_write_cancelled_in_flight_quarantines_the_gen_blocks(tmp_path):
     verdict = ledger_verdict(str(tmp_path), res.state)
     assert verdict["findings"] == [] and verdict["mismatches"] == []
     assert verdict["streams"]["gen"]["blocks_poisoned"] == len(adv0.attrs["blocks"])
+
+
+def test_kvledger_run_without_checksums_moves_kv_unread_and_says_so(tmp_path, capsys):
+    """``kvledger run --zero-copy --no-checksums``: two worker processes over NIXL, a clean
+    verdict, no byte checked (no failure possible, none recorded), and both ledgers' config
+    saying so, so a reader of the evidence knows nothing was verified."""
+    import json
+
+    from kvledger.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--zero-copy", "--no-checksums", "--slots", "2", "--requests", "24",
+               "--seed", "5", "--out", str(out), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["ledger"]["verdict"] == "CLEAN", report["ledger"]["findings"]
+    assert report["outcomes"].get("ok", 0) >= 5
+    opened = _events(out, kind="ledger.opened")
+    assert len(opened) == 2
+    assert all(e.attrs["config"]["checksums"] is False for e in opened)
+    assert all(e.attrs["config"]["zero_copy"] is True for e in opened)
+    assert _events(out, kind="kv.checksum_failed") == []
