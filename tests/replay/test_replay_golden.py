@@ -18,30 +18,32 @@ from kvledger.runtime.policy import policy_by_name
 TRACES = Path(__file__).resolve().parents[2] / "examples" / "traces"
 
 # (trace, policy, data path on) -> (digest, verdict word); measured on main before issue 14's
-# speed work and unchanged by it.
+# speed work and unchanged by it. Re-pinned once since: WorkerConfig gained ``checksums`` (every
+# replay ledger's ledger.opened config has the new key; with the key left out of the config the
+# old digests came back exactly, so nothing else changed).
 PINNED = {
-    ("burst-16", "hardened", True): ("c0142d9cdcbd17a30e16931f2bcef238", "clean"),
-    ("burst-16", "hardened", False): ("c0142d9cdcbd17a30e16931f2bcef238", "clean"),
+    ("burst-16", "hardened", True): ("549670239c059fa06f7f0476770ab42f", "clean"),
+    ("burst-16", "hardened", False): ("549670239c059fa06f7f0476770ab42f", "clean"),
     ("deferred_termination_dropped", "hardened", True):
-        ("79926100fc23fd23ffa641b278a9229e", "clean"),
+        ("94c4d9539c8c742e47f9d2a5ade717ae", "clean"),
     ("deferred_termination_dropped", "hardened", False):
-        ("79926100fc23fd23ffa641b278a9229e", "clean"),
+        ("94c4d9539c8c742e47f9d2a5ade717ae", "clean"),
     ("deferred_termination_dropped", "deferred_termination_dropped", True):
-        ("e6b1ab57db19b98c2786ae38cfb7315e", "FINDING"),
+        ("37ce7e63cc41649d1eb9ca3e9b69068e", "FINDING"),
     ("deferred_termination_dropped", "deferred_termination_dropped", False):
-        ("e6b1ab57db19b98c2786ae38cfb7315e", "FINDING"),
-    ("not_ready_leaks_recv_slot", "hardened", True): ("b2b4a6f69da5f31a265fb7c93620c4b0", "clean"),
-    ("not_ready_leaks_recv_slot", "hardened", False): ("b2b4a6f69da5f31a265fb7c93620c4b0", "clean"),
+        ("37ce7e63cc41649d1eb9ca3e9b69068e", "FINDING"),
+    ("not_ready_leaks_recv_slot", "hardened", True): ("92ff344f1d4e84b043e1fc12a0d63592", "clean"),
+    ("not_ready_leaks_recv_slot", "hardened", False): ("92ff344f1d4e84b043e1fc12a0d63592", "clean"),
     ("not_ready_leaks_recv_slot", "not_ready_leaks_recv_slot", True):
-        ("a55de7d1491de1fca6a0f0554a2c01bd", "FINDING"),
+        ("1217beea4551d341f72fc801aa7f5a29", "FINDING"),
     ("not_ready_leaks_recv_slot", "not_ready_leaks_recv_slot", False):
-        ("a55de7d1491de1fca6a0f0554a2c01bd", "FINDING"),
-    ("release_is_quiescence", "hardened", True): ("ce89f047e1d52318ac01c4b8ad2df6a7", "clean"),
-    ("release_is_quiescence", "hardened", False): ("ce89f047e1d52318ac01c4b8ad2df6a7", "clean"),
+        ("1217beea4551d341f72fc801aa7f5a29", "FINDING"),
+    ("release_is_quiescence", "hardened", True): ("730de5e8f64011e920fa926a6e11bd34", "clean"),
+    ("release_is_quiescence", "hardened", False): ("730de5e8f64011e920fa926a6e11bd34", "clean"),
     ("release_is_quiescence", "release_is_quiescence", True):
-        ("5a7469ca8f0ce332944c7c0a91f213b4", "FINDING"),
+        ("66ad2bb54b64c742f2922f6809f41fe2", "FINDING"),
     ("release_is_quiescence", "release_is_quiescence", False):
-        ("eb64d41e9eada489deb33fec2bd51e6e", "FINDING"),
+        ("9f28e06352deb5f90f2dd6c68dae36b8", "FINDING"),
 }
 
 
