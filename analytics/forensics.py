@@ -38,11 +38,20 @@ CANNED: tuple[tuple[str, str, str], ...] = (
     ("events_by_kind", "summary",
      "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY n DESC"),
     ("streams", "summary", "SELECT * FROM events_streams ORDER BY stream"),
+    # The requests view's outcome and dur_ns (first event to request.finished) straight from
+    # the three aggregates they need: the view's other 19 cost ~30 % of this query at 10M events.
     ("requests_by_outcome", "summary",
-     "SELECT stream, coalesce(outcome, 'open') AS outcome, count(*) AS n, "
-     "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p50_dur_ns, "
-     "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) AS p99_dur_ns "
-     "FROM requests GROUP BY ALL ORDER BY stream, outcome"),
+     "WITH r AS (SELECT stream, request_id, min(ts_ns) AS first_ts, "
+     "min(ts_ns) FILTER (WHERE kind = 'request.finished') AS finished, "
+     "arg_max(attrs, seq) FILTER (WHERE kind = 'request.finished') AS finished_attrs "
+     "FROM events WHERE request_id IS NOT NULL GROUP BY stream, request_id) "
+     "SELECT stream, coalesce(json_extract_string(finished_attrs, '$.outcome'), 'open') "
+     "AS outcome, count(*) AS n, "
+     "CAST(quantile_cont(finished - first_ts, 0.5) FILTER (WHERE finished IS NOT NULL) "
+     "AS BIGINT) AS p50_dur_ns, "
+     "CAST(quantile_cont(finished - first_ts, 0.99) FILTER (WHERE finished IS NOT NULL) "
+     "AS BIGINT) AS p99_dur_ns "
+     "FROM r GROUP BY ALL ORDER BY stream, outcome"),
     # Straight from the two events it needs (the transfers view also folds every poll).
     ("transfer_latency", "summary",
      "WITH t AS (SELECT stream, request_id, "

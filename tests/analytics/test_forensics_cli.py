@@ -209,3 +209,19 @@ def test_evidence_whose_chains_cannot_be_read_is_never_clean(tmp_path, capsys):
     # Asked not to verify: the user's choice, said as such, not a finding.
     assert main(["forensics", tree, "--no-verify"]) == 0
     assert capsys.readouterr().out.startswith("verdict: CLEAN\nhash chains: not checked\n")
+
+
+@pytest.mark.parametrize("run", ["clean_run", "faulty_run", "wedged_run"])
+def test_requests_by_outcome_is_what_the_requests_view_says(run, request):
+    """The canned query reads events directly (fewer aggregates); it must say what the documented
+    view says: the same outcomes, counts and duration quantiles, open requests included."""
+    from kvledger.analytics import catalog, forensics, source
+
+    con = catalog.open_catalog(source.collect([request.getfixturevalue(run)]), strict=True)
+    canned = dict((n, s) for n, _k, s in forensics.CANNED)["requests_by_outcome"]
+    via_view = con.execute(
+        "SELECT stream, coalesce(outcome, 'open') AS outcome, count(*) AS n, "
+        "CAST(quantile_cont(dur_ns, 0.5) FILTER (WHERE dur_ns >= 0) AS BIGINT), "
+        "CAST(quantile_cont(dur_ns, 0.99) FILTER (WHERE dur_ns >= 0) AS BIGINT) "
+        "FROM requests GROUP BY ALL ORDER BY stream, outcome").fetchall()
+    assert via_view and con.execute(canned).fetchall() == via_view
