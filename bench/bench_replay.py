@@ -80,6 +80,14 @@ change: all equal (tests/replay/test_replay_golden.py now pins the example trace
     remains is flat (``replay/replayer.py``'s docstring): no pass left to drop, the runtime's
     own interpreted work is ~half, and the next factor needs that work itself compiled or
     batched, not another pass removed.
+
+Measured 2026-12-04 (evening, the box quiet, section 1 only): fresh captures ran faster than
+any before (64 requests, 2118 events, 0.75 s of wall, 0.05 s active; 256 requests, 8604 events,
+0.83 s of wall, 0.14 s active). Best of 3: 64-burst 0.018 s = 41.6x of the wall (2.7x of the
+active window), driving the runtime alone 0.012 s; 256-burst 0.075 s = 11.0x (1.9x), the
+runtime alone 0.049 s. ~8.6 us of replay an event, two thirds of it the runtime's own Python
+per event (the same per-request floor as bench_core's): the targets (>= 50x, >= 10x of the
+active window) are missed, and a live burst that runs faster makes them harder still.
 """
 
 from __future__ import annotations
