@@ -261,9 +261,12 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
         wakes = _count_shipper_wakes(led)
         shipped: list[float] = []  # when each write to the writer ended (any thread)
         _spy(led, "_write_out", lambda: shipped.append(time.monotonic()))
+        fired: list[float] = []  # deliberate wakes (backpressure on a loaded machine fires it)
+        _spy(led._timer, "fire", lambda: fired.append(time.monotonic()))
         wakes.clear()
         _emit_for(led, 0.5)
         busy_wakes = list(wakes)
+        busy_fires = len(fired)
         led.flush()
         assert led.last_seq == led.committed
         # The timer fires only a period after the last shipment (a loaded machine may stall
@@ -273,7 +276,9 @@ def test_the_shipper_sleeps_while_the_runtime_ships(tmp_path) -> None:
         half = led.group_ms / 1000 / 2
         early = [w for w in busy_wakes
                  if any(0 <= w - e < half for e in shipped if e <= w)]
-        assert len(early) <= 1, (len(early), len(busy_wakes))
+        # Each fire() wakes it at once, by design (a full suite run saw two backpressure
+        # waits, and two early wakes, on a loaded machine).
+        assert len(early) <= 1 + busy_fires, (len(early), len(busy_wakes), busy_fires)
         # Quiet, the timer fires every period again: what the runtime emits last is shipped.
         wakes.clear()
         want = led.last_seq + 1
