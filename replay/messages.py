@@ -108,8 +108,10 @@ def _abandons(rid: str, ctx: list[Event], gen: list[Event], t: Callable[[Event],
                      None)
             if g is not None:
                 taken.add(g.seq)
-                if arrived is not None and arrived > t(g):
+                if arrived is not None and arrived > t(g) and t(c) >= arrived:
                     continue  # ctx stored the Abandon until the request came: not observable
+                # (one that ctx took before the request arrived, answered not_found, is: its
+                # delay decides whether the replay's ctx sees it before or after the arrival)
                 timing.add((g.stream, "Abandon", rid), t(g), c.stream, t(c))
         return set()
     # Traces from before the "peer" source: ctx recorded the Abandon as a client cancel; the
