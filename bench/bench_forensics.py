@@ -5,11 +5,12 @@
 
 ``--run-dir`` times the user's commands (``kvledger sql``, ``forensics``, ``report``, each a fresh
 process: wall time, peak RSS, exit code) on the output folder of a real ``kvledger run`` and checks
-that no byte of the folder changed. The folder is made once, outside the repository (with
-today's admission queue most of these requests are shed: 8.1M events, ctx 5.07M + gen 3.05M,
-1.45 GB, 5.6 min of run and 5.5 min of its verdict):
+that no byte of the folder changed, then every canned query in one loaded session. The folder
+is made once, outside the repository (with the admission queue most of these requests are
+shed; 2026-12-04: 11.51M events, ctx 7.06M + gen 4.46M, 795 MB, 2 min 43 s with its verdict on
+a quiet box; 570,000 requests gave 8.1M events on 2026-12-02):
 
-    kvledger run --out /work/data-store/run10m --requests 570000 --interarrival-us 150 \
+    kvledger run --out /work/data-store/run10m --requests 760000 --interarrival-us 150 \
         --layers 1 --kv-heads 1 --head-dim 16 --prompt-tokens 16 --cancel-rate 0.05
 
 Measured 2026-12-02 on that 8.1M-event folder (stored batches, a page per Arrow chunk,
