@@ -335,7 +335,13 @@ def summarize(con: duckdb.DuckDBPyConnection, stuck_ms: int = STUCK_MS_DEFAULT,
     wedged = [w["stream"] for w in workers if not w["closed"] and w["open_obligations"] > 0
               and w["idle_ns"] >= wedge_ms * 1_000_000]
     died = {r["stream"] for r in liveness if r["detector"] == "died_holding"}
+    # A worker run without checksums (WorkerConfig.checksums) verified no KV byte: its lack of
+    # checksum failures says nothing, and the summary must not let it read as if it did.
+    unchecked = {r[0] for r in con.execute(
+        "SELECT stream FROM _stream_opened "
+        "WHERE json_extract(attrs, '$.config.checksums') = 'false'::JSON").fetchall()}
     for w in workers:
+        w["kv_verified"] = w["stream"] not in unchecked
         w["wedged"] = w["stream"] in wedged
         w["died"] = w["stream"] in died
         w["wedge_intervals"] = sum(1 for r in liveness if r["stream"] == w["stream"]
@@ -421,7 +427,8 @@ def render_text(s: dict[str, Any]) -> str:
                  else "WEDGED" if w["wedged"] else "alive")
         out.append(f"  {w['stream']:<10} {w['role'] or '?':<4} {state:<7} last progress "
                    f"{w['last_progress_kind'] or '-'} {_ms(w['idle_ns'])} before its last "
-                   f"event; {w['open_obligations']} open obligations")
+                   f"event; {w['open_obligations']} open obligations"
+                   + ("" if w.get("kv_verified", True) else "; KV not verified (checksums off)"))
     if s.get("peers"):
         out.append("peers (lost, rejoined):")
         for p in s["peers"]:

@@ -306,7 +306,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
                   f"{st['client_cancels']} client cancels, {st['timeouts']} timeouts; "
                   f"{st['resources_freed']} resources.freed, {st['slots_released']} slots "
                   f"released, {st['slots_poisoned']} poisoned; "
-                  f"{st['checksum_failures']} checksum failures")
+                  + (f"{st['checksum_failures']} checksum failures"
+                     if st.get("kv_verified", True) else "KV not verified (checksums off)"))
         for text in summary.get("faults", []):
             print(f"  fault: {text}")
         for r in summary.get("restarts", []):

@@ -26,18 +26,22 @@ _POOL = {"ctx": "send", "gen": "recv"}
 
 #: The kinds whose attributes ``_Tally.add`` reads.
 TALLY_KINDS = frozenset({"request.finished", "cancel.requested", "blocks.poisoned",
-                         "xfer.released"})
+                         "xfer.released", "ledger.opened"})
 
 
 class _Tally:
     """One stream's counts for the verdict, kept as its events go by (``index_source``)."""
 
-    __slots__ = ("kinds", "outcomes", "client_cancels", "blocks_poisoned", "releases_in_flight")
+    __slots__ = ("kinds", "outcomes", "client_cancels", "blocks_poisoned", "releases_in_flight",
+                 "kv_verified")
 
     def __init__(self) -> None:
         self.kinds: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.client_cancels = self.blocks_poisoned = self.releases_in_flight = 0
+        # A worker run without checksums (``WorkerConfig.checksums``) verified no KV byte: its
+        # "0 checksum failures" would claim what nobody checked.
+        self.kv_verified = True
 
     def add_kinds(self, page: pa.Table) -> None:
         """Every row's kind, counted from the stored column (no Event needed)."""
@@ -56,6 +60,10 @@ class _Tally:
                 self.blocks_poisoned += len(e.attrs["blocks"])
             elif k == "xfer.released":
                 self.releases_in_flight += not e.attrs.get("quiescent")
+            elif k == "ledger.opened":
+                config = e.attrs.get("config")
+                if isinstance(config, dict) and config.get("checksums") is False:
+                    self.kv_verified = False
 
     def summary(self) -> dict[str, Any]:
         kinds = self.kinds
@@ -72,6 +80,7 @@ class _Tally:
             "blocks_poisoned": self.blocks_poisoned,
             "releases_in_flight": self.releases_in_flight,
             "checksum_failures": kinds["kv.checksum_failed"],
+            "kv_verified": self.kv_verified,
             "faults_injected": kinds["fault.injected"],
             "closed": kinds["ledger.closed"] > 0,
         }

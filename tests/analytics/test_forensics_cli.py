@@ -98,6 +98,7 @@ def test_forensics_leaks_exit_1(faulty_run, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["verdict"] == "LEAKS" and s["leaks_total"] == 2 and s["poisoned_total"] == 1
     assert {w["stream"]: w["closed"] for w in s["workers"]} == {"ctx0": True, "gen0": True}
+    assert all(w["kv_verified"] for w in s["workers"])  # checksums on (the default)
 
 
 def test_forensics_wedge_exit_1(wedged_run, capsys):

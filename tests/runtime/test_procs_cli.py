@@ -35,6 +35,7 @@ def test_run_inprocess_then_refuses_to_overwrite(tmp_path, capsys):
     assert report["probe_ok"] is True and report["drained"] is True
     assert report["ledger"]["findings"] == []
     assert {s["requests"] for s in report["ledger"]["streams"].values()} == {13}  # + the probe
+    assert all(s["kv_verified"] for s in report["ledger"]["streams"].values())
     assert main(["run", "--inprocess", "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err  # its own earlier run: kept
 

@@ -114,6 +114,13 @@ def test_kvledger_run_without_checksums_moves_kv_unread_and_says_so(tmp_path, ca
     assert all(e.attrs["config"]["checksums"] is False for e in opened)
     assert all(e.attrs["config"]["zero_copy"] is True for e in opened)
     assert _events(out, kind="kv.checksum_failed") == []
+    # What the verdicts say: not "0 checksum failures" as if something had been checked.
+    assert [s["kv_verified"] for s in report["ledger"]["streams"].values()] == [False, False]
+    assert main(["forensics", str(out), "--json"]) == 0
+    workers = json.loads(capsys.readouterr().out)["workers"]
+    assert [w["kv_verified"] for w in workers] == [False, False]
+    assert main(["forensics", str(out)]) == 0
+    assert capsys.readouterr().out.count("KV not verified (checksums off)") == 2
     # The captured trace replays clean, its replay's workers without checksums too. (Not "no
     # divergence": the virtual clock gives a worker's own compute no time, so a slot the live
     # run held through ctx's first prefix fill (~4 ms) can be free in the replay; seen with
