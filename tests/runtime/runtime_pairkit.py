@@ -31,3 +31,9 @@ def ctx_state(pair: Pair, rid: str) -> str | None:
 def gen_state(pair: Pair, rid: str) -> str | None:
     req = pair.gen.core.reqs.get(rid)
     return req.state if req else None
+
+
+def event_attrs(pair: Pair, stream: str, kind: str, rid: str | None = None) -> list[dict]:
+    """The attributes of ``stream``'s ``kind`` events (of request ``rid``), in order."""
+    return [a for s, k, r, a in pair.events
+            if s == stream and k == kind and (rid is None or r == rid)]

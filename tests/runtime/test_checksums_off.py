@@ -11,12 +11,7 @@ from kvledger.runtime.config import WorkerConfig, pair_problem, resource_problem
 from kvledger.runtime.datapath import KVDataPath
 from kvledger.runtime.inprocess import read_events
 
-from tests.runtime.runtime_pairkit import settle, spec
-
-
-def _attrs(pair, stream, kind, rid=None):
-    return [a for s, k, r, a in pair.events
-            if s == stream and k == kind and (rid is None or r == rid)]
+from tests.runtime.runtime_pairkit import event_attrs, settle, spec
 
 
 def _no_checksum_reads(monkeypatch, *workers):
@@ -37,20 +32,30 @@ def test_a_pair_must_agree_and_the_refusal_names_the_field():
         WorkerConfig(role="ctx", checksums="no")  # type: ignore[arg-type]
 
 
-def test_the_data_path_moves_the_same_bytes_and_returns_no_checksums():
-    shape = (8, 2, 2, 2, 16, 8)
-    pool = torch.randn(shape).to(torch.float16)
-    blocks = (5, 1, 6)
-    slot_nbytes = len(blocks) * pool[0].numel() * 2
-    on = KVDataPath(pool.clone(), torch.zeros(slot_nbytes, dtype=torch.uint8), slot_nbytes)
-    off = KVDataPath(pool.clone(), torch.zeros(slot_nbytes, dtype=torch.uint8), slot_nbytes,
-                     checksums=False)
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                           reason="no CUDA device: the GPU data path runs only on a GPU host")
+
+
+@pytest.mark.parametrize(("device", "dtype", "shape", "blocks", "into"), [
+    ("cpu", torch.float16, (8, 2, 2, 2, 16, 8), (5, 1, 6), (0, 2, 3)),
+    # The GPU: plain Triton pack/unpack, then a stream sync, instead of the fused checksums.
+    pytest.param("cuda", torch.bfloat16, (16, 4, 2, 2, 16, 32), (9, 2, 14, 3), (0, 1, 5, 6),
+                 marks=[pytest.mark.gpu, _CUDA]),
+], ids=["cpu", "cuda"])
+def test_the_data_path_moves_the_same_bytes_and_returns_no_checksums(device, dtype, shape,
+                                                                     blocks, into):
+    pool = torch.randn(shape, device=device).to(dtype)
+    slot_nbytes = len(blocks) * pool[0].numel() * pool.element_size()
+    on, off = (KVDataPath(pool.clone(), torch.zeros(slot_nbytes, dtype=torch.uint8,
+                                                    device=device), slot_nbytes, checksums=c)
+               for c in (True, False))
     sums = on.pack(blocks, 0)
-    assert len(sums) == 3 and off.pack(blocks, 0) == ()
+    assert len(sums) == len(blocks) and off.pack(blocks, 0) == ()
     assert torch.equal(on.arena, off.arena) and on.arena.any()
     assert off.checksums(blocks) == () and on.checksums(blocks) == sums
-    assert on.unpack(0, (0, 2, 3)) == sums and off.unpack(0, (0, 2, 3)) == ()
-    assert torch.equal(on.pool, off.pool) and torch.equal(off.pool[[0, 2, 3]], pool[[5, 1, 6]])
+    assert on.unpack(0, into) == sums and off.unpack(0, into) == ()
+    assert torch.equal(on.pool, off.pool) and torch.equal(off.pool[list(into)],
+                                                          pool[list(blocks)])
 
 
 @pytest.mark.parametrize("zero_copy", [False, True], ids=["staging", "zero-copy"])
@@ -61,10 +66,10 @@ def test_a_transfer_without_checksums_lands_and_reads_no_byte_twice(make_pair, m
     pair.submit(spec("r1", 40))
     settle(pair)
     assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
-    (src,) = _attrs(pair, "ctx", "blocks.allocated", "r1")
-    (dst,) = _attrs(pair, "gen", "blocks.allocated", "r1")
+    (src,) = event_attrs(pair, "ctx", "blocks.allocated", "r1")
+    (dst,) = event_attrs(pair, "gen", "blocks.allocated", "r1")
     assert torch.equal(pair.ctx.pool[src["blocks"]], pair.gen.pool[dst["blocks"]])
-    assert _attrs(pair, "gen", "kv.checksum_failed") == []
+    assert event_attrs(pair, "gen", "kv.checksum_failed") == []
     pair.close()
     events = read_events(pair.urls)
     assert detect(events) == []
@@ -78,11 +83,11 @@ def test_a_ctx_that_sends_no_checksums_fails_a_gen_that_checks(make_pair):
     pair.ctx._data.with_checksums = False  # this ctx sends Completion(checksums=())
     pair.submit(spec("r1", 40))
     settle(pair)
-    failed = _attrs(pair, "gen", "kv.checksum_failed", "r1")
-    (dst,) = _attrs(pair, "gen", "blocks.allocated", "r1")
+    failed = event_attrs(pair, "gen", "kv.checksum_failed", "r1")
+    (dst,) = event_attrs(pair, "gen", "blocks.allocated", "r1")
     assert [f["block"] for f in failed] == dst["blocks"]
     assert {f["expected"] for f in failed} == {-1}
-    (done,) = _attrs(pair, "gen", "transfer.completed", "r1")
+    (done,) = event_attrs(pair, "gen", "transfer.completed", "r1")
     assert done["outcome"] != "ok"
 
 
@@ -93,4 +98,4 @@ def test_a_gen_without_checksums_ignores_the_ones_ctx_sends(make_pair, monkeypat
     pair.submit(spec("r1", 40))
     settle(pair)
     assert pair.gen.results["r1"] == "value"
-    assert _attrs(pair, "gen", "kv.checksum_failed") == []
+    assert event_attrs(pair, "gen", "kv.checksum_failed") == []

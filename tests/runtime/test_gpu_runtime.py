@@ -53,21 +53,3 @@ def test_burst_with_cancels_moves_kv_gpu_to_gpu(tmp_path, zero_copy, checksums) 
     else:
         assert ops == {("ctx", "pack"), ("gen", "unpack")}, ops
 
-
-def test_the_gpu_data_path_without_checksums_moves_the_same_bytes() -> None:
-    """Pack and unpack without the fused checksums (plain Triton copies, then a stream sync)
-    leave the slot and the blocks byte for byte what the checked path leaves."""
-    from kvledger.runtime.datapath import KVDataPath
-
-    pool = torch.randn((16, 4, 2, 2, 16, 32), device="cuda").to(torch.bfloat16)
-    blocks = (9, 2, 14, 3)
-    n = len(blocks) * pool[0].numel() * pool.element_size()
-    paths = [KVDataPath(pool.clone(), torch.zeros(n, dtype=torch.uint8, device="cuda"), n,
-                        checksums=c) for c in (True, False)]
-    on, off = paths
-    assert len(on.pack(blocks, 0)) == 4 and off.pack(blocks, 0) == ()
-    assert torch.equal(on.arena, off.arena)
-    assert len(on.unpack(0, (0, 1, 5, 6))) == 4 and off.unpack(0, (0, 1, 5, 6)) == ()
-    assert torch.equal(on.pool, off.pool)
-    assert torch.equal(off.pool[[0, 1, 5, 6]], pool[[9, 2, 14, 3]])
-    assert off.checksums(blocks) == ()

@@ -14,12 +14,7 @@ from kvledger.runtime.core import io, states
 from kvledger.runtime.core.messages import Advertise, MessageError, decode, encode
 from kvledger.runtime.inprocess import compare_with_projection, read_events
 
-from tests.runtime.runtime_pairkit import ctx_state, settle, spec, steps
-
-
-def _attrs(pair, stream, kind, rid=None):
-    return [a for s, k, r, a in pair.events
-            if s == stream and k == kind and (rid is None or r == rid)]
+from tests.runtime.runtime_pairkit import ctx_state, event_attrs, settle, spec, steps
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -76,14 +71,14 @@ def test_a_zero_copy_transfer_moves_blocks_to_blocks_with_checksums_in_place(mak
     settle(pair)
     assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "value"
     assert "Pack" not in executed and "Unpack" not in executed and executed.count("Checksum") == 2
-    (adv,) = _attrs(pair, "gen", "transfer.advertised", "r1")
-    (post,) = _attrs(pair, "ctx", "xfer.posted", "r1")
+    (adv,) = event_attrs(pair, "gen", "transfer.advertised", "r1")
+    (post,) = event_attrs(pair, "ctx", "xfer.posted", "r1")
     assert len(post["blocks"]) == len(adv["blocks"]) == 3 and post["descs"] == 1
     # The bytes are the ctx blocks' own, where gen allocated them.
     src = pair.ctx.pool[post["blocks"]]
     dst = pair.gen.pool[adv["blocks"]]
     assert bool((src == dst).all())
-    assert _attrs(pair, "gen", "kv.checksum_failed") == []
+    assert event_attrs(pair, "gen", "kv.checksum_failed") == []
     pair.close()
     events = read_events(pair.urls)
     assert detect(events) == []
@@ -118,14 +113,14 @@ def test_a_write_given_up_in_flight_poisons_the_blocks_on_both_sides(make_pair):
     steps(pair, 10)
     assert ctx_state(pair, "r1") == "in_flight"
     (h,) = pair.ctx.transport.in_flight()
-    src = list(_attrs(pair, "ctx", "xfer.posted", "r1")[0]["blocks"])
-    dst = list(_attrs(pair, "gen", "transfer.advertised", "r1")[0]["blocks"])
+    src = list(event_attrs(pair, "ctx", "xfer.posted", "r1")[0]["blocks"])
+    dst = list(event_attrs(pair, "gen", "transfer.advertised", "r1")[0]["blocks"])
     assert pair.ctx.cancel("r1", pair.now()) == "cancel_requested_in_flight"
     steps(pair, 10)
     assert pair.ctx.results["r1"] == pair.gen.results["r1"] == "cancelled"
-    assert _attrs(pair, "ctx", "blocks.poisoned", "r1") == [
+    assert event_attrs(pair, "ctx", "blocks.poisoned", "r1") == [
         {"blocks": src, "reason": "handle released in flight"}]
-    assert _attrs(pair, "gen", "blocks.poisoned", "r1") == [
+    assert event_attrs(pair, "gen", "blocks.poisoned", "r1") == [
         {"blocks": dst, "reason": "peer released its handle in flight"}]
     for w, blocks in ((pair.ctx, src), (pair.gen, dst)):
         assert sorted(w.core.blocks.poisoned) == sorted(blocks)
@@ -137,9 +132,9 @@ def test_a_write_given_up_in_flight_poisons_the_blocks_on_both_sides(make_pair):
     pair.ctx.transport.finish(h)
     settle(pair)
     assert pair.gen.results["r2"] == "value"
-    (adv2,) = _attrs(pair, "gen", "transfer.advertised", "r2")
+    (adv2,) = event_attrs(pair, "gen", "transfer.advertised", "r2")
     assert not set(adv2["blocks"]) & set(dst)
-    assert _attrs(pair, "gen", "kv.checksum_failed") == []
+    assert event_attrs(pair, "gen", "kv.checksum_failed") == []
     state = {w.config.stream: w.state() for w in (pair.ctx, pair.gen)}
     pair.close()
     events = read_events(pair.urls)
@@ -163,5 +158,5 @@ def test_a_reaped_peer_puts_the_poisoned_blocks_back(make_pair):
     core.feed(io.PeerRejoined("gen-3", 3, True, pair.now()))  # reaped: the proof
     assert core.blocks.poisoned == {} and not core.pool.poisoned
     core.check()
-    (back,) = _attrs(pair, "ctx", "blocks.unpoisoned")
+    (back,) = event_attrs(pair, "ctx", "blocks.unpoisoned")
     assert back["blocks"] == poisoned and back["reason"] == "peer_reaped"
